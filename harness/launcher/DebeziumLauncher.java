@@ -1,0 +1,678 @@
+/*
+ * DebeziumLauncher - runs the Debezium Postgres connector in the embedded (async) engine
+ * and produces every change event to a Kafka-API broker, at-least-once.
+ *
+ * Usage: java -cp <classpath> DebeziumLauncher.java <path/to/launcher.properties>
+ *
+ * Properties:
+ *   debezium.*  -> embedded engine / connector config (prefix stripped)
+ *   kafka.*     -> KafkaProducer<String,String> config (prefix stripped)
+ *   launcher.*  -> this program: status.port, status.file, log.level
+ * A value written exactly as ${env:NAME} is replaced by the environment variable NAME.
+ *
+ * Exit codes: 0 = clean stop (SIGTERM/SIGINT, or engine finished normally),
+ *             1 = engine/connector/producer failure (cause is logged),
+ *             2 = usage / launcher configuration error.
+ *
+ * See README.md next to this file.
+ */
+
+import com.sun.net.httpserver.HttpExchange;
+import com.sun.net.httpserver.HttpServer;
+
+import io.debezium.engine.ChangeEvent;
+import io.debezium.engine.DebeziumEngine;
+import io.debezium.engine.format.Json;
+
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.clients.producer.RecordMetadata;
+import org.apache.kafka.common.serialization.StringSerializer;
+
+import org.apache.logging.log4j.Level;
+import org.apache.logging.log4j.core.appender.ConsoleAppender;
+import org.apache.logging.log4j.core.config.Configurator;
+import org.apache.logging.log4j.core.config.builder.api.AppenderComponentBuilder;
+import org.apache.logging.log4j.core.config.builder.api.ConfigurationBuilder;
+import org.apache.logging.log4j.core.config.builder.api.ConfigurationBuilderFactory;
+import org.apache.logging.log4j.core.config.builder.impl.BuiltConfiguration;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import javax.management.MBeanServer;
+import javax.management.ObjectName;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.lang.management.ManagementFactory;
+import java.net.InetAddress;
+import java.net.InetSocketAddress;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.nio.file.StandardCopyOption;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+import java.util.Set;
+import java.util.TreeMap;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+public class DebeziumLauncher {
+
+    static final int EXIT_OK = 0;
+    static final int EXIT_FAILURE = 1;
+    static final int EXIT_USAGE = 2;
+
+    // Logger is created only after log4j2 has been configured programmatically.
+    static Logger log;
+
+    // ---- shared state (read by the status endpoint) ----
+    static final AtomicLong recordsSent = new AtomicLong();
+    static final AtomicLong batchesCommitted = new AtomicLong();
+    static volatile String lastError = null;
+    static volatile boolean engineFailed = false;
+    static volatile boolean engineFinished = false;
+    static volatile boolean pollingStarted = false;
+    static volatile boolean shuttingDown = false;
+    static final long startNanos = System.nanoTime();
+    static volatile long snapshotCompletedAfterMs = -1;
+    static final CountDownLatch engineDone = new CountDownLatch(1);
+    static final AtomicBoolean exitingFromMain = new AtomicBoolean(false);
+
+    static String topicPrefix = "";
+    static volatile KafkaProducer<String, String> producer;
+    static volatile DebeziumEngine<ChangeEvent<String, String>> engine;
+    static HttpServer statusServer;
+
+    public static void main(String[] args) {
+        configureLogging(System.getProperty("launcher.log.level", "INFO"));
+        log = LoggerFactory.getLogger("DebeziumLauncher");
+
+        if (args.length != 1) {
+            System.err.println("usage: java -cp <classpath> DebeziumLauncher.java <launcher.properties>");
+            System.exit(EXIT_USAGE);
+        }
+
+        Properties debezium = new Properties();
+        Properties kafka = new Properties();
+        Properties launcher = new Properties();
+        try {
+            loadAndSplit(Paths.get(args[0]), debezium, kafka, launcher);
+        }
+        catch (Exception e) {
+            log.error("Invalid launcher configuration {}: {}", args[0], e.getMessage());
+            System.exit(EXIT_USAGE);
+        }
+        String level = launcher.getProperty("log.level");
+        if (level != null) {
+            Configurator.setRootLevel(Level.toLevel(level, Level.INFO));
+        }
+
+        applyDebeziumDefaults(debezium);
+        applyProducerDefaults(kafka);
+        topicPrefix = debezium.getProperty("topic.prefix", "");
+        logConfig("debezium.", debezium);
+        logConfig("kafka.", kafka);
+        logConfig("launcher.", launcher);
+
+        if (FILE_STORE.equals(debezium.getProperty("offset.storage"))
+                && debezium.getProperty("offset.storage.file.filename", "").isBlank()) {
+            log.error("debezium.offset.storage.file.filename is required with FileOffsetBackingStore");
+            System.exit(EXIT_USAGE);
+        }
+
+        // ---- status endpoint first, so the supervisor can see "starting" ----
+        try {
+            int port = Integer.parseInt(launcher.getProperty("status.port", "0").trim());
+            startStatusServer(port, launcher.getProperty("status.file"));
+        }
+        catch (Exception e) {
+            log.error("Cannot start status endpoint: {}", e.toString());
+            System.exit(EXIT_USAGE);
+        }
+
+        // ---- producer ----
+        try {
+            producer = new KafkaProducer<>(kafka, new StringSerializer(), new StringSerializer());
+        }
+        catch (Exception e) {
+            log.error("Cannot create Kafka producer: {}", e.toString());
+            System.exit(EXIT_USAGE);
+        }
+
+        // ---- engine ----
+        try {
+            engine = DebeziumEngine.create(Json.class)
+                    .using(debezium)
+                    .using(new DebeziumEngine.ConnectorCallback() {
+                        @Override
+                        public void pollingStarted() {
+                            pollingStarted = true;
+                            log.info("Launcher: engine polling started");
+                        }
+                    })
+                    .using((boolean success, String message, Throwable error) -> {
+                        if (!success) {
+                            engineFailed = true;
+                            Throwable root = error;
+                            lastError = (message != null ? message : "engine failed")
+                                    + (root != null ? " :: " + describe(root) : "");
+                            log.error("Launcher: engine FAILED: {}", lastError, error);
+                        }
+                        else {
+                            log.info("Launcher: engine completed: {}", message);
+                        }
+                        engineFinished = true;
+                        engineDone.countDown();
+                    })
+                    .notifying(new ProducingChangeConsumer())
+                    .build();
+        }
+        catch (Exception e) {
+            lastError = describe(e);
+            engineFailed = true;
+            log.error("Launcher: cannot build Debezium engine: {}", lastError, e);
+            closeProducer();
+            System.exit(EXIT_FAILURE);
+        }
+
+        Runtime.getRuntime().addShutdownHook(new Thread(DebeziumLauncher::onSignalShutdown, "launcher-shutdown"));
+
+        Thread engineThread = new Thread(engine, "debezium-engine");
+        engineThread.start();
+        startMonitor();
+
+        // Wait for the engine to finish (failure, or stop triggered by the shutdown hook).
+        try {
+            engineDone.await();
+        }
+        catch (InterruptedException ignored) {
+            Thread.currentThread().interrupt();
+        }
+        if (shuttingDown) {
+            // The shutdown hook owns the rest of the shutdown (and the exit code).
+            return;
+        }
+        exitingFromMain.set(true);
+        closeProducer();
+        stopStatusServer();
+        int code = engineFailed ? EXIT_FAILURE : EXIT_OK;
+        log.info("Launcher: exiting with code {}", code);
+        flushLogs();
+        System.exit(code);
+    }
+
+    // =====================================================================================
+    // Change consumer: send whole batch, wait for broker acks, only then mark processed.
+    // =====================================================================================
+    static final class ProducingChangeConsumer implements DebeziumEngine.ChangeConsumer<ChangeEvent<String, String>> {
+        @Override
+        public void handleBatch(List<ChangeEvent<String, String>> records,
+                                DebeziumEngine.RecordCommitter<ChangeEvent<String, String>> committer)
+                throws InterruptedException {
+            List<Future<RecordMetadata>> acks = new ArrayList<>(records.size());
+            try {
+                for (ChangeEvent<String, String> r : records) {
+                    // partition left to the producer's partitioner (murmur2 of the key) so that
+                    // all events of one row land in the same partition, in order.
+                    acks.add(producer.send(new ProducerRecord<>(r.destination(), r.key(), r.value())));
+                }
+                for (Future<RecordMetadata> f : acks) {
+                    f.get(); // blocks until acks=all acknowledged, or delivery.timeout.ms expired
+                }
+            }
+            catch (InterruptedException e) {
+                // engine shutdown while waiting: nothing of this batch is marked, it will be re-sent on restart
+                throw e;
+            }
+            catch (ExecutionException e) {
+                throw sendFailed(records.size(), e.getCause() != null ? e.getCause() : e);
+            }
+            catch (RuntimeException e) {
+                throw sendFailed(records.size(), e);
+            }
+            // Everything in this batch is durable on the broker -> commit it.
+            for (ChangeEvent<String, String> r : records) {
+                committer.markProcessed(r);
+            }
+            committer.markBatchFinished();
+            recordsSent.addAndGet(records.size());
+            batchesCommitted.incrementAndGet();
+        }
+
+        @Override
+        public boolean supportsTombstoneEvents() {
+            return true;
+        }
+    }
+
+    /** Non-retriable on purpose: the async engine retries (and skips!) batches only on Connect RetriableException. */
+    static final class SendFailedException extends RuntimeException {
+        SendFailedException(String msg, Throwable cause) {
+            super(msg, cause);
+        }
+    }
+
+    static SendFailedException sendFailed(int n, Throwable cause) {
+        String msg = "Kafka produce failed for a batch of " + n + " record(s); batch NOT committed: " + describe(cause);
+        lastError = msg;
+        log.error("Launcher: {}", msg);
+        return new SendFailedException(msg, cause);
+    }
+
+    // =====================================================================================
+    // Shutdown
+    // =====================================================================================
+    static void onSignalShutdown() {
+        if (exitingFromMain.get()) {
+            return; // System.exit from main: everything is already closed
+        }
+        shuttingDown = true;
+        log.info("Launcher: shutdown requested (signal), stopping engine");
+        if (engine == null) {
+            closeProducer();
+            flushLogs();
+            Runtime.getRuntime().halt(EXIT_OK);
+        }
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+        boolean closed = false;
+        while (!closed && !engineFinished && System.nanoTime() < deadline) {
+            try {
+                engine.close(); // stops tasks, commits offsets of records marked processed
+                closed = true;
+            }
+            catch (IllegalStateException e) {
+                // "tasks are starting" (retry shortly) or "already stopping/stopped" (just wait)
+                String m = String.valueOf(e.getMessage());
+                if (m.contains("already")) {
+                    closed = true;
+                }
+                else {
+                    sleepQuietly(100);
+                }
+            }
+            catch (Exception e) {
+                log.warn("Launcher: error while closing engine: {}", describe(e));
+                closed = true;
+            }
+        }
+        try {
+            engineDone.await(30, TimeUnit.SECONDS);
+        }
+        catch (InterruptedException ignored) {
+        }
+        closeProducer();
+        stopStatusServer();
+        int code = engineFailed ? EXIT_FAILURE : EXIT_OK;
+        log.info("Launcher: stopped (signal), exit code {}", code);
+        flushLogs();
+        // log4j's own shutdown hook is disabled (see configureLogging), so logging worked until here.
+        Runtime.getRuntime().halt(code);
+    }
+
+    static void closeProducer() {
+        KafkaProducer<String, String> p = producer;
+        if (p == null) {
+            return;
+        }
+        try {
+            p.flush();
+        }
+        catch (Exception e) {
+            log.warn("Launcher: producer flush failed: {}", describe(e));
+        }
+        try {
+            p.close(Duration.ofSeconds(30));
+        }
+        catch (Exception e) {
+            log.warn("Launcher: producer close failed: {}", describe(e));
+        }
+        producer = null;
+    }
+
+    // =====================================================================================
+    // Status endpoint
+    // =====================================================================================
+    static void startStatusServer(int port, String statusFile) throws IOException {
+        statusServer = HttpServer.create(new InetSocketAddress(InetAddress.getLoopbackAddress(), port), 16);
+        statusServer.setExecutor(Executors.newSingleThreadExecutor(r -> {
+            Thread t = new Thread(r, "launcher-status-http");
+            t.setDaemon(true);
+            return t;
+        }));
+        statusServer.createContext("/status", ex -> respond(ex, 200, statusJson()));
+        statusServer.createContext("/healthz", ex -> {
+            boolean ok = !engineFailed && !engineFinished && !shuttingDown;
+            respond(ex, ok ? 200 : 503, ok ? "{\"ok\":true}" : "{\"ok\":false}");
+        });
+        statusServer.createContext("/mbeans", ex -> respond(ex, 200, mbeansJson()));
+        statusServer.start();
+        int actual = statusServer.getAddress().getPort();
+        System.out.println("LAUNCHER_STATUS_PORT=" + actual);
+        System.out.flush();
+        log.info("Launcher: status endpoint on http://127.0.0.1:{}/status", actual);
+        if (statusFile != null && !statusFile.isBlank()) {
+            Path target = Paths.get(statusFile);
+            Path tmp = target.resolveSibling(target.getFileName() + ".tmp");
+            Files.writeString(tmp, actual + "\n", StandardCharsets.UTF_8);
+            Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+        }
+    }
+
+    static void stopStatusServer() {
+        if (statusServer != null) {
+            statusServer.stop(0);
+        }
+    }
+
+    static void respond(HttpExchange ex, int code, String body) throws IOException {
+        if (!"GET".equalsIgnoreCase(ex.getRequestMethod())) {
+            code = 405;
+            body = "{\"error\":\"method not allowed\"}";
+        }
+        byte[] bytes = body.getBytes(StandardCharsets.UTF_8);
+        ex.getResponseHeaders().set("Content-Type", "application/json");
+        ex.sendResponseHeaders(code, bytes.length);
+        try (OutputStream os = ex.getResponseBody()) {
+            os.write(bytes);
+        }
+    }
+
+    // Sticky observations (MBeans disappear when the engine stops).
+    static volatile boolean snapshotCompletedSeen = false;
+    static volatile String lastLoggedState = "";
+
+    static synchronized String computeState(boolean[] flags) {
+        Boolean snapCompleted = mbeanBool("snapshot", "SnapshotCompleted");
+        Boolean snapRunning = mbeanBool("snapshot", "SnapshotRunning");
+        Boolean snapSkipped = mbeanBool("snapshot", "SnapshotSkipped");
+        Boolean connected = mbeanBool("streaming", "Connected");
+        if (Boolean.TRUE.equals(snapCompleted) && !snapshotCompletedSeen) {
+            snapshotCompletedSeen = true;
+            snapshotCompletedAfterMs = (System.nanoTime() - startNanos) / 1_000_000;
+            log.info("Launcher: snapshot completed ({} ms after launch)", snapshotCompletedAfterMs);
+        }
+        boolean streaming = Boolean.TRUE.equals(connected);
+        String state;
+        if (engineFailed) {
+            state = "failed";
+        }
+        else if (engineFinished || shuttingDown) {
+            state = "stopped";
+        }
+        else if (streaming) {
+            state = "streaming";
+        }
+        else if (Boolean.TRUE.equals(snapRunning)) {
+            state = "snapshotting";
+        }
+        else {
+            state = "starting";
+        }
+        if (!state.equals(lastLoggedState)) {
+            log.info("Launcher: state {} -> {} ({} ms after launch, snapshot_completed={}, streaming_connected={})",
+                    lastLoggedState.isEmpty() ? "-" : lastLoggedState, state,
+                    (System.nanoTime() - startNanos) / 1_000_000, snapshotCompletedSeen, streaming);
+            lastLoggedState = state;
+        }
+        flags[0] = Boolean.TRUE.equals(snapRunning);
+        flags[1] = Boolean.TRUE.equals(snapSkipped);
+        flags[2] = streaming;
+        return state;
+    }
+
+    static String statusJson() {
+        boolean[] flags = new boolean[3];
+        String state = computeState(flags);
+        StringBuilder sb = new StringBuilder(256);
+        sb.append('{');
+        sb.append("\"state\":\"").append(state).append("\",");
+        sb.append("\"snapshot_completed\":").append(snapshotCompletedSeen).append(',');
+        sb.append("\"snapshot_running\":").append(flags[0]).append(',');
+        sb.append("\"snapshot_skipped\":").append(flags[1]).append(',');
+        sb.append("\"streaming_connected\":").append(flags[2]).append(',');
+        sb.append("\"records_sent\":").append(recordsSent.get()).append(',');
+        sb.append("\"batches_committed\":").append(batchesCommitted.get()).append(',');
+        sb.append("\"uptime_ms\":").append((System.nanoTime() - startNanos) / 1_000_000).append(',');
+        sb.append("\"last_error\":").append(lastError == null ? "null" : jsonString(lastError));
+        sb.append('}');
+        return sb.toString();
+    }
+
+    /** Polls the MBeans every 200 ms so that state transitions are logged even if nobody asks. */
+    static void startMonitor() {
+        Thread t = new Thread(() -> {
+            boolean[] flags = new boolean[3];
+            while (!engineFinished) {
+                try {
+                    computeState(flags);
+                }
+                catch (Exception ignored) {
+                }
+                sleepQuietly(200);
+            }
+        }, "launcher-monitor");
+        t.setDaemon(true);
+        t.start();
+    }
+
+    /** Reads a boolean attribute of debezium.postgres:type=connector-metrics,context=CTX,server=PREFIX[,...]. */
+    static Boolean mbeanBool(String context, String attribute) {
+        try {
+            MBeanServer mbs = ManagementFactory.getPlatformMBeanServer();
+            Set<ObjectName> names = mbs.queryNames(
+                    new ObjectName("debezium.postgres:type=connector-metrics,context=" + context + ",*"), null);
+            for (ObjectName n : names) {
+                if (topicPrefix.equals(n.getKeyProperty("server"))) {
+                    Object v = mbs.getAttribute(n, attribute);
+                    if (v instanceof Boolean) {
+                        return (Boolean) v;
+                    }
+                }
+            }
+        }
+        catch (Exception e) {
+            // MBean not registered yet / being unregistered
+        }
+        return null;
+    }
+
+    static String mbeansJson() {
+        StringBuilder sb = new StringBuilder("[");
+        try {
+            Set<ObjectName> names = ManagementFactory.getPlatformMBeanServer().queryNames(new ObjectName("debezium*:*"), null);
+            boolean first = true;
+            for (ObjectName n : names) {
+                if (!first) {
+                    sb.append(',');
+                }
+                first = false;
+                sb.append(jsonString(n.toString()));
+            }
+        }
+        catch (Exception e) {
+            // ignore
+        }
+        return sb.append(']').toString();
+    }
+
+    static String jsonString(String s) {
+        StringBuilder sb = new StringBuilder(s.length() + 2).append('"');
+        for (int i = 0; i < s.length(); i++) {
+            char c = s.charAt(i);
+            switch (c) {
+                case '"': sb.append("\\\""); break;
+                case '\\': sb.append("\\\\"); break;
+                case '\n': sb.append("\\n"); break;
+                case '\r': sb.append("\\r"); break;
+                case '\t': sb.append("\\t"); break;
+                default:
+                    if (c < 0x20) {
+                        sb.append(String.format("\\u%04x", (int) c));
+                    }
+                    else {
+                        sb.append(c);
+                    }
+            }
+        }
+        return sb.append('"').toString();
+    }
+
+    // =====================================================================================
+    // Configuration
+    // =====================================================================================
+    static final String FILE_STORE = "org.apache.kafka.connect.storage.FileOffsetBackingStore";
+    static final Pattern ENV_REF = Pattern.compile("^\\$\\{env:([A-Za-z_][A-Za-z0-9_]*)\\}$");
+
+    static void loadAndSplit(Path file, Properties debezium, Properties kafka, Properties launcher) throws IOException {
+        Properties all = new Properties();
+        try (InputStream in = Files.newInputStream(file)) {
+            all.load(in);
+        }
+        List<String> unknown = new ArrayList<>();
+        for (String key : all.stringPropertyNames()) {
+            String value = all.getProperty(key).trim();
+            Matcher m = ENV_REF.matcher(value);
+            if (m.matches()) {
+                String env = System.getenv(m.group(1));
+                if (env == null) {
+                    throw new IOException("environment variable " + m.group(1) + " (referenced by " + key + ") is not set");
+                }
+                value = env;
+            }
+            if (key.startsWith("debezium.")) {
+                debezium.setProperty(key.substring("debezium.".length()), value);
+            }
+            else if (key.startsWith("kafka.")) {
+                kafka.setProperty(key.substring("kafka.".length()), value);
+            }
+            else if (key.startsWith("launcher.")) {
+                launcher.setProperty(key.substring("launcher.".length()), value);
+            }
+            else {
+                unknown.add(key);
+            }
+        }
+        if (!unknown.isEmpty()) {
+            throw new IOException("keys without debezium./kafka./launcher. prefix: " + unknown);
+        }
+    }
+
+    static void applyDebeziumDefaults(Properties p) {
+        p.putIfAbsent("name", "cdc-launcher");
+        p.putIfAbsent("connector.class", "io.debezium.connector.postgresql.PostgresConnector");
+        p.putIfAbsent("offset.storage", FILE_STORE);
+        // Commit after every acknowledged batch: at most one batch is re-sent after a crash.
+        p.putIfAbsent("offset.flush.interval.ms", "0");
+        // JSON without the Connect schema envelope.
+        p.putIfAbsent("key.converter.schemas.enable", "false");
+        p.putIfAbsent("value.converter.schemas.enable", "false");
+        // Our consumer handles tombstones (null value); keep Debezium's default of emitting them.
+        p.putIfAbsent("tombstones.on.delete", "true");
+    }
+
+    static void applyProducerDefaults(Properties p) {
+        String acks = p.getProperty("acks");
+        if (acks != null && !acks.equals("all") && !acks.equals("-1")) {
+            log.warn("Launcher: overriding kafka.acks={} with acks=all (required for at-least-once)", acks);
+        }
+        p.setProperty("acks", "all");
+        p.putIfAbsent("client.id", "debezium-launcher");
+        p.putIfAbsent("enable.idempotence", "true");
+        if (!Boolean.parseBoolean(p.getProperty("enable.idempotence"))) {
+            // without idempotence, >1 in-flight request can reorder records on retry
+            p.putIfAbsent("max.in.flight.requests.per.connection", "1");
+        }
+        p.putIfAbsent("linger.ms", "0");
+        p.putIfAbsent("delivery.timeout.ms", "120000");
+        p.putIfAbsent("request.timeout.ms", "30000");
+        p.putIfAbsent("max.block.ms", "60000");
+        p.remove("key.serializer");
+        p.remove("value.serializer");
+    }
+
+    static boolean isSecretKey(String key) {
+        String k = key.toLowerCase();
+        return k.contains("password") || k.contains("secret") || k.contains("jaas") || k.contains("token")
+                || k.contains("credential") || k.endsWith(".key");
+    }
+
+    static void logConfig(String prefix, Properties p) {
+        Map<String, String> sorted = new TreeMap<>();
+        for (String k : p.stringPropertyNames()) {
+            sorted.put(k, isSecretKey(k) ? "********" : p.getProperty(k));
+        }
+        for (Map.Entry<String, String> e : sorted.entrySet()) {
+            log.info("Launcher config: {}{} = {}", prefix, e.getKey(), e.getValue());
+        }
+    }
+
+    // =====================================================================================
+    // Logging: log4j2 configured in code (INFO to stdout), no config file needed.
+    // =====================================================================================
+    static void configureLogging(String level) {
+        // One LoggerContext for every class loader: in source-file mode this class lives in its own
+        // in-memory class loader, and the default selector would give Debezium/Kafka classes a
+        // separate, unconfigured (ERROR-only) context.
+        System.setProperty("log4j2.contextSelector", "org.apache.logging.log4j.core.selector.BasicContextSelector");
+        ConfigurationBuilder<BuiltConfiguration> b = ConfigurationBuilderFactory.newConfigurationBuilder();
+        b.setStatusLevel(Level.WARN);
+        b.setConfigurationName("launcher");
+        b.setShutdownHook("disable"); // we flush/stop logging ourselves at the end of our shutdown hook
+        AppenderComponentBuilder console = b.newAppender("stdout", "Console")
+                .addAttribute("target", ConsoleAppender.Target.SYSTEM_OUT);
+        console.add(b.newLayout("PatternLayout")
+                .addAttribute("pattern", "%d{yyyy-MM-dd'T'HH:mm:ss.SSS} %-5level [%t] %c{1.} - %msg%n%throwable"));
+        b.add(console);
+        // kafka-clients logs every (re)connect attempt at INFO/WARN; keep WARN and above
+        b.add(b.newLogger("org.apache.kafka.clients.NetworkClient", Level.WARN)
+                .add(b.newAppenderRef("stdout")).addAttribute("additivity", false));
+        b.add(b.newRootLogger(Level.toLevel(level, Level.INFO)).add(b.newAppenderRef("stdout")));
+        Configurator.initialize(b.build());
+    }
+
+    static void flushLogs() {
+        System.out.flush();
+        System.err.flush();
+    }
+
+    static String describe(Throwable t) {
+        StringBuilder sb = new StringBuilder();
+        Throwable cur = t;
+        int depth = 0;
+        while (cur != null && depth < 6) {
+            if (depth > 0) {
+                sb.append(" <- caused by: ");
+            }
+            sb.append(cur.getClass().getName()).append(": ").append(cur.getMessage());
+            if (cur.getCause() == cur) {
+                break;
+            }
+            cur = cur.getCause();
+            depth++;
+        }
+        return sb.toString();
+    }
+
+    static void sleepQuietly(long ms) {
+        try {
+            Thread.sleep(ms);
+        }
+        catch (InterruptedException ignored) {
+            Thread.currentThread().interrupt();
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The CDC verification harness: orchestrates PostgreSQL -> Debezium -> Kafka -> sink,
+//! provisions what it needs, and (in later modules) drives load, injects faults, verifies
+//! convergence and reports.
+
+pub mod config;
+pub mod exit;
+pub mod orchestrator;
+pub mod provision;
+pub mod testing;

@@ -1,0 +1,75 @@
+//! The sink binary as a child process, configured through its TOML file (the password goes
+//! through the environment, never into the file).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::process::{self, ProcessHandle};
+use crate::config::{DLQ_TOPIC, TABLES, topic_for};
+use crate::orchestrator::{PgEndpoint, ServiceError, ServiceKind};
+
+pub const GROUP_ID: &str = "cdc-sink";
+
+pub struct SinkLayout {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl SinkLayout {
+    pub fn new(run_dir: &Path) -> Self {
+        let dir = run_dir.join("sink");
+        Self { config: dir.join("sink.toml"), log: run_dir.join("logs").join("sink.log"), dir }
+    }
+}
+
+pub fn configure(layout: &SinkLayout, pg: &PgEndpoint, kafka: &str, http_port: u16) -> Result<(), ServiceError> {
+    let err = |e: std::io::Error| ServiceError::Setup { service: ServiceKind::Sink, reason: e.to_string() };
+    fs::create_dir_all(&layout.dir).map_err(err)?;
+    let topics: Vec<String> = TABLES.iter().map(|t| format!("\"{}\"", topic_for(t))).collect();
+    let mut toml = String::new();
+    let _ = writeln!(toml, "[kafka]\nbrokers = \"{kafka}\"\ngroup_id = \"{GROUP_ID}\"\ntopics = [{}]\ndlq_topic = \"{DLQ_TOPIC}\"\n", topics.join(", "));
+    let _ = writeln!(
+        toml,
+        "[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n",
+        pg.host, pg.port, pg.user, pg.target_db
+    );
+    let _ = writeln!(toml, "[http]\nlisten = \"127.0.0.1:{http_port}\"");
+    fs::write(&layout.config, toml).map_err(err)
+}
+
+pub fn start(bin: &Path, layout: &SinkLayout, pg: &PgEndpoint) -> Result<ProcessHandle, ServiceError> {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(&layout.dir).arg("--config").arg(&layout.config).env("SINK__TARGET__PASSWORD", pg.password.expose());
+    process::spawn(cmd, &layout.log).map_err(|e| ServiceError::Start { service: ServiceKind::Sink, reason: e.to_string() })
+}
+
+/// `GET /readyz` answers 200.
+pub async fn is_ready(http: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|e| e.to_string())?;
+    let response = client.get(format!("{http}/readyz")).send().await.map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("/readyz answered {}: {}", response.status(), response.text().await.unwrap_or_default()))
+    }
+}
+
+pub async fn wait_ready(http: &str, handle: &ProcessHandle, timeout: Duration) -> Result<(), ServiceError> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if !handle.is_alive() {
+            return Err(ServiceError::Exited { service: ServiceKind::Sink, log: handle.log.clone(), tail: handle.log_tail(20) });
+        }
+        match is_ready(http).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(ServiceError::NotReady { service: ServiceKind::Sink, waited: timeout, reason: last, log: handle.log.clone() })
+}

@@ -1,0 +1,206 @@
+//! How the pipeline's services are run. One backend per way of running them, behind the
+//! `Orchestrator` trait: `local` (child processes, data in the run folder) exists now;
+//! `docker` is selected by `--backend docker|auto` and reports clearly that it is not built yet.
+
+pub mod local;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The services of the pipeline under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    Postgres,
+    Broker,
+    Debezium,
+    Sink,
+}
+
+impl ServiceKind {
+    /// Start order; teardown runs in reverse.
+    pub const ALL: [ServiceKind; 4] = [Self::Postgres, Self::Broker, Self::Debezium, Self::Sink];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Broker => "broker",
+            Self::Debezium => "debezium",
+            Self::Sink => "sink",
+        }
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{service}: setup failed: {reason}")]
+    Setup { service: ServiceKind, reason: String },
+    #[error("{service}: cannot start: {reason}")]
+    Start { service: ServiceKind, reason: String },
+    #[error("{service}: exited during start-up; log {}:\n{tail}", log.display())]
+    Exited { service: ServiceKind, log: PathBuf, tail: String },
+    #[error("{service}: not ready after {}s: {reason}; see its log {}", waited.as_secs(), log.display())]
+    NotReady { service: ServiceKind, waited: Duration, reason: String, log: PathBuf },
+    #[error(transparent)]
+    Provision(#[from] crate::provision::ProvisionError),
+    #[error("stack state {}: {reason}", path.display())]
+    State { path: PathBuf, reason: String },
+    #[error("the {0} backend is not available: {1}")]
+    BackendUnavailable(&'static str, String),
+}
+
+/// A credential: printed and logged as `***`, serialized only into the run folder's
+/// private state file.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PgEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub source_db: String,
+    pub target_db: String,
+}
+
+impl PgEndpoint {
+    /// libpq-style connection string for `db`, password included (never log it).
+    pub fn conn_string(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user={} password={} dbname={db} connect_timeout=5",
+            self.host,
+            self.port,
+            self.user,
+            self.password.expose()
+        )
+    }
+
+    /// Same, without the password: for logs and reports.
+    pub fn display(&self, db: &str) -> String {
+        format!("postgres://{}@{}:{}/{db}", self.user, self.host, self.port)
+    }
+
+    pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(&self.conn_string(db), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+}
+
+/// Where the running stack can be reached.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoints {
+    pub postgres: PgEndpoint,
+    /// Kafka bootstrap servers.
+    pub kafka: String,
+    /// Debezium launcher status URL (`GET /status`).
+    pub debezium_status: String,
+    /// Sink HTTP (`/healthz`, `/readyz`, `/metrics`).
+    pub sink_http: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    /// Running and passing its readiness check.
+    Healthy,
+    /// Running but its readiness check fails.
+    Unhealthy,
+    /// Not running.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub service: ServiceKind,
+    pub state: ServiceState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub endpoint: String,
+    pub log: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One way of running the pipeline's services.
+#[allow(async_fn_in_trait)]
+pub trait Orchestrator {
+    /// Starts every service not yet running, waits for readiness, returns the endpoints.
+    async fn up(&mut self) -> Result<Endpoints, ServiceError>;
+    /// Live state of every service (readiness re-checked).
+    async fn status(&self) -> Result<Vec<ServiceStatus>, ServiceError>;
+    /// Stops every service; nothing the backend started survives.
+    async fn down(&mut self) -> Result<(), ServiceError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Docker when a daemon answers, local processes otherwise.
+    Auto,
+    Local,
+    Docker,
+}
+
+/// Resolves `auto` and refuses `docker` until that backend exists.
+pub fn resolve_backend(requested: BackendKind) -> Result<BackendKind, ServiceError> {
+    match requested {
+        BackendKind::Local => Ok(BackendKind::Local),
+        BackendKind::Auto => Ok(if docker_daemon_answers() {
+            // Until the Docker backend lands, a reachable daemon still runs the local backend.
+            tracing::warn!(message = "docker daemon found but the docker backend is not built yet; using local");
+            BackendKind::Local
+        } else {
+            BackendKind::Local
+        }),
+        BackendKind::Docker => Err(ServiceError::BackendUnavailable(
+            "docker",
+            if docker_daemon_answers() {
+                "the Docker backend is not implemented yet; use --backend local".into()
+            } else {
+                "no Docker daemon answers here (and the Docker backend is not implemented yet); use --backend local".into()
+            },
+        )),
+    }
+}
+
+fn docker_daemon_answers() -> bool {
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}

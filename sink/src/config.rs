@@ -1,0 +1,471 @@
+//! Typed configuration: a TOML file plus `SINK__<SECTION>__<KEY>` environment overrides,
+//! strict (unknown keys are errors, so a typo never silently falls back to a default) and
+//! validated once at start with messages that say what to change.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::targets::mongodb::MongoConfig;
+use crate::targets::postgres::PostgresConfig;
+use crate::validation::ValidationConfig;
+
+/// Prefix of environment overrides: `SINK__TARGET__PASSWORD` sets `[target] password`.
+pub const ENV_PREFIX: &str = "SINK__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config is not valid: {0}")]
+    Parse(String),
+    #[error("environment override {var} is not usable: {reason}")]
+    Env { var: String, reason: String },
+    #[error("config is invalid, fix these and restart:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// A credential. Its `Debug` and `Display` never show the value, so it can sit in structs
+/// that get logged.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Environment overrides are parsed as TOML values, so a numeric password arrives as
+        // an integer: accept any scalar rather than make the user quote it.
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => Ok(Self(s)),
+            toml::Value::Integer(i) => Ok(Self(i.to_string())),
+            toml::Value::Float(f) => Ok(Self(f.to_string())),
+            toml::Value::Boolean(b) => Ok(Self(b.to_string())),
+            other => Err(serde::de::Error::custom(format!("expected a string secret, found {}", other.type_str()))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub kafka: KafkaConfig,
+    pub target: TargetConfig,
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub apply: ApplyConfig,
+    #[serde(default)]
+    pub validation: ValidationConfig,
+    #[serde(default)]
+    pub tombstones: TombstoneConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Consumer group; offsets are committed under it.
+    pub group_id: String,
+    /// Debezium topics to consume, `cdc.public.<table>`; the table name picks the entity.
+    pub topics: Vec<String>,
+    /// Dead-letter topic for events that fail validation or cannot be decoded or applied.
+    pub dlq_topic: String,
+    /// Where a group without committed offsets starts: `earliest` (default, so the initial
+    /// snapshot is materialized) or `latest`.
+    #[serde(default = "KafkaConfig::default_offset_reset")]
+    pub auto_offset_reset: OffsetReset,
+    /// Consumer group session timeout.
+    #[serde(default = "KafkaConfig::default_session_timeout", with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How long SIGTERM/SIGINT or a partition revoke may take to drain in-flight batches
+    /// before the final synchronous commit.
+    #[serde(default = "KafkaConfig::default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Interval of librdkafka statistics, the source of the consumer lag gauge.
+    #[serde(default = "KafkaConfig::default_statistics_interval", with = "humantime_serde")]
+    pub statistics_interval: Duration,
+    /// Extra librdkafka properties passed through as-is (e.g. security settings).
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
+}
+
+impl KafkaConfig {
+    const fn default_offset_reset() -> OffsetReset {
+        OffsetReset::Earliest
+    }
+    const fn default_session_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    const fn default_drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    const fn default_statistics_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Postgres,
+    Mongodb,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// `postgres` or `mongodb`.
+    pub kind: TargetKind,
+    /// PostgreSQL: libpq `key=value` string without the password
+    /// (`host=127.0.0.1 port=5432 user=postgres dbname=sink`). MongoDB: `mongodb://` URI.
+    pub url: String,
+    /// Password, best given as `SINK__TARGET__PASSWORD`; never logged.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub mongodb: MongoConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`, e.g. `127.0.0.1:9095`.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyConfig {
+    /// Most events one partition batch holds (one UNNEST statement per batch).
+    #[serde(default = "ApplyConfig::default_max_batch_size")]
+    pub max_batch_size: usize,
+    /// How long a partition waits to fill a batch once it has an event.
+    #[serde(default = "ApplyConfig::default_max_batch_wait", with = "humantime_serde")]
+    pub max_batch_wait: Duration,
+    /// First backoff after a transient target or DLQ error; doubles up to `retry_max_backoff`.
+    #[serde(default = "ApplyConfig::default_retry_initial_backoff", with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    #[serde(default = "ApplyConfig::default_retry_max_backoff", with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+    /// Values larger than this go to the DLQ instead of the target.
+    #[serde(default = "ApplyConfig::default_max_event_bytes")]
+    pub max_event_bytes: usize,
+}
+
+impl ApplyConfig {
+    const fn default_max_batch_size() -> usize {
+        4096
+    }
+    const fn default_max_batch_wait() -> Duration {
+        Duration::from_millis(10)
+    }
+    const fn default_retry_initial_backoff() -> Duration {
+        Duration::from_millis(100)
+    }
+    const fn default_retry_max_backoff() -> Duration {
+        Duration::from_secs(10)
+    }
+    const fn default_max_event_bytes() -> usize {
+        1024 * 1024
+    }
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_size: Self::default_max_batch_size(),
+            max_batch_wait: Self::default_max_batch_wait(),
+            retry_initial_backoff: Self::default_retry_initial_backoff(),
+            retry_max_backoff: Self::default_retry_max_backoff(),
+            max_event_bytes: Self::default_max_event_bytes(),
+        }
+    }
+}
+
+/// Delete tombstones (`_cdc_deleted = true` rows) are what stops a replayed older upsert
+/// from resurrecting a deleted key, so they may only be purged once no replay can carry
+/// an older event for that key: `retention` must exceed the broker's retention (the
+/// longest replay window). Off by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TombstoneConfig {
+    /// Purge tombstones applied longer ago than this; absent = never purge.
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// How often the purge runs.
+    #[serde(default = "TombstoneConfig::default_purge_interval", with = "humantime_serde")]
+    pub purge_interval: Duration,
+}
+
+impl TombstoneConfig {
+    const fn default_purge_interval() -> Duration {
+        Duration::from_secs(3600)
+    }
+}
+
+impl Default for TombstoneConfig {
+    fn default() -> Self {
+        Self { retention: None, purge_interval: Self::default_purge_interval() }
+    }
+}
+
+impl SinkConfig {
+    /// Reads the file, applies environment overrides from `env`, and validates.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::from_toml(&text, env)
+    }
+
+    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        for (var, value) in env {
+            if let Some(path) = var.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut table, &var, path, &value)?;
+            }
+        }
+        let config: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            problems.push("[kafka] brokers is empty: set it to the bootstrap servers, e.g. \"127.0.0.1:9092\"".into());
+        }
+        if k.group_id.trim().is_empty() {
+            problems.push("[kafka] group_id is empty: give the consumer group a name".into());
+        }
+        if k.topics.is_empty() {
+            problems.push("[kafka] topics is empty: list the Debezium topics, e.g. [\"cdc.public.customer\"]".into());
+        }
+        for topic in &k.topics {
+            if crate::model::Entity::from_topic(topic).is_none() {
+                problems.push(format!(
+                    "[kafka] topics: {topic:?} does not end in a known table (customer, address, orders, order_item)"
+                ));
+            }
+        }
+        if k.dlq_topic.trim().is_empty() {
+            problems.push("[kafka] dlq_topic is empty: name the dead-letter topic, e.g. \"cdc.dlq\"".into());
+        } else if k.topics.contains(&k.dlq_topic) {
+            problems.push("[kafka] dlq_topic must not be one of the consumed topics".into());
+        }
+        if k.drain_timeout.is_zero() {
+            problems.push("[kafka] drain_timeout must be positive".into());
+        }
+        match self.target.kind {
+            TargetKind::Postgres => {
+                if self.target.url.contains("password=") {
+                    problems.push(
+                        "[target] url contains password=: remove it and set [target] password or SINK__TARGET__PASSWORD".into(),
+                    );
+                }
+                if let Err(e) = self.target.url.parse::<tokio_postgres::Config>() {
+                    problems.push(format!("[target] url is not a libpq key=value string: {e}"));
+                }
+                problems.extend(self.target.postgres.validate());
+            }
+            TargetKind::Mongodb => {
+                if !(self.target.url.starts_with("mongodb://") || self.target.url.starts_with("mongodb+srv://")) {
+                    problems.push("[target] url must be a mongodb:// or mongodb+srv:// URI for kind = \"mongodb\"".into());
+                }
+                problems.extend(self.target.mongodb.validate());
+            }
+        }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!("[http] listen {:?} is not an address like \"127.0.0.1:9095\"", self.http.listen));
+        }
+        let a = &self.apply;
+        if a.max_batch_size == 0 {
+            problems.push("[apply] max_batch_size must be at least 1".into());
+        }
+        if a.retry_initial_backoff.is_zero() || a.retry_initial_backoff > a.retry_max_backoff {
+            problems.push("[apply] retry_initial_backoff must be positive and at most retry_max_backoff".into());
+        }
+        if a.max_event_bytes < 1024 {
+            problems.push("[apply] max_event_bytes below 1 KiB would reject ordinary events".into());
+        }
+        if let Some(retention) = self.tombstones.retention {
+            if retention < Duration::from_secs(3600) {
+                problems.push(
+                    "[tombstones] retention must be at least 1h and should exceed the broker retention (replay window)".into(),
+                );
+            }
+        }
+        if self.tombstones.purge_interval.is_zero() {
+            problems.push("[tombstones] purge_interval must be positive".into());
+        }
+        problems.extend(self.validation.validate());
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.http.listen.parse().expect("validated at load")
+    }
+}
+
+/// Sets `path` (`SECTION__KEY[__KEY...]`, case-insensitive) in the TOML table. The value is
+/// parsed as a TOML value when it is one (numbers, booleans, arrays, durations as strings
+/// stay strings), otherwise taken as a plain string.
+fn apply_override(table: &mut toml::Table, var: &str, path: &str, value: &str) -> Result<(), ConfigError> {
+    let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+    if keys.iter().any(String::is_empty) {
+        return Err(ConfigError::Env { var: var.into(), reason: "expected SINK__<SECTION>__<KEY>".into() });
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let (last, parents) = keys.split_last().expect("split yields one key at least");
+    let mut cursor = table;
+    for key in parents {
+        let entry = cursor.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Env { var: var.into(), reason: format!("{key} is not a section") })?;
+    }
+    cursor.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+group_id = "cdc-sink"
+topics = ["cdc.public.customer", "cdc.public.orders"]
+dlq_topic = "cdc.dlq"
+
+[target]
+kind = "postgres"
+url = "host=127.0.0.1 port=5432 user=postgres dbname=sink"
+
+[http]
+listen = "127.0.0.1:9095"
+"#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn minimal_file_loads_with_defaults() {
+        let c = SinkConfig::from_toml(MINIMAL, []).unwrap();
+        assert_eq!(c.kafka.topics.len(), 2);
+        assert_eq!(c.target.kind, TargetKind::Postgres);
+        assert!(c.target.password.is_none());
+        assert_eq!(c.apply.max_batch_size, 4096);
+        assert!(c.tombstones.retention.is_none());
+    }
+
+    #[test]
+    fn env_overrides_password_and_nested_keys() {
+        let c = SinkConfig::from_toml(
+            MINIMAL,
+            env(&[
+                ("SINK__TARGET__PASSWORD", "12345"),
+                ("SINK__APPLY__MAX_BATCH_SIZE", "100"),
+                ("SINK__TOMBSTONES__RETENTION", "8d"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.target.password.as_ref().unwrap().expose(), "12345");
+        assert_eq!(c.apply.max_batch_size, 100);
+        assert_eq!(c.tombstones.retention, Some(Duration::from_secs(8 * 86400)));
+    }
+
+    #[test]
+    fn secret_is_never_printed() {
+        let c = SinkConfig::from_toml(MINIMAL, env(&[("SINK__TARGET__PASSWORD", "hunter2")])).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("***"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = SinkConfig::from_toml(&format!("{MINIMAL}\n[apply]\nmax_batch = 3\n"), []).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let err = SinkConfig::from_toml(MINIMAL, env(&[("SINK__KAFKA__BROKER", "x")])).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_all_reported_with_a_fix() {
+        let text = MINIMAL
+            .replace("user=postgres dbname=sink", "user=postgres password=x dbname=sink")
+            .replace("\"127.0.0.1:9095\"", "\"nowhere\"")
+            .replace("dlq_topic = \"cdc.dlq\"", "dlq_topic = \"cdc.public.customer\"");
+        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text, []) else { panic!("expected invalid") };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("SINK__TARGET__PASSWORD")));
+    }
+
+    #[test]
+    fn unknown_table_topic_and_bad_mongo_url_rejected() {
+        let text = MINIMAL.replace("cdc.public.orders", "cdc.public.invoices").replace("\"postgres\"", "\"mongodb\"");
+        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text, []) else { panic!("expected invalid") };
+        assert!(problems.iter().any(|p| p.contains("invoices")));
+        assert!(problems.iter().any(|p| p.contains("mongodb://")));
+    }
+
+    #[test]
+    fn validation_rules_configurable() {
+        let text = format!(
+            "{MINIMAL}\n[validation.rules.referential]\nseverity = \"reject\"\n[validation.rules.email]\nenabled = false\n"
+        );
+        let c = SinkConfig::from_toml(&text, []).unwrap();
+        use crate::validation::{Rule, Severity};
+        assert_eq!(c.validation.rule(Rule::Referential).severity, Severity::Reject);
+        assert!(!c.validation.rule(Rule::Email).enabled);
+        assert_eq!(c.validation.rule(Rule::Temporal).severity, Severity::Warn);
+    }
+}

@@ -1,0 +1,516 @@
+//! Debezium event decoding: the raw envelope (`before`/`after`/`source`/`op`/`ts_ms`) and
+//! the ExtractNewRecordState form (`__deleted`, `__op`, `__lsn`, `__source_ts_ms`, ...),
+//! both JSON without schemas.
+
+use base64::Engine;
+use chrono::{DateTime, TimeZone, Utc};
+use rust_decimal::Decimal;
+use serde_json::{Map, Value as Json};
+use uuid::Uuid;
+
+use crate::model::{Change, ColumnType, Coords, Entity, Extra, Field, JsonKind, Op, Row, Value};
+
+/// Debezium's placeholder for an unchanged TOASTed column.
+pub const TOAST_PLACEHOLDER: &str = "__debezium_unavailable_value";
+
+/// What one Kafka record turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Change(Box<Change>),
+    /// Null value after a delete: nothing to apply (the delete event did the work).
+    Tombstone,
+    /// `op = t`: the sink does not mirror truncates (the target keeps its rows and
+    /// tombstones; an operator decides), it logs and counts them.
+    Truncate,
+    /// `op = m`: a logical decoding message, not a row change.
+    Message { prefix: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("value is not JSON: {0}")]
+    MalformedValue(String),
+    #[error("key is not JSON: {0}")]
+    MalformedKey(String),
+    #[error("value is not a JSON object")]
+    NotAnObject,
+    #[error("unknown op {0:?}")]
+    UnknownOp(String),
+    #[error("topic {0:?} does not name a known table")]
+    UnknownTable(String),
+    #[error("event is for table {event:?} but arrived on the topic of {topic:?}")]
+    TableMismatch { event: String, topic: String },
+    #[error("no source position: {0}")]
+    MissingLsn(&'static str),
+    #[error("missing row image: {0}")]
+    MissingRow(&'static str),
+    #[error("column {column}: {reason}")]
+    BadColumn { column: String, reason: String },
+    #[error("key {key} does not match the row id {row}")]
+    KeyMismatch { key: String, row: String },
+    #[error("value of {size} bytes exceeds max_event_bytes ({limit})")]
+    TooLarge { size: usize, limit: usize },
+}
+
+impl DecodeError {
+    /// Short stable name for metrics and the `dlq.reason_kind` header.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::MalformedValue(_) | Self::NotAnObject => "malformed_value",
+            Self::MalformedKey(_) => "malformed_key",
+            Self::UnknownOp(_) => "unknown_op",
+            Self::UnknownTable(_) | Self::TableMismatch { .. } => "unknown_table",
+            Self::MissingLsn(_) => "missing_lsn",
+            Self::MissingRow(_) => "missing_row",
+            Self::BadColumn { .. } => "bad_column",
+            Self::KeyMismatch { .. } => "key_mismatch",
+            Self::TooLarge { .. } => "too_large",
+        }
+    }
+}
+
+/// Decodes one record. `key`/`value` are the raw Kafka bytes.
+pub fn decode(
+    coords: &Coords,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    max_event_bytes: usize,
+) -> Result<Decoded, DecodeError> {
+    let Some(value) = value else { return Ok(Decoded::Tombstone) };
+    if value.len() > max_event_bytes {
+        return Err(DecodeError::TooLarge { size: value.len(), limit: max_event_bytes });
+    }
+    let entity = Entity::from_topic(&coords.topic).ok_or_else(|| DecodeError::UnknownTable(coords.topic.clone()))?;
+    let json: Json = serde_json::from_slice(value).map_err(|e| DecodeError::MalformedValue(e.to_string()))?;
+    let Json::Object(obj) = json else { return Err(DecodeError::NotAnObject) };
+    // Debezium with schemas enabled wraps everything in {schema, payload}; accept it too.
+    let obj = match obj.get("payload") {
+        Some(Json::Object(p)) if obj.contains_key("schema") => p.clone(),
+        _ => obj,
+    };
+    let is_envelope = obj.contains_key("op") && (obj.contains_key("source") || obj.contains_key("after"));
+    let change = if is_envelope { decode_envelope(entity, &obj, coords)? } else { decode_flattened(entity, &obj, coords)? };
+    let Some(mut change) = change else {
+        return Ok(match obj.get("op").or_else(|| obj.get("__op")).and_then(Json::as_str) {
+            Some("t") => Decoded::Truncate,
+            _ => Decoded::Message {
+                prefix: obj.get("message").and_then(|m| m.get("prefix")).and_then(Json::as_str).unwrap_or_default().to_string(),
+            },
+        });
+    };
+    if let Some(key) = key {
+        let key_id = decode_key(key)?;
+        if let Some(key_id) = key_id
+            && key_id != change.key
+        {
+            return Err(DecodeError::KeyMismatch { key: key_id.to_string(), row: change.key.to_string() });
+        }
+    }
+    change.coords = coords.clone();
+    Ok(Decoded::Change(Box::new(change)))
+}
+
+/// The Kafka key: `{"id": "<uuid>"}` (or a schema-wrapped payload). `None` when it names no id.
+fn decode_key(key: &[u8]) -> Result<Option<Uuid>, DecodeError> {
+    let json: Json = serde_json::from_slice(key).map_err(|e| DecodeError::MalformedKey(e.to_string()))?;
+    let id = json.get("id").or_else(|| json.pointer("/payload/id"));
+    match id {
+        None => Ok(None),
+        Some(Json::String(s)) => {
+            Uuid::parse_str(s).map(Some).map_err(|e| DecodeError::MalformedKey(format!("id {s:?} is not a uuid: {e}")))
+        }
+        Some(other) => Err(DecodeError::MalformedKey(format!("id is {other}, not a uuid string"))),
+    }
+}
+
+fn parse_op(op: &str) -> Result<Option<Op>, DecodeError> {
+    Ok(Some(match op {
+        "r" => Op::Read,
+        "c" => Op::Create,
+        "u" => Op::Update,
+        "d" => Op::Delete,
+        "t" | "m" => return Ok(None),
+        other => return Err(DecodeError::UnknownOp(other.to_string())),
+    }))
+}
+
+fn decode_envelope(entity: Entity, obj: &Map<String, Json>, coords: &Coords) -> Result<Option<Change>, DecodeError> {
+    let op = obj.get("op").and_then(Json::as_str).ok_or_else(|| DecodeError::UnknownOp(format!("{:?}", obj.get("op"))))?;
+    let Some(op) = parse_op(op)? else { return Ok(None) };
+    let source = obj.get("source").and_then(Json::as_object);
+    if let Some(table) = source.and_then(|s| s.get("table")).and_then(Json::as_str)
+        && table != entity.table()
+    {
+        return Err(DecodeError::TableMismatch { event: table.into(), topic: coords.topic.clone() });
+    }
+    let lsn = source.and_then(|s| s.get("lsn")).and_then(Json::as_i64).ok_or(DecodeError::MissingLsn("source.lsn"))?;
+    let source_ts = source.and_then(|s| epoch_field(s, "ts"));
+    let emitted_ts = epoch_field(obj, "ts");
+    let row = |name: &str| -> Result<Option<Row>, DecodeError> {
+        match obj.get(name) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::Object(r)) => decode_row(entity, r).map(Some),
+            Some(_) => Err(DecodeError::MissingRow("before/after is not an object")),
+        }
+    };
+    let before = row("before")?;
+    let after = row("after")?;
+    let image = if op.is_delete() {
+        before.as_ref().ok_or(DecodeError::MissingRow("delete without before"))?
+    } else {
+        after.as_ref().ok_or(DecodeError::MissingRow("create/update/read without after"))?
+    };
+    let key = row_id(entity, image)?;
+    Ok(Some(Change {
+        entity,
+        key,
+        op,
+        lsn,
+        source_ts,
+        emitted_ts,
+        before,
+        after: if op.is_delete() { None } else { after },
+        coords: coords.clone(),
+    }))
+}
+
+fn decode_flattened(entity: Entity, obj: &Map<String, Json>, coords: &Coords) -> Result<Option<Change>, DecodeError> {
+    let deleted = match obj.get("__deleted") {
+        Some(Json::Bool(b)) => *b,
+        Some(Json::String(s)) => s == "true",
+        _ => false,
+    };
+    let op = match obj.get("__op").and_then(Json::as_str) {
+        Some(op) => parse_op(op)?,
+        None if deleted => Some(Op::Delete),
+        // Without `__op` a non-deleted row is an upsert; the version guard decides.
+        None => Some(Op::Update),
+    };
+    let Some(mut op) = op else { return Ok(None) };
+    if deleted {
+        op = Op::Delete;
+    }
+    if let Some(table) = obj.get("__table").and_then(Json::as_str)
+        && table != entity.table()
+    {
+        return Err(DecodeError::TableMismatch { event: table.into(), topic: coords.topic.clone() });
+    }
+    let lsn = obj
+        .get("__lsn")
+        .and_then(Json::as_i64)
+        .ok_or(DecodeError::MissingLsn("__lsn (configure ExtractNewRecordState add.fields=op,lsn,source.ts_ms,table)"))?;
+    let source_ts = epoch_field(obj, "__source_ts");
+    let emitted_ts = epoch_field(obj, "__ts");
+    let fields: Map<String, Json> = obj.iter().filter(|(k, _)| !k.starts_with("__")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let row = decode_row(entity, &fields)?;
+    let key = row_id(entity, &row)?;
+    let (before, after) = if op.is_delete() { (Some(row), None) } else { (None, Some(row)) };
+    Ok(Some(Change { entity, key, op, lsn, source_ts, emitted_ts, before, after, coords: coords.clone() }))
+}
+
+/// `<prefix>_ms`, `<prefix>_us` or `<prefix>_ns` (Debezium 2.x sends all three on `source`).
+fn epoch_field(obj: &Map<String, Json>, prefix: &str) -> Option<DateTime<Utc>> {
+    let get = |suffix: &str| obj.get(&format!("{prefix}_{suffix}")).and_then(Json::as_i64);
+    if let Some(ns) = get("ns") {
+        return Some(Utc.timestamp_nanos(ns));
+    }
+    if let Some(us) = get("us") {
+        return DateTime::from_timestamp_micros(us);
+    }
+    get("ms").and_then(DateTime::from_timestamp_millis)
+}
+
+fn row_id(entity: Entity, row: &Row) -> Result<uuid::Uuid, DecodeError> {
+    row.uuid(entity, "id")
+        .ok_or_else(|| DecodeError::BadColumn { column: "id".into(), reason: "missing or null primary key".into() })
+}
+
+pub fn decode_row(entity: Entity, obj: &Map<String, Json>) -> Result<Row, DecodeError> {
+    let mut row = Row::empty(entity);
+    for (name, json) in obj {
+        match entity.column_index(name) {
+            Some(i) => {
+                let column = &entity.columns()[i];
+                let field = if json.as_str() == Some(TOAST_PLACEHOLDER) {
+                    Field::Unavailable
+                } else {
+                    Field::Value(
+                        decode_value(column.ty, json)
+                            .map_err(|reason| DecodeError::BadColumn { column: name.clone(), reason })?,
+                    )
+                };
+                row.known[i] = Some(field);
+            }
+            None => {
+                let text = match json {
+                    Json::Null => None,
+                    Json::String(s) if s == TOAST_PLACEHOLDER => continue,
+                    Json::String(s) => Some(s.clone()),
+                    other => Some(other.to_string()),
+                };
+                row.extra.insert(name.clone(), Extra { text, kind: JsonKind::of(json) });
+            }
+        }
+    }
+    Ok(row)
+}
+
+pub fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
+    if json.is_null() {
+        return Ok(Value::Null);
+    }
+    match ty {
+        ColumnType::Uuid => match json {
+            Json::String(s) => Uuid::parse_str(s).map(Value::Uuid).map_err(|e| format!("{s:?} is not a uuid: {e}")),
+            other => Err(format!("expected a uuid string, found {other}")),
+        },
+        ColumnType::Text => match json {
+            Json::String(s) => Ok(Value::Text(s.clone())),
+            other => Err(format!("expected a string, found {other}")),
+        },
+        ColumnType::Bool => match json {
+            Json::Bool(b) => Ok(Value::Bool(*b)),
+            Json::String(s) if s == "true" || s == "false" => Ok(Value::Bool(s == "true")),
+            other => Err(format!("expected a boolean, found {other}")),
+        },
+        ColumnType::Int4 => {
+            let n = match json {
+                Json::Number(n) => n.as_i64(),
+                Json::String(s) => s.parse::<i64>().ok(),
+                _ => None,
+            };
+            n.and_then(|n| i32::try_from(n).ok()).map(Value::Int).ok_or_else(|| format!("expected a 32-bit integer, found {json}"))
+        }
+        ColumnType::Numeric { scale } => decode_decimal(json, scale).map(Value::Numeric),
+        ColumnType::Timestamptz => decode_timestamp(json).map(Value::Timestamp),
+    }
+}
+
+/// Decimals arrive as strings (`decimal.handling.mode=string`), JSON numbers (`double`),
+/// base64 big-endian two's-complement unscaled bytes with the column's scale (`precise`,
+/// Debezium's default), or `{"scale": s, "value": base64}` (variable scale).
+///
+/// A string made only of digits, sign and dot is read as a decimal, anything else as
+/// base64: base64 of a non-negative unscaled value never starts with a digit or sign
+/// (its first 6 bits are below 32), so the two forms cannot be confused for valid amounts.
+pub fn decode_decimal(json: &Json, scale: u32) -> Result<Decimal, String> {
+    match json {
+        Json::Number(n) => n.to_string().parse::<Decimal>().map_err(|e| format!("{n} is not a decimal: {e}")),
+        Json::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+') => {
+            s.parse::<Decimal>().map_err(|e| format!("{s:?} is not a decimal: {e}"))
+        }
+        Json::String(s) => decimal_from_base64(s, scale),
+        Json::Object(o) => {
+            let scale = o.get("scale").and_then(Json::as_u64).ok_or("variable-scale decimal without scale")?;
+            let value = o.get("value").and_then(Json::as_str).ok_or("variable-scale decimal without value")?;
+            decimal_from_base64(value, u32::try_from(scale).map_err(|_| "scale out of range")?)
+        }
+        other => Err(format!("expected a decimal, found {other}")),
+    }
+}
+
+fn decimal_from_base64(s: &str, scale: u32) -> Result<Decimal, String> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("{s:?} is neither a decimal nor base64: {e}"))?;
+    if bytes.is_empty() || bytes.len() > 12 {
+        return Err(format!("{} unscaled bytes do not fit a 96-bit decimal", bytes.len()));
+    }
+    // Sign-extend the big-endian two's complement into an i128.
+    let mut unscaled: i128 = if bytes[0] & 0x80 != 0 { -1 } else { 0 };
+    for b in &bytes {
+        unscaled = (unscaled << 8) | i128::from(*b);
+    }
+    Decimal::try_from_i128_with_scale(unscaled, scale).map_err(|e| format!("decimal out of range: {e}"))
+}
+
+/// Timestamps arrive as ISO-8601 strings (`ZonedTimestamp` for timestamptz, with or without
+/// offset) or epoch numbers. The unit of a number is told by its magnitude, since the
+/// schema is not sent: below 1e14 milliseconds (until year 5138), below 1e17
+/// microseconds, otherwise nanoseconds.
+pub fn decode_timestamp(json: &Json) -> Result<DateTime<Utc>, String> {
+    match json {
+        Json::String(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|_| {
+                chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
+                    .map(|n| n.and_utc())
+            })
+            .map_err(|e| format!("{s:?} is not an ISO-8601 timestamp: {e}")),
+        Json::Number(n) => {
+            let v = n.as_i64().ok_or_else(|| format!("{n} is not an integer epoch"))?;
+            let abs = v.unsigned_abs();
+            let t = if abs < 100_000_000_000_000 {
+                DateTime::from_timestamp_millis(v)
+            } else if abs < 100_000_000_000_000_000 {
+                DateTime::from_timestamp_micros(v)
+            } else {
+                Some(Utc.timestamp_nanos(v))
+            };
+            t.ok_or_else(|| format!("{v} is out of range"))
+        }
+        other => Err(format!("expected a timestamp, found {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::str::FromStr;
+
+    fn coords(table: &str) -> Coords {
+        Coords { topic: format!("cdc.public.{table}"), partition: 0, offset: 7 }
+    }
+
+    const ID: &str = "5f0c6d4e-1b7e-4c3a-9a55-1b2c3d4e5f60";
+    const CUST: &str = "0a0c6d4e-1b7e-4c3a-9a55-1b2c3d4e5f61";
+
+    fn dec(table: &str, key: Option<Json>, value: Json) -> Result<Decoded, DecodeError> {
+        let k = key.map(|k| k.to_string().into_bytes());
+        decode(&coords(table), k.as_deref(), Some(value.to_string().as_bytes()), 1 << 20)
+    }
+
+    fn change(d: Decoded) -> Change {
+        match d {
+            Decoded::Change(c) => *c,
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    fn order(status: &str, amount: Json) -> Json {
+        json!({"id": ID, "customer_id": CUST, "status": status, "total_amount": amount,
+               "created_at": "2024-05-01T10:00:00.123456Z", "updated_at": "2024-05-01T10:00:00Z"})
+    }
+
+    #[test]
+    fn raw_envelope_update_with_before() {
+        let v = json!({"before": order("pending", json!("10.00")), "after": order("paid", json!("10.00")),
+            "source": {"lsn": 12345, "ts_ms": 1714557600000i64, "table": "orders"}, "op": "u", "ts_ms": 1714557600100i64});
+        let c = change(dec("orders", Some(json!({"id": ID})), v).unwrap());
+        assert_eq!(c.op, Op::Update);
+        assert_eq!(c.lsn, 12345);
+        assert_eq!(c.key.to_string(), ID);
+        assert_eq!(c.source_ts.unwrap().timestamp_millis(), 1714557600000);
+        let after = c.after.unwrap();
+        assert_eq!(after.text(Entity::Orders, "status"), Some("paid"));
+        assert_eq!(c.before.unwrap().text(Entity::Orders, "status"), Some("pending"));
+        assert_eq!(after.value(Entity::Orders, "total_amount"), Some(&Value::Numeric(Decimal::from_str("10.00").unwrap())));
+    }
+
+    #[test]
+    fn raw_envelope_snapshot_create_delete() {
+        for (op, expected) in [("r", Op::Read), ("c", Op::Create)] {
+            let v = json!({"before": null, "after": order("pending", json!("1.50")), "source": {"lsn": 1}, "op": op});
+            assert_eq!(change(dec("orders", None, v).unwrap()).op, expected);
+        }
+        let v = json!({"before": order("paid", json!("1.50")), "after": null, "source": {"lsn": 9}, "op": "d"});
+        let c = change(dec("orders", None, v).unwrap());
+        assert_eq!(c.op, Op::Delete);
+        assert!(c.after.is_none());
+    }
+
+    #[test]
+    fn flattened_form_with_metadata_and_delete_rewrite() {
+        let mut v = order("shipped", json!("3.00"));
+        let o = v.as_object_mut().unwrap();
+        o.insert("__op".into(), json!("u"));
+        o.insert("__lsn".into(), json!(777));
+        o.insert("__source_ts_ms".into(), json!(1714557600000i64));
+        o.insert("__table".into(), json!("orders"));
+        o.insert("__deleted".into(), json!("false"));
+        let c = change(dec("orders", Some(json!({"id": ID})), v.clone()).unwrap());
+        assert_eq!((c.op, c.lsn), (Op::Update, 777));
+        assert!(c.after.as_ref().unwrap().extra.is_empty(), "metadata fields are not columns");
+        v["__deleted"] = json!("true");
+        v["__op"] = json!("d");
+        let c = change(dec("orders", None, v).unwrap());
+        assert_eq!(c.op, Op::Delete);
+        assert!(c.before.is_some() && c.after.is_none());
+    }
+
+    #[test]
+    fn flattened_without_lsn_is_rejected() {
+        let err = dec("orders", None, order("paid", json!("1.00"))).unwrap_err();
+        assert_eq!(err.kind(), "missing_lsn");
+    }
+
+    #[test]
+    fn tombstone_truncate_message() {
+        assert_eq!(decode(&coords("orders"), Some(b"{\"id\":\"x\"}"), None, 100).unwrap(), Decoded::Tombstone);
+        let t = json!({"op": "t", "source": {"lsn": 5, "table": "orders"}, "ts_ms": 1});
+        assert_eq!(dec("orders", None, t).unwrap(), Decoded::Truncate);
+        let m = json!({"op": "m", "source": {"lsn": 5}, "message": {"prefix": "audit", "content": "AQI="}});
+        assert_eq!(dec("orders", None, m).unwrap(), Decoded::Message { prefix: "audit".into() });
+    }
+
+    #[test]
+    fn unknown_op_and_malformed() {
+        let v = json!({"op": "x", "source": {"lsn": 5}, "after": order("paid", json!("1"))});
+        assert_eq!(dec("orders", None, v).unwrap_err().kind(), "unknown_op");
+        let err = decode(&coords("orders"), None, Some(b"{not json"), 100).unwrap_err();
+        assert_eq!(err.kind(), "malformed_value");
+        let err = decode(&coords("invoice"), None, Some(b"{}"), 100).unwrap_err();
+        assert_eq!(err.kind(), "unknown_table");
+    }
+
+    #[test]
+    fn toast_placeholder_keeps_the_column() {
+        let mut after = order("paid", json!("1.00"));
+        after["status"] = json!(TOAST_PLACEHOLDER);
+        let v = json!({"after": after, "source": {"lsn": 5}, "op": "u"});
+        let c = change(dec("orders", None, v).unwrap());
+        let row = c.after.unwrap();
+        assert_eq!(row.known[Entity::Orders.column_index("status").unwrap()], Some(Field::Unavailable));
+        assert!(!row.is_complete());
+    }
+
+    #[test]
+    fn decimals_string_number_base64_variable() {
+        let scale = 2;
+        assert_eq!(decode_decimal(&json!("1234.56"), scale).unwrap().to_string(), "1234.56");
+        assert_eq!(decode_decimal(&json!(12.5), scale).unwrap().to_string(), "12.5");
+        // 1234 unscaled = 0x04D2 -> "BNI=" -> 12.34 at scale 2.
+        assert_eq!(decode_decimal(&json!("BNI="), scale).unwrap().to_string(), "12.34");
+        // -1 unscaled = 0xFF -> "/w==" -> -0.01.
+        assert_eq!(decode_decimal(&json!("/w=="), scale).unwrap().to_string(), "-0.01");
+        assert_eq!(decode_decimal(&json!({"scale": 3, "value": "BNI="}), scale).unwrap().to_string(), "1.234");
+        assert!(decode_decimal(&json!("not*base64"), scale).is_err());
+        assert!(decode_decimal(&json!(true), scale).is_err());
+    }
+
+    #[test]
+    fn timestamps_iso_and_epoch_units() {
+        let expected = DateTime::parse_from_rfc3339("2024-05-01T10:00:00.123456Z").unwrap().with_timezone(&Utc);
+        assert_eq!(decode_timestamp(&json!("2024-05-01T10:00:00.123456Z")).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!("2024-05-01T12:00:00.123456+02:00")).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!(1714557600123456i64)).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!(1714557600123456000i64)).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!(1714557600123i64)).unwrap().timestamp_millis(), 1714557600123);
+        assert!(decode_timestamp(&json!("yesterday")).is_err());
+    }
+
+    #[test]
+    fn key_mismatch_and_bad_uuid() {
+        let v = json!({"after": order("paid", json!("1")), "source": {"lsn": 5}, "op": "c"});
+        let err = dec("orders", Some(json!({"id": CUST})), v.clone()).unwrap_err();
+        assert_eq!(err.kind(), "key_mismatch");
+        let err = decode(&coords("orders"), Some(b"nope"), Some(v.to_string().as_bytes()), 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), "malformed_key");
+        let mut bad = order("paid", json!("1"));
+        bad["customer_id"] = json!("not-a-uuid");
+        let err = dec("orders", None, json!({"after": bad, "source": {"lsn": 5}, "op": "c"})).unwrap_err();
+        assert_eq!(err.kind(), "bad_column");
+    }
+
+    #[test]
+    fn too_large_and_new_columns() {
+        let v = json!({"after": order("paid", json!("1")), "source": {"lsn": 5}, "op": "c"}).to_string();
+        let err = decode(&coords("orders"), None, Some(v.as_bytes()), 10).unwrap_err();
+        assert_eq!(err.kind(), "too_large");
+        let mut after = order("paid", json!("1"));
+        after["loyalty_tier"] = json!(3);
+        let c = change(dec("orders", None, json!({"after": after, "source": {"lsn": 5}, "op": "c"})).unwrap());
+        let extra = c.after.unwrap().extra.remove("loyalty_tier").unwrap();
+        assert_eq!((extra.text.as_deref(), extra.kind), (Some("3"), JsonKind::Number));
+    }
+}

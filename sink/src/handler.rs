@@ -1,0 +1,324 @@
+//! One handler per entity: decode, validate, apply, dead-letter one partition batch.
+//! Partitions of an entity run as their own tasks, so an entity whose target writes fail
+//! (and retry) stalls only its own partitions.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use tracing::{Instrument, debug, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::config::SinkConfig;
+use crate::decode::{DecodeError, Decoded, decode};
+use crate::dlq::{DeadLetter, DlqProducer};
+use crate::metrics::Metrics;
+use crate::model::{Change, Coords, Entity};
+use crate::retry::Backoff;
+use crate::schema::SchemaTracker;
+use crate::targets::Target;
+use crate::validation::{KeyMemory, Rule, Severity, Tally, Validator};
+
+/// A Kafka record, detached from the consumer.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub coords: Coords,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// What a partition task keeps between batches.
+#[derive(Default)]
+pub struct PartitionState {
+    memory: KeyMemory,
+}
+
+pub struct Handler {
+    pub entity: Entity,
+    pub target: Arc<Target>,
+    pub dlq: Arc<DlqProducer>,
+    pub metrics: Arc<Metrics>,
+    pub schema: Arc<SchemaTracker>,
+    pub config: Arc<SinkConfig>,
+}
+
+/// Keys are logged truncated: they can be long and are only there to find the event.
+fn key_for_log(key: Option<&[u8]>) -> String {
+    key.map(|k| {
+        let s = String::from_utf8_lossy(k);
+        if s.len() > 64 { format!("{}...", &s[..s.floor_char_boundary(64)]) } else { s.into_owned() }
+    })
+    .unwrap_or_default()
+}
+
+impl Handler {
+    /// Processes one batch (records of one partition, in offset order). Returns when every
+    /// record's effect is durable in the target or the DLQ; the caller then stores the
+    /// offset. Transient failures are retried here without limit.
+    pub async fn process(&self, batch: &[Record], state: &mut PartitionState) {
+        let Some(first) = batch.first() else { return };
+        let started = Instant::now();
+        let span = info_span!(
+            "batch",
+            messaging.system = "kafka",
+            messaging.destination.name = %first.coords.topic,
+            messaging.kafka.consumer.group = %self.config.kafka.group_id,
+            messaging.kafka.partition = first.coords.partition,
+            messaging.kafka.offset = first.coords.offset,
+            messaging.batch.message_count = batch.len(),
+            messaging.operation = "process",
+            db.operation = tracing::field::Empty,
+            cdc.entity.type = %self.entity,
+        );
+        self.process_inner(batch, state).instrument(span).await;
+        self.metrics.batch(self.entity, batch.len(), started.elapsed().as_secs_f64());
+    }
+
+    async fn process_inner(&self, batch: &[Record], state: &mut PartitionState) {
+        let entity = self.entity;
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        let mut changes: Vec<(usize, Change)> = Vec::with_capacity(batch.len());
+        let mut tally = Tally::default();
+        let validator = Validator { config: &self.config.validation, now: Utc::now() };
+        let mut ops: HashMap<&'static str, u64> = HashMap::new();
+
+        for (i, record) in batch.iter().enumerate() {
+            match decode(&record.coords, record.key.as_deref(), record.value.as_deref(), self.config.apply.max_event_bytes) {
+                Err(error) => {
+                    *ops.entry("invalid").or_default() += 1;
+                    if let DecodeError::BadColumn { column, .. } = &error {
+                        self.schema.incompatible_known(entity, column, &self.metrics);
+                    }
+                    letters.push(self.letter(record, "decode", format!("{}: {error}", error.kind())));
+                }
+                Ok(Decoded::Tombstone) => *ops.entry("tombstone").or_default() += 1,
+                Ok(Decoded::Truncate) => {
+                    *ops.entry("truncate").or_default() += 1;
+                    warn!(message = "truncate event ignored: the target keeps its rows", topic = %record.coords.topic,
+                        partition = record.coords.partition, offset = record.coords.offset, outcome = "ignored");
+                }
+                Ok(Decoded::Message { prefix }) => {
+                    *ops.entry("message").or_default() += 1;
+                    info!(message = "logical decoding message ignored", prefix, topic = %record.coords.topic,
+                        partition = record.coords.partition, offset = record.coords.offset, outcome = "ignored");
+                }
+                Ok(Decoded::Change(change)) => {
+                    *ops.entry(change.op.code()).or_default() += 1;
+                    let mut rejected = None;
+                    for v in validator.check(&change, &mut state.memory, &mut tally) {
+                        self.metrics.validation_failed(v.rule.name(), v.severity);
+                        match v.severity {
+                            Severity::Warn => debug!(message = "validation warning", rule = v.rule.name(), reason = %v.reason,
+                                topic = %record.coords.topic, partition = record.coords.partition, offset = record.coords.offset,
+                                key = %key_for_log(record.key.as_deref()), outcome = "warned"),
+                            Severity::Reject => rejected = rejected.or(Some(v)),
+                        }
+                    }
+                    match rejected {
+                        Some(v) => letters.push(self.letter(record, v.rule.name(), v.reason)),
+                        None => changes.push((i, *change)),
+                    }
+                }
+            }
+        }
+        for (op, n) in ops {
+            self.metrics.events_processed(entity, op, n);
+        }
+
+        let added: HashSet<String> = changes
+            .iter()
+            .filter_map(|(_, c)| c.after.as_ref())
+            .flat_map(|row| self.schema.observe(entity, row, &self.metrics))
+            .collect();
+        if !added.is_empty() {
+            let added: Vec<String> = added.into_iter().collect();
+            self.retry("ensure_columns", || self.target.ensure_columns(entity, &added)).await;
+        }
+
+        self.check_referential(batch, &mut changes, &mut letters, &mut tally).await;
+        self.metrics.validation(&tally);
+
+        if !changes.is_empty() {
+            let plain: Vec<Change> = changes.iter().map(|(_, c)| c.clone()).collect();
+            let report = self.retry("apply", || self.target.apply(entity, &plain)).await;
+            let report = match report {
+                Ok(r) => r,
+                Err(reason) => crate::targets::ApplyReport {
+                    rejected: plain.iter().map(|c| (c.key, reason.clone())).collect(),
+                    ..Default::default()
+                },
+            };
+            let latest: HashMap<Uuid, &Change> = plain.iter().map(|c| (c.key, c)).collect();
+            let (mut upserts, mut deletes) = (0, 0);
+            let now = Utc::now();
+            let mut latencies = Vec::with_capacity(report.applied.len());
+            for key in &report.applied {
+                if let Some(c) = latest.get(key) {
+                    if c.op.is_delete() { deletes += 1 } else { upserts += 1 }
+                    if let Some(ts) = c.source_ts {
+                        latencies.push((now - ts).as_seconds_f64());
+                    }
+                }
+            }
+            tracing::Span::current().record(
+                "db.operation",
+                if report.applied.is_empty() { "ignore" } else if deletes > upserts { "delete" } else { "upsert" },
+            );
+            self.metrics.rows_written(entity, "upsert", upserts);
+            self.metrics.rows_written(entity, "delete", deletes);
+            self.metrics.stale_skipped(entity, report.stale.len() as u64);
+            self.metrics.e2e_latencies(entity, latencies);
+            if !report.rejected.is_empty() {
+                let reasons: HashMap<Uuid, &String> = report.rejected.iter().map(|(k, r)| (*k, r)).collect();
+                for (i, change) in &changes {
+                    if let Some(reason) = reasons.get(&change.key) {
+                        letters.push(self.letter(&batch[*i], "apply", (*reason).clone()));
+                    }
+                }
+            }
+        }
+
+        for letter in &letters {
+            self.metrics.dead_lettered(&letter.entity, &letter.rule);
+            warn!(message = "event dead-lettered", rule = %letter.rule, reason = %letter.reason, topic = %letter.coords.topic,
+                partition = letter.coords.partition, offset = letter.coords.offset,
+                key = %key_for_log(letter.key.as_deref()), outcome = "dlq");
+            let mut backoff = Backoff::new(&self.config.apply);
+            while let Err(error) = self.dlq.send(letter).await {
+                self.metrics.error("dlq_produce");
+                warn!(message = "dead-letter produce failed, retrying", %error, dlq_topic = self.dlq.topic());
+                backoff.wait().await;
+            }
+        }
+    }
+
+    fn letter(&self, record: &Record, rule: &str, reason: String) -> DeadLetter {
+        DeadLetter {
+            coords: record.coords.clone(),
+            entity: self.entity.to_string(),
+            rule: rule.to_string(),
+            reason,
+            key: record.key.clone(),
+            value: record.value.clone(),
+        }
+    }
+
+    /// Runs `op` until it succeeds or fails for a non-retriable reason (returned as text).
+    async fn retry<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::targets::TargetError>>,
+    {
+        let mut backoff = Backoff::new(&self.config.apply);
+        loop {
+            match op().await {
+                Ok(v) => {
+                    self.metrics.dependency_up("target", true);
+                    return Ok(v);
+                }
+                Err(error) if error.is_retriable() => {
+                    self.metrics.error("target_transient");
+                    self.metrics.dependency_up("target", false);
+                    warn!(message = "target unavailable, retrying", operation = what, entity = %self.entity, %error);
+                    backoff.wait().await;
+                }
+                Err(error) => {
+                    self.metrics.error("target_permanent");
+                    warn!(message = "target refused the operation", operation = what, entity = %self.entity, %error);
+                    return Err(error.to_string());
+                }
+            }
+        }
+    }
+
+    /// The referential rule. Parents travel on other topics and partitions, so a missing
+    /// parent is given `referential_grace`: with severity `reject` the batch waits (and
+    /// re-checks) before dead-lettering; with `warn` the child is applied now and the
+    /// check is repeated in the background once the grace has passed, counting only
+    /// children whose parent still never arrived.
+    async fn check_referential(
+        &self,
+        batch: &[Record],
+        changes: &mut Vec<(usize, Change)>,
+        letters: &mut Vec<DeadLetter>,
+        tally: &mut Tally,
+    ) {
+        let setting = self.config.validation.rule(Rule::Referential);
+        let Some((column, parent)) = self.entity.parent() else { return };
+        if !setting.enabled {
+            return;
+        }
+        let refs: Vec<(usize, Uuid)> = changes
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, c))| !c.op.is_delete())
+            .filter_map(|(j, (_, c))| c.after.as_ref().and_then(|r| r.uuid(self.entity, column)).map(|p| (j, p)))
+            .collect();
+        if refs.is_empty() {
+            return;
+        }
+        let mut ids: Vec<Uuid> = refs.iter().map(|(_, p)| *p).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut missing = self.missing(parent, &ids).await;
+        if setting.severity == Severity::Reject {
+            let deadline = Instant::now() + self.config.validation.referential_grace;
+            while !missing.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let still: Vec<Uuid> = missing.iter().copied().collect();
+                missing = self.missing(parent, &still).await;
+            }
+        }
+        for _ in refs.iter().filter(|(_, p)| !missing.contains(p)) {
+            tally.pass(Rule::Referential);
+        }
+        if missing.is_empty() {
+            return;
+        }
+        if setting.severity == Severity::Reject {
+            let mut drop = HashSet::new();
+            for (j, p) in &refs {
+                if missing.contains(p) {
+                    let (i, _) = &changes[*j];
+                    self.metrics.validation_failed(Rule::Referential.name(), Severity::Reject);
+                    letters.push(self.letter(&batch[*i], Rule::Referential.name(), format!("{column} {p} not found in {parent} after the grace period")));
+                    drop.insert(*j);
+                }
+            }
+            let mut j = 0;
+            changes.retain(|_| {
+                j += 1;
+                !drop.contains(&(j - 1))
+            });
+            return;
+        }
+        let target = Arc::clone(&self.target);
+        let metrics = Arc::clone(&self.metrics);
+        let grace = self.config.validation.referential_grace;
+        let entity = self.entity;
+        let children: Vec<Uuid> = refs.iter().filter(|(_, p)| missing.contains(p)).map(|(_, p)| *p).collect();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let ids: Vec<Uuid> = missing.into_iter().collect();
+            match target.existing(parent, &ids).await {
+                Ok(found) => {
+                    for p in children.iter().filter(|p| !found.contains(p)) {
+                        metrics.validation_failed(Rule::Referential.name(), Severity::Warn);
+                        warn!(message = "referenced parent still missing after grace period", entity = %entity, parent = %parent,
+                            parent_id = %p, outcome = "warned");
+                    }
+                }
+                Err(error) => warn!(message = "deferred referential check failed", %error),
+            }
+        });
+    }
+
+    async fn missing(&self, parent: Entity, ids: &[Uuid]) -> HashSet<Uuid> {
+        match self.retry("referential_lookup", || self.target.existing(parent, ids)).await {
+            Ok(found) => ids.iter().filter(|id| !found.contains(id)).copied().collect(),
+            // A lookup the target refuses is not evidence of a missing parent.
+            Err(_) => HashSet::new(),
+        }
+    }
+}

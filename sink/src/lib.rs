@@ -1,0 +1,17 @@
+//! The CDC sink: Debezium change events from Kafka, materialized into PostgreSQL or
+//! MongoDB idempotently (version-guarded by the source LSN), validated, with a
+//! dead-letter topic. See README.md for configuration, table layout and metrics.
+
+pub mod app;
+pub mod config;
+pub mod decode;
+pub mod dlq;
+pub mod handler;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod retry;
+pub mod schema;
+pub mod source;
+pub mod targets;
+pub mod validation;

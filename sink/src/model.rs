@@ -1,0 +1,302 @@
+//! The entities the sink materializes and the decoded form of one change.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entity {
+    Customer,
+    Address,
+    Orders,
+    OrderItem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Uuid,
+    Text,
+    Bool,
+    Int4,
+    /// `numeric(p, scale)`: base64 byte encodings carry the unscaled value.
+    Numeric { scale: u32 },
+    Timestamptz,
+}
+
+impl ColumnType {
+    pub const fn sql(self) -> &'static str {
+        match self {
+            Self::Uuid => "uuid",
+            Self::Text => "text",
+            Self::Bool => "boolean",
+            Self::Int4 => "integer",
+            Self::Numeric { .. } => "numeric(12,2)",
+            Self::Timestamptz => "timestamptz",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    pub name: &'static str,
+    pub ty: ColumnType,
+    /// NOT NULL in the source.
+    pub required: bool,
+}
+
+const fn col(name: &'static str, ty: ColumnType, required: bool) -> Column {
+    Column { name, ty, required }
+}
+
+const MONEY: ColumnType = ColumnType::Numeric { scale: 2 };
+
+const CUSTOMER: &[Column] = &[
+    col("id", ColumnType::Uuid, true),
+    col("email", ColumnType::Text, true),
+    col("status", ColumnType::Text, true),
+    col("updated_at", ColumnType::Timestamptz, true),
+];
+const ADDRESS: &[Column] = &[
+    col("id", ColumnType::Uuid, true),
+    col("customer_id", ColumnType::Uuid, true),
+    col("type", ColumnType::Text, true),
+    col("street", ColumnType::Text, true),
+    col("city", ColumnType::Text, true),
+    col("state", ColumnType::Text, false),
+    col("postal_code", ColumnType::Text, true),
+    col("country", ColumnType::Text, true),
+    col("is_default", ColumnType::Bool, true),
+    col("updated_at", ColumnType::Timestamptz, true),
+];
+const ORDERS: &[Column] = &[
+    col("id", ColumnType::Uuid, true),
+    col("customer_id", ColumnType::Uuid, true),
+    col("status", ColumnType::Text, true),
+    col("total_amount", MONEY, true),
+    col("created_at", ColumnType::Timestamptz, true),
+    col("updated_at", ColumnType::Timestamptz, true),
+];
+const ORDER_ITEM: &[Column] = &[
+    col("id", ColumnType::Uuid, true),
+    col("order_id", ColumnType::Uuid, true),
+    col("product_sku", ColumnType::Text, true),
+    col("product_name", ColumnType::Text, true),
+    col("quantity", ColumnType::Int4, true),
+    col("unit_price", MONEY, true),
+    col("line_total", MONEY, true),
+];
+
+impl Entity {
+    pub const ALL: [Entity; 4] = [Entity::Customer, Entity::Address, Entity::Orders, Entity::OrderItem];
+
+    pub fn from_table(table: &str) -> Option<Self> {
+        match table {
+            "customer" => Some(Self::Customer),
+            "address" => Some(Self::Address),
+            "orders" => Some(Self::Orders),
+            "order_item" => Some(Self::OrderItem),
+            _ => None,
+        }
+    }
+
+    /// `cdc.public.orders` -> orders: Debezium names topics `<prefix>.<schema>.<table>`.
+    pub fn from_topic(topic: &str) -> Option<Self> {
+        topic.rsplit('.').next().and_then(Self::from_table)
+    }
+
+    pub const fn table(self) -> &'static str {
+        match self {
+            Self::Customer => "customer",
+            Self::Address => "address",
+            Self::Orders => "orders",
+            Self::OrderItem => "order_item",
+        }
+    }
+
+    pub const fn columns(self) -> &'static [Column] {
+        match self {
+            Self::Customer => CUSTOMER,
+            Self::Address => ADDRESS,
+            Self::Orders => ORDERS,
+            Self::OrderItem => ORDER_ITEM,
+        }
+    }
+
+    pub fn column_index(self, name: &str) -> Option<usize> {
+        self.columns().iter().position(|c| c.name == name)
+    }
+
+    /// The column referencing a parent entity, checked by the referential rule.
+    pub const fn parent(self) -> Option<(&'static str, Entity)> {
+        match self {
+            Self::Customer => None,
+            Self::Address | Self::Orders => Some(("customer_id", Entity::Customer)),
+            Self::OrderItem => Some(("order_id", Entity::Orders)),
+        }
+    }
+}
+
+impl fmt::Display for Entity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.table())
+    }
+}
+
+/// A decoded column value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Uuid(Uuid),
+    Text(String),
+    Bool(bool),
+    Int(i32),
+    Numeric(Decimal),
+    Timestamp(DateTime<Utc>),
+}
+
+/// One column of a row image.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field {
+    Value(Value),
+    /// Debezium's TOAST placeholder: the value did not change and was not sent; the
+    /// target keeps what it has.
+    Unavailable,
+}
+
+/// A row image. Known columns are indexed like `Entity::columns()`; `None` means the
+/// column was absent (dropped in the source, or not sent), which keeps the target value.
+/// Columns the sink does not know (added in the source) travel as text in `extra`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub known: Vec<Option<Field>>,
+    pub extra: BTreeMap<String, Extra>,
+}
+
+/// The JSON kind of an added column's value, for classifying type changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JsonKind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Object,
+    Array,
+}
+
+impl JsonKind {
+    pub fn of(json: &serde_json::Value) -> Self {
+        match json {
+            serde_json::Value::Null => Self::Null,
+            serde_json::Value::Bool(_) => Self::Bool,
+            serde_json::Value::Number(_) => Self::Number,
+            serde_json::Value::String(_) => Self::String,
+            serde_json::Value::Object(_) => Self::Object,
+            serde_json::Value::Array(_) => Self::Array,
+        }
+    }
+}
+
+/// A value of a column the sink does not know: stored as text (JSON text for non-strings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Extra {
+    pub text: Option<String>,
+    pub kind: JsonKind,
+}
+
+impl Row {
+    pub fn empty(entity: Entity) -> Self {
+        Self { known: vec![None; entity.columns().len()], extra: BTreeMap::new() }
+    }
+
+    pub fn value(&self, entity: Entity, name: &str) -> Option<&Value> {
+        match entity.column_index(name).and_then(|i| self.known[i].as_ref()) {
+            Some(Field::Value(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn uuid(&self, entity: Entity, name: &str) -> Option<Uuid> {
+        match self.value(entity, name) {
+            Some(Value::Uuid(u)) => Some(*u),
+            _ => None,
+        }
+    }
+
+    pub fn text(&self, entity: Entity, name: &str) -> Option<&str> {
+        match self.value(entity, name) {
+            Some(Value::Text(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Fills columns this (newer) image does not carry from an older image of the same key,
+    /// so merging a batch never turns a known value into "keep whatever the target has".
+    pub fn fill_missing_from(&mut self, older: &Row) {
+        for (mine, theirs) in self.known.iter_mut().zip(&older.known) {
+            let keep = matches!(mine, None | Some(Field::Unavailable));
+            if keep && matches!(theirs, Some(Field::Value(_))) {
+                *mine = theirs.clone();
+            }
+        }
+        for (name, value) in &older.extra {
+            self.extra.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+    }
+
+    /// True when every known column carries a value (the fast path of the targets).
+    pub fn is_complete(&self) -> bool {
+        self.known.iter().all(|f| matches!(f, Some(Field::Value(_))))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Snapshot read.
+    Read,
+    Create,
+    Update,
+    Delete,
+}
+
+impl Op {
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Read => "r",
+            Self::Create => "c",
+            Self::Update => "u",
+            Self::Delete => "d",
+        }
+    }
+    pub const fn is_delete(self) -> bool {
+        matches!(self, Self::Delete)
+    }
+}
+
+/// Where an event came from in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coords {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One row change, decoded and typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub entity: Entity,
+    pub key: Uuid,
+    pub op: Op,
+    /// `source.lsn`: the version compared against what the target holds.
+    pub lsn: i64,
+    /// Commit time in the source.
+    pub source_ts: Option<DateTime<Utc>>,
+    /// When Debezium produced the event (envelope `ts_ms`), for clock-drift detection.
+    pub emitted_ts: Option<DateTime<Utc>>,
+    pub before: Option<Row>,
+    /// For deletes: absent.
+    pub after: Option<Row>,
+    pub coords: Coords,
+}

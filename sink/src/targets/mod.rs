@@ -1,0 +1,139 @@
+//! Targets: where changes are materialized. Each target lives in its own module with the
+//! Vector-style split: `config.rs` (typed settings), `service.rs` (connections, errors and
+//! the retriable decision), `sink.rs` (the version-guarded apply).
+
+pub mod mongodb;
+pub mod postgres;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::config::{TargetConfig, TargetKind};
+use crate::model::{Change, Entity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("mongodb: {0}")]
+    Mongo(#[from] ::mongodb::error::Error),
+    #[error("mongodb write error {code}: {message}")]
+    MongoWrite { code: i32, message: String },
+}
+
+impl TargetError {
+    /// Transient errors (connection loss, timeouts, failover, lock/serialization
+    /// conflicts) are retried with backoff forever: a target that is down makes the sink
+    /// wait, never skip. Anything else is a property of the data and is not retried.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Postgres(e) => postgres::is_retriable(e),
+            Self::Mongo(e) => mongodb::is_retriable(e),
+            Self::MongoWrite { code, .. } => mongodb::is_retriable_code(*code),
+        }
+    }
+}
+
+/// What one apply did, per key of the (de-duplicated) batch.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Keys whose change was written (it was newer than the target's version).
+    pub applied: Vec<Uuid>,
+    /// Keys whose change was not newer than the target's version.
+    pub stale: Vec<Uuid>,
+    /// Keys whose write failed for a non-retriable reason (they go to the DLQ).
+    pub rejected: Vec<(Uuid, String)>,
+}
+
+/// The newest change per key of a batch. Older in-batch changes of the same key are
+/// subsumed (the target would skip them as stale anyway); columns the newest image does
+/// not carry (TOAST placeholder, absent) are filled from an older image when it has them.
+pub fn latest_per_key(changes: &[Change]) -> Vec<Change> {
+    let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(changes.len());
+    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+    for change in changes {
+        match index.get(&change.key) {
+            None => {
+                index.insert(change.key, out.len());
+                out.push(change.clone());
+            }
+            Some(&i) => {
+                let kept = &mut out[i];
+                let (newer, older) = if change.lsn >= kept.lsn { (change.clone(), &*kept) } else { (kept.clone(), change) };
+                let mut newer = newer;
+                if let (Some(n), Some(o)) = (newer.after.as_mut(), older.after.as_ref()) {
+                    n.fill_missing_from(o);
+                }
+                *kept = newer;
+            }
+        }
+    }
+    out
+}
+
+/// A configured target.
+pub enum Target {
+    Postgres(postgres::PostgresSink),
+    Mongo(mongodb::MongoSink),
+}
+
+impl Target {
+    /// Connects and prepares tables/collections and indexes. Fails fast on errors that
+    /// are not transient (bad credentials, bad URL) so main can report them.
+    pub async fn connect(config: &TargetConfig) -> Result<Self, TargetError> {
+        Ok(match config.kind {
+            TargetKind::Postgres => Self::Postgres(postgres::PostgresSink::connect(config).await?),
+            TargetKind::Mongodb => Self::Mongo(mongodb::MongoSink::connect(config).await?),
+        })
+    }
+
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Mongo(_) => "mongodb",
+        }
+    }
+
+    /// Applies the batch (one entity, partition order) with the version guard.
+    pub async fn apply(&self, entity: Entity, changes: &[Change]) -> Result<ApplyReport, TargetError> {
+        let latest = latest_per_key(changes);
+        match self {
+            Self::Postgres(t) => t.apply(entity, &latest).await,
+            Self::Mongo(t) => t.apply(entity, &latest).await,
+        }
+    }
+
+    /// Which of `ids` exist in the target (tombstoned ones included: a parent deleted
+    /// later still existed).
+    pub async fn existing(&self, entity: Entity, ids: &[Uuid]) -> Result<HashSet<Uuid>, TargetError> {
+        match self {
+            Self::Postgres(t) => t.existing(entity, ids).await,
+            Self::Mongo(t) => t.existing(entity, ids).await,
+        }
+    }
+
+    /// Makes room for columns added in the source.
+    pub async fn ensure_columns(&self, entity: Entity, columns: &[String]) -> Result<(), TargetError> {
+        match self {
+            Self::Postgres(t) => t.ensure_columns(entity, columns).await,
+            // Documents take new fields as they come.
+            Self::Mongo(_) => Ok(()),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), TargetError> {
+        match self {
+            Self::Postgres(t) => t.ping().await,
+            Self::Mongo(t) => t.ping().await,
+        }
+    }
+
+    pub async fn purge_tombstones(&self, entity: Entity, older_than: Duration) -> Result<u64, TargetError> {
+        match self {
+            Self::Postgres(t) => t.purge_tombstones(entity, older_than).await,
+            Self::Mongo(t) => t.purge_tombstones(entity, older_than).await,
+        }
+    }
+}

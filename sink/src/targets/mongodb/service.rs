@@ -1,0 +1,42 @@
+//! Client setup and the retriable decision for MongoDB.
+
+use mongodb::error::{Error, ErrorKind};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database};
+
+use super::MongoConfig;
+use crate::config::TargetConfig;
+
+/// Server error codes worth retrying: elections, shutdowns, network, time limits, write
+/// conflicts, and duplicate key (two upserts racing to create the same document: the
+/// retry then matches it).
+pub fn is_retriable_code(code: i32) -> bool {
+    matches!(code, 6 | 7 | 50 | 89 | 91 | 112 | 189 | 262 | 9001 | 10107 | 11000 | 11600 | 11602 | 13435 | 13436)
+}
+
+pub fn is_retriable(e: &Error) -> bool {
+    if e.contains_label("RetryableWriteError") || e.contains_label("TransientTransactionError") {
+        return true;
+    }
+    match &*e.kind {
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. }
+        | ErrorKind::Shutdown => true,
+        ErrorKind::Command(c) => is_retriable_code(c.code),
+        _ => false,
+    }
+}
+
+pub async fn connect(target: &TargetConfig, settings: &MongoConfig) -> Result<Database, Error> {
+    let mut options = ClientOptions::parse(&target.url).await?;
+    if let Some(password) = &target.password
+        && let Some(credential) = options.credential.as_mut()
+    {
+        credential.password = Some(password.expose().to_string());
+    }
+    options.server_selection_timeout = Some(settings.server_selection_timeout);
+    options.app_name = Some("cdc-sink".into());
+    Ok(Client::with_options(options)?.database(&settings.database))
+}

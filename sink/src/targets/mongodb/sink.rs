@@ -1,0 +1,261 @@
+//! Version-guarded apply into MongoDB.
+//!
+//! Documents: `customers`, `addresses`, `orders` keyed by `_id` = the source id (canonical
+//! uuid string), source columns as fields (decimals as Decimal128, timestamps as BSON
+//! dates, millisecond precision), and `_cdc: {lsn, source_ts, op, partition, offset,
+//! applied_at, deleted}`. Order items live in their order's `items` array, each with its
+//! own `_cdc`. An item whose order has not arrived yet upserts a placeholder order
+//! document (only `_id` and `items`, no `_cdc`) that the order fills in when it comes.
+//!
+//! Each batch is one unordered `update` command per collection. Every statement is an
+//! update pipeline whose `$cond` compares the stored `_cdc.lsn` with the event's, so
+//! replays and duplicates change nothing; deletes set `_cdc.deleted` (a tombstone).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mongodb::Database;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::IndexOptions;
+use mongodb::IndexModel;
+use uuid::Uuid;
+
+use super::MongoConfig;
+use super::service::{connect, is_retriable_code};
+use crate::config::TargetConfig;
+use crate::model::{Change, Entity, Field, Value};
+use crate::targets::{ApplyReport, TargetError};
+
+pub const fn collection_name(entity: Entity) -> &'static str {
+    match entity {
+        Entity::Customer => "customers",
+        Entity::Address => "addresses",
+        Entity::Orders | Entity::OrderItem => "orders",
+    }
+}
+
+pub struct MongoSink {
+    db: Database,
+}
+
+fn bson_value(value: &Value) -> Bson {
+    match value {
+        Value::Null => Bson::Null,
+        Value::Uuid(u) => Bson::String(u.to_string()),
+        Value::Text(s) => Bson::String(s.clone()),
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Int(i) => Bson::Int32(*i),
+        Value::Numeric(d) => d.to_string().parse().map(Bson::Decimal128).unwrap_or_else(|_| Bson::String(d.to_string())),
+        Value::Timestamp(t) => Bson::DateTime(mongodb::bson::DateTime::from_millis(t.timestamp_millis())),
+    }
+}
+
+/// `{$literal: v}`: values are data, never field paths or operators.
+fn literal(v: Bson) -> Bson {
+    Bson::Document(doc! { "$literal": v })
+}
+
+/// The fields a change sets (present columns only: TOAST placeholders and absent columns
+/// leave what is stored), as pipeline expressions.
+fn fields(change: &Change) -> Document {
+    let mut out = Document::new();
+    if let Some(row) = &change.after {
+        for (column, field) in change.entity.columns().iter().zip(&row.known) {
+            if column.name != "id"
+                && let Some(Field::Value(v)) = field
+            {
+                out.insert(column.name, literal(bson_value(v)));
+            }
+        }
+        for (name, value) in &row.extra {
+            out.insert(name.clone(), literal(value.text.clone().map_or(Bson::Null, Bson::String)));
+        }
+    }
+    out
+}
+
+fn cdc(change: &Change) -> Document {
+    doc! {
+        "lsn": change.lsn,
+        "source_ts": literal(change.source_ts.map_or(Bson::Null, |t| Bson::DateTime(mongodb::bson::DateTime::from_millis(t.timestamp_millis())))),
+        "op": literal(Bson::String(change.op.code().into())),
+        "partition": change.coords.partition,
+        "offset": change.coords.offset,
+        "applied_at": "$$NOW",
+        "deleted": change.op.is_delete(),
+    }
+}
+
+/// Update statement for a top-level document (customer, address, order).
+fn document_update(change: &Change) -> Document {
+    let guard = doc! { "$lt": [ { "$ifNull": ["$_cdc.lsn", -1_i64] }, change.lsn ] };
+    let mut set = Document::new();
+    for (name, expr) in fields(change) {
+        set.insert(name.clone(), doc! { "$cond": [guard.clone(), expr, format!("${name}")] });
+    }
+    set.insert("_cdc", doc! { "$cond": [guard, cdc(change), "$_cdc"] });
+    doc! { "q": { "_id": change.key.to_string() }, "u": [ { "$set": set } ], "upsert": true }
+}
+
+/// Update statement for an order item inside its order document's `items`.
+fn item_update(change: &Change, order_id: Uuid) -> Document {
+    let id = change.key.to_string();
+    let items = doc! { "$ifNull": ["$items", []] };
+    let current = doc! { "$filter": { "input": items.clone(), "cond": { "$eq": ["$$this.id", &id] } } };
+    let others = doc! { "$filter": { "input": items.clone(), "cond": { "$ne": ["$$this.id", &id] } } };
+    let mut new_fields = fields(change);
+    new_fields.insert("id", literal(Bson::String(id.clone())));
+    new_fields.insert("_cdc", cdc(change));
+    let merged = doc! { "$mergeObjects": [ { "$ifNull": [ { "$arrayElemAt": ["$$cur", 0] }, {} ] }, new_fields ] };
+    let stored_lsn = doc! { "$ifNull": [ { "$arrayElemAt": ["$$cur._cdc.lsn", 0] }, -1_i64 ] };
+    let new_items = doc! {
+        "$let": {
+            "vars": { "cur": current },
+            "in": { "$cond": [ { "$lt": [stored_lsn, change.lsn] }, { "$concatArrays": [others, [merged]] }, items ] },
+        }
+    };
+    doc! { "q": { "_id": order_id.to_string() }, "u": [ { "$set": { "items": new_items } } ], "upsert": true }
+}
+
+/// The order an item belongs to: from the image being written, or for deletes the before image.
+fn item_order(change: &Change) -> Option<Uuid> {
+    change
+        .after
+        .as_ref()
+        .or(change.before.as_ref())
+        .and_then(|row| row.uuid(Entity::OrderItem, "order_id"))
+}
+
+impl MongoSink {
+    pub async fn connect(target: &TargetConfig) -> Result<Self, TargetError> {
+        let settings: &MongoConfig = &target.mongodb;
+        let db = connect(target, settings).await?;
+        let sink = Self { db };
+        sink.ping().await?;
+        sink.prepare().await?;
+        Ok(sink)
+    }
+
+    async fn prepare(&self) -> Result<(), TargetError> {
+        let tombstones = || {
+            IndexModel::builder()
+                .keys(doc! { "_cdc.applied_at": 1 })
+                .options(IndexOptions::builder().partial_filter_expression(doc! { "_cdc.deleted": true }).build())
+                .build()
+        };
+        let by = |field: &str| IndexModel::builder().keys(doc! { field: 1 }).build();
+        self.db.collection::<Document>("customers").create_indexes([tombstones()]).await?;
+        self.db.collection::<Document>("addresses").create_indexes([by("customer_id"), tombstones()]).await?;
+        self.db.collection::<Document>("orders").create_indexes([by("customer_id"), by("items.id"), tombstones()]).await?;
+        Ok(())
+    }
+
+    pub async fn apply(&self, entity: Entity, latest: &[Change]) -> Result<ApplyReport, TargetError> {
+        let mut report = ApplyReport::default();
+        let mut keys = Vec::with_capacity(latest.len());
+        let mut updates = Vec::with_capacity(latest.len());
+        for change in latest {
+            if entity == Entity::OrderItem {
+                match item_order(change) {
+                    Some(order_id) => updates.push(item_update(change, order_id)),
+                    None => {
+                        report.rejected.push((change.key, "order item without order_id cannot be embedded".into()));
+                        continue;
+                    }
+                }
+            } else {
+                updates.push(document_update(change));
+            }
+            keys.push(change.key);
+        }
+        if updates.is_empty() {
+            return Ok(report);
+        }
+        let command = doc! {
+            "update": collection_name(entity),
+            "updates": updates,
+            "ordered": false,
+            "writeConcern": { "w": "majority", "j": true },
+        };
+        let reply = self.db.run_command(command).await?;
+        let mut failed: HashSet<usize> = HashSet::new();
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            for e in errors.iter().filter_map(Bson::as_document) {
+                let index = e.get_i32("index").unwrap_or(-1);
+                let code = e.get_i32("code").unwrap_or(0);
+                let message = e.get_str("errmsg").unwrap_or_default().to_string();
+                if is_retriable_code(code) {
+                    // Unordered: the other statements were applied; replaying them is a no-op.
+                    return Err(TargetError::MongoWrite { code, message });
+                }
+                if let Some(key) = usize::try_from(index).ok().and_then(|i| keys.get(i)) {
+                    failed.insert(index as usize);
+                    report.rejected.push((*key, format!("write error {code}: {message}")));
+                }
+            }
+        }
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            let code = wce.get_i32("code").unwrap_or(64);
+            return Err(TargetError::MongoWrite { code, message: wce.get_str("errmsg").unwrap_or_default().into() });
+        }
+        let upserted: HashSet<usize> = reply
+            .get_array("upserted")
+            .map(|a| a.iter().filter_map(Bson::as_document).filter_map(|d| d.get_i32("index").ok()).map(|i| i as usize).collect())
+            .unwrap_or_default();
+        let modified = reply.get_i32("nModified").unwrap_or(0).max(0) as usize;
+        // The update command reports how many matched documents changed, not which: the
+        // counts are exact; which non-upserted keys were the stale ones is not known and
+        // only affects which events feed the e2e latency histogram.
+        let mut unmodified_budget = keys.len() - failed.len() - upserted.len() - modified.min(keys.len());
+        for (i, key) in keys.iter().enumerate().rev() {
+            if failed.contains(&i) {
+                continue;
+            }
+            if !upserted.contains(&i) && unmodified_budget > 0 {
+                unmodified_budget -= 1;
+                report.stale.push(*key);
+            } else {
+                report.applied.push(*key);
+            }
+        }
+        Ok(report)
+    }
+
+    pub async fn existing(&self, entity: Entity, ids: &[Uuid]) -> Result<HashSet<Uuid>, TargetError> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        // A placeholder order (items only) is not an order yet.
+        let filter = doc! { "_id": { "$in": ids }, "_cdc": { "$exists": true } };
+        let collection = self.db.collection::<Document>(collection_name(entity));
+        let mut cursor = collection.find(filter).projection(doc! { "_id": 1 }).await?;
+        let mut out = HashSet::new();
+        while cursor.advance().await? {
+            if let Ok(Some(id)) = cursor.current().get_str("_id").map(|s| Uuid::parse_str(s).ok()) {
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn ping(&self) -> Result<(), TargetError> {
+        self.db.run_command(doc! { "ping": 1 }).await?;
+        Ok(())
+    }
+
+    pub async fn purge_tombstones(&self, entity: Entity, older_than: Duration) -> Result<u64, TargetError> {
+        let cutoff = mongodb::bson::DateTime::from_millis(
+            mongodb::bson::DateTime::now().timestamp_millis() - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX),
+        );
+        let collection = self.db.collection::<Document>(collection_name(entity));
+        if entity == Entity::OrderItem {
+            let result = collection
+                .update_many(
+                    doc! { "items": { "$elemMatch": { "_cdc.deleted": true, "_cdc.applied_at": { "$lt": cutoff } } } },
+                    doc! { "$pull": { "items": { "_cdc.deleted": true, "_cdc.applied_at": { "$lt": cutoff } } } },
+                )
+                .await?;
+            return Ok(result.modified_count);
+        }
+        let result = collection.delete_many(doc! { "_cdc.deleted": true, "_cdc.applied_at": { "$lt": cutoff } }).await?;
+        Ok(result.deleted_count)
+    }
+}

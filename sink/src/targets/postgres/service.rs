@@ -1,0 +1,98 @@
+//! Connections to PostgreSQL: a small fixed pool, reconnect on loss, prepared statements
+//! cached per connection, and the retriable decision.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::PostgresConfig;
+use crate::config::TargetConfig;
+
+/// Transient: the connection is gone or never came (no SQLSTATE, I/O source, timeout),
+/// or the server says retry (connection exceptions 08, transaction rollbacks 40 such as
+/// serialization failure and deadlock, insufficient resources 53, operator intervention
+/// 57 such as admin shutdown or "cannot connect now", lock not available 55P03).
+pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let c = code.code();
+        return c.starts_with("08")
+            || c.starts_with("40")
+            || c.starts_with("53")
+            || c.starts_with("57")
+            || code == &SqlState::LOCK_NOT_AVAILABLE;
+    }
+    let io = e.source().is_some_and(|s| s.is::<std::io::Error>());
+    io || e.to_string().contains("timeout") || e.to_string().contains("connection")
+}
+
+pub struct Conn {
+    pub client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Conn {
+    /// The prepared statement for `sql`, prepared once per connection.
+    pub async fn statement(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+pub struct Pool {
+    config: tokio_postgres::Config,
+    slots: Vec<Mutex<Option<Conn>>>,
+    next: AtomicUsize,
+}
+
+/// A connection checked out of the pool; put back (unlocked) on drop.
+pub struct Lease<'a> {
+    guard: MutexGuard<'a, Option<Conn>>,
+}
+
+impl Lease<'_> {
+    pub fn conn(&mut self) -> &mut Conn {
+        self.guard.as_mut().expect("leases always hold a connection")
+    }
+}
+
+impl Pool {
+    pub fn new(target: &TargetConfig, settings: &PostgresConfig) -> Result<Self, tokio_postgres::Error> {
+        let mut config: tokio_postgres::Config = target.url.parse()?;
+        if let Some(password) = &target.password {
+            config.password(password.expose());
+        }
+        config.connect_timeout(settings.connect_timeout);
+        config.application_name("cdc-sink");
+        config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
+        let slots = (0..settings.pool_size.max(1)).map(|_| Mutex::new(None)).collect();
+        Ok(Self { config, slots, next: AtomicUsize::new(0) })
+    }
+
+    /// A live connection: the next slot round-robin, reconnected if it was lost.
+    pub async fn get(&self) -> Result<Lease<'_>, tokio_postgres::Error> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut guard = self.slots[i].lock().await;
+        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *guard = None;
+            let (client, connection) = self.config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(message = "postgres connection closed", %error);
+                }
+            });
+            *guard = Some(Conn { client, statements: HashMap::new() });
+        }
+        Ok(Lease { guard })
+    }
+}

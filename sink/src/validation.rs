@@ -1,0 +1,470 @@
+//! Validation before apply. Schema, business and temporal rules are checked here per
+//! event; the referential rule needs the target and runs in the handler (with a grace
+//! period) but shares the configuration.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::model::{Change, ColumnType, Entity, Field, Op, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// Required columns not null, enum values.
+    Schema,
+    /// customer.email format.
+    Email,
+    /// orders.status transitions.
+    StatusTransition,
+    /// Timestamps neither in the future (beyond a tolerance) nor absurdly old.
+    TimestampRange,
+    /// The referenced customer/order exists in the target.
+    Referential,
+    /// Out-of-order delivery and clock drift.
+    Temporal,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 6] =
+        [Rule::Schema, Rule::Email, Rule::StatusTransition, Rule::TimestampRange, Rule::Referential, Rule::Temporal];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Schema => "schema",
+            Self::Email => "email",
+            Self::StatusTransition => "status_transition",
+            Self::TimestampRange => "timestamp_range",
+            Self::Referential => "referential",
+            Self::Temporal => "temporal",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Referential defaults to warn: parents and children travel on different topics and
+    /// partitions, so a child legitimately arrives before its parent, and a parent deleted
+    /// later (ON DELETE CASCADE) would make a replayed child look orphaned. Temporal
+    /// anomalies are expected under replays, so they are counted, not rejected.
+    const fn default_severity(self) -> Severity {
+        match self {
+            Self::Referential | Self::Temporal => Severity::Warn,
+            _ => Severity::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Send the event to the DLQ instead of applying it.
+    Reject,
+    /// Count and log, apply anyway.
+    Warn,
+}
+
+impl Severity {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Reject => "reject",
+            Self::Warn => "warn",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Default true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// `reject` or `warn`; the default depends on the rule.
+    #[serde(default)]
+    pub severity: Option<Severity>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    #[serde(default)]
+    pub schema: RuleConfig,
+    #[serde(default)]
+    pub email: RuleConfig,
+    #[serde(default)]
+    pub status_transition: RuleConfig,
+    #[serde(default)]
+    pub timestamp_range: RuleConfig,
+    #[serde(default)]
+    pub referential: RuleConfig,
+    #[serde(default)]
+    pub temporal: RuleConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleSetting {
+    pub enabled: bool,
+    pub severity: Severity,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// How far in the future a row timestamp may be (clock skew between hosts).
+    #[serde(default = "ValidationConfig::default_future_tolerance", with = "humantime_serde")]
+    pub future_tolerance: Duration,
+    /// Row timestamps older than this are rejected as absurd.
+    #[serde(default = "ValidationConfig::default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How long a missing parent is waited for (and re-checked) before the rule fails.
+    #[serde(default = "ValidationConfig::default_referential_grace", with = "humantime_serde")]
+    pub referential_grace: Duration,
+    /// Commit timestamps further than this from the sink's clock (either way) count as drift.
+    #[serde(default = "ValidationConfig::default_clock_drift_tolerance", with = "humantime_serde")]
+    pub clock_drift_tolerance: Duration,
+}
+
+impl ValidationConfig {
+    const fn default_future_tolerance() -> Duration {
+        Duration::from_secs(300)
+    }
+    const fn default_max_age() -> Duration {
+        Duration::from_secs(50 * 365 * 86400)
+    }
+    const fn default_referential_grace() -> Duration {
+        Duration::from_secs(30)
+    }
+    const fn default_clock_drift_tolerance() -> Duration {
+        Duration::from_secs(300)
+    }
+
+    pub fn rule(&self, rule: Rule) -> RuleSetting {
+        let r = &self.rules;
+        let c = match rule {
+            Rule::Schema => &r.schema,
+            Rule::Email => &r.email,
+            Rule::StatusTransition => &r.status_transition,
+            Rule::TimestampRange => &r.timestamp_range,
+            Rule::Referential => &r.referential,
+            Rule::Temporal => &r.temporal,
+        };
+        RuleSetting { enabled: c.enabled.unwrap_or(true), severity: c.severity.unwrap_or(rule.default_severity()) }
+    }
+
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.max_age < Duration::from_secs(86400) {
+            problems.push("[validation] max_age below 1 day would reject ordinary rows".into());
+        }
+        if self.referential_grace > Duration::from_secs(600) {
+            problems.push("[validation] referential_grace above 10m would stall partitions for too long".into());
+        }
+        problems
+    }
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            rules: RulesConfig::default(),
+            future_tolerance: Self::default_future_tolerance(),
+            max_age: Self::default_max_age(),
+            referential_grace: Self::default_referential_grace(),
+            clock_drift_tolerance: Self::default_clock_drift_tolerance(),
+        }
+    }
+}
+
+pub const CUSTOMER_STATUS: &[&str] = &["active", "inactive", "blocked"];
+pub const ADDRESS_TYPE: &[&str] = &["billing", "shipping"];
+pub const ORDER_STATUS: &[&str] = &["pending", "paid", "shipped", "delivered", "cancelled"];
+
+/// pending -> paid|cancelled, paid -> shipped|cancelled, shipped -> delivered; same -> same
+/// (updates of other columns); delivered and cancelled are final.
+pub fn order_transition_allowed(from: &str, to: &str) -> bool {
+    from == to
+        || matches!(
+            (from, to),
+            ("pending", "paid") | ("pending", "cancelled") | ("paid", "shipped") | ("paid", "cancelled") | ("shipped", "delivered")
+        )
+}
+
+/// Deliberately simple: one `@`, a non-empty local part, a dotted domain, no whitespace.
+/// RFC 5322 allows far more, but the source application only writes such addresses.
+pub fn email_valid(email: &str) -> bool {
+    if email.len() > 254 || email.chars().any(char::is_whitespace) {
+        return false;
+    }
+    let Some((local, domain)) = email.split_once('@') else { return false };
+    !local.is_empty()
+        && !domain.contains('@')
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub rule: Rule,
+    pub severity: Severity,
+    pub reason: String,
+}
+
+/// Per-rule counters of one batch, added to the metrics once per batch.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub passed: [u64; Rule::ALL.len()],
+}
+
+impl Tally {
+    pub fn pass(&mut self, rule: Rule) {
+        self.passed[rule.index()] += 1;
+    }
+}
+
+/// What the validator remembers per key (per partition task; keys do not move between
+/// partitions), for transitions when there is no `before` image and for out-of-order
+/// detection. Bounded: cleared when it grows past `MAX_KEYS`, which only loses checks.
+#[derive(Debug, Default)]
+pub struct KeyMemory {
+    keys: HashMap<Uuid, (i64, Option<String>)>,
+}
+
+const MAX_KEYS: usize = 200_000;
+
+pub struct Validator<'a> {
+    pub config: &'a ValidationConfig,
+    pub now: DateTime<Utc>,
+}
+
+impl Validator<'_> {
+    /// Checks everything but the referential rule; records the event in `memory`.
+    pub fn check(&self, change: &Change, memory: &mut KeyMemory, tally: &mut Tally) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let verdict = |rule: Rule, failure: Option<String>, out: &mut Vec<Violation>, tally: &mut Tally| {
+            let setting = self.config.rule(rule);
+            if !setting.enabled {
+                return;
+            }
+            match failure {
+                None => tally.pass(rule),
+                Some(reason) => out.push(Violation { rule, severity: setting.severity, reason }),
+            }
+        };
+        let entity = change.entity;
+        let previous = memory.keys.get(&change.key).cloned();
+
+        // Temporal: an event older than one already seen for the key (a replay or an
+        // out-of-order delivery), or a commit time far from our clock.
+        let out_of_order = previous.as_ref().filter(|(lsn, _)| change.lsn < *lsn).map(|(lsn, _)| {
+            format!("out of order: lsn {} after lsn {} for key {}", change.lsn, lsn, change.key)
+        });
+        let drift = change.source_ts.and_then(|ts| {
+            let tolerance = chrono::Duration::from_std(self.config.clock_drift_tolerance).unwrap_or(chrono::Duration::MAX);
+            let emitted = change.emitted_ts.unwrap_or(self.now);
+            (ts > self.now + tolerance || ts > emitted + tolerance)
+                .then(|| format!("clock drift: commit time {ts} is ahead of the sink/connector clock ({emitted})"))
+        });
+        verdict(Rule::Temporal, out_of_order.or(drift), &mut out, tally);
+
+        if let Some(after) = change.after.as_ref() {
+            // Schema: NOT NULL columns must not be null (absent = dropped column, tolerated),
+            // enum columns must hold a known value.
+            let mut schema_failure = None;
+            for (column, field) in entity.columns().iter().zip(&after.known) {
+                if column.required && matches!(field, Some(Field::Value(Value::Null))) {
+                    schema_failure = Some(format!("{}.{} is null", entity, column.name));
+                    break;
+                }
+            }
+            let allowed = match entity {
+                Entity::Customer => Some(("status", CUSTOMER_STATUS)),
+                Entity::Address => Some(("type", ADDRESS_TYPE)),
+                Entity::Orders => Some(("status", ORDER_STATUS)),
+                Entity::OrderItem => None,
+            };
+            if schema_failure.is_none()
+                && let Some((column, values)) = allowed
+                && let Some(v) = after.text(entity, column)
+                && !values.contains(&v)
+            {
+                schema_failure = Some(format!("{entity}.{column} {v:?} is not one of {values:?}"));
+            }
+            verdict(Rule::Schema, schema_failure, &mut out, tally);
+
+            if entity == Entity::Customer
+                && let Some(email) = after.text(entity, "email")
+            {
+                verdict(Rule::Email, (!email_valid(email)).then(|| format!("email {email:?} is malformed")), &mut out, tally);
+            }
+
+            if entity == Entity::Orders
+                && let Some(to) = after.text(entity, "status")
+            {
+                // Compare with the event's own before image when it has one (replays then
+                // check the same pair again); otherwise with the last status we applied, but
+                // only for events newer than it (older ones are stale and skipped anyway).
+                let from = match (&change.before, &previous) {
+                    (Some(before), _) => before.text(entity, "status").map(str::to_owned),
+                    (None, Some((lsn, status))) if change.lsn > *lsn => status.clone(),
+                    _ => None,
+                };
+                if change.op == Op::Update
+                    && let Some(from) = from
+                {
+                    let failure = (!order_transition_allowed(&from, to))
+                        .then(|| format!("orders.status transition {from} -> {to} is not allowed"));
+                    verdict(Rule::StatusTransition, failure, &mut out, tally);
+                }
+            }
+
+            let lower = self.now - chrono::Duration::from_std(self.config.max_age).unwrap_or(chrono::Duration::MAX);
+            let upper = self.now + chrono::Duration::from_std(self.config.future_tolerance).unwrap_or(chrono::Duration::MAX);
+            let mut ts_failure = None;
+            for (column, field) in entity.columns().iter().zip(&after.known) {
+                if column.ty == ColumnType::Timestamptz
+                    && let Some(Field::Value(Value::Timestamp(ts))) = field
+                {
+                    if *ts > upper {
+                        ts_failure = Some(format!("{entity}.{} {ts} is in the future", column.name));
+                    } else if *ts < lower {
+                        ts_failure = Some(format!("{entity}.{} {ts} is older than max_age", column.name));
+                    }
+                }
+            }
+            verdict(Rule::TimestampRange, ts_failure, &mut out, tally);
+        }
+
+        if previous.as_ref().is_none_or(|(lsn, _)| change.lsn > *lsn) {
+            if memory.keys.len() >= MAX_KEYS {
+                memory.keys.clear();
+            }
+            let status = change.after.as_ref().and_then(|a| a.text(entity, "status")).map(str::to_owned);
+            memory.keys.insert(change.key, (change.lsn, status));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Decoded, decode};
+    use crate::model::Coords;
+    use serde_json::{Value as Json, json};
+
+    const ID: &str = "5f0c6d4e-1b7e-4c3a-9a55-1b2c3d4e5f60";
+    const CUST: &str = "0a0c6d4e-1b7e-4c3a-9a55-1b2c3d4e5f61";
+
+    fn change(table: &str, value: Json) -> Change {
+        let coords = Coords { topic: format!("cdc.public.{table}"), partition: 0, offset: 1 };
+        match decode(&coords, None, Some(value.to_string().as_bytes()), 1 << 20).unwrap() {
+            Decoded::Change(c) => *c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2024-05-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn order(status: &str) -> Json {
+        json!({"id": ID, "customer_id": CUST, "status": status, "total_amount": "1.00",
+               "created_at": "2024-05-01T10:00:00Z", "updated_at": "2024-05-01T10:00:00Z"})
+    }
+
+    fn run(config: &ValidationConfig, changes: &[Change]) -> Vec<Vec<Violation>> {
+        let v = Validator { config, now: now() };
+        let mut memory = KeyMemory::default();
+        let mut tally = Tally::default();
+        changes.iter().map(|c| v.check(c, &mut memory, &mut tally)).collect()
+    }
+
+    fn rules(violations: &[Violation]) -> Vec<Rule> {
+        violations.iter().map(|v| v.rule).collect()
+    }
+
+    #[test]
+    fn transitions_table() {
+        assert!(order_transition_allowed("pending", "paid"));
+        assert!(order_transition_allowed("paid", "paid"));
+        assert!(order_transition_allowed("shipped", "delivered"));
+        assert!(!order_transition_allowed("delivered", "pending"));
+        assert!(!order_transition_allowed("cancelled", "paid"));
+        assert!(!order_transition_allowed("pending", "shipped"));
+    }
+
+    #[test]
+    fn emails() {
+        assert!(email_valid("a.b@example.com"));
+        assert!(!email_valid("a.b@example"));
+        assert!(!email_valid("no-at.example.com"));
+        assert!(!email_valid("a @example.com"));
+        assert!(!email_valid("a@@example.com"));
+    }
+
+    #[test]
+    fn transition_from_before_image_and_from_memory() {
+        let config = ValidationConfig::default();
+        let bad = change("orders", json!({"before": order("delivered"), "after": order("pending"), "source": {"lsn": 5}, "op": "u"}));
+        assert_eq!(rules(&run(&config, &[bad])[0]), vec![Rule::StatusTransition]);
+        // Flattened form: no before image, the previous status comes from memory.
+        let mut first = order("cancelled");
+        first["__lsn"] = json!(5);
+        first["__op"] = json!("c");
+        let mut second = order("paid");
+        second["__lsn"] = json!(6);
+        second["__op"] = json!("u");
+        let out = run(&config, &[change("orders", first.clone()), change("orders", second.clone())]);
+        assert!(out[0].is_empty());
+        assert_eq!(rules(&out[1]), vec![Rule::StatusTransition]);
+        // A replayed older event is out of order (temporal, warn) but not a bad transition.
+        let out = run(&config, &[change("orders", second), change("orders", first)]);
+        assert_eq!(rules(&out[1]), vec![Rule::Temporal]);
+        assert_eq!(out[1][0].severity, Severity::Warn);
+    }
+
+    #[test]
+    fn schema_enum_null_and_email() {
+        let config = ValidationConfig::default();
+        let c = change("customer", json!({"after": {"id": ID, "email": "x@y.org", "status": "zombie", "updated_at": "2024-05-01T10:00:00Z"}, "source": {"lsn": 1}, "op": "c"}));
+        assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::Schema]);
+        let c = change("customer", json!({"after": {"id": ID, "email": null, "status": "active"}, "source": {"lsn": 1}, "op": "c"}));
+        assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::Schema]);
+        let c = change("customer", json!({"after": {"id": ID, "email": "bad", "status": "active"}, "source": {"lsn": 1}, "op": "c"}));
+        assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::Email]);
+        // A dropped (absent) required column is tolerated.
+        let c = change("customer", json!({"after": {"id": ID, "email": "x@y.org"}, "source": {"lsn": 1}, "op": "c"}));
+        assert!(run(&config, &[c])[0].is_empty());
+    }
+
+    #[test]
+    fn timestamps_future_old_and_drift() {
+        let config = ValidationConfig::default();
+        let mut o = order("paid");
+        o["updated_at"] = json!("2024-05-01T13:00:00Z");
+        let c = change("orders", json!({"after": o, "source": {"lsn": 1}, "op": "c"}));
+        assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::TimestampRange]);
+        let mut o = order("paid");
+        o["created_at"] = json!("1900-01-01T00:00:00Z");
+        let c = change("orders", json!({"after": o, "source": {"lsn": 1}, "op": "c"}));
+        assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::TimestampRange]);
+        let future_ms = now().timestamp_millis() + 3_600_000;
+        let c = change("orders", json!({"after": order("paid"), "source": {"lsn": 1, "ts_ms": future_ms}, "op": "c"}));
+        assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::Temporal]);
+    }
+
+    #[test]
+    fn disabled_rule_and_severity_override() {
+        let mut config = ValidationConfig::default();
+        config.rules.email.enabled = Some(false);
+        config.rules.schema.severity = Some(Severity::Warn);
+        let c = change("customer", json!({"after": {"id": ID, "email": "bad", "status": "zombie"}, "source": {"lsn": 1}, "op": "c"}));
+        let out = run(&config, &[c]);
+        assert_eq!(out[0], vec![Violation { rule: Rule::Schema, severity: Severity::Warn, reason: out[0][0].reason.clone() }]);
+    }
+}

@@ -49,3 +49,24 @@ ALTER TABLE customer   REPLICA IDENTITY FULL;
 ALTER TABLE address    REPLICA IDENTITY FULL;
 ALTER TABLE orders     REPLICA IDENTITY FULL;
 ALTER TABLE order_item REPLICA IDENTITY FULL;
+
+-- The verifier's delete ledger: which keys the source deleted and in which transaction
+-- (its commit time comes from track_commit_timestamp). It tells a resurrected delete from
+-- an extra row and a lost delete. Not in the publication: the pipeline never sees it.
+CREATE SCHEMA harness;
+CREATE TABLE harness.deleted_keys (
+    table_name  text NOT NULL,
+    id          uuid NOT NULL,
+    xid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    PRIMARY KEY (table_name, id)
+);
+CREATE FUNCTION harness.record_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO harness.deleted_keys (table_name, id) VALUES (TG_TABLE_NAME, OLD.id)
+    ON CONFLICT (table_name, id) DO UPDATE SET xid = excluded.xid;
+    RETURN OLD;
+END $$;
+CREATE TRIGGER customer_deleted   AFTER DELETE ON customer   FOR EACH ROW EXECUTE FUNCTION harness.record_delete();
+CREATE TRIGGER address_deleted    AFTER DELETE ON address    FOR EACH ROW EXECUTE FUNCTION harness.record_delete();
+CREATE TRIGGER orders_deleted     AFTER DELETE ON orders     FOR EACH ROW EXECUTE FUNCTION harness.record_delete();
+CREATE TRIGGER order_item_deleted AFTER DELETE ON order_item FOR EACH ROW EXECUTE FUNCTION harness.record_delete();

@@ -29,17 +29,16 @@ fn err(reason: impl Into<String>) -> ServiceError {
     ServiceError::Setup { service: ServiceKind::Broker, reason: reason.into() }
 }
 
-pub fn start(tansu: &Path, layout: &BrokerLayout, port: u16, metrics_port: u16) -> Result<ProcessHandle, ServiceError> {
+pub fn start(tansu: &Path, layout: &BrokerLayout, port: u16) -> Result<ProcessHandle, ServiceError> {
     std::fs::create_dir_all(&layout.dir).map_err(|e| err(format!("{}: {e}", layout.dir.display())))?;
     let mut cmd = Command::new(tansu);
     cmd.current_dir(&layout.dir)
         .arg("broker")
-        .args(["--kafka-cluster-id", "cdc-harness"])
+        .args(["--cluster-id", "cdc-harness"])
         .arg(format!("--listener-url=tcp://127.0.0.1:{port}"))
         .arg(format!("--advertised-listener-url=tcp://127.0.0.1:{port}"))
         // Relative to the working directory: the broker's data stays in the run folder.
         .arg("--storage-engine=sqlite://tansu.db")
-        .arg(format!("--prometheus-listener-url=tcp://127.0.0.1:{metrics_port}"))
         .env("RUST_LOG", "warn");
     process::spawn(cmd, &layout.log).map_err(|e| ServiceError::Start { service: ServiceKind::Broker, reason: e.to_string() })
 }

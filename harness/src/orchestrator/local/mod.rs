@@ -30,7 +30,6 @@ const STATE_FILE: &str = "stack.json";
 pub struct Ports {
     pub postgres: u16,
     pub broker: u16,
-    pub broker_metrics: u16,
     pub debezium_status: u16,
     pub sink_http: u16,
 }
@@ -87,7 +86,6 @@ impl LocalStack {
                 ports: Ports {
                     postgres: free_port()?,
                     broker: free_port()?,
-                    broker_metrics: free_port()?,
                     debezium_status: free_port()?,
                     sink_http: free_port()?,
                 },
@@ -162,7 +160,7 @@ impl LocalStack {
             }
             ServiceKind::Broker => {
                 let layout = broker::BrokerLayout::new(&run_dir);
-                let handle = broker::start(&tools.tansu, &layout, ports.broker, ports.broker_metrics)?;
+                let handle = broker::start(&tools.tansu, &layout, ports.broker)?;
                 self.record(service, handle.clone())?;
                 broker::wait_ready(&endpoints.kafka, &handle, Duration::from_secs(60)).await?;
                 let mut topics: Vec<String> = TABLES.iter().map(|t| topic_for(t)).collect();

@@ -105,7 +105,7 @@ pub fn init(bin_dir: &Path, layout: &PostgresLayout, port: u16, password: &Secre
     let conf = format!(
         "\n# cdc-harness\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
          wal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\nmax_connections = 200\n\
-         shared_buffers = 256MB\nsynchronous_commit = on\nfsync = on\nlog_min_messages = warning\n\
+         shared_buffers = 256MB\ntrack_commit_timestamp = on\nsynchronous_commit = on\nfsync = on\nlog_min_messages = warning\n\
          log_line_prefix = '%m [%p] %q%u@%d '\n",
         layout.socket_dir.display()
     );

@@ -1,0 +1,156 @@
+//! Canonical forms of column values, so that the source and any target compare equal when
+//! they hold the same value however each one spells it: uuid as lowercase hyphenated
+//! text, numeric without trailing zeros, timestamps as UTC microseconds since the epoch,
+//! booleans as true/false, integers without leading zeros or '+'. Null and missing are
+//! the same (`None`).
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Uuid,
+    Text,
+    Numeric,
+    Timestamptz,
+    Bool,
+    Int,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not a valid {ty:?}")]
+pub struct CanonicalError {
+    pub ty: ColumnType,
+    pub value: String,
+}
+
+/// Canonical text of `raw` (as PostgreSQL's text output or a JSON scalar renders it).
+pub fn canonicalize(ty: ColumnType, raw: &str) -> Result<String, CanonicalError> {
+    let bad = || CanonicalError { ty, value: raw.chars().take(80).collect() };
+    match ty {
+        ColumnType::Text => Ok(raw.to_string()),
+        ColumnType::Uuid => uuid::Uuid::parse_str(raw.trim()).map(|u| u.hyphenated().to_string()).map_err(|_| bad()),
+        ColumnType::Numeric => canonical_numeric(raw.trim()).ok_or_else(bad),
+        ColumnType::Timestamptz => timestamp_micros(raw.trim()).map(|m| m.to_string()).ok_or_else(bad),
+        ColumnType::Bool => match raw.trim() {
+            "t" | "true" | "TRUE" | "True" | "1" => Ok("true".into()),
+            "f" | "false" | "FALSE" | "False" | "0" => Ok("false".into()),
+            _ => Err(bad()),
+        },
+        ColumnType::Int => raw.trim().parse::<i64>().map(|v| v.to_string()).map_err(|_| bad()),
+    }
+}
+
+/// Decimal text without exponent, leading zeros, trailing fractional zeros, or a '-' on zero.
+fn canonical_numeric(s: &str) -> Option<String> {
+    let (negative, digits) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    if !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let int_part = int_part.trim_start_matches('0');
+    let frac_part = frac_part.trim_end_matches('0');
+    let int_part = if int_part.is_empty() { "0" } else { int_part };
+    let is_zero = int_part == "0" && frac_part.is_empty();
+    let mut out = String::with_capacity(s.len());
+    if negative && !is_zero {
+        out.push('-');
+    }
+    out.push_str(int_part);
+    if !frac_part.is_empty() {
+        out.push('.');
+        out.push_str(frac_part);
+    }
+    Some(out)
+}
+
+/// UTC microseconds since the epoch from PostgreSQL's text output (`2024-01-02
+/// 03:04:05.123456+00`), ISO-8601 (`2024-01-02T03:04:05.123456Z`), or epoch numbers.
+pub fn timestamp_micros(s: &str) -> Option<i64> {
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Some(dt.with_timezone(&Utc).timestamp_micros());
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
+        if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
+            return Some(dt.with_timezone(&Utc).timestamp_micros());
+        }
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(naive.and_utc().timestamp_micros());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn spellings_of_the_same_value_agree() {
+        let same = |ty, a: &str, b: &str| assert_eq!(canonicalize(ty, a).unwrap(), canonicalize(ty, b).unwrap(), "{a} vs {b}");
+        same(ColumnType::Numeric, "10.50", "10.5");
+        same(ColumnType::Numeric, "-0.00", "0");
+        same(ColumnType::Numeric, "007.10", "7.1");
+        same(ColumnType::Uuid, "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", "a0eebc999c0b4ef8bb6d6bb9bd380a11");
+        same(ColumnType::Timestamptz, "2024-01-02 03:04:05.1234+00", "2024-01-02T03:04:05.123400Z");
+        same(ColumnType::Timestamptz, "2024-01-02 05:04:05+02", "2024-01-02T03:04:05Z");
+        same(ColumnType::Bool, "t", "true");
+        same(ColumnType::Int, "+42", "42");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_value() {
+        assert!(canonicalize(ColumnType::Numeric, "1.2.3").is_err());
+        assert!(canonicalize(ColumnType::Numeric, "").is_err());
+        assert!(canonicalize(ColumnType::Uuid, "not-a-uuid").is_err());
+        assert!(canonicalize(ColumnType::Timestamptz, "yesterday").is_err());
+        assert!(canonicalize(ColumnType::Bool, "maybe").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn numeric_is_scale_insensitive_and_exact(units in -10_000_000_000i64..10_000_000_000, extra_zeros in 0usize..4) {
+            let plain = format!("{}.{:02}", units / 100, (units % 100).abs());
+            let plain = if units < 0 && units / 100 == 0 { format!("-{plain}") } else { plain };
+            let padded = format!("{plain}{}", "0".repeat(extra_zeros));
+            prop_assert_eq!(canonicalize(ColumnType::Numeric, &plain).unwrap(), canonicalize(ColumnType::Numeric, &padded).unwrap());
+            // Different values never collide.
+            let other = format!("{}.{:02}", (units + 1) / 100, ((units + 1) % 100).abs());
+            if units >= 0 {
+                prop_assert_ne!(canonicalize(ColumnType::Numeric, &plain).unwrap(), canonicalize(ColumnType::Numeric, &other).unwrap());
+            }
+        }
+
+        #[test]
+        fn timestamps_agree_across_offsets_and_formats(micros in 0i64..4_102_444_800_000_000, offset_h in -12i32..=12) {
+            let utc = DateTime::<Utc>::from_timestamp_micros(micros).unwrap();
+            let offset = chrono::FixedOffset::east_opt(offset_h * 3600).unwrap();
+            let pg_text = utc.with_timezone(&offset).format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string();
+            let iso = utc.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            prop_assert_eq!(timestamp_micros(&pg_text), Some(micros));
+            prop_assert_eq!(timestamp_micros(&iso), Some(micros));
+        }
+
+        #[test]
+        fn uuid_case_and_hyphens_do_not_matter(bytes in any::<[u8; 16]>()) {
+            let u = uuid::Uuid::from_bytes(bytes);
+            prop_assert_eq!(canonicalize(ColumnType::Uuid, &u.simple().to_string().to_uppercase()).unwrap(), u.hyphenated().to_string());
+        }
+
+        #[test]
+        fn text_is_kept_verbatim(s in ".*") {
+            prop_assert_eq!(canonicalize(ColumnType::Text, &s).unwrap(), s);
+        }
+    }
+}

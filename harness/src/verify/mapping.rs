@@ -1,0 +1,80 @@
+//! The table -> target mapping, declared in `harness/mapping.toml`.
+
+use serde::Deserialize;
+
+use super::canonical::ColumnType;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    pub entity: Vec<Entity>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entity {
+    pub name: String,
+    pub source_table: String,
+    /// The first column is the key.
+    pub columns: Vec<Column>,
+    pub postgres: PostgresTarget,
+    pub mongo: MongoTarget,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTarget {
+    pub table: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoTarget {
+    pub collection: String,
+    /// Array field of the parent document holding these rows (embedded entities).
+    pub embedded_in: Option<String>,
+    /// Column holding the parent document's key (embedded entities).
+    pub parent_key: Option<String>,
+}
+
+impl Entity {
+    pub fn key(&self) -> &Column {
+        &self.columns[0]
+    }
+}
+
+impl Mapping {
+    pub fn builtin() -> Self {
+        toml::from_str(include_str!("../../mapping.toml")).expect("harness/mapping.toml is valid (checked by a unit test)")
+    }
+
+    pub fn entity(&self, name: &str) -> Option<&Entity> {
+        self.entity.iter().find(|e| e.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_mapping_covers_the_four_tables_keyed_by_uuid() {
+        let m = Mapping::builtin();
+        let names: Vec<&str> = m.entity.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["customer", "address", "orders", "order_item"]);
+        for e in &m.entity {
+            assert_eq!(e.key().name, "id");
+            assert_eq!(e.key().ty, ColumnType::Uuid);
+        }
+        let item = m.entity("order_item").unwrap();
+        assert_eq!(item.mongo.embedded_in.as_deref(), Some("items"));
+    }
+}

@@ -597,6 +597,8 @@ public class DebeziumLauncher {
             p.putIfAbsent("max.in.flight.requests.per.connection", "1");
         }
         p.putIfAbsent("linger.ms", "0");
+        // KIP-714 client telemetry: tansu answers in a way that makes the client re-subscribe every 5 s
+        p.putIfAbsent("enable.metrics.push", "false");
         p.putIfAbsent("delivery.timeout.ms", "120000");
         p.putIfAbsent("request.timeout.ms", "30000");
         p.putIfAbsent("max.block.ms", "60000");

@@ -7,3 +7,4 @@ pub mod exit;
 pub mod orchestrator;
 pub mod provision;
 pub mod testing;
+pub mod verify;

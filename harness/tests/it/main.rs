@@ -4,3 +4,4 @@ mod pipeline;
 mod resilience;
 mod support;
 mod teardown;
+mod verify;

@@ -1,0 +1,441 @@
+//! The convergence verifier: does the target hold exactly the source's state, and if not,
+//! which keys are wrong and how. Independent of the sink's code: it reads the source with
+//! SQL and the target with its own driver, through the mapping in `harness/mapping.toml`.
+//!
+//! A full pass streams both sides ordered by key (`COPY ... TO STDOUT`) and merges them,
+//! so memory stays bounded whatever the table size; raw field bytes are compared first and
+//! canonical forms only when they differ. Differing keys (up to `MAX_TRACKED_KEYS` per
+//! entity) are then looked up with their evidence and classified (see `AnomalyKind`).
+//! In online mode a difference is not a verdict: the differing keys are re-checked until
+//! they agree or the deadline passes, and a last full pass confirms agreement.
+
+pub mod canonical;
+pub mod copy_stream;
+pub mod mapping;
+pub mod postgres;
+pub mod report;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use self::canonical::canonicalize;
+use self::copy_stream::{fields, unescape};
+use self::mapping::{Entity, Mapping};
+pub use self::report::{Anomaly, AnomalyKind, EntityOutcome, FieldDiff, LatencySummary, Percentiles, VerifyReport};
+use crate::orchestrator::PgEndpoint;
+
+/// Differing keys tracked one by one per entity; beyond it they are only counted.
+pub const MAX_TRACKED_KEYS: usize = 100_000;
+const KEY_BATCH: usize = 5_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("reading the source: {0}")]
+    Source(String),
+    #[error("reading the target: {0}")]
+    Target(String),
+}
+
+impl VerifyError {
+    fn source(e: impl std::fmt::Display) -> Self {
+        Self::Source(e.to_string())
+    }
+    fn target(e: impl std::fmt::Display) -> Self {
+        Self::Target(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Anomaly examples kept per kind.
+    pub max_examples: usize,
+    /// Online mode: re-check differing keys until they agree or this deadline passes.
+    pub settle: Option<Duration>,
+    /// When load ended (time-to-converge is measured from here; default: verify start).
+    pub load_ended: Option<Instant>,
+    /// Latency only over changes committed at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self { max_examples: 5, settle: None, load_ended: None, since: None }
+    }
+}
+
+pub struct SourceRecord {
+    /// Text of each mapped column, key first.
+    pub values: Vec<Option<String>>,
+    pub committed_at: Option<DateTime<Utc>>,
+    pub row: Value,
+}
+
+pub struct TargetRecord {
+    pub values: Vec<Option<String>>,
+    pub deleted: bool,
+    pub source_ts: Option<DateTime<Utc>>,
+    pub applied_at: Option<DateTime<Utc>>,
+    pub record: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiffKind {
+    Missing,
+    Extra,
+    Mismatch,
+    Duplicate,
+}
+
+struct PassResult {
+    outcome: EntityOutcome,
+    diffs: Vec<String>,
+    untracked: u64,
+}
+
+/// Verifies a PostgreSQL target against the PostgreSQL source.
+pub async fn verify_postgres(pg: &PgEndpoint, options: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
+    let started = Instant::now();
+    let load_ended = options.load_ended.unwrap_or(started);
+    let mapping = Mapping::builtin();
+    let source = pg.connect(&pg.source_db).await.map_err(VerifyError::source)?;
+    let target = pg.connect(&pg.target_db).await.map_err(VerifyError::target)?;
+    let deadline = options.settle.map(|s| Instant::now() + s);
+
+    let mut report = VerifyReport { target: "postgres".into(), ..Default::default() };
+    let mut pending: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut untracked = 0u64;
+    let mut outcomes = BTreeMap::new();
+    let mut full_pass = true;
+    loop {
+        if full_pass {
+            untracked = 0;
+            for entity in &mapping.entity {
+                let pass = full_compare(&source, &target, entity).await?;
+                report.rows_compared += pass.outcome.source_count + pass.outcome.target_count;
+                untracked += pass.untracked;
+                pending.insert(entity.name.clone(), pass.diffs);
+                outcomes.insert(entity.name.clone(), pass.outcome);
+            }
+        }
+        let differing: usize = pending.values().map(Vec::len).sum();
+        if differing == 0 && untracked == 0 {
+            if full_pass {
+                report.converged = true;
+                if options.settle.is_some() {
+                    report.time_to_converge_ms = Some(load_ended.elapsed().as_millis() as u64);
+                }
+                break;
+            }
+            full_pass = true; // the re-checked keys agree: confirm with a full pass
+            continue;
+        }
+        if deadline.is_none_or(|d| Instant::now() >= d) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if untracked > 0 {
+            full_pass = true;
+            continue;
+        }
+        full_pass = false;
+        for entity in &mapping.entity {
+            let keys = pending.remove(&entity.name).unwrap_or_default();
+            let still = recheck(&source, &target, entity, &keys).await?;
+            pending.insert(entity.name.clone(), still);
+        }
+    }
+
+    // What is still different gets classified with its evidence.
+    let mut examples: BTreeMap<AnomalyKind, Vec<Anomaly>> = BTreeMap::new();
+    for entity in &mapping.entity {
+        let keys = pending.get(&entity.name).cloned().unwrap_or_default();
+        for chunk in keys.chunks(KEY_BATCH) {
+            for anomaly in classify_keys(&source, &target, entity, chunk).await? {
+                *report.anomaly_counts.entry(anomaly.kind).or_default() += 1;
+                let list = examples.entry(anomaly.kind).or_default();
+                if list.len() < options.max_examples {
+                    list.push(anomaly);
+                }
+            }
+        }
+        if options.settle.is_some() && !report.converged {
+            report.never_converged.extend(keys.iter().take(options.max_examples).map(|k| format!("{}:{k}", entity.name)));
+        }
+    }
+    report.anomalies = examples.into_values().flatten().collect();
+    report.untracked_differences = untracked;
+    report.entities = mapping.entity.iter().filter_map(|e| outcomes.remove(&e.name)).collect();
+    report.latency = latency_summary(&target, &mapping, options.since).await?;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+async fn latency_summary(target: &tokio_postgres::Client, mapping: &Mapping, since: Option<DateTime<Utc>>) -> Result<LatencySummary, VerifyError> {
+    let to_pcts = |v: Vec<f64>| Percentiles { count: v[0] as u64, p50: v[1], p90: v[2], p95: v[3], p99: v[4], max: v[5] };
+    let all: Vec<&Entity> = mapping.entity.iter().collect();
+    let mut summary = LatencySummary { overall: to_pcts(postgres::latency(target, &all, since).await?), per_entity: BTreeMap::new() };
+    for entity in &mapping.entity {
+        summary.per_entity.insert(entity.name.clone(), to_pcts(postgres::latency(target, &[entity], since).await?));
+    }
+    Ok(summary)
+}
+
+/// One ordered merge of source and target for `entity`.
+async fn full_compare(source: &tokio_postgres::Client, target: &tokio_postgres::Client, entity: &Entity) -> Result<PassResult, VerifyError> {
+    let mut src = postgres::scan_source(source, entity).await?;
+    let mut tgt = postgres::scan_target(target, entity).await?;
+    let ncols = entity.columns.len();
+    let mut outcome = EntityOutcome { entity: entity.name.clone(), ..Default::default() };
+    let mut diffs = Vec::new();
+    let mut untracked = 0u64;
+    let mut record = |key: &[u8], kind: DiffKind, outcome: &mut EntityOutcome| {
+        match kind {
+            DiffKind::Missing => outcome.missing_in_target += 1,
+            DiffKind::Extra => outcome.extra_in_target += 1,
+            DiffKind::Mismatch => outcome.mismatched += 1,
+            DiffKind::Duplicate => outcome.duplicates += 1,
+        }
+        let key = String::from_utf8_lossy(key).into_owned();
+        if diffs.last() == Some(&key) {
+            return;
+        }
+        if diffs.len() < MAX_TRACKED_KEYS {
+            diffs.push(key);
+        } else {
+            untracked += 1;
+        }
+    };
+
+    let mut s_line = src.next_line().await.map_err(VerifyError::source)?;
+    let mut t_line = next_target(&mut tgt).await?;
+    let mut last_target_key: Option<bytes::Bytes> = None;
+    loop {
+        // Consecutive target rows with one key: the key is materialized twice.
+        if let Some((t, _)) = &t_line {
+            let key = first_field(t);
+            if last_target_key.as_deref() == Some(key) {
+                record(key, DiffKind::Duplicate, &mut outcome);
+                t_line = next_target(&mut tgt).await?;
+                continue;
+            }
+        }
+        match (&s_line, &t_line) {
+            (None, None) => break,
+            (Some(s), None) => {
+                outcome.source_count += 1;
+                record(first_field(s), DiffKind::Missing, &mut outcome);
+                s_line = src.next_line().await.map_err(VerifyError::source)?;
+            }
+            (None, Some((t, deleted))) => {
+                last_target_key = Some(t.slice_ref(first_field(t)));
+                if !deleted {
+                    outcome.target_count += 1;
+                    record(first_field(t), DiffKind::Extra, &mut outcome);
+                }
+                t_line = next_target(&mut tgt).await?;
+            }
+            (Some(s), Some((t, deleted))) => {
+                let (sk, tk) = (first_field(s), first_field(t));
+                match sk.cmp(tk) {
+                    std::cmp::Ordering::Less => {
+                        outcome.source_count += 1;
+                        record(sk, DiffKind::Missing, &mut outcome);
+                        s_line = src.next_line().await.map_err(VerifyError::source)?;
+                    }
+                    std::cmp::Ordering::Greater => {
+                        last_target_key = Some(t.slice_ref(tk));
+                        if !deleted {
+                            outcome.target_count += 1;
+                            record(tk, DiffKind::Extra, &mut outcome);
+                        }
+                        t_line = next_target(&mut tgt).await?;
+                    }
+                    std::cmp::Ordering::Equal => {
+                        outcome.source_count += 1;
+                        last_target_key = Some(t.slice_ref(tk));
+                        if *deleted {
+                            record(sk, DiffKind::Missing, &mut outcome);
+                        } else {
+                            outcome.target_count += 1;
+                            if rows_equal(entity, s, t, ncols) {
+                                outcome.matching += 1;
+                            } else {
+                                record(sk, DiffKind::Mismatch, &mut outcome);
+                            }
+                        }
+                        s_line = src.next_line().await.map_err(VerifyError::source)?;
+                        t_line = next_target(&mut tgt).await?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(PassResult { outcome, diffs, untracked })
+}
+
+/// The next target row and whether it is a tombstone (`_cdc_deleted`, the last field).
+async fn next_target(lines: &mut copy_stream::CopyLines) -> Result<Option<(bytes::Bytes, bool)>, VerifyError> {
+    Ok(lines.next_line().await.map_err(VerifyError::target)?.map(|line| {
+        let cut = line.iter().rposition(|&b| b == b'\t').unwrap_or(line.len());
+        let deleted = line.get(cut + 1..) == Some(b"t");
+        (line.slice(..cut), deleted)
+    }))
+}
+
+fn first_field(line: &[u8]) -> &[u8] {
+    fields(line).next().unwrap_or_default()
+}
+
+fn rows_equal(entity: &Entity, source: &[u8], target: &[u8], ncols: usize) -> bool {
+    if source == target {
+        return true;
+    }
+    let s: Vec<&[u8]> = fields(source).collect();
+    let t: Vec<&[u8]> = fields(target).collect();
+    if s.len() != ncols || t.len() != ncols {
+        return false;
+    }
+    (0..ncols).all(|i| s[i] == t[i] || values_equal(entity, i, unescape(s[i]).as_deref(), unescape(t[i]).as_deref()))
+}
+
+fn values_equal(entity: &Entity, column: usize, a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            let ty = entity.columns[column].ty;
+            match (canonicalize(ty, a), canonicalize(ty, b)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+fn field_diffs(entity: &Entity, source: Option<&[Option<String>]>, target: Option<&[Option<String>]>) -> Vec<FieldDiff> {
+    let mut out = Vec::new();
+    for (i, column) in entity.columns.iter().enumerate() {
+        let s = source.and_then(|v| v.get(i).cloned().flatten());
+        let t = target.and_then(|v| v.get(i).cloned().flatten());
+        if !values_equal(entity, i, s.as_deref(), t.as_deref()) {
+            out.push(FieldDiff { field: column.name.clone(), source: s, target: t });
+        }
+    }
+    out
+}
+
+/// The keys among `keys` that still differ.
+async fn recheck(source: &tokio_postgres::Client, target: &tokio_postgres::Client, entity: &Entity, keys: &[String]) -> Result<Vec<String>, VerifyError> {
+    let mut still = Vec::new();
+    for chunk in keys.chunks(KEY_BATCH) {
+        let src = postgres::fetch_source(source, entity, chunk).await?;
+        let tgt = postgres::fetch_target(target, entity, chunk).await?;
+        for key in chunk {
+            let s = src.get(key);
+            let live: Vec<&TargetRecord> = tgt.get(key).map(|v| v.iter().filter(|r| !r.deleted).collect()).unwrap_or_default();
+            let agrees = match (s, live.as_slice()) {
+                (None, []) => true,
+                (Some(s), [t]) => field_diffs(entity, Some(&s.values), Some(&t.values)).is_empty(),
+                _ => false,
+            };
+            if !agrees {
+                still.push(key.clone());
+            }
+        }
+    }
+    Ok(still)
+}
+
+fn millis(ts: DateTime<Utc>) -> i64 {
+    ts.timestamp_millis()
+}
+
+/// Classifies each differing key from its evidence (see `AnomalyKind`).
+async fn classify_keys(source: &tokio_postgres::Client, target: &tokio_postgres::Client, entity: &Entity, keys: &[String]) -> Result<Vec<Anomaly>, VerifyError> {
+    let src = postgres::fetch_source(source, entity, keys).await?;
+    let tgt = postgres::fetch_target(target, entity, keys).await?;
+    let deleted = postgres::fetch_deletions(source, entity, keys).await;
+    let mut out = Vec::new();
+    for key in keys {
+        let s = src.get(key);
+        let records = tgt.get(key).map(Vec::as_slice).unwrap_or_default();
+        if let Some(anomaly) = classify(entity, key, s, records, deleted.get(key).copied().flatten()) {
+            out.push(anomaly);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn classify(entity: &Entity, key: &str, source: Option<&SourceRecord>, records: &[TargetRecord], deleted_at: Option<DateTime<Utc>>) -> Option<Anomaly> {
+    let live: Vec<&TargetRecord> = records.iter().filter(|r| !r.deleted).collect();
+    let shown = live.first().copied().or(records.first());
+    let anomaly = |kind, evidence: String, fields| Anomaly {
+        kind,
+        entity: entity.name.clone(),
+        key: key.to_string(),
+        fields,
+        source_row: source.map(|s| s.row.clone()),
+        target_record: shown.map(|t| t.record.clone()),
+        evidence,
+    };
+    if live.len() > 1 {
+        return Some(anomaly(AnomalyKind::DuplicateApply, format!("the target holds {} live records for this key", live.len()), vec![]));
+    }
+    let t = live.first().copied();
+    match (source, t) {
+        (None, None) => None,
+        (Some(s), None) => {
+            let what = if records.is_empty() { "no record" } else { "only a tombstone" };
+            Some(anomaly(AnomalyKind::LostChange, format!("the source holds the row, the target {what}"), field_diffs(entity, Some(&s.values), None)))
+        }
+        (None, Some(t)) => match deleted_at {
+            Some(d) if t.applied_at.is_some_and(|a| a > d) => Some(anomaly(
+                AnomalyKind::ResurrectedDelete,
+                format!("the source deleted the key at {d}; the target re-applied a live version at {}", fmt_ts(t.applied_at)),
+                vec![],
+            )),
+            Some(d) => Some(anomaly(
+                AnomalyKind::LostChange,
+                format!("the source deleted the key at {d}; the target still holds the version applied at {} (delete not applied)", fmt_ts(t.applied_at)),
+                vec![],
+            )),
+            None => Some(anomaly(AnomalyKind::ExtraRow, "the source never deleted this key and does not hold it".into(), field_diffs(entity, None, Some(&t.values)))),
+        },
+        (Some(s), Some(t)) => {
+            let fields = field_diffs(entity, Some(&s.values), Some(&t.values));
+            if fields.is_empty() {
+                return None;
+            }
+            let (Some(committed), Some(version)) = (s.committed_at, t.source_ts) else {
+                return Some(anomaly(AnomalyKind::ValueMismatch, "values differ; commit times unknown (track_commit_timestamp off?)".into(), fields));
+            };
+            if millis(version) < millis(committed) {
+                if t.applied_at.is_some_and(|a| a >= committed) {
+                    Some(anomaly(
+                        AnomalyKind::StaleOverwrite,
+                        format!("the target holds the version committed at {version}, applied at {} after the newer version committed at {committed}", fmt_ts(t.applied_at)),
+                        fields,
+                    ))
+                } else {
+                    Some(anomaly(
+                        AnomalyKind::LostChange,
+                        format!("the target holds the version committed at {version}; the change committed at {committed} never arrived"),
+                        fields,
+                    ))
+                }
+            } else {
+                Some(anomaly(AnomalyKind::ValueMismatch, format!("both sides are at the version committed at {committed} but values differ"), fields))
+            }
+        }
+    }
+}
+
+fn fmt_ts(ts: Option<DateTime<Utc>>) -> String {
+    ts.map(|t| t.to_string()).unwrap_or_else(|| "an unknown time".into())
+}
+
+/// Keys in the target for `entity` keyed by value (for tests and tools).
+pub type KeyedRecords = HashMap<String, Vec<TargetRecord>>;

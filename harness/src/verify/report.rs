@@ -1,0 +1,121 @@
+//! What the verifier found, as data: rendered by the CLI and embedded in run reports.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// How a key of the target disagrees with the source, judged from the evidence: the
+/// source row and its commit time, the source's delete ledger, and the CDC metadata the
+/// target keeps (source commit time of the version it holds, when it applied it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyKind {
+    /// The target holds an older version (or none, or the row although the source deleted
+    /// it) and applied it before the source's newer change: that change never arrived.
+    LostChange,
+    /// The target holds an older version that it applied after the newer one was committed:
+    /// an old event overwrote a newer state.
+    StaleOverwrite,
+    /// The source deleted the key; the target holds it live, applied after the delete.
+    ResurrectedDelete,
+    /// The same key is materialized more than once (a change applied twice in effect).
+    DuplicateApply,
+    /// The target holds a key the source never had.
+    ExtraRow,
+    /// Same version on both sides, different values (a corrupted or mis-decoded field).
+    ValueMismatch,
+}
+
+impl AnomalyKind {
+    pub const ALL: [AnomalyKind; 6] = [
+        Self::LostChange,
+        Self::StaleOverwrite,
+        Self::ResurrectedDelete,
+        Self::DuplicateApply,
+        Self::ExtraRow,
+        Self::ValueMismatch,
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldDiff {
+    pub field: String,
+    pub source: Option<String>,
+    pub target: Option<String>,
+}
+
+/// One anomaly with its witness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub kind: AnomalyKind,
+    pub entity: String,
+    pub key: String,
+    pub fields: Vec<FieldDiff>,
+    /// The source row (None when the source does not hold the key).
+    pub source_row: Option<Value>,
+    /// The target record with its CDC metadata (None when the target does not hold it).
+    pub target_record: Option<Value>,
+    /// Why this kind was chosen, in words.
+    pub evidence: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityOutcome {
+    pub entity: String,
+    pub source_count: u64,
+    /// Live target records (tombstones not counted).
+    pub target_count: u64,
+    pub matching: u64,
+    pub missing_in_target: u64,
+    pub extra_in_target: u64,
+    pub mismatched: u64,
+    pub duplicates: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Source commit -> applied in the target, in milliseconds, over the latest change of
+    /// every key the target holds (snapshot reads excluded).
+    pub overall: Percentiles,
+    pub per_entity: BTreeMap<String, Percentiles>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub target: String,
+    pub converged: bool,
+    pub entities: Vec<EntityOutcome>,
+    pub anomaly_counts: BTreeMap<AnomalyKind, u64>,
+    /// At most `max_examples` per kind.
+    pub anomalies: Vec<Anomaly>,
+    /// From the end of load to full agreement (online mode).
+    pub time_to_converge_ms: Option<u64>,
+    /// Keys still different when the deadline passed (online mode; bounded).
+    pub never_converged: Vec<String>,
+    pub latency: LatencySummary,
+    pub rows_compared: u64,
+    pub elapsed_ms: u64,
+    /// Differences beyond what is tracked key by key (counted, not classified).
+    pub untracked_differences: u64,
+}
+
+impl VerifyReport {
+    pub fn count(&self, kind: AnomalyKind) -> u64 {
+        self.anomaly_counts.get(&kind).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self, f: impl Fn(&EntityOutcome) -> u64) -> u64 {
+        self.entities.iter().map(f).sum()
+    }
+}

@@ -28,6 +28,10 @@ import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.serialization.StringSerializer;
+import org.apache.kafka.connect.errors.ConnectException;
+import org.apache.kafka.connect.runtime.WorkerConfig;
+import org.apache.kafka.connect.storage.FileOffsetBackingStore;
+import io.debezium.embedded.KafkaConnectUtil;
 
 import org.apache.logging.log4j.Level;
 import org.apache.logging.log4j.core.appender.ConsoleAppender;
@@ -44,7 +48,13 @@ import javax.management.MBeanServer;
 import javax.management.ObjectName;
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.ObjectOutputStream;
 import java.io.OutputStream;
+import java.nio.ByteBuffer;
+import java.nio.channels.Channels;
+import java.nio.channels.FileChannel;
+import java.nio.file.StandardOpenOption;
+import java.util.HashMap;
 import java.lang.management.ManagementFactory;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
@@ -103,7 +113,7 @@ public class DebeziumLauncher {
 
         if (args.length != 1) {
             System.err.println("usage: java -cp <classpath> DebeziumLauncher.java <launcher.properties>");
-            System.exit(EXIT_USAGE);
+            exitFromMain(EXIT_USAGE);
         }
 
         Properties debezium = new Properties();
@@ -114,7 +124,7 @@ public class DebeziumLauncher {
         }
         catch (Exception e) {
             log.error("Invalid launcher configuration {}: {}", args[0], e.getMessage());
-            System.exit(EXIT_USAGE);
+            exitFromMain(EXIT_USAGE);
         }
         String level = launcher.getProperty("log.level");
         if (level != null) {
@@ -128,11 +138,14 @@ public class DebeziumLauncher {
         logConfig("kafka.", kafka);
         logConfig("launcher.", launcher);
 
-        if (FILE_STORE.equals(debezium.getProperty("offset.storage"))
+        if (AtomicFileOffsetBackingStore.class.getName().equals(debezium.getProperty("offset.storage"))
                 && debezium.getProperty("offset.storage.file.filename", "").isBlank()) {
             log.error("debezium.offset.storage.file.filename is required with FileOffsetBackingStore");
-            System.exit(EXIT_USAGE);
+            exitFromMain(EXIT_USAGE);
         }
+
+        // SIGTERM/SIGINT: stop engine (commits processed offsets), then flush+close the producer.
+        Runtime.getRuntime().addShutdownHook(new Thread(DebeziumLauncher::onSignalShutdown, "launcher-shutdown"));
 
         // ---- status endpoint first, so the supervisor can see "starting" ----
         try {
@@ -141,7 +154,7 @@ public class DebeziumLauncher {
         }
         catch (Exception e) {
             log.error("Cannot start status endpoint: {}", e.toString());
-            System.exit(EXIT_USAGE);
+            exitFromMain(EXIT_USAGE);
         }
 
         // ---- producer ----
@@ -150,13 +163,16 @@ public class DebeziumLauncher {
         }
         catch (Exception e) {
             log.error("Cannot create Kafka producer: {}", e.toString());
-            System.exit(EXIT_USAGE);
+            exitFromMain(EXIT_USAGE);
         }
 
         // ---- engine ----
         try {
             engine = DebeziumEngine.create(Json.class)
                     .using(debezium)
+                    // our class loader (source-file mode) so that the engine can instantiate
+                    // DebeziumLauncher$AtomicFileOffsetBackingStore by name; it delegates to the classpath
+                    .using(DebeziumLauncher.class.getClassLoader())
                     .using(new DebeziumEngine.ConnectorCallback() {
                         @Override
                         public void pollingStarted() {
@@ -186,10 +202,9 @@ public class DebeziumLauncher {
             engineFailed = true;
             log.error("Launcher: cannot build Debezium engine: {}", lastError, e);
             closeProducer();
-            System.exit(EXIT_FAILURE);
+            exitFromMain(EXIT_FAILURE);
         }
 
-        Runtime.getRuntime().addShutdownHook(new Thread(DebeziumLauncher::onSignalShutdown, "launcher-shutdown"));
 
         Thread engineThread = new Thread(engine, "debezium-engine");
         engineThread.start();
@@ -206,13 +221,12 @@ public class DebeziumLauncher {
             // The shutdown hook owns the rest of the shutdown (and the exit code).
             return;
         }
-        exitingFromMain.set(true);
         closeProducer();
         stopStatusServer();
         int code = engineFailed ? EXIT_FAILURE : EXIT_OK;
         log.info("Launcher: exiting with code {}", code);
         flushLogs();
-        System.exit(code);
+        exitFromMain(code);
     }
 
     // =====================================================================================
@@ -273,9 +287,58 @@ public class DebeziumLauncher {
         return new SendFailedException(msg, cause);
     }
 
+    /** FileOffsetBackingStore whose save() is crash-safe: temp file + fsync + atomic rename (+ dir fsync). */
+    public static class AtomicFileOffsetBackingStore extends FileOffsetBackingStore {
+        private Path path;
+
+        public AtomicFileOffsetBackingStore() {
+            super(KafkaConnectUtil.converterForOffsetStore());
+        }
+
+        @Override
+        public void configure(WorkerConfig config) {
+            super.configure(config);
+            path = Paths.get(config.getString("offset.storage.file.filename")).toAbsolutePath();
+        }
+
+        @Override
+        protected void save() {
+            try {
+                Map<byte[], byte[]> raw = new HashMap<>();
+                for (Map.Entry<ByteBuffer, ByteBuffer> e : data.entrySet()) {
+                    raw.put(e.getKey() != null ? e.getKey().array() : null, e.getValue() != null ? e.getValue().array() : null);
+                }
+                Path tmp = path.resolveSibling(path.getFileName() + ".tmp");
+                try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
+                        StandardOpenOption.TRUNCATE_EXISTING)) {
+                    ObjectOutputStream os = new ObjectOutputStream(Channels.newOutputStream(ch));
+                    os.writeObject(raw);
+                    os.flush();
+                    ch.force(true);
+                }
+                Files.move(tmp, path, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+                try (FileChannel dir = FileChannel.open(path.getParent(), StandardOpenOption.READ)) {
+                    dir.force(true);
+                }
+                catch (IOException ignored) {
+                    // directory fsync is best effort
+                }
+            }
+            catch (IOException e) {
+                throw new ConnectException("Cannot save offsets to " + path, e);
+            }
+        }
+    }
+
     // =====================================================================================
     // Shutdown
     // =====================================================================================
+    static void exitFromMain(int code) {
+        exitingFromMain.set(true); // our shutdown hook must not override the exit code
+        flushLogs();
+        System.exit(code);
+    }
+
     static void onSignalShutdown() {
         if (exitingFromMain.get()) {
             return; // System.exit from main: everything is already closed
@@ -416,7 +479,8 @@ public class DebeziumLauncher {
         else if (streaming) {
             state = "streaming";
         }
-        else if (Boolean.TRUE.equals(snapRunning)) {
+        else if (Boolean.TRUE.equals(snapRunning) || (snapshotCompletedSeen && !Boolean.TRUE.equals(connected))) {
+            // (snapshot finished, streaming not connected yet: still the snapshot phase)
             state = "snapshotting";
         }
         else {
@@ -575,6 +639,12 @@ public class DebeziumLauncher {
         p.putIfAbsent("name", "cdc-launcher");
         p.putIfAbsent("connector.class", "io.debezium.connector.postgresql.PostgresConnector");
         p.putIfAbsent("offset.storage", FILE_STORE);
+        if (FILE_STORE.equals(p.getProperty("offset.storage"))) {
+            // Kafka's FileOffsetBackingStore truncates and rewrites the file in place; a kill -9 during
+            // that write leaves an empty/truncated file, which it then silently reads as "no offsets"
+            // (=> full re-snapshot). Same file format, but written to a temp file, fsync'ed and renamed.
+            p.setProperty("offset.storage", AtomicFileOffsetBackingStore.class.getName());
+        }
         // Commit after every acknowledged batch: at most one batch is re-sent after a crash.
         p.putIfAbsent("offset.flush.interval.ms", "0");
         // JSON without the Connect schema envelope.

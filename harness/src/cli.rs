@@ -9,6 +9,7 @@ use harness::config::StackConfig;
 use harness::exit;
 use harness::orchestrator::local::LocalStack;
 use harness::orchestrator::{BackendKind, Orchestrator, ServiceError, ServiceState, resolve_backend};
+use harness::verify::{VerifyOptions, VerifyReport};
 
 #[derive(Parser)]
 #[command(name = "harness", version, about = "Verify PostgreSQL -> Debezium -> Kafka -> sink pipelines")]
@@ -42,6 +43,40 @@ enum Command {
     Down,
     /// Install what the local backend needs into the cache (also done by `up` on demand).
     Provision,
+    /// Compare the source with the target of the running stack, key by key.
+    Verify {
+        #[arg(long, value_enum, default_value = "postgres")]
+        target: VerifyTarget,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Anomaly examples to show per kind.
+        #[arg(long, default_value_t = 5)]
+        max_examples: usize,
+        /// Online mode: re-check differing keys until they agree or this much time passes.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        settle: Option<std::time::Duration>,
+    },
+    /// Benchmarks, each against a raw baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VerifyTarget {
+    Postgres,
+    Mongo,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Verifier throughput over N rows vs. just reading both sides.
+    Verify {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run() -> ExitCode {
@@ -134,6 +169,36 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit::SUCCESS)
         }
+        Command::Verify { target, json, max_examples, settle } => {
+            let Some(stack) = LocalStack::open(&cli.run_dir)? else {
+                anyhow::bail!("no stack in {} (start one with `harness up`)", cli.run_dir.display());
+            };
+            let endpoints = stack.endpoints();
+            stack.detach();
+            if matches!(target, VerifyTarget::Mongo) {
+                anyhow::bail!("the local stack materializes into PostgreSQL; a MongoDB target needs the docker backend or an external stack");
+            }
+            let options = VerifyOptions { max_examples, settle, ..Default::default() };
+            let report = harness::verify::verify_postgres(&endpoints.postgres, &options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render_verify(&report));
+            }
+            Ok(if report.converged { exit::SUCCESS } else { exit::GATE_FAILED })
+        }
+        Command::Bench(Bench::Verify { rows, json }) => {
+            let result = harness::bench::verify::run(rows).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                println!(
+                    "verify {} rows: {:.0} rows/s ({:.2}s); raw read {:.0} rows/s ({:.2}s); ratio {:.2}; peak RSS {:.0} MiB; converged {}",
+                    result.rows, result.rows_per_sec, result.verify_seconds, result.raw_read_rows_per_sec, result.raw_read_seconds, result.ratio_to_raw, result.peak_rss_mb, result.converged
+                );
+            }
+            Ok(if result.converged { exit::SUCCESS } else { exit::GATE_FAILED })
+        }
         Command::Down => {
             let Some(mut stack) = LocalStack::open(&cli.run_dir).context("reading the stack state")? else {
                 eprintln!("down: no stack in {}", cli.run_dir.display());
@@ -144,4 +209,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::SUCCESS)
         }
     }
+}
+
+fn render_verify(report: &VerifyReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<12} {:>9} {:>9} {:>9} {:>8} {:>6} {:>10} {:>5}", "ENTITY", "SOURCE", "TARGET", "MATCHING", "MISSING", "EXTRA", "MISMATCHED", "DUPS");
+    for e in &report.entities {
+        let _ = writeln!(
+            out,
+            "{:<12} {:>9} {:>9} {:>9} {:>8} {:>6} {:>10} {:>5}",
+            e.entity, e.source_count, e.target_count, e.matching, e.missing_in_target, e.extra_in_target, e.mismatched, e.duplicates
+        );
+    }
+    for (kind, count) in &report.anomaly_counts {
+        let _ = writeln!(out, "anomaly {kind:?}: {count}");
+    }
+    for a in &report.anomalies {
+        let _ = writeln!(out, "  {:?} {} {}: {}", a.kind, a.entity, a.key, a.evidence);
+        for f in &a.fields {
+            let _ = writeln!(out, "    {}: source {:?} target {:?}", f.field, f.source, f.target);
+        }
+    }
+    let l = &report.latency.overall;
+    let _ = writeln!(out, "e2e latency (ms, {} changes): p50 {:.1} p95 {:.1} p99 {:.1} max {:.1}", l.count, l.p50, l.p95, l.p99, l.max);
+    let _ = writeln!(out, "{} rows compared in {} ms: {}", report.rows_compared, report.elapsed_ms, if report.converged { "CONVERGED" } else { "DIVERGED" });
+    out
 }

@@ -2,6 +2,7 @@
 //! provisions what it needs, and (in later modules) drives load, injects faults, verifies
 //! convergence and reports.
 
+pub mod bench;
 pub mod config;
 pub mod exit;
 pub mod orchestrator;

@@ -1,51 +1,75 @@
-//! Rows of a `COPY ... TO STDOUT` (text format) as they stream in: memory stays bounded by
-//! one network chunk whatever the table size.
+//! Rows of a `COPY ... TO STDOUT` (text format) as they stream in. A task per stream
+//! reads and splits lines while the caller compares, so both sides and the merge overlap;
+//! memory stays bounded (a few batches in flight) whatever the table size.
 
-use std::pin::Pin;
-
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use tokio::sync::mpsc;
 use tokio_postgres::CopyOutStream;
 
+const BATCH_LINES: usize = 4096;
+const BATCHES_IN_FLIGHT: usize = 4;
+
 pub struct CopyLines {
-    stream: Pin<Box<CopyOutStream>>,
-    buffer: BytesMut,
-    done: bool,
+    batches: mpsc::Receiver<Result<Vec<Bytes>, tokio_postgres::Error>>,
+    current: std::vec::IntoIter<Bytes>,
 }
 
 impl CopyLines {
     pub fn new(stream: CopyOutStream) -> Self {
-        Self { stream: Box::pin(stream), buffer: BytesMut::with_capacity(1 << 16), done: false }
+        let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+        tokio::spawn(split_lines(stream, tx));
+        Self { batches: rx, current: Vec::new().into_iter() }
     }
 
     /// The next row without its newline, or None at the end.
     pub async fn next_line(&mut self) -> Result<Option<Bytes>, tokio_postgres::Error> {
         loop {
-            if let Some(pos) = memchr(b'\n', &self.buffer) {
-                let line = self.buffer.split_to(pos + 1).freeze();
-                return Ok(Some(line.slice(..pos)));
+            if let Some(line) = self.current.next() {
+                return Ok(Some(line));
             }
-            if self.done {
-                if self.buffer.is_empty() {
-                    return Ok(None);
-                }
-                let rest = self.buffer.split().freeze();
-                return Ok(Some(rest));
-            }
-            match self.stream.next().await {
-                Some(chunk) => {
-                    let mut chunk = chunk?;
-                    self.buffer.extend_from_slice(chunk.chunk());
-                    chunk.advance(chunk.remaining());
-                }
-                None => self.done = true,
+            match self.batches.recv().await {
+                Some(batch) => self.current = batch?.into_iter(),
+                None => return Ok(None),
             }
         }
     }
 }
 
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
+async fn split_lines(stream: CopyOutStream, tx: mpsc::Sender<Result<Vec<Bytes>, tokio_postgres::Error>>) {
+    futures::pin_mut!(stream);
+    let mut buffer = BytesMut::with_capacity(1 << 16);
+    let mut batch = Vec::with_capacity(BATCH_LINES);
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        buffer.extend_from_slice(&chunk);
+        let mut start = 0;
+        let frozen = buffer.split().freeze();
+        for (i, &b) in frozen.iter().enumerate() {
+            if b == b'\n' {
+                batch.push(frozen.slice(start..i));
+                start = i + 1;
+            }
+        }
+        buffer.extend_from_slice(&frozen[start..]);
+        if batch.len() >= BATCH_LINES {
+            if tx.send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_LINES)))).await.is_err() {
+                return; // the reader stopped early
+            }
+        }
+    }
+    if !buffer.is_empty() {
+        batch.push(buffer.freeze());
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(Ok(batch)).await;
+    }
 }
 
 /// Splits a COPY text row into its raw (still escaped) fields.

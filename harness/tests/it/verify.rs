@@ -18,7 +18,7 @@ async fn fixture(name: &str) -> anyhow::Result<Fixture> {
     let pg = TestPostgres::start(name).await?;
     let source = pg.endpoint.connect("app").await?;
     let target = pg.endpoint.connect("sink").await?;
-    target.batch_execute(include_str!("../fixtures/target_layout.sql")).await?;
+    target.batch_execute(include_str!("../../sql/target_layout.sql")).await?;
     source
         .batch_execute(
             "INSERT INTO customer SELECT md5('c'||g)::uuid, 'c'||g||'@example.com', 'active', now() FROM generate_series(1, 20) g;

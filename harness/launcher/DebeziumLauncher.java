@@ -238,11 +238,15 @@ public class DebeziumLauncher {
                                 DebeziumEngine.RecordCommitter<ChangeEvent<String, String>> committer)
                 throws InterruptedException {
             List<Future<RecordMetadata>> acks = new ArrayList<>(records.size());
+            KafkaProducer<String, String> p = producer;
+            if (p == null) {
+                throw new InterruptedException("producer closed (shutting down)");
+            }
             try {
                 for (ChangeEvent<String, String> r : records) {
                     // partition left to the producer's partitioner (murmur2 of the key) so that
                     // all events of one row land in the same partition, in order.
-                    acks.add(producer.send(new ProducerRecord<>(r.destination(), r.key(), r.value())));
+                    acks.add(p.send(new ProducerRecord<>(r.destination(), r.key(), r.value())));
                 }
                 for (Future<RecordMetadata> f : acks) {
                     f.get(); // blocks until acks=all acknowledged, or delivery.timeout.ms expired
@@ -386,24 +390,23 @@ public class DebeziumLauncher {
         Runtime.getRuntime().halt(code);
     }
 
+    /**
+     * close(timeout) waits up to the timeout for in-flight sends, then aborts them. Nothing un-acked was
+     * committed (markProcessed only after the ack), so abandoning them loses nothing; a bounded wait
+     * keeps SIGTERM fast even when the broker is down.
+     */
     static void closeProducer() {
         KafkaProducer<String, String> p = producer;
         if (p == null) {
             return;
         }
+        producer = null;
         try {
-            p.flush();
-        }
-        catch (Exception e) {
-            log.warn("Launcher: producer flush failed: {}", describe(e));
-        }
-        try {
-            p.close(Duration.ofSeconds(30));
+            p.close(Duration.ofSeconds(10));
         }
         catch (Exception e) {
             log.warn("Launcher: producer close failed: {}", describe(e));
         }
-        producer = null;
     }
 
     // =====================================================================================

@@ -7,5 +7,6 @@ pub mod config;
 pub mod exit;
 pub mod orchestrator;
 pub mod provision;
+pub mod report;
 pub mod testing;
 pub mod verify;

@@ -1,0 +1,3 @@
+//! Run reports: the model and its renderings.
+
+pub mod model;

@@ -1,0 +1,225 @@
+//! The run report: one versioned, serializable model that every renderer (JSON, HTML,
+//! Markdown, JUnit) and `harness diff` read. Bump `SCHEMA_VERSION` on any breaking change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::verify::{Percentiles, VerifyReport};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub schema_version: u32,
+    pub run: RunMeta,
+    /// The scenario and stack settings as run, secrets redacted.
+    pub config: serde_json::Value,
+    pub load: LoadStats,
+    pub pipeline: PipelineStats,
+    /// One sample per second.
+    pub series: Vec<Sample>,
+    pub faults: Vec<FaultRecord>,
+    pub convergence: VerifyReport,
+    pub validation: ValidationStats,
+    pub thresholds: Vec<ThresholdResult>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunMeta {
+    pub run_id: String,
+    pub scenario: String,
+    pub seed: u64,
+    pub git_sha: Option<String>,
+    /// `goose` or `k6`.
+    pub driver: String,
+    /// `local`, `docker` or `external`.
+    pub backend: String,
+    /// Component -> version (postgres, debezium, broker, sink, harness, ...).
+    pub versions: BTreeMap<String, String>,
+    pub machine: Machine,
+    /// RFC 3339.
+    pub started_at: String,
+    pub ended_at: String,
+    pub duration_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Machine {
+    pub cores: u32,
+    pub memory_mb: u64,
+    pub os: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LoadStats {
+    /// insert / update / delete (and per table: `insert.customer`, ...).
+    pub ops_by_kind: BTreeMap<String, u64>,
+    pub target_rate: f64,
+    pub achieved_rate: f64,
+    /// Latency of the workload API's writes (from intended start: no coordinated omission).
+    pub write_latency_ms: Percentiles,
+    pub errors: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PipelineStats {
+    /// Change events applied by the sink per second over the load window.
+    pub events_per_sec: f64,
+    /// Source commit -> applied in the target, from the target's CDC metadata.
+    pub e2e_latency_ms: Percentiles,
+    pub e2e_latency_ms_per_entity: BTreeMap<String, Percentiles>,
+    /// Probe writes: commit -> visible in the target, polled by the harness.
+    pub probe_latency_ms: Percentiles,
+    pub max_lag: u64,
+    /// Seconds until lag returned to its pre-spike level after the load peak (None: no
+    /// spike in the scenario, or it never recovered: see `lag_recovered`).
+    pub lag_recovery_s: Option<f64>,
+    pub lag_recovered: bool,
+    /// Highest rate that met every SLO (breakpoint scenario).
+    pub max_sustainable_rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    /// Seconds since the load started.
+    pub t: f64,
+    pub write_rate: f64,
+    pub sink_rate: f64,
+    /// Consumer lag summed over partitions.
+    pub lag: u64,
+    pub lag_per_partition: BTreeMap<String, u64>,
+    pub e2e_p50_ms: Option<f64>,
+    pub e2e_p95_ms: Option<f64>,
+    pub e2e_p99_ms: Option<f64>,
+    /// Service -> CPU percent of one core.
+    pub cpu_pct: BTreeMap<String, f64>,
+    /// Service -> resident memory in MiB.
+    pub rss_mb: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FaultRecord {
+    /// e.g. `kill`, `stop`, `pause`, `restart`, `latency`, `partition`, `poison`.
+    pub kind: String,
+    /// Service or link (`sink->broker`).
+    pub target: String,
+    pub parameters: BTreeMap<String, String>,
+    /// Seconds since load start.
+    pub start_s: f64,
+    pub end_s: Option<f64>,
+    /// Until the service was healthy again.
+    pub service_recovery_s: Option<f64>,
+    /// Until lag was back to its pre-fault level.
+    pub pipeline_recovery_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ValidationStats {
+    pub passed: u64,
+    /// Rule -> failures.
+    pub failed_by_rule: BTreeMap<String, u64>,
+    pub dlq: u64,
+    pub stale_skipped: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ThresholdResult {
+    /// As written in the scenario, e.g. `e2e_latency_ms.p95 < 2000`.
+    pub expression: String,
+    pub metric: String,
+    /// None when the metric is absent from the report (counts as failed).
+    pub observed: Option<f64>,
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub converged: bool,
+    pub events_per_sec: f64,
+    pub e2e_latency_ms: LatencyTriple,
+    pub lag_recovery_s: Option<f64>,
+    /// Write errors + sink errors + anomalies.
+    pub errors: u64,
+    pub thresholds_passed: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencyTriple {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// Which way a metric should move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    LowerIsBetter,
+    HigherIsBetter,
+}
+
+/// A numeric metric of a report, named as thresholds and `diff` name it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    pub name: String,
+    pub value: f64,
+    pub direction: Direction,
+    /// Whether `harness diff` fails when this metric regresses.
+    pub gated: bool,
+}
+
+impl Report {
+    /// Every numeric metric with its direction: the single place where names and
+    /// directions are declared (thresholds and diff both use it).
+    pub fn metrics(&self) -> Vec<Metric> {
+        use Direction::*;
+        let mut out = Vec::new();
+        let mut push = |name: &str, value: f64, direction: Direction, gated: bool| {
+            out.push(Metric { name: name.to_string(), value, direction, gated });
+        };
+        let p = &self.pipeline;
+        push("events_per_sec", p.events_per_sec, HigherIsBetter, true);
+        for (suffix, v) in pct_fields(&p.e2e_latency_ms) {
+            push(&format!("e2e_latency_ms.{suffix}"), v, LowerIsBetter, suffix != "max");
+        }
+        for (entity, pct) in &p.e2e_latency_ms_per_entity {
+            for (suffix, v) in pct_fields(pct) {
+                push(&format!("e2e_latency_ms.{entity}.{suffix}"), v, LowerIsBetter, false);
+            }
+        }
+        for (suffix, v) in pct_fields(&p.probe_latency_ms) {
+            push(&format!("probe_latency_ms.{suffix}"), v, LowerIsBetter, false);
+        }
+        push("max_lag", p.max_lag as f64, LowerIsBetter, false);
+        if let Some(v) = p.lag_recovery_s {
+            push("lag_recovery_s", v, LowerIsBetter, true);
+        }
+        if let Some(v) = p.max_sustainable_rate {
+            push("max_sustainable_rate", v, HigherIsBetter, true);
+        }
+        let l = &self.load;
+        push("load.achieved_rate", l.achieved_rate, HigherIsBetter, false);
+        push("load.errors", l.errors as f64, LowerIsBetter, true);
+        for (suffix, v) in pct_fields(&l.write_latency_ms) {
+            push(&format!("write_latency_ms.{suffix}"), v, LowerIsBetter, false);
+        }
+        let c = &self.convergence;
+        push("convergence.missing", c.total(|e| e.missing_in_target) as f64, LowerIsBetter, true);
+        push("convergence.extra", c.total(|e| e.extra_in_target) as f64, LowerIsBetter, true);
+        push("convergence.mismatched", c.total(|e| e.mismatched) as f64, LowerIsBetter, true);
+        push("convergence.duplicates", c.total(|e| e.duplicates) as f64, LowerIsBetter, true);
+        push("convergence.anomalies", c.anomaly_counts.values().sum::<u64>() as f64, LowerIsBetter, true);
+        if let Some(ms) = c.time_to_converge_ms {
+            push("convergence.time_to_converge_s", ms as f64 / 1000.0, LowerIsBetter, false);
+        }
+        push("validation.dlq", self.validation.dlq as f64, LowerIsBetter, false);
+        push("errors", self.summary.errors as f64, LowerIsBetter, true);
+        out
+    }
+}
+
+fn pct_fields(p: &Percentiles) -> [(&'static str, f64); 5] {
+    [("p50", p.p50), ("p90", p.p90), ("p95", p.p95), ("p99", p.p99), ("max", p.max)]
+}

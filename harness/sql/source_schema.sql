@@ -70,3 +70,11 @@ CREATE TRIGGER customer_deleted   AFTER DELETE ON customer   FOR EACH ROW EXECUT
 CREATE TRIGGER address_deleted    AFTER DELETE ON address    FOR EACH ROW EXECUTE FUNCTION harness.record_delete();
 CREATE TRIGGER orders_deleted     AFTER DELETE ON orders     FOR EACH ROW EXECUTE FUNCTION harness.record_delete();
 CREATE TRIGGER order_item_deleted AFTER DELETE ON order_item FOR EACH ROW EXECUTE FUNCTION harness.record_delete();
+
+-- W3C traceparent of the request that made each write (recorded by the workload API), so a
+-- trace can be followed from the HTTP write to the sink's apply.
+CREATE TABLE harness.write_trace (
+    xid          xid8 PRIMARY KEY DEFAULT pg_current_xact_id(),
+    traceparent  text NOT NULL,
+    recorded_at  timestamptz NOT NULL DEFAULT now()
+);

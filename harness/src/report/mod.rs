@@ -41,20 +41,52 @@ pub fn write_all(report: &Report, dir: &Path) -> io::Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// Numbers as every renderer shows them: integers without decimals, small values with two,
-/// large ones with one (stable across platforms, which the golden tests rely on).
+/// Numbers as every renderer shows them: at most two decimals (one from 100 up), no
+/// trailing zeros, stable across platforms (the golden tests rely on it).
 pub(crate) fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
-        format!("{v}")
-    } else if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
+        return format!("{v}");
+    }
+    let text = if v.abs() >= 100.0 {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
+    };
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    // Rounding can leave a negative zero ("-0.00" -> "-0").
+    if text == "-0" {
+        "0".into()
+    } else {
+        text.into()
     }
 }
 
 pub(crate) fn fmt_opt(v: Option<f64>, unit: &str) -> String {
     v.map_or_else(|| "—".to_string(), |v| format!("{}{unit}", fmt_num(v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_num;
+
+    #[test]
+    fn numbers_are_short_and_stable() {
+        let cases = [
+            (0.0, "0"),
+            (-0.001, "0"),
+            (98.7, "98.7"),
+            (12.5, "12.5"),
+            (2.126, "2.13"),
+            (1450.0, "1450"),
+            (1957.46, "1957.5"),
+            (-11.8, "-11.8"),
+        ];
+        for (v, text) in cases {
+            assert_eq!(fmt_num(v), text, "{v}");
+        }
+    }
 }

@@ -79,6 +79,10 @@ pub struct PipelineStats {
     pub lag_recovered: bool,
     /// Highest rate that met every SLO (breakpoint scenario).
     pub max_sustainable_rate: Option<f64>,
+    /// Target rows carrying a column added to the source during the run (schema-change
+    /// scenario): the new column reached the target.
+    #[serde(default)]
+    pub new_column_rows: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -198,6 +202,9 @@ impl Report {
         }
         if let Some(v) = p.max_sustainable_rate {
             push("max_sustainable_rate", v, HigherIsBetter, true);
+        }
+        if let Some(v) = p.new_column_rows {
+            push("schema_change.new_column_rows", v as f64, HigherIsBetter, false);
         }
         let l = &self.load;
         push("load.achieved_rate", l.achieved_rate, HigherIsBetter, false);

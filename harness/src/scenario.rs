@@ -1,0 +1,244 @@
+//! Scenario files (`scenarios/<name>.toml`): load profile, stack settings, thresholds,
+//! scheduled schema changes. Strict: unknown keys are rejected, and every error names the
+//! file, line and key. The format is documented in `scenarios/README.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::load::{DriverKind, LoadPlan, Segment};
+use crate::report::thresholds::Threshold;
+use crate::workload::Mix;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub load: LoadSection,
+    #[serde(default)]
+    pub stack: StackSection,
+    #[serde(default)]
+    pub verify: VerifySection,
+    /// k6-like expressions over report metrics, e.g. `e2e_latency_ms.p95 < 2000`.
+    #[serde(default)]
+    pub thresholds: Vec<String>,
+    /// DDL run against the source during load.
+    #[serde(default)]
+    pub schema_changes: Vec<SchemaChange>,
+    /// Raise the rate step by step until an SLO breaks (breakpoint scenario).
+    pub breakpoint: Option<Breakpoint>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadSection {
+    #[serde(default = "default_driver")]
+    pub driver: DriverKind,
+    #[serde(default)]
+    pub mix: Mix,
+    /// Writes at a low rate before measuring (Debezium and the sink warm up).
+    #[serde(default = "default_warmup", with = "humantime_serde")]
+    pub warmup: Duration,
+    /// The rate over time; `breakpoint` scenarios derive theirs.
+    #[serde(default)]
+    pub stages: Vec<Stage>,
+}
+
+fn default_driver() -> DriverKind {
+    DriverKind::Goose
+}
+
+const fn default_warmup() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A constant rate (`rate`) or a linear ramp (`from` -> `to`) for `duration`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    pub rate: Option<f64>,
+    pub from: Option<f64>,
+    pub to: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackSection {
+    #[serde(default = "default_seed_customers")]
+    pub seed_customers: u32,
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Debezium `poll.interval.ms`.
+    #[serde(default = "default_poll")]
+    pub debezium_poll_interval_ms: u32,
+}
+
+impl Default for StackSection {
+    fn default() -> Self {
+        Self { seed_customers: default_seed_customers(), partitions: default_partitions(), debezium_poll_interval_ms: default_poll() }
+    }
+}
+
+const fn default_seed_customers() -> u32 {
+    3000
+}
+const fn default_partitions() -> u32 {
+    3
+}
+const fn default_poll() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySection {
+    /// How long the pipeline may take to converge after load stops.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub settle: Duration,
+}
+
+impl Default for VerifySection {
+    fn default() -> Self {
+        Self { settle: default_settle() }
+    }
+}
+
+const fn default_settle() -> Duration {
+    Duration::from_secs(120)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaChange {
+    /// Since the load started.
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    pub sql: String,
+    /// What the change is, for the timeline.
+    pub label: String,
+    /// `<target table>.<column>` that must exist in the PostgreSQL target with values
+    /// after the run (an added column reached the target).
+    pub expect_target_column: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breakpoint {
+    pub start_rate: f64,
+    pub step: f64,
+    #[serde(with = "humantime_serde")]
+    pub step_duration: Duration,
+    pub max_rate: f64,
+    /// SLO per step: end-to-end p99 (probe writes) in milliseconds.
+    pub max_e2e_p99_ms: f64,
+    /// SLO per step: consumer lag may not grow by more than this over a step.
+    pub max_lag_growth: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("scenario `{0}` not found: looked for {1} (built-in scenarios: {2})")]
+    NotFound(String, PathBuf, String),
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The workspace's `scenarios/` folder (overridable with `HARNESS_SCENARIOS_DIR`).
+pub fn scenarios_dir() -> PathBuf {
+    std::env::var_os("HARNESS_SCENARIOS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("scenarios"))
+}
+
+pub fn builtin_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(scenarios_dir())
+        .map(|dir| dir.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_owned)).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+impl Scenario {
+    /// Loads a scenario by name (from `scenarios/`) or by path.
+    pub fn load(name_or_path: &str) -> Result<Self, ScenarioError> {
+        let path = if name_or_path.ends_with(".toml") || name_or_path.contains('/') {
+            PathBuf::from(name_or_path)
+        } else {
+            scenarios_dir().join(format!("{name_or_path}.toml"))
+        };
+        let text = std::fs::read_to_string(&path).map_err(|_| ScenarioError::NotFound(name_or_path.to_string(), path.clone(), builtin_names().join(", ")))?;
+        Self::parse(&text, &path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ScenarioError> {
+        let invalid = |message: String| ScenarioError::Invalid { path: path.to_path_buf(), message };
+        // toml's messages carry the line, column and the offending key.
+        let scenario: Scenario = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        scenario.validate().map_err(invalid)?;
+        Ok(scenario)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.load.mix.validate().map_err(|e| format!("[load] mix: {e}"))?;
+        if self.load.stages.is_empty() && self.breakpoint.is_none() {
+            return Err("[load] stages: at least one stage is needed (or a [breakpoint] section)".into());
+        }
+        for (i, stage) in self.load.stages.iter().enumerate() {
+            stage.segment().map_err(|e| format!("[load] stages[{i}]: {e}"))?;
+        }
+        for t in &self.thresholds {
+            Threshold::parse(t).map_err(|e| format!("thresholds: `{t}`: {e}"))?;
+        }
+        if let Some(b) = &self.breakpoint {
+            if b.start_rate <= 0.0 || b.step <= 0.0 || b.max_rate < b.start_rate {
+                return Err("[breakpoint]: need start_rate > 0, step > 0 and max_rate >= start_rate".into());
+            }
+        }
+        if self.stack.partitions == 0 {
+            return Err("[stack] partitions: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The rate plan, with the command line's overrides: `duration` rescales every stage
+    /// proportionally, `rate` rescales every rate so the first stage starts at it.
+    pub fn plan(&self, duration: Option<Duration>, rate: Option<f64>) -> LoadPlan {
+        let mut segments: Vec<Segment> = self.load.stages.iter().filter_map(|s| s.segment().ok()).collect();
+        if let Some(target) = duration {
+            let total: f64 = segments.iter().map(|s| s.duration.as_secs_f64()).sum();
+            for s in &mut segments {
+                s.duration = Duration::from_secs_f64((s.duration.as_secs_f64() / total * target.as_secs_f64()).max(1.0));
+            }
+        }
+        if let (Some(rate), Some(first)) = (rate, segments.first().map(|s| s.from)) {
+            let factor = rate / first.max(1e-9);
+            for s in &mut segments {
+                s.from *= factor;
+                s.to *= factor;
+            }
+        }
+        LoadPlan { segments }
+    }
+
+    pub fn thresholds(&self) -> Vec<Threshold> {
+        self.thresholds.iter().filter_map(|t| Threshold::parse(t).ok()).collect()
+    }
+}
+
+impl Stage {
+    fn segment(&self) -> Result<Segment, String> {
+        let (from, to) = match (self.rate, self.from, self.to) {
+            (Some(r), None, None) => (r, r),
+            (None, Some(f), Some(t)) => (f, t),
+            _ => return Err("give either `rate` or both `from` and `to`".into()),
+        };
+        if from < 0.0 || to < 0.0 || self.duration.is_zero() {
+            return Err("rates must be >= 0 and the duration > 0".into());
+        }
+        Ok(Segment { duration: self.duration, from, to })
+    }
+}

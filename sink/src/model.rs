@@ -22,7 +22,9 @@ pub enum ColumnType {
     Bool,
     Int4,
     /// `numeric(p, scale)`: base64 byte encodings carry the unscaled value.
-    Numeric { scale: u32 },
+    Numeric {
+        scale: u32,
+    },
     Timestamptz,
 }
 
@@ -90,7 +92,12 @@ const ORDER_ITEM: &[Column] = &[
 ];
 
 impl Entity {
-    pub const ALL: [Entity; 4] = [Entity::Customer, Entity::Address, Entity::Orders, Entity::OrderItem];
+    pub const ALL: [Entity; 4] = [
+        Entity::Customer,
+        Entity::Address,
+        Entity::Orders,
+        Entity::OrderItem,
+    ];
 
     pub fn from_table(table: &str) -> Option<Self> {
         match table {
@@ -208,11 +215,17 @@ pub struct Extra {
 
 impl Row {
     pub fn empty(entity: Entity) -> Self {
-        Self { known: vec![None; entity.columns().len()], extra: BTreeMap::new() }
+        Self {
+            known: vec![None; entity.columns().len()],
+            extra: BTreeMap::new(),
+        }
     }
 
     pub fn value(&self, entity: Entity, name: &str) -> Option<&Value> {
-        match entity.column_index(name).and_then(|i| self.known[i].as_ref()) {
+        match entity
+            .column_index(name)
+            .and_then(|i| self.known[i].as_ref())
+        {
             Some(Field::Value(v)) => Some(v),
             _ => None,
         }
@@ -242,13 +255,17 @@ impl Row {
             }
         }
         for (name, value) in &older.extra {
-            self.extra.entry(name.clone()).or_insert_with(|| value.clone());
+            self.extra
+                .entry(name.clone())
+                .or_insert_with(|| value.clone());
         }
     }
 
     /// True when every known column carries a value (the fast path of the targets).
     pub fn is_complete(&self) -> bool {
-        self.known.iter().all(|f| matches!(f, Some(Field::Value(_))))
+        self.known
+            .iter()
+            .all(|f| matches!(f, Some(Field::Value(_))))
     }
 }
 

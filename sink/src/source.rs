@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -53,7 +55,8 @@ impl SinkContext {
     fn drain(&self, keys: Option<&[Key]>) -> bool {
         let drained: Vec<(Key, Partition)> = {
             let mut map = self.partitions.lock().expect("partition map");
-            let keys: Vec<Key> = keys.map_or_else(|| map.keys().cloned().collect(), <[Key]>::to_vec);
+            let keys: Vec<Key> =
+                keys.map_or_else(|| map.keys().cloned().collect(), <[Key]>::to_vec);
             keys.iter().filter_map(|k| map.remove_entry(k)).collect()
         };
         if drained.is_empty() {
@@ -68,7 +71,11 @@ impl SinkContext {
             })
             .collect();
         let timeout = self.drain_timeout;
-        let wait = async move { tokio::time::timeout(timeout, futures::future::join_all(tasks)).await.is_ok() };
+        let wait = async move {
+            tokio::time::timeout(timeout, futures::future::join_all(tasks))
+                .await
+                .is_ok()
+        };
         // Callbacks run inside `recv()` on a runtime worker: block_in_place lets the
         // partition tasks progress on the other workers while we wait for them.
         match tokio::runtime::Handle::try_current() {
@@ -91,7 +98,10 @@ impl ClientContext for SinkContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.metrics.error("kafka");
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
             self.broker_up.store(false, Ordering::Relaxed);
         }
         warn!(message = "kafka client error", %error, reason);
@@ -100,14 +110,21 @@ impl ClientContext for SinkContext {
 
 impl SinkContext {
     fn is_assigned(&self, topic: &str, partition: i32) -> bool {
-        self.partitions.lock().expect("partition map").contains_key(&(topic.to_string(), partition))
+        self.partitions
+            .lock()
+            .expect("partition map")
+            .contains_key(&(topic.to_string(), partition))
     }
 }
 
 impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let keys: Vec<Key> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            let keys: Vec<Key> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
             info!(message = "partitions revoked, draining", count = keys.len());
             if !self.drain(Some(&keys)) {
                 warn!(message = "drain on revoke timed out; uncommitted events will be redelivered", timeout = ?self.drain_timeout);
@@ -129,12 +146,14 @@ impl ConsumerContext for SinkContext {
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => warn!(message = "rebalance error", %error),
         }
-        self.metrics.assigned_partitions(consumer.assignment().map(|a| a.count()).unwrap_or(0));
+        self.metrics
+            .assigned_partitions(consumer.assignment().map(|a| a.count()).unwrap_or(0));
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(error) = result
-            && !matches!(error, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))
+        if let Some(error) = result
+            .err()
+            .filter(|e| !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)))
         {
             self.metrics.error("kafka_commit");
             warn!(message = "offset commit failed", %error);
@@ -144,7 +163,10 @@ impl ConsumerContext for SinkContext {
 
 pub type SinkConsumer = StreamConsumer<SinkContext>;
 
-pub fn create_consumer(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Arc<SinkConsumer>, KafkaError> {
+pub fn create_consumer(
+    config: &KafkaConfig,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<SinkConsumer>, KafkaError> {
     let context = SinkContext {
         partitions: Mutex::new(HashMap::new()),
         metrics,
@@ -161,8 +183,14 @@ pub fn create_consumer(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Ar
         // Offsets are stored by hand after the write is durable.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", config.auto_offset_reset.as_str())
-        .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
-        .set("statistics.interval.ms", config.statistics_interval.as_millis().to_string())
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "statistics.interval.ms",
+            config.statistics_interval.as_millis().to_string(),
+        )
         .set("enable.partition.eof", "false")
         .set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in &config.librdkafka {
@@ -185,12 +213,17 @@ pub struct Source {
 pub enum SourceError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("in-flight batches did not finish within the drain timeout; their events will be redelivered")]
+    #[error(
+        "in-flight batches did not finish within the drain timeout; their events will be redelivered"
+    )]
     DrainTimeout,
 }
 
 impl Source {
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), SourceError> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), SourceError> {
         tokio::pin!(shutdown);
         let high_water = self.apply.max_batch_size * 4;
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -226,13 +259,24 @@ impl Source {
             }
         }
         self.consumer.unsubscribe();
-        if drained { Ok(()) } else { Err(SourceError::DrainTimeout) }
+        if drained {
+            Ok(())
+        } else {
+            Err(SourceError::DrainTimeout)
+        }
     }
 
     fn dispatch(&self, record: Record, high_water: usize) {
         let key = (record.coords.topic.clone(), record.coords.partition);
-        let mut map = self.consumer.context().partitions.lock().expect("partition map");
-        let partition = map.entry(key.clone()).or_insert_with(|| self.spawn_partition(&key));
+        let mut map = self
+            .consumer
+            .context()
+            .partitions
+            .lock()
+            .expect("partition map");
+        let partition = map
+            .entry(key.clone())
+            .or_insert_with(|| self.spawn_partition(&key));
         partition.depth.fetch_add(1, Ordering::Relaxed);
         if partition.tx.send(record).is_err() {
             // The task ended (it only does when its queue closes); cannot happen while the
@@ -250,7 +294,12 @@ impl Source {
     }
 
     fn resume_drained(&self, low_water: usize) {
-        let mut map = self.consumer.context().partitions.lock().expect("partition map");
+        let mut map = self
+            .consumer
+            .context()
+            .partitions
+            .lock()
+            .expect("partition map");
         for ((topic, id), partition) in map.iter_mut() {
             if partition.paused && partition.depth.load(Ordering::Relaxed) <= low_water {
                 let mut tpl = TopicPartitionList::new();
@@ -266,7 +315,9 @@ impl Source {
         let (tx, rx) = mpsc::unbounded_channel();
         let depth = Arc::new(AtomicUsize::new(0));
         // Topics were validated to name a known entity, and there is a handler for each.
-        let handler = Entity::from_topic(&key.0).and_then(|_| self.handlers.get(&key.0)).cloned();
+        let handler = Entity::from_topic(&key.0)
+            .and_then(|_| self.handlers.get(&key.0))
+            .cloned();
         let task = tokio::spawn(run_partition(
             handler,
             Arc::clone(&self.consumer),
@@ -275,7 +326,12 @@ impl Source {
             key.clone(),
             self.apply.clone(),
         ));
-        Partition { tx, depth, task, paused: false }
+        Partition {
+            tx,
+            depth,
+            task,
+            paused: false,
+        }
     }
 }
 
@@ -288,7 +344,10 @@ async fn run_partition(
     apply: ApplyConfig,
 ) {
     let Some(handler) = handler else {
-        error!(message = "no handler for topic; its records are not consumed", topic, partition);
+        error!(
+            message = "no handler for topic; its records are not consumed",
+            topic, partition
+        );
         return;
     };
     let mut state = PartitionState::default();
@@ -305,19 +364,24 @@ async fn run_partition(
                     open = false;
                     break;
                 }
-                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(r)) => batch.push(r),
-                    Ok(None) => {
-                        open = false;
-                        break;
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(r)) => batch.push(r),
+                        Ok(None) => {
+                            open = false;
+                            break;
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
-                },
+                }
             }
         }
         depth.fetch_sub(batch.len(), Ordering::Relaxed);
         handler.process(&batch, &mut state).await;
-        let last = batch.last().map(|r| r.coords.offset).expect("batch is not empty");
+        let last = batch
+            .last()
+            .map(|r| r.coords.offset)
+            .expect("batch is not empty");
         // librdkafka stores last + 1, the next offset to consume.
         if let Err(error) = consumer.store_offset(&topic, partition, last) {
             warn!(message = "storing offset failed (partition no longer assigned?)", %error, topic, partition, offset = last);

@@ -61,7 +61,11 @@ pub fn latest_per_key(changes: &[Change]) -> Vec<Change> {
             }
             Some(&i) => {
                 let kept = &mut out[i];
-                let (newer, older) = if change.lsn >= kept.lsn { (change.clone(), &*kept) } else { (kept.clone(), change) };
+                let (newer, older) = if change.lsn >= kept.lsn {
+                    (change.clone(), &*kept)
+                } else {
+                    (kept.clone(), change)
+                };
                 let mut newer = newer;
                 if let (Some(n), Some(o)) = (newer.after.as_mut(), older.after.as_ref()) {
                     n.fill_missing_from(o);
@@ -75,7 +79,8 @@ pub fn latest_per_key(changes: &[Change]) -> Vec<Change> {
 
 /// A configured target.
 pub enum Target {
-    Postgres(postgres::PostgresSink),
+    // Boxed: the pool is large and the enum is held behind an Arc anyway.
+    Postgres(Box<postgres::PostgresSink>),
     Mongo(mongodb::MongoSink),
 }
 
@@ -84,7 +89,9 @@ impl Target {
     /// are not transient (bad credentials, bad URL) so main can report them.
     pub async fn connect(config: &TargetConfig) -> Result<Self, TargetError> {
         Ok(match config.kind {
-            TargetKind::Postgres => Self::Postgres(postgres::PostgresSink::connect(config).await?),
+            TargetKind::Postgres => {
+                Self::Postgres(Box::new(postgres::PostgresSink::connect(config).await?))
+            }
             TargetKind::Mongodb => Self::Mongo(mongodb::MongoSink::connect(config).await?),
         })
     }
@@ -97,7 +104,11 @@ impl Target {
     }
 
     /// Applies the batch (one entity, partition order) with the version guard.
-    pub async fn apply(&self, entity: Entity, changes: &[Change]) -> Result<ApplyReport, TargetError> {
+    pub async fn apply(
+        &self,
+        entity: Entity,
+        changes: &[Change],
+    ) -> Result<ApplyReport, TargetError> {
         let latest = latest_per_key(changes);
         match self {
             Self::Postgres(t) => t.apply(entity, &latest).await,
@@ -107,7 +118,11 @@ impl Target {
 
     /// Which of `ids` exist in the target (tombstoned ones included: a parent deleted
     /// later still existed).
-    pub async fn existing(&self, entity: Entity, ids: &[Uuid]) -> Result<HashSet<Uuid>, TargetError> {
+    pub async fn existing(
+        &self,
+        entity: Entity,
+        ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, TargetError> {
         match self {
             Self::Postgres(t) => t.existing(entity, ids).await,
             Self::Mongo(t) => t.existing(entity, ids).await,
@@ -115,7 +130,11 @@ impl Target {
     }
 
     /// Makes room for columns added in the source.
-    pub async fn ensure_columns(&self, entity: Entity, columns: &[String]) -> Result<(), TargetError> {
+    pub async fn ensure_columns(
+        &self,
+        entity: Entity,
+        columns: &[String],
+    ) -> Result<(), TargetError> {
         match self {
             Self::Postgres(t) => t.ensure_columns(entity, columns).await,
             // Documents take new fields as they come.
@@ -130,7 +149,11 @@ impl Target {
         }
     }
 
-    pub async fn purge_tombstones(&self, entity: Entity, older_than: Duration) -> Result<u64, TargetError> {
+    pub async fn purge_tombstones(
+        &self,
+        entity: Entity,
+        older_than: Duration,
+    ) -> Result<u64, TargetError> {
         match self {
             Self::Postgres(t) => t.purge_tombstones(entity, older_than).await,
             Self::Mongo(t) => t.purge_tombstones(entity, older_than).await,

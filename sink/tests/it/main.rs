@@ -1,1 +1,11 @@
+//! Integration tests against real services: a private PostgreSQL (harness helper), the
+//! tansu broker, and MongoDB when `MONGODB_URI` is set.
 
+mod binary;
+mod common;
+mod delivery_props;
+mod fixtures;
+mod mongo;
+mod postgres_apply;
+mod rebalance;
+mod throughput;

@@ -9,7 +9,10 @@ pub struct MongoConfig {
     /// Database holding the collections.
     #[serde(default = "MongoConfig::default_database")]
     pub database: String,
-    #[serde(default = "MongoConfig::default_server_selection_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "MongoConfig::default_server_selection_timeout",
+        with = "humantime_serde"
+    )]
     pub server_selection_timeout: Duration,
 }
 
@@ -35,6 +38,9 @@ impl MongoConfig {
 
 impl Default for MongoConfig {
     fn default() -> Self {
-        Self { database: Self::default_database(), server_selection_timeout: Self::default_server_selection_timeout() }
+        Self {
+            database: Self::default_database(),
+            server_selection_timeout: Self::default_server_selection_timeout(),
+        }
     }
 }

@@ -11,7 +11,23 @@ use crate::config::TargetConfig;
 /// conflicts, and duplicate key (two upserts racing to create the same document: the
 /// retry then matches it).
 pub fn is_retriable_code(code: i32) -> bool {
-    matches!(code, 6 | 7 | 50 | 89 | 91 | 112 | 189 | 262 | 9001 | 10107 | 11000 | 11600 | 11602 | 13435 | 13436)
+    matches!(
+        code,
+        6 | 7
+            | 50
+            | 89
+            | 91
+            | 112
+            | 189
+            | 262
+            | 9001
+            | 10107
+            | 11000
+            | 11600
+            | 11602
+            | 13435
+            | 13436
+    )
 }
 
 pub fn is_retriable(e: &Error) -> bool {
@@ -31,9 +47,7 @@ pub fn is_retriable(e: &Error) -> bool {
 
 pub async fn connect(target: &TargetConfig, settings: &MongoConfig) -> Result<Database, Error> {
     let mut options = ClientOptions::parse(&target.url).await?;
-    if let Some(password) = &target.password
-        && let Some(credential) = options.credential.as_mut()
-    {
+    if let (Some(password), Some(credential)) = (&target.password, options.credential.as_mut()) {
         credential.password = Some(password.expose().to_string());
     }
     options.server_selection_timeout = Some(settings.server_selection_timeout);

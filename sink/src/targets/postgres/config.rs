@@ -9,10 +9,16 @@ pub struct PostgresConfig {
     /// Connections; partitions share them round-robin (each keeps its prepared statements).
     #[serde(default = "PostgresConfig::default_pool_size")]
     pub pool_size: usize,
-    #[serde(default = "PostgresConfig::default_connect_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "PostgresConfig::default_connect_timeout",
+        with = "humantime_serde"
+    )]
     pub connect_timeout: Duration,
     /// Server-side `statement_timeout`, so a stuck statement becomes a retriable error.
-    #[serde(default = "PostgresConfig::default_statement_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "PostgresConfig::default_statement_timeout",
+        with = "humantime_serde"
+    )]
     pub statement_timeout: Duration,
 }
 
@@ -33,7 +39,9 @@ impl PostgresConfig {
             problems.push("[target.postgres] pool_size must be between 1 and 64".into());
         }
         if self.connect_timeout.is_zero() || self.statement_timeout.is_zero() {
-            problems.push("[target.postgres] connect_timeout and statement_timeout must be positive".into());
+            problems.push(
+                "[target.postgres] connect_timeout and statement_timeout must be positive".into(),
+            );
         }
         problems
     }

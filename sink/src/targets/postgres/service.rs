@@ -62,21 +62,35 @@ pub struct Lease<'a> {
 
 impl Lease<'_> {
     pub fn conn(&mut self) -> &mut Conn {
-        self.guard.as_mut().expect("leases always hold a connection")
+        self.guard
+            .as_mut()
+            .expect("leases always hold a connection")
     }
 }
 
 impl Pool {
-    pub fn new(target: &TargetConfig, settings: &PostgresConfig) -> Result<Self, tokio_postgres::Error> {
+    pub fn new(
+        target: &TargetConfig,
+        settings: &PostgresConfig,
+    ) -> Result<Self, tokio_postgres::Error> {
         let mut config: tokio_postgres::Config = target.url.parse()?;
         if let Some(password) = &target.password {
             config.password(password.expose());
         }
         config.connect_timeout(settings.connect_timeout);
         config.application_name("cdc-sink");
-        config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
-        let slots = (0..settings.pool_size.max(1)).map(|_| Mutex::new(None)).collect();
-        Ok(Self { config, slots, next: AtomicUsize::new(0) })
+        config.options(format!(
+            "-c statement_timeout={}",
+            settings.statement_timeout.as_millis()
+        ));
+        let slots = (0..settings.pool_size.max(1))
+            .map(|_| Mutex::new(None))
+            .collect();
+        Ok(Self {
+            config,
+            slots,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// A live connection: the next slot round-robin, reconnected if it was lost.
@@ -91,7 +105,10 @@ impl Pool {
                     tracing::warn!(message = "postgres connection closed", %error);
                 }
             });
-            *guard = Some(Conn { client, statements: HashMap::new() });
+            *guard = Some(Conn {
+                client,
+                statements: HashMap::new(),
+            });
         }
         Ok(Lease { guard })
     }

@@ -127,7 +127,11 @@ struct Shape {
 
 fn shape_of(change: &Change) -> Shape {
     match &change.after {
-        None => Shape { delete: true, known: Vec::new(), extra: Vec::new() },
+        None => Shape {
+            delete: true,
+            known: Vec::new(),
+            extra: Vec::new(),
+        },
         Some(row) => Shape {
             delete: false,
             known: row
@@ -165,12 +169,23 @@ fn upsert_sql(entity: Entity, shape: &Shape) -> String {
         names.push(name.into());
         types.push(ty.into());
     }
-    let params: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::{t}", i + 1)).collect();
+    let params: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}", i + 1))
+        .collect();
     let mut sets: Vec<String> = data.iter().map(|c| format!("{c} = excluded.{c}")).collect();
     sets.extend(
-        ["_cdc_lsn", "_cdc_source_ts", "_cdc_op", "_cdc_partition", "_cdc_offset", "_cdc_deleted"]
-            .iter()
-            .map(|c| format!("{c} = excluded.{c}")),
+        [
+            "_cdc_lsn",
+            "_cdc_source_ts",
+            "_cdc_op",
+            "_cdc_partition",
+            "_cdc_offset",
+            "_cdc_deleted",
+        ]
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}")),
     );
     sets.push("_cdc_applied_at = clock_timestamp()".into());
     format!(
@@ -188,7 +203,10 @@ impl PostgresSink {
     pub async fn connect(target: &TargetConfig) -> Result<Self, TargetError> {
         let settings: &PostgresConfig = &target.postgres;
         let pool = Pool::new(target, settings)?;
-        let sink = Self { pool, added: Mutex::new(BTreeMap::new()) };
+        let sink = Self {
+            pool,
+            added: Mutex::new(BTreeMap::new()),
+        };
         sink.prepare().await?;
         Ok(sink)
     }
@@ -224,7 +242,11 @@ impl PostgresSink {
         Ok(())
     }
 
-    pub async fn ensure_columns(&self, entity: Entity, columns: &[String]) -> Result<(), TargetError> {
+    pub async fn ensure_columns(
+        &self,
+        entity: Entity,
+        columns: &[String],
+    ) -> Result<(), TargetError> {
         let mut added = self.added.lock().await;
         let have = added.entry(entity).or_default();
         let missing: Vec<&String> = columns.iter().filter(|c| !have.contains(*c)).collect();
@@ -235,14 +257,22 @@ impl PostgresSink {
         for column in missing {
             // Added columns are stored as text: every JSON value has a text form, so a later
             // type change in the source never makes a row unstorable.
-            let sql = format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text", table_name(entity), ident(column));
+            let sql = format!(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text",
+                table_name(entity),
+                ident(column)
+            );
             lease.conn().client.batch_execute(&sql).await?;
             have.insert(column.clone());
         }
         Ok(())
     }
 
-    pub async fn apply(&self, entity: Entity, latest: &[Change]) -> Result<ApplyReport, TargetError> {
+    pub async fn apply(
+        &self,
+        entity: Entity,
+        latest: &[Change],
+    ) -> Result<ApplyReport, TargetError> {
         let mut groups: BTreeMap<Shape, Vec<&Change>> = BTreeMap::new();
         for change in latest {
             groups.entry(shape_of(change)).or_default().push(change);
@@ -268,14 +298,28 @@ impl PostgresSink {
         Ok(report)
     }
 
-    async fn apply_group(&self, entity: Entity, shape: &Shape, rows: &[&Change]) -> Result<HashSet<Uuid>, TargetError> {
+    async fn apply_group(
+        &self,
+        entity: Entity,
+        shape: &Shape,
+        rows: &[&Change],
+    ) -> Result<HashSet<Uuid>, TargetError> {
         let columns = entity.columns();
         let n = rows.len();
         let mut ids = Vec::with_capacity(n);
-        let mut data: Vec<Array> = shape.known.iter().map(|&i| Array::new(columns[i].ty, n)).collect();
+        let mut data: Vec<Array> = shape
+            .known
+            .iter()
+            .map(|&i| Array::new(columns[i].ty, n))
+            .collect();
         let mut extra: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(n); shape.extra.len()];
-        let (mut lsn, mut source_ts, mut op, mut partition, mut offset) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut lsn, mut source_ts, mut op, mut partition, mut offset) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         for change in rows {
             ids.push(change.key);
             if let Some(row) = &change.after {
@@ -310,8 +354,15 @@ impl PostgresSink {
         Ok(returned.iter().map(|r| r.get::<_, Uuid>(0)).collect())
     }
 
-    pub async fn existing(&self, entity: Entity, ids: &[Uuid]) -> Result<HashSet<Uuid>, TargetError> {
-        let sql = format!("SELECT id FROM {} WHERE id = ANY($1::uuid[])", table_name(entity));
+    pub async fn existing(
+        &self,
+        entity: Entity,
+        ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, TargetError> {
+        let sql = format!(
+            "SELECT id FROM {} WHERE id = ANY($1::uuid[])",
+            table_name(entity)
+        );
         let mut lease = self.pool.get().await?;
         let conn = lease.conn();
         let statement = conn.statement(&sql).await?;
@@ -325,13 +376,21 @@ impl PostgresSink {
         Ok(())
     }
 
-    pub async fn purge_tombstones(&self, entity: Entity, older_than: Duration) -> Result<u64, TargetError> {
+    pub async fn purge_tombstones(
+        &self,
+        entity: Entity,
+        older_than: Duration,
+    ) -> Result<u64, TargetError> {
         let sql = format!(
             "DELETE FROM {} WHERE _cdc_deleted AND _cdc_applied_at < clock_timestamp() - $1::float8 * interval '1 second'",
             table_name(entity)
         );
         let mut lease = self.pool.get().await?;
-        Ok(lease.conn().client.execute(&sql, &[&older_than.as_secs_f64()]).await?)
+        Ok(lease
+            .conn()
+            .client
+            .execute(&sql, &[&older_than.as_secs_f64()])
+            .await?)
     }
 }
 
@@ -352,18 +411,30 @@ mod tests {
     #[test]
     fn table_layout_has_the_cdc_columns() {
         let sql = create_table_sql(Entity::Orders);
-        assert!(sql.starts_with("CREATE TABLE IF NOT EXISTS orders_materialized (\"id\" uuid PRIMARY KEY"));
+        assert!(sql.starts_with(
+            "CREATE TABLE IF NOT EXISTS orders_materialized (\"id\" uuid PRIMARY KEY"
+        ));
         assert!(sql.contains("\"total_amount\" numeric(12,2)"));
         assert!(sql.contains("_cdc_applied_at timestamptz not null default clock_timestamp()"));
     }
 
     #[test]
     fn upsert_is_one_guarded_unnest_statement() {
-        let shape = Shape { delete: false, known: vec![1, 2], extra: vec!["tier".into()] };
+        let shape = Shape {
+            delete: false,
+            known: vec![1, 2],
+            extra: vec!["tier".into()],
+        };
         let sql = upsert_sql(Entity::Customer, &shape);
-        assert!(sql.contains("UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[]"), "{sql}");
+        assert!(
+            sql.contains("UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[]"),
+            "{sql}"
+        );
         assert!(sql.contains("\"tier\" = excluded.\"tier\""));
         assert!(sql.contains("WHERE t._cdc_lsn < excluded._cdc_lsn RETURNING t.id"));
-        assert!(!sql.contains("updated_at"), "columns not carried are left untouched: {sql}");
+        assert!(
+            !sql.contains("updated_at"),
+            "columns not carried are left untouched: {sql}"
+        );
     }
 }

@@ -1,0 +1,144 @@
+//! Shared helpers: targets on a test PostgreSQL, change builders.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use harness::orchestrator::local::broker::{self, BrokerLayout};
+use harness::orchestrator::local::process::{ProcessHandle, free_port};
+use harness::testing::TestPostgres;
+use harness::testing::run_dir;
+use sink::config::{SinkConfig, TargetConfig};
+use sink::model::{Change, Coords, Entity, Field, Op, Row, Value};
+use sink::targets::Target;
+use uuid::Uuid;
+
+/// A sink config (postgres target on `pg`) with extra TOML appended.
+pub fn sink_config(pg: &TestPostgres, brokers: &str, extra: &str) -> SinkConfig {
+    let e = &pg.endpoint;
+    let toml = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "sink-test"
+topics = ["cdc.public.customer", "cdc.public.address", "cdc.public.orders", "cdc.public.order_item"]
+dlq_topic = "cdc.dlq"
+
+[target]
+kind = "postgres"
+url = "host={} port={} user={} dbname={}"
+
+[http]
+listen = "127.0.0.1:0"
+{extra}
+"#,
+        e.host, e.port, e.user, e.target_db
+    );
+    SinkConfig::from_toml(
+        &toml,
+        [(
+            "SINK__TARGET__PASSWORD".to_string(),
+            e.password.expose().to_string(),
+        )],
+    )
+    .expect("valid test config")
+}
+
+pub fn target_config(pg: &TestPostgres) -> TargetConfig {
+    sink_config(pg, "127.0.0.1:1", "").target
+}
+
+pub async fn postgres_target(pg: &TestPostgres) -> Target {
+    Target::connect(&target_config(pg))
+        .await
+        .expect("connect the postgres target")
+}
+
+pub fn key(n: u8) -> Uuid {
+    Uuid::from_bytes([n; 16])
+}
+
+pub fn ts(s: &str) -> DateTime<Utc> {
+    s.parse().expect("timestamp")
+}
+
+/// A customer change; `after` None for deletes.
+pub fn customer(id: Uuid, op: Op, lsn: i64, email: &str, status: &str, offset: i64) -> Change {
+    let entity = Entity::Customer;
+    let mut row = Row::empty(entity);
+    row.known[0] = Some(Field::Value(Value::Uuid(id)));
+    row.known[1] = Some(Field::Value(Value::Text(email.into())));
+    row.known[2] = Some(Field::Value(Value::Text(status.into())));
+    row.known[3] = Some(Field::Value(Value::Timestamp(
+        ts("2024-05-01T10:00:00Z") + chrono::Duration::seconds(lsn),
+    )));
+    let (before, after) = if op.is_delete() {
+        (Some(row), None)
+    } else {
+        (None, Some(row))
+    };
+    Change {
+        entity,
+        key: id,
+        op,
+        lsn,
+        source_ts: Some(ts("2024-05-01T10:00:00Z")),
+        emitted_ts: None,
+        before,
+        after,
+        coords: Coords {
+            topic: "cdc.public.customer".into(),
+            partition: 0,
+            offset,
+        },
+    }
+}
+
+/// The row of a customer in the target: (email, status, lsn, deleted).
+pub async fn customer_row(
+    client: &tokio_postgres::Client,
+    id: Uuid,
+) -> Option<(Option<String>, Option<String>, i64, bool)> {
+    client
+        .query_opt(
+            "SELECT email, status, _cdc_lsn, _cdc_deleted FROM customer_materialized WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("query customer")
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+}
+
+/// The tansu broker as a child process, stopped on drop.
+pub struct TestBroker {
+    pub bootstrap: String,
+    handle: ProcessHandle,
+}
+
+impl TestBroker {
+    pub async fn start(name: &str, topics: &[String]) -> anyhow::Result<Self> {
+        Self::start_with_partitions(name, topics, 1).await
+    }
+
+    pub async fn start_with_partitions(
+        name: &str,
+        topics: &[String],
+        partitions: u32,
+    ) -> anyhow::Result<Self> {
+        let dir = run_dir(name);
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let tansu = harness::provision::tansu::ensure(&harness::provision::Cache::locate()?)?;
+        let port = free_port()?;
+        let handle = broker::start(&tansu, &BrokerLayout::new(&dir), port)?;
+        let bootstrap = format!("127.0.0.1:{port}");
+        broker::wait_ready(&bootstrap, &handle, Duration::from_secs(60)).await?;
+        broker::create_topics(&bootstrap, topics, partitions).await?;
+        Ok(Self { bootstrap, handle })
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.handle
+            .stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,151 @@
+//! The MongoDB target against a real server. There is none on the development machines:
+//! these run when `MONGODB_URI` is set and are skipped (with the reason printed) otherwise.
+
+use mongodb::bson::{Document, doc};
+use sink::config::SinkConfig;
+use sink::model::{Change, Coords, Entity, Field, Op, Row, Value};
+use sink::targets::Target;
+use uuid::Uuid;
+
+fn mongo_uri() -> Option<String> {
+    match std::env::var("MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => Some(uri),
+        _ => {
+            eprintln!("skipped: MONGODB_URI is not set (no MongoDB server on this machine)");
+            None
+        }
+    }
+}
+
+fn item(id: Uuid, order: Uuid, lsn: i64, qty: i32, op: Op) -> Change {
+    let e = Entity::OrderItem;
+    let mut row = Row::empty(e);
+    row.known[0] = Some(Field::Value(Value::Uuid(id)));
+    row.known[1] = Some(Field::Value(Value::Uuid(order)));
+    row.known[2] = Some(Field::Value(Value::Text("SKU".into())));
+    row.known[4] = Some(Field::Value(Value::Int(qty)));
+    let (before, after) = if op.is_delete() {
+        (Some(row), None)
+    } else {
+        (None, Some(row))
+    };
+    Change {
+        entity: e,
+        key: id,
+        op,
+        lsn,
+        source_ts: None,
+        emitted_ts: None,
+        before,
+        after,
+        coords: Coords {
+            topic: "cdc.public.order_item".into(),
+            partition: 0,
+            offset: lsn,
+        },
+    }
+}
+
+fn order(id: Uuid, lsn: i64, status: &str) -> Change {
+    let e = Entity::Orders;
+    let mut row = Row::empty(e);
+    row.known[0] = Some(Field::Value(Value::Uuid(id)));
+    row.known[2] = Some(Field::Value(Value::Text(status.into())));
+    Change {
+        entity: e,
+        key: id,
+        op: Op::Update,
+        lsn,
+        source_ts: None,
+        emitted_ts: None,
+        before: None,
+        after: Some(row),
+        coords: Coords {
+            topic: "cdc.public.orders".into(),
+            partition: 0,
+            offset: lsn,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_before_their_order_are_embedded_and_versions_guard() {
+    let Some(uri) = mongo_uri() else { return };
+    let database = format!("sink_test_{}", Uuid::new_v4().simple());
+    let toml = format!(
+        "[kafka]\nbrokers=\"x:1\"\ngroup_id=\"g\"\ntopics=[\"cdc.public.orders\"]\ndlq_topic=\"cdc.dlq\"\n\
+         [target]\nkind=\"mongodb\"\nurl=\"{uri}\"\n[target.mongodb]\ndatabase=\"{database}\"\n[http]\nlisten=\"127.0.0.1:0\"\n"
+    );
+    let config = SinkConfig::from_toml(&toml, []).unwrap();
+    let target = Target::connect(&config.target).await.unwrap();
+    let (o, i1, i2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+
+    target
+        .apply(
+            Entity::OrderItem,
+            &[
+                item(i1, o, 10, 1, Op::Create),
+                item(i2, o, 11, 2, Op::Create),
+            ],
+        )
+        .await
+        .unwrap();
+    target
+        .apply(Entity::Orders, &[order(o, 5, "pending")])
+        .await
+        .unwrap();
+    // Replays change nothing; newer item version wins; delete leaves an item tombstone.
+    let r = target
+        .apply(Entity::OrderItem, &[item(i1, o, 10, 9, Op::Update)])
+        .await
+        .unwrap();
+    assert_eq!(r.stale.len(), 1);
+    target
+        .apply(
+            Entity::OrderItem,
+            &[
+                item(i1, o, 20, 3, Op::Update),
+                item(i2, o, 21, 2, Op::Delete),
+            ],
+        )
+        .await
+        .unwrap();
+    let r = target
+        .apply(Entity::Orders, &[order(o, 4, "cancelled")])
+        .await
+        .unwrap();
+    assert_eq!(r.stale.len(), 1);
+
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let db = client.database(&database);
+    let doc: Document = db
+        .collection("orders")
+        .find_one(doc! { "_id": o.to_string() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(doc.get_str("status").unwrap(), "pending");
+    assert_eq!(doc.get_document("_cdc").unwrap().get_i64("lsn").unwrap(), 5);
+    let items = doc.get_array("items").unwrap();
+    assert_eq!(items.len(), 2);
+    for it in items {
+        let it = it.as_document().unwrap();
+        let cdc = it.get_document("_cdc").unwrap();
+        if it.get_str("id").unwrap() == i1.to_string() {
+            assert_eq!(
+                (it.get_i32("quantity").unwrap(), cdc.get_i64("lsn").unwrap()),
+                (3, 20)
+            );
+        } else {
+            assert!(cdc.get_bool("deleted").unwrap());
+        }
+    }
+    assert!(
+        target
+            .existing(Entity::Orders, &[o])
+            .await
+            .unwrap()
+            .contains(&o)
+    );
+    db.drop().await.unwrap();
+}

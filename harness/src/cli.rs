@@ -209,6 +209,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             println!("java      {}", tools.java.display());
             println!("tansu     {}", tools.tansu.display());
             println!("debezium  {}", tools.debezium_libs.display());
+            println!("k6        {}", tools.k6.display());
             if let Some(sink) = &tools.sink {
                 println!("sink      {}", sink.display());
             }

@@ -32,11 +32,16 @@ pub struct StackConfig {
     pub debezium_poll_interval_ms: u32,
     /// Start the sink (off for tests that read the topics themselves).
     pub with_sink: bool,
+    /// Route the broker, Debezium->PostgreSQL and sink->target links through fault
+    /// proxies run by this harness process (network faults need them; they live as long
+    /// as the process, so `harness up` leaves them off).
+    #[serde(default)]
+    pub fault_proxies: bool,
 }
 
 impl StackConfig {
     pub fn new(run_dir: impl Into<PathBuf>) -> Self {
-        Self { run_dir: run_dir.into(), partitions: 3, seed: SeedConfig::default(), debezium_poll_interval_ms: 10, with_sink: true }
+        Self { run_dir: run_dir.into(), partitions: 3, seed: SeedConfig::default(), debezium_poll_interval_ms: 10, with_sink: true, fault_proxies: false }
     }
 }
 

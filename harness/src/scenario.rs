@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::faults::{FaultSpec, RandomFaults};
 use crate::load::{DriverKind, LoadPlan, Segment};
 use crate::report::thresholds::Threshold;
 use crate::workload::Mix;
@@ -29,6 +30,24 @@ pub struct Scenario {
     pub schema_changes: Vec<SchemaChange>,
     /// Raise the rate step by step until an SLO breaks (breakpoint scenario).
     pub breakpoint: Option<Breakpoint>,
+    /// Faults at fixed times.
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+    /// Faults drawn from the run's seed.
+    pub random_faults: Option<RandomFaults>,
+    /// Kill Debezium while it takes the initial snapshot, then start it again.
+    pub snapshot_fault: Option<SnapshotFault>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotFault {
+    /// Time after the snapshot started at which Debezium is killed.
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
+    /// How long it stays down.
+    #[serde(with = "humantime_serde")]
+    pub downtime: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +217,14 @@ impl Scenario {
                 return Err("[breakpoint]: need start_rate > 0, step > 0 and max_rate >= start_rate".into());
             }
         }
+        for (i, f) in self.faults.iter().enumerate() {
+            f.validate().map_err(|e| format!("faults[{i}]: {e}"))?;
+        }
+        if let Some(r) = &self.random_faults {
+            if r.kinds.is_empty() || r.services.is_empty() || r.min_duration > r.max_duration {
+                return Err("[random_faults]: need kinds, services and min_duration <= max_duration".into());
+            }
+        }
         if self.stack.partitions == 0 {
             return Err("[stack] partitions: must be at least 1".into());
         }
@@ -222,6 +249,33 @@ impl Scenario {
             }
         }
         LoadPlan { segments }
+    }
+
+    /// The fault schedule of a run over `total` of load: fixed faults (their times
+    /// rescaled when the load's duration was overridden) plus those drawn from `seed`.
+    pub fn fault_schedule(&self, seed: u64, total: Duration) -> Vec<FaultSpec> {
+        let written = self.plan(None, None).duration().as_secs_f64();
+        let factor = if written > 0.0 { total.as_secs_f64() / written } else { 1.0 };
+        let mut faults: Vec<FaultSpec> = self
+            .faults
+            .iter()
+            .cloned()
+            .map(|mut f| {
+                f.at = f.at.mul_f64(factor);
+                f.duration = f.duration.mul_f64(factor.min(1.0)).max(Duration::from_secs(1));
+                f
+            })
+            .collect();
+        if let Some(r) = &self.random_faults {
+            faults.extend(r.draw(seed, total));
+        }
+        faults.sort_by_key(|f| f.at);
+        faults
+    }
+
+    /// Whether the run needs fault proxies on the links.
+    pub fn needs_link_faults(&self) -> bool {
+        self.faults.iter().any(|f| f.fault.on_link()) || self.random_faults.as_ref().is_some_and(|r| r.kinds.iter().any(|k| k.on_link()))
     }
 
     pub fn thresholds(&self) -> Vec<Threshold> {

@@ -1,7 +1,8 @@
 //! How the pipeline's services are run. One backend per way of running them, behind the
-//! `Orchestrator` trait: `local` (child processes, data in the run folder) exists now;
-//! `docker` is selected by `--backend docker|auto` and reports clearly that it is not built yet.
+//! `Orchestrator` trait: `local` (child processes, data in the run folder) and `docker`
+//! (real images through bollard), selected by `--backend docker|local|auto`.
 
+pub mod docker;
 pub mod local;
 
 use std::fmt;
@@ -175,24 +176,15 @@ pub enum BackendKind {
     Docker,
 }
 
-/// Resolves `auto` and refuses `docker` until that backend exists.
+/// Resolves `auto` (Docker when a daemon answers) and refuses `docker` without a daemon.
 pub fn resolve_backend(requested: BackendKind) -> Result<BackendKind, ServiceError> {
     match requested {
         BackendKind::Local => Ok(BackendKind::Local),
-        BackendKind::Auto => Ok(if docker_daemon_answers() {
-            // Until the Docker backend lands, a reachable daemon still runs the local backend.
-            tracing::warn!(message = "docker daemon found but the docker backend is not built yet; using local");
-            BackendKind::Local
-        } else {
-            BackendKind::Local
-        }),
+        BackendKind::Auto => Ok(if docker_daemon_answers() { BackendKind::Docker } else { BackendKind::Local }),
+        BackendKind::Docker if docker_daemon_answers() => Ok(BackendKind::Docker),
         BackendKind::Docker => Err(ServiceError::BackendUnavailable(
             "docker",
-            if docker_daemon_answers() {
-                "the Docker backend is not implemented yet; use --backend local".into()
-            } else {
-                "no Docker daemon answers here (and the Docker backend is not implemented yet); use --backend local".into()
-            },
+            "no Docker daemon answers (DOCKER_HOST or /var/run/docker.sock); start one or use --backend local".into(),
         )),
     }
 }

@@ -43,6 +43,7 @@ pub struct Provisioned {
     pub java: PathBuf,
     pub debezium_libs: PathBuf,
     pub sink: Option<PathBuf>,
+    pub k6: PathBuf,
 }
 
 impl Provisioned {
@@ -55,6 +56,7 @@ impl Provisioned {
             tansu: tansu::ensure(&cache)?,
             debezium_libs: debezium::ensure(&cache)?,
             sink: if with_sink { Some(sink::ensure()?) } else { None },
+            k6: k6::ensure(&cache)?,
         })
     }
 }

@@ -93,6 +93,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let driver = options.driver.unwrap_or(scenario.load.driver);
     eprintln!("run {run_id}: scenario {}, driver {}, seed {}", scenario.name, driver.name(), options.seed);
 
+    let mut snapshot_record = None;
     let mut stack = match &options.reuse {
         Some(run_dir) => {
             let stack = LocalStack::open(run_dir)?.ok_or_else(|| RunError::NoStackToReuse(run_dir.clone()))?;
@@ -109,12 +110,21 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             config.seed.seed = options.seed;
             config.partitions = scenario.stack.partitions;
             config.debezium_poll_interval_ms = scenario.stack.debezium_poll_interval_ms;
+            config.fault_proxies = scenario.needs_link_faults();
             let mut stack = LocalStack::new(config)?;
-            stack.up().await?;
+            match &scenario.snapshot_fault {
+                Some(fault) => {
+                    let record = stack.up_with_snapshot_kill(fault.after, fault.downtime).await?;
+                    snapshot_record = Some(record);
+                }
+                None => {
+                    stack.up().await?;
+                }
+            }
             stack
         }
     };
-    let outcome = measure(&options, &mut stack, driver, &run_id, &dir, started_at).await;
+    let outcome = measure(&options, &mut stack, driver, &run_id, &dir, started_at, snapshot_record).await;
     if options.reuse.is_some() || options.keep {
         stack.detach();
     } else {
@@ -134,6 +144,7 @@ async fn measure(
     run_id: &str,
     dir: &Path,
     started_at: chrono::DateTime<Utc>,
+    snapshot_record: Option<FaultRecord>,
 ) -> Result<RunOutcome, RunError> {
     let scenario = &options.scenario;
     let endpoints = stack.endpoints();
@@ -149,13 +160,19 @@ async fn measure(
     let observers = observe(stack, &endpoints, &workload, load_started, scenario.stack.partitions).await;
     let schema_changes = schedule_schema_changes(scenario, &endpoints, load_started);
 
+    let mut fault_records = Vec::new();
     let driven = match &scenario.breakpoint {
         Some(bp) => breakpoint(bp, driver, &api_url, &scenario.name, dir, &observers, load_started).await.map(|(plan, result, best)| (plan, result, Some(best))),
         None => {
             let plan = scenario.plan(options.duration, options.rate);
+            let schedule = scenario.fault_schedule(options.seed, plan.duration());
             let progress = progress_printer(plan.duration(), observers.samples.clone(), load_started);
-            let result = load::drive(driver, &api_url, &plan, &scenario.name, dir).await;
+            let (result, records) = tokio::join!(
+                load::drive(driver, &api_url, &plan, &scenario.name, dir),
+                crate::faults::inject::run_schedule(stack, &schedule, load_started)
+            );
             progress.abort();
+            fault_records = records;
             result.map(|r| (plan, r, None)).map_err(RunError::from)
         }
     };
@@ -180,7 +197,11 @@ async fn measure(
     // Let the lag series show the drain back to its resting level.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (samples, probes) = observers.stop().await;
-    let mut faults = Vec::new();
+    for record in &mut fault_records {
+        record.pipeline_recovery_s = pipeline_recovery(&samples, record);
+    }
+    // The snapshot fault happened before the load (its times are relative to the kill).
+    let mut faults: Vec<FaultRecord> = snapshot_record.into_iter().chain(fault_records).collect();
     for handle in schema_changes {
         if let Ok(Some(record)) = handle.await {
             faults.push(record);
@@ -456,6 +477,15 @@ pub fn lag_recovery(samples: &[Sample], plan: &LoadPlan, load_secs: f64) -> (Opt
         Some(s) => (Some((s.t - event_end).max(0.0)), true),
         None => (None, false),
     }
+}
+
+/// Seconds after a fault ended until lag was back to its level before the fault.
+fn pipeline_recovery(samples: &[Sample], fault: &FaultRecord) -> Option<f64> {
+    let end = fault.end_s?;
+    let mut before: Vec<u64> = samples.iter().filter(|s| s.t >= fault.start_s - 10.0 && s.t < fault.start_s).map(|s| s.lag).collect();
+    before.sort_unstable();
+    let level = (before.get(before.len() / 2).copied().unwrap_or(0) * 2).max(10);
+    samples.iter().find(|s| s.t >= end && s.lag <= level).map(|s| (s.t - end).max(0.0))
 }
 
 pub fn percentiles(mut values: Vec<f64>) -> Percentiles {

@@ -29,14 +29,16 @@ fn err(reason: impl Into<String>) -> ServiceError {
     ServiceError::Setup { service: ServiceKind::Broker, reason: reason.into() }
 }
 
-pub fn start(tansu: &Path, layout: &BrokerLayout, port: u16) -> Result<ProcessHandle, ServiceError> {
+/// Starts tansu listening on `port` and advertising `advertised` (a fault proxy's port
+/// when the broker link may be broken; clients connect to what the broker advertises).
+pub fn start(tansu: &Path, layout: &BrokerLayout, port: u16, advertised: u16) -> Result<ProcessHandle, ServiceError> {
     std::fs::create_dir_all(&layout.dir).map_err(|e| err(format!("{}: {e}", layout.dir.display())))?;
     let mut cmd = Command::new(tansu);
     cmd.current_dir(&layout.dir)
         .arg("broker")
         .args(["--cluster-id", "cdc-harness"])
         .arg(format!("--listener-url=tcp://127.0.0.1:{port}"))
-        .arg(format!("--advertised-listener-url=tcp://127.0.0.1:{port}"))
+        .arg(format!("--advertised-listener-url=tcp://127.0.0.1:{advertised}"))
         // Relative to the working directory: the broker's data stays in the run folder.
         .arg("--storage-engine=sqlite://tansu.db")
         .env("RUST_LOG", "warn");

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use self::process::ProcessHandle;
 use super::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 use crate::config::{DLQ_TOPIC, StackConfig, TABLES, topic_for};
+use crate::faults::Link;
+use crate::faults::proxy::{FaultProxy, LinkFault};
 use crate::provision::Provisioned as Tools;
 
 const STATE_FILE: &str = "stack.json";
@@ -32,6 +34,9 @@ pub struct Ports {
     pub broker: u16,
     pub debezium_status: u16,
     pub sink_http: u16,
+    /// Fault proxy ports (only used with `fault_proxies`).
+    #[serde(default)]
+    pub proxies: BTreeMap<Link, u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +76,7 @@ pub struct LocalStack {
     state: StackState,
     tools: Option<Tools>,
     detached: bool,
+    proxies: BTreeMap<Link, FaultProxy>,
 }
 
 impl LocalStack {
@@ -88,19 +94,20 @@ impl LocalStack {
                     broker: free_port()?,
                     debezium_status: free_port()?,
                     sink_http: free_port()?,
+                    proxies: Link::ALL.iter().map(|l| Ok((*l, free_port()?))).collect::<Result<_, ServiceError>>()?,
                 },
                 password: Secret::generate(),
                 services: BTreeMap::new(),
                 snapshot_done: false,
             },
         };
-        Ok(Self { run_dir, state, tools: None, detached: false })
+        Ok(Self { run_dir, state, tools: None, detached: false, proxies: BTreeMap::new() })
     }
 
     /// Opens an existing stack's state without changing anything (for `status`/`down`).
     pub fn open(run_dir: &Path) -> Result<Option<Self>, ServiceError> {
         let run_dir = absolute(run_dir);
-        Ok(read_state(&run_dir)?.map(|state| Self { run_dir, state, tools: None, detached: false }))
+        Ok(read_state(&run_dir)?.map(|state| Self { run_dir, state, tools: None, detached: false, proxies: BTreeMap::new() }))
     }
 
     pub fn run_dir(&self) -> &Path {
@@ -132,6 +139,60 @@ impl LocalStack {
         Ok(self.tools.clone().expect("provisioned above"))
     }
 
+    /// The port a client reaches `link`'s server on: the proxy when proxies are on.
+    fn port_via(&self, link: Link, direct: u16) -> u16 {
+        if self.state.config.fault_proxies { self.state.ports.proxies.get(&link).copied().unwrap_or(direct) } else { direct }
+    }
+
+    /// Starts the fault proxies (in this process) for every link.
+    async fn start_proxies(&mut self) -> Result<(), ServiceError> {
+        if !self.state.config.fault_proxies || !self.proxies.is_empty() {
+            return Ok(());
+        }
+        let ports = self.state.ports.clone();
+        for link in Link::ALL {
+            let upstream = match link {
+                Link::Broker => ports.broker,
+                Link::DebeziumPostgres | Link::SinkTarget => ports.postgres,
+            };
+            let listen = ports.proxies.get(&link).copied().unwrap_or(0);
+            let proxy = FaultProxy::start(listen, ([127, 0, 0, 1], upstream).into())
+                .await
+                .map_err(|e| ServiceError::Setup { service: ServiceKind::Broker, reason: format!("fault proxy for {}: {e}", link.name()) })?;
+            self.proxies.insert(link, proxy);
+        }
+        Ok(())
+    }
+
+    /// Applies a fault to a link (needs `fault_proxies`).
+    pub fn set_link(&self, link: Link, fault: LinkFault) -> Result<(), ServiceError> {
+        self.proxies.get(&link).map(|p| p.set(fault)).ok_or_else(|| no_proxies(link))
+    }
+
+    /// Cuts every open connection on a link once.
+    pub fn reset_link(&self, link: Link) -> Result<(), ServiceError> {
+        self.proxies.get(&link).map(FaultProxy::reset).ok_or_else(|| no_proxies(link))
+    }
+
+    /// SIGSTOP to the service's process group.
+    pub fn pause(&self, service: ServiceKind) {
+        if let Some(handle) = self.state.services.get(&service) {
+            let _ = handle.signal(Signal::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT to the service's process group.
+    pub fn resume(&self, service: ServiceKind) {
+        if let Some(handle) = self.state.services.get(&service) {
+            let _ = handle.signal(Signal::SIGCONT);
+        }
+    }
+
+    /// Whether the service passes its readiness check now.
+    pub async fn is_healthy(&self, service: ServiceKind) -> bool {
+        self.check(service).await.state == ServiceState::Healthy
+    }
+
     fn save(&self) -> Result<(), ServiceError> {
         write_state(&self.run_dir, &self.state)
     }
@@ -160,7 +221,9 @@ impl LocalStack {
             }
             ServiceKind::Broker => {
                 let layout = broker::BrokerLayout::new(&run_dir);
-                let handle = broker::start(&tools.tansu, &layout, ports.broker)?;
+                self.start_proxies().await?;
+                let advertised = self.port_via(Link::Broker, ports.broker);
+                let handle = broker::start(&tools.tansu, &layout, ports.broker, advertised)?;
                 self.record(service, handle.clone())?;
                 broker::wait_ready(&endpoints.kafka, &handle, Duration::from_secs(60)).await?;
                 let mut topics: Vec<String> = TABLES.iter().map(|t| topic_for(t)).collect();
@@ -170,7 +233,8 @@ impl LocalStack {
             ServiceKind::Debezium => {
                 let layout = debezium::DebeziumLayout::new(&run_dir);
                 let settings = debezium::DebeziumSettings { poll_interval_ms: config.debezium_poll_interval_ms, status_port: ports.debezium_status };
-                debezium::configure(&layout, &endpoints.postgres, &endpoints.kafka, &settings)?;
+                let pg = PgEndpoint { port: self.port_via(Link::DebeziumPostgres, ports.postgres), ..endpoints.postgres.clone() };
+                debezium::configure(&layout, &pg, &endpoints.kafka, &settings)?;
                 let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres)?;
                 self.record(service, handle.clone())?;
                 debezium::wait_ready(&endpoints.debezium_status, &handle, !self.state.snapshot_done, ready_timeout).await?;
@@ -180,7 +244,8 @@ impl LocalStack {
             ServiceKind::Sink => {
                 let layout = sink::SinkLayout::new(&run_dir);
                 let bin = tools.sink.clone().ok_or_else(|| ServiceError::Setup { service, reason: "the stack was configured without a sink".into() })?;
-                sink::configure(&layout, &endpoints.postgres, &endpoints.kafka, ports.sink_http)?;
+                let pg = PgEndpoint { port: self.port_via(Link::SinkTarget, ports.postgres), ..endpoints.postgres.clone() };
+                sink::configure(&layout, &pg, &endpoints.kafka, ports.sink_http)?;
                 let handle = sink::start(&bin, &layout, &endpoints.postgres)?;
                 self.record(service, handle.clone())?;
                 sink::wait_ready(&endpoints.sink_http, &handle, ready_timeout).await?;
@@ -192,6 +257,59 @@ impl LocalStack {
     fn record(&mut self, service: ServiceKind, handle: ProcessHandle) -> Result<(), ServiceError> {
         self.state.services.insert(service, handle);
         self.save()
+    }
+
+    /// `up`, except that Debezium is killed `after` its initial snapshot started and
+    /// started again `downtime` later; returns that fault's timeline entry (seconds are
+    /// relative to the kill, since the load has not started yet).
+    pub async fn up_with_snapshot_kill(&mut self, after: Duration, downtime: Duration) -> Result<crate::report::model::FaultRecord, ServiceError> {
+        std::fs::create_dir_all(self.run_dir.join("logs")).map_err(|e| state_err(&self.run_dir, e))?;
+        let _ = fs::set_permissions(&self.run_dir, fs::Permissions::from_mode(0o755));
+        self.tools()?;
+        self.start_service(ServiceKind::Postgres).await?;
+        self.start_service(ServiceKind::Broker).await?;
+        let tools = self.tools()?;
+        let endpoints = self.endpoints();
+        let layout = debezium::DebeziumLayout::new(&self.run_dir);
+        let settings = debezium::DebeziumSettings { poll_interval_ms: self.state.config.debezium_poll_interval_ms, status_port: self.state.ports.debezium_status };
+        let pg = PgEndpoint { port: self.port_via(Link::DebeziumPostgres, self.state.ports.postgres), ..endpoints.postgres.clone() };
+        debezium::configure(&layout, &pg, &endpoints.kafka, &settings)?;
+        let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres)?;
+        self.record(ServiceKind::Debezium, handle.clone())?;
+        // Wait for the snapshot to be under way, then kill in the middle of it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(status) = debezium::fetch_status(&endpoints.debezium_status).await {
+                if status.records_sent > 0 || status.state == "snapshotting" {
+                    break;
+                }
+            }
+            if std::time::Instant::now() > deadline || !handle.is_alive() {
+                return Err(ServiceError::NotReady { service: ServiceKind::Debezium, waited: Duration::from_secs(120), reason: "the snapshot never started".into(), log: handle.log.clone() });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(after).await;
+        let sent_before_kill = debezium::fetch_status(&endpoints.debezium_status).await.map(|s| s.records_sent).unwrap_or(0);
+        let killed = std::time::Instant::now();
+        self.kill(ServiceKind::Debezium);
+        eprintln!("up: killed debezium during the snapshot ({sent_before_kill} records sent)");
+        tokio::time::sleep(downtime).await;
+        let end_s = killed.elapsed().as_secs_f64();
+        self.start_service(ServiceKind::Debezium).await?;
+        let recovered = killed.elapsed().as_secs_f64() - end_s;
+        if self.state.config.with_sink {
+            self.start_service(ServiceKind::Sink).await?;
+        }
+        Ok(crate::report::model::FaultRecord {
+            kind: "kill".into(),
+            target: "debezium (during snapshot)".into(),
+            parameters: [("records_sent_before_kill".to_string(), sent_before_kill.to_string()), ("downtime_s".to_string(), downtime.as_secs_f64().to_string())].into(),
+            start_s: 0.0,
+            end_s: Some(end_s),
+            service_recovery_s: Some(recovered),
+            pipeline_recovery_s: None,
+        })
     }
 
     /// SIGKILL: the service gets no chance to flush or commit.
@@ -333,6 +451,13 @@ impl Drop for LocalStack {
         if !self.detached {
             self.teardown();
         }
+    }
+}
+
+fn no_proxies(link: Link) -> ServiceError {
+    ServiceError::Setup {
+        service: ServiceKind::Broker,
+        reason: format!("link {} has no fault proxy: the stack was started without fault proxies (they live in the harness process that started the stack)", link.name()),
     }
 }
 

@@ -1,0 +1,115 @@
+//! Carrying out a fault schedule against the local stack while load runs.
+
+use std::time::{Duration, Instant};
+
+use super::proxy::LinkFault;
+use super::{FaultKind, FaultSpec, Link};
+use crate::orchestrator::ServiceKind;
+use crate::orchestrator::local::LocalStack;
+use crate::report::model::FaultRecord;
+
+/// Longest wait for a service to be healthy again after a fault.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(180);
+
+fn service(name: &str) -> Option<ServiceKind> {
+    ServiceKind::ALL.into_iter().find(|s| s.name() == name)
+}
+
+/// Runs `faults` in order (each starting at its `at` after `started`, or right after the
+/// previous one if that ran late) and records each one.
+pub async fn run_schedule(stack: &mut LocalStack, faults: &[FaultSpec], started: Instant) -> Vec<FaultRecord> {
+    let mut records = Vec::new();
+    for fault in faults {
+        tokio::time::sleep_until((started + fault.at).into()).await;
+        eprintln!("\nfault: {} {} for {:?}", fault.fault.name(), fault.target, fault.duration);
+        records.push(apply(stack, fault, started).await);
+    }
+    records
+}
+
+/// Applies one fault, waits its duration, reverts it, and measures the service's recovery.
+pub async fn apply(stack: &mut LocalStack, fault: &FaultSpec, started: Instant) -> FaultRecord {
+    let start_s = started.elapsed().as_secs_f64();
+    let mut parameters = fault.parameters();
+    let mut recovered_service = None;
+    let outcome: Result<(), String> = async {
+        match fault.fault {
+            FaultKind::Kill | FaultKind::Stop | FaultKind::Pause | FaultKind::Restart => {
+                let svc = service(&fault.target).ok_or("unknown service")?;
+                match fault.fault {
+                    FaultKind::Kill => stack.kill(svc),
+                    FaultKind::Stop => {
+                        stack.stop(svc);
+                    }
+                    FaultKind::Pause => stack.pause(svc),
+                    _ => {}
+                }
+                if fault.fault == FaultKind::Restart {
+                    stack.stop(svc);
+                } else {
+                    tokio::time::sleep(fault.duration).await;
+                }
+                if fault.fault == FaultKind::Pause {
+                    stack.resume(svc);
+                } else {
+                    stack.start_service(svc).await.map_err(|e| e.to_string())?;
+                }
+                recovered_service = Some(svc);
+                Ok(())
+            }
+            FaultKind::Latency | FaultKind::Bandwidth | FaultKind::Blackhole | FaultKind::Down => {
+                let link = Link::parse(&fault.target).ok_or("unknown link")?;
+                let link_fault = match fault.fault {
+                    FaultKind::Latency => LinkFault::Latency {
+                        delay: Duration::from_millis(fault.latency_ms.unwrap_or(100)),
+                        jitter: Duration::from_millis(fault.jitter_ms.unwrap_or(0)),
+                    },
+                    FaultKind::Bandwidth => LinkFault::Bandwidth { bytes_per_sec: fault.bandwidth_kbps.unwrap_or(64) * 1024 / 8 },
+                    FaultKind::Blackhole => LinkFault::Blackhole,
+                    _ => LinkFault::Down,
+                };
+                stack.set_link(link, link_fault).map_err(|e| e.to_string())?;
+                tokio::time::sleep(fault.duration).await;
+                stack.set_link(link, LinkFault::Healthy).map_err(|e| e.to_string())
+            }
+            FaultKind::Reset => {
+                let link = Link::parse(&fault.target).ok_or("unknown link")?;
+                stack.reset_link(link).map_err(|e| e.to_string())
+            }
+            FaultKind::Poison => {
+                let sent = super::poison::inject(&stack.endpoints().kafka, &fault.target, fault.count.unwrap_or(1)).await.map_err(|e| e.to_string())?;
+                parameters.insert("sent".into(), sent.to_string());
+                Ok(())
+            }
+        }
+    }
+    .await;
+    if let Err(e) = outcome {
+        parameters.insert("error".into(), e);
+    }
+    let end_s = started.elapsed().as_secs_f64();
+    let service_recovery_s = match recovered_service {
+        Some(svc) => {
+            let deadline = Instant::now() + RECOVERY_LIMIT;
+            let mut recovered = None;
+            while Instant::now() < deadline {
+                if stack.is_healthy(svc).await {
+                    recovered = Some((started.elapsed().as_secs_f64() - end_s).max(0.0));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            recovered
+        }
+        None => None,
+    };
+    FaultRecord {
+        kind: fault.fault.name().into(),
+        target: fault.target.clone(),
+        parameters,
+        start_s,
+        end_s: Some(end_s),
+        service_recovery_s,
+        pipeline_recovery_s: None,
+    }
+}

@@ -1,0 +1,266 @@
+//! Fault injection: actions on services (kill, stop, pause, restart), on links (latency,
+//! bandwidth, reset, blackhole, down) and on the data (poison messages), scheduled in a
+//! scenario or drawn from a seed (same seed, same schedule), each recorded in the run's
+//! timeline with its recovery times.
+
+pub mod inject;
+pub mod poison;
+pub mod proxy;
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// What a fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    /// SIGKILL, started again after `duration`.
+    Kill,
+    /// Graceful stop, started again after `duration`.
+    Stop,
+    /// SIGSTOP, SIGCONT after `duration`.
+    Pause,
+    /// Graceful stop and immediate start.
+    Restart,
+    /// Link: added delay ± jitter for `duration`.
+    Latency,
+    /// Link: throughput cap for `duration`.
+    Bandwidth,
+    /// Link: every open connection cut once.
+    Reset,
+    /// Link: connections stall for `duration`.
+    Blackhole,
+    /// Link: connections refused for `duration`.
+    Down,
+    /// A malformed or rule-breaking event produced to a CDC topic; must end in the DLQ.
+    Poison,
+}
+
+impl FaultKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Stop => "stop",
+            Self::Pause => "pause",
+            Self::Restart => "restart",
+            Self::Latency => "latency",
+            Self::Bandwidth => "bandwidth",
+            Self::Reset => "reset",
+            Self::Blackhole => "blackhole",
+            Self::Down => "down",
+            Self::Poison => "poison",
+        }
+    }
+
+    pub fn on_link(self) -> bool {
+        matches!(self, Self::Latency | Self::Bandwidth | Self::Reset | Self::Blackhole | Self::Down)
+    }
+}
+
+/// The links the local backend can break. Kafka clients learn the broker's address from
+/// the broker itself, so locally every client reaches it through one proxy: `broker`
+/// breaks the broker link of Debezium, the sink and the harness at once. The Docker
+/// backend breaks links one by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Link {
+    Broker,
+    DebeziumPostgres,
+    SinkTarget,
+}
+
+impl Link {
+    pub const ALL: [Link; 3] = [Self::Broker, Self::DebeziumPostgres, Self::SinkTarget];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Broker => "broker",
+            Self::DebeziumPostgres => "debezium-postgres",
+            Self::SinkTarget => "sink-target",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.name() == s)
+    }
+}
+
+/// One scheduled fault, as written in a scenario's `[[faults]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// Since the load started.
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    /// How long the fault lasts (downtime for kill/stop, pause length, link fault length).
+    #[serde(default = "default_duration", with = "humantime_serde")]
+    pub duration: Duration,
+    /// A service (`postgres`, `broker`, `debezium`, `sink`) or a link (`broker`,
+    /// `debezium-postgres`, `sink-target`) for link faults, or a table for poison.
+    pub target: String,
+    pub fault: FaultKind,
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    #[serde(default)]
+    pub jitter_ms: Option<u64>,
+    #[serde(default)]
+    pub bandwidth_kbps: Option<u64>,
+    /// Poison: how many bad events.
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
+const fn default_duration() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl FaultSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        let services = ["postgres", "broker", "debezium", "sink"];
+        if self.fault.on_link() {
+            if Link::parse(&self.target).is_none() {
+                return Err(format!(
+                    "`{}` is not a link; links: broker, debezium-postgres, sink-target (locally the broker link is shared by every Kafka client)",
+                    self.target
+                ));
+            }
+        } else if self.fault == FaultKind::Poison {
+            if !crate::config::TABLES.contains(&self.target.as_str()) {
+                return Err(format!("poison target `{}` must be a table: {}", self.target, crate::config::TABLES.join(", ")));
+            }
+        } else if !services.contains(&self.target.as_str()) {
+            return Err(format!("`{}` is not a service: {}", self.target, services.join(", ")));
+        }
+        if self.fault == FaultKind::Latency && self.latency_ms.is_none() {
+            return Err("a latency fault needs latency_ms".into());
+        }
+        if self.fault == FaultKind::Bandwidth && self.bandwidth_kbps.is_none() {
+            return Err("a bandwidth fault needs bandwidth_kbps".into());
+        }
+        Ok(())
+    }
+
+    pub fn parameters(&self) -> std::collections::BTreeMap<String, String> {
+        let mut p = std::collections::BTreeMap::new();
+        p.insert("duration_s".into(), format!("{}", self.duration.as_secs_f64()));
+        if let Some(v) = self.latency_ms {
+            p.insert("latency_ms".into(), v.to_string());
+        }
+        if let Some(v) = self.jitter_ms {
+            p.insert("jitter_ms".into(), v.to_string());
+        }
+        if let Some(v) = self.bandwidth_kbps {
+            p.insert("bandwidth_kbps".into(), v.to_string());
+        }
+        if let Some(v) = self.count {
+            p.insert("count".into(), v.to_string());
+        }
+        p
+    }
+}
+
+/// A random schedule: `[random_faults]` in a scenario, drawn from the run's seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomFaults {
+    pub count: u32,
+    /// Quiet time before the first fault, between faults and after the last one, so the
+    /// pipeline's recovery from each is measurable.
+    #[serde(with = "humantime_serde")]
+    pub calm: Duration,
+    #[serde(with = "humantime_serde")]
+    pub min_duration: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+    pub kinds: Vec<FaultKind>,
+    pub services: Vec<String>,
+}
+
+impl RandomFaults {
+    /// The schedule for `seed` over a load of `total`: the same seed gives the same one.
+    pub fn draw(&self, seed: u64, total: Duration) -> Vec<FaultSpec> {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x0FA0_17ED);
+        let mut out = Vec::new();
+        let mut t = self.calm;
+        for _ in 0..self.count {
+            let kind = self.kinds[rng.random_range(0..self.kinds.len())];
+            let duration = Duration::from_millis(rng.random_range(self.min_duration.as_millis() as u64..=self.max_duration.as_millis() as u64));
+            if t + duration + self.calm > total {
+                break;
+            }
+            let target = if kind.on_link() {
+                Link::ALL[rng.random_range(0..Link::ALL.len())].name().to_string()
+            } else if kind == FaultKind::Poison {
+                crate::config::TABLES[rng.random_range(0..crate::config::TABLES.len())].to_string()
+            } else {
+                self.services[rng.random_range(0..self.services.len())].clone()
+            };
+            out.push(FaultSpec {
+                at: t,
+                duration,
+                target,
+                fault: kind,
+                latency_ms: (kind == FaultKind::Latency).then(|| rng.random_range(50..500)),
+                jitter_ms: (kind == FaultKind::Latency).then(|| rng.random_range(0..50)),
+                bandwidth_kbps: (kind == FaultKind::Bandwidth).then(|| rng.random_range(16..256)),
+                count: (kind == FaultKind::Poison).then(|| rng.random_range(1..5)),
+            });
+            // Jitter the calm gap a little so faults do not align with sampling seconds.
+            t += duration + self.calm + Duration::from_millis(rng.random_range(0..2000));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random() -> RandomFaults {
+        RandomFaults {
+            count: 5,
+            calm: Duration::from_secs(10),
+            min_duration: Duration::from_secs(2),
+            max_duration: Duration::from_secs(8),
+            kinds: vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Latency, FaultKind::Poison],
+            services: vec!["sink".into(), "debezium".into()],
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule_and_another_seed_another() {
+        let total = Duration::from_secs(120);
+        assert_eq!(random().draw(7, total), random().draw(7, total));
+        assert_ne!(random().draw(7, total), random().draw(8, total));
+    }
+
+    #[test]
+    fn random_schedules_keep_calm_periods_and_valid_targets() {
+        let total = Duration::from_secs(120);
+        for seed in 0..50 {
+            let faults = random().draw(seed, total);
+            assert!(!faults.is_empty());
+            let mut previous_end = Duration::ZERO;
+            for f in &faults {
+                assert!(f.at >= previous_end + Duration::from_secs(10), "calm before {f:?}");
+                assert!(f.at + f.duration + Duration::from_secs(10) <= total);
+                f.validate().unwrap();
+                previous_end = f.at + f.duration;
+            }
+        }
+    }
+
+    #[test]
+    fn specs_are_checked() {
+        let mut f = FaultSpec { at: Duration::ZERO, duration: Duration::from_secs(1), target: "sink".into(), fault: FaultKind::Latency, latency_ms: Some(10), jitter_ms: None, bandwidth_kbps: None, count: None };
+        assert!(f.validate().unwrap_err().contains("not a link"));
+        f.target = "broker".into();
+        f.validate().unwrap();
+        f.fault = FaultKind::Kill;
+        f.target = "kafka".into();
+        assert!(f.validate().unwrap_err().contains("not a service"));
+    }
+}

@@ -1,0 +1,675 @@
+//! Pure request building for the Docker backend: container specs, labels, the network,
+//! health checks, port bindings, the connector registration and fault commands. Nothing
+//! here talks to a daemon, so all of it is unit tested without one.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding};
+use serde_json::{Value, json};
+
+use super::{DockerConfig, Images, TargetKind};
+use crate::config::{DLQ_TOPIC, TABLES, TOPIC_PREFIX, topic_for};
+use crate::orchestrator::ServiceKind;
+use crate::orchestrator::local::debezium::{PUBLICATION_NAME, SLOT_NAME};
+use crate::orchestrator::local::postgres::SOURCE_DB;
+use crate::orchestrator::local::sink::GROUP_ID;
+
+/// Every container and network of a run carries this label with the run id; teardown (also
+/// of a crashed run's leftovers) selects by it.
+pub const LABEL_RUN: &str = "io.cdc-harness.run";
+/// Which role a container plays (`postgres`, `kafka`, ...), for status and log capture.
+pub const LABEL_ROLE: &str = "io.cdc-harness.role";
+/// Name under which the connector is registered in Kafka Connect.
+pub const CONNECTOR_NAME: &str = "cdc-harness";
+/// Listener other containers use to reach Kafka (the host uses the published one).
+pub const KAFKA_INTERNAL_PORT: u16 = 19092;
+/// Kafka's listener published on the host; advertised as `127.0.0.1:<host port>`.
+pub const KAFKA_EXTERNAL_PORT: u16 = 9092;
+pub const POSTGRES_PORT: u16 = 5432;
+pub const CONNECT_PORT: u16 = 8083;
+pub const MONGO_PORT: u16 = 27017;
+pub const SINK_HTTP_PORT: u16 = 9095;
+pub const PROMETHEUS_PORT: u16 = 9090;
+pub const GRAFANA_PORT: u16 = 3000;
+
+/// One container of the stack. `alias` is its DNS name on the run's network, the same
+/// names docker-compose.yml uses, so the observability configs work in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Postgres,
+    Kafka,
+    Connect,
+    Mongo,
+    Sink,
+    OtelCollector,
+    Tempo,
+    Loki,
+    Prometheus,
+    Grafana,
+}
+
+impl Role {
+    pub const OBSERVABILITY: [Role; 5] = [Self::OtelCollector, Self::Tempo, Self::Loki, Self::Prometheus, Self::Grafana];
+
+    pub fn alias(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Kafka => "kafka",
+            Self::Connect => "connect",
+            Self::Mongo => "mongo",
+            Self::Sink => "sink",
+            Self::OtelCollector => "otel-collector",
+            Self::Tempo => "tempo",
+            Self::Loki => "loki",
+            Self::Prometheus => "prometheus",
+            Self::Grafana => "grafana",
+        }
+    }
+
+    pub fn from_alias(alias: &str) -> Option<Self> {
+        [
+            Self::Postgres,
+            Self::Kafka,
+            Self::Connect,
+            Self::Mongo,
+            Self::Sink,
+            Self::OtelCollector,
+            Self::Tempo,
+            Self::Loki,
+            Self::Prometheus,
+            Self::Grafana,
+        ]
+        .into_iter()
+        .find(|r| r.alias() == alias)
+    }
+
+    /// The roles that make up a pipeline service, in start order (`ServiceKind` has no
+    /// MongoDB: it belongs to the sink's side of the pipeline).
+    pub fn for_service(service: ServiceKind, target: TargetKind) -> Vec<Role> {
+        match service {
+            ServiceKind::Postgres => vec![Self::Postgres],
+            ServiceKind::Broker => vec![Self::Kafka],
+            ServiceKind::Debezium => vec![Self::Connect],
+            ServiceKind::Sink if target == TargetKind::Mongodb => vec![Self::Mongo, Self::Sink],
+            ServiceKind::Sink => vec![Self::Sink],
+        }
+    }
+
+    /// This role's image, from the config.
+    pub fn image(self, images: &Images) -> &str {
+        match self {
+            Self::Postgres => &images.postgres,
+            Self::Kafka => &images.kafka,
+            Self::Connect => &images.connect,
+            Self::Mongo => &images.mongo,
+            Self::Sink => &images.sink,
+            Self::OtelCollector => &images.otel_collector,
+            Self::Tempo => &images.tempo,
+            Self::Loki => &images.loki,
+            Self::Prometheus => &images.prometheus,
+            Self::Grafana => &images.grafana,
+        }
+    }
+}
+
+/// Container and network names of one run: `cdc-<run id>-<alias>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunNames {
+    pub run_id: String,
+}
+
+impl RunNames {
+    pub fn new(run_id: impl Into<String>) -> Self {
+        Self { run_id: run_id.into() }
+    }
+    pub fn network(&self) -> String {
+        format!("cdc-{}", self.run_id)
+    }
+    pub fn container(&self, role: Role) -> String {
+        format!("cdc-{}-{}", self.run_id, role.alias())
+    }
+    pub fn labels(&self, role: Option<Role>) -> HashMap<String, String> {
+        let mut labels = HashMap::from([(LABEL_RUN.to_string(), self.run_id.clone())]);
+        if let Some(role) = role {
+            labels.insert(LABEL_ROLE.to_string(), role.alias().to_string());
+        }
+        labels
+    }
+}
+
+/// `filters` for list calls: this run's objects, or (None) every run's, for `down` after a crash.
+pub fn label_filter(run_id: Option<&str>) -> HashMap<String, Vec<String>> {
+    let label = match run_id {
+        Some(id) => format!("{LABEL_RUN}={id}"),
+        None => LABEL_RUN.to_string(),
+    };
+    HashMap::from([("label".to_string(), vec![label])])
+}
+
+pub fn network_request(names: &RunNames) -> NetworkCreateRequest {
+    NetworkCreateRequest { name: names.network(), driver: Some("bridge".into()), labels: Some(names.labels(None)), ..Default::default() }
+}
+
+/// A Docker health check (the daemon runs it; readiness waits on `healthy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub test: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+}
+
+impl HealthCheck {
+    fn shell(command: &str) -> Self {
+        Self {
+            test: vec!["CMD-SHELL".into(), command.into()],
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+            retries: 30,
+            start_period: Duration::from_secs(5),
+        }
+    }
+
+    fn to_config(&self) -> HealthConfig {
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        HealthConfig {
+            test: Some(self.test.clone()),
+            interval: Some(nanos(self.interval)),
+            timeout: Some(nanos(self.timeout)),
+            retries: Some(i64::from(self.retries)),
+            start_period: Some(nanos(self.start_period)),
+            // Checks run every second during start-up: readiness is seen sooner.
+            start_interval: Some(nanos(Duration::from_secs(1))),
+        }
+    }
+}
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub role: Role,
+    pub image: String,
+    pub env: Vec<(String, String)>,
+    pub cmd: Vec<String>,
+    pub health: Option<HealthCheck>,
+    /// (container port, host port) published on 127.0.0.1 only.
+    pub ports: Vec<(u16, u16)>,
+    /// `host path:container path[:ro]`.
+    pub binds: Vec<String>,
+    /// NET_ADMIN lets `tc netem` shape the container's interface for latency faults.
+    pub net_admin: bool,
+}
+
+impl ContainerSpec {
+    fn new(role: Role, images: &Images) -> Self {
+        Self { role, image: role.image(images).to_string(), env: Vec::new(), cmd: Vec::new(), health: None, ports: Vec::new(), binds: Vec::new(), net_admin: false }
+    }
+
+    fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    pub fn create_body(&self, names: &RunNames) -> ContainerCreateBody {
+        let port_key = |p: u16| format!("{p}/tcp");
+        let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = self
+            .ports
+            .iter()
+            .map(|(container, host)| {
+                (port_key(*container), Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(host.to_string()) }]))
+            })
+            .collect();
+        let endpoint = EndpointSettings { aliases: Some(vec![self.role.alias().to_string()]), ..Default::default() };
+        ContainerCreateBody {
+            image: Some(self.image.clone()),
+            hostname: Some(self.role.alias().to_string()),
+            env: Some(self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            cmd: (!self.cmd.is_empty()).then(|| self.cmd.clone()),
+            healthcheck: self.health.as_ref().map(HealthCheck::to_config),
+            exposed_ports: Some(self.ports.iter().map(|(c, _)| port_key(*c)).collect()),
+            labels: Some(names.labels(Some(self.role))),
+            host_config: Some(HostConfig {
+                network_mode: Some(names.network()),
+                port_bindings: Some(port_bindings),
+                binds: (!self.binds.is_empty()).then(|| self.binds.clone()),
+                cap_add: self.net_admin.then(|| vec!["NET_ADMIN".to_string()]),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig { endpoints_config: Some(HashMap::from([(names.network(), endpoint)])) }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Host ports chosen at the first `up` (free ports, so parallel runs do not collide).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostPorts {
+    pub postgres: u16,
+    pub kafka: u16,
+    pub connect: u16,
+    pub mongo: u16,
+    pub sink_http: u16,
+    pub prometheus: u16,
+    pub grafana: u16,
+}
+
+/// Inputs of the container specs that vary per run.
+#[derive(Debug, Clone)]
+pub struct SpecInputs<'a> {
+    pub config: &'a DockerConfig,
+    pub ports: &'a HostPorts,
+    /// PostgreSQL superuser password (the sink and Connect receive it via env/config).
+    pub pg_password: &'a str,
+}
+
+pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let images = &inputs.config.images;
+    let ports = inputs.ports;
+    let base = ContainerSpec::new(role, images);
+    match role {
+        Role::Postgres => {
+            let mut spec = base
+                .env("POSTGRES_USER", "postgres")
+                .env("POSTGRES_PASSWORD", inputs.pg_password)
+                .env("POSTGRES_DB", "postgres");
+            spec.cmd = [
+                "postgres",
+                "-c",
+                "wal_level=logical",
+                "-c",
+                "max_wal_senders=10",
+                "-c",
+                "max_replication_slots=10",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "track_commit_timestamp=on",
+            ]
+            .map(String::from)
+            .to_vec();
+            spec.health = Some(HealthCheck::shell("pg_isready -U postgres -d postgres -h 127.0.0.1"));
+            spec.ports = vec![(POSTGRES_PORT, ports.postgres)];
+            spec.net_admin = true;
+            spec
+        }
+        Role::Kafka => {
+            let mut spec = base
+                .env("KAFKA_NODE_ID", "1")
+                .env("KAFKA_PROCESS_ROLES", "broker,controller")
+                .env("KAFKA_LISTENERS", format!("INTERNAL://:{KAFKA_INTERNAL_PORT},EXTERNAL://:{KAFKA_EXTERNAL_PORT},CONTROLLER://:9093"))
+                .env("KAFKA_ADVERTISED_LISTENERS", format!("INTERNAL://kafka:{KAFKA_INTERNAL_PORT},EXTERNAL://127.0.0.1:{}", ports.kafka))
+                .env("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT")
+                .env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+                .env("KAFKA_INTER_BROKER_LISTENER_NAME", "INTERNAL")
+                .env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@kafka:9093")
+                .env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+                .env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+                .env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+                .env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+                // Topics are created by the harness before the connector starts, as on the
+                // local broker: a topic that appears by accident hides a misconfiguration.
+                .env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false");
+            spec.health = Some(HealthCheck::shell(&format!(
+                "/opt/kafka/bin/kafka-broker-api-versions.sh --bootstrap-server localhost:{KAFKA_INTERNAL_PORT} >/dev/null 2>&1"
+            )));
+            spec.ports = vec![(KAFKA_EXTERNAL_PORT, ports.kafka)];
+            spec.net_admin = true;
+            spec
+        }
+        Role::Connect => {
+            let mut spec = base
+                .env("BOOTSTRAP_SERVERS", format!("kafka:{KAFKA_INTERNAL_PORT}"))
+                .env("GROUP_ID", "cdc-connect")
+                .env("CONFIG_STORAGE_TOPIC", "connect_configs")
+                .env("OFFSET_STORAGE_TOPIC", "connect_offsets")
+                .env("STATUS_STORAGE_TOPIC", "connect_statuses")
+                .env("CONFIG_STORAGE_REPLICATION_FACTOR", "1")
+                .env("OFFSET_STORAGE_REPLICATION_FACTOR", "1")
+                .env("STATUS_STORAGE_REPLICATION_FACTOR", "1")
+                .env("KEY_CONVERTER", "org.apache.kafka.connect.json.JsonConverter")
+                .env("VALUE_CONVERTER", "org.apache.kafka.connect.json.JsonConverter")
+                .env("CONNECT_KEY_CONVERTER_SCHEMAS_ENABLE", "false")
+                .env("CONNECT_VALUE_CONVERTER_SCHEMAS_ENABLE", "false")
+                // Source offsets flushed every second: a kill re-sends at most a second of events.
+                .env("OFFSET_FLUSH_INTERVAL_MS", "1000");
+            spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://localhost:{CONNECT_PORT}/ >/dev/null")));
+            spec.ports = vec![(CONNECT_PORT, ports.connect)];
+            spec.net_admin = true;
+            spec
+        }
+        Role::Mongo => {
+            let mut spec = base;
+            spec.health = Some(HealthCheck::shell("mongosh --quiet --eval 'quit(db.adminCommand({ping: 1}).ok ? 0 : 1)'"));
+            spec.ports = vec![(MONGO_PORT, ports.mongo)];
+            spec.net_admin = true;
+            spec
+        }
+        Role::Sink => {
+            // The image ships /etc/sink/sink.toml (docker/sink/sink.toml); everything that
+            // differs per run is an environment override.
+            let (kind, url) = match inputs.config.target {
+                TargetKind::Postgres => ("postgres", format!("host=postgres port={POSTGRES_PORT} user=postgres dbname={}", crate::orchestrator::local::postgres::TARGET_DB)),
+                TargetKind::Mongodb => ("mongodb", format!("mongodb://mongo:{MONGO_PORT}")),
+            };
+            let mut spec = base
+                .env("SINK__KAFKA__BROKERS", format!("kafka:{KAFKA_INTERNAL_PORT}"))
+                .env("SINK__KAFKA__GROUP_ID", GROUP_ID)
+                .env("SINK__TARGET__KIND", kind)
+                .env("SINK__TARGET__URL", url)
+                .env("SINK__HTTP__LISTEN", format!("0.0.0.0:{SINK_HTTP_PORT}"));
+            if inputs.config.target == TargetKind::Postgres {
+                spec = spec.env("SINK__TARGET__PASSWORD", inputs.pg_password);
+            }
+            spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://127.0.0.1:{SINK_HTTP_PORT}/readyz >/dev/null")));
+            spec.ports = vec![(SINK_HTTP_PORT, ports.sink_http)];
+            spec.net_admin = true;
+            spec
+        }
+        Role::OtelCollector => {
+            let mut spec = base;
+            spec.cmd = vec!["--config=/etc/otelcol/config.yaml".into()];
+            spec.binds = vec![
+                bind(&inputs.config.assets_dir, "docker/otel/collector.yaml", "/etc/otelcol/config.yaml"),
+                // The filelog receiver tails container logs for Loki.
+                "/var/lib/docker/containers:/var/lib/docker/containers:ro".into(),
+            ];
+            spec
+        }
+        Role::Tempo => {
+            let mut spec = base;
+            spec.cmd = vec!["-config.file=/etc/tempo.yaml".into()];
+            spec.binds = vec![bind(&inputs.config.assets_dir, "docker/tempo/tempo.yaml", "/etc/tempo.yaml")];
+            spec
+        }
+        Role::Loki => {
+            let mut spec = base;
+            spec.cmd = vec!["-config.file=/etc/loki/config.yaml".into()];
+            spec.binds = vec![bind(&inputs.config.assets_dir, "docker/loki/loki.yaml", "/etc/loki/config.yaml")];
+            spec
+        }
+        Role::Prometheus => {
+            let mut spec = base;
+            spec.cmd = ["--config.file=/etc/prometheus/prometheus.yml", "--web.enable-lifecycle", "--web.enable-remote-write-receiver"].map(String::from).to_vec();
+            spec.binds = vec![bind(&inputs.config.assets_dir, "prometheus", "/etc/prometheus")];
+            spec.health = Some(HealthCheck::shell(&format!("wget -q -O /dev/null http://127.0.0.1:{PROMETHEUS_PORT}/-/ready")));
+            spec.ports = vec![(PROMETHEUS_PORT, ports.prometheus)];
+            spec
+        }
+        Role::Grafana => {
+            let mut spec = base.env("GF_AUTH_ANONYMOUS_ENABLED", "true").env("GF_AUTH_ANONYMOUS_ORG_ROLE", "Viewer");
+            spec.binds = vec![
+                bind(&inputs.config.assets_dir, "grafana/provisioning", "/etc/grafana/provisioning"),
+                bind(&inputs.config.assets_dir, "grafana/dashboards", "/var/lib/grafana/dashboards"),
+            ];
+            spec.health = Some(HealthCheck::shell(&format!("wget -q -O /dev/null http://127.0.0.1:{GRAFANA_PORT}/api/health")));
+            spec.ports = vec![(GRAFANA_PORT, ports.grafana)];
+            spec
+        }
+    }
+}
+
+fn bind(assets: &std::path::Path, relative: &str, target: &str) -> String {
+    format!("{}:{target}:ro", assets.join(relative).display())
+}
+
+/// Body of `POST /connectors`: the same Debezium settings as the local launcher
+/// (`local::debezium::configure`), with the database reached by its network alias.
+pub fn connector_request(pg_password: &str, poll_interval_ms: u32) -> Value {
+    let tables: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
+    json!({
+        "name": CONNECTOR_NAME,
+        "config": {
+            "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+            "tasks.max": "1",
+            "database.hostname": "postgres",
+            "database.port": POSTGRES_PORT.to_string(),
+            "database.user": "postgres",
+            "database.password": pg_password,
+            "database.dbname": SOURCE_DB,
+            "topic.prefix": TOPIC_PREFIX,
+            "plugin.name": "pgoutput",
+            "slot.name": SLOT_NAME,
+            "publication.name": PUBLICATION_NAME,
+            "publication.autocreate.mode": "filtered",
+            "table.include.list": tables.join(","),
+            "snapshot.mode": "initial",
+            "tombstones.on.delete": "true",
+            "decimal.handling.mode": "string",
+            "time.precision.mode": "isostring",
+            "poll.interval.ms": poll_interval_ms.to_string(),
+            "max.batch.size": "2048",
+            "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "key.converter.schemas.enable": "false",
+            "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "value.converter.schemas.enable": "false",
+            "errors.max.retries": "10"
+        }
+    })
+}
+
+/// The topics created before the connector starts.
+pub fn topics() -> Vec<String> {
+    let mut topics: Vec<String> = TABLES.iter().map(|t| topic_for(t)).collect();
+    topics.push(DLQ_TOPIC.to_string());
+    topics
+}
+
+/// What `GET /connectors/<name>/status` says, reduced to what readiness needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectorHealth {
+    Running,
+    /// Not (yet) running: the connector's and tasks' states.
+    Pending(String),
+    /// A connector or task FAILED: its trace.
+    Failed(String),
+}
+
+pub fn connector_health(status: &Value) -> ConnectorHealth {
+    let connector_state = status.pointer("/connector/state").and_then(Value::as_str).unwrap_or("UNKNOWN");
+    let tasks = status.get("tasks").and_then(Value::as_array).cloned().unwrap_or_default();
+    let failed_trace = |v: &Value| v.get("trace").and_then(Value::as_str).unwrap_or("no trace").lines().take(3).collect::<Vec<_>>().join(" | ");
+    if connector_state == "FAILED" {
+        return ConnectorHealth::Failed(format!("connector FAILED: {}", failed_trace(status.get("connector").unwrap_or(&Value::Null))));
+    }
+    if let Some(task) = tasks.iter().find(|t| t.get("state").and_then(Value::as_str) == Some("FAILED")) {
+        return ConnectorHealth::Failed(format!("task FAILED: {}", failed_trace(task)));
+    }
+    let task_states: Vec<&str> = tasks.iter().map(|t| t.get("state").and_then(Value::as_str).unwrap_or("UNKNOWN")).collect();
+    if connector_state == "RUNNING" && !task_states.is_empty() && task_states.iter().all(|s| *s == "RUNNING") {
+        ConnectorHealth::Running
+    } else {
+        ConnectorHealth::Pending(format!("connector {connector_state}, tasks [{}]", task_states.join(", ")))
+    }
+}
+
+/// Whether Debezium's initial snapshot is over, read from `GET /connectors/<name>/offsets`
+/// (Connect's REST API exposes no snapshot metric). None: no offset committed yet.
+/// During the snapshot the source offset carries `snapshot` (true / "INITIAL"); the last
+/// snapshot record's offset also carries `last_snapshot_record: true`; streaming offsets
+/// carry neither.
+pub fn snapshot_finished(offsets: &Value) -> Option<bool> {
+    let offset = offsets.get("offsets")?.as_array()?.iter().find_map(|o| o.get("offset"))?;
+    let in_snapshot = match offset.get("snapshot") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::String(s)) => !s.eq_ignore_ascii_case("false"),
+        Some(_) => true,
+    };
+    let last = offset.get("last_snapshot_record").and_then(Value::as_bool).unwrap_or(false);
+    Some(!in_snapshot || last)
+}
+
+/// `tc netem` on the container's eth0 for a latency fault (needs NET_ADMIN and `tc` in
+/// the image; images without iproute2 need a proxy in front instead, see `Fault`).
+pub fn netem_add(delay: Duration, jitter: Duration) -> Vec<String> {
+    let mut cmd: Vec<String> = ["tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay"].map(String::from).to_vec();
+    cmd.push(format!("{}ms", delay.as_millis()));
+    if !jitter.is_zero() {
+        cmd.push(format!("{}ms", jitter.as_millis()));
+    }
+    cmd
+}
+
+pub fn netem_clear() -> Vec<String> {
+    ["tc", "qdisc", "del", "dev", "eth0", "root"].map(String::from).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs_with<'a>(config: &'a DockerConfig, ports: &'a HostPorts) -> SpecInputs<'a> {
+        SpecInputs { config, ports, pg_password: "pw" }
+    }
+
+    fn ports() -> HostPorts {
+        HostPorts { postgres: 15432, kafka: 19092, connect: 18083, mongo: 27018, sink_http: 19095, prometheus: 19090, grafana: 13000 }
+    }
+
+    fn env_of(body: &ContainerCreateBody) -> Vec<String> {
+        body.env.clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn names_and_labels_carry_the_run_id() {
+        let names = RunNames::new("r1");
+        assert_eq!(names.network(), "cdc-r1");
+        assert_eq!(names.container(Role::Kafka), "cdc-r1-kafka");
+        let net = network_request(&names);
+        assert_eq!(net.labels.unwrap().get(LABEL_RUN).map(String::as_str), Some("r1"));
+        assert_eq!(label_filter(Some("r1"))["label"], vec!["io.cdc-harness.run=r1".to_string()]);
+        assert_eq!(label_filter(None)["label"], vec!["io.cdc-harness.run".to_string()]);
+    }
+
+    #[test]
+    fn every_container_is_labelled_networked_and_published_on_loopback() {
+        let config = DockerConfig::default();
+        let ports = ports();
+        let names = RunNames::new("r1");
+        for role in [Role::Postgres, Role::Kafka, Role::Connect, Role::Mongo, Role::Sink, Role::Prometheus, Role::Grafana] {
+            let body = container_spec(role, &inputs_with(&config, &ports)).create_body(&names);
+            let labels = body.labels.clone().unwrap();
+            assert_eq!(labels[LABEL_RUN], "r1", "{role:?}");
+            assert_eq!(labels[LABEL_ROLE], role.alias());
+            let host = body.host_config.clone().unwrap();
+            assert_eq!(host.network_mode.as_deref(), Some("cdc-r1"));
+            for bindings in host.port_bindings.unwrap().values() {
+                let binding = &bindings.as_ref().unwrap()[0];
+                assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"), "{role:?} must not listen on all interfaces");
+            }
+            let aliases = body.networking_config.unwrap().endpoints_config.unwrap()["cdc-r1"].aliases.clone().unwrap();
+            assert_eq!(aliases, vec![role.alias().to_string()]);
+            assert!(body.healthcheck.is_some(), "{role:?} needs a health check");
+        }
+    }
+
+    #[test]
+    fn postgres_runs_with_logical_replication_and_a_health_check() {
+        let config = DockerConfig::default();
+        let ports = ports();
+        let body = container_spec(Role::Postgres, &inputs_with(&config, &ports)).create_body(&RunNames::new("r"));
+        assert_eq!(body.image.as_deref(), Some("postgres:15"));
+        assert!(body.cmd.clone().unwrap_or_default().windows(2).any(|w| w[0] == "-c" && w[1] == "wal_level=logical"));
+        assert!(env_of(&body).contains(&"POSTGRES_PASSWORD=pw".to_string()));
+        let health = body.healthcheck.unwrap();
+        assert_eq!(health.test.unwrap()[0], "CMD-SHELL");
+        assert_eq!(health.interval, Some(2_000_000_000));
+        let bindings = body.host_config.unwrap().port_bindings.unwrap();
+        assert_eq!(bindings["5432/tcp"].as_ref().unwrap()[0].host_port.as_deref(), Some("15432"));
+    }
+
+    #[test]
+    fn kafka_is_kraft_and_advertises_the_published_port() {
+        let config = DockerConfig::default();
+        let ports = ports();
+        let env = env_of(&container_spec(Role::Kafka, &inputs_with(&config, &ports)).create_body(&RunNames::new("r")));
+        assert!(env.contains(&"KAFKA_PROCESS_ROLES=broker,controller".to_string()));
+        assert!(env.contains(&"KAFKA_ADVERTISED_LISTENERS=INTERNAL://kafka:19092,EXTERNAL://127.0.0.1:19092".to_string()));
+        assert!(env.contains(&"KAFKA_AUTO_CREATE_TOPICS_ENABLE=false".to_string()));
+    }
+
+    #[test]
+    fn sink_targets_follow_the_config() {
+        let mut config = DockerConfig::default();
+        let ports = ports();
+        let env = env_of(&container_spec(Role::Sink, &inputs_with(&config, &ports)).create_body(&RunNames::new("r")));
+        assert!(env.contains(&"SINK__TARGET__KIND=mongodb".to_string()));
+        assert!(env.contains(&"SINK__TARGET__URL=mongodb://mongo:27017".to_string()));
+        assert!(!env.iter().any(|e| e.starts_with("SINK__TARGET__PASSWORD")));
+        config.target = TargetKind::Postgres;
+        let env = env_of(&container_spec(Role::Sink, &inputs_with(&config, &ports)).create_body(&RunNames::new("r")));
+        assert!(env.contains(&"SINK__TARGET__KIND=postgres".to_string()));
+        assert!(env.contains(&"SINK__TARGET__PASSWORD=pw".to_string()));
+        assert!(env.contains(&"SINK__KAFKA__BROKERS=kafka:19092".to_string()));
+        assert_eq!(Role::for_service(ServiceKind::Sink, TargetKind::Postgres), vec![Role::Sink]);
+        assert_eq!(Role::for_service(ServiceKind::Sink, TargetKind::Mongodb), vec![Role::Mongo, Role::Sink]);
+    }
+
+    #[test]
+    fn connector_matches_the_local_launcher_settings() {
+        let body = connector_request("pw", 10);
+        assert_eq!(body["name"], CONNECTOR_NAME);
+        let c = &body["config"];
+        for (key, value) in [
+            ("plugin.name", "pgoutput"),
+            ("slot.name", "cdc_slot"),
+            ("publication.name", "cdc_publication"),
+            ("publication.autocreate.mode", "filtered"),
+            ("topic.prefix", "cdc"),
+            ("tombstones.on.delete", "true"),
+            ("decimal.handling.mode", "string"),
+            ("time.precision.mode", "isostring"),
+            ("poll.interval.ms", "10"),
+            ("value.converter.schemas.enable", "false"),
+            ("key.converter.schemas.enable", "false"),
+            ("database.dbname", "app"),
+            ("table.include.list", "public.customer,public.address,public.orders,public.order_item"),
+        ] {
+            assert_eq!(c[key], value, "{key}");
+        }
+        assert_eq!(topics().len(), 5);
+    }
+
+    #[test]
+    fn connector_status_is_read_strictly() {
+        let running = json!({"connector": {"state": "RUNNING"}, "tasks": [{"id": 0, "state": "RUNNING"}]});
+        assert_eq!(connector_health(&running), ConnectorHealth::Running);
+        let no_tasks = json!({"connector": {"state": "RUNNING"}, "tasks": []});
+        assert!(matches!(connector_health(&no_tasks), ConnectorHealth::Pending(_)));
+        let failed = json!({"connector": {"state": "RUNNING"}, "tasks": [{"id": 0, "state": "FAILED", "trace": "org.postgresql.util.PSQLException: boom\n at x"}]});
+        match connector_health(&failed) {
+            ConnectorHealth::Failed(trace) => assert!(trace.contains("boom")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(connector_health(&json!({})), ConnectorHealth::Pending(_)));
+    }
+
+    #[test]
+    fn snapshot_progress_is_read_from_connect_offsets() {
+        assert_eq!(snapshot_finished(&json!({"offsets": []})), None);
+        let during = json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 1, "snapshot": "INITIAL"}}]});
+        assert_eq!(snapshot_finished(&during), Some(false));
+        let during_bool = json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 1, "snapshot": true}}]});
+        assert_eq!(snapshot_finished(&during_bool), Some(false));
+        let last = json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 1, "snapshot": true, "last_snapshot_record": true}}]});
+        assert_eq!(snapshot_finished(&last), Some(true));
+        let streaming = json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 9, "txId": 3}}]});
+        assert_eq!(snapshot_finished(&streaming), Some(true));
+    }
+
+    #[test]
+    fn netem_commands() {
+        assert_eq!(netem_add(Duration::from_millis(200), Duration::from_millis(50)).join(" "), "tc qdisc replace dev eth0 root netem delay 200ms 50ms");
+        assert_eq!(netem_add(Duration::from_millis(200), Duration::ZERO).join(" "), "tc qdisc replace dev eth0 root netem delay 200ms");
+        assert_eq!(netem_clear().join(" "), "tc qdisc del dev eth0 root");
+    }
+
+    #[test]
+    fn roles_round_trip_through_their_alias() {
+        for role in [Role::Postgres, Role::Kafka, Role::Connect, Role::Mongo, Role::Sink].into_iter().chain(Role::OBSERVABILITY) {
+            assert_eq!(Role::from_alias(role.alias()), Some(role));
+        }
+        assert_eq!(Role::from_alias("nope"), None);
+    }
+}

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use harness::config::StackConfig;
 use harness::exit;
+use harness::orchestrator::docker::{DockerConfig, DockerStack};
 use harness::orchestrator::local::LocalStack;
 use harness::orchestrator::{BackendKind, Orchestrator, ServiceError, ServiceState, resolve_backend};
 use harness::verify::{VerifyOptions, VerifyReport};
@@ -153,30 +154,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Baseline(args) => run_scenario("baseline", args, &cli.run_dir).await,
         Command::Run { scenario, args } => run_scenario(&scenario, args, &cli.run_dir).await,
         Command::Up { backend, seed_customers, partitions } => {
-            resolve_backend(backend)?;
+            let backend = resolve_backend(backend)?;
             let mut config = StackConfig::new(&cli.run_dir);
             config.seed.customers = seed_customers;
             config.partitions = partitions;
-            let mut stack = LocalStack::new(config)?;
             let started = std::time::Instant::now();
+            if backend == BackendKind::Docker {
+                let mut stack = DockerStack::new(config, DockerConfig::default()).await?;
+                return finish_up(stack.up().await, &mut stack, started).await;
+            }
+            let mut stack = LocalStack::new(config)?;
             let outcome = tokio::select! {
                 outcome = stack.up() => Some(outcome),
                 _ = tokio::signal::ctrl_c() => None,
             };
             match outcome {
-                Some(Ok(endpoints)) => {
-                    eprintln!("up: stack ready in {:.1}s (run dir {})", started.elapsed().as_secs_f64(), stack.run_dir().display());
-                    eprintln!("  postgres  {}", endpoints.postgres.display(&endpoints.postgres.source_db));
-                    eprintln!("  kafka     {}", endpoints.kafka);
-                    eprintln!("  debezium  {}", endpoints.debezium_status);
-                    eprintln!("  sink      {}", endpoints.sink_http);
-                    stack.detach();
-                    Ok(exit::SUCCESS)
-                }
-                Some(Err(e)) => {
-                    eprintln!("up: failed, stopping what was started");
-                    stack.down().await?;
-                    Err(e.into())
+                Some(outcome) => {
+                    let code = finish_up(outcome, &mut stack, started).await?;
+                    if code == exit::SUCCESS {
+                        stack.detach();
+                    }
+                    Ok(code)
                 }
                 None => {
                     eprintln!("up: interrupted, stopping what was started");
@@ -186,18 +184,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Status { json } => {
-            let Some(stack) = LocalStack::open(&cli.run_dir)? else {
-                anyhow::bail!("no stack in {} (start one with `harness up`)", cli.run_dir.display());
+            let statuses = match stack_backend(&cli.run_dir) {
+                Some(BackendKind::Docker) => match DockerStack::open(&cli.run_dir).await? {
+                    Some(stack) => stack.status().await?,
+                    None => anyhow::bail!("no stack in {} (start one with `harness up`)", cli.run_dir.display()),
+                },
+                _ => {
+                    let Some(stack) = LocalStack::open(&cli.run_dir)? else {
+                        anyhow::bail!("no stack in {} (start one with `harness up`)", cli.run_dir.display());
+                    };
+                    let statuses = stack.status().await?;
+                    stack.detach();
+                    statuses
+                }
             };
-            let statuses = stack.status().await?;
-            stack.detach();
             if json {
                 println!("{}", serde_json::to_string_pretty(&statuses)?);
             } else {
                 println!("{:<10} {:<10} {:>8}  {}", "SERVICE", "STATE", "PID", "ENDPOINT");
                 for s in &statuses {
                     let state = serde_json::to_value(s.state)?.as_str().unwrap_or_default().to_string();
-                    let pid = s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                    let pid = s.pid.map(|p| p.to_string()).or_else(|| s.container.clone()).unwrap_or_else(|| "-".into());
                     println!("{:<10} {:<10} {:>8}  {}{}", s.service, state, pid, s.endpoint, s.detail.as_ref().map(|d| format!("  ({d})")).unwrap_or_default());
                 }
             }
@@ -248,6 +255,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(if result.converged { exit::SUCCESS } else { exit::GATE_FAILED })
         }
         Command::Down => {
+            if stack_backend(&cli.run_dir) == Some(BackendKind::Docker) {
+                if let Some(mut stack) = DockerStack::open(&cli.run_dir).await? {
+                    stack.down().await?;
+                }
+                eprintln!("down: every container of the run removed");
+                return Ok(exit::SUCCESS);
+            }
             let Some(mut stack) = LocalStack::open(&cli.run_dir).context("reading the stack state")? else {
                 eprintln!("down: no stack in {}", cli.run_dir.display());
                 return Ok(exit::SUCCESS);
@@ -256,6 +270,36 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             eprintln!("down: every service stopped");
             Ok(exit::SUCCESS)
         }
+    }
+}
+
+/// Prints the endpoints of a stack that came up, or stops what was started.
+async fn finish_up(outcome: Result<harness::orchestrator::Endpoints, ServiceError>, stack: &mut impl Orchestrator, started: std::time::Instant) -> anyhow::Result<i32> {
+    match outcome {
+        Ok(endpoints) => {
+            eprintln!("up: stack ready in {:.1}s", started.elapsed().as_secs_f64());
+            eprintln!("  postgres  {}", endpoints.postgres.display(&endpoints.postgres.source_db));
+            eprintln!("  kafka     {}", endpoints.kafka);
+            eprintln!("  debezium  {}", endpoints.debezium_status);
+            eprintln!("  sink      {}", endpoints.sink_http);
+            Ok(exit::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("up: failed, stopping what was started");
+            stack.down().await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// Which backend started the stack in `run_dir` (each keeps its own state file).
+fn stack_backend(run_dir: &std::path::Path) -> Option<BackendKind> {
+    if run_dir.join("docker-stack.json").is_file() {
+        Some(BackendKind::Docker)
+    } else if run_dir.join("stack.json").is_file() {
+        Some(BackendKind::Local)
+    } else {
+        None
     }
 }
 

@@ -1,7 +1,9 @@
 //! Integration tests on the real local stack (PostgreSQL, tansu, Debezium, sink).
 
+mod docker;
 mod faults;
 mod k6;
+mod observability;
 mod pipeline;
 mod report;
 mod resilience;

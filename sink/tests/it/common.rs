@@ -112,6 +112,8 @@ pub async fn customer_row(
 pub struct TestBroker {
     pub bootstrap: String,
     handle: ProcessHandle,
+    dir: std::path::PathBuf,
+    port: u16,
 }
 
 impl TestBroker {
@@ -128,11 +130,36 @@ impl TestBroker {
         std::fs::create_dir_all(dir.join("logs"))?;
         let tansu = harness::provision::tansu::ensure(&harness::provision::Cache::locate()?)?;
         let port = free_port()?;
-        let handle = broker::start(&tansu, &BrokerLayout::new(&dir), port)?;
+        let handle = broker::start(&tansu, &BrokerLayout::new(&dir), port, port)?;
         let bootstrap = format!("127.0.0.1:{port}");
         broker::wait_ready(&bootstrap, &handle, Duration::from_secs(60)).await?;
         broker::create_topics(&bootstrap, topics, partitions).await?;
-        Ok(Self { bootstrap, handle })
+        Ok(Self {
+            bootstrap,
+            handle,
+            dir,
+            port,
+        })
+    }
+
+    /// Graceful stop (SIGTERM), as the harness stops the broker.
+    pub fn stop(&self) {
+        self.handle
+            .stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&self) {
+        let _ = self.handle.signal(nix::sys::signal::Signal::SIGKILL);
+        self.handle.wait_exit(Duration::from_secs(10));
+    }
+
+    /// Starts the broker again on the same storage and port, and waits until it answers.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        let tansu = harness::provision::tansu::ensure(&harness::provision::Cache::locate()?)?;
+        self.handle = broker::start(&tansu, &BrokerLayout::new(&self.dir), self.port, self.port)?;
+        broker::wait_ready(&self.bootstrap, &self.handle, Duration::from_secs(60)).await?;
+        Ok(())
     }
 }
 

@@ -2,6 +2,7 @@
 //! tansu broker, and MongoDB when `MONGODB_URI` is set.
 
 mod binary;
+mod broker_restart;
 mod common;
 mod delivery_props;
 mod fixtures;

@@ -10,10 +10,14 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerStateStatusEnum, EndpointSettings, HealthStatusEnum, NetworkConnectRequest, NetworkDisconnectRequest};
+use bollard::models::{
+    ContainerStateStatusEnum, EndpointSettings, HealthStatusEnum, NetworkConnectRequest,
+    NetworkDisconnectRequest,
+};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
-    RemoveContainerOptions, RestartContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions,
+    ListContainersOptions, ListNetworksOptions, LogsOptions, RemoveContainerOptions,
+    RestartContainerOptions, StopContainerOptions,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -24,18 +28,27 @@ use super::spec::{self, ConnectorHealth, ContainerSpec, HostPorts, Role, RunName
 use super::{DockerConfig, DockerError, SINK_IMAGE, TargetKind};
 use crate::config::StackConfig;
 use crate::orchestrator::local::{broker, postgres as local_pg, sink as local_sink};
-use crate::orchestrator::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
+use crate::orchestrator::{
+    Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState,
+    ServiceStatus,
+};
 
 const STATE_FILE: &str = "docker-stack.json";
 const POLL: Duration = Duration::from_millis(500);
 
 /// Connects to the daemon named by DOCKER_HOST (default: the local socket) and pings it.
 pub async fn connect() -> Result<Docker, DockerError> {
-    let docker = Docker::connect_with_defaults().map_err(|e| DockerError::Unreachable { reason: e.to_string() })?;
+    let docker = Docker::connect_with_defaults().map_err(|e| DockerError::Unreachable {
+        reason: e.to_string(),
+    })?;
     match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
         Ok(Ok(_)) => Ok(docker),
-        Ok(Err(e)) => Err(DockerError::Unreachable { reason: e.to_string() }),
-        Err(_) => Err(DockerError::Unreachable { reason: "ping timed out after 5s".into() }),
+        Ok(Err(e)) => Err(DockerError::Unreachable {
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(DockerError::Unreachable {
+            reason: "ping timed out after 5s".into(),
+        }),
     }
 }
 
@@ -45,17 +58,34 @@ pub async fn remove_all_labelled(docker: &Docker) -> Result<(usize, usize), Dock
     remove_labelled(docker, None).await
 }
 
-async fn remove_labelled(docker: &Docker, run_id: Option<&str>) -> Result<(usize, usize), DockerError> {
+async fn remove_labelled(
+    docker: &Docker,
+    run_id: Option<&str>,
+) -> Result<(usize, usize), DockerError> {
     let filters = spec::label_filter(run_id);
     let target = run_id.unwrap_or("all runs").to_string();
     let containers = docker
-        .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() }))
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }))
         .await
         .map_err(|e| DockerError::from_bollard("list containers", &target, e))?;
     let mut removed = 0;
     for container in containers {
         let Some(id) = container.id else { continue };
-        match docker.remove_container(&id, Some(RemoveContainerOptions { force: true, v: true, ..Default::default() })).await {
+        match docker
+            .remove_container(
+                &id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
             Ok(()) => removed += 1,
             // Already gone (a concurrent down): nothing left to do.
             Err(e) => match DockerError::from_bollard("remove container", &id, e) {
@@ -65,7 +95,9 @@ async fn remove_labelled(docker: &Docker, run_id: Option<&str>) -> Result<(usize
         }
     }
     let networks = docker
-        .list_networks(Some(ListNetworksOptions { filters: Some(filters) }))
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filters),
+        }))
         .await
         .map_err(|e| DockerError::from_bollard("list networks", &target, e))?;
     let mut networks_removed = 0;
@@ -88,13 +120,17 @@ pub enum Fault {
     /// SIGKILL: no chance to flush or commit.
     Kill,
     /// SIGTERM, SIGKILL after `grace`.
-    Stop { grace: Duration },
+    Stop {
+        grace: Duration,
+    },
     /// Start again after Kill/Stop (waits for readiness).
     Start,
     /// Freezes every process (cgroup freezer): connections stay open but nothing answers.
     Pause,
     Unpause,
-    Restart { grace: Duration },
+    Restart {
+        grace: Duration,
+    },
     /// Takes the container off the run network (peers see timeouts / resets).
     Disconnect,
     Reconnect,
@@ -102,7 +138,10 @@ pub enum Fault {
     /// the stock postgres/kafka/connect/mongo images lack it, so this fails with
     /// `FaultUnsupported` there: put a toxiproxy container on the link instead (the
     /// service's peers then connect through the proxy alias).
-    Latency { delay: Duration, jitter: Duration },
+    Latency {
+        delay: Duration,
+        jitter: Duration,
+    },
     ClearLatency,
 }
 
@@ -117,7 +156,12 @@ impl std::fmt::Display for Fault {
             Self::Restart { .. } => f.write_str("restart"),
             Self::Disconnect => f.write_str("network disconnect"),
             Self::Reconnect => f.write_str("network connect"),
-            Self::Latency { delay, jitter } => write!(f, "latency {}ms ±{}ms", delay.as_millis(), jitter.as_millis()),
+            Self::Latency { delay, jitter } => write!(
+                f,
+                "latency {}ms ±{}ms",
+                delay.as_millis(),
+                jitter.as_millis()
+            ),
             Self::ClearLatency => f.write_str("clear latency"),
         }
     }
@@ -148,11 +192,15 @@ pub struct DockerStack {
 }
 
 fn state_err(path: &Path, e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::State { path: path.to_path_buf(), reason: e.to_string() }
+    ServiceError::State {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 fn free_port() -> Result<u16, ServiceError> {
-    crate::orchestrator::local::process::free_port().map_err(|e| state_err(Path::new("127.0.0.1"), format!("no free port: {e}")))
+    crate::orchestrator::local::process::free_port()
+        .map_err(|e| state_err(Path::new("127.0.0.1"), format!("no free port: {e}")))
 }
 
 fn unavailable(e: DockerError) -> ServiceError {
@@ -161,7 +209,10 @@ fn unavailable(e: DockerError) -> ServiceError {
 
 impl DockerStack {
     /// Opens (or prepares) the stack in `config.run_dir`; fails when no daemon answers.
-    pub async fn new(config: StackConfig, docker_config: DockerConfig) -> Result<Self, ServiceError> {
+    pub async fn new(
+        config: StackConfig,
+        docker_config: DockerConfig,
+    ) -> Result<Self, ServiceError> {
         let docker = connect().await.map_err(unavailable)?;
         let run_dir = absolute(&config.run_dir);
         let state = match read_state(&run_dir)? {
@@ -169,7 +220,10 @@ impl DockerStack {
             None => DockerState {
                 backend: "docker".into(),
                 run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
-                config: StackConfig { run_dir: run_dir.clone(), ..config },
+                config: StackConfig {
+                    run_dir: run_dir.clone(),
+                    ..config
+                },
                 docker: docker_config,
                 ports: HostPorts {
                     postgres: free_port()?,
@@ -184,15 +238,29 @@ impl DockerStack {
                 snapshot_done: false,
             },
         };
-        Ok(Self { docker, names: RunNames::new(state.run_id.clone()), run_dir, state, followers: BTreeMap::new() })
+        Ok(Self {
+            docker,
+            names: RunNames::new(state.run_id.clone()),
+            run_dir,
+            state,
+            followers: BTreeMap::new(),
+        })
     }
 
     /// The stack a previous `up` left in `run_dir`, if any.
     pub async fn open(run_dir: &Path) -> Result<Option<Self>, ServiceError> {
         let run_dir = absolute(run_dir);
-        let Some(state) = read_state(&run_dir)? else { return Ok(None) };
+        let Some(state) = read_state(&run_dir)? else {
+            return Ok(None);
+        };
         let docker = connect().await.map_err(unavailable)?;
-        Ok(Some(Self { docker, names: RunNames::new(state.run_id.clone()), run_dir, state, followers: BTreeMap::new() }))
+        Ok(Some(Self {
+            docker,
+            names: RunNames::new(state.run_id.clone()),
+            run_dir,
+            state,
+            followers: BTreeMap::new(),
+        }))
     }
 
     pub fn run_id(&self) -> &str {
@@ -215,34 +283,50 @@ impl DockerStack {
                 target_db: local_pg::TARGET_DB.into(),
             },
             kafka: format!("127.0.0.1:{}", p.kafka),
-            debezium_status: format!("http://127.0.0.1:{}/connectors/{}/status", p.connect, spec::CONNECTOR_NAME),
+            debezium_status: format!(
+                "http://127.0.0.1:{}/connectors/{}/status",
+                p.connect,
+                spec::CONNECTOR_NAME
+            ),
             sink_http: format!("http://127.0.0.1:{}", p.sink_http),
         }
     }
 
     /// MongoDB on the host, when the sink materializes into it.
     pub fn mongo_uri(&self) -> Option<String> {
-        (self.state.docker.target == TargetKind::Mongodb).then(|| format!("mongodb://127.0.0.1:{}", self.state.ports.mongo))
+        (self.state.docker.target == TargetKind::Mongodb)
+            .then(|| format!("mongodb://127.0.0.1:{}", self.state.ports.mongo))
     }
 
     /// Grafana and Prometheus on the host, when the observability stack runs.
     pub fn observability_urls(&self) -> Option<(String, String)> {
-        self.state
-            .docker
-            .observability
-            .then(|| (format!("http://127.0.0.1:{}", self.state.ports.grafana), format!("http://127.0.0.1:{}", self.state.ports.prometheus)))
+        self.state.docker.observability.then(|| {
+            (
+                format!("http://127.0.0.1:{}", self.state.ports.grafana),
+                format!("http://127.0.0.1:{}", self.state.ports.prometheus),
+            )
+        })
     }
 
     fn log_path(&self, role: Role) -> PathBuf {
-        self.run_dir.join("logs").join(format!("{}.log", role.alias()))
+        self.run_dir
+            .join("logs")
+            .join(format!("{}.log", role.alias()))
     }
 
     fn services(&self) -> Vec<ServiceKind> {
-        ServiceKind::ALL.into_iter().filter(|s| *s != ServiceKind::Sink || self.state.config.with_sink).collect()
+        ServiceKind::ALL
+            .into_iter()
+            .filter(|s| *s != ServiceKind::Sink || self.state.config.with_sink)
+            .collect()
     }
 
     fn roles(&self) -> Vec<Role> {
-        let mut roles: Vec<Role> = self.services().into_iter().flat_map(|s| Role::for_service(s, self.state.docker.target)).collect();
+        let mut roles: Vec<Role> = self
+            .services()
+            .into_iter()
+            .flat_map(|s| Role::for_service(s, self.state.docker.target))
+            .collect();
         if self.state.docker.observability {
             roles.extend(Role::OBSERVABILITY);
         }
@@ -250,7 +334,14 @@ impl DockerStack {
     }
 
     fn spec(&self, role: Role) -> ContainerSpec {
-        spec::container_spec(role, &SpecInputs { config: &self.state.docker, ports: &self.state.ports, pg_password: self.state.password.expose() })
+        spec::container_spec(
+            role,
+            &SpecInputs {
+                config: &self.state.docker,
+                ports: &self.state.ports,
+                pg_password: self.state.password.expose(),
+            },
+        )
     }
 
     fn save(&self) -> Result<(), ServiceError> {
@@ -259,7 +350,14 @@ impl DockerStack {
 
     async fn ensure_network(&self) -> Result<(), DockerError> {
         let name = self.names.network();
-        match self.docker.inspect_network(&name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+        match self
+            .docker
+            .inspect_network(
+                &name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => match DockerError::from_bollard("inspect network", &name, e) {
                 DockerError::NotFound { .. } => self
@@ -284,28 +382,51 @@ impl DockerStack {
             },
         }
         if image == self.state.docker.images.sink || image == SINK_IMAGE {
-            return Err(DockerError::ImageMissing { image: image.to_string() });
+            return Err(DockerError::ImageMissing {
+                image: image.to_string(),
+            });
         }
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_prefix(format!("pull {image}"));
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {prefix}: {wide_msg}") {
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {prefix}: {wide_msg}")
+        {
             bar.set_style(style);
         }
         bar.enable_steady_tick(Duration::from_millis(200));
-        let mut stream = self.docker.create_image(Some(CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() }), None, None);
+        let mut stream = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_string()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
         // Per layer: latest status; the message sums them up.
         let mut layers: BTreeMap<String, String> = BTreeMap::new();
         while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| DockerError::Pull { image: image.to_string(), reason: e.to_string() })?;
+            let info = item.map_err(|e| DockerError::Pull {
+                image: image.to_string(),
+                reason: e.to_string(),
+            })?;
             if let Some(detail) = info.error_detail.and_then(|d| d.message) {
                 bar.finish_and_clear();
-                return Err(DockerError::Pull { image: image.to_string(), reason: detail });
+                return Err(DockerError::Pull {
+                    image: image.to_string(),
+                    reason: detail,
+                });
             }
             if let (Some(id), Some(status)) = (info.id, info.status.clone()) {
                 layers.insert(id, status);
             }
-            let done = layers.values().filter(|s| s.starts_with("Pull complete") || s.starts_with("Already exists")).count();
-            bar.set_message(format!("{done}/{} layers; {}", layers.len(), info.status.unwrap_or_default()));
+            let done = layers
+                .values()
+                .filter(|s| s.starts_with("Pull complete") || s.starts_with("Already exists"))
+                .count();
+            bar.set_message(format!(
+                "{done}/{} layers; {}",
+                layers.len(),
+                info.status.unwrap_or_default()
+            ));
         }
         bar.finish_and_clear();
         eprintln!("pulled {image}");
@@ -315,13 +436,23 @@ impl DockerStack {
     /// Creates (if needed) and starts the container of `role`, and follows its log.
     async fn start_container(&mut self, role: Role) -> Result<(), DockerError> {
         let name = self.names.container(role);
-        let state = match self.docker.inspect_container(&name, None::<InspectContainerOptions>).await {
+        let state = match self
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+        {
             Ok(inspect) => inspect.state.and_then(|s| s.status),
             Err(e) => match DockerError::from_bollard("inspect container", &name, e) {
                 DockerError::NotFound { .. } => {
                     let body = self.spec(role).create_body(&self.names);
                     self.docker
-                        .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
+                        .create_container(
+                            Some(CreateContainerOptions {
+                                name: Some(name.clone()),
+                                ..Default::default()
+                            }),
+                            body,
+                        )
                         .await
                         .map_err(|e| DockerError::from_bollard("create container", &name, e))?;
                     None
@@ -332,11 +463,17 @@ impl DockerStack {
         match state {
             Some(ContainerStateStatusEnum::RUNNING) => {}
             Some(ContainerStateStatusEnum::PAUSED) => {
-                self.docker.unpause_container(&name).await.map_err(|e| DockerError::from_bollard("unpause container", &name, e))?;
+                self.docker
+                    .unpause_container(&name)
+                    .await
+                    .map_err(|e| DockerError::from_bollard("unpause container", &name, e))?;
             }
             _ => {
                 self.docker
-                    .start_container(&name, None::<bollard::query_parameters::StartContainerOptions>)
+                    .start_container(
+                        &name,
+                        None::<bollard::query_parameters::StartContainerOptions>,
+                    )
                     .await
                     .map_err(|e| DockerError::from_bollard("start container", &name, e))?;
             }
@@ -354,10 +491,30 @@ impl DockerStack {
         let name = self.names.container(role);
         let path = self.log_path(role);
         // A re-follow after a restart starts at now: earlier output is already in the file.
-        let since = if self.followers.contains_key(&role) { chrono::Utc::now().timestamp() as i32 } else { 0 };
+        let since = if self.followers.contains_key(&role) {
+            chrono::Utc::now().timestamp() as i32
+        } else {
+            0
+        };
         let handle = tokio::spawn(async move {
-            let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await else { return };
-            let mut logs = docker.logs(&name, Some(LogsOptions { follow: true, stdout: true, stderr: true, since, ..Default::default() }));
+            let Ok(mut file) = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await
+            else {
+                return;
+            };
+            let mut logs = docker.logs(
+                &name,
+                Some(LogsOptions {
+                    follow: true,
+                    stdout: true,
+                    stderr: true,
+                    since,
+                    ..Default::default()
+                }),
+            );
             while let Some(Ok(chunk)) = logs.next().await {
                 if file.write_all(&chunk.into_bytes()).await.is_err() {
                     return;
@@ -369,35 +526,74 @@ impl DockerStack {
     }
 
     /// Waits for the container's own health check to report healthy.
-    async fn wait_healthy(&self, role: Role, service: ServiceKind, timeout: Duration) -> Result<(), ServiceError> {
+    async fn wait_healthy(
+        &self,
+        role: Role,
+        service: ServiceKind,
+        timeout: Duration,
+    ) -> Result<(), ServiceError> {
         let name = self.names.container(role);
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no health report yet");
         while Instant::now() < deadline {
-            let inspect = self.docker.inspect_container(&name, None::<InspectContainerOptions>).await;
+            let inspect = self
+                .docker
+                .inspect_container(&name, None::<InspectContainerOptions>)
+                .await;
             match inspect.map(|i| i.state.unwrap_or_default()) {
                 Ok(state) => {
                     let running = state.running.unwrap_or(false);
                     if !running && state.status == Some(ContainerStateStatusEnum::EXITED) {
-                        return Err(ServiceError::Exited { service, log: self.log_path(role), tail: self.log_tail(role, 25).await });
+                        return Err(ServiceError::Exited {
+                            service,
+                            log: self.log_path(role),
+                            tail: self.log_tail(role, 25).await,
+                        });
                     }
                     match state.health.and_then(|h| h.status) {
                         Some(HealthStatusEnum::HEALTHY) => return Ok(()),
                         // No health check declared: running is all the daemon can tell.
-                        None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) if running => return Ok(()),
-                        other => last = format!("{}: health {}", name, other.map(|s| s.to_string()).unwrap_or_else(|| "none".into())),
+                        None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY)
+                            if running =>
+                        {
+                            return Ok(());
+                        }
+                        other => {
+                            last = format!(
+                                "{}: health {}",
+                                name,
+                                other
+                                    .map(|s| s.to_string())
+                                    .unwrap_or_else(|| "none".into())
+                            )
+                        }
                     }
                 }
-                Err(e) => last = DockerError::from_bollard("inspect container", &name, e).to_string(),
+                Err(e) => {
+                    last = DockerError::from_bollard("inspect container", &name, e).to_string()
+                }
             }
             tokio::time::sleep(POLL).await;
         }
-        Err(ServiceError::NotReady { service, waited: timeout, reason: last, log: self.log_path(role) })
+        Err(ServiceError::NotReady {
+            service,
+            waited: timeout,
+            reason: last,
+            log: self.log_path(role),
+        })
     }
 
     async fn log_tail(&self, role: Role, lines: usize) -> String {
         let name = self.names.container(role);
-        let mut logs = self.docker.logs(&name, Some(LogsOptions { stdout: true, stderr: true, tail: lines.to_string(), ..Default::default() }));
+        let mut logs = self.docker.logs(
+            &name,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: lines.to_string(),
+                ..Default::default()
+            }),
+        );
         let mut out = String::new();
         while let Some(Ok(chunk)) = logs.next().await {
             out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
@@ -407,7 +603,13 @@ impl DockerStack {
 
     /// Starts every container of `service` and waits for its declared readiness.
     pub async fn start_service(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
-        let start_err = |e: DockerError| ServiceError::Start { service, reason: e.to_string() };
+        let start_err = |e: DockerError| ServiceError::Start {
+            service,
+            reason: e.to_string(),
+        };
+        fs::create_dir_all(self.run_dir.join("logs")).map_err(|e| state_err(&self.run_dir, e))?;
+        self.save()?;
+        self.ensure_network().await.map_err(start_err)?;
         let endpoints = self.endpoints();
         for role in Role::for_service(service, self.state.docker.target) {
             self.start_container(role).await.map_err(start_err)?;
@@ -419,36 +621,74 @@ impl DockerStack {
         }
         match service {
             ServiceKind::Postgres => {
-                wait_until(service, Duration::from_secs(60), self.log_path(Role::Postgres), || async {
-                    let client = endpoints.postgres.connect("postgres").await.map_err(|e| e.to_string())?;
-                    client.simple_query("select 1").await.map(|_| ()).map_err(|e| e.to_string())
-                })
+                wait_until(
+                    service,
+                    Duration::from_secs(60),
+                    self.log_path(Role::Postgres),
+                    || async {
+                        let client = endpoints
+                            .postgres
+                            .connect("postgres")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        client
+                            .simple_query("select 1")
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    },
+                )
                 .await?;
                 if local_pg::bootstrap(&endpoints.postgres, &self.state.config.seed).await? {
-                    tracing::info!(message = "source schema and seed data loaded", customers = self.state.config.seed.customers);
+                    tracing::info!(
+                        message = "source schema and seed data loaded",
+                        customers = self.state.config.seed.customers
+                    );
                 }
             }
             ServiceKind::Broker => {
                 let bootstrap = endpoints.kafka.clone();
-                wait_until(service, Duration::from_secs(60), self.log_path(Role::Kafka), || kafka_metadata(bootstrap.clone())).await?;
-                broker::create_topics(&endpoints.kafka, &spec::topics(), self.state.config.partitions).await?;
+                wait_until(
+                    service,
+                    Duration::from_secs(60),
+                    self.log_path(Role::Kafka),
+                    || kafka_metadata(bootstrap.clone()),
+                )
+                .await?;
+                broker::create_topics(
+                    &endpoints.kafka,
+                    &spec::topics(),
+                    self.state.config.partitions,
+                )
+                .await?;
             }
             ServiceKind::Debezium => {
                 self.register_connector().await?;
-                let require_snapshot = !self.state.snapshot_done && self.state.config.seed.customers > 0;
+                let require_snapshot =
+                    !self.state.snapshot_done && self.state.config.seed.customers > 0;
                 let connect = format!("http://127.0.0.1:{}", self.state.ports.connect);
                 let pg = endpoints.postgres.clone();
-                wait_until(service, Duration::from_secs(180), self.log_path(Role::Connect), || connector_ready(connect.clone(), pg.clone(), require_snapshot))
-                    .await?;
+                wait_until(
+                    service,
+                    Duration::from_secs(180),
+                    self.log_path(Role::Connect),
+                    || connector_ready(connect.clone(), pg.clone(), require_snapshot),
+                )
+                .await?;
                 self.state.snapshot_done = true;
                 self.save()?;
             }
             ServiceKind::Sink => {
                 let http = endpoints.sink_http.clone();
-                wait_until(service, Duration::from_secs(120), self.log_path(Role::Sink), || {
-                    let http = http.clone();
-                    async move { local_sink::is_ready(&http).await }
-                })
+                wait_until(
+                    service,
+                    Duration::from_secs(120),
+                    self.log_path(Role::Sink),
+                    || {
+                        let http = http.clone();
+                        async move { local_sink::is_ready(&http).await }
+                    },
+                )
                 .await?;
             }
         }
@@ -458,23 +698,48 @@ impl DockerStack {
     /// `POST /connectors`; 409 (registered by an earlier `up`) keeps the stored config,
     /// whose offsets make the connector resume instead of re-snapshotting.
     async fn register_connector(&self) -> Result<(), ServiceError> {
-        let err = |reason: String| ServiceError::Setup { service: ServiceKind::Debezium, reason };
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| err(e.to_string()))?;
+        let err = |reason: String| ServiceError::Setup {
+            service: ServiceKind::Debezium,
+            reason,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| err(e.to_string()))?;
         let url = format!("http://127.0.0.1:{}/connectors", self.state.ports.connect);
-        let body = spec::connector_request(self.state.password.expose(), self.state.config.debezium_poll_interval_ms);
-        let response = client.post(&url).json(&body).send().await.map_err(|e| err(format!("POST {url}: {e}")))?;
+        let body = spec::connector_request(
+            self.state.password.expose(),
+            self.state.config.debezium_poll_interval_ms,
+        );
+        let response = client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| err(format!("POST {url}: {e}")))?;
         let status = response.status();
         if status.is_success() || status == reqwest::StatusCode::CONFLICT {
             return Ok(());
         }
         // The body echoes the request on some errors: never surface the password.
-        let text = response.text().await.unwrap_or_default().replace(self.state.password.expose(), "***");
+        let text = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .replace(self.state.password.expose(), "***");
         Err(err(format!("POST {url} answered {status}: {text}")))
     }
 
-    async fn container_state(&self, role: Role) -> Result<Option<ContainerStateStatusEnum>, DockerError> {
+    async fn container_state(
+        &self,
+        role: Role,
+    ) -> Result<Option<ContainerStateStatusEnum>, DockerError> {
         let name = self.names.container(role);
-        match self.docker.inspect_container(&name, None::<InspectContainerOptions>).await {
+        match self
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+        {
             Ok(inspect) => Ok(inspect.state.and_then(|s| s.status)),
             Err(e) => match DockerError::from_bollard("inspect container", &name, e) {
                 DockerError::NotFound { .. } => Ok(None),
@@ -506,7 +771,13 @@ impl DockerStack {
             match self.container_state(*role).await {
                 Ok(Some(ContainerStateStatusEnum::RUNNING)) => {}
                 Ok(other) => {
-                    status.detail = Some(format!("{}: {}", self.names.container(*role), other.map(|s| s.to_string()).unwrap_or_else(|| "absent".into())));
+                    status.detail = Some(format!(
+                        "{}: {}",
+                        self.names.container(*role),
+                        other
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "absent".into())
+                    ));
                     return status;
                 }
                 Err(e) => {
@@ -517,11 +788,22 @@ impl DockerStack {
         }
         let probe = match service {
             ServiceKind::Postgres => match endpoints.postgres.connect("postgres").await {
-                Ok(client) => client.simple_query("select 1").await.map(|_| ()).map_err(|e| e.to_string()),
+                Ok(client) => client
+                    .simple_query("select 1")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             },
             ServiceKind::Broker => kafka_metadata(endpoints.kafka.clone()).await,
-            ServiceKind::Debezium => connector_ready(format!("http://127.0.0.1:{}", self.state.ports.connect), endpoints.postgres.clone(), false).await,
+            ServiceKind::Debezium => {
+                connector_ready(
+                    format!("http://127.0.0.1:{}", self.state.ports.connect),
+                    endpoints.postgres.clone(),
+                    false,
+                )
+                .await
+            }
             ServiceKind::Sink => local_sink::is_ready(&endpoints.sink_http).await,
         };
         match probe {
@@ -539,26 +821,54 @@ impl DockerStack {
     pub async fn inject(&mut self, role: Role, fault: &Fault) -> Result<(), ServiceError> {
         let name = self.names.container(role);
         let service = service_of(role);
-        let fail = |e: DockerError| ServiceError::Start { service, reason: e.to_string() };
+        let fail = |e: DockerError| ServiceError::Start {
+            service,
+            reason: e.to_string(),
+        };
         let grace_secs = |d: &Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
         tracing::info!(message = "fault", container = %name, %fault);
         match fault {
             Fault::Kill => self
                 .docker
-                .kill_container(&name, Some(KillContainerOptions { signal: "SIGKILL".into() }))
+                .kill_container(
+                    &name,
+                    Some(KillContainerOptions {
+                        signal: "SIGKILL".into(),
+                    }),
+                )
                 .await
                 .map_err(|e| fail(DockerError::from_bollard("kill container", &name, e))),
             Fault::Stop { grace } => self
                 .docker
-                .stop_container(&name, Some(StopContainerOptions { t: Some(grace_secs(grace)), ..Default::default() }))
+                .stop_container(
+                    &name,
+                    Some(StopContainerOptions {
+                        t: Some(grace_secs(grace)),
+                        ..Default::default()
+                    }),
+                )
                 .await
                 .map_err(|e| fail(DockerError::from_bollard("stop container", &name, e))),
             Fault::Start => self.start_service(service).await,
-            Fault::Pause => self.docker.pause_container(&name).await.map_err(|e| fail(DockerError::from_bollard("pause container", &name, e))),
-            Fault::Unpause => self.docker.unpause_container(&name).await.map_err(|e| fail(DockerError::from_bollard("unpause container", &name, e))),
+            Fault::Pause => self
+                .docker
+                .pause_container(&name)
+                .await
+                .map_err(|e| fail(DockerError::from_bollard("pause container", &name, e))),
+            Fault::Unpause => self
+                .docker
+                .unpause_container(&name)
+                .await
+                .map_err(|e| fail(DockerError::from_bollard("unpause container", &name, e))),
             Fault::Restart { grace } => {
                 self.docker
-                    .restart_container(&name, Some(RestartContainerOptions { t: Some(grace_secs(grace)), ..Default::default() }))
+                    .restart_container(
+                        &name,
+                        Some(RestartContainerOptions {
+                            t: Some(grace_secs(grace)),
+                            ..Default::default()
+                        }),
+                    )
                     .await
                     .map_err(|e| fail(DockerError::from_bollard("restart container", &name, e)))?;
                 self.follow_logs(role);
@@ -567,25 +877,51 @@ impl DockerStack {
             Fault::Disconnect => {
                 let network = self.names.network();
                 self.docker
-                    .disconnect_network(&network, NetworkDisconnectRequest { container: name.clone(), force: Some(true) })
+                    .disconnect_network(
+                        &network,
+                        NetworkDisconnectRequest {
+                            container: name.clone(),
+                            force: Some(true),
+                        },
+                    )
                     .await
                     .map_err(|e| fail(DockerError::from_bollard("disconnect network", &name, e)))
             }
             Fault::Reconnect => {
                 let network = self.names.network();
                 // The alias is per attachment: restore it or peers no longer resolve the name.
-                let endpoint = EndpointSettings { aliases: Some(vec![role.alias().to_string()]), ..Default::default() };
+                let endpoint = EndpointSettings {
+                    aliases: Some(vec![role.alias().to_string()]),
+                    ..Default::default()
+                };
                 self.docker
-                    .connect_network(&network, NetworkConnectRequest { container: name.clone(), endpoint_config: Some(endpoint) })
+                    .connect_network(
+                        &network,
+                        NetworkConnectRequest {
+                            container: name.clone(),
+                            endpoint_config: Some(endpoint),
+                        },
+                    )
                     .await
                     .map_err(|e| fail(DockerError::from_bollard("connect network", &name, e)))
             }
-            Fault::Latency { delay, jitter } => self.exec_fault(&name, fault, spec::netem_add(*delay, *jitter)).await.map_err(fail),
-            Fault::ClearLatency => self.exec_fault(&name, fault, spec::netem_clear()).await.map_err(fail),
+            Fault::Latency { delay, jitter } => self
+                .exec_fault(&name, fault, spec::netem_add(*delay, *jitter))
+                .await
+                .map_err(fail),
+            Fault::ClearLatency => self
+                .exec_fault(&name, fault, spec::netem_clear())
+                .await
+                .map_err(fail),
         }
     }
 
-    async fn exec_fault(&self, container: &str, fault: &Fault, cmd: Vec<String>) -> Result<(), DockerError> {
+    async fn exec_fault(
+        &self,
+        container: &str,
+        fault: &Fault,
+        cmd: Vec<String>,
+    ) -> Result<(), DockerError> {
         let (code, output) = self.exec(container, cmd.clone()).await?;
         match code {
             0 => Ok(()),
@@ -600,21 +936,42 @@ impl DockerStack {
     }
 
     /// Runs `cmd` in `container`; returns its exit code and combined output.
-    pub async fn exec(&self, container: &str, cmd: Vec<String>) -> Result<(i64, String), DockerError> {
+    pub async fn exec(
+        &self,
+        container: &str,
+        cmd: Vec<String>,
+    ) -> Result<(i64, String), DockerError> {
         let created = self
             .docker
-            .create_exec(container, CreateExecOptions { cmd: Some(cmd), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() })
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(cmd),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
             .await
             .map_err(|e| DockerError::from_bollard("create exec", container, e))?;
         let mut output = String::new();
-        if let StartExecResults::Attached { output: mut stream, .. } =
-            self.docker.start_exec(&created.id, None).await.map_err(|e| DockerError::from_bollard("start exec", container, e))?
+        if let StartExecResults::Attached {
+            output: mut stream, ..
+        } = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| DockerError::from_bollard("start exec", container, e))?
         {
             while let Some(Ok(chunk)) = stream.next().await {
                 output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
             }
         }
-        let inspect = self.docker.inspect_exec(&created.id).await.map_err(|e| DockerError::from_bollard("inspect exec", container, e))?;
+        let inspect = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| DockerError::from_bollard("inspect exec", container, e))?;
         Ok((inspect.exit_code.unwrap_or(-1), output))
     }
 
@@ -643,7 +1000,12 @@ fn service_of(role: Role) -> ServiceKind {
 }
 
 /// Polls `probe` until it succeeds or `timeout` passes.
-async fn wait_until<F, Fut>(service: ServiceKind, timeout: Duration, log: PathBuf, mut probe: F) -> Result<(), ServiceError>
+async fn wait_until<F, Fut>(
+    service: ServiceKind,
+    timeout: Duration,
+    log: PathBuf,
+    mut probe: F,
+) -> Result<(), ServiceError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -657,16 +1019,29 @@ where
         }
         tokio::time::sleep(POLL).await;
     }
-    Err(ServiceError::NotReady { service, waited: timeout, reason: last, log })
+    Err(ServiceError::NotReady {
+        service,
+        waited: timeout,
+        reason: last,
+        log,
+    })
 }
 
 /// The broker answers a metadata request naming at least one broker.
 async fn kafka_metadata(bootstrap: String) -> Result<(), String> {
     tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = broker::client_config(&bootstrap).create().map_err(|e| e.to_string())?;
-        let metadata = consumer.fetch_metadata(None, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-        if metadata.brokers().is_empty() { Err("metadata lists no broker".into()) } else { Ok(()) }
+        let consumer: BaseConsumer = broker::client_config(&bootstrap)
+            .create()
+            .map_err(|e| e.to_string())?;
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+        if metadata.brokers().is_empty() {
+            Err("metadata lists no broker".into())
+        } else {
+            Ok(())
+        }
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()))
@@ -674,10 +1049,20 @@ async fn kafka_metadata(bootstrap: String) -> Result<(), String> {
 
 /// Connector and tasks RUNNING, the replication slot in use (streaming connected) and,
 /// on the first start, the initial snapshot finished.
-async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool) -> Result<(), String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().map_err(|e| e.to_string())?;
+async fn connector_ready(
+    connect: String,
+    pg: PgEndpoint,
+    require_snapshot: bool,
+) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
     let status: serde_json::Value = client
-        .get(format!("{connect}/connectors/{}/status", spec::CONNECTOR_NAME))
+        .get(format!(
+            "{connect}/connectors/{}/status",
+            spec::CONNECTOR_NAME
+        ))
         .send()
         .await
         .map_err(|e| e.to_string())?
@@ -690,7 +1075,10 @@ async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool
     }
     let source = pg.connect(&pg.source_db).await.map_err(|e| e.to_string())?;
     let active = source
-        .query_opt("select active from pg_replication_slots where slot_name = $1", &[&crate::orchestrator::local::debezium::SLOT_NAME])
+        .query_opt(
+            "select active from pg_replication_slots where slot_name = $1",
+            &[&crate::orchestrator::local::debezium::SLOT_NAME],
+        )
         .await
         .map_err(|e| e.to_string())?
         .map(|row| row.get::<_, bool>(0))
@@ -700,7 +1088,10 @@ async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool
     }
     if require_snapshot {
         let offsets: serde_json::Value = client
-            .get(format!("{connect}/connectors/{}/offsets", spec::CONNECTOR_NAME))
+            .get(format!(
+                "{connect}/connectors/{}/offsets",
+                spec::CONNECTOR_NAME
+            ))
             .send()
             .await
             .map_err(|e| e.to_string())?
@@ -719,25 +1110,37 @@ async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool
 impl Orchestrator for DockerStack {
     async fn up(&mut self) -> Result<Endpoints, ServiceError> {
         fs::create_dir_all(self.run_dir.join("logs")).map_err(|e| state_err(&self.run_dir, e))?;
-        self.save()?;
-        self.ensure_network().await.map_err(|e| ServiceError::Setup { service: ServiceKind::Postgres, reason: e.to_string() })?;
         // Every image up front: a missing one fails the run before anything starts.
         for role in self.roles() {
             let image = role.image(&self.state.docker.images).to_string();
-            self.ensure_image(&image).await.map_err(|e| ServiceError::Setup { service: service_of(role), reason: e.to_string() })?;
+            self.ensure_image(&image)
+                .await
+                .map_err(|e| ServiceError::Setup {
+                    service: service_of(role),
+                    reason: e.to_string(),
+                })?;
         }
         for service in self.services() {
             eprintln!("up: starting {service} (docker)");
             let started = Instant::now();
             self.start_service(service).await?;
-            eprintln!("up: {service} ready ({:.1}s)", started.elapsed().as_secs_f64());
+            eprintln!(
+                "up: {service} ready ({:.1}s)",
+                started.elapsed().as_secs_f64()
+            );
         }
         if self.state.docker.observability {
             for role in Role::OBSERVABILITY {
-                self.start_container(role).await.map_err(|e| ServiceError::Start { service: ServiceKind::Sink, reason: e.to_string() })?;
+                self.start_container(role)
+                    .await
+                    .map_err(|e| ServiceError::Start {
+                        service: ServiceKind::Sink,
+                        reason: e.to_string(),
+                    })?;
             }
             for role in Role::OBSERVABILITY {
-                self.wait_healthy(role, ServiceKind::Sink, Duration::from_secs(120)).await?;
+                self.wait_healthy(role, ServiceKind::Sink, Duration::from_secs(120))
+                    .await?;
             }
         }
         Ok(self.endpoints())
@@ -755,7 +1158,10 @@ impl Orchestrator for DockerStack {
         self.collect_logs().await;
         let (containers, networks) = remove_labelled(&self.docker, Some(&self.state.run_id))
             .await
-            .map_err(|e| ServiceError::State { path: self.run_dir.clone(), reason: e.to_string() })?;
+            .map_err(|e| ServiceError::State {
+                path: self.run_dir.clone(),
+                reason: e.to_string(),
+            })?;
         for (_, follower) in std::mem::take(&mut self.followers) {
             // The stream ends when its container is removed; wait so the file is complete.
             let _ = tokio::time::timeout(Duration::from_secs(5), follower).await;
@@ -767,13 +1173,22 @@ impl Orchestrator for DockerStack {
 }
 
 fn absolute(path: &Path) -> PathBuf {
-    if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(path) }
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    }
 }
 
 fn read_state(run_dir: &Path) -> Result<Option<DockerState>, ServiceError> {
     let path = run_dir.join(STATE_FILE);
     match fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| state_err(&path, format!("unreadable ({e}); remove it to start afresh"))),
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+            state_err(
+                &path,
+                format!("unreadable ({e}); remove it to start afresh"),
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(state_err(&path, e)),
     }
@@ -790,9 +1205,16 @@ fn write_state(run_dir: &Path, state: &DockerState) -> Result<(), ServiceError> 
 }
 
 /// Every container of a run keyed by role, from the daemon (for tests and diagnostics).
-pub async fn run_containers(docker: &Docker, run_id: &str) -> Result<HashMap<Role, String>, DockerError> {
+pub async fn run_containers(
+    docker: &Docker,
+    run_id: &str,
+) -> Result<HashMap<Role, String>, DockerError> {
     let containers = docker
-        .list_containers(Some(ListContainersOptions { all: true, filters: Some(spec::label_filter(Some(run_id))), ..Default::default() }))
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(spec::label_filter(Some(run_id))),
+            ..Default::default()
+        }))
         .await
         .map_err(|e| DockerError::from_bollard("list containers", run_id, e))?;
     Ok(containers

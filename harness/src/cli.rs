@@ -114,6 +114,18 @@ enum VerifyTarget {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Sink throughput into PostgreSQL from a preloaded topic vs. raw batched upserts.
+    Sink {
+        #[arg(long, value_enum, default_value = "postgres")]
+        target: VerifyTarget,
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Partitions of the preloaded topic (the sink applies partitions concurrently).
+        #[arg(long, default_value_t = 3)]
+        partitions: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Verifier throughput over N rows vs. just reading both sides.
     Verify {
         #[arg(long, default_value_t = 1_000_000)]
@@ -242,6 +254,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Diff(args) => Ok(harness::report::cli::diff(&args)),
         Command::Report(args) => Ok(harness::report::cli::report(&args)),
+        Command::Bench(Bench::Sink { target, events, partitions, json }) => {
+            if matches!(target, VerifyTarget::Mongo) {
+                anyhow::bail!("the sink benchmark needs a MongoDB server, and none is reachable here; use --target postgres");
+            }
+            let result = harness::bench::sink::run(events, partitions).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                println!(
+                    "sink {} events: {:.0} events/s ({:.2}s); raw baseline {:.0} rows/s ({:.2}s); ratio {:.2}; bare broker read {:.0} msg/s",
+                    result.events, result.events_per_sec, result.sink_seconds, result.baseline_events_per_sec, result.baseline_seconds, result.ratio_to_baseline, result.broker_read_events_per_sec
+                );
+            }
+            Ok(exit::SUCCESS)
+        }
         Command::Bench(Bench::Verify { rows, json }) => {
             let result = harness::bench::verify::run(rows).await?;
             if json {

@@ -57,20 +57,59 @@ impl Drop for TestPostgres {
     }
 }
 
+/// The tansu broker alone, with `topics` created, stopped on drop.
+pub struct TestBroker {
+    pub bootstrap: String,
+    handle: ProcessHandle,
+}
+
+impl TestBroker {
+    pub async fn start(name: &str, topics: &[String], partitions: u32) -> anyhow::Result<Self> {
+        use crate::orchestrator::local::broker::{self, BrokerLayout};
+        let dir = run_dir(name);
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let tansu = crate::provision::tansu::ensure(&crate::provision::Cache::locate()?)?;
+        let port = free_port()?;
+        let handle = broker::start(&tansu, &BrokerLayout::new(&dir), port, port)?;
+        let bootstrap = format!("127.0.0.1:{port}");
+        broker::wait_ready(&bootstrap, &handle, std::time::Duration::from_secs(60)).await?;
+        broker::create_topics(&bootstrap, topics, partitions).await?;
+        Ok(Self { bootstrap, handle })
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.handle.stop(nix::sys::signal::Signal::SIGTERM, std::time::Duration::from_secs(10));
+    }
+}
+
+/// Full stacks in one test process run one at a time: two JVMs, brokers and sinks on a
+/// 2-core machine would turn latency-sensitive assertions into coin flips.
+static ONE_STACK_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// Waits for this process's turn to run a full stack (see `TestStack`); for tests that
+/// start one another way (e.g. through `harness::run::run`).
+pub async fn stack_turn() -> tokio::sync::SemaphorePermit<'static> {
+    ONE_STACK_AT_A_TIME.acquire().await.expect("the semaphore is never closed")
+}
+
 /// The whole local pipeline, torn down on drop.
 pub struct TestStack {
     pub stack: LocalStack,
     pub endpoints: Endpoints,
+    _turn: tokio::sync::SemaphorePermit<'static>,
 }
 
 impl TestStack {
     /// Starts the stack in a fresh run folder; `configure` adjusts the defaults (small seed).
     pub async fn start(name: &str, configure: impl FnOnce(&mut StackConfig)) -> anyhow::Result<Self> {
+        let turn = ONE_STACK_AT_A_TIME.acquire().await?;
         let mut config = StackConfig::new(run_dir(name));
         config.seed.customers = 200;
         configure(&mut config);
         let mut stack = LocalStack::new(config)?;
         let endpoints = stack.up().await?;
-        Ok(Self { stack, endpoints })
+        Ok(Self { stack, endpoints, _turn: turn })
     }
 }

@@ -1,6 +1,7 @@
 //! `harness bench ...`: throughput of the pipeline's parts, each next to a raw baseline
 //! measured in the same run on the same machine, so figures read as a share of the limit.
 
+pub mod sink;
 pub mod verify;
 
 /// Peak resident set size of this process so far, in MiB (`VmHWM`).

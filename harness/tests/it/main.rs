@@ -7,6 +7,7 @@ mod observability;
 mod pipeline;
 mod report;
 mod resilience;
+mod runs;
 mod scenarios;
 mod support;
 mod teardown;

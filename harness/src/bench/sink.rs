@@ -1,0 +1,223 @@
+//! `harness bench sink --target postgres --events N`: N Debezium change events preloaded
+//! into the broker, the real sink binary applying them from offset zero, and in the same
+//! run the raw baseline: the same rows upserted straight into PostgreSQL by one stream of
+//! batched `INSERT ... SELECT FROM unnest(...) ON CONFLICT` statements.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::orchestrator::local::process::{self, free_port};
+use crate::run::sink_metrics;
+use crate::testing::{TestBroker, TestPostgres, run_dir};
+
+/// Rows per statement in the baseline (the sink's default batch size).
+const BASELINE_BATCH: usize = 4096;
+const TOPIC: &str = "cdc.public.customer";
+
+#[derive(Debug, Serialize)]
+pub struct SinkBench {
+    pub events: u64,
+    /// Events applied per second by the sink (first applied -> last applied).
+    pub events_per_sec: f64,
+    pub sink_seconds: f64,
+    /// Rows upserted per second straight into PostgreSQL.
+    pub baseline_events_per_sec: f64,
+    pub baseline_seconds: f64,
+    pub ratio_to_baseline: f64,
+    /// Messages per second a bare consumer reads from the broker: the ceiling any
+    /// consumer of this broker has.
+    pub broker_read_events_per_sec: f64,
+    pub partitions: u32,
+}
+
+struct Change {
+    id: Uuid,
+    email: String,
+    status: &'static str,
+    lsn: i64,
+    op: char,
+}
+
+/// Customer inserts and updates (80/20) over fresh keys, with increasing LSNs.
+fn changes(n: u64, seed: u64) -> Vec<Change> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut keys: Vec<Uuid> = Vec::new();
+    let statuses = ["active", "inactive", "blocked"];
+    (0..n)
+        .map(|i| {
+            let update = !keys.is_empty() && rng.random_range(0..100) < 20;
+            let id = if update { keys[rng.random_range(0..keys.len())] } else { Uuid::new_v4() };
+            if !update {
+                keys.push(id);
+            }
+            Change { id, email: format!("bench{i}@example.com"), status: statuses[rng.random_range(0..3)], lsn: 1_000_000 + i as i64 * 8, op: if update { 'u' } else { 'c' } }
+        })
+        .collect()
+}
+
+fn envelope(c: &Change, ts_ms: i64) -> String {
+    serde_json::json!({
+        "before": null,
+        "after": { "id": c.id, "email": c.email, "status": c.status, "updated_at": "2026-01-01T00:00:00.000000Z" },
+        "source": { "version": "3.6.3.Final", "connector": "postgresql", "name": "cdc", "ts_ms": ts_ms, "db": "app", "schema": "public", "table": "customer", "lsn": c.lsn, "txId": c.lsn / 8 },
+        "op": c.op.to_string(),
+        "ts_ms": ts_ms,
+    })
+    .to_string()
+}
+
+pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
+    let pg = TestPostgres::start("bench-sink").await?;
+    let broker = TestBroker::start("bench-sink", &[TOPIC.to_string(), crate::config::DLQ_TOPIC.to_string()], partitions).await?;
+    let changes = changes(events, 42);
+    eprintln!("bench sink: producing {events} events");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let ts_ms = chrono::Utc::now().timestamp_millis();
+    let producer = &producer;
+    let mut pending = Vec::with_capacity(changes.len());
+    for c in &changes {
+        let key = format!("{{\"id\":\"{}\"}}", c.id);
+        let value = envelope(c, ts_ms);
+        pending.push(async move { producer.send(FutureRecord::to(TOPIC).key(&key).payload(&value), Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e) });
+        if pending.len() >= 5000 {
+            for r in futures::future::join_all(pending.drain(..)).await {
+                r?;
+            }
+        }
+    }
+    for r in futures::future::join_all(pending).await {
+        r?;
+    }
+
+    let broker_read_seconds = read_all(&broker.bootstrap, events).await?;
+
+    // The sink, from offset zero.
+    let bin = tokio::task::spawn_blocking(crate::provision::sink::ensure).await??;
+    let dir = run_dir("bench-sink-process");
+    let http_port = free_port()?;
+    let config = dir.join("sink.toml");
+    let e = &pg.endpoint;
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-{}\"\ntopics = [\"{TOPIC}\"]\ndlq_topic = \"{}\"\nauto_offset_reset = \"earliest\"\n\n[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+            broker.bootstrap,
+            Uuid::new_v4().simple(),
+            crate::config::DLQ_TOPIC,
+            e.host,
+            e.port,
+            e.user,
+            e.target_db
+        ),
+    )?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("--config").arg(&config).env("SINK__TARGET__PASSWORD", e.password.expose()).env("RUST_LOG", "warn");
+    let handle = process::spawn(cmd, &dir.join("sink.log"))?;
+    let http = format!("http://127.0.0.1:{http_port}");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<Instant> = None;
+    let last = loop {
+        anyhow::ensure!(handle.is_alive(), "the sink exited: {}", handle.log_tail(10));
+        anyhow::ensure!(Instant::now() < deadline, "the sink did not apply every event within 10 minutes");
+        let processed = sink_metrics::scrape(&http).await.map(|s| sink_metrics::sum(&s, "sink_events_processed_total")).unwrap_or(0.0);
+        if processed > 0.0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if processed >= events as f64 {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    handle.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    let sink_seconds = last.duration_since(first.unwrap_or(last)).as_secs_f64().max(1e-3);
+
+    let baseline_seconds = baseline(&pg, &changes).await?;
+    let events_per_sec = events as f64 / sink_seconds;
+    let baseline_events_per_sec = events as f64 / baseline_seconds;
+    Ok(SinkBench {
+        events,
+        events_per_sec,
+        sink_seconds,
+        baseline_events_per_sec,
+        baseline_seconds,
+        ratio_to_baseline: events_per_sec / baseline_events_per_sec,
+        broker_read_events_per_sec: events as f64 / broker_read_seconds,
+        partitions,
+    })
+}
+
+/// Seconds a bare consumer (no processing) takes to read `events` messages.
+async fn read_all(bootstrap: &str, events: u64) -> anyhow::Result<f64> {
+    use futures::StreamExt;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-read-{}", Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[TOPIC])?;
+    let mut stream = consumer.stream();
+    let mut read = 0u64;
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while read < events {
+        anyhow::ensure!(Instant::now() < deadline, "read only {read} of {events} messages back");
+        if let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+            message?;
+            first.get_or_insert_with(Instant::now);
+            read += 1;
+        }
+    }
+    Ok(first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0).max(1e-3))
+}
+
+/// The same rows upserted by one connection, one statement per batch, with the same
+/// version guard the sink uses.
+async fn baseline(pg: &TestPostgres, changes: &[Change]) -> anyhow::Result<f64> {
+    let client = pg.endpoint.connect(&pg.endpoint.target_db).await?;
+    client
+        .batch_execute(
+            "CREATE TABLE baseline_customer (id uuid PRIMARY KEY, email text, status text, updated_at timestamptz,
+               _cdc_lsn bigint NOT NULL, _cdc_op char(1) NOT NULL, _cdc_applied_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        )
+        .await?;
+    let statement = client
+        .prepare(
+            "INSERT INTO baseline_customer AS t (id, email, status, updated_at, _cdc_lsn, _cdc_op)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::text[])
+             ON CONFLICT (id) DO UPDATE SET email = excluded.email, status = excluded.status, updated_at = excluded.updated_at,
+                 _cdc_lsn = excluded._cdc_lsn, _cdc_op = excluded._cdc_op, _cdc_applied_at = clock_timestamp()
+             WHERE t._cdc_lsn < excluded._cdc_lsn",
+        )
+        .await?;
+    let updated_at = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")?.with_timezone(&chrono::Utc);
+    let started = Instant::now();
+    for batch in changes.chunks(BASELINE_BATCH) {
+        // One row per key per statement (ON CONFLICT cannot touch a row twice): newest wins.
+        let mut newest: std::collections::HashMap<Uuid, &Change> = std::collections::HashMap::new();
+        for c in batch {
+            newest.insert(c.id, c);
+        }
+        let rows: Vec<&Change> = newest.into_values().collect();
+        let ids: Vec<Uuid> = rows.iter().map(|c| c.id).collect();
+        let emails: Vec<&str> = rows.iter().map(|c| c.email.as_str()).collect();
+        let statuses: Vec<&str> = rows.iter().map(|c| c.status).collect();
+        let times = vec![updated_at; rows.len()];
+        let lsns: Vec<i64> = rows.iter().map(|c| c.lsn).collect();
+        let ops: Vec<String> = rows.iter().map(|c| c.op.to_string()).collect();
+        client.execute(&statement, &[&ids, &emails, &statuses, &times, &lsns, &ops]).await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,53 @@
+//! The main job end to end: short baselines on the local stack pass their thresholds and
+//! converge, write their reports, and two real runs diff cleanly.
+
+use std::time::Duration;
+
+use harness::run::{RunOptions, run};
+use harness::scenario::Scenario;
+
+async fn short_baseline(reports: &std::path::Path, seed: u64) -> anyhow::Result<harness::run::RunOutcome> {
+    let options = RunOptions {
+        scenario: Scenario::load("baseline")?,
+        driver: None,
+        duration: Some(Duration::from_secs(20)),
+        rate: Some(100.0),
+        seed,
+        reuse: None,
+        keep: false,
+        reports_dir: reports.to_path_buf(),
+    };
+    Ok(run(options).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_baselines_pass_converge_and_diff() -> anyhow::Result<()> {
+    let _turn = harness::testing::stack_turn().await;
+    let reports = harness::testing::run_dir("reports");
+    let mut files = Vec::new();
+    for seed in [1, 2] {
+        let outcome = short_baseline(&reports, seed).await?;
+        let r = &outcome.report;
+        let failed: Vec<_> = r.thresholds.iter().filter(|t| !t.passed).collect();
+        assert!(r.summary.converged, "run {} did not converge: {:?}", r.run.run_id, r.convergence.anomaly_counts);
+        assert!(failed.is_empty(), "thresholds failed: {failed:?}");
+        assert!(r.load.achieved_rate > 80.0, "achieved {:.1} ops/s of 100", r.load.achieved_rate);
+        assert!(r.summary.events_per_sec > 0.0 && r.pipeline.e2e_latency_ms.count > 0 && r.pipeline.probe_latency_ms.count > 10);
+        assert!(r.series.len() >= 15, "one sample per second ({} samples)", r.series.len());
+        for name in ["report.json", "report.html", "summary.md", "junit.xml"] {
+            assert!(outcome.dir.join(name).is_file(), "{name} written");
+        }
+        files.push(outcome.dir.join("report.json"));
+    }
+    // Two real runs of the same scenario: diff compares every metric and decides; noise
+    // may or may not exceed the tolerance, but the inputs are valid (not exit 2).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness")).arg("diff").args(&files).arg("--json").output()?;
+    let code = out.status.code().unwrap_or(-1);
+    assert!(code == 0 || code == 4, "diff exited {code}: {}", String::from_utf8_lossy(&out.stderr));
+    let diff: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let text = diff.to_string();
+    for metric in ["events_per_sec", "e2e_latency_ms.p95", "convergence.missing"] {
+        assert!(text.contains(metric), "diff covers {metric}");
+    }
+    Ok(())
+}

@@ -3,8 +3,15 @@
 //! text, numeric without trailing zeros, timestamps as UTC microseconds since the epoch,
 //! booleans as true/false, integers without leading zeros or '+'. Null and missing are
 //! the same (`None`).
+//!
+//! BSON values (a MongoDB target) are first read as the text the source would spell (see
+//! `bson_text`), then canonicalized like any text, so both targets share one comparison.
+//! BSON dates hold milliseconds: against MongoDB, timestamps compare at
+//! `TimestampPrecision::Millis` (both sides floored to the millisecond, as the sink does).
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use mongodb::bson::Bson;
+use mongodb::bson::spec::BinarySubtype;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -25,14 +32,38 @@ pub struct CanonicalError {
     pub value: String,
 }
 
+/// How finely timestamps compare: a target can hold less than the source's microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampPrecision {
+    Micros,
+    /// BSON dates: UTC milliseconds.
+    Millis,
+}
+
+impl TimestampPrecision {
+    /// `micros` floored to this precision (flooring, as `timestamp_millis` does when the
+    /// sink writes a BSON date, also for instants before the epoch).
+    fn truncate(self, micros: i64) -> i64 {
+        match self {
+            Self::Micros => micros,
+            Self::Millis => micros.div_euclid(1000) * 1000,
+        }
+    }
+}
+
 /// Canonical text of `raw` (as PostgreSQL's text output or a JSON scalar renders it).
 pub fn canonicalize(ty: ColumnType, raw: &str) -> Result<String, CanonicalError> {
+    canonicalize_at(ty, raw, TimestampPrecision::Micros)
+}
+
+/// `canonicalize` with timestamps compared at `precision`.
+pub fn canonicalize_at(ty: ColumnType, raw: &str, precision: TimestampPrecision) -> Result<String, CanonicalError> {
     let bad = || CanonicalError { ty, value: raw.chars().take(80).collect() };
     match ty {
         ColumnType::Text => Ok(raw.to_string()),
         ColumnType::Uuid => uuid::Uuid::parse_str(raw.trim()).map(|u| u.hyphenated().to_string()).map_err(|_| bad()),
         ColumnType::Numeric => canonical_numeric(raw.trim()).ok_or_else(bad),
-        ColumnType::Timestamptz => timestamp_micros(raw.trim()).map(|m| m.to_string()).ok_or_else(bad),
+        ColumnType::Timestamptz => timestamp_micros(raw.trim()).map(|m| precision.truncate(m).to_string()).ok_or_else(bad),
         ColumnType::Bool => match raw.trim() {
             "t" | "true" | "TRUE" | "True" | "1" => Ok("true".into()),
             "f" | "false" | "FALSE" | "False" | "0" => Ok("false".into()),
@@ -40,6 +71,72 @@ pub fn canonicalize(ty: ColumnType, raw: &str) -> Result<String, CanonicalError>
         },
         ColumnType::Int => raw.trim().parse::<i64>().map(|v| v.to_string()).map_err(|_| bad()),
     }
+}
+
+/// Canonical form of a possibly null value (`None`: null or missing).
+pub fn canonical_text(ty: ColumnType, raw: Option<&str>, precision: TimestampPrecision) -> Result<Option<String>, CanonicalError> {
+    raw.map(|r| canonicalize_at(ty, r, precision)).transpose()
+}
+
+/// Canonical form of a BSON value (`None`: null, undefined or missing): the canonical form
+/// of what it spells (`bson_text`). Values compare by what they spell, not by BSON type:
+/// the sink itself stores a decimal that Decimal128 cannot hold as a string.
+pub fn canonicalize_bson(ty: ColumnType, value: Option<&Bson>, precision: TimestampPrecision) -> Result<Option<String>, CanonicalError> {
+    canonical_text(ty, value.and_then(bson_text).as_deref(), precision)
+}
+
+/// The text a BSON value spells, in a form `canonicalize` reads: strings as they are,
+/// uuid binaries hyphenated, ObjectIds as hex, Decimal128 without exponent, dates as
+/// RFC 3339 UTC with milliseconds, numbers in decimal. `None` for null and undefined.
+/// Used for reports too, so it stays readable rather than canonical.
+pub fn bson_text(value: &Bson) -> Option<String> {
+    Some(match value {
+        Bson::Null | Bson::Undefined => return None,
+        Bson::String(s) => s.clone(),
+        Bson::Boolean(b) => b.to_string(),
+        Bson::Int32(i) => i.to_string(),
+        Bson::Int64(i) => i.to_string(),
+        // Rust prints f64 without exponent, the shortest text that reads back the same.
+        Bson::Double(d) => d.to_string(),
+        Bson::Decimal128(d) => {
+            let text = d.to_string();
+            without_exponent(&text).unwrap_or(text)
+        }
+        Bson::DateTime(d) => match DateTime::<Utc>::from_timestamp_millis(d.timestamp_millis()) {
+            Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+            None => d.timestamp_millis().to_string(),
+        },
+        Bson::Binary(b) if matches!(b.subtype, BinarySubtype::Uuid | BinarySubtype::UuidOld) => match uuid::Uuid::from_slice(&b.bytes) {
+            Ok(u) => u.hyphenated().to_string(),
+            Err(_) => value.clone().into_relaxed_extjson().to_string(),
+        },
+        Bson::ObjectId(o) => o.to_hex(),
+        other => other.clone().into_relaxed_extjson().to_string(),
+    })
+}
+
+/// `1.05E+3` -> `1050`, `1E-7` -> `0.0000001` (Decimal128's scientific notation); `None`
+/// for text without an exponent or that is not a decimal (NaN, Infinity).
+fn without_exponent(s: &str) -> Option<String> {
+    let (mantissa, exponent) = s.split_once(['E', 'e'])?;
+    let exponent: i64 = exponent.parse().ok()?;
+    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int_part}{frac_part}");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Where the decimal point falls within `digits` once the exponent is applied.
+    let point = i64::try_from(int_part.len()).ok()?.checked_add(exponent)?;
+    let len = i64::try_from(digits.len()).ok()?;
+    Some(if point <= 0 {
+        format!("{sign}0.{}{digits}", "0".repeat(usize::try_from(-point).ok()?))
+    } else if point >= len {
+        format!("{sign}{digits}{}", "0".repeat(usize::try_from(point - len).ok()?))
+    } else {
+        let (a, b) = digits.split_at(usize::try_from(point).ok()?);
+        format!("{sign}{a}.{b}")
+    })
 }
 
 /// Decimal text without exponent, leading zeros, trailing fractional zeros, or a '-' on zero.

@@ -58,10 +58,8 @@ async fn split_lines(stream: CopyOutStream, tx: mpsc::Sender<Result<Vec<Bytes>, 
             }
         }
         buffer.extend_from_slice(&frozen[start..]);
-        if batch.len() >= BATCH_LINES {
-            if tx.send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_LINES)))).await.is_err() {
-                return; // the reader stopped early
-            }
+        if batch.len() >= BATCH_LINES && tx.send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_LINES)))).await.is_err() {
+            return; // the reader stopped early
         }
     }
     if !buffer.is_empty() {

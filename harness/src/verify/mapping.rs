@@ -1,5 +1,7 @@
 //! The table -> target mapping, declared in `harness/mapping.toml`.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use super::canonical::ColumnType;
@@ -43,6 +45,16 @@ pub struct MongoTarget {
     pub embedded_in: Option<String>,
     /// Column holding the parent document's key (embedded entities).
     pub parent_key: Option<String>,
+    /// Document field of each column whose field is not named like the column.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+impl MongoTarget {
+    /// The document field holding `column`.
+    pub fn field<'a>(&'a self, column: &'a str) -> &'a str {
+        self.fields.get(column).map_or(column, String::as_str)
+    }
 }
 
 impl Entity {
@@ -76,5 +88,17 @@ mod tests {
         }
         let item = m.entity("order_item").unwrap();
         assert_eq!(item.mongo.embedded_in.as_deref(), Some("items"));
+        assert_eq!(item.mongo.parent_key.as_deref(), Some("order_id"));
+        assert_eq!(item.mongo.field("id"), "id", "embedded items keep their id in `id`");
+        for name in ["customer", "address", "orders"] {
+            let e = m.entity(name).unwrap();
+            assert_eq!(e.mongo.field("id"), "_id", "{name} documents are keyed by `_id`");
+            assert_eq!(e.mongo.field("status"), "status");
+        }
+        // Every parent key names a column of its entity.
+        for e in m.entity.iter().filter(|e| e.mongo.embedded_in.is_some()) {
+            let parent = e.mongo.parent_key.as_deref().unwrap();
+            assert!(e.columns.iter().any(|c| c.name == parent), "{}", e.name);
+        }
     }
 }

@@ -8,10 +8,15 @@
 //! entity) are then looked up with their evidence and classified (see `AnomalyKind`).
 //! In online mode a difference is not a verdict: the differing keys are re-checked until
 //! they agree or the deadline passes, and a last full pass confirms agreement.
+//!
+//! PostgreSQL and MongoDB targets share all of it (the loop, the merge, the canonical
+//! comparison, the classification); they differ only in how they are read (`Target`).
+//! MongoDB holds timestamps in milliseconds, so they are compared at that precision there.
 
 pub mod canonical;
 pub mod copy_stream;
 pub mod mapping;
+pub mod mongo;
 pub mod postgres;
 pub mod report;
 
@@ -21,8 +26,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use self::canonical::canonicalize;
-use self::copy_stream::{fields, unescape};
+use self::canonical::{CanonicalError, ColumnType, TimestampPrecision, canonical_text};
+use self::copy_stream::{CopyLines, fields, unescape};
 use self::mapping::{Entity, Mapping};
 pub use self::report::{Anomaly, AnomalyKind, EntityOutcome, FieldDiff, LatencySummary, Percentiles, VerifyReport};
 use crate::orchestrator::PgEndpoint;
@@ -98,13 +103,73 @@ struct PassResult {
 /// Verifies a PostgreSQL target against the PostgreSQL source.
 pub async fn verify_postgres(pg: &PgEndpoint, options: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
     let started = Instant::now();
-    let load_ended = options.load_ended.unwrap_or(started);
-    let mapping = Mapping::builtin();
     let source = pg.connect(&pg.source_db).await.map_err(VerifyError::source)?;
     let target = pg.connect(&pg.target_db).await.map_err(VerifyError::target)?;
+    verify(&source, &Target::Postgres(&target), options, started).await
+}
+
+/// Verifies a MongoDB target (database `database` at `mongo_uri`) against the PostgreSQL
+/// source. Timestamps are compared at millisecond precision (BSON dates).
+pub async fn verify_mongo(pg: &PgEndpoint, mongo_uri: &str, database: &str, options: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
+    let started = Instant::now();
+    let source = pg.connect(&pg.source_db).await.map_err(VerifyError::source)?;
+    let client = mongodb::Client::with_uri_str(mongo_uri).await.map_err(VerifyError::target)?;
+    let target = client.database(database);
+    verify(&source, &Target::Mongo(&target), options, started).await
+}
+
+/// The target being verified: how it is read, and how finely it keeps timestamps.
+enum Target<'a> {
+    Postgres(&'a tokio_postgres::Client),
+    Mongo(&'a mongodb::Database),
+}
+
+impl Target<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Mongo(_) => "mongo",
+        }
+    }
+
+    fn precision(&self) -> TimestampPrecision {
+        match self {
+            Self::Postgres(_) => TimestampPrecision::Micros,
+            Self::Mongo(_) => mongo::PRECISION,
+        }
+    }
+
+    async fn full_compare(&self, source: &tokio_postgres::Client, entity: &Entity) -> Result<PassResult, VerifyError> {
+        match self {
+            Self::Postgres(target) => full_compare(source, target, entity).await,
+            Self::Mongo(target) => mongo::full_compare(source, target, entity).await,
+        }
+    }
+
+    /// Every record (duplicates and tombstones included) the target holds for `keys`.
+    async fn fetch(&self, entity: &Entity, keys: &[String]) -> Result<KeyedRecords, VerifyError> {
+        match self {
+            Self::Postgres(target) => postgres::fetch_target(target, entity, keys).await,
+            Self::Mongo(target) => mongo::fetch_target(target, entity, keys).await,
+        }
+    }
+
+    async fn latency(&self, mapping: &Mapping, since: Option<DateTime<Utc>>) -> Result<LatencySummary, VerifyError> {
+        match self {
+            Self::Postgres(target) => latency_summary(target, mapping, since).await,
+            Self::Mongo(target) => mongo::latency(target, mapping, since).await,
+        }
+    }
+}
+
+/// The verification loop, whatever the target: full passes, online re-checks of the
+/// differing keys, then classification of what still differs.
+async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &VerifyOptions, started: Instant) -> Result<VerifyReport, VerifyError> {
+    let load_ended = options.load_ended.unwrap_or(started);
+    let mapping = Mapping::builtin();
     let deadline = options.settle.map(|s| Instant::now() + s);
 
-    let mut report = VerifyReport { target: "postgres".into(), ..Default::default() };
+    let mut report = VerifyReport { target: target.name().into(), ..Default::default() };
     let mut pending: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut untracked = 0u64;
     let mut outcomes = BTreeMap::new();
@@ -113,7 +178,7 @@ pub async fn verify_postgres(pg: &PgEndpoint, options: &VerifyOptions) -> Result
         if full_pass {
             untracked = 0;
             for entity in &mapping.entity {
-                let pass = full_compare(&source, &target, entity).await?;
+                let pass = target.full_compare(source, entity).await?;
                 report.rows_compared += pass.outcome.source_count + pass.outcome.target_count;
                 untracked += pass.untracked;
                 pending.insert(entity.name.clone(), pass.diffs);
@@ -143,7 +208,7 @@ pub async fn verify_postgres(pg: &PgEndpoint, options: &VerifyOptions) -> Result
         full_pass = false;
         for entity in &mapping.entity {
             let keys = pending.remove(&entity.name).unwrap_or_default();
-            let still = recheck(&source, &target, entity, &keys).await?;
+            let still = recheck(source, target, entity, &keys).await?;
             pending.insert(entity.name.clone(), still);
         }
     }
@@ -153,7 +218,7 @@ pub async fn verify_postgres(pg: &PgEndpoint, options: &VerifyOptions) -> Result
     for entity in &mapping.entity {
         let keys = pending.get(&entity.name).cloned().unwrap_or_default();
         for chunk in keys.chunks(KEY_BATCH) {
-            for anomaly in classify_keys(&source, &target, entity, chunk).await? {
+            for anomaly in classify_keys(source, target, entity, chunk).await? {
                 *report.anomaly_counts.entry(anomaly.kind).or_default() += 1;
                 let list = examples.entry(anomaly.kind).or_default();
                 if list.len() < options.max_examples {
@@ -168,7 +233,7 @@ pub async fn verify_postgres(pg: &PgEndpoint, options: &VerifyOptions) -> Result
     report.anomalies = examples.into_values().flatten().collect();
     report.untracked_differences = untracked;
     report.entities = mapping.entity.iter().filter_map(|e| outcomes.remove(&e.name)).collect();
-    report.latency = latency_summary(&target, &mapping, options.since).await?;
+    report.latency = target.latency(&mapping, options.since).await?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
@@ -183,11 +248,41 @@ async fn latency_summary(target: &tokio_postgres::Client, mapping: &Mapping, sin
     Ok(summary)
 }
 
+/// A target scanned in key order, each row with whether it is a tombstone (absent).
+trait OrderedScan {
+    type Row;
+    async fn next_row(&mut self) -> Result<Option<(Self::Row, bool)>, VerifyError>;
+    /// The row's key, spelled and ordered as the source's COPY text spells and orders it.
+    fn key(row: &Self::Row) -> &[u8];
+}
+
+/// A PostgreSQL target table: COPY text rows.
+struct PgScan(CopyLines);
+
+impl OrderedScan for PgScan {
+    type Row = bytes::Bytes;
+
+    async fn next_row(&mut self) -> Result<Option<(bytes::Bytes, bool)>, VerifyError> {
+        next_target(&mut self.0).await
+    }
+
+    fn key(row: &bytes::Bytes) -> &[u8] {
+        first_field(row)
+    }
+}
+
 /// One ordered merge of source and target for `entity`.
 async fn full_compare(source: &tokio_postgres::Client, target: &tokio_postgres::Client, entity: &Entity) -> Result<PassResult, VerifyError> {
-    let mut src = postgres::scan_source(source, entity).await?;
-    let mut tgt = postgres::scan_target(target, entity).await?;
+    let src = postgres::scan_source(source, entity).await?;
+    let mut tgt = PgScan(postgres::scan_target(target, entity).await?);
     let ncols = entity.columns.len();
+    merge(entity, src, &mut tgt, |s, t| rows_equal(entity, s, t, ncols)).await
+}
+
+/// Walks the source (COPY text ordered by key) and a target scan in the same order:
+/// counts each key's outcome and collects the differing keys. `equal` compares a source
+/// line with a live target row of the same key.
+async fn merge<S: OrderedScan>(entity: &Entity, mut src: CopyLines, tgt: &mut S, equal: impl Fn(&[u8], &S::Row) -> bool) -> Result<PassResult, VerifyError> {
     let mut outcome = EntityOutcome { entity: entity.name.clone(), ..Default::default() };
     let mut diffs = Vec::new();
     let mut untracked = 0u64;
@@ -210,19 +305,20 @@ async fn full_compare(source: &tokio_postgres::Client, target: &tokio_postgres::
     };
 
     let mut s_line = src.next_line().await.map_err(VerifyError::source)?;
-    let mut t_line = next_target(&mut tgt).await?;
-    let mut last_target_key: Option<bytes::Bytes> = None;
+    let mut t_row = tgt.next_row().await?;
+    // The previous target row's key, in one buffer reused row after row.
+    let mut last_target_key: Option<Vec<u8>> = None;
     loop {
         // Consecutive target rows with one key: the key is materialized twice.
-        if let Some((t, _)) = &t_line {
-            let key = first_field(t);
+        if let Some((t, _)) = &t_row {
+            let key = S::key(t);
             if last_target_key.as_deref() == Some(key) {
                 record(key, DiffKind::Duplicate, &mut outcome);
-                t_line = next_target(&mut tgt).await?;
+                t_row = tgt.next_row().await?;
                 continue;
             }
         }
-        match (&s_line, &t_line) {
+        match (&s_line, &t_row) {
             (None, None) => break,
             (Some(s), None) => {
                 outcome.source_count += 1;
@@ -230,15 +326,15 @@ async fn full_compare(source: &tokio_postgres::Client, target: &tokio_postgres::
                 s_line = src.next_line().await.map_err(VerifyError::source)?;
             }
             (None, Some((t, deleted))) => {
-                last_target_key = Some(t.slice_ref(first_field(t)));
+                remember(&mut last_target_key, S::key(t));
                 if !deleted {
                     outcome.target_count += 1;
-                    record(first_field(t), DiffKind::Extra, &mut outcome);
+                    record(S::key(t), DiffKind::Extra, &mut outcome);
                 }
-                t_line = next_target(&mut tgt).await?;
+                t_row = tgt.next_row().await?;
             }
             (Some(s), Some((t, deleted))) => {
-                let (sk, tk) = (first_field(s), first_field(t));
+                let (sk, tk) = (first_field(s), S::key(t));
                 match sk.cmp(tk) {
                     std::cmp::Ordering::Less => {
                         outcome.source_count += 1;
@@ -246,28 +342,28 @@ async fn full_compare(source: &tokio_postgres::Client, target: &tokio_postgres::
                         s_line = src.next_line().await.map_err(VerifyError::source)?;
                     }
                     std::cmp::Ordering::Greater => {
-                        last_target_key = Some(t.slice_ref(tk));
+                        remember(&mut last_target_key, tk);
                         if !deleted {
                             outcome.target_count += 1;
                             record(tk, DiffKind::Extra, &mut outcome);
                         }
-                        t_line = next_target(&mut tgt).await?;
+                        t_row = tgt.next_row().await?;
                     }
                     std::cmp::Ordering::Equal => {
                         outcome.source_count += 1;
-                        last_target_key = Some(t.slice_ref(tk));
+                        remember(&mut last_target_key, tk);
                         if *deleted {
                             record(sk, DiffKind::Missing, &mut outcome);
                         } else {
                             outcome.target_count += 1;
-                            if rows_equal(entity, s, t, ncols) {
+                            if equal(s, t) {
                                 outcome.matching += 1;
                             } else {
                                 record(sk, DiffKind::Mismatch, &mut outcome);
                             }
                         }
                         s_line = src.next_line().await.map_err(VerifyError::source)?;
-                        t_line = next_target(&mut tgt).await?;
+                        t_row = tgt.next_row().await?;
                     }
                 }
             }
@@ -276,8 +372,14 @@ async fn full_compare(source: &tokio_postgres::Client, target: &tokio_postgres::
     Ok(PassResult { outcome, diffs, untracked })
 }
 
+fn remember(last: &mut Option<Vec<u8>>, key: &[u8]) {
+    let buffer = last.get_or_insert_with(Vec::new);
+    buffer.clear();
+    buffer.extend_from_slice(key);
+}
+
 /// The next target row and whether it is a tombstone (`_cdc_deleted`, the last field).
-async fn next_target(lines: &mut copy_stream::CopyLines) -> Result<Option<(bytes::Bytes, bool)>, VerifyError> {
+async fn next_target(lines: &mut CopyLines) -> Result<Option<(bytes::Bytes, bool)>, VerifyError> {
     Ok(lines.next_line().await.map_err(VerifyError::target)?.map(|line| {
         let cut = line.iter().rposition(|&b| b == b'\t').unwrap_or(line.len());
         let deleted = line.get(cut + 1..) == Some(b"t");
@@ -298,47 +400,54 @@ fn rows_equal(entity: &Entity, source: &[u8], target: &[u8], ncols: usize) -> bo
     if s.len() != ncols || t.len() != ncols {
         return false;
     }
-    (0..ncols).all(|i| s[i] == t[i] || values_equal(entity, i, unescape(s[i]).as_deref(), unescape(t[i]).as_deref()))
+    (0..ncols).all(|i| {
+        s[i] == t[i] || values_equal(entity.columns[i].ty, unescape(s[i]).as_deref(), unescape(t[i]).as_deref(), TimestampPrecision::Micros)
+    })
 }
 
-fn values_equal(entity: &Entity, column: usize, a: Option<&str>, b: Option<&str>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => {
-            let ty = entity.columns[column].ty;
-            match (canonicalize(ty, a), canonicalize(ty, b)) {
-                (Ok(a), Ok(b)) => a == b,
-                _ => false,
-            }
-        }
-        _ => false,
-    }
+/// Whether two values (null or missing: `None`) are the same once canonical.
+fn values_equal(ty: ColumnType, a: Option<&str>, b: Option<&str>, precision: TimestampPrecision) -> bool {
+    same_canonical(canonical_text(ty, a, precision), canonical_text(ty, b, precision))
 }
 
-fn field_diffs(entity: &Entity, source: Option<&[Option<String>]>, target: Option<&[Option<String>]>) -> Vec<FieldDiff> {
+/// Two canonical forms agree; a value that cannot be read as its type agrees with nothing.
+fn same_canonical(a: Result<Option<String>, CanonicalError>, b: Result<Option<String>, CanonicalError>) -> bool {
+    matches!((a, b), (Ok(a), Ok(b)) if a == b)
+}
+
+fn field_diffs(entity: &Entity, source: Option<&[Option<String>]>, target: Option<&[Option<String>]>, precision: TimestampPrecision) -> Vec<FieldDiff> {
     let mut out = Vec::new();
     for (i, column) in entity.columns.iter().enumerate() {
         let s = source.and_then(|v| v.get(i).cloned().flatten());
         let t = target.and_then(|v| v.get(i).cloned().flatten());
-        if !values_equal(entity, i, s.as_deref(), t.as_deref()) {
+        if !values_equal(column.ty, s.as_deref(), t.as_deref(), precision) {
             out.push(FieldDiff { field: column.name.clone(), source: s, target: t });
         }
     }
     out
 }
 
+/// The keys the source may hold: those spelled as the source spells its keys (canonical).
+/// A target may hold other keys (a MongoDB `_id` is any string); they are never source
+/// keys, and sending them would fail the source's cast to the key type for all the others.
+fn source_keys(entity: &Entity, keys: &[String]) -> Vec<String> {
+    let ty = entity.key().ty;
+    keys.iter().filter(|k| canonical::canonicalize(ty, k).is_ok_and(|c| c == **k)).cloned().collect()
+}
+
 /// The keys among `keys` that still differ.
-async fn recheck(source: &tokio_postgres::Client, target: &tokio_postgres::Client, entity: &Entity, keys: &[String]) -> Result<Vec<String>, VerifyError> {
+async fn recheck(source: &tokio_postgres::Client, target: &Target<'_>, entity: &Entity, keys: &[String]) -> Result<Vec<String>, VerifyError> {
+    let precision = target.precision();
     let mut still = Vec::new();
     for chunk in keys.chunks(KEY_BATCH) {
-        let src = postgres::fetch_source(source, entity, chunk).await?;
-        let tgt = postgres::fetch_target(target, entity, chunk).await?;
+        let src = postgres::fetch_source(source, entity, &source_keys(entity, chunk)).await?;
+        let tgt = target.fetch(entity, chunk).await?;
         for key in chunk {
             let s = src.get(key);
             let live: Vec<&TargetRecord> = tgt.get(key).map(|v| v.iter().filter(|r| !r.deleted).collect()).unwrap_or_default();
             let agrees = match (s, live.as_slice()) {
                 (None, []) => true,
-                (Some(s), [t]) => field_diffs(entity, Some(&s.values), Some(&t.values)).is_empty(),
+                (Some(s), [t]) => field_diffs(entity, Some(&s.values), Some(&t.values), precision).is_empty(),
                 _ => false,
             };
             if !agrees {
@@ -354,22 +463,30 @@ fn millis(ts: DateTime<Utc>) -> i64 {
 }
 
 /// Classifies each differing key from its evidence (see `AnomalyKind`).
-async fn classify_keys(source: &tokio_postgres::Client, target: &tokio_postgres::Client, entity: &Entity, keys: &[String]) -> Result<Vec<Anomaly>, VerifyError> {
-    let src = postgres::fetch_source(source, entity, keys).await?;
-    let tgt = postgres::fetch_target(target, entity, keys).await?;
-    let deleted = postgres::fetch_deletions(source, entity, keys).await;
+async fn classify_keys(source: &tokio_postgres::Client, target: &Target<'_>, entity: &Entity, keys: &[String]) -> Result<Vec<Anomaly>, VerifyError> {
+    let known = source_keys(entity, keys);
+    let src = postgres::fetch_source(source, entity, &known).await?;
+    let tgt = target.fetch(entity, keys).await?;
+    let deleted = postgres::fetch_deletions(source, entity, &known).await;
     let mut out = Vec::new();
     for key in keys {
         let s = src.get(key);
         let records = tgt.get(key).map(Vec::as_slice).unwrap_or_default();
-        if let Some(anomaly) = classify(entity, key, s, records, deleted.get(key).copied().flatten()) {
+        if let Some(anomaly) = classify(entity, key, s, records, deleted.get(key).copied().flatten(), target.precision()) {
             out.push(anomaly);
         }
     }
     Ok(out)
 }
 
-pub(crate) fn classify(entity: &Entity, key: &str, source: Option<&SourceRecord>, records: &[TargetRecord], deleted_at: Option<DateTime<Utc>>) -> Option<Anomaly> {
+pub(crate) fn classify(
+    entity: &Entity,
+    key: &str,
+    source: Option<&SourceRecord>,
+    records: &[TargetRecord],
+    deleted_at: Option<DateTime<Utc>>,
+    precision: TimestampPrecision,
+) -> Option<Anomaly> {
     let live: Vec<&TargetRecord> = records.iter().filter(|r| !r.deleted).collect();
     let shown = live.first().copied().or(records.first());
     let anomaly = |kind, evidence: String, fields| Anomaly {
@@ -389,7 +506,7 @@ pub(crate) fn classify(entity: &Entity, key: &str, source: Option<&SourceRecord>
         (None, None) => None,
         (Some(s), None) => {
             let what = if records.is_empty() { "no record" } else { "only a tombstone" };
-            Some(anomaly(AnomalyKind::LostChange, format!("the source holds the row, the target {what}"), field_diffs(entity, Some(&s.values), None)))
+            Some(anomaly(AnomalyKind::LostChange, format!("the source holds the row, the target {what}"), field_diffs(entity, Some(&s.values), None, precision)))
         }
         (None, Some(t)) => match deleted_at {
             Some(d) if t.applied_at.is_some_and(|a| a > d) => Some(anomaly(
@@ -402,10 +519,10 @@ pub(crate) fn classify(entity: &Entity, key: &str, source: Option<&SourceRecord>
                 format!("the source deleted the key at {d}; the target still holds the version applied at {} (delete not applied)", fmt_ts(t.applied_at)),
                 vec![],
             )),
-            None => Some(anomaly(AnomalyKind::ExtraRow, "the source never deleted this key and does not hold it".into(), field_diffs(entity, None, Some(&t.values)))),
+            None => Some(anomaly(AnomalyKind::ExtraRow, "the source never deleted this key and does not hold it".into(), field_diffs(entity, None, Some(&t.values), precision))),
         },
         (Some(s), Some(t)) => {
-            let fields = field_diffs(entity, Some(&s.values), Some(&t.values));
+            let fields = field_diffs(entity, Some(&s.values), Some(&t.values), precision);
             if fields.is_empty() {
                 return None;
             }

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,7 @@ use tokio::task::JoinHandle;
 use super::spec::{self, ConnectorHealth, ContainerSpec, HostPorts, Role, RunNames, SpecInputs};
 use super::{DockerConfig, DockerError, SINK_IMAGE, TargetKind};
 use crate::config::StackConfig;
+use crate::orchestrator::state::{self, absolute, free_port, state_err};
 use crate::orchestrator::local::{broker, postgres as local_pg, sink as local_sink};
 use crate::orchestrator::{
     Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState,
@@ -189,18 +189,6 @@ pub struct DockerStack {
     state: DockerState,
     /// Log followers of containers started by this process, by role.
     followers: BTreeMap<Role, JoinHandle<()>>,
-}
-
-fn state_err(path: &Path, e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::State {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
-}
-
-fn free_port() -> Result<u16, ServiceError> {
-    crate::orchestrator::local::process::free_port()
-        .map_err(|e| state_err(Path::new("127.0.0.1"), format!("no free port: {e}")))
 }
 
 fn unavailable(e: DockerError) -> ServiceError {
@@ -1172,36 +1160,13 @@ impl Orchestrator for DockerStack {
     }
 }
 
-fn absolute(path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(path)
-    }
-}
 
 fn read_state(run_dir: &Path) -> Result<Option<DockerState>, ServiceError> {
-    let path = run_dir.join(STATE_FILE);
-    match fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-            state_err(
-                &path,
-                format!("unreadable ({e}); remove it to start afresh"),
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(state_err(&path, e)),
-    }
+    state::read(run_dir, STATE_FILE)
 }
 
-fn write_state(run_dir: &Path, state: &DockerState) -> Result<(), ServiceError> {
-    let path = run_dir.join(STATE_FILE);
-    fs::create_dir_all(run_dir).map_err(|e| state_err(run_dir, e))?;
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(state).map_err(|e| state_err(&path, e))?;
-    fs::write(&tmp, text).map_err(|e| state_err(&tmp, e))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(|e| state_err(&tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| state_err(&path, e))
+fn write_state(run_dir: &Path, docker_state: &DockerState) -> Result<(), ServiceError> {
+    state::write(run_dir, STATE_FILE, docker_state)
 }
 
 /// Every container of a run keyed by role, from the daemon (for tests and diagnostics).

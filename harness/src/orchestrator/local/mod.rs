@@ -19,6 +19,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use self::process::ProcessHandle;
+use super::state::{self, absolute, free_port, state_err};
 use super::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 use crate::config::{DLQ_TOPIC, StackConfig, TABLES, topic_for};
 use crate::faults::Link;
@@ -461,33 +462,10 @@ fn no_proxies(link: Link) -> ServiceError {
     }
 }
 
-fn absolute(path: &Path) -> PathBuf {
-    if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(path) }
-}
-
-fn free_port() -> Result<u16, ServiceError> {
-    process::free_port().map_err(|e| ServiceError::State { path: PathBuf::from("127.0.0.1"), reason: format!("no free port: {e}") })
-}
-
-fn state_err(path: &Path, e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::State { path: path.to_path_buf(), reason: e.to_string() }
-}
-
 fn read_state(run_dir: &Path) -> Result<Option<StackState>, ServiceError> {
-    let path = run_dir.join(STATE_FILE);
-    match fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| state_err(&path, format!("unreadable ({e}); remove the run folder to start afresh"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(state_err(&path, e)),
-    }
+    state::read(run_dir, STATE_FILE)
 }
 
-fn write_state(run_dir: &Path, state: &StackState) -> Result<(), ServiceError> {
-    let path = run_dir.join(STATE_FILE);
-    fs::create_dir_all(run_dir).map_err(|e| state_err(run_dir, e))?;
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(state).map_err(|e| state_err(&path, e))?;
-    fs::write(&tmp, text).map_err(|e| state_err(&tmp, e))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(|e| state_err(&tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| state_err(&path, e))
+fn write_state(run_dir: &Path, stack: &StackState) -> Result<(), ServiceError> {
+    state::write(run_dir, STATE_FILE, stack)
 }

@@ -67,6 +67,12 @@ enum Command {
         /// Online mode: re-check differing keys until they agree or this much time passes.
         #[arg(long, value_parser = humantime::parse_duration)]
         settle: Option<std::time::Duration>,
+        /// The MongoDB target's connection string (`--target mongo`).
+        #[arg(long, required_if_eq("target", "mongo"))]
+        mongo_uri: Option<String>,
+        /// The MongoDB target's database.
+        #[arg(long, default_value = "cdc")]
+        mongo_db: String,
     },
     /// Benchmarks, each against a raw baseline measured in the same run.
     #[command(subcommand)]
@@ -234,17 +240,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit::SUCCESS)
         }
-        Command::Verify { target, json, max_examples, settle } => {
+        Command::Verify { target, json, max_examples, settle, mongo_uri, mongo_db } => {
             let Some(stack) = LocalStack::open(&cli.run_dir)? else {
                 anyhow::bail!("no stack in {} (start one with `harness up`)", cli.run_dir.display());
             };
             let endpoints = stack.endpoints();
             stack.detach();
-            if matches!(target, VerifyTarget::Mongo) {
-                anyhow::bail!("the local stack materializes into PostgreSQL; a MongoDB target needs the docker backend or an external stack");
-            }
             let options = VerifyOptions { max_examples, settle, ..Default::default() };
-            let report = harness::verify::verify_postgres(&endpoints.postgres, &options).await?;
+            let report = match (target, mongo_uri) {
+                (VerifyTarget::Mongo, Some(uri)) => harness::verify::verify_mongo(&endpoints.postgres, &uri, &mongo_db, &options).await?,
+                // clap requires --mongo-uri with --target mongo.
+                (VerifyTarget::Mongo, None) => anyhow::bail!("--target mongo needs --mongo-uri"),
+                (VerifyTarget::Postgres, _) => harness::verify::verify_postgres(&endpoints.postgres, &options).await?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

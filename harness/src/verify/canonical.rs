@@ -215,6 +215,133 @@ mod tests {
         assert!(canonicalize(ColumnType::Bool, "maybe").is_err());
     }
 
+    fn bson(ty: ColumnType, value: Bson) -> Option<String> {
+        canonicalize_bson(ty, Some(&value), TimestampPrecision::Millis).unwrap()
+    }
+
+    fn text(ty: ColumnType, raw: &str) -> Option<String> {
+        Some(canonicalize_at(ty, raw, TimestampPrecision::Millis).unwrap())
+    }
+
+    fn decimal(s: &str) -> Bson {
+        Bson::Decimal128(s.parse().unwrap())
+    }
+
+    #[test]
+    fn bson_spellings_agree_with_the_source_text() {
+        use mongodb::bson::{Binary, DateTime as BsonDate, oid::ObjectId};
+        assert_eq!(bson(ColumnType::Numeric, decimal("10.50")), text(ColumnType::Numeric, "10.5"));
+        assert_eq!(bson(ColumnType::Numeric, decimal("1.05E+3")), text(ColumnType::Numeric, "1050"));
+        assert_eq!(bson(ColumnType::Numeric, decimal("1E-7")), text(ColumnType::Numeric, "0.0000001"));
+        assert_eq!(bson(ColumnType::Numeric, decimal("-0.00")), text(ColumnType::Numeric, "0"));
+        // The sink's fallback for decimals Decimal128 cannot hold.
+        assert_eq!(bson(ColumnType::Numeric, Bson::String("10.50".into())), text(ColumnType::Numeric, "10.5"));
+        assert_eq!(bson(ColumnType::Numeric, Bson::Double(0.25)), text(ColumnType::Numeric, "0.250"));
+        let u = uuid::Uuid::from_u128(0xa0ee_bc99_9c0b_4ef8_bb6d_6bb9_bd38_0a11);
+        let binary = Bson::Binary(Binary { subtype: BinarySubtype::Uuid, bytes: u.as_bytes().to_vec() });
+        assert_eq!(bson(ColumnType::Uuid, binary), text(ColumnType::Uuid, "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"));
+        let oid = ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap();
+        assert_eq!(bson(ColumnType::Text, Bson::ObjectId(oid)).as_deref(), Some("65a1b2c3d4e5f60718293a4b"));
+        let date = Bson::DateTime(BsonDate::from_millis(1_704_164_645_123));
+        assert_eq!(bson_text(&date).as_deref(), Some("2024-01-02T03:04:05.123Z"));
+        assert_eq!(bson(ColumnType::Timestamptz, date), text(ColumnType::Timestamptz, "2024-01-02 04:04:05.123456+01"));
+        for int in [Bson::Int32(42), Bson::Int64(42), Bson::Double(42.0)] {
+            assert_eq!(bson(ColumnType::Int, int), text(ColumnType::Int, "42"));
+        }
+        assert_eq!(bson(ColumnType::Bool, Bson::Boolean(false)), text(ColumnType::Bool, "f"));
+    }
+
+    #[test]
+    fn null_undefined_and_missing_are_one_thing() {
+        for ty in [ColumnType::Uuid, ColumnType::Text, ColumnType::Numeric, ColumnType::Timestamptz, ColumnType::Bool, ColumnType::Int] {
+            for value in [None, Some(&Bson::Null), Some(&Bson::Undefined)] {
+                assert_eq!(canonicalize_bson(ty, value, TimestampPrecision::Millis), Ok(None), "{ty:?} {value:?}");
+            }
+            assert_eq!(canonical_text(ty, None, TimestampPrecision::Micros), Ok(None));
+        }
+        // An empty string is a value, not a null.
+        assert_eq!(bson(ColumnType::Text, Bson::String(String::new())), Some(String::new()));
+    }
+
+    #[test]
+    fn bson_values_that_are_not_the_column_type_are_errors() {
+        let p = TimestampPrecision::Millis;
+        assert!(canonicalize_bson(ColumnType::Int, Some(&Bson::Double(3.5)), p).is_err());
+        assert!(canonicalize_bson(ColumnType::Numeric, Some(&decimal("NaN")), p).is_err());
+        assert!(canonicalize_bson(ColumnType::Numeric, Some(&Bson::Double(f64::INFINITY)), p).is_err());
+        assert!(canonicalize_bson(ColumnType::Uuid, Some(&Bson::Int32(1)), p).is_err());
+        assert!(canonicalize_bson(ColumnType::Timestamptz, Some(&Bson::Boolean(true)), p).is_err());
+        assert!(canonicalize_bson(ColumnType::Bool, Some(&Bson::Document(Default::default())), p).is_err());
+    }
+
+    #[test]
+    fn precision_floors_timestamps_also_before_the_epoch() {
+        let at = |raw, p| canonicalize_at(ColumnType::Timestamptz, raw, p).unwrap();
+        assert_eq!(at("1969-12-31 23:59:59.9995+00", TimestampPrecision::Millis), "-1000");
+        assert_eq!(at("1969-12-31 23:59:59.9995+00", TimestampPrecision::Micros), "-500");
+        assert_eq!(at("2024-01-02 03:04:05.123999+00", TimestampPrecision::Millis), at("2024-01-02T03:04:05.123Z", TimestampPrecision::Micros));
+    }
+
+    proptest! {
+        #[test]
+        fn bson_uuid_strings_and_binaries_agree(bytes in any::<[u8; 16]>()) {
+            let u = uuid::Uuid::from_bytes(bytes);
+            let canonical = Some(u.hyphenated().to_string());
+            let binary = mongodb::bson::Binary { subtype: BinarySubtype::Uuid, bytes: bytes.to_vec() };
+            prop_assert_eq!(bson(ColumnType::Uuid, Bson::Binary(binary)), canonical.clone());
+            prop_assert_eq!(bson(ColumnType::Uuid, Bson::String(u.to_string())), canonical.clone());
+            prop_assert_eq!(bson(ColumnType::Uuid, Bson::String(u.simple().to_string().to_uppercase())), canonical);
+        }
+
+        #[test]
+        fn bson_decimals_agree_with_source_text_in_any_notation(units in any::<i64>(), scale in 0u32..12, extra_zeros in 0usize..4) {
+            // The source's text for units * 10^-scale, with trailing zeros as numeric(p, s) prints them.
+            let digits = units.unsigned_abs().to_string();
+            let scale = scale as usize;
+            let padded = format!("{}{digits}", "0".repeat((scale + 1).saturating_sub(digits.len())));
+            let (int_part, frac_part) = padded.split_at(padded.len() - scale);
+            let sign = if units < 0 { "-" } else { "" };
+            let plain = if scale == 0 { format!("{sign}{int_part}") } else { format!("{sign}{int_part}.{frac_part}") };
+            let source = text(ColumnType::Numeric, &format!("{plain}{}", if scale > 0 { "0".repeat(extra_zeros) } else { String::new() }));
+            prop_assert_eq!(bson(ColumnType::Numeric, decimal(&plain)), source.clone());
+            // The same value in scientific notation (as Decimal128 prints large exponents).
+            let scientific = format!("{sign}{digits}E-{scale}");
+            prop_assert_eq!(bson(ColumnType::Numeric, decimal(&scientific)), source.clone());
+            // A different value never agrees.
+            let other = format!("{sign}{}E-{scale}", units.unsigned_abs() as u128 + 1);
+            prop_assert_ne!(bson(ColumnType::Numeric, decimal(&other)), source);
+        }
+
+        #[test]
+        fn bson_dates_agree_with_source_timestamps_at_milliseconds(micros in -2_208_988_800_000_000i64..4_102_444_800_000_000, offset_h in -12i32..=12) {
+            let utc = DateTime::<Utc>::from_timestamp_micros(micros).unwrap();
+            let offset = chrono::FixedOffset::east_opt(offset_h * 3600).unwrap();
+            let pg_text = utc.with_timezone(&offset).format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string();
+            // What the sink writes: the instant's millisecond floor.
+            let date = Bson::DateTime(mongodb::bson::DateTime::from_millis(utc.timestamp_millis()));
+            prop_assert_eq!(bson(ColumnType::Timestamptz, date.clone()), text(ColumnType::Timestamptz, &pg_text));
+            let a_millisecond_later = Bson::DateTime(mongodb::bson::DateTime::from_millis(utc.timestamp_millis() + 1));
+            prop_assert_ne!(bson(ColumnType::Timestamptz, a_millisecond_later), text(ColumnType::Timestamptz, &pg_text));
+            // At microsecond precision they agree only when the source has no sub-millisecond part.
+            let micro = canonicalize_bson(ColumnType::Timestamptz, Some(&date), TimestampPrecision::Micros).unwrap();
+            prop_assert_eq!(micro == Some(canonicalize(ColumnType::Timestamptz, &pg_text).unwrap()), micros.rem_euclid(1000) == 0);
+        }
+
+        #[test]
+        fn bson_integers_agree_whatever_their_width(i in any::<i32>()) {
+            let source = text(ColumnType::Int, &i.to_string());
+            prop_assert_eq!(bson(ColumnType::Int, Bson::Int32(i)), source.clone());
+            prop_assert_eq!(bson(ColumnType::Int, Bson::Int64(i64::from(i))), source.clone());
+            prop_assert_eq!(bson(ColumnType::Int, Bson::Double(f64::from(i))), source.clone());
+            prop_assert_ne!(bson(ColumnType::Int, Bson::Int64(i64::from(i) + 1)), source);
+        }
+
+        #[test]
+        fn bson_strings_are_text_verbatim(s in ".*") {
+            prop_assert_eq!(bson(ColumnType::Text, Bson::String(s.clone())), Some(s));
+        }
+    }
+
     proptest! {
         #[test]
         fn numeric_is_scale_insensitive_and_exact(units in -10_000_000_000i64..10_000_000_000, extra_zeros in 0usize..4) {

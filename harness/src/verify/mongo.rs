@@ -38,8 +38,8 @@ use super::canonical::{TimestampPrecision, bson_text, canonical_text, canonicali
 use super::copy_stream::{fields, unescape};
 use super::mapping::{Column, Entity, Mapping};
 use super::{
-    KeyedRecords, LatencySummary, OrderedScan, PassResult, Percentiles, TargetRecord,
-    VerifyError, merge, postgres, same_canonical,
+    KeyedRecords, LatencySummary, OrderedScan, PassResult, Percentiles, TargetRecord, VerifyError,
+    merge, postgres, same_canonical,
 };
 
 /// BSON dates hold milliseconds: finer source timestamps cannot be told apart.
@@ -299,7 +299,10 @@ pub(super) async fn fetch_target(
             None => document_record(entity, &doc).into_iter().collect(),
         };
         // A parent holding a wanted item holds others too.
-        for (key, record) in records.into_iter().filter(|(k, _)| wanted.contains(k.as_str())) {
+        for (key, record) in records
+            .into_iter()
+            .filter(|(k, _)| wanted.contains(k.as_str()))
+        {
             out.entry(key).or_default().push(record);
         }
     }
@@ -474,10 +477,7 @@ mod tests {
     #[test]
     fn an_order_flattens_to_its_row_and_its_items_to_theirs() {
         let m = mapping();
-        let doc = order(vec![
-            item(ITEM_A, ORDER, false),
-            item(ITEM_B, ORDER, true),
-        ]);
+        let doc = order(vec![item(ITEM_A, ORDER, false), item(ITEM_B, ORDER, true)]);
         let (key, o) = document_record(m.entity("orders").unwrap(), &doc).unwrap();
         assert_eq!(key, ORDER);
         assert_eq!(
@@ -561,10 +561,20 @@ mod tests {
         assert!(!items[0].1.deleted);
         // A document without `_cdc` that holds columns is not a placeholder.
         let bare = doc! { "_id": ORDER, "status": "pending" };
-        assert!(!document_record(m.entity("orders").unwrap(), &bare).unwrap().1.deleted);
+        assert!(
+            !document_record(m.entity("orders").unwrap(), &bare)
+                .unwrap()
+                .1
+                .deleted
+        );
         let mut tombstone = order(vec![]);
         tombstone.insert("_cdc", cdc(true));
-        assert!(document_record(m.entity("orders").unwrap(), &tombstone).unwrap().1.deleted);
+        assert!(
+            document_record(m.entity("orders").unwrap(), &tombstone)
+                .unwrap()
+                .1
+                .deleted
+        );
     }
 
     #[test]
@@ -576,10 +586,16 @@ mod tests {
 
     fn scan_row(entity: &Entity, doc: &Document) -> ScanRow {
         let (parent, record) = match &entity.mongo.embedded_in {
-            Some(_) => (doc.get("_id").cloned(), doc.get_document("items").unwrap().clone()),
+            Some(_) => (
+                doc.get("_id").cloned(),
+                doc.get_document("items").unwrap().clone(),
+            ),
             None => (None, doc.clone()),
         };
-        let key = record.get_str(entity.mongo.field("id")).unwrap().to_string();
+        let key = record
+            .get_str(entity.mongo.field("id"))
+            .unwrap()
+            .to_string();
         ScanRow {
             key,
             parent,
@@ -622,7 +638,10 @@ mod tests {
         let m = mapping();
         let orders = projection(m.entity("orders").unwrap());
         assert!(orders.contains_key("_id") && orders.contains_key("_cdc"));
-        assert!(!orders.contains_key("items"), "orders are read without their items");
+        assert!(
+            !orders.contains_key("items"),
+            "orders are read without their items"
+        );
         let items = projection(m.entity("order_item").unwrap());
         assert!(items.contains_key("items.id") && items.contains_key("items._cdc"));
     }

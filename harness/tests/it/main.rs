@@ -12,3 +12,4 @@ mod scenarios;
 mod support;
 mod teardown;
 mod verify;
+mod verify_mongo;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use tracing::{info, warn};
 
 use crate::config::SinkConfig;
@@ -17,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::model::Entity;
 use crate::retry::Backoff;
 use crate::schema::SchemaTracker;
-use crate::source::{Source, SourceError, create_consumer};
+use crate::source::{GroupState, Source, SourceError, create_consumer};
 use crate::targets::{Target, TargetError};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +60,11 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    let readiness = Arc::new(Readiness::default());
+    let group = Arc::new(GroupState::default());
+    let readiness = Arc::new(Readiness::new(
+        Arc::clone(&group),
+        config.kafka.assignment_grace,
+    ));
 
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(addr)
@@ -85,7 +90,8 @@ pub async fn run(
     info!(message = "target ready", kind = target.kind());
 
     let dlq = Arc::new(DlqProducer::new(&config.kafka)?);
-    let consumer = create_consumer(&config.kafka, Arc::clone(&metrics))?;
+    let consumer = create_consumer(&config.kafka, Arc::clone(&metrics), Arc::clone(&group))?;
+    let metadata_probe = metadata_client(&config.kafka)?;
     let schema = Arc::new(SchemaTracker::new());
     let handlers: HashMap<String, Arc<Handler>> = config
         .kafka
@@ -106,7 +112,7 @@ pub async fn run(
         .collect();
 
     let probe = tokio::spawn(probe_loop(
-        Arc::clone(&consumer),
+        metadata_probe,
         Arc::clone(&target),
         Arc::clone(&readiness),
         Arc::clone(&metrics),
@@ -126,22 +132,41 @@ pub async fn run(
         consumer,
         handlers,
         apply: config.apply.clone(),
+        kafka: config.kafka.clone(),
+        metrics: Arc::clone(&metrics),
+        group,
     };
     let result = source.run(shutdown).await;
     probe.abort();
     if let Some(purge) = purge {
         purge.abort();
     }
-    readiness.joined.store(false, Ordering::Relaxed);
+    readiness.running.store(false, Ordering::Relaxed);
     result?;
     info!(message = "clean shutdown");
     Ok(())
 }
 
+/// A plain client (no group) for the broker probe: independent of the group consumer,
+/// which the watchdog may replace.
+fn metadata_client(
+    config: &crate::config::KafkaConfig,
+) -> Result<Arc<BaseConsumer>, rdkafka::error::KafkaError> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+    for (k, v) in &config.librdkafka {
+        // Connection settings (security, timeouts) apply; consumer tuning does no harm.
+        client.set(k, v);
+    }
+    Ok(Arc::new(client.create()?))
+}
+
 /// Keeps `/readyz` honest: the target answers a ping and the broker answers a metadata
 /// request, every few seconds.
 async fn probe_loop(
-    consumer: Arc<crate::source::SinkConsumer>,
+    consumer: Arc<BaseConsumer>,
     target: Arc<Target>,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
@@ -164,10 +189,6 @@ async fn probe_loop(
         .unwrap_or(false);
         readiness.kafka.store(kafka_up, Ordering::Relaxed);
         metrics.dependency_up("kafka", kafka_up);
-        readiness.joined.store(
-            consumer.context().joined.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
     }
 }
 

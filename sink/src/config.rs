@@ -123,6 +123,28 @@ pub struct KafkaConfig {
         with = "humantime_serde"
     )]
     pub statistics_interval: Duration,
+    /// How long the consumer may hold no partition assignment (after a revoke, a lost
+    /// assignment, or before the first join) before `/readyz` reports not ready.
+    #[serde(
+        default = "KafkaConfig::default_assignment_grace",
+        with = "humantime_serde"
+    )]
+    pub assignment_grace: Duration,
+    /// Safety net: when the consumer has held no assignment this long while the broker
+    /// answers metadata requests, it is recreated and subscribes again (counted in
+    /// `sink_consumer_restarts_total`).
+    #[serde(
+        default = "KafkaConfig::default_rejoin_timeout",
+        with = "humantime_serde"
+    )]
+    pub rejoin_timeout: Duration,
+    /// librdkafka `fetch.wait.max.ms`: how long the broker may hold a fetch when no new
+    /// data is there. Bounds the latency the consumer adds at low rates.
+    #[serde(
+        default = "KafkaConfig::default_fetch_wait_max",
+        with = "humantime_serde"
+    )]
+    pub fetch_wait_max: Duration,
     /// Extra librdkafka properties passed through as-is (e.g. security settings).
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
@@ -156,6 +178,15 @@ impl KafkaConfig {
     }
     const fn default_statistics_interval() -> Duration {
         Duration::from_secs(5)
+    }
+    const fn default_assignment_grace() -> Duration {
+        Duration::from_secs(30)
+    }
+    const fn default_rejoin_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    const fn default_fetch_wait_max() -> Duration {
+        Duration::from_millis(20)
     }
 }
 
@@ -343,6 +374,18 @@ impl SinkConfig {
         }
         if k.drain_timeout.is_zero() {
             problems.push("[kafka] drain_timeout must be positive".into());
+        }
+        if k.assignment_grace.is_zero() {
+            problems.push("[kafka] assignment_grace must be positive".into());
+        }
+        if k.rejoin_timeout < k.session_timeout {
+            problems.push(format!(
+                "[kafka] rejoin_timeout ({:?}) must be at least session_timeout ({:?}): a normal rejoin takes up to a session",
+                k.rejoin_timeout, k.session_timeout
+            ));
+        }
+        if k.fetch_wait_max.is_zero() || k.fetch_wait_max > Duration::from_secs(300) {
+            problems.push("[kafka] fetch_wait_max must be between 1ms and 300s".into());
         }
         match self.target.kind {
             TargetKind::Postgres => {

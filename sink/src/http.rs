@@ -1,8 +1,9 @@
-//! `/healthz` (alive), `/readyz` (Kafka and the target reachable, group joined) and
-//! `/metrics` (Prometheus text, OpenMetrics flavour).
+//! `/healthz` (alive), `/readyz` (Kafka and the target reachable, group joined and an
+//! assignment held) and `/metrics` (Prometheus text, OpenMetrics flavour).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -11,26 +12,49 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::Metrics;
+use crate::source::GroupState;
 
-#[derive(Default)]
 pub struct Readiness {
     pub kafka: AtomicBool,
     pub target: AtomicBool,
-    pub joined: AtomicBool,
+    /// Cleared at shutdown.
+    pub running: AtomicBool,
+    pub group: Arc<GroupState>,
+    /// How long holding no assignment is tolerated (a rebalance in progress).
+    pub assignment_grace: Duration,
 }
 
 impl Readiness {
+    pub fn new(group: Arc<GroupState>, assignment_grace: Duration) -> Self {
+        Self {
+            kafka: AtomicBool::new(false),
+            target: AtomicBool::new(false),
+            running: AtomicBool::new(true),
+            group,
+            assignment_grace,
+        }
+    }
+
     /// What is not ready yet, or None.
     pub fn missing(&self) -> Option<String> {
         let mut missing = Vec::new();
         if !self.kafka.load(Ordering::Relaxed) {
-            missing.push("kafka unreachable");
+            missing.push("kafka unreachable".to_string());
         }
         if !self.target.load(Ordering::Relaxed) {
-            missing.push("target unreachable");
+            missing.push("target unreachable".to_string());
         }
-        if !self.joined.load(Ordering::Relaxed) {
-            missing.push("consumer group not joined");
+        if !self.running.load(Ordering::Relaxed) || !self.group.joined() {
+            missing.push("consumer group not joined".to_string());
+        } else if let Some(since) = self
+            .group
+            .unassigned_for()
+            .filter(|d| *d > self.assignment_grace)
+        {
+            missing.push(format!(
+                "no partition assignment held for {}s",
+                since.as_secs()
+            ));
         }
         (!missing.is_empty()).then(|| missing.join(", "))
     }

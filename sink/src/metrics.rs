@@ -40,6 +40,7 @@ pub struct Metrics {
     consumer_lag: Family<Labels, Gauge>,
     up: Family<Labels, Gauge>,
     assigned: Gauge,
+    consumer_restarts: Counter,
 }
 
 impl Default for Metrics {
@@ -119,6 +120,12 @@ impl Metrics {
             "From source commit to applied in the target, by entity",
             e2e_latency.clone(),
         );
+        let consumer_restarts = Counter::default();
+        registry.register(
+            "consumer_restarts",
+            "Kafka consumers recreated by the watchdog after holding no assignment too long",
+            consumer_restarts.clone(),
+        );
         let consumer_lag = Family::default();
         registry.register(
             "consumer_lag",
@@ -154,6 +161,7 @@ impl Metrics {
             consumer_lag,
             up,
             assigned,
+            consumer_restarts,
         }
     }
 
@@ -278,6 +286,10 @@ impl Metrics {
         self.up
             .get_or_create(&vec![("dependency", dependency.to_string())])
             .set(i64::from(up));
+    }
+
+    pub fn consumer_restarted(&self) {
+        self.consumer_restarts.inc();
     }
 
     pub fn assigned_partitions(&self, n: usize) {

@@ -2,7 +2,14 @@
 //! and hands each record to its partition's task (created on first record), so partitions
 //! are processed concurrently while each keeps its order. Offsets are stored by the
 //! partition task only after the batch is durable (`enable.auto.offset.store=false`) and
-//! committed by librdkafka's auto-commit, synchronously on revoke and at shutdown.
+//! committed by librdkafka's auto-commit, on revoke and (synchronously) at shutdown.
+//!
+//! The group membership is watched: `GroupState` knows whether an assignment is held (the
+//! last rebalance event was an assign) and since when none is. `/readyz` turns not ready
+//! when none is held past `assignment_grace`, and a consumer holding none past
+//! `rejoin_timeout` while the broker answers metadata is recreated and subscribes again
+//! (a broker restart can leave librdkafka's group state without an assignment and
+//! without the rejoin that would bring it back).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -39,14 +46,83 @@ struct Partition {
     paused: bool,
 }
 
+/// Group membership as seen from the rebalance callbacks; outlives consumer recreation.
+pub struct GroupState {
+    inner: Mutex<GroupInner>,
+}
+
+struct GroupInner {
+    /// The group assigned us something (possibly nothing) at least once.
+    joined: bool,
+    /// The last rebalance event was an assignment (and it was not lost since).
+    holding: bool,
+    /// Partitions in that assignment.
+    partitions: usize,
+    /// When `holding` last turned false (or the state was created).
+    unassigned_since: std::time::Instant,
+}
+
+impl Default for GroupState {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(GroupInner {
+                joined: false,
+                holding: false,
+                partitions: 0,
+                unassigned_since: std::time::Instant::now(),
+            }),
+        }
+    }
+}
+
+impl GroupState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn joined(&self) -> bool {
+        self.lock().joined
+    }
+
+    /// How long no assignment has been held, None while one is.
+    pub fn unassigned_for(&self) -> Option<Duration> {
+        let g = self.lock();
+        (!g.holding).then(|| g.unassigned_since.elapsed())
+    }
+
+    fn assigned(&self, partitions: usize) {
+        let mut g = self.lock();
+        g.joined = true;
+        g.holding = true;
+        g.partitions = partitions;
+    }
+
+    fn unassigned(&self) {
+        let mut g = self.lock();
+        if g.holding {
+            g.holding = false;
+            g.unassigned_since = std::time::Instant::now();
+        }
+        g.partitions = 0;
+    }
+
+    /// Partitions the last assignment gave us, None when none is held.
+    fn held_partitions(&self) -> Option<usize> {
+        let g = self.lock();
+        g.holding.then_some(g.partitions)
+    }
+}
+
 /// Shared between the consumer callbacks (rebalance, stats, errors) and the main loop.
 pub struct SinkContext {
     partitions: Mutex<HashMap<Key, Partition>>,
     metrics: Arc<Metrics>,
     drain_timeout: Duration,
-    /// Set once the group assigned us (possibly nothing): part of readiness.
-    pub joined: AtomicBool,
+    pub group: Arc<GroupState>,
     pub broker_up: AtomicBool,
+    /// Set when the watchdog replaced this consumer: its closing callbacks no longer
+    /// speak for the group membership.
+    retired: AtomicBool,
 }
 
 impl SinkContext {
@@ -125,26 +201,51 @@ impl ConsumerContext for SinkContext {
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
-            info!(message = "partitions revoked, draining", count = keys.len());
+            let lost = consumer.assignment_lost();
+            info!(
+                message = "partitions revoked, draining",
+                count = keys.len(),
+                lost
+            );
             if !self.drain(Some(&keys)) {
                 warn!(message = "drain on revoke timed out; uncommitted events will be redelivered", timeout = ?self.drain_timeout);
             }
-            // Nothing stored means nothing to commit: librdkafka answers NoOffset.
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(error) => warn!(message = "commit on revoke failed", %error),
+            // A lost assignment (session expired, broker gone) cannot be committed any more.
+            // Otherwise commit what the drain stored. Asynchronously: this runs inside the
+            // poll, and a synchronous commit waits without limit for a coordinator that may
+            // be gone (the broker restarting), which would stall the consumer for good.
+            // librdkafka also commits stored offsets of unassigned partitions itself.
+            if !lost {
+                match consumer.commit_consumer_state(CommitMode::Async) {
+                    Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(error) => warn!(message = "commit on revoke failed", %error),
+                }
             }
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         match rebalance {
             Rebalance::Assign(tpl) => {
                 info!(message = "partitions assigned", count = tpl.count());
-                self.joined.store(true, Ordering::Relaxed);
+                // A partition paused by backpressure before a revoke must not come back
+                // paused: its new task starts unpaused.
+                if tpl.count() > 0 {
+                    if let Err(error) = consumer.resume(tpl) {
+                        warn!(message = "resuming assigned partitions failed", %error);
+                    }
+                }
+                self.group.assigned(tpl.count());
             }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(error) => warn!(message = "rebalance error", %error),
+            Rebalance::Revoke(_) => self.group.unassigned(),
+            Rebalance::Error(error) => {
+                // rust-rdkafka unassigns on a rebalance error.
+                warn!(message = "rebalance error", %error);
+                self.group.unassigned();
+            }
         }
         self.metrics
             .assigned_partitions(consumer.assignment().map(|a| a.count()).unwrap_or(0));
@@ -166,13 +267,15 @@ pub type SinkConsumer = StreamConsumer<SinkContext>;
 pub fn create_consumer(
     config: &KafkaConfig,
     metrics: Arc<Metrics>,
+    group: Arc<GroupState>,
 ) -> Result<Arc<SinkConsumer>, KafkaError> {
     let context = SinkContext {
         partitions: Mutex::new(HashMap::new()),
         metrics,
         drain_timeout: config.drain_timeout,
-        joined: AtomicBool::new(false),
+        group,
         broker_up: AtomicBool::new(true),
+        retired: AtomicBool::new(false),
     };
     let mut client = ClientConfig::new();
     client
@@ -192,6 +295,14 @@ pub fn create_consumer(
             config.statistics_interval.as_millis().to_string(),
         )
         .set("enable.partition.eof", "false")
+        // Latency: the broker answers a fetch as soon as one byte is there, and holds an
+        // empty fetch at most fetch_wait_max (librdkafka's default 500 ms wait is what a
+        // change waits for when it arrives just after an empty fetch was sent).
+        .set("fetch.min.bytes", "1")
+        .set(
+            "fetch.wait.max.ms",
+            config.fetch_wait_max.as_millis().max(1).to_string(),
+        )
         .set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in &config.librdkafka {
         client.set(k, v);
@@ -207,6 +318,9 @@ pub struct Source {
     pub consumer: Arc<SinkConsumer>,
     pub handlers: HashMap<String, Arc<Handler>>,
     pub apply: ApplyConfig,
+    pub kafka: KafkaConfig,
+    pub metrics: Arc<Metrics>,
+    pub group: Arc<GroupState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,16 +335,20 @@ pub enum SourceError {
 
 impl Source {
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), SourceError> {
         tokio::pin!(shutdown);
         let high_water = self.apply.max_batch_size * 4;
         let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_restart: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = tick.tick() => self.resume_drained(high_water / 4),
+                _ = watchdog.tick() => self.watch_assignment(&mut last_restart).await,
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
                         let record = Record {
@@ -251,19 +369,91 @@ impl Source {
         }
         info!(message = "shutting down: draining partitions");
         let drained = self.consumer.context().drain(None);
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => {
+        // Synchronous, but bounded: with the broker gone the commit would wait forever.
+        let consumer = Arc::clone(&self.consumer);
+        let commit = tokio::task::spawn_blocking(move || {
+            let result = consumer.commit_consumer_state(CommitMode::Sync);
+            consumer.unsubscribe();
+            result
+        });
+        match tokio::time::timeout(self.kafka.drain_timeout, commit).await {
+            Ok(Ok(Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)))) => {}
+            Ok(Ok(Err(error))) => {
                 error!(message = "final commit failed", %error);
                 return Err(error.into());
             }
+            Ok(Err(_)) | Err(_) => {
+                error!(message = "final commit did not finish within the drain timeout", timeout = ?self.kafka.drain_timeout);
+                return Err(SourceError::DrainTimeout);
+            }
         }
-        self.consumer.unsubscribe();
         if drained {
             Ok(())
         } else {
             Err(SourceError::DrainTimeout)
         }
+    }
+
+    /// Once a second: notices an assignment librdkafka dropped without a revoke, publishes
+    /// the assigned-partitions gauge, and recreates the consumer when it has held no
+    /// assignment for `rejoin_timeout` while the broker answers metadata.
+    async fn watch_assignment(&mut self, last_restart: &mut Option<Instant>) {
+        let actual = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.metrics.assigned_partitions(actual);
+        if actual == 0 && self.group.held_partitions().is_some_and(|n| n > 0) {
+            warn!(message = "assignment dropped without a revoke; waiting for the group to assign again");
+            self.group.unassigned();
+        }
+        let Some(unassigned) = self.group.unassigned_for() else {
+            return;
+        };
+        let timeout = self.kafka.rejoin_timeout;
+        if unassigned < timeout || last_restart.is_some_and(|t| t.elapsed() < timeout) {
+            return;
+        }
+        let probe = Arc::clone(&self.consumer);
+        let topic = self.kafka.topics[0].clone();
+        let broker_answers = tokio::task::spawn_blocking(move || {
+            probe
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if !broker_answers {
+            // Nothing to gain from a new consumer while the broker is away.
+            return;
+        }
+        *last_restart = Some(Instant::now());
+        warn!(
+            message = "no partition assignment while the broker answers; recreating the consumer",
+            unassigned_s = unassigned.as_secs()
+        );
+        let fresh = match create_consumer(
+            &self.kafka,
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.group),
+        ) {
+            Ok(c) => c,
+            Err(error) => {
+                self.metrics.error("kafka");
+                error!(message = "recreating the consumer failed; keeping the old one", %error);
+                return;
+            }
+        };
+        self.metrics.consumer_restarted();
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        old.context().retired.store(true, Ordering::Relaxed);
+        // Whatever the old consumer still had queued is written (idempotently) and then
+        // redelivered to the new one from the committed offsets.
+        if !old.context().drain(None) {
+            warn!(message = "draining the old consumer timed out");
+        }
+        // Closing may wait for the group leave; keep it off the runtime.
+        tokio::task::spawn_blocking(move || {
+            old.unsubscribe();
+            drop(old);
+        });
     }
 
     fn dispatch(&self, record: Record, high_water: usize) {

@@ -161,11 +161,13 @@ async fn measure(
     let schema_changes = schedule_schema_changes(scenario, &endpoints, load_started);
 
     let mut fault_records = Vec::new();
+    let mut fault_schedule = Vec::new();
     let driven = match &scenario.breakpoint {
         Some(bp) => breakpoint(bp, driver, &api_url, &scenario.name, dir, &observers, load_started).await.map(|(plan, result, best)| (plan, result, Some(best))),
         None => {
             let plan = scenario.plan(options.duration, options.rate);
             let schedule = scenario.fault_schedule(options.seed, plan.duration());
+            fault_schedule = schedule.clone();
             let progress = progress_printer(plan.duration(), observers.samples.clone(), load_started);
             let (result, records) = tokio::join!(
                 load::drive(driver, &api_url, &plan, &scenario.name, dir),
@@ -268,6 +270,8 @@ async fn measure(
             "scenario": scenario,
             "plan": plan,
             "overrides": { "duration": options.duration.map(|d| d.as_secs_f64()), "rate": options.rate },
+            // The planned schedule (fixed and seeded faults): the same seed gives the same one.
+            "fault_schedule": fault_schedule,
             "stack": { "postgres": endpoints.postgres.display(&endpoints.postgres.source_db), "kafka": endpoints.kafka, "sink": endpoints.sink_http },
         }),
         load: LoadStats {

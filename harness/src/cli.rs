@@ -150,7 +150,9 @@ pub fn run() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HARNESS_LOG").unwrap_or_else(|_| "warn,librdkafka=off,rdkafka=off,deadpool=error,goose=error".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HARNESS_LOG").unwrap_or_else(|_| "warn,librdkafka=off,rdkafka=off,deadpool=error,goose=error".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -272,7 +274,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 println!(
                     "sink {} events: {:.0} events/s ({:.2}s); raw baseline {:.0} rows/s ({:.2}s); ratio {:.2}; bare broker read {:.0} msg/s",
-                    result.events, result.events_per_sec, result.sink_seconds, result.baseline_events_per_sec, result.baseline_seconds, result.ratio_to_baseline, result.broker_read_events_per_sec
+                    result.events,
+                    result.events_per_sec,
+                    result.sink_seconds,
+                    result.baseline_events_per_sec,
+                    result.baseline_seconds,
+                    result.ratio_to_baseline,
+                    result.broker_read_events_per_sec
                 );
             }
             Ok(exit::SUCCESS)
@@ -284,7 +292,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 println!(
                     "verify {} rows: {:.0} rows/s ({:.2}s); raw read {:.0} rows/s ({:.2}s); ratio {:.2}; peak RSS {:.0} MiB; converged {}",
-                    result.rows, result.rows_per_sec, result.verify_seconds, result.raw_read_rows_per_sec, result.raw_read_seconds, result.ratio_to_raw, result.peak_rss_mb, result.converged
+                    result.rows,
+                    result.rows_per_sec,
+                    result.verify_seconds,
+                    result.raw_read_rows_per_sec,
+                    result.raw_read_seconds,
+                    result.ratio_to_raw,
+                    result.peak_rss_mb,
+                    result.converged
                 );
             }
             Ok(if result.converged { exit::SUCCESS } else { exit::GATE_FAILED })
@@ -309,7 +324,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// Prints the endpoints of a stack that came up, or stops what was started.
-async fn finish_up(outcome: Result<harness::orchestrator::Endpoints, ServiceError>, stack: &mut impl Orchestrator, started: std::time::Instant) -> anyhow::Result<i32> {
+async fn finish_up(
+    outcome: Result<harness::orchestrator::Endpoints, ServiceError>,
+    stack: &mut impl Orchestrator,
+    started: std::time::Instant,
+) -> anyhow::Result<i32> {
     match outcome {
         Ok(endpoints) => {
             eprintln!("up: stack ready in {:.1}s", started.elapsed().as_secs_f64());
@@ -389,7 +408,12 @@ fn print_run_summary(report: &harness::report::model::Report, dir: &std::path::P
     }
     eprintln!("{:<28} {}", "errors", s.errors);
     for t in &report.thresholds {
-        eprintln!("  {} {:<40} observed {}", if t.passed { "PASS" } else { "FAIL" }, t.expression, t.observed.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()));
+        eprintln!(
+            "  {} {:<40} observed {}",
+            if t.passed { "PASS" } else { "FAIL" },
+            t.expression,
+            t.observed.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
+        );
     }
     eprintln!("{:<28} {}", "thresholds", if s.thresholds_passed { "passed" } else { "FAILED" });
     eprintln!("{:<28} {}", "report", dir.join("report.html").display());
@@ -398,7 +422,8 @@ fn print_run_summary(report: &harness::report::model::Report, dir: &std::path::P
 fn render_verify(report: &VerifyReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "{:<12} {:>9} {:>9} {:>9} {:>8} {:>6} {:>10} {:>5}", "ENTITY", "SOURCE", "TARGET", "MATCHING", "MISSING", "EXTRA", "MISMATCHED", "DUPS");
+    let _ =
+        writeln!(out, "{:<12} {:>9} {:>9} {:>9} {:>8} {:>6} {:>10} {:>5}", "ENTITY", "SOURCE", "TARGET", "MATCHING", "MISSING", "EXTRA", "MISMATCHED", "DUPS");
     for e in &report.entities {
         let _ = writeln!(
             out,

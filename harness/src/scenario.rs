@@ -168,9 +168,7 @@ pub enum ScenarioError {
 
 /// The workspace's `scenarios/` folder (overridable with `HARNESS_SCENARIOS_DIR`).
 pub fn scenarios_dir() -> PathBuf {
-    std::env::var_os("HARNESS_SCENARIOS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("scenarios"))
+    std::env::var_os("HARNESS_SCENARIOS_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("scenarios"))
 }
 
 pub fn builtin_names() -> Vec<String> {

@@ -24,10 +24,7 @@ use crate::targets::{Target, TargetError};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     #[error("target: {0}")]
     Target(#[from] TargetError),
     #[error("kafka: {0}")]
@@ -54,29 +51,15 @@ async fn connect_target(config: &SinkConfig, metrics: &Metrics) -> Result<Target
 }
 
 /// Runs the sink until `shutdown` resolves. Ok means a clean shutdown.
-pub async fn run(
-    config: SinkConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), RunError> {
+pub async fn run(config: SinkConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RunError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let group = Arc::new(GroupState::default());
-    let readiness = Arc::new(Readiness::new(
-        Arc::clone(&group),
-        config.kafka.assignment_grace,
-    ));
+    let readiness = Arc::new(Readiness::new(Arc::clone(&group), config.kafka.assignment_grace));
 
     let addr = config.listen_addr();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Listen {
-            addr: addr.to_string(),
-            source,
-        })?;
-    let app = router(Arc::new(AppState {
-        metrics: Arc::clone(&metrics),
-        readiness: Arc::clone(&readiness),
-    }));
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Listen { addr: addr.to_string(), source })?;
+    let app = router(Arc::new(AppState { metrics: Arc::clone(&metrics), readiness: Arc::clone(&readiness) }));
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             warn!(message = "http server stopped", %error);
@@ -111,31 +94,14 @@ pub async fn run(
         })
         .collect();
 
-    let probe = tokio::spawn(probe_loop(
-        metadata_probe,
-        Arc::clone(&target),
-        Arc::clone(&readiness),
-        Arc::clone(&metrics),
-        config.kafka.topics[0].clone(),
-    ));
-    let purge = config.tombstones.retention.map(|retention| {
-        tokio::spawn(purge_loop(
-            Arc::clone(&target),
-            Arc::clone(&metrics),
-            retention,
-            config.tombstones.purge_interval,
-        ))
-    });
+    let probe = tokio::spawn(probe_loop(metadata_probe, Arc::clone(&target), Arc::clone(&readiness), Arc::clone(&metrics), config.kafka.topics[0].clone()));
+    let purge = config
+        .tombstones
+        .retention
+        .map(|retention| tokio::spawn(purge_loop(Arc::clone(&target), Arc::clone(&metrics), retention, config.tombstones.purge_interval)));
 
     info!(message = "consuming", topics = ?config.kafka.topics, group = %config.kafka.group_id);
-    let source = Source {
-        consumer,
-        handlers,
-        apply: config.apply.clone(),
-        kafka: config.kafka.clone(),
-        metrics: Arc::clone(&metrics),
-        group,
-    };
+    let source = Source { consumer, handlers, apply: config.apply.clone(), kafka: config.kafka.clone(), metrics: Arc::clone(&metrics), group };
     let result = source.run(shutdown).await;
     probe.abort();
     if let Some(purge) = purge {
@@ -149,13 +115,9 @@ pub async fn run(
 
 /// A plain client (no group) for the broker probe: independent of the group consumer,
 /// which the watchdog may replace.
-fn metadata_client(
-    config: &crate::config::KafkaConfig,
-) -> Result<Arc<BaseConsumer>, rdkafka::error::KafkaError> {
+fn metadata_client(config: &crate::config::KafkaConfig) -> Result<Arc<BaseConsumer>, rdkafka::error::KafkaError> {
     let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.brokers)
-        .set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+    client.set("bootstrap.servers", &config.brokers).set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
     for (k, v) in &config.librdkafka {
         // Connection settings (security, timeouts) apply; consumer tuning does no harm.
         client.set(k, v);
@@ -165,28 +127,16 @@ fn metadata_client(
 
 /// Keeps `/readyz` honest: the target answers a ping and the broker answers a metadata
 /// request, every few seconds.
-async fn probe_loop(
-    consumer: Arc<BaseConsumer>,
-    target: Arc<Target>,
-    readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
-    topic: String,
-) {
+async fn probe_loop(consumer: Arc<BaseConsumer>, target: Arc<Target>, readiness: Arc<Readiness>, metrics: Arc<Metrics>, topic: String) {
     let mut tick = tokio::time::interval(Duration::from_secs(3));
     loop {
         tick.tick().await;
-        let target_up = tokio::time::timeout(Duration::from_secs(3), target.ping())
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let target_up = tokio::time::timeout(Duration::from_secs(3), target.ping()).await.is_ok_and(|r| r.is_ok());
         readiness.target.store(target_up, Ordering::Relaxed);
         metrics.dependency_up("target", target_up);
         let c = Arc::clone(&consumer);
         let t = topic.clone();
-        let kafka_up = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(Some(&t), Duration::from_secs(3)).is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let kafka_up = tokio::task::spawn_blocking(move || c.fetch_metadata(Some(&t), Duration::from_secs(3)).is_ok()).await.unwrap_or(false);
         readiness.kafka.store(kafka_up, Ordering::Relaxed);
         metrics.dependency_up("kafka", kafka_up);
     }
@@ -194,12 +144,7 @@ async fn probe_loop(
 
 /// Purges delete tombstones older than the retention (see README: it must exceed the
 /// broker's retention, or a replay could resurrect a purged key).
-async fn purge_loop(
-    target: Arc<Target>,
-    metrics: Arc<Metrics>,
-    retention: Duration,
-    interval: Duration,
-) {
+async fn purge_loop(target: Arc<Target>, metrics: Arc<Metrics>, retention: Duration, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;

@@ -20,10 +20,7 @@ pub const ENV_PREFIX: &str = "SINK__";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config is not valid: {0}")]
     Parse(String),
     #[error("environment override {var} is not usable: {reason}")]
@@ -67,10 +64,7 @@ impl<'de> Deserialize<'de> for Secret {
             toml::Value::Integer(i) => Ok(Self(i.to_string())),
             toml::Value::Float(f) => Ok(Self(f.to_string())),
             toml::Value::Boolean(b) => Ok(Self(b.to_string())),
-            other => Err(serde::de::Error::custom(format!(
-                "expected a string secret, found {}",
-                other.type_str()
-            ))),
+            other => Err(serde::de::Error::custom(format!("expected a string secret, found {}", other.type_str()))),
         }
     }
 }
@@ -105,45 +99,27 @@ pub struct KafkaConfig {
     #[serde(default = "KafkaConfig::default_offset_reset")]
     pub auto_offset_reset: OffsetReset,
     /// Consumer group session timeout.
-    #[serde(
-        default = "KafkaConfig::default_session_timeout",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "KafkaConfig::default_session_timeout", with = "humantime_serde")]
     pub session_timeout: Duration,
     /// How long SIGTERM/SIGINT or a partition revoke may take to drain in-flight batches
     /// before the final synchronous commit.
-    #[serde(
-        default = "KafkaConfig::default_drain_timeout",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "KafkaConfig::default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// Interval of librdkafka statistics, the source of the consumer lag gauge.
-    #[serde(
-        default = "KafkaConfig::default_statistics_interval",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "KafkaConfig::default_statistics_interval", with = "humantime_serde")]
     pub statistics_interval: Duration,
     /// How long the consumer may hold no partition assignment (after a revoke, a lost
     /// assignment, or before the first join) before `/readyz` reports not ready.
-    #[serde(
-        default = "KafkaConfig::default_assignment_grace",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "KafkaConfig::default_assignment_grace", with = "humantime_serde")]
     pub assignment_grace: Duration,
     /// Safety net: when the consumer has held no assignment this long while the broker
     /// answers metadata requests, it is recreated and subscribes again (counted in
     /// `sink_consumer_restarts_total`).
-    #[serde(
-        default = "KafkaConfig::default_rejoin_timeout",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "KafkaConfig::default_rejoin_timeout", with = "humantime_serde")]
     pub rejoin_timeout: Duration,
     /// librdkafka `fetch.wait.max.ms`: how long the broker may hold a fetch when no new
     /// data is there. Bounds the latency the consumer adds at low rates.
-    #[serde(
-        default = "KafkaConfig::default_fetch_wait_max",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "KafkaConfig::default_fetch_wait_max", with = "humantime_serde")]
     pub fetch_wait_max: Duration,
     /// Extra librdkafka properties passed through as-is (e.g. security settings).
     #[serde(default)]
@@ -228,21 +204,12 @@ pub struct ApplyConfig {
     #[serde(default = "ApplyConfig::default_max_batch_size")]
     pub max_batch_size: usize,
     /// How long a partition waits to fill a batch once it has an event.
-    #[serde(
-        default = "ApplyConfig::default_max_batch_wait",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "ApplyConfig::default_max_batch_wait", with = "humantime_serde")]
     pub max_batch_wait: Duration,
     /// First backoff after a transient target or DLQ error; doubles up to `retry_max_backoff`.
-    #[serde(
-        default = "ApplyConfig::default_retry_initial_backoff",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "ApplyConfig::default_retry_initial_backoff", with = "humantime_serde")]
     pub retry_initial_backoff: Duration,
-    #[serde(
-        default = "ApplyConfig::default_retry_max_backoff",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "ApplyConfig::default_retry_max_backoff", with = "humantime_serde")]
     pub retry_max_backoff: Duration,
     /// Values larger than this go to the DLQ instead of the target.
     #[serde(default = "ApplyConfig::default_max_event_bytes")]
@@ -290,10 +257,7 @@ pub struct TombstoneConfig {
     #[serde(default, with = "humantime_serde")]
     pub retention: Option<Duration>,
     /// How often the purge runs.
-    #[serde(
-        default = "TombstoneConfig::default_purge_interval",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "TombstoneConfig::default_purge_interval", with = "humantime_serde")]
     pub purge_interval: Duration,
 }
 
@@ -305,40 +269,25 @@ impl TombstoneConfig {
 
 impl Default for TombstoneConfig {
     fn default() -> Self {
-        Self {
-            retention: None,
-            purge_interval: Self::default_purge_interval(),
-        }
+        Self { retention: None, purge_interval: Self::default_purge_interval() }
     }
 }
 
 impl SinkConfig {
     /// Reads the file, applies environment overrides from `env`, and validates.
-    pub fn load(
-        path: &Path,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::from_toml(&text, env)
     }
 
-    pub fn from_toml(
-        text: &str,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         for (var, value) in env {
             if let Some(path) = var.strip_prefix(ENV_PREFIX) {
                 apply_override(&mut table, &var, path, &value)?;
             }
         }
-        let config: Self = table
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        let config: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -353,22 +302,15 @@ impl SinkConfig {
             problems.push("[kafka] group_id is empty: give the consumer group a name".into());
         }
         if k.topics.is_empty() {
-            problems.push(
-                "[kafka] topics is empty: list the Debezium topics, e.g. [\"cdc.public.customer\"]"
-                    .into(),
-            );
+            problems.push("[kafka] topics is empty: list the Debezium topics, e.g. [\"cdc.public.customer\"]".into());
         }
         for topic in &k.topics {
             if crate::model::Entity::from_topic(topic).is_none() {
-                problems.push(format!(
-                    "[kafka] topics: {topic:?} does not end in a known table (customer, address, orders, order_item)"
-                ));
+                problems.push(format!("[kafka] topics: {topic:?} does not end in a known table (customer, address, orders, order_item)"));
             }
         }
         if k.dlq_topic.trim().is_empty() {
-            problems.push(
-                "[kafka] dlq_topic is empty: name the dead-letter topic, e.g. \"cdc.dlq\"".into(),
-            );
+            problems.push("[kafka] dlq_topic is empty: name the dead-letter topic, e.g. \"cdc.dlq\"".into());
         } else if k.topics.contains(&k.dlq_topic) {
             problems.push("[kafka] dlq_topic must not be one of the consumed topics".into());
         }
@@ -390,9 +332,7 @@ impl SinkConfig {
         match self.target.kind {
             TargetKind::Postgres => {
                 if self.target.url.contains("password=") {
-                    problems.push(
-                        "[target] url contains password=: remove it and set [target] password or SINK__TARGET__PASSWORD".into(),
-                    );
+                    problems.push("[target] url contains password=: remove it and set [target] password or SINK__TARGET__PASSWORD".into());
                 }
                 if let Err(e) = self.target.url.parse::<tokio_postgres::Config>() {
                     problems.push(format!("[target] url is not a libpq key=value string: {e}"));
@@ -400,50 +340,35 @@ impl SinkConfig {
                 problems.extend(self.target.postgres.validate());
             }
             TargetKind::Mongodb => {
-                if !(self.target.url.starts_with("mongodb://")
-                    || self.target.url.starts_with("mongodb+srv://"))
-                {
+                if !(self.target.url.starts_with("mongodb://") || self.target.url.starts_with("mongodb+srv://")) {
                     problems.push("[target] url must be a mongodb:// or mongodb+srv:// URI for kind = \"mongodb\"".into());
                 }
                 problems.extend(self.target.mongodb.validate());
             }
         }
         if self.http.listen.parse::<SocketAddr>().is_err() {
-            problems.push(format!(
-                "[http] listen {:?} is not an address like \"127.0.0.1:9095\"",
-                self.http.listen
-            ));
+            problems.push(format!("[http] listen {:?} is not an address like \"127.0.0.1:9095\"", self.http.listen));
         }
         let a = &self.apply;
         if a.max_batch_size == 0 {
             problems.push("[apply] max_batch_size must be at least 1".into());
         }
         if a.retry_initial_backoff.is_zero() || a.retry_initial_backoff > a.retry_max_backoff {
-            problems.push(
-                "[apply] retry_initial_backoff must be positive and at most retry_max_backoff"
-                    .into(),
-            );
+            problems.push("[apply] retry_initial_backoff must be positive and at most retry_max_backoff".into());
         }
         if a.max_event_bytes < 1024 {
-            problems
-                .push("[apply] max_event_bytes below 1 KiB would reject ordinary events".into());
+            problems.push("[apply] max_event_bytes below 1 KiB would reject ordinary events".into());
         }
         if let Some(retention) = self.tombstones.retention {
             if retention < Duration::from_secs(3600) {
-                problems.push(
-                    "[tombstones] retention must be at least 1h and should exceed the broker retention (replay window)".into(),
-                );
+                problems.push("[tombstones] retention must be at least 1h and should exceed the broker retention (replay window)".into());
             }
         }
         if self.tombstones.purge_interval.is_zero() {
             problems.push("[tombstones] purge_interval must be positive".into());
         }
         problems.extend(self.validation.validate());
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -454,33 +379,18 @@ impl SinkConfig {
 /// Sets `path` (`SECTION__KEY[__KEY...]`, case-insensitive) in the TOML table. The value is
 /// parsed as a TOML value when it is one (numbers, booleans, arrays, durations as strings
 /// stay strings), otherwise taken as a plain string.
-fn apply_override(
-    table: &mut toml::Table,
-    var: &str,
-    path: &str,
-    value: &str,
-) -> Result<(), ConfigError> {
+fn apply_override(table: &mut toml::Table, var: &str, path: &str, value: &str) -> Result<(), ConfigError> {
     let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
     if keys.iter().any(String::is_empty) {
-        return Err(ConfigError::Env {
-            var: var.into(),
-            reason: "expected SINK__<SECTION>__<KEY>".into(),
-        });
+        return Err(ConfigError::Env { var: var.into(), reason: "expected SINK__<SECTION>__<KEY>".into() });
     }
-    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let parsed =
+        toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(value.to_string()));
     let (last, parents) = keys.split_last().expect("split yields one key at least");
     let mut cursor = table;
     for key in parents {
-        let entry = cursor
-            .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cursor = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
-            var: var.into(),
-            reason: format!("{key} is not a section"),
-        })?;
+        let entry = cursor.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = entry.as_table_mut().ok_or_else(|| ConfigError::Env { var: var.into(), reason: format!("{key} is not a section") })?;
     }
     cursor.insert(last.clone(), parsed);
     Ok(())
@@ -506,10 +416,7 @@ listen = "127.0.0.1:9095"
 "#;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -526,12 +433,7 @@ listen = "127.0.0.1:9095"
     fn env_overrides_password_and_nested_keys() {
         let c = SinkConfig::from_toml(
             MINIMAL,
-            env(&[
-                ("SINK__TARGET__PASSWORD", "12345"),
-                ("SINK__APPLY__MAX_BATCH_SIZE", "100"),
-                ("SINK__TOMBSTONES__RETENTION", "8d"),
-                ("OTHER", "x"),
-            ]),
+            env(&[("SINK__TARGET__PASSWORD", "12345"), ("SINK__APPLY__MAX_BATCH_SIZE", "100"), ("SINK__TOMBSTONES__RETENTION", "8d"), ("OTHER", "x")]),
         )
         .unwrap();
         assert_eq!(c.target.password.as_ref().unwrap().expose(), "12345");
@@ -541,8 +443,7 @@ listen = "127.0.0.1:9095"
 
     #[test]
     fn secret_is_never_printed() {
-        let c =
-            SinkConfig::from_toml(MINIMAL, env(&[("SINK__TARGET__PASSWORD", "hunter2")])).unwrap();
+        let c = SinkConfig::from_toml(MINIMAL, env(&[("SINK__TARGET__PASSWORD", "hunter2")])).unwrap();
         let debug = format!("{c:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("***"));
@@ -550,8 +451,7 @@ listen = "127.0.0.1:9095"
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err =
-            SinkConfig::from_toml(&format!("{MINIMAL}\n[apply]\nmax_batch = 3\n"), []).unwrap_err();
+        let err = SinkConfig::from_toml(&format!("{MINIMAL}\n[apply]\nmax_batch = 3\n"), []).unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
         let err = SinkConfig::from_toml(MINIMAL, env(&[("SINK__KAFKA__BROKER", "x")])).unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
@@ -560,49 +460,28 @@ listen = "127.0.0.1:9095"
     #[test]
     fn invalid_values_are_all_reported_with_a_fix() {
         let text = MINIMAL
-            .replace(
-                "user=postgres dbname=sink",
-                "user=postgres password=x dbname=sink",
-            )
+            .replace("user=postgres dbname=sink", "user=postgres password=x dbname=sink")
             .replace("\"127.0.0.1:9095\"", "\"nowhere\"")
-            .replace(
-                "dlq_topic = \"cdc.dlq\"",
-                "dlq_topic = \"cdc.public.customer\"",
-            );
-        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text, []) else {
-            panic!("expected invalid")
-        };
+            .replace("dlq_topic = \"cdc.dlq\"", "dlq_topic = \"cdc.public.customer\"");
+        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text, []) else { panic!("expected invalid") };
         assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.contains("SINK__TARGET__PASSWORD"))
-        );
+        assert!(problems.iter().any(|p| p.contains("SINK__TARGET__PASSWORD")));
     }
 
     #[test]
     fn unknown_table_topic_and_bad_mongo_url_rejected() {
-        let text = MINIMAL
-            .replace("cdc.public.orders", "cdc.public.invoices")
-            .replace("\"postgres\"", "\"mongodb\"");
-        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text, []) else {
-            panic!("expected invalid")
-        };
+        let text = MINIMAL.replace("cdc.public.orders", "cdc.public.invoices").replace("\"postgres\"", "\"mongodb\"");
+        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text, []) else { panic!("expected invalid") };
         assert!(problems.iter().any(|p| p.contains("invoices")));
         assert!(problems.iter().any(|p| p.contains("mongodb://")));
     }
 
     #[test]
     fn validation_rules_configurable() {
-        let text = format!(
-            "{MINIMAL}\n[validation.rules.referential]\nseverity = \"reject\"\n[validation.rules.email]\nenabled = false\n"
-        );
+        let text = format!("{MINIMAL}\n[validation.rules.referential]\nseverity = \"reject\"\n[validation.rules.email]\nenabled = false\n");
         let c = SinkConfig::from_toml(&text, []).unwrap();
         use crate::validation::{Rule, Severity};
-        assert_eq!(
-            c.validation.rule(Rule::Referential).severity,
-            Severity::Reject
-        );
+        assert_eq!(c.validation.rule(Rule::Referential).severity, Severity::Reject);
         assert!(!c.validation.rule(Rule::Email).enabled);
         assert_eq!(c.validation.rule(Rule::Temporal).severity, Severity::Warn);
     }

@@ -72,25 +72,15 @@ impl DecodeError {
 }
 
 /// Decodes one record. `key`/`value` are the raw Kafka bytes.
-pub fn decode(
-    coords: &Coords,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-    max_event_bytes: usize,
-) -> Result<Decoded, DecodeError> {
+pub fn decode(coords: &Coords, key: Option<&[u8]>, value: Option<&[u8]>, max_event_bytes: usize) -> Result<Decoded, DecodeError> {
     let Some(value) = value else {
         return Ok(Decoded::Tombstone);
     };
     if value.len() > max_event_bytes {
-        return Err(DecodeError::TooLarge {
-            size: value.len(),
-            limit: max_event_bytes,
-        });
+        return Err(DecodeError::TooLarge { size: value.len(), limit: max_event_bytes });
     }
-    let entity = Entity::from_topic(&coords.topic)
-        .ok_or_else(|| DecodeError::UnknownTable(coords.topic.clone()))?;
-    let json: Json =
-        serde_json::from_slice(value).map_err(|e| DecodeError::MalformedValue(e.to_string()))?;
+    let entity = Entity::from_topic(&coords.topic).ok_or_else(|| DecodeError::UnknownTable(coords.topic.clone()))?;
+    let json: Json = serde_json::from_slice(value).map_err(|e| DecodeError::MalformedValue(e.to_string()))?;
     let Json::Object(obj) = json else {
         return Err(DecodeError::NotAnObject);
     };
@@ -99,39 +89,18 @@ pub fn decode(
         Some(Json::Object(p)) if obj.contains_key("schema") => p.clone(),
         _ => obj,
     };
-    let is_envelope =
-        obj.contains_key("op") && (obj.contains_key("source") || obj.contains_key("after"));
-    let change = if is_envelope {
-        decode_envelope(entity, &obj, coords)?
-    } else {
-        decode_flattened(entity, &obj, coords)?
-    };
+    let is_envelope = obj.contains_key("op") && (obj.contains_key("source") || obj.contains_key("after"));
+    let change = if is_envelope { decode_envelope(entity, &obj, coords)? } else { decode_flattened(entity, &obj, coords)? };
     let Some(mut change) = change else {
-        return Ok(
-            match obj
-                .get("op")
-                .or_else(|| obj.get("__op"))
-                .and_then(Json::as_str)
-            {
-                Some("t") => Decoded::Truncate,
-                _ => Decoded::Message {
-                    prefix: obj
-                        .get("message")
-                        .and_then(|m| m.get("prefix"))
-                        .and_then(Json::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                },
-            },
-        );
+        return Ok(match obj.get("op").or_else(|| obj.get("__op")).and_then(Json::as_str) {
+            Some("t") => Decoded::Truncate,
+            _ => Decoded::Message { prefix: obj.get("message").and_then(|m| m.get("prefix")).and_then(Json::as_str).unwrap_or_default().to_string() },
+        });
     };
     if let Some(key) = key {
         let key_id = decode_key(key)?;
         if let Some(key_id) = key_id.filter(|k| *k != change.key) {
-            return Err(DecodeError::KeyMismatch {
-                key: key_id.to_string(),
-                row: change.key.to_string(),
-            });
+            return Err(DecodeError::KeyMismatch { key: key_id.to_string(), row: change.key.to_string() });
         }
     }
     change.coords = coords.clone();
@@ -140,17 +109,12 @@ pub fn decode(
 
 /// The Kafka key: `{"id": "<uuid>"}` (or a schema-wrapped payload). `None` when it names no id.
 fn decode_key(key: &[u8]) -> Result<Option<Uuid>, DecodeError> {
-    let json: Json =
-        serde_json::from_slice(key).map_err(|e| DecodeError::MalformedKey(e.to_string()))?;
+    let json: Json = serde_json::from_slice(key).map_err(|e| DecodeError::MalformedKey(e.to_string()))?;
     let id = json.get("id").or_else(|| json.pointer("/payload/id"));
     match id {
         None => Ok(None),
-        Some(Json::String(s)) => Uuid::parse_str(s)
-            .map(Some)
-            .map_err(|e| DecodeError::MalformedKey(format!("id {s:?} is not a uuid: {e}"))),
-        Some(other) => Err(DecodeError::MalformedKey(format!(
-            "id is {other}, not a uuid string"
-        ))),
+        Some(Json::String(s)) => Uuid::parse_str(s).map(Some).map_err(|e| DecodeError::MalformedKey(format!("id {s:?} is not a uuid: {e}"))),
+        Some(other) => Err(DecodeError::MalformedKey(format!("id is {other}, not a uuid string"))),
     }
 }
 
@@ -165,33 +129,16 @@ fn parse_op(op: &str) -> Result<Option<Op>, DecodeError> {
     }))
 }
 
-fn decode_envelope(
-    entity: Entity,
-    obj: &Map<String, Json>,
-    coords: &Coords,
-) -> Result<Option<Change>, DecodeError> {
-    let op = obj
-        .get("op")
-        .and_then(Json::as_str)
-        .ok_or_else(|| DecodeError::UnknownOp(format!("{:?}", obj.get("op"))))?;
+fn decode_envelope(entity: Entity, obj: &Map<String, Json>, coords: &Coords) -> Result<Option<Change>, DecodeError> {
+    let op = obj.get("op").and_then(Json::as_str).ok_or_else(|| DecodeError::UnknownOp(format!("{:?}", obj.get("op"))))?;
     let Some(op) = parse_op(op)? else {
         return Ok(None);
     };
     let source = obj.get("source").and_then(Json::as_object);
-    if let Some(table) = source
-        .and_then(|s| s.get("table"))
-        .and_then(Json::as_str)
-        .filter(|t| *t != entity.table())
-    {
-        return Err(DecodeError::TableMismatch {
-            event: table.into(),
-            topic: coords.topic.clone(),
-        });
+    if let Some(table) = source.and_then(|s| s.get("table")).and_then(Json::as_str).filter(|t| *t != entity.table()) {
+        return Err(DecodeError::TableMismatch { event: table.into(), topic: coords.topic.clone() });
     }
-    let lsn = source
-        .and_then(|s| s.get("lsn"))
-        .and_then(Json::as_i64)
-        .ok_or(DecodeError::MissingLsn("source.lsn"))?;
+    let lsn = source.and_then(|s| s.get("lsn")).and_then(Json::as_i64).ok_or(DecodeError::MissingLsn("source.lsn"))?;
     let source_ts = source.and_then(|s| epoch_field(s, "ts"));
     let emitted_ts = epoch_field(obj, "ts");
     let row = |name: &str| -> Result<Option<Row>, DecodeError> {
@@ -204,33 +151,15 @@ fn decode_envelope(
     let before = row("before")?;
     let after = row("after")?;
     let image = if op.is_delete() {
-        before
-            .as_ref()
-            .ok_or(DecodeError::MissingRow("delete without before"))?
+        before.as_ref().ok_or(DecodeError::MissingRow("delete without before"))?
     } else {
-        after
-            .as_ref()
-            .ok_or(DecodeError::MissingRow("create/update/read without after"))?
+        after.as_ref().ok_or(DecodeError::MissingRow("create/update/read without after"))?
     };
     let key = row_id(entity, image)?;
-    Ok(Some(Change {
-        entity,
-        key,
-        op,
-        lsn,
-        source_ts,
-        emitted_ts,
-        before,
-        after: if op.is_delete() { None } else { after },
-        coords: coords.clone(),
-    }))
+    Ok(Some(Change { entity, key, op, lsn, source_ts, emitted_ts, before, after: if op.is_delete() { None } else { after }, coords: coords.clone() }))
 }
 
-fn decode_flattened(
-    entity: Entity,
-    obj: &Map<String, Json>,
-    coords: &Coords,
-) -> Result<Option<Change>, DecodeError> {
+fn decode_flattened(entity: Entity, obj: &Map<String, Json>, coords: &Coords) -> Result<Option<Change>, DecodeError> {
     let deleted = match obj.get("__deleted") {
         Some(Json::Bool(b)) => *b,
         Some(Json::String(s)) => s == "true",
@@ -246,55 +175,25 @@ fn decode_flattened(
     if deleted {
         op = Op::Delete;
     }
-    if let Some(table) = obj
-        .get("__table")
-        .and_then(Json::as_str)
-        .filter(|t| *t != entity.table())
-    {
-        return Err(DecodeError::TableMismatch {
-            event: table.into(),
-            topic: coords.topic.clone(),
-        });
+    if let Some(table) = obj.get("__table").and_then(Json::as_str).filter(|t| *t != entity.table()) {
+        return Err(DecodeError::TableMismatch { event: table.into(), topic: coords.topic.clone() });
     }
     let lsn = obj
         .get("__lsn")
         .and_then(Json::as_i64)
-        .ok_or(DecodeError::MissingLsn(
-            "__lsn (configure ExtractNewRecordState add.fields=op,lsn,source.ts_ms,table)",
-        ))?;
+        .ok_or(DecodeError::MissingLsn("__lsn (configure ExtractNewRecordState add.fields=op,lsn,source.ts_ms,table)"))?;
     let source_ts = epoch_field(obj, "__source_ts");
     let emitted_ts = epoch_field(obj, "__ts");
-    let fields: Map<String, Json> = obj
-        .iter()
-        .filter(|(k, _)| !k.starts_with("__"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let fields: Map<String, Json> = obj.iter().filter(|(k, _)| !k.starts_with("__")).map(|(k, v)| (k.clone(), v.clone())).collect();
     let row = decode_row(entity, &fields)?;
     let key = row_id(entity, &row)?;
-    let (before, after) = if op.is_delete() {
-        (Some(row), None)
-    } else {
-        (None, Some(row))
-    };
-    Ok(Some(Change {
-        entity,
-        key,
-        op,
-        lsn,
-        source_ts,
-        emitted_ts,
-        before,
-        after,
-        coords: coords.clone(),
-    }))
+    let (before, after) = if op.is_delete() { (Some(row), None) } else { (None, Some(row)) };
+    Ok(Some(Change { entity, key, op, lsn, source_ts, emitted_ts, before, after, coords: coords.clone() }))
 }
 
 /// `<prefix>_ms`, `<prefix>_us` or `<prefix>_ns` (Debezium 2.x sends all three on `source`).
 fn epoch_field(obj: &Map<String, Json>, prefix: &str) -> Option<DateTime<Utc>> {
-    let get = |suffix: &str| {
-        obj.get(&format!("{prefix}_{suffix}"))
-            .and_then(Json::as_i64)
-    };
+    let get = |suffix: &str| obj.get(&format!("{prefix}_{suffix}")).and_then(Json::as_i64);
     if let Some(ns) = get("ns") {
         return Some(Utc.timestamp_nanos(ns));
     }
@@ -305,11 +204,7 @@ fn epoch_field(obj: &Map<String, Json>, prefix: &str) -> Option<DateTime<Utc>> {
 }
 
 fn row_id(entity: Entity, row: &Row) -> Result<uuid::Uuid, DecodeError> {
-    row.uuid(entity, "id")
-        .ok_or_else(|| DecodeError::BadColumn {
-            column: "id".into(),
-            reason: "missing or null primary key".into(),
-        })
+    row.uuid(entity, "id").ok_or_else(|| DecodeError::BadColumn { column: "id".into(), reason: "missing or null primary key".into() })
 }
 
 pub fn decode_row(entity: Entity, obj: &Map<String, Json>) -> Result<Row, DecodeError> {
@@ -321,12 +216,7 @@ pub fn decode_row(entity: Entity, obj: &Map<String, Json>) -> Result<Row, Decode
                 let field = if json.as_str() == Some(TOAST_PLACEHOLDER) {
                     Field::Unavailable
                 } else {
-                    Field::Value(decode_value(column.ty, json).map_err(|reason| {
-                        DecodeError::BadColumn {
-                            column: name.clone(),
-                            reason,
-                        }
-                    })?)
+                    Field::Value(decode_value(column.ty, json).map_err(|reason| DecodeError::BadColumn { column: name.clone(), reason })?)
                 };
                 row.known[i] = Some(field);
             }
@@ -337,13 +227,7 @@ pub fn decode_row(entity: Entity, obj: &Map<String, Json>) -> Result<Row, Decode
                     Json::String(s) => Some(s.clone()),
                     other => Some(other.to_string()),
                 };
-                row.extra.insert(
-                    name.clone(),
-                    Extra {
-                        text,
-                        kind: JsonKind::of(json),
-                    },
-                );
+                row.extra.insert(name.clone(), Extra { text, kind: JsonKind::of(json) });
             }
         }
     }
@@ -356,9 +240,7 @@ pub fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
     }
     match ty {
         ColumnType::Uuid => match json {
-            Json::String(s) => Uuid::parse_str(s)
-                .map(Value::Uuid)
-                .map_err(|e| format!("{s:?} is not a uuid: {e}")),
+            Json::String(s) => Uuid::parse_str(s).map(Value::Uuid).map_err(|e| format!("{s:?} is not a uuid: {e}")),
             other => Err(format!("expected a uuid string, found {other}")),
         },
         ColumnType::Text => match json {
@@ -376,9 +258,7 @@ pub fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
                 Json::String(s) => s.parse::<i64>().ok(),
                 _ => None,
             };
-            n.and_then(|n| i32::try_from(n).ok())
-                .map(Value::Int)
-                .ok_or_else(|| format!("expected a 32-bit integer, found {json}"))
+            n.and_then(|n| i32::try_from(n).ok()).map(Value::Int).ok_or_else(|| format!("expected a 32-bit integer, found {json}"))
         }
         ColumnType::Numeric { scale } => decode_decimal(json, scale).map(Value::Numeric),
         ColumnType::Timestamptz => decode_timestamp(json).map(Value::Timestamp),
@@ -394,54 +274,31 @@ pub fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
 /// (its first 6 bits are below 32), so the two forms cannot be confused for valid amounts.
 pub fn decode_decimal(json: &Json, scale: u32) -> Result<Decimal, String> {
     match json {
-        Json::Number(n) => n
-            .to_string()
-            .parse::<Decimal>()
-            .map_err(|e| format!("{n} is not a decimal: {e}")),
-        Json::String(s)
-            if !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+') =>
-        {
-            s.parse::<Decimal>()
-                .map_err(|e| format!("{s:?} is not a decimal: {e}"))
+        Json::Number(n) => n.to_string().parse::<Decimal>().map_err(|e| format!("{n} is not a decimal: {e}")),
+        Json::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+') => {
+            s.parse::<Decimal>().map_err(|e| format!("{s:?} is not a decimal: {e}"))
         }
         Json::String(s) => decimal_from_base64(s, scale),
         Json::Object(o) => {
-            let scale = o
-                .get("scale")
-                .and_then(Json::as_u64)
-                .ok_or("variable-scale decimal without scale")?;
-            let value = o
-                .get("value")
-                .and_then(Json::as_str)
-                .ok_or("variable-scale decimal without value")?;
-            decimal_from_base64(
-                value,
-                u32::try_from(scale).map_err(|_| "scale out of range")?,
-            )
+            let scale = o.get("scale").and_then(Json::as_u64).ok_or("variable-scale decimal without scale")?;
+            let value = o.get("value").and_then(Json::as_str).ok_or("variable-scale decimal without value")?;
+            decimal_from_base64(value, u32::try_from(scale).map_err(|_| "scale out of range")?)
         }
         other => Err(format!("expected a decimal, found {other}")),
     }
 }
 
 fn decimal_from_base64(s: &str, scale: u32) -> Result<Decimal, String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|e| format!("{s:?} is neither a decimal nor base64: {e}"))?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("{s:?} is neither a decimal nor base64: {e}"))?;
     if bytes.is_empty() || bytes.len() > 12 {
-        return Err(format!(
-            "{} unscaled bytes do not fit a 96-bit decimal",
-            bytes.len()
-        ));
+        return Err(format!("{} unscaled bytes do not fit a 96-bit decimal", bytes.len()));
     }
     // Sign-extend the big-endian two's complement into an i128.
     let mut unscaled: i128 = if bytes[0] & 0x80 != 0 { -1 } else { 0 };
     for b in &bytes {
         unscaled = (unscaled << 8) | i128::from(*b);
     }
-    Decimal::try_from_i128_with_scale(unscaled, scale)
-        .map_err(|e| format!("decimal out of range: {e}"))
+    Decimal::try_from_i128_with_scale(unscaled, scale).map_err(|e| format!("decimal out of range: {e}"))
 }
 
 /// Timestamps arrive as ISO-8601 strings (`ZonedTimestamp` for timestamptz, with or without
@@ -459,9 +316,7 @@ pub fn decode_timestamp(json: &Json) -> Result<DateTime<Utc>, String> {
             })
             .map_err(|e| format!("{s:?} is not an ISO-8601 timestamp: {e}")),
         Json::Number(n) => {
-            let v = n
-                .as_i64()
-                .ok_or_else(|| format!("{n} is not an integer epoch"))?;
+            let v = n.as_i64().ok_or_else(|| format!("{n} is not an integer epoch"))?;
             let abs = v.unsigned_abs();
             let t = if abs < 100_000_000_000_000 {
                 DateTime::from_timestamp_millis(v)
@@ -483,11 +338,7 @@ mod tests {
     use std::str::FromStr;
 
     fn coords(table: &str) -> Coords {
-        Coords {
-            topic: format!("cdc.public.{table}"),
-            partition: 0,
-            offset: 7,
-        }
+        Coords { topic: format!("cdc.public.{table}"), partition: 0, offset: 7 }
     }
 
     const ID: &str = "5f0c6d4e-1b7e-4c3a-9a55-1b2c3d4e5f60";
@@ -495,12 +346,7 @@ mod tests {
 
     fn dec(table: &str, key: Option<Json>, value: Json) -> Result<Decoded, DecodeError> {
         let k = key.map(|k| k.to_string().into_bytes());
-        decode(
-            &coords(table),
-            k.as_deref(),
-            Some(value.to_string().as_bytes()),
-            1 << 20,
-        )
+        decode(&coords(table), k.as_deref(), Some(value.to_string().as_bytes()), 1 << 20)
     }
 
     fn change(d: Decoded) -> Change {
@@ -526,14 +372,8 @@ mod tests {
         assert_eq!(c.source_ts.unwrap().timestamp_millis(), 1714557600000);
         let after = c.after.unwrap();
         assert_eq!(after.text(Entity::Orders, "status"), Some("paid"));
-        assert_eq!(
-            c.before.unwrap().text(Entity::Orders, "status"),
-            Some("pending")
-        );
-        assert_eq!(
-            after.value(Entity::Orders, "total_amount"),
-            Some(&Value::Numeric(Decimal::from_str("10.00").unwrap()))
-        );
+        assert_eq!(c.before.unwrap().text(Entity::Orders, "status"), Some("pending"));
+        assert_eq!(after.value(Entity::Orders, "total_amount"), Some(&Value::Numeric(Decimal::from_str("10.00").unwrap())));
     }
 
     #[test]
@@ -559,10 +399,7 @@ mod tests {
         o.insert("__deleted".into(), json!("false"));
         let c = change(dec("orders", Some(json!({"id": ID})), v.clone()).unwrap());
         assert_eq!((c.op, c.lsn), (Op::Update, 777));
-        assert!(
-            c.after.as_ref().unwrap().extra.is_empty(),
-            "metadata fields are not columns"
-        );
+        assert!(c.after.as_ref().unwrap().extra.is_empty(), "metadata fields are not columns");
         v["__deleted"] = json!("true");
         v["__op"] = json!("d");
         let c = change(dec("orders", None, v).unwrap());
@@ -578,19 +415,11 @@ mod tests {
 
     #[test]
     fn tombstone_truncate_message() {
-        assert_eq!(
-            decode(&coords("orders"), Some(b"{\"id\":\"x\"}"), None, 100).unwrap(),
-            Decoded::Tombstone
-        );
+        assert_eq!(decode(&coords("orders"), Some(b"{\"id\":\"x\"}"), None, 100).unwrap(), Decoded::Tombstone);
         let t = json!({"op": "t", "source": {"lsn": 5, "table": "orders"}, "ts_ms": 1});
         assert_eq!(dec("orders", None, t).unwrap(), Decoded::Truncate);
         let m = json!({"op": "m", "source": {"lsn": 5}, "message": {"prefix": "audit", "content": "AQI="}});
-        assert_eq!(
-            dec("orders", None, m).unwrap(),
-            Decoded::Message {
-                prefix: "audit".into()
-            }
-        );
+        assert_eq!(dec("orders", None, m).unwrap(), Decoded::Message { prefix: "audit".into() });
     }
 
     #[test]
@@ -610,73 +439,32 @@ mod tests {
         let v = json!({"after": after, "source": {"lsn": 5}, "op": "u"});
         let c = change(dec("orders", None, v).unwrap());
         let row = c.after.unwrap();
-        assert_eq!(
-            row.known[Entity::Orders.column_index("status").unwrap()],
-            Some(Field::Unavailable)
-        );
+        assert_eq!(row.known[Entity::Orders.column_index("status").unwrap()], Some(Field::Unavailable));
         assert!(!row.is_complete());
     }
 
     #[test]
     fn decimals_string_number_base64_variable() {
         let scale = 2;
-        assert_eq!(
-            decode_decimal(&json!("1234.56"), scale)
-                .unwrap()
-                .to_string(),
-            "1234.56"
-        );
-        assert_eq!(
-            decode_decimal(&json!(12.5), scale).unwrap().to_string(),
-            "12.5"
-        );
+        assert_eq!(decode_decimal(&json!("1234.56"), scale).unwrap().to_string(), "1234.56");
+        assert_eq!(decode_decimal(&json!(12.5), scale).unwrap().to_string(), "12.5");
         // 1234 unscaled = 0x04D2 -> "BNI=" -> 12.34 at scale 2.
-        assert_eq!(
-            decode_decimal(&json!("BNI="), scale).unwrap().to_string(),
-            "12.34"
-        );
+        assert_eq!(decode_decimal(&json!("BNI="), scale).unwrap().to_string(), "12.34");
         // -1 unscaled = 0xFF -> "/w==" -> -0.01.
-        assert_eq!(
-            decode_decimal(&json!("/w=="), scale).unwrap().to_string(),
-            "-0.01"
-        );
-        assert_eq!(
-            decode_decimal(&json!({"scale": 3, "value": "BNI="}), scale)
-                .unwrap()
-                .to_string(),
-            "1.234"
-        );
+        assert_eq!(decode_decimal(&json!("/w=="), scale).unwrap().to_string(), "-0.01");
+        assert_eq!(decode_decimal(&json!({"scale": 3, "value": "BNI="}), scale).unwrap().to_string(), "1.234");
         assert!(decode_decimal(&json!("not*base64"), scale).is_err());
         assert!(decode_decimal(&json!(true), scale).is_err());
     }
 
     #[test]
     fn timestamps_iso_and_epoch_units() {
-        let expected = DateTime::parse_from_rfc3339("2024-05-01T10:00:00.123456Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(
-            decode_timestamp(&json!("2024-05-01T10:00:00.123456Z")).unwrap(),
-            expected
-        );
-        assert_eq!(
-            decode_timestamp(&json!("2024-05-01T12:00:00.123456+02:00")).unwrap(),
-            expected
-        );
-        assert_eq!(
-            decode_timestamp(&json!(1714557600123456i64)).unwrap(),
-            expected
-        );
-        assert_eq!(
-            decode_timestamp(&json!(1714557600123456000i64)).unwrap(),
-            expected
-        );
-        assert_eq!(
-            decode_timestamp(&json!(1714557600123i64))
-                .unwrap()
-                .timestamp_millis(),
-            1714557600123
-        );
+        let expected = DateTime::parse_from_rfc3339("2024-05-01T10:00:00.123456Z").unwrap().with_timezone(&Utc);
+        assert_eq!(decode_timestamp(&json!("2024-05-01T10:00:00.123456Z")).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!("2024-05-01T12:00:00.123456+02:00")).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!(1714557600123456i64)).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!(1714557600123456000i64)).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!(1714557600123i64)).unwrap().timestamp_millis(), 1714557600123);
         assert!(decode_timestamp(&json!("yesterday")).is_err());
     }
 
@@ -685,45 +473,23 @@ mod tests {
         let v = json!({"after": order("paid", json!("1")), "source": {"lsn": 5}, "op": "c"});
         let err = dec("orders", Some(json!({"id": CUST})), v.clone()).unwrap_err();
         assert_eq!(err.kind(), "key_mismatch");
-        let err = decode(
-            &coords("orders"),
-            Some(b"nope"),
-            Some(v.to_string().as_bytes()),
-            1 << 20,
-        )
-        .unwrap_err();
+        let err = decode(&coords("orders"), Some(b"nope"), Some(v.to_string().as_bytes()), 1 << 20).unwrap_err();
         assert_eq!(err.kind(), "malformed_key");
         let mut bad = order("paid", json!("1"));
         bad["customer_id"] = json!("not-a-uuid");
-        let err = dec(
-            "orders",
-            None,
-            json!({"after": bad, "source": {"lsn": 5}, "op": "c"}),
-        )
-        .unwrap_err();
+        let err = dec("orders", None, json!({"after": bad, "source": {"lsn": 5}, "op": "c"})).unwrap_err();
         assert_eq!(err.kind(), "bad_column");
     }
 
     #[test]
     fn too_large_and_new_columns() {
-        let v = json!({"after": order("paid", json!("1")), "source": {"lsn": 5}, "op": "c"})
-            .to_string();
+        let v = json!({"after": order("paid", json!("1")), "source": {"lsn": 5}, "op": "c"}).to_string();
         let err = decode(&coords("orders"), None, Some(v.as_bytes()), 10).unwrap_err();
         assert_eq!(err.kind(), "too_large");
         let mut after = order("paid", json!("1"));
         after["loyalty_tier"] = json!(3);
-        let c = change(
-            dec(
-                "orders",
-                None,
-                json!({"after": after, "source": {"lsn": 5}, "op": "c"}),
-            )
-            .unwrap(),
-        );
+        let c = change(dec("orders", None, json!({"after": after, "source": {"lsn": 5}, "op": "c"})).unwrap());
         let extra = c.after.unwrap().extra.remove("loyalty_tier").unwrap();
-        assert_eq!(
-            (extra.text.as_deref(), extra.kind),
-            (Some("3"), JsonKind::Number)
-        );
+        assert_eq!((extra.text.as_deref(), extra.kind), (Some("3"), JsonKind::Number));
     }
 }

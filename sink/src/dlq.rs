@@ -34,18 +34,11 @@ pub struct DlqProducer {
 impl DlqProducer {
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
         let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.brokers)
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000");
+        client.set("bootstrap.servers", &config.brokers).set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "30000");
         for (k, v) in &config.librdkafka {
             client.set(k, v);
         }
-        Ok(Self {
-            producer: client.create()?,
-            topic: config.dlq_topic.clone(),
-        })
+        Ok(Self { producer: client.create()?, topic: config.dlq_topic.clone() })
     }
 
     pub fn topic(&self) -> &str {
@@ -57,57 +50,25 @@ impl DlqProducer {
     pub async fn send(&self, letter: &DeadLetter) -> Result<(), KafkaError> {
         let partition = letter.coords.partition.to_string();
         let offset = letter.coords.offset.to_string();
-        let value = letter
-            .value
-            .as_deref()
-            .map(|v| &v[..v.len().min(MAX_DLQ_VALUE)]);
-        let truncated = letter
-            .value
-            .as_ref()
-            .is_some_and(|v| v.len() > MAX_DLQ_VALUE);
+        let value = letter.value.as_deref().map(|v| &v[..v.len().min(MAX_DLQ_VALUE)]);
+        let truncated = letter.value.as_ref().is_some_and(|v| v.len() > MAX_DLQ_VALUE);
         let mut headers = OwnedHeaders::new_with_capacity(8)
-            .insert(Header {
-                key: "dlq.rule",
-                value: Some(letter.rule.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.reason",
-                value: Some(letter.reason.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.entity",
-                value: Some(letter.entity.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.original.topic",
-                value: Some(letter.coords.topic.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.original.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.original.offset",
-                value: Some(offset.as_str()),
-            });
+            .insert(Header { key: "dlq.rule", value: Some(letter.rule.as_str()) })
+            .insert(Header { key: "dlq.reason", value: Some(letter.reason.as_str()) })
+            .insert(Header { key: "dlq.entity", value: Some(letter.entity.as_str()) })
+            .insert(Header { key: "dlq.original.topic", value: Some(letter.coords.topic.as_str()) })
+            .insert(Header { key: "dlq.original.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "dlq.original.offset", value: Some(offset.as_str()) });
         if truncated {
-            headers = headers.insert(Header {
-                key: "dlq.value.truncated",
-                value: Some("true"),
-            });
+            headers = headers.insert(Header { key: "dlq.value.truncated", value: Some("true") });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).headers(headers);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
         if let Some(key) = letter.key.as_deref() {
             record = record.key(key);
         }
         if let Some(value) = value {
             record = record.payload(value);
         }
-        self.producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
+        self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
     }
 }

@@ -47,11 +47,7 @@ pub struct Handler {
 fn key_for_log(key: Option<&[u8]>) -> String {
     key.map(|k| {
         let s = String::from_utf8_lossy(k);
-        if s.len() > 64 {
-            format!("{}...", s.chars().take(64).collect::<String>())
-        } else {
-            s.into_owned()
-        }
+        if s.len() > 64 { format!("{}...", s.chars().take(64).collect::<String>()) } else { s.into_owned() }
     })
     .unwrap_or_default()
 }
@@ -76,8 +72,7 @@ impl Handler {
             cdc.entity.type = %self.entity,
         );
         self.process_inner(batch, state).instrument(span).await;
-        self.metrics
-            .batch(self.entity, batch.len(), started.elapsed().as_secs_f64());
+        self.metrics.batch(self.entity, batch.len(), started.elapsed().as_secs_f64());
     }
 
     async fn process_inner(&self, batch: &[Record], state: &mut PartitionState) {
@@ -85,30 +80,17 @@ impl Handler {
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut changes: Vec<(usize, Change)> = Vec::with_capacity(batch.len());
         let mut tally = Tally::default();
-        let validator = Validator {
-            config: &self.config.validation,
-            now: Utc::now(),
-        };
+        let validator = Validator { config: &self.config.validation, now: Utc::now() };
         let mut ops: HashMap<&'static str, u64> = HashMap::new();
 
         for (i, record) in batch.iter().enumerate() {
-            match decode(
-                &record.coords,
-                record.key.as_deref(),
-                record.value.as_deref(),
-                self.config.apply.max_event_bytes,
-            ) {
+            match decode(&record.coords, record.key.as_deref(), record.value.as_deref(), self.config.apply.max_event_bytes) {
                 Err(error) => {
                     *ops.entry("invalid").or_default() += 1;
                     if let DecodeError::BadColumn { column, .. } = &error {
-                        self.schema
-                            .incompatible_known(entity, column, &self.metrics);
+                        self.schema.incompatible_known(entity, column, &self.metrics);
                     }
-                    letters.push(self.letter(
-                        record,
-                        "decode",
-                        format!("{}: {error}", error.kind()),
-                    ));
+                    letters.push(self.letter(record, "decode", format!("{}: {error}", error.kind())));
                 }
                 Ok(Decoded::Tombstone) => *ops.entry("tombstone").or_default() += 1,
                 Ok(Decoded::Truncate) => {
@@ -146,37 +128,24 @@ impl Handler {
             self.metrics.events_processed(entity, op, n);
         }
 
-        let added: HashSet<String> = changes
-            .iter()
-            .filter_map(|(_, c)| c.after.as_ref())
-            .flat_map(|row| self.schema.observe(entity, row, &self.metrics))
-            .collect();
+        let added: HashSet<String> =
+            changes.iter().filter_map(|(_, c)| c.after.as_ref()).flat_map(|row| self.schema.observe(entity, row, &self.metrics)).collect();
         if !added.is_empty() {
             let added: Vec<String> = added.into_iter().collect();
             // A refused ALTER is already logged and counted; the rows then fail the apply
             // and go to the DLQ with the target's reason.
-            let _ = self
-                .retry("ensure_columns", || {
-                    self.target.ensure_columns(entity, &added)
-                })
-                .await;
+            let _ = self.retry("ensure_columns", || self.target.ensure_columns(entity, &added)).await;
         }
 
-        self.check_referential(batch, &mut changes, &mut letters, &mut tally)
-            .await;
+        self.check_referential(batch, &mut changes, &mut letters, &mut tally).await;
         self.metrics.validation(&tally);
 
         if !changes.is_empty() {
             let plain: Vec<Change> = changes.iter().map(|(_, c)| c.clone()).collect();
-            let report = self
-                .retry("apply", || self.target.apply(entity, &plain))
-                .await;
+            let report = self.retry("apply", || self.target.apply(entity, &plain)).await;
             let report = match report {
                 Ok(r) => r,
-                Err(reason) => crate::targets::ApplyReport {
-                    rejected: plain.iter().map(|c| (c.key, reason.clone())).collect(),
-                    ..Default::default()
-                },
+                Err(reason) => crate::targets::ApplyReport { rejected: plain.iter().map(|c| (c.key, reason.clone())).collect(), ..Default::default() },
             };
             let latest: HashMap<Uuid, &Change> = plain.iter().map(|c| (c.key, c)).collect();
             let (mut upserts, mut deletes) = (0, 0);
@@ -206,12 +175,10 @@ impl Handler {
             );
             self.metrics.rows_written(entity, "upsert", upserts);
             self.metrics.rows_written(entity, "delete", deletes);
-            self.metrics
-                .stale_skipped(entity, report.stale.len() as u64);
+            self.metrics.stale_skipped(entity, report.stale.len() as u64);
             self.metrics.e2e_latencies(entity, latencies);
             if !report.rejected.is_empty() {
-                let reasons: HashMap<Uuid, &String> =
-                    report.rejected.iter().map(|(k, r)| (*k, r)).collect();
+                let reasons: HashMap<Uuid, &String> = report.rejected.iter().map(|(k, r)| (*k, r)).collect();
                 for (i, change) in &changes {
                     if let Some(reason) = reasons.get(&change.key) {
                         letters.push(self.letter(&batch[*i], "apply", (*reason).clone()));
@@ -278,13 +245,7 @@ impl Handler {
     /// re-checks) before dead-lettering; with `warn` the child is applied now and the
     /// check is repeated in the background once the grace has passed, counting only
     /// children whose parent still never arrived.
-    async fn check_referential(
-        &self,
-        batch: &[Record],
-        changes: &mut Vec<(usize, Change)>,
-        letters: &mut Vec<DeadLetter>,
-        tally: &mut Tally,
-    ) {
+    async fn check_referential(&self, batch: &[Record], changes: &mut Vec<(usize, Change)>, letters: &mut Vec<DeadLetter>, tally: &mut Tally) {
         let setting = self.config.validation.rule(Rule::Referential);
         let Some((column, parent)) = self.entity.parent() else {
             return;
@@ -296,12 +257,7 @@ impl Handler {
             .iter()
             .enumerate()
             .filter(|(_, (_, c))| !c.op.is_delete())
-            .filter_map(|(j, (_, c))| {
-                c.after
-                    .as_ref()
-                    .and_then(|r| r.uuid(self.entity, column))
-                    .map(|p| (j, p))
-            })
+            .filter_map(|(j, (_, c))| c.after.as_ref().and_then(|r| r.uuid(self.entity, column)).map(|p| (j, p)))
             .collect();
         if refs.is_empty() {
             return;
@@ -329,13 +285,8 @@ impl Handler {
             for (j, p) in &refs {
                 if missing.contains(p) {
                     let (i, _) = &changes[*j];
-                    self.metrics
-                        .validation_failed(Rule::Referential.name(), Severity::Reject);
-                    letters.push(self.letter(
-                        &batch[*i],
-                        Rule::Referential.name(),
-                        format!("{column} {p} not found in {parent} after the grace period"),
-                    ));
+                    self.metrics.validation_failed(Rule::Referential.name(), Severity::Reject);
+                    letters.push(self.letter(&batch[*i], Rule::Referential.name(), format!("{column} {p} not found in {parent} after the grace period")));
                     drop.insert(*j);
                 }
             }
@@ -350,11 +301,7 @@ impl Handler {
         let metrics = Arc::clone(&self.metrics);
         let grace = self.config.validation.referential_grace;
         let entity = self.entity;
-        let children: Vec<Uuid> = refs
-            .iter()
-            .filter(|(_, p)| missing.contains(p))
-            .map(|(_, p)| *p)
-            .collect();
+        let children: Vec<Uuid> = refs.iter().filter(|(_, p)| missing.contains(p)).map(|(_, p)| *p).collect();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             let ids: Vec<Uuid> = missing.into_iter().collect();
@@ -372,15 +319,8 @@ impl Handler {
     }
 
     async fn missing(&self, parent: Entity, ids: &[Uuid]) -> HashSet<Uuid> {
-        match self
-            .retry("referential_lookup", || self.target.existing(parent, ids))
-            .await
-        {
-            Ok(found) => ids
-                .iter()
-                .filter(|id| !found.contains(id))
-                .copied()
-                .collect(),
+        match self.retry("referential_lookup", || self.target.existing(parent, ids)).await {
+            Ok(found) => ids.iter().filter(|id| !found.contains(id)).copied().collect(),
             // A lookup the target refuses is not evidence of a missing parent.
             Err(_) => HashSet::new(),
         }

@@ -26,13 +26,7 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn new(group: Arc<GroupState>, assignment_grace: Duration) -> Self {
-        Self {
-            kafka: AtomicBool::new(false),
-            target: AtomicBool::new(false),
-            running: AtomicBool::new(true),
-            group,
-            assignment_grace,
-        }
+        Self { kafka: AtomicBool::new(false), target: AtomicBool::new(false), running: AtomicBool::new(true), group, assignment_grace }
     }
 
     /// What is not ready yet, or None.
@@ -46,15 +40,8 @@ impl Readiness {
         }
         if !self.running.load(Ordering::Relaxed) || !self.group.joined() {
             missing.push("consumer group not joined".to_string());
-        } else if let Some(since) = self
-            .group
-            .unassigned_for()
-            .filter(|d| *d > self.assignment_grace)
-        {
-            missing.push(format!(
-                "no partition assignment held for {}s",
-                since.as_secs()
-            ));
+        } else if let Some(since) = self.group.unassigned_for().filter(|d| *d > self.assignment_grace) {
+            missing.push(format!("no partition assignment held for {}s", since.as_secs()));
         }
         (!missing.is_empty()).then(|| missing.join(", "))
     }
@@ -66,29 +53,39 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz)).route("/metrics", get(metrics)).with_state(state)
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     match state.readiness.missing() {
         None => (StatusCode::OK, "ready\n".to_string()),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {reason}\n"),
-        ),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
     }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_an_assignment_held_past_the_grace() {
+        let group = Arc::new(GroupState::default());
+        let r = Readiness::new(Arc::clone(&group), Duration::from_millis(20));
+        r.kafka.store(true, Ordering::Relaxed);
+        r.target.store(true, Ordering::Relaxed);
+        assert!(r.missing().unwrap().contains("not joined"));
+        group.assigned(0);
+        assert_eq!(r.missing(), None, "assigned nothing is still a membership");
+        group.assigned(3);
+        group.unassigned();
+        assert_eq!(r.missing(), None, "within the grace (a rebalance)");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(r.missing().unwrap().contains("no partition assignment"));
+        group.assigned(3);
+        assert_eq!(r.missing(), None);
+    }
 }

@@ -9,10 +9,7 @@ use clap::Parser;
 use sink::config::SinkConfig;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Materializes Debezium change events from Kafka into PostgreSQL or MongoDB"
-)]
+#[command(version, about = "Materializes Debezium change events from Kafka into PostgreSQL or MongoDB")]
 struct Args {
     /// TOML configuration; any key can be overridden by SINK__<SECTION>__<KEY>.
     #[arg(long)]
@@ -24,10 +21,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .json()
         .with_current_span(true)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rdkafka=warn".into()))
         .init();
     let config = match SinkConfig::load(&args.config, std::env::vars()) {
         Ok(c) => c,
@@ -48,22 +42,15 @@ fn main() -> ExitCode {
 }
 
 fn run(config: SinkConfig) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing a SIGTERM handler");
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => tracing::info!(message = "SIGTERM received"),
                 _ = tokio::signal::ctrl_c() => tracing::info!(message = "SIGINT received"),
             }
         };
-        sink::app::run(config, shutdown)
-            .await
-            .context("sink stopped")
+        sink::app::run(config, shutdown).await.context("sink stopped")
     })
 }

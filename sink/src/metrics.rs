@@ -53,43 +53,19 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("sink");
         let processed = Family::default();
-        registry.register(
-            "events_processed",
-            "Events consumed, by entity and op (r/c/u/d/tombstone/truncate/message)",
-            processed.clone(),
-        );
+        registry.register("events_processed", "Events consumed, by entity and op (r/c/u/d/tombstone/truncate/message)", processed.clone());
         let writes = Family::default();
-        registry.register(
-            "writes",
-            "Rows written to the target, by entity and kind (upsert/delete)",
-            writes.clone(),
-        );
+        registry.register("writes", "Rows written to the target, by entity and kind (upsert/delete)", writes.clone());
         let stale = Family::default();
-        registry.register(
-            "stale_skips",
-            "Events not newer than the target's version, skipped",
-            stale.clone(),
-        );
+        registry.register("stale_skips", "Events not newer than the target's version, skipped", stale.clone());
         let errors = Family::default();
         registry.register("errors", "Errors by kind", errors.clone());
         let dlq = Family::default();
-        registry.register(
-            "dlq_events",
-            "Events sent to the dead-letter topic, by entity and rule",
-            dlq.clone(),
-        );
+        registry.register("dlq_events", "Events sent to the dead-letter topic, by entity and rule", dlq.clone());
         let validation_passed = Family::default();
-        registry.register(
-            "validation_passed",
-            "Validation checks passed, by rule",
-            validation_passed.clone(),
-        );
+        registry.register("validation_passed", "Validation checks passed, by rule", validation_passed.clone());
         let validation_failed = Family::default();
-        registry.register(
-            "validation_failed",
-            "Validation checks failed, by rule and severity",
-            validation_failed.clone(),
-        );
+        registry.register("validation_failed", "Validation checks failed, by rule and severity", validation_failed.clone());
         let schema_changes = Family::default();
         registry.register(
             "schema_changes",
@@ -97,53 +73,21 @@ impl Metrics {
             schema_changes.clone(),
         );
         let purged = Family::default();
-        registry.register(
-            "tombstones_purged",
-            "Delete tombstones purged after the retention",
-            purged.clone(),
-        );
+        registry.register("tombstones_purged", "Delete tombstones purged after the retention", purged.clone());
         let batch_size: HistogramFamily = Family::new_with_constructor(batch_histogram);
-        registry.register(
-            "batch_size",
-            "Events per partition batch",
-            batch_size.clone(),
-        );
+        registry.register("batch_size", "Events per partition batch", batch_size.clone());
         let processing_latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "processing_latency_seconds",
-            "From a batch's first event received to its offsets stored, by entity",
-            processing_latency.clone(),
-        );
+        registry.register("processing_latency_seconds", "From a batch's first event received to its offsets stored, by entity", processing_latency.clone());
         let e2e_latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "e2e_latency_seconds",
-            "From source commit to applied in the target, by entity",
-            e2e_latency.clone(),
-        );
+        registry.register("e2e_latency_seconds", "From source commit to applied in the target, by entity", e2e_latency.clone());
         let consumer_restarts = Counter::default();
-        registry.register(
-            "consumer_restarts",
-            "Kafka consumers recreated by the watchdog after holding no assignment too long",
-            consumer_restarts.clone(),
-        );
+        registry.register("consumer_restarts", "Kafka consumers recreated by the watchdog after holding no assignment too long", consumer_restarts.clone());
         let consumer_lag = Family::default();
-        registry.register(
-            "consumer_lag",
-            "Messages behind the high watermark, by topic and partition",
-            consumer_lag.clone(),
-        );
+        registry.register("consumer_lag", "Messages behind the high watermark, by topic and partition", consumer_lag.clone());
         let up = Family::default();
-        registry.register(
-            "up",
-            "1 when the dependency (kafka/target) answered its last probe",
-            up.clone(),
-        );
+        registry.register("up", "1 when the dependency (kafka/target) answered its last probe", up.clone());
         let assigned = Gauge::default();
-        registry.register(
-            "assigned_partitions",
-            "Partitions assigned to this consumer",
-            assigned.clone(),
-        );
+        registry.register("assigned_partitions", "Partitions assigned to this consumer", assigned.clone());
         Self {
             registry,
             processed,
@@ -172,120 +116,73 @@ impl Metrics {
     }
 
     pub fn events_processed(&self, entity: Entity, op: &str, n: u64) {
-        self.processed
-            .get_or_create(&vec![
-                ("entity", entity.to_string()),
-                ("op", op.to_string()),
-            ])
-            .inc_by(n);
+        self.processed.get_or_create(&vec![("entity", entity.to_string()), ("op", op.to_string())]).inc_by(n);
     }
 
     pub fn rows_written(&self, entity: Entity, kind: &'static str, n: u64) {
         if n > 0 {
-            self.writes
-                .get_or_create(&vec![
-                    ("entity", entity.to_string()),
-                    ("kind", kind.to_string()),
-                ])
-                .inc_by(n);
+            self.writes.get_or_create(&vec![("entity", entity.to_string()), ("kind", kind.to_string())]).inc_by(n);
         }
     }
 
     pub fn stale_skipped(&self, entity: Entity, n: u64) {
         if n > 0 {
-            self.stale
-                .get_or_create(&vec![("entity", entity.to_string())])
-                .inc_by(n);
+            self.stale.get_or_create(&vec![("entity", entity.to_string())]).inc_by(n);
         }
     }
 
     pub fn error(&self, kind: &'static str) {
-        self.errors
-            .get_or_create(&vec![("kind", kind.to_string())])
-            .inc();
+        self.errors.get_or_create(&vec![("kind", kind.to_string())]).inc();
     }
 
     pub fn dead_lettered(&self, entity: &str, rule: &str) {
-        self.dlq
-            .get_or_create(&vec![
-                ("entity", entity.to_string()),
-                ("rule", rule.to_string()),
-            ])
-            .inc();
+        self.dlq.get_or_create(&vec![("entity", entity.to_string()), ("rule", rule.to_string())]).inc();
     }
 
     pub fn validation(&self, tally: &Tally) {
         for rule in Rule::ALL {
             let n = tally.passed[rule as usize];
             if n > 0 {
-                self.validation_passed
-                    .get_or_create(&vec![("rule", rule.name().to_string())])
-                    .inc_by(n);
+                self.validation_passed.get_or_create(&vec![("rule", rule.name().to_string())]).inc_by(n);
             }
         }
     }
 
     pub fn validation_failed(&self, rule: &str, severity: Severity) {
-        self.validation_failed
-            .get_or_create(&vec![
-                ("rule", rule.to_string()),
-                ("severity", severity.as_str().to_string()),
-            ])
-            .inc();
+        self.validation_failed.get_or_create(&vec![("rule", rule.to_string()), ("severity", severity.as_str().to_string())]).inc();
     }
 
     pub fn schema_change(&self, entity: Entity, change: &'static str) {
-        self.schema_changes
-            .get_or_create(&vec![
-                ("entity", entity.to_string()),
-                ("change", change.to_string()),
-            ])
-            .inc();
+        self.schema_changes.get_or_create(&vec![("entity", entity.to_string()), ("change", change.to_string())]).inc();
     }
 
     pub fn tombstones_purged(&self, entity: Entity, n: u64) {
-        self.purged
-            .get_or_create(&vec![("entity", entity.to_string())])
-            .inc_by(n);
+        self.purged.get_or_create(&vec![("entity", entity.to_string())]).inc_by(n);
     }
 
     pub fn batch(&self, entity: Entity, size: usize, seconds: f64) {
         let labels = vec![("entity", entity.to_string())];
         self.batch_size.get_or_create(&labels).observe(size as f64);
-        self.processing_latency
-            .get_or_create(&labels)
-            .observe(seconds);
+        self.processing_latency.get_or_create(&labels).observe(seconds);
     }
 
     pub fn e2e_latencies(&self, entity: Entity, seconds: impl IntoIterator<Item = f64>) {
-        let histogram = self
-            .e2e_latency
-            .get_or_create(&vec![("entity", entity.to_string())]);
+        let histogram = self.e2e_latency.get_or_create(&vec![("entity", entity.to_string())]);
         for s in seconds {
             histogram.observe(s.max(0.0));
         }
     }
 
     pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
-        self.consumer_lag
-            .get_or_create(&vec![
-                ("topic", topic.to_string()),
-                ("partition", partition.to_string()),
-            ])
-            .set(lag);
+        self.consumer_lag.get_or_create(&vec![("topic", topic.to_string()), ("partition", partition.to_string())]).set(lag);
     }
 
     pub fn forget_partition(&self, topic: &str, partition: i32) {
-        self.consumer_lag.remove(&vec![
-            ("topic", topic.to_string()),
-            ("partition", partition.to_string()),
-        ]);
+        self.consumer_lag.remove(&vec![("topic", topic.to_string()), ("partition", partition.to_string())]);
     }
 
     pub fn dependency_up(&self, dependency: &'static str, up: bool) {
-        self.up
-            .get_or_create(&vec![("dependency", dependency.to_string())])
-            .set(i64::from(up));
+        self.up.get_or_create(&vec![("dependency", dependency.to_string())]).set(i64::from(up));
     }
 
     pub fn consumer_restarted(&self) {

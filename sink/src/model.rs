@@ -92,12 +92,7 @@ const ORDER_ITEM: &[Column] = &[
 ];
 
 impl Entity {
-    pub const ALL: [Entity; 4] = [
-        Entity::Customer,
-        Entity::Address,
-        Entity::Orders,
-        Entity::OrderItem,
-    ];
+    pub const ALL: [Entity; 4] = [Entity::Customer, Entity::Address, Entity::Orders, Entity::OrderItem];
 
     pub fn from_table(table: &str) -> Option<Self> {
         match table {
@@ -215,17 +210,11 @@ pub struct Extra {
 
 impl Row {
     pub fn empty(entity: Entity) -> Self {
-        Self {
-            known: vec![None; entity.columns().len()],
-            extra: BTreeMap::new(),
-        }
+        Self { known: vec![None; entity.columns().len()], extra: BTreeMap::new() }
     }
 
     pub fn value(&self, entity: Entity, name: &str) -> Option<&Value> {
-        match entity
-            .column_index(name)
-            .and_then(|i| self.known[i].as_ref())
-        {
+        match entity.column_index(name).and_then(|i| self.known[i].as_ref()) {
             Some(Field::Value(v)) => Some(v),
             _ => None,
         }
@@ -255,17 +244,13 @@ impl Row {
             }
         }
         for (name, value) in &older.extra {
-            self.extra
-                .entry(name.clone())
-                .or_insert_with(|| value.clone());
+            self.extra.entry(name.clone()).or_insert_with(|| value.clone());
         }
     }
 
     /// True when every known column carries a value (the fast path of the targets).
     pub fn is_complete(&self) -> bool {
-        self.known
-            .iter()
-            .all(|f| matches!(f, Some(Field::Value(_))))
+        self.known.iter().all(|f| matches!(f, Some(Field::Value(_))))
     }
 }
 

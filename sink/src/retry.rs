@@ -13,11 +13,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(config: &ApplyConfig) -> Self {
-        Self {
-            initial: config.retry_initial_backoff,
-            current: config.retry_initial_backoff,
-            max: config.retry_max_backoff,
-        }
+        Self { initial: config.retry_initial_backoff, current: config.retry_initial_backoff, max: config.retry_max_backoff }
     }
 
     /// Sleeps for the current delay and doubles it (capped).

@@ -63,9 +63,7 @@ impl Default for SchemaTracker {
 
 impl SchemaTracker {
     pub fn new() -> Self {
-        Self {
-            entities: Mutex::new(HashMap::new()),
-        }
+        Self { entities: Mutex::new(HashMap::new()) }
     }
 
     /// Looks at an `after` image; returns the added columns it carries (the target must
@@ -74,10 +72,7 @@ impl SchemaTracker {
         // The common case: every known column present, nothing added.
         if row.extra.is_empty() && row.known.iter().all(Option::is_some) {
             let guard = self.entities.lock().expect("schema lock");
-            if guard
-                .get(&entity)
-                .is_none_or(|s| !s.removed.iter().any(|r| *r))
-            {
+            if guard.get(&entity).is_none_or(|s| !s.removed.iter().any(|r| *r)) {
                 return Vec::new();
             }
         }
@@ -99,11 +94,7 @@ impl SchemaTracker {
             let absent = field.is_none();
             if absent && !schema.removed[i] && column.name != "id" {
                 schema.removed[i] = true;
-                report(
-                    SchemaChange::Removed,
-                    column.name,
-                    "column no longer sent; stored values are kept".into(),
-                );
+                report(SchemaChange::Removed, column.name, "column no longer sent; stored values are kept".into());
             } else if !absent && schema.removed[i] {
                 schema.removed[i] = false;
                 report(SchemaChange::Added, column.name, "column sent again".into());
@@ -113,19 +104,11 @@ impl SchemaTracker {
             match schema.added.get(name).copied() {
                 None => {
                     schema.added.insert(name.clone(), extra.kind);
-                    report(
-                        SchemaChange::Added,
-                        name,
-                        format!("new column ({:?} values), stored as text", extra.kind),
-                    );
+                    report(SchemaChange::Added, name, format!("new column ({:?} values), stored as text", extra.kind));
                 }
                 Some(previous) => {
                     if let Some(change) = classify(previous, extra.kind) {
-                        report(
-                            change,
-                            name,
-                            format!("values changed from {previous:?} to {:?}", extra.kind),
-                        );
+                        report(change, name, format!("values changed from {previous:?} to {:?}", extra.kind));
                     }
                     if extra.kind != JsonKind::Null {
                         schema.added.insert(name.clone(), extra.kind);
@@ -163,32 +146,17 @@ mod tests {
             row.known[i] = None;
         }
         for (name, kind) in extra {
-            row.extra.insert(
-                name.to_string(),
-                Extra {
-                    text: Some("x".into()),
-                    kind: *kind,
-                },
-            );
+            row.extra.insert(name.to_string(), Extra { text: Some("x".into()), kind: *kind });
         }
         row
     }
 
     #[test]
     fn classification() {
-        assert_eq!(
-            classify(JsonKind::Number, JsonKind::String),
-            Some(SchemaChange::TypeCompatible)
-        );
-        assert_eq!(
-            classify(JsonKind::String, JsonKind::Number),
-            Some(SchemaChange::TypeIncompatible)
-        );
+        assert_eq!(classify(JsonKind::Number, JsonKind::String), Some(SchemaChange::TypeCompatible));
+        assert_eq!(classify(JsonKind::String, JsonKind::Number), Some(SchemaChange::TypeIncompatible));
         assert_eq!(classify(JsonKind::Null, JsonKind::Number), None);
-        assert_eq!(
-            classify(JsonKind::Object, JsonKind::Bool),
-            Some(SchemaChange::TypeIncompatible)
-        );
+        assert_eq!(classify(JsonKind::Object, JsonKind::Bool), Some(SchemaChange::TypeIncompatible));
     }
 
     #[test]
@@ -196,45 +164,16 @@ mod tests {
         let metrics = Metrics::new();
         let tracker = SchemaTracker::new();
         let e = Entity::Customer;
-        assert!(
-            tracker
-                .observe(e, &row_with(e, &[], None), &metrics)
-                .is_empty()
-        );
-        assert_eq!(
-            tracker.observe(
-                e,
-                &row_with(e, &[("tier", JsonKind::Number)], None),
-                &metrics
-            ),
-            vec!["tier"]
-        );
-        tracker.observe(
-            e,
-            &row_with(e, &[("tier", JsonKind::Number)], None),
-            &metrics,
-        );
-        tracker.observe(
-            e,
-            &row_with(e, &[("tier", JsonKind::String)], Some(3)),
-            &metrics,
-        );
-        tracker.observe(
-            e,
-            &row_with(e, &[("tier", JsonKind::String)], Some(3)),
-            &metrics,
-        );
+        assert!(tracker.observe(e, &row_with(e, &[], None), &metrics).is_empty());
+        assert_eq!(tracker.observe(e, &row_with(e, &[("tier", JsonKind::Number)], None), &metrics), vec!["tier"]);
+        tracker.observe(e, &row_with(e, &[("tier", JsonKind::Number)], None), &metrics);
+        tracker.observe(e, &row_with(e, &[("tier", JsonKind::String)], Some(3)), &metrics);
+        tracker.observe(e, &row_with(e, &[("tier", JsonKind::String)], Some(3)), &metrics);
         tracker.incompatible_known(e, "status", &metrics);
         tracker.incompatible_known(e, "status", &metrics);
         let text = metrics.render();
-        for (change, n) in [
-            ("added", 1),
-            ("removed", 1),
-            ("type_compatible", 1),
-            ("type_incompatible", 1),
-        ] {
-            let needle =
-                format!("sink_schema_changes_total{{entity=\"customer\",change=\"{change}\"}} {n}");
+        for (change, n) in [("added", 1), ("removed", 1), ("type_compatible", 1), ("type_incompatible", 1)] {
+            let needle = format!("sink_schema_changes_total{{entity=\"customer\",change=\"{change}\"}} {n}");
             assert!(text.contains(&needle), "{needle} in {text}");
         }
     }

@@ -18,9 +18,7 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -64,14 +62,7 @@ struct GroupInner {
 
 impl Default for GroupState {
     fn default() -> Self {
-        Self {
-            inner: Mutex::new(GroupInner {
-                joined: false,
-                holding: false,
-                partitions: 0,
-                unassigned_since: std::time::Instant::now(),
-            }),
-        }
+        Self { inner: Mutex::new(GroupInner { joined: false, holding: false, partitions: 0, unassigned_since: std::time::Instant::now() }) }
     }
 }
 
@@ -90,14 +81,14 @@ impl GroupState {
         (!g.holding).then(|| g.unassigned_since.elapsed())
     }
 
-    fn assigned(&self, partitions: usize) {
+    pub(crate) fn assigned(&self, partitions: usize) {
         let mut g = self.lock();
         g.joined = true;
         g.holding = true;
         g.partitions = partitions;
     }
 
-    fn unassigned(&self) {
+    pub(crate) fn unassigned(&self) {
         let mut g = self.lock();
         if g.holding {
             g.holding = false;
@@ -131,8 +122,7 @@ impl SinkContext {
     fn drain(&self, keys: Option<&[Key]>) -> bool {
         let drained: Vec<(Key, Partition)> = {
             let mut map = self.partitions.lock().expect("partition map");
-            let keys: Vec<Key> =
-                keys.map_or_else(|| map.keys().cloned().collect(), <[Key]>::to_vec);
+            let keys: Vec<Key> = keys.map_or_else(|| map.keys().cloned().collect(), <[Key]>::to_vec);
             keys.iter().filter_map(|k| map.remove_entry(k)).collect()
         };
         if drained.is_empty() {
@@ -147,11 +137,7 @@ impl SinkContext {
             })
             .collect();
         let timeout = self.drain_timeout;
-        let wait = async move {
-            tokio::time::timeout(timeout, futures::future::join_all(tasks))
-                .await
-                .is_ok()
-        };
+        let wait = async move { tokio::time::timeout(timeout, futures::future::join_all(tasks)).await.is_ok() };
         // Callbacks run inside `recv()` on a runtime worker: block_in_place lets the
         // partition tasks progress on the other workers while we wait for them.
         match tokio::runtime::Handle::try_current() {
@@ -174,10 +160,7 @@ impl ClientContext for SinkContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.metrics.error("kafka");
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown)
-        ) {
+        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
             self.broker_up.store(false, Ordering::Relaxed);
         }
         warn!(message = "kafka client error", %error, reason);
@@ -186,27 +169,16 @@ impl ClientContext for SinkContext {
 
 impl SinkContext {
     fn is_assigned(&self, topic: &str, partition: i32) -> bool {
-        self.partitions
-            .lock()
-            .expect("partition map")
-            .contains_key(&(topic.to_string(), partition))
+        self.partitions.lock().expect("partition map").contains_key(&(topic.to_string(), partition))
     }
 }
 
 impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let keys: Vec<Key> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
+            let keys: Vec<Key> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
             let lost = consumer.assignment_lost();
-            info!(
-                message = "partitions revoked, draining",
-                count = keys.len(),
-                lost
-            );
+            info!(message = "partitions revoked, draining", count = keys.len(), lost);
             if !self.drain(Some(&keys)) {
                 warn!(message = "drain on revoke timed out; uncommitted events will be redelivered", timeout = ?self.drain_timeout);
             }
@@ -247,15 +219,11 @@ impl ConsumerContext for SinkContext {
                 self.group.unassigned();
             }
         }
-        self.metrics
-            .assigned_partitions(consumer.assignment().map(|a| a.count()).unwrap_or(0));
+        self.metrics.assigned_partitions(consumer.assignment().map(|a| a.count()).unwrap_or(0));
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Some(error) = result
-            .err()
-            .filter(|e| !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)))
-        {
+        if let Some(error) = result.err().filter(|e| !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) {
             self.metrics.error("kafka_commit");
             warn!(message = "offset commit failed", %error);
         }
@@ -264,11 +232,7 @@ impl ConsumerContext for SinkContext {
 
 pub type SinkConsumer = StreamConsumer<SinkContext>;
 
-pub fn create_consumer(
-    config: &KafkaConfig,
-    metrics: Arc<Metrics>,
-    group: Arc<GroupState>,
-) -> Result<Arc<SinkConsumer>, KafkaError> {
+pub fn create_consumer(config: &KafkaConfig, metrics: Arc<Metrics>, group: Arc<GroupState>) -> Result<Arc<SinkConsumer>, KafkaError> {
     let context = SinkContext {
         partitions: Mutex::new(HashMap::new()),
         metrics,
@@ -286,23 +250,14 @@ pub fn create_consumer(
         // Offsets are stored by hand after the write is durable.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", config.auto_offset_reset.as_str())
-        .set(
-            "session.timeout.ms",
-            config.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "statistics.interval.ms",
-            config.statistics_interval.as_millis().to_string(),
-        )
+        .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
+        .set("statistics.interval.ms", config.statistics_interval.as_millis().to_string())
         .set("enable.partition.eof", "false")
         // Latency: the broker answers a fetch as soon as one byte is there, and holds an
         // empty fetch at most fetch_wait_max (librdkafka's default 500 ms wait is what a
         // change waits for when it arrives just after an empty fetch was sent).
         .set("fetch.min.bytes", "1")
-        .set(
-            "fetch.wait.max.ms",
-            config.fetch_wait_max.as_millis().max(1).to_string(),
-        )
+        .set("fetch.wait.max.ms", config.fetch_wait_max.as_millis().max(1).to_string())
         .set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in &config.librdkafka {
         client.set(k, v);
@@ -327,17 +282,12 @@ pub struct Source {
 pub enum SourceError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    #[error(
-        "in-flight batches did not finish within the drain timeout; their events will be redelivered"
-    )]
+    #[error("in-flight batches did not finish within the drain timeout; their events will be redelivered")]
     DrainTimeout,
 }
 
 impl Source {
-    pub async fn run(
-        mut self,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), SourceError> {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), SourceError> {
         tokio::pin!(shutdown);
         let high_water = self.apply.max_batch_size * 4;
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -387,11 +337,7 @@ impl Source {
                 return Err(SourceError::DrainTimeout);
             }
         }
-        if drained {
-            Ok(())
-        } else {
-            Err(SourceError::DrainTimeout)
-        }
+        if drained { Ok(()) } else { Err(SourceError::DrainTimeout) }
     }
 
     /// Once a second: notices an assignment librdkafka dropped without a revoke, publishes
@@ -413,27 +359,14 @@ impl Source {
         }
         let probe = Arc::clone(&self.consumer);
         let topic = self.kafka.topics[0].clone();
-        let broker_answers = tokio::task::spawn_blocking(move || {
-            probe
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                .is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let broker_answers = tokio::task::spawn_blocking(move || probe.fetch_metadata(Some(&topic), Duration::from_secs(5)).is_ok()).await.unwrap_or(false);
         if !broker_answers {
             // Nothing to gain from a new consumer while the broker is away.
             return;
         }
         *last_restart = Some(Instant::now());
-        warn!(
-            message = "no partition assignment while the broker answers; recreating the consumer",
-            unassigned_s = unassigned.as_secs()
-        );
-        let fresh = match create_consumer(
-            &self.kafka,
-            Arc::clone(&self.metrics),
-            Arc::clone(&self.group),
-        ) {
+        warn!(message = "no partition assignment while the broker answers; recreating the consumer", unassigned_s = unassigned.as_secs());
+        let fresh = match create_consumer(&self.kafka, Arc::clone(&self.metrics), Arc::clone(&self.group)) {
             Ok(c) => c,
             Err(error) => {
                 self.metrics.error("kafka");
@@ -458,15 +391,8 @@ impl Source {
 
     fn dispatch(&self, record: Record, high_water: usize) {
         let key = (record.coords.topic.clone(), record.coords.partition);
-        let mut map = self
-            .consumer
-            .context()
-            .partitions
-            .lock()
-            .expect("partition map");
-        let partition = map
-            .entry(key.clone())
-            .or_insert_with(|| self.spawn_partition(&key));
+        let mut map = self.consumer.context().partitions.lock().expect("partition map");
+        let partition = map.entry(key.clone()).or_insert_with(|| self.spawn_partition(&key));
         partition.depth.fetch_add(1, Ordering::Relaxed);
         if partition.tx.send(record).is_err() {
             // The task ended (it only does when its queue closes); cannot happen while the
@@ -484,12 +410,7 @@ impl Source {
     }
 
     fn resume_drained(&self, low_water: usize) {
-        let mut map = self
-            .consumer
-            .context()
-            .partitions
-            .lock()
-            .expect("partition map");
+        let mut map = self.consumer.context().partitions.lock().expect("partition map");
         for ((topic, id), partition) in map.iter_mut() {
             if partition.paused && partition.depth.load(Ordering::Relaxed) <= low_water {
                 let mut tpl = TopicPartitionList::new();
@@ -505,23 +426,9 @@ impl Source {
         let (tx, rx) = mpsc::unbounded_channel();
         let depth = Arc::new(AtomicUsize::new(0));
         // Topics were validated to name a known entity, and there is a handler for each.
-        let handler = Entity::from_topic(&key.0)
-            .and_then(|_| self.handlers.get(&key.0))
-            .cloned();
-        let task = tokio::spawn(run_partition(
-            handler,
-            Arc::clone(&self.consumer),
-            rx,
-            Arc::clone(&depth),
-            key.clone(),
-            self.apply.clone(),
-        ));
-        Partition {
-            tx,
-            depth,
-            task,
-            paused: false,
-        }
+        let handler = Entity::from_topic(&key.0).and_then(|_| self.handlers.get(&key.0)).cloned();
+        let task = tokio::spawn(run_partition(handler, Arc::clone(&self.consumer), rx, Arc::clone(&depth), key.clone(), self.apply.clone()));
+        Partition { tx, depth, task, paused: false }
     }
 }
 
@@ -534,10 +441,7 @@ async fn run_partition(
     apply: ApplyConfig,
 ) {
     let Some(handler) = handler else {
-        error!(
-            message = "no handler for topic; its records are not consumed",
-            topic, partition
-        );
+        error!(message = "no handler for topic; its records are not consumed", topic, partition);
         return;
     };
     let mut state = PartitionState::default();
@@ -554,24 +458,19 @@ async fn run_partition(
                     open = false;
                     break;
                 }
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(r)) => batch.push(r),
-                        Ok(None) => {
-                            open = false;
-                            break;
-                        }
-                        Err(_) => break,
+                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(r)) => batch.push(r),
+                    Ok(None) => {
+                        open = false;
+                        break;
                     }
-                }
+                    Err(_) => break,
+                },
             }
         }
         depth.fetch_sub(batch.len(), Ordering::Relaxed);
         handler.process(&batch, &mut state).await;
-        let last = batch
-            .last()
-            .map(|r| r.coords.offset)
-            .expect("batch is not empty");
+        let last = batch.last().map(|r| r.coords.offset).expect("batch is not empty");
         // librdkafka stores last + 1, the next offset to consume.
         if let Err(error) = consumer.store_offset(&topic, partition, last) {
             warn!(message = "storing offset failed (partition no longer assigned?)", %error, topic, partition, offset = last);

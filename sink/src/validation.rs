@@ -28,14 +28,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 6] = [
-        Rule::Schema,
-        Rule::Email,
-        Rule::StatusTransition,
-        Rule::TimestampRange,
-        Rule::Referential,
-        Rule::Temporal,
-    ];
+    pub const ALL: [Rule; 6] = [Rule::Schema, Rule::Email, Rule::StatusTransition, Rule::TimestampRange, Rule::Referential, Rule::Temporal];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -122,28 +115,16 @@ pub struct ValidationConfig {
     #[serde(default)]
     pub rules: RulesConfig,
     /// How far in the future a row timestamp may be (clock skew between hosts).
-    #[serde(
-        default = "ValidationConfig::default_future_tolerance",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "ValidationConfig::default_future_tolerance", with = "humantime_serde")]
     pub future_tolerance: Duration,
     /// Row timestamps older than this are rejected as absurd.
-    #[serde(
-        default = "ValidationConfig::default_max_age",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "ValidationConfig::default_max_age", with = "humantime_serde")]
     pub max_age: Duration,
     /// How long a missing parent is waited for (and re-checked) before the rule fails.
-    #[serde(
-        default = "ValidationConfig::default_referential_grace",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "ValidationConfig::default_referential_grace", with = "humantime_serde")]
     pub referential_grace: Duration,
     /// Commit timestamps further than this from the sink's clock (either way) count as drift.
-    #[serde(
-        default = "ValidationConfig::default_clock_drift_tolerance",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "ValidationConfig::default_clock_drift_tolerance", with = "humantime_serde")]
     pub clock_drift_tolerance: Duration,
 }
 
@@ -171,10 +152,7 @@ impl ValidationConfig {
             Rule::Referential => &r.referential,
             Rule::Temporal => &r.temporal,
         };
-        RuleSetting {
-            enabled: c.enabled.unwrap_or(true),
-            severity: c.severity.unwrap_or(rule.default_severity()),
-        }
+        RuleSetting { enabled: c.enabled.unwrap_or(true), severity: c.severity.unwrap_or(rule.default_severity()) }
     }
 
     pub fn validate(&self) -> Vec<String> {
@@ -183,10 +161,7 @@ impl ValidationConfig {
             problems.push("[validation] max_age below 1 day would reject ordinary rows".into());
         }
         if self.referential_grace > Duration::from_secs(600) {
-            problems.push(
-                "[validation] referential_grace above 10m would stall partitions for too long"
-                    .into(),
-            );
+            problems.push("[validation] referential_grace above 10m would stall partitions for too long".into());
         }
         problems
     }
@@ -211,15 +186,7 @@ pub const ORDER_STATUS: &[&str] = &["pending", "paid", "shipped", "delivered", "
 /// pending -> paid|cancelled, paid -> shipped|cancelled, shipped -> delivered; same -> same
 /// (updates of other columns); delivered and cancelled are final.
 pub fn order_transition_allowed(from: &str, to: &str) -> bool {
-    from == to
-        || matches!(
-            (from, to),
-            ("pending", "paid")
-                | ("pending", "cancelled")
-                | ("paid", "shipped")
-                | ("paid", "cancelled")
-                | ("shipped", "delivered")
-        )
+    from == to || matches!((from, to), ("pending", "paid") | ("pending", "cancelled") | ("paid", "shipped") | ("paid", "cancelled") | ("shipped", "delivered"))
 }
 
 /// Deliberately simple: one `@`, a non-empty local part, a dotted domain, no whitespace.
@@ -234,9 +201,7 @@ pub fn email_valid(email: &str) -> bool {
     !local.is_empty()
         && !domain.contains('@')
         && domain.split('.').count() >= 2
-        && domain
-            .split('.')
-            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
+        && domain.split('.').all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,52 +240,32 @@ pub struct Validator<'a> {
 
 impl Validator<'_> {
     /// Checks everything but the referential rule; records the event in `memory`.
-    pub fn check(
-        &self,
-        change: &Change,
-        memory: &mut KeyMemory,
-        tally: &mut Tally,
-    ) -> Vec<Violation> {
+    pub fn check(&self, change: &Change, memory: &mut KeyMemory, tally: &mut Tally) -> Vec<Violation> {
         let mut out = Vec::new();
-        let verdict =
-            |rule: Rule, failure: Option<String>, out: &mut Vec<Violation>, tally: &mut Tally| {
-                let setting = self.config.rule(rule);
-                if !setting.enabled {
-                    return;
-                }
-                match failure {
-                    None => tally.pass(rule),
-                    Some(reason) => out.push(Violation {
-                        rule,
-                        severity: setting.severity,
-                        reason,
-                    }),
-                }
-            };
+        let verdict = |rule: Rule, failure: Option<String>, out: &mut Vec<Violation>, tally: &mut Tally| {
+            let setting = self.config.rule(rule);
+            if !setting.enabled {
+                return;
+            }
+            match failure {
+                None => tally.pass(rule),
+                Some(reason) => out.push(Violation { rule, severity: setting.severity, reason }),
+            }
+        };
         let entity = change.entity;
         let previous = memory.keys.get(&change.key).cloned();
 
         // Temporal: an event older than one already seen for the key (a replay or an
         // out-of-order delivery), or a commit time far from our clock.
-        let out_of_order =
-            previous
-                .as_ref()
-                .filter(|(lsn, _)| change.lsn < *lsn)
-                .map(|(lsn, _)| {
-                    format!(
-                        "out of order: lsn {} after lsn {} for key {}",
-                        change.lsn, lsn, change.key
-                    )
-                });
+        let out_of_order = previous
+            .as_ref()
+            .filter(|(lsn, _)| change.lsn < *lsn)
+            .map(|(lsn, _)| format!("out of order: lsn {} after lsn {} for key {}", change.lsn, lsn, change.key));
         let drift = change.source_ts.and_then(|ts| {
-            let tolerance = chrono::Duration::from_std(self.config.clock_drift_tolerance)
-                .unwrap_or(chrono::Duration::MAX);
+            let tolerance = chrono::Duration::from_std(self.config.clock_drift_tolerance).unwrap_or(chrono::Duration::MAX);
             let emitted = change.emitted_ts.unwrap_or(self.now);
-            (ts > self.now + tolerance || ts > emitted + tolerance).then(|| {
-                format!(
-                    "clock drift: commit time {ts} is ahead of the sink/connector clock ({emitted})"
-                )
-            })
+            (ts > self.now + tolerance || ts > emitted + tolerance)
+                .then(|| format!("clock drift: commit time {ts} is ahead of the sink/connector clock ({emitted})"))
         });
         verdict(Rule::Temporal, out_of_order.or(drift), &mut out, tally);
 
@@ -340,33 +285,17 @@ impl Validator<'_> {
                 Entity::Orders => Some(("status", ORDER_STATUS)),
                 Entity::OrderItem => None,
             };
-            let bad_enum = allowed.and_then(|(column, values)| {
-                after
-                    .text(entity, column)
-                    .filter(|v| !values.contains(v))
-                    .map(|v| (column, values, v))
-            });
+            let bad_enum = allowed.and_then(|(column, values)| after.text(entity, column).filter(|v| !values.contains(v)).map(|v| (column, values, v)));
             if let (None, Some((column, values, v))) = (&schema_failure, bad_enum) {
                 schema_failure = Some(format!("{entity}.{column} {v:?} is not one of {values:?}"));
             }
             verdict(Rule::Schema, schema_failure, &mut out, tally);
 
-            if let Some(email) = after
-                .text(entity, "email")
-                .filter(|_| entity == Entity::Customer)
-            {
-                verdict(
-                    Rule::Email,
-                    (!email_valid(email)).then(|| format!("email {email:?} is malformed")),
-                    &mut out,
-                    tally,
-                );
+            if let Some(email) = after.text(entity, "email").filter(|_| entity == Entity::Customer) {
+                verdict(Rule::Email, (!email_valid(email)).then(|| format!("email {email:?} is malformed")), &mut out, tally);
             }
 
-            if let Some(to) = after
-                .text(entity, "status")
-                .filter(|_| entity == Entity::Orders)
-            {
+            if let Some(to) = after.text(entity, "status").filter(|_| entity == Entity::Orders) {
                 // Compare with the event's own before image when it has one (replays then
                 // check the same pair again); otherwise with the last status we applied, but
                 // only for events newer than it (older ones are stale and skipped anyway).
@@ -376,30 +305,20 @@ impl Validator<'_> {
                     _ => None,
                 };
                 if let Some(from) = from.filter(|_| change.op == Op::Update) {
-                    let failure = (!order_transition_allowed(&from, to))
-                        .then(|| format!("orders.status transition {from} -> {to} is not allowed"));
+                    let failure = (!order_transition_allowed(&from, to)).then(|| format!("orders.status transition {from} -> {to} is not allowed"));
                     verdict(Rule::StatusTransition, failure, &mut out, tally);
                 }
             }
 
-            let lower = self.now
-                - chrono::Duration::from_std(self.config.max_age).unwrap_or(chrono::Duration::MAX);
-            let upper = self.now
-                + chrono::Duration::from_std(self.config.future_tolerance)
-                    .unwrap_or(chrono::Duration::MAX);
+            let lower = self.now - chrono::Duration::from_std(self.config.max_age).unwrap_or(chrono::Duration::MAX);
+            let upper = self.now + chrono::Duration::from_std(self.config.future_tolerance).unwrap_or(chrono::Duration::MAX);
             let mut ts_failure = None;
             for (column, field) in entity.columns().iter().zip(&after.known) {
-                if let (ColumnType::Timestamptz, Some(Field::Value(Value::Timestamp(ts)))) =
-                    (column.ty, field)
-                {
+                if let (ColumnType::Timestamptz, Some(Field::Value(Value::Timestamp(ts)))) = (column.ty, field) {
                     if *ts > upper {
-                        ts_failure =
-                            Some(format!("{entity}.{} {ts} is in the future", column.name));
+                        ts_failure = Some(format!("{entity}.{} {ts} is in the future", column.name));
                     } else if *ts < lower {
-                        ts_failure = Some(format!(
-                            "{entity}.{} {ts} is older than max_age",
-                            column.name
-                        ));
+                        ts_failure = Some(format!("{entity}.{} {ts} is older than max_age", column.name));
                     }
                 }
             }
@@ -410,11 +329,7 @@ impl Validator<'_> {
             if memory.keys.len() >= MAX_KEYS {
                 memory.keys.clear();
             }
-            let status = change
-                .after
-                .as_ref()
-                .and_then(|a| a.text(entity, "status"))
-                .map(str::to_owned);
+            let status = change.after.as_ref().and_then(|a| a.text(entity, "status")).map(str::to_owned);
             memory.keys.insert(change.key, (change.lsn, status));
         }
         out
@@ -432,11 +347,7 @@ mod tests {
     const CUST: &str = "0a0c6d4e-1b7e-4c3a-9a55-1b2c3d4e5f61";
 
     fn change(table: &str, value: Json) -> Change {
-        let coords = Coords {
-            topic: format!("cdc.public.{table}"),
-            partition: 0,
-            offset: 1,
-        };
+        let coords = Coords { topic: format!("cdc.public.{table}"), partition: 0, offset: 1 };
         match decode(&coords, None, Some(value.to_string().as_bytes()), 1 << 20).unwrap() {
             Decoded::Change(c) => *c,
             other => panic!("{other:?}"),
@@ -456,10 +367,7 @@ mod tests {
         let v = Validator { config, now: now() };
         let mut memory = KeyMemory::default();
         let mut tally = Tally::default();
-        changes
-            .iter()
-            .map(|c| v.check(c, &mut memory, &mut tally))
-            .collect()
+        changes.iter().map(|c| v.check(c, &mut memory, &mut tally)).collect()
     }
 
     fn rules(violations: &[Violation]) -> Vec<Rule> {
@@ -488,14 +396,8 @@ mod tests {
     #[test]
     fn transition_from_before_image_and_from_memory() {
         let config = ValidationConfig::default();
-        let bad = change(
-            "orders",
-            json!({"before": order("delivered"), "after": order("pending"), "source": {"lsn": 5}, "op": "u"}),
-        );
-        assert_eq!(
-            rules(&run(&config, &[bad])[0]),
-            vec![Rule::StatusTransition]
-        );
+        let bad = change("orders", json!({"before": order("delivered"), "after": order("pending"), "source": {"lsn": 5}, "op": "u"}));
+        assert_eq!(rules(&run(&config, &[bad])[0]), vec![Rule::StatusTransition]);
         // Flattened form: no before image, the previous status comes from memory.
         let mut first = order("cancelled");
         first["__lsn"] = json!(5);
@@ -503,20 +405,11 @@ mod tests {
         let mut second = order("paid");
         second["__lsn"] = json!(6);
         second["__op"] = json!("u");
-        let out = run(
-            &config,
-            &[
-                change("orders", first.clone()),
-                change("orders", second.clone()),
-            ],
-        );
+        let out = run(&config, &[change("orders", first.clone()), change("orders", second.clone())]);
         assert!(out[0].is_empty());
         assert_eq!(rules(&out[1]), vec![Rule::StatusTransition]);
         // A replayed older event is out of order (temporal, warn) but not a bad transition.
-        let out = run(
-            &config,
-            &[change("orders", second), change("orders", first)],
-        );
+        let out = run(&config, &[change("orders", second), change("orders", first)]);
         assert_eq!(rules(&out[1]), vec![Rule::Temporal]);
         assert_eq!(out[1][0].severity, Severity::Warn);
     }
@@ -529,21 +422,12 @@ mod tests {
             json!({"after": {"id": ID, "email": "x@y.org", "status": "zombie", "updated_at": "2024-05-01T10:00:00Z"}, "source": {"lsn": 1}, "op": "c"}),
         );
         assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::Schema]);
-        let c = change(
-            "customer",
-            json!({"after": {"id": ID, "email": null, "status": "active"}, "source": {"lsn": 1}, "op": "c"}),
-        );
+        let c = change("customer", json!({"after": {"id": ID, "email": null, "status": "active"}, "source": {"lsn": 1}, "op": "c"}));
         assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::Schema]);
-        let c = change(
-            "customer",
-            json!({"after": {"id": ID, "email": "bad", "status": "active"}, "source": {"lsn": 1}, "op": "c"}),
-        );
+        let c = change("customer", json!({"after": {"id": ID, "email": "bad", "status": "active"}, "source": {"lsn": 1}, "op": "c"}));
         assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::Email]);
         // A dropped (absent) required column is tolerated.
-        let c = change(
-            "customer",
-            json!({"after": {"id": ID, "email": "x@y.org"}, "source": {"lsn": 1}, "op": "c"}),
-        );
+        let c = change("customer", json!({"after": {"id": ID, "email": "x@y.org"}, "source": {"lsn": 1}, "op": "c"}));
         assert!(run(&config, &[c])[0].is_empty());
     }
 
@@ -552,23 +436,14 @@ mod tests {
         let config = ValidationConfig::default();
         let mut o = order("paid");
         o["updated_at"] = json!("2024-05-01T13:00:00Z");
-        let c = change(
-            "orders",
-            json!({"after": o, "source": {"lsn": 1}, "op": "c"}),
-        );
+        let c = change("orders", json!({"after": o, "source": {"lsn": 1}, "op": "c"}));
         assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::TimestampRange]);
         let mut o = order("paid");
         o["created_at"] = json!("1900-01-01T00:00:00Z");
-        let c = change(
-            "orders",
-            json!({"after": o, "source": {"lsn": 1}, "op": "c"}),
-        );
+        let c = change("orders", json!({"after": o, "source": {"lsn": 1}, "op": "c"}));
         assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::TimestampRange]);
         let future_ms = now().timestamp_millis() + 3_600_000;
-        let c = change(
-            "orders",
-            json!({"after": order("paid"), "source": {"lsn": 1, "ts_ms": future_ms}, "op": "c"}),
-        );
+        let c = change("orders", json!({"after": order("paid"), "source": {"lsn": 1, "ts_ms": future_ms}, "op": "c"}));
         assert_eq!(rules(&run(&config, &[c])[0]), vec![Rule::Temporal]);
     }
 
@@ -577,18 +452,8 @@ mod tests {
         let mut config = ValidationConfig::default();
         config.rules.email.enabled = Some(false);
         config.rules.schema.severity = Some(Severity::Warn);
-        let c = change(
-            "customer",
-            json!({"after": {"id": ID, "email": "bad", "status": "zombie"}, "source": {"lsn": 1}, "op": "c"}),
-        );
+        let c = change("customer", json!({"after": {"id": ID, "email": "bad", "status": "zombie"}, "source": {"lsn": 1}, "op": "c"}));
         let out = run(&config, &[c]);
-        assert_eq!(
-            out[0],
-            vec![Violation {
-                rule: Rule::Schema,
-                severity: Severity::Warn,
-                reason: out[0][0].reason.clone()
-            }]
-        );
+        assert_eq!(out[0], vec![Violation { rule: Rule::Schema, severity: Severity::Warn, reason: out[0][0].reason.clone() }]);
     }
 }

@@ -56,7 +56,13 @@ fn changes(n: u64, seed: u64) -> Vec<Change> {
             if !update {
                 keys.push(id);
             }
-            Change { id, email: format!("bench{i}@example.com"), status: statuses[rng.random_range(0..3)], lsn: 1_000_000 + i as i64 * 8, op: if update { 'u' } else { 'c' } }
+            Change {
+                id,
+                email: format!("bench{i}@example.com"),
+                status: statuses[rng.random_range(0..3)],
+                lsn: 1_000_000 + i as i64 * 8,
+                op: if update { 'u' } else { 'c' },
+            }
         })
         .collect()
 }
@@ -89,7 +95,9 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
     for c in &changes {
         let key = format!("{{\"id\":\"{}\"}}", c.id);
         let value = envelope(c, ts_ms);
-        pending.push(async move { producer.send(FutureRecord::to(TOPIC).key(&key).payload(&value), Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e) });
+        pending.push(
+            async move { producer.send(FutureRecord::to(TOPIC).key(&key).payload(&value), Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e) },
+        );
         if pending.len() >= 5000 {
             for r in futures::future::join_all(pending.drain(..)).await {
                 r?;

@@ -83,9 +83,7 @@ async fn load(pg: &PgEndpoint, rows: u64) -> anyhow::Result<()> {
     for entity in &Mapping::builtin().entity {
         let columns = entity.columns.iter().map(|c| format!("\"{}\"", c.name)).collect::<Vec<_>>().join(", ");
         let out = source
-            .copy_out(
-                format!("COPY (SELECT {columns}, 1, now(), 'c', 0, 0, now(), false FROM public.{}) TO STDOUT", entity.source_table).as_str(),
-            )
+            .copy_out(format!("COPY (SELECT {columns}, 1, now(), 'c', 0, 0, now(), false FROM public.{}) TO STDOUT", entity.source_table).as_str())
             .await?;
         let sink = target
             .copy_in(

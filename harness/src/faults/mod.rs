@@ -255,7 +255,16 @@ mod tests {
 
     #[test]
     fn specs_are_checked() {
-        let mut f = FaultSpec { at: Duration::ZERO, duration: Duration::from_secs(1), target: "sink".into(), fault: FaultKind::Latency, latency_ms: Some(10), jitter_ms: None, bandwidth_kbps: None, count: None };
+        let mut f = FaultSpec {
+            at: Duration::ZERO,
+            duration: Duration::from_secs(1),
+            target: "sink".into(),
+            fault: FaultKind::Latency,
+            latency_ms: Some(10),
+            jitter_ms: None,
+            bandwidth_kbps: None,
+            count: None,
+        };
         assert!(f.validate().unwrap_err().contains("not a link"));
         f.target = "broker".into();
         f.validate().unwrap();

@@ -15,9 +15,14 @@ use tokio::sync::watch;
 pub enum LinkFault {
     Healthy,
     /// Each chunk is delayed by `delay` ± `jitter` (order kept).
-    Latency { delay: Duration, jitter: Duration },
+    Latency {
+        delay: Duration,
+        jitter: Duration,
+    },
     /// Throughput capped at this many bytes per second in each direction.
-    Bandwidth { bytes_per_sec: u64 },
+    Bandwidth {
+        bytes_per_sec: u64,
+    },
     /// Connections stay open but nothing passes (timeouts, not errors).
     Blackhole,
     /// New connections are refused (closed at once) and open ones are cut.

@@ -25,15 +25,7 @@ use crate::verify::Percentiles;
 
 const DRIVER: &str = "k6";
 /// The scenario families that have a script in `k6/`.
-const FAMILIES: &[&str] = &[
-    "baseline",
-    "stress",
-    "spike",
-    "soak",
-    "breakpoint",
-    "schema-change",
-    "chaos",
-];
+const FAMILIES: &[&str] = &["baseline", "stress", "spike", "soak", "breakpoint", "schema-change", "chaos"];
 /// k6's exit code when thresholds were crossed (the run itself completed).
 const THRESHOLDS_CROSSED: i32 = 99;
 /// Trend statistics in the summary export; k6's default lacks p(99).
@@ -52,33 +44,17 @@ enum K6Error {
         "no k6 script for scenario {scenario:?}: {missing} does not exist (scripts exist for {families}; \
          a scenario named <family>-<suffix> uses its family's script; set HARNESS_K6_DIR if the scripts are elsewhere)"
     )]
-    NoScript {
-        scenario: String,
-        missing: PathBuf,
-        families: String,
-    },
-    #[error(
-        "the workload API at {api} is not reachable (GET /healthz: {reason}); start it before driving load"
-    )]
+    NoScript { scenario: String, missing: PathBuf, families: String },
+    #[error("the workload API at {api} is not reachable (GET /healthz: {reason}); start it before driving load")]
     ApiDown { api: String, reason: String },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("cannot start {bin}: {source}")]
-    Spawn {
-        bin: PathBuf,
-        source: std::io::Error,
-    },
+    Spawn { bin: PathBuf, source: std::io::Error },
     #[error("k6 did not finish within {0:?} after the plan's end and was killed; see {1}")]
     Wedged(Duration, PathBuf),
     #[error("k6 failed ({status}); see {log}: {tail}")]
-    Exit {
-        status: std::process::ExitStatus,
-        log: PathBuf,
-        tail: String,
-    },
+    Exit { status: std::process::ExitStatus, log: PathBuf, tail: String },
     #[error("k6 summary {path}: {reason}")]
     Summary { path: PathBuf, reason: String },
     #[error("provisioning k6 panicked: {0}")]
@@ -87,10 +63,7 @@ enum K6Error {
 
 impl From<K6Error> for DriverError {
     fn from(e: K6Error) -> Self {
-        DriverError::Failed {
-            driver: DRIVER,
-            reason: e.to_string(),
-        }
+        DriverError::Failed { driver: DRIVER, reason: e.to_string() }
     }
 }
 
@@ -102,37 +75,20 @@ struct WireSegment {
     to: f64,
 }
 
-pub async fn run(
-    api: &str,
-    plan: &LoadPlan,
-    scenario: &str,
-    out_dir: &Path,
-) -> Result<DriverResult, DriverError> {
+pub async fn run(api: &str, plan: &LoadPlan, scenario: &str, out_dir: &Path) -> Result<DriverResult, DriverError> {
     let segments = wire_plan(plan)?;
     let script = script_for(&scripts_dir(), scenario)?;
-    let k6 = tokio::task::spawn_blocking(|| provision::k6::ensure(&Cache::locate()?))
-        .await
-        .map_err(K6Error::from)??;
+    let k6 = tokio::task::spawn_blocking(|| provision::k6::ensure(&Cache::locate()?)).await.map_err(K6Error::from)??;
     check_api(api).await?;
 
-    std::fs::create_dir_all(out_dir).map_err(|source| K6Error::Io {
-        path: out_dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(out_dir).map_err(|source| K6Error::Io { path: out_dir.to_path_buf(), source })?;
     let summary = out_dir.join("k6-summary.json");
     let log = out_dir.join("k6.log");
     // A summary left by an earlier run in this folder must not pass for this run's.
     let _ = std::fs::remove_file(&summary);
-    let log_file = File::create(&log).map_err(|source| K6Error::Io {
-        path: log.clone(),
-        source,
-    })?;
-    let err_file = log_file.try_clone().map_err(|source| K6Error::Io {
-        path: log.clone(),
-        source,
-    })?;
-    let plan_json =
-        serde_json::to_string(&segments).map_err(|e| K6Error::BadPlan(e.to_string()))?;
+    let log_file = File::create(&log).map_err(|source| K6Error::Io { path: log.clone(), source })?;
+    let err_file = log_file.try_clone().map_err(|source| K6Error::Io { path: log.clone(), source })?;
+    let plan_json = serde_json::to_string(&segments).map_err(|e| K6Error::BadPlan(e.to_string()))?;
 
     let mut command = tokio::process::Command::new(&k6);
     command
@@ -155,37 +111,20 @@ pub async fn run(
         // loading the API.
         .kill_on_drop(true);
     tracing::info!(script = %script.display(), log = %log.display(), "k6: driving {scenario} for {:?}", plan.duration());
-    let mut child = command.spawn().map_err(|source| K6Error::Spawn {
-        bin: k6.clone(),
-        source,
-    })?;
+    let mut child = command.spawn().map_err(|source| K6Error::Spawn { bin: k6.clone(), source })?;
     let status = match tokio::time::timeout(plan.duration() + OVERRUN, child.wait()).await {
-        Ok(status) => status.map_err(|source| K6Error::Spawn {
-            bin: k6.clone(),
-            source,
-        })?,
+        Ok(status) => status.map_err(|source| K6Error::Spawn { bin: k6.clone(), source })?,
         Err(_) => {
             let _ = child.kill().await;
             return Err(K6Error::Wedged(OVERRUN, log).into());
         }
     };
     if !status.success() && status.code() != Some(THRESHOLDS_CROSSED) {
-        return Err(K6Error::Exit {
-            status,
-            log: log.clone(),
-            tail: tail(&log, 3),
-        }
-        .into());
+        return Err(K6Error::Exit { status, log: log.clone(), tail: tail(&log, 3) }.into());
     }
 
-    let text = std::fs::read_to_string(&summary).map_err(|source| K6Error::Io {
-        path: summary.clone(),
-        source,
-    })?;
-    let parsed = parse_summary(&text).map_err(|reason| K6Error::Summary {
-        path: summary.clone(),
-        reason,
-    })?;
+    let text = std::fs::read_to_string(&summary).map_err(|source| K6Error::Io { path: summary.clone(), source })?;
+    let parsed = parse_summary(&text).map_err(|reason| K6Error::Summary { path: summary.clone(), reason })?;
     if status.code() == Some(THRESHOLDS_CROSSED) {
         tracing::warn!(
             summary = %summary.display(),
@@ -206,86 +145,46 @@ pub async fn run(
 /// The plan in the scripts' terms. Segments shorter than a millisecond carry no arrivals and
 /// are dropped (the next segment's start rate still applies, as a jump).
 fn wire_plan(plan: &LoadPlan) -> Result<Vec<WireSegment>, K6Error> {
-    if let Some(s) = plan
-        .segments
-        .iter()
-        .find(|s| !(s.from.is_finite() && s.to.is_finite() && s.from >= 0.0 && s.to >= 0.0))
-    {
-        return Err(K6Error::BadPlan(format!(
-            "rates must be finite and not negative, got {} -> {} ops/s",
-            s.from, s.to
-        )));
+    if let Some(s) = plan.segments.iter().find(|s| !(s.from.is_finite() && s.to.is_finite() && s.from >= 0.0 && s.to >= 0.0)) {
+        return Err(K6Error::BadPlan(format!("rates must be finite and not negative, got {} -> {} ops/s", s.from, s.to)));
     }
     let segments: Vec<WireSegment> = plan
         .segments
         .iter()
         .filter(|s| s.duration.as_millis() > 0)
-        .map(|s| WireSegment {
-            duration_ms: s.duration.as_millis() as u64,
-            from: s.from,
-            to: s.to,
-        })
+        .map(|s| WireSegment { duration_ms: s.duration.as_millis() as u64, from: s.from, to: s.to })
         .collect();
     if segments.is_empty() {
-        return Err(K6Error::BadPlan(
-            "it needs at least one segment of 1 ms or more".into(),
-        ));
+        return Err(K6Error::BadPlan("it needs at least one segment of 1 ms or more".into()));
     }
     Ok(segments)
 }
 
 fn scripts_dir() -> PathBuf {
-    std::env::var_os("HARNESS_K6_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../k6")))
+    std::env::var_os("HARNESS_K6_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../k6")))
 }
 
 fn script_for(dir: &Path, scenario: &str) -> Result<PathBuf, K6Error> {
     // The name becomes a file name: nothing that could leave `dir`.
-    if scenario.is_empty()
-        || !scenario
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if scenario.is_empty() || !scenario.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(K6Error::BadScenarioName(scenario.to_string()));
     }
     let exact = dir.join(format!("{scenario}.js"));
     if exact.is_file() {
         return Ok(exact);
     }
-    let family = FAMILIES
-        .iter()
-        .filter(|f| {
-            scenario
-                .strip_prefix(**f)
-                .is_some_and(|rest| rest.starts_with(['-', '_']))
-        })
-        .max_by_key(|f| f.len());
+    let family = FAMILIES.iter().filter(|f| scenario.strip_prefix(**f).is_some_and(|rest| rest.starts_with(['-', '_']))).max_by_key(|f| f.len());
     match family.map(|f| dir.join(format!("{f}.js"))) {
         Some(script) if script.is_file() => Ok(script),
-        _ => Err(K6Error::NoScript {
-            scenario: scenario.to_string(),
-            missing: exact,
-            families: FAMILIES.join(", "),
-        }),
+        _ => Err(K6Error::NoScript { scenario: scenario.to_string(), missing: exact, families: FAMILIES.join(", ") }),
     }
 }
 
 /// A wrong address fails here with a clear message instead of as 100% failed requests.
 async fn check_api(api: &str) -> Result<(), K6Error> {
-    let down = |reason: String| K6Error::ApiDown {
-        api: api.to_string(),
-        reason,
-    };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| down(e.to_string()))?;
-    let response = client
-        .get(format!("{}/healthz", api.trim_end_matches('/')))
-        .send()
-        .await
-        .map_err(|e| down(e.to_string()))?;
+    let down = |reason: String| K6Error::ApiDown { api: api.to_string(), reason };
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| down(e.to_string()))?;
+    let response = client.get(format!("{}/healthz", api.trim_end_matches('/'))).send().await.map_err(|e| down(e.to_string()))?;
     if !response.status().is_success() {
         return Err(down(format!("status {}", response.status())));
     }
@@ -335,12 +234,9 @@ struct Summary {
 }
 
 fn parse_summary(text: &str) -> Result<Parsed, String> {
-    let summary: Summary =
-        serde_json::from_str(text).map_err(|e| format!("not a k6 summary export: {e}"))?;
+    let summary: Summary = serde_json::from_str(text).map_err(|e| format!("not a k6 summary export: {e}"))?;
     let metric = |name: &str| summary.metrics.get(name);
-    let count = |m: Option<&Metric>, field: fn(&Metric) -> Option<f64>| {
-        m.and_then(field).unwrap_or(0.0).round() as u64
-    };
+    let count = |m: Option<&Metric>, field: fn(&Metric) -> Option<f64>| m.and_then(field).unwrap_or(0.0).round() as u64;
     // k6 leaves out metrics that got no samples (a plan at rate 0): no requests, no latency.
     let requests = count(metric("http_reqs"), |m| m.count);
     let latency_ms = match metric("http_req_duration") {
@@ -362,12 +258,7 @@ fn parse_summary(text: &str) -> Result<Parsed, String> {
     let crossed = summary
         .metrics
         .iter()
-        .flat_map(|(name, m)| {
-            m.thresholds
-                .iter()
-                .filter(|(_, crossed)| **crossed)
-                .map(move |(expr, _)| format!("{name}: {expr}"))
-        })
+        .flat_map(|(name, m)| m.thresholds.iter().filter(|(_, crossed)| **crossed).map(move |(expr, _)| format!("{name}: {expr}")))
         .collect();
     Ok(Parsed {
         result: DriverResult {
@@ -396,47 +287,29 @@ mod tests {
         assert_eq!(r.driver, "k6");
         assert_eq!(r.requests, 299);
         assert_eq!(r.failures, 0);
-        assert_eq!(
-            parsed.conflicts, 11,
-            "every 25th answer of the fixture server is a 409"
-        );
+        assert_eq!(parsed.conflicts, 11, "every 25th answer of the fixture server is a 409");
         assert_eq!(r.latency_ms.count, 299);
         let l = &r.latency_ms;
-        assert!(
-            0.0 < l.p50 && l.p50 <= l.p90 && l.p90 <= l.p95 && l.p95 <= l.p99 && l.p99 <= l.max,
-            "{l:?}"
-        );
-        assert!(
-            (r.achieved_rate - 50.0).abs() < 5.0,
-            "rate {}",
-            r.achieved_rate
-        );
+        assert!(0.0 < l.p50 && l.p50 <= l.p90 && l.p90 <= l.p95 && l.p95 <= l.p99 && l.p99 <= l.max, "{l:?}");
+        assert!((r.achieved_rate - 50.0).abs() < 5.0, "rate {}", r.achieved_rate);
         assert!(parsed.crossed.is_empty(), "{:?}", parsed.crossed);
     }
 
     #[test]
     fn reports_crossed_thresholds_and_failed_requests() {
-        let mut summary: serde_json::Value =
-            serde_json::from_str(FIXTURE).expect("fixture is JSON");
+        let mut summary: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture is JSON");
         let metrics = &mut summary["metrics"];
         metrics["http_req_failed"]["passes"] = 7.into();
         metrics["http_req_duration"]["thresholds"]["p(95)<500"] = true.into();
         let parsed = parse_summary(&summary.to_string()).expect("parses");
         assert_eq!(parsed.result.failures, 7);
-        assert_eq!(
-            parsed.crossed,
-            vec!["http_req_duration: p(95)<500".to_string()]
-        );
+        assert_eq!(parsed.crossed, vec!["http_req_duration: p(95)<500".to_string()]);
     }
 
     #[test]
     fn rejects_a_summary_without_p99_and_non_summaries() {
-        let mut summary: serde_json::Value =
-            serde_json::from_str(FIXTURE).expect("fixture is JSON");
-        summary["metrics"]["http_req_duration"]
-            .as_object_mut()
-            .expect("object")
-            .remove("p(99)");
+        let mut summary: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture is JSON");
+        summary["metrics"]["http_req_duration"].as_object_mut().expect("object").remove("p(99)");
         let err = parse_summary(&summary.to_string()).expect_err("p99 is required");
         assert!(err.contains("--summary-trend-stats"), "{err}");
         assert!(parse_summary("{}").is_err());
@@ -444,44 +317,22 @@ mod tests {
 
     #[test]
     fn a_run_without_requests_has_empty_latency() {
-        let parsed =
-            parse_summary(r#"{"root_group":{},"metrics":{"iterations":{"count":0,"rate":0}}}"#)
-                .expect("parses");
+        let parsed = parse_summary(r#"{"root_group":{},"metrics":{"iterations":{"count":0,"rate":0}}}"#).expect("parses");
         assert_eq!(parsed.result.requests, 0);
         assert_eq!(parsed.result.latency_ms, Percentiles::default());
     }
 
     #[test]
     fn plan_goes_to_the_scripts_in_milliseconds_without_empty_segments() {
-        let seg = |ms: u64, from: f64, to: f64| Segment {
-            duration: Duration::from_millis(ms),
-            from,
-            to,
-        };
-        let plan = LoadPlan {
-            segments: vec![
-                seg(60_000, 100.0, 100.0),
-                seg(0, 500.0, 500.0),
-                seg(1_500, 500.0, 2.5),
-            ],
-        };
+        let seg = |ms: u64, from: f64, to: f64| Segment { duration: Duration::from_millis(ms), from, to };
+        let plan = LoadPlan { segments: vec![seg(60_000, 100.0, 100.0), seg(0, 500.0, 500.0), seg(1_500, 500.0, 2.5)] };
         let wire = wire_plan(&plan).expect("non-empty");
         assert_eq!(
             serde_json::to_string(&wire).expect("serializes"),
             r#"[{"duration_ms":60000,"from":100.0,"to":100.0},{"duration_ms":1500,"from":500.0,"to":2.5}]"#
         );
-        assert!(matches!(
-            wire_plan(&LoadPlan {
-                segments: vec![seg(0, 1.0, 1.0)]
-            }),
-            Err(K6Error::BadPlan(_))
-        ));
-        assert!(matches!(
-            wire_plan(&LoadPlan {
-                segments: vec![seg(10, f64::NAN, 1.0)]
-            }),
-            Err(K6Error::BadPlan(_))
-        ));
+        assert!(matches!(wire_plan(&LoadPlan { segments: vec![seg(0, 1.0, 1.0)] }), Err(K6Error::BadPlan(_))));
+        assert!(matches!(wire_plan(&LoadPlan { segments: vec![seg(10, f64::NAN, 1.0)] }), Err(K6Error::BadPlan(_))));
     }
 
     #[test]
@@ -490,33 +341,15 @@ mod tests {
         for name in ["baseline", "schema-change", "stress-ci"] {
             std::fs::write(dir.path().join(format!("{name}.js")), "").expect("write script");
         }
-        let found = |s: &str| {
-            script_for(dir.path(), s)
-                .map(|p| p.file_name().expect("file").to_string_lossy().into_owned())
-        };
+        let found = |s: &str| script_for(dir.path(), s).map(|p| p.file_name().expect("file").to_string_lossy().into_owned());
         assert_eq!(found("baseline").expect("exact"), "baseline.js");
         assert_eq!(found("stress-ci").expect("own script wins"), "stress-ci.js");
         assert_eq!(found("baseline-ci").expect("family"), "baseline.js");
-        assert_eq!(
-            found("schema-change_short").expect("family with a dash"),
-            "schema-change.js"
-        );
+        assert_eq!(found("schema-change_short").expect("family with a dash"), "schema-change.js");
         let err = found("nightly").expect_err("unknown").to_string();
-        assert!(
-            err.contains("nightly.js") && err.contains("HARNESS_K6_DIR"),
-            "{err}"
-        );
-        assert!(
-            matches!(
-                script_for(dir.path(), "spike-x"),
-                Err(K6Error::NoScript { .. })
-            ),
-            "family without its script"
-        );
-        assert!(matches!(
-            script_for(dir.path(), "../etc/passwd"),
-            Err(K6Error::BadScenarioName(_))
-        ));
+        assert!(err.contains("nightly.js") && err.contains("HARNESS_K6_DIR"), "{err}");
+        assert!(matches!(script_for(dir.path(), "spike-x"), Err(K6Error::NoScript { .. })), "family without its script");
+        assert!(matches!(script_for(dir.path(), "../etc/passwd"), Err(K6Error::BadScenarioName(_))));
     }
 
     #[test]

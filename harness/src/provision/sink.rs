@@ -12,10 +12,11 @@ pub fn ensure() -> Result<PathBuf, ProvisionError> {
         return Ok(PathBuf::from(bin));
     }
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| build().map_err(|e| e.to_string()))
-        .clone()
-        .map_err(|reason| ProvisionError::InstallFailed { what: "sink binary", reason, log: target_dir().join("sink-build.log") })
+    BUILT.get_or_init(|| build().map_err(|e| e.to_string())).clone().map_err(|reason| ProvisionError::InstallFailed {
+        what: "sink binary",
+        reason,
+        log: target_dir().join("sink-build.log"),
+    })
 }
 
 fn workspace_root() -> &'static Path {
@@ -38,9 +39,5 @@ fn build() -> Result<PathBuf, ProvisionError> {
     std::fs::create_dir_all(&target).map_err(super::ProvisionError::io(&target))?;
     run_installer("sink binary (cargo build -p sink)", &mut cmd, &target.join("sink-build.log"))?;
     let bin = target.join(if release { "release" } else { "debug" }).join("sink");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(ProvisionError::NotFound { what: "sink binary", hint: format!("{} missing after build", bin.display()) })
-    }
+    if bin.is_file() { Ok(bin) } else { Err(ProvisionError::NotFound { what: "sink binary", hint: format!("{} missing after build", bin.display()) }) }
 }

@@ -22,33 +22,16 @@ pub fn ensure(cache: &Cache) -> Result<PathBuf, ProvisionError> {
     if bin.is_file() {
         return Ok(bin);
     }
-    eprintln!(
-        "provision: building tansu {TANSU_VERSION} from crates.io into {} (first run only, about 10 minutes on 2 cores)",
-        root.display()
-    );
+    eprintln!("provision: building tansu {TANSU_VERSION} from crates.io into {} (first run only, about 10 minutes on 2 cores)", root.display());
     std::fs::create_dir_all(&root).map_err(ProvisionError::io(&root))?;
     let log = cache.dir("tansu-install.log");
     run_installer(
         "tansu",
-        Command::new("cargo").args([
-            "install",
-            "tansu",
-            "--version",
-            TANSU_VERSION,
-            "--locked",
-            "--features",
-            "libsql,dynostore",
-            "--root",
-        ])
-        .arg(&root),
+        Command::new("cargo").args(["install", "tansu", "--version", TANSU_VERSION, "--locked", "--features", "libsql,dynostore", "--root"]).arg(&root),
         &log,
     )?;
     if !bin.is_file() {
-        return Err(ProvisionError::InstallFailed {
-            what: "tansu",
-            reason: format!("cargo install finished but {} is missing", bin.display()),
-            log,
-        });
+        return Err(ProvisionError::InstallFailed { what: "tansu", reason: format!("cargo install finished but {} is missing", bin.display()), log });
     }
     eprintln!("provision: tansu ready");
     Ok(bin)

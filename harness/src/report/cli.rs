@@ -50,27 +50,16 @@ pub struct ReportArgs {
 
 /// `harness diff`: SUCCESS, REGRESSION when a gated metric regressed, USAGE on bad input.
 pub fn diff(args: &DiffArgs) -> i32 {
-    let (base_paths, new_path): (Vec<&PathBuf>, &PathBuf) = match (
-        args.bases.as_slice(),
-        args.reports.as_slice(),
-    ) {
+    let (base_paths, new_path): (Vec<&PathBuf>, &PathBuf) = match (args.bases.as_slice(), args.reports.as_slice()) {
         ([], [base, new]) => (vec![base], new),
         ([_, ..], [new]) => (args.bases.iter().collect(), new),
         _ => {
-            eprintln!(
-                "error: give BASE.json NEW.json, or --base BASE.json (repeatable) and NEW.json\n  e.g. harness diff main/report.json pr/report.json"
-            );
+            eprintln!("error: give BASE.json NEW.json, or --base BASE.json (repeatable) and NEW.json\n  e.g. harness diff main/report.json pr/report.json");
             return exit::USAGE;
         }
     };
     let load = |p: &PathBuf| json::load(p);
-    let (bases, new) = match (
-        base_paths
-            .into_iter()
-            .map(load)
-            .collect::<Result<Vec<Report>, _>>(),
-        load(new_path),
-    ) {
+    let (bases, new) = match (base_paths.into_iter().map(load).collect::<Result<Vec<Report>, _>>(), load(new_path)) {
         (Ok(bases), Ok(new)) => (bases, new),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
@@ -102,11 +91,7 @@ pub fn diff(args: &DiffArgs) -> i32 {
     } else {
         print!("{}", diff::render_text(&report));
     }
-    if report.failed {
-        exit::REGRESSION
-    } else {
-        exit::SUCCESS
-    }
+    if report.failed { exit::REGRESSION } else { exit::SUCCESS }
 }
 
 /// `harness report`: re-renders a report.json; SUCCESS, or USAGE when it cannot be read.
@@ -118,14 +103,8 @@ pub fn report(args: &ReportArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let outputs = [
-        (&args.html, html::render as fn(&Report) -> String),
-        (&args.junit, junit::render),
-    ];
-    for (path, render) in outputs
-        .into_iter()
-        .filter_map(|(out, render)| Some((out.as_ref()?, render)))
-    {
+    let outputs = [(&args.html, html::render as fn(&Report) -> String), (&args.junit, junit::render)];
+    for (path, render) in outputs.into_iter().filter_map(|(out, render)| Some((out.as_ref()?, render))) {
         if let Err(code) = write(path, &render(&report)) {
             return code;
         }

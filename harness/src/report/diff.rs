@@ -49,10 +49,7 @@ pub struct Tolerance {
 impl Tolerance {
     /// The defaults by kind of metric (documented in README.md; keep both in sync).
     pub fn default_for(metric: &str) -> Tolerance {
-        let t = |relative_pct, absolute| Tolerance {
-            relative_pct,
-            absolute,
-        };
+        let t = |relative_pct, absolute| Tolerance { relative_pct, absolute };
         match metric {
             // Counts that should stay at zero: any increase is a regression.
             "errors" | "load.errors" | "validation.dlq" => t(0.0, 0.0),
@@ -77,9 +74,7 @@ pub struct ToleranceOverride {
 
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ToleranceError {
-    #[error(
-        "tolerance `{0}` is not METRIC=PCT or METRIC=PCT:ABS (e.g. `e2e_latency_ms.p95=15` or `events_per_sec=5:10`)"
-    )]
+    #[error("tolerance `{0}` is not METRIC=PCT or METRIC=PCT:ABS (e.g. `e2e_latency_ms.p95=15` or `events_per_sec=5:10`)")]
     Syntax(String),
     #[error("tolerance `{text}`: `{value}` is not a non-negative number")]
     Value { text: String, value: String },
@@ -88,9 +83,7 @@ pub enum ToleranceError {
 impl std::str::FromStr for ToleranceOverride {
     type Err = ToleranceError;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (pattern, rest) = text
-            .split_once('=')
-            .ok_or_else(|| ToleranceError::Syntax(text.into()))?;
+        let (pattern, rest) = text.split_once('=').ok_or_else(|| ToleranceError::Syntax(text.into()))?;
         let pattern = pattern.trim();
         if pattern.is_empty() {
             return Err(ToleranceError::Syntax(text.into()));
@@ -102,20 +95,13 @@ impl std::str::FromStr for ToleranceOverride {
                 .parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| ToleranceError::Value {
-                    text: text.into(),
-                    value: s.into(),
-                })
+                .ok_or_else(|| ToleranceError::Value { text: text.into(), value: s.into() })
         };
         let (relative, absolute) = match rest.split_once(':') {
             Some((rel, abs)) => (number(rel)?, Some(number(abs)?)),
             None => (number(rest)?, None),
         };
-        Ok(ToleranceOverride {
-            pattern: pattern.into(),
-            relative_pct: relative,
-            absolute,
-        })
+        Ok(ToleranceOverride { pattern: pattern.into(), relative_pct: relative, absolute })
     }
 }
 
@@ -191,20 +177,13 @@ pub struct DiffReport {
     pub failed: bool,
 }
 
-pub fn diff(
-    bases: &[Report],
-    new: &Report,
-    overrides: &[ToleranceOverride],
-) -> Result<DiffReport, DiffError> {
+pub fn diff(bases: &[Report], new: &Report, overrides: &[ToleranceOverride]) -> Result<DiffReport, DiffError> {
     if bases.is_empty() {
         return Err(DiffError::NoBase);
     }
     for r in bases.iter().chain([new]) {
         if r.schema_version != SCHEMA_VERSION {
-            return Err(DiffError::SchemaMismatch {
-                run_id: r.run.run_id.clone(),
-                found: r.schema_version,
-            });
+            return Err(DiffError::SchemaMismatch { run_id: r.run.run_id.clone(), found: r.schema_version });
         }
     }
     let new_metrics = finite_metrics(new);
@@ -224,20 +203,9 @@ pub fn diff(
     let metrics = declared
         .into_iter()
         .map(|m| {
-            let new_value = new_metrics
-                .iter()
-                .find(|n| n.name == m.name)
-                .map(|n| n.value);
-            let base_values: Vec<f64> = base_metrics
-                .iter()
-                .filter_map(|ms| ms.iter().find(|b| b.name == m.name).map(|b| b.value))
-                .collect();
-            compare(
-                m,
-                baseline(&base_values),
-                new_value,
-                tolerance(&m.name, overrides),
-            )
+            let new_value = new_metrics.iter().find(|n| n.name == m.name).map(|n| n.value);
+            let base_values: Vec<f64> = base_metrics.iter().filter_map(|ms| ms.iter().find(|b| b.name == m.name).map(|b| b.value)).collect();
+            compare(m, baseline(&base_values), new_value, tolerance(&m.name, overrides))
         })
         .collect::<Vec<_>>();
     let failed = metrics.iter().any(MetricDiff::fails_gate);
@@ -253,11 +221,7 @@ pub fn diff(
 
 /// A NaN or infinite value carries no information to compare: treated as absent.
 fn finite_metrics(report: &Report) -> Vec<Metric> {
-    report
-        .metrics()
-        .into_iter()
-        .filter(|m| m.value.is_finite())
-        .collect()
+    report.metrics().into_iter().filter(|m| m.value.is_finite()).collect()
 }
 
 fn tolerance(metric: &str, overrides: &[ToleranceOverride]) -> Tolerance {
@@ -267,20 +231,13 @@ fn tolerance(metric: &str, overrides: &[ToleranceOverride]) -> Tolerance {
         .iter()
         .rev()
         .find(|o| o.matches(metric))
-        .map_or(default, |o| Tolerance {
-            relative_pct: o.relative_pct,
-            absolute: o.absolute.unwrap_or(default.absolute),
-        })
+        .map_or(default, |o| Tolerance { relative_pct: o.relative_pct, absolute: o.absolute.unwrap_or(default.absolute) })
 }
 
 fn baseline(values: &[f64]) -> Option<Baseline> {
     let value = median(values)?;
     let deviations: Vec<f64> = values.iter().map(|v| (v - value).abs()).collect();
-    Some(Baseline {
-        value,
-        spread: median(&deviations).unwrap_or(0.0),
-        runs: values.len(),
-    })
+    Some(Baseline { value, spread: median(&deviations).unwrap_or(0.0), runs: values.len() })
 }
 
 fn median(values: &[f64]) -> Option<f64> {
@@ -294,12 +251,7 @@ fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
-fn compare(
-    m: &Metric,
-    base: Option<Baseline>,
-    new: Option<f64>,
-    tolerance: Tolerance,
-) -> MetricDiff {
+fn compare(m: &Metric, base: Option<Baseline>, new: Option<f64>, tolerance: Tolerance) -> MetricDiff {
     let mut out = MetricDiff {
         name: m.name.clone(),
         direction: m.direction,
@@ -324,10 +276,7 @@ fn compare(
         (Some(b), Some(n)) => (b, n),
     };
     let change = n - b.value;
-    let allowed = tolerance
-        .absolute
-        .max(tolerance.relative_pct / 100.0 * b.value.abs())
-        + SPREAD_FACTOR * b.spread;
+    let allowed = tolerance.absolute.max(tolerance.relative_pct / 100.0 * b.value.abs()) + SPREAD_FACTOR * b.spread;
     // Positive when the metric moved the wrong way.
     let worse = match m.direction {
         Direction::LowerIsBetter => change,
@@ -357,27 +306,15 @@ fn warnings(bases: &[Report], new: &Report) -> Vec<String> {
     check("scenario", &|r| r.run.scenario.clone());
     check("driver", &|r| r.run.driver.clone());
     check("backend", &|r| r.run.backend.clone());
-    check("machine", &|r| {
-        format!(
-            "{} cores / {} MiB",
-            r.run.machine.cores, r.run.machine.memory_mb
-        )
-    });
+    check("machine", &|r| format!("{} cores / {} MiB", r.run.machine.cores, r.run.machine.memory_mb));
     if matches!(bases, [only] if only.run.run_id == new.run.run_id && only != new) {
-        out.push(format!(
-            "base and new share run id {} but differ",
-            new.run.run_id
-        ));
+        out.push(format!("base and new share run id {} but differ", new.run.run_id));
     }
     out
 }
 
 fn signed(v: f64) -> String {
-    if v > 0.0 {
-        format!("+{}", fmt_num(v))
-    } else {
-        fmt_num(v)
-    }
+    if v > 0.0 { format!("+{}", fmt_num(v)) } else { fmt_num(v) }
 }
 
 fn cells(m: &MetricDiff) -> [String; 4] {
@@ -388,10 +325,7 @@ fn cells(m: &MetricDiff) -> [String; 4] {
     };
     let new = m.new.map_or_else(|| "—".into(), fmt_num);
     let change = m.change.map_or_else(|| "—".into(), signed);
-    let pct = m.change_pct.map_or_else(
-        || "—".into(),
-        |p| format!("{}{p:.1}%", if p > 0.0 { "+" } else { "" }),
-    );
+    let pct = m.change_pct.map_or_else(|| "—".into(), |p| format!("{}{p:.1}%", if p > 0.0 { "+" } else { "" }));
     [base, new, change, pct]
 }
 
@@ -418,36 +352,16 @@ fn base_label(d: &DiffReport) -> String {
 
 /// For terminals: aligned columns, one metric per line.
 pub fn render_text(d: &DiffReport) -> String {
-    let mut o = format!(
-        "{}\nbase {} -> new {}\n",
-        headline(d),
-        base_label(d),
-        d.new_run
-    );
+    let mut o = format!("{}\nbase {} -> new {}\n", headline(d), base_label(d), d.new_run);
     for w in &d.warnings {
         let _ = writeln!(o, "warning: {w}");
     }
-    let width = d
-        .metrics
-        .iter()
-        .map(|m| m.name.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
-    let _ = writeln!(
-        o,
-        "{:<width$} {:>14} {:>12} {:>12} {:>9}  VERDICT",
-        "METRIC", "BASE", "NEW", "CHANGE", "%"
-    );
+    let width = d.metrics.iter().map(|m| m.name.len()).max().unwrap_or(6).max(6);
+    let _ = writeln!(o, "{:<width$} {:>14} {:>12} {:>12} {:>9}  VERDICT", "METRIC", "BASE", "NEW", "CHANGE", "%");
     for m in &d.metrics {
         let [base, new, change, pct] = cells(m);
         let gate = if m.fails_gate() { "  (gated)" } else { "" };
-        let _ = writeln!(
-            o,
-            "{:<width$} {base:>14} {new:>12} {change:>12} {pct:>9}  {}{gate}",
-            m.name,
-            m.verdict.as_str()
-        );
+        let _ = writeln!(o, "{:<width$} {base:>14} {new:>12} {change:>12} {pct:>9}  {}{gate}", m.name, m.verdict.as_str());
     }
     o
 }
@@ -458,11 +372,7 @@ pub fn render_markdown(d: &DiffReport) -> String {
         "## {} {}\n\nBase {} → new `{}`\n\n",
         if d.failed { "❌" } else { "✅" },
         headline(d),
-        if d.base_runs.len() == 1 {
-            format!("`{}`", base_label(d))
-        } else {
-            base_label(d)
-        },
+        if d.base_runs.len() == 1 { format!("`{}`", base_label(d)) } else { base_label(d) },
         d.new_run
     );
     for w in &d.warnings {
@@ -478,12 +388,7 @@ pub fn render_markdown(d: &DiffReport) -> String {
             Verdict::MissingInNew if m.gated => "🔴 **missing in new** (gated)".to_string(),
             v => v.as_str().to_string(),
         };
-        let _ = writeln!(
-            o,
-            "| `{}` | {} | {base} | {new} | {change} | {pct} | {verdict} |",
-            m.name,
-            direction_word(m.direction)
-        );
+        let _ = writeln!(o, "| `{}` | {} | {base} | {new} | {change} | {pct} | {verdict} |", m.name, direction_word(m.direction));
     }
     o
 }
@@ -522,18 +427,13 @@ pub fn render_html(d: &DiffReport) -> String {
             o,
             "<tr{row}><td><code>{}</code>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"{cell}\">{}</td></tr>",
             esc(&m.name),
-            if m.gated {
-                " <span class=\"muted\">gated</span>"
-            } else {
-                ""
-            },
+            if m.gated { " <span class=\"muted\">gated</span>" } else { "" },
             direction_word(m.direction),
             esc(&base),
             esc(&new),
             esc(&change),
             esc(&pct),
-            m.allowed
-                .map_or_else(|| "—".into(), |a| format!("±{}", fmt_num(a))),
+            m.allowed.map_or_else(|| "—".into(), |a| format!("±{}", fmt_num(a))),
             m.verdict.as_str()
         );
     }
@@ -552,27 +452,16 @@ mod tests {
         r.pipeline.e2e_latency_ms_per_entity.clear();
         r.pipeline.e2e_latency_ms.p95 = p95;
         r.pipeline.events_per_sec = events;
-        r.convergence.entities.push(crate::verify::EntityOutcome {
-            entity: "customer".into(),
-            missing_in_target: missing,
-            ..Default::default()
-        });
+        r.convergence.entities.push(crate::verify::EntityOutcome { entity: "customer".into(), missing_in_target: missing, ..Default::default() });
         r
     }
 
     fn verdict_of(d: &DiffReport, name: &str) -> Verdict {
-        d.metrics
-            .iter()
-            .find(|m| m.name == name)
-            .unwrap_or_else(|| panic!("{name} absent"))
-            .verdict
+        d.metrics.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name} absent")).verdict
     }
 
     fn run(base: &Report, new: &Report, overrides: &[&str]) -> DiffReport {
-        let overrides: Vec<ToleranceOverride> = overrides
-            .iter()
-            .map(|s| s.parse().expect("valid override"))
-            .collect();
+        let overrides: Vec<ToleranceOverride> = overrides.iter().map(|s| s.parse().expect("valid override")).collect();
         diff(std::slice::from_ref(base), new, &overrides).expect("diff")
     }
 
@@ -587,11 +476,7 @@ mod tests {
         let d = run(&base, &report("b", 500.0, 250.0, 0), &[]);
         assert_eq!(verdict_of(&d, "e2e_latency_ms.p95"), Verdict::Improved);
         assert_eq!(verdict_of(&d, "events_per_sec"), Verdict::Regressed);
-        let m = d
-            .metrics
-            .iter()
-            .find(|m| m.name == "events_per_sec")
-            .expect("present");
+        let m = d.metrics.iter().find(|m| m.name == "events_per_sec").expect("present");
         assert_eq!((m.change, m.change_pct), (Some(-250.0), Some(-50.0)));
     }
 
@@ -600,10 +485,7 @@ mod tests {
         let base = report("a", 1000.0, 500.0, 0);
         let d = run(&base, &base, &[]);
         assert!(!d.failed);
-        assert!(
-            d.metrics.iter().all(|m| m.verdict == Verdict::Unchanged),
-            "{d:?}"
-        );
+        assert!(d.metrics.iter().all(|m| m.verdict == Verdict::Unchanged), "{d:?}");
     }
 
     #[test]
@@ -615,17 +497,9 @@ mod tests {
         assert_eq!(verdict_of(&d, "events_per_sec"), Verdict::Unchanged);
         assert!(!d.failed);
         // The absolute floor: 1 ms -> 4 ms is +300% but under 5 ms, so noise.
-        let d = run(
-            &report("a", 1.0, 500.0, 0),
-            &report("b", 4.0, 500.0, 0),
-            &[],
-        );
+        let d = run(&report("a", 1.0, 500.0, 0), &report("b", 4.0, 500.0, 0), &[]);
         assert_eq!(verdict_of(&d, "e2e_latency_ms.p95"), Verdict::Unchanged);
-        let d = run(
-            &report("a", 1.0, 500.0, 0),
-            &report("b", 7.0, 500.0, 0),
-            &[],
-        );
+        let d = run(&report("a", 1.0, 500.0, 0), &report("b", 7.0, 500.0, 0), &[]);
         assert_eq!(verdict_of(&d, "e2e_latency_ms.p95"), Verdict::Regressed);
     }
 
@@ -635,77 +509,29 @@ mod tests {
         let new = report("b", 1090.0, 500.0, 0);
         let d = run(&base, &new, &["e2e_latency_ms.p95=5"]);
         assert_eq!(verdict_of(&d, "e2e_latency_ms.p95"), Verdict::Regressed);
-        let d = run(
-            &base,
-            &report("b", 1400.0, 500.0, 0),
-            &["e2e_latency_ms.*=50%"],
-        );
+        let d = run(&base, &report("b", 1400.0, 500.0, 0), &["e2e_latency_ms.*=50%"]);
         assert_eq!(verdict_of(&d, "e2e_latency_ms.p95"), Verdict::Unchanged);
         // Last match wins; ABS replaces the floor.
-        let d = run(
-            &report("a", 1.0, 500.0, 0),
-            &report("b", 4.0, 500.0, 0),
-            &["e2e_latency_ms.*=50", "e2e_latency_ms.p95=0:0"],
-        );
+        let d = run(&report("a", 1.0, 500.0, 0), &report("b", 4.0, 500.0, 0), &["e2e_latency_ms.*=50", "e2e_latency_ms.p95=0:0"]);
         assert_eq!(verdict_of(&d, "e2e_latency_ms.p95"), Verdict::Regressed);
-        let m = d
-            .metrics
-            .iter()
-            .find(|m| m.name == "e2e_latency_ms.p95")
-            .expect("present");
-        assert_eq!(
-            m.tolerance,
-            Tolerance {
-                relative_pct: 0.0,
-                absolute: 0.0
-            }
-        );
+        let m = d.metrics.iter().find(|m| m.name == "e2e_latency_ms.p95").expect("present");
+        assert_eq!(m.tolerance, Tolerance { relative_pct: 0.0, absolute: 0.0 });
 
-        assert!(matches!(
-            "nope".parse::<ToleranceOverride>(),
-            Err(ToleranceError::Syntax(_))
-        ));
-        assert!(matches!(
-            "=5".parse::<ToleranceOverride>(),
-            Err(ToleranceError::Syntax(_))
-        ));
-        assert!(matches!(
-            "x=-5".parse::<ToleranceOverride>(),
-            Err(ToleranceError::Value { .. })
-        ));
-        assert!(matches!(
-            "x=5:y".parse::<ToleranceOverride>(),
-            Err(ToleranceError::Value { .. })
-        ));
+        assert!(matches!("nope".parse::<ToleranceOverride>(), Err(ToleranceError::Syntax(_))));
+        assert!(matches!("=5".parse::<ToleranceOverride>(), Err(ToleranceError::Syntax(_))));
+        assert!(matches!("x=-5".parse::<ToleranceOverride>(), Err(ToleranceError::Value { .. })));
+        assert!(matches!("x=5:y".parse::<ToleranceOverride>(), Err(ToleranceError::Value { .. })));
         let unused = vec!["e2e_latency_ms.p955=5".parse().expect("syntax ok")];
-        assert_eq!(
-            diff(std::slice::from_ref(&base), &new, &unused),
-            Err(DiffError::UnusedTolerance("e2e_latency_ms.p955".into()))
-        );
+        assert_eq!(diff(std::slice::from_ref(&base), &new, &unused), Err(DiffError::UnusedTolerance("e2e_latency_ms.p955".into())));
     }
 
     #[test]
     fn zero_baseline_counts_regress_on_any_increase() {
-        let d = run(
-            &report("a", 1000.0, 500.0, 0),
-            &report("b", 1000.0, 500.0, 1),
-            &[],
-        );
-        let m = d
-            .metrics
-            .iter()
-            .find(|m| m.name == "convergence.missing")
-            .expect("present");
-        assert_eq!(
-            (m.verdict, m.change, m.change_pct),
-            (Verdict::Regressed, Some(1.0), None)
-        );
+        let d = run(&report("a", 1000.0, 500.0, 0), &report("b", 1000.0, 500.0, 1), &[]);
+        let m = d.metrics.iter().find(|m| m.name == "convergence.missing").expect("present");
+        assert_eq!((m.verdict, m.change, m.change_pct), (Verdict::Regressed, Some(1.0), None));
         assert!(d.failed);
-        let d = run(
-            &report("a", 1000.0, 500.0, 2),
-            &report("b", 1000.0, 500.0, 0),
-            &[],
-        );
+        let d = run(&report("a", 1000.0, 500.0, 2), &report("b", 1000.0, 500.0, 0), &[]);
         assert_eq!(verdict_of(&d, "convergence.missing"), Verdict::Improved);
         assert!(!d.failed);
     }
@@ -716,18 +542,10 @@ mod tests {
         let mut new = base.clone();
         new.run.run_id = "b".into();
         new.pipeline.max_sustainable_rate = None;
-        new.pipeline
-            .e2e_latency_ms_per_entity
-            .insert("order".into(), Default::default());
+        new.pipeline.e2e_latency_ms_per_entity.insert("order".into(), Default::default());
         let d = run(&base, &new, &[]);
-        assert_eq!(
-            verdict_of(&d, "max_sustainable_rate"),
-            Verdict::MissingInNew
-        );
-        assert_eq!(
-            verdict_of(&d, "e2e_latency_ms.order.p95"),
-            Verdict::MissingInBase
-        );
+        assert_eq!(verdict_of(&d, "max_sustainable_rate"), Verdict::MissingInNew);
+        assert_eq!(verdict_of(&d, "e2e_latency_ms.order.p95"), Verdict::MissingInBase);
         // max_sustainable_rate is gated: losing it fails the diff; a new metric does not.
         assert!(d.failed);
         new.pipeline.max_sustainable_rate = Some(0.0);
@@ -736,26 +554,11 @@ mod tests {
 
     #[test]
     fn several_bases_use_median_and_widen_by_spread() {
-        let bases = [
-            report("a", 1000.0, 500.0, 0),
-            report("b", 1200.0, 500.0, 0),
-            report("c", 1100.0, 500.0, 0),
-        ];
+        let bases = [report("a", 1000.0, 500.0, 0), report("b", 1200.0, 500.0, 0), report("c", 1100.0, 500.0, 0)];
         let new = report("n", 1400.0, 500.0, 0);
         let d = diff(&bases, &new, &[]).expect("diff");
-        let m = d
-            .metrics
-            .iter()
-            .find(|m| m.name == "e2e_latency_ms.p95")
-            .expect("present");
-        assert_eq!(
-            m.base,
-            Some(Baseline {
-                value: 1100.0,
-                spread: 100.0,
-                runs: 3
-            })
-        );
+        let m = d.metrics.iter().find(|m| m.name == "e2e_latency_ms.p95").expect("present");
+        assert_eq!(m.base, Some(Baseline { value: 1100.0, spread: 100.0, runs: 3 }));
         // 10% of 1100 + 3 x 100 = 410 allowed; +300 is noise given how much the bases vary.
         assert_eq!(m.allowed, Some(410.0));
         assert_eq!(m.verdict, Verdict::Unchanged);
@@ -770,13 +573,7 @@ mod tests {
         let mut new = report("b", 1000.0, 500.0, 0);
         new.schema_version = SCHEMA_VERSION + 1;
         let err = diff(std::slice::from_ref(&base), &new, &[]).expect_err("refused");
-        assert_eq!(
-            err,
-            DiffError::SchemaMismatch {
-                run_id: "b".into(),
-                found: SCHEMA_VERSION + 1
-            }
-        );
+        assert_eq!(err, DiffError::SchemaMismatch { run_id: "b".into(), found: SCHEMA_VERSION + 1 });
         assert!(err.to_string().contains("schema_version"));
         assert_eq!(diff(&[], &base, &[]), Err(DiffError::NoBase));
     }
@@ -787,9 +584,6 @@ mod tests {
         let mut new = report("b", 1000.0, 500.0, 0);
         new.run.scenario = "spike".into();
         let d = run(&base, &new, &[]);
-        assert_eq!(
-            d.warnings,
-            vec!["scenario differs: base , new spike".to_string()]
-        );
+        assert_eq!(d.warnings, vec!["scenario differs: base , new spike".to_string()]);
     }
 }

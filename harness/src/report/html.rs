@@ -87,11 +87,7 @@ pub fn render(report: &Report) -> String {
     validation_and_load(&mut o, report);
     resources(&mut o, &report.series);
     metadata(&mut o, report);
-    let _ = write!(
-        o,
-        "<footer>harness report · schema version {} · generated from report.json</footer>\n</main>\n</body>\n</html>\n",
-        report.schema_version
-    );
+    let _ = write!(o, "<footer>harness report · schema version {} · generated from report.json</footer>\n</main>\n</body>\n</html>\n", report.schema_version);
     o
 }
 
@@ -102,27 +98,14 @@ fn header(o: &mut String, report: &Report, ok: bool) {
     let class = if ok { "pass" } else { "fail" };
     let mut reasons = Vec::new();
     if failed > 0 {
-        reasons.push(format!(
-            "{failed} of {} thresholds failed",
-            report.thresholds.len()
-        ));
+        reasons.push(format!("{failed} of {} thresholds failed", report.thresholds.len()));
     }
     if !c.converged {
         let anomalies: u64 = c.anomaly_counts.values().sum();
-        reasons.push(format!(
-            "the target diverged ({anomalies} {})",
-            if anomalies == 1 {
-                "anomaly"
-            } else {
-                "anomalies"
-            }
-        ));
+        reasons.push(format!("the target diverged ({anomalies} {})", if anomalies == 1 { "anomaly" } else { "anomalies" }));
     }
     if reasons.is_empty() {
-        reasons.push(format!(
-            "all {} thresholds passed and the target converged",
-            report.thresholds.len()
-        ));
+        reasons.push(format!("all {} thresholds passed and the target converged", report.thresholds.len()));
     }
     let _ = write!(
         o,
@@ -150,49 +133,21 @@ fn summary(o: &mut String, report: &Report) {
         (None, false) => "never".into(),
     };
     let cards = [
-        (
-            "Sink throughput",
-            format!("{}<small> events/s</small>", fmt_num(p.events_per_sec)),
-        ),
-        (
-            "Load achieved / target",
-            format!(
-                "{}<small> / {} ops/s</small>",
-                fmt_num(l.achieved_rate),
-                fmt_num(l.target_rate)
-            ),
-        ),
-        (
-            "E2E latency p50",
-            format!("{}<small> ms</small>", fmt_num(s.e2e_latency_ms.p50)),
-        ),
-        (
-            "E2E latency p95",
-            format!("{}<small> ms</small>", fmt_num(s.e2e_latency_ms.p95)),
-        ),
-        (
-            "E2E latency p99",
-            format!("{}<small> ms</small>", fmt_num(s.e2e_latency_ms.p99)),
-        ),
+        ("Sink throughput", format!("{}<small> events/s</small>", fmt_num(p.events_per_sec))),
+        ("Load achieved / target", format!("{}<small> / {} ops/s</small>", fmt_num(l.achieved_rate), fmt_num(l.target_rate))),
+        ("E2E latency p50", format!("{}<small> ms</small>", fmt_num(s.e2e_latency_ms.p50))),
+        ("E2E latency p95", format!("{}<small> ms</small>", fmt_num(s.e2e_latency_ms.p95))),
+        ("E2E latency p99", format!("{}<small> ms</small>", fmt_num(s.e2e_latency_ms.p99))),
         ("Max lag", format!("{}<small> msgs</small>", p.max_lag)),
         ("Lag recovery", lag_recovery),
-        (
-            "Time to converge",
-            time_to_converge(report, "<small> s</small>"),
-        ),
+        ("Time to converge", time_to_converge(report, "<small> s</small>")),
         ("Errors", s.errors.to_string()),
-        (
-            "Max sustainable rate",
-            fmt_opt(p.max_sustainable_rate, "<small> ops/s</small>"),
-        ),
+        ("Max sustainable rate", fmt_opt(p.max_sustainable_rate, "<small> ops/s</small>")),
     ];
     o.push_str("<section id=\"summary\">\n<h2>Summary</h2>\n<div class=\"cards\">\n");
     for (label, value) in cards {
         // Values are numbers and fixed markup built above, never report text.
-        let _ = writeln!(
-            o,
-            "<div class=\"card\"><div class=\"label\">{label}</div><div class=\"value\">{value}</div></div>"
-        );
+        let _ = writeln!(o, "<div class=\"card\"><div class=\"label\">{label}</div><div class=\"value\">{value}</div></div>");
     }
     o.push_str("</div>\n</section>\n");
 }
@@ -222,22 +177,10 @@ fn thresholds(o: &mut String, report: &Report) {
 fn charts(o: &mut String, report: &Report) {
     let bands: Vec<Band> = report.faults.iter().map(fault_band).collect();
     let series = &report.series;
-    let line = |name: &str, f: &dyn Fn(&Sample) -> Option<f64>| Series {
-        name: name.to_string(),
-        points: series.iter().map(|s| (s.t, f(s))).collect(),
-    };
+    let line = |name: &str, f: &dyn Fn(&Sample) -> Option<f64>| Series { name: name.to_string(), points: series.iter().map(|s| (s.t, f(s))).collect() };
     let per_service = |f: &dyn Fn(&Sample) -> &BTreeMap<String, f64>| -> Vec<Series> {
         let services: BTreeSet<&String> = series.iter().flat_map(|s| f(s).keys()).collect();
-        services
-            .into_iter()
-            .map(|name| Series {
-                name: name.clone(),
-                points: series
-                    .iter()
-                    .map(|s| (s.t, f(s).get(name).copied()))
-                    .collect(),
-            })
-            .collect()
+        services.into_iter().map(|name| Series { name: name.clone(), points: series.iter().map(|s| (s.t, f(s).get(name).copied())).collect() }).collect()
     };
     let charts = [
         (
@@ -245,10 +188,7 @@ fn charts(o: &mut String, report: &Report) {
             Chart {
                 id: "chart-throughput",
                 unit: "events / s",
-                series: vec![
-                    line("write rate", &|s| Some(s.write_rate)),
-                    line("sink rate", &|s| Some(s.sink_rate)),
-                ],
+                series: vec![line("write rate", &|s| Some(s.write_rate)), line("sink rate", &|s| Some(s.sink_rate))],
                 bands: &bands,
             },
         ),
@@ -257,41 +197,13 @@ fn charts(o: &mut String, report: &Report) {
             Chart {
                 id: "chart-latency",
                 unit: "ms (commit → applied)",
-                series: vec![
-                    line("p50", &|s| s.e2e_p50_ms),
-                    line("p95", &|s| s.e2e_p95_ms),
-                    line("p99", &|s| s.e2e_p99_ms),
-                ],
+                series: vec![line("p50", &|s| s.e2e_p50_ms), line("p95", &|s| s.e2e_p95_ms), line("p99", &|s| s.e2e_p99_ms)],
                 bands: &bands,
             },
         ),
-        (
-            "Consumer lag",
-            Chart {
-                id: "chart-lag",
-                unit: "messages (all partitions)",
-                series: vec![line("lag", &|s| Some(s.lag as f64))],
-                bands: &bands,
-            },
-        ),
-        (
-            "CPU per service",
-            Chart {
-                id: "chart-cpu",
-                unit: "% of one core",
-                series: per_service(&|s| &s.cpu_pct),
-                bands: &bands,
-            },
-        ),
-        (
-            "Memory per service",
-            Chart {
-                id: "chart-memory",
-                unit: "RSS, MiB",
-                series: per_service(&|s| &s.rss_mb),
-                bands: &bands,
-            },
-        ),
+        ("Consumer lag", Chart { id: "chart-lag", unit: "messages (all partitions)", series: vec![line("lag", &|s| Some(s.lag as f64))], bands: &bands }),
+        ("CPU per service", Chart { id: "chart-cpu", unit: "% of one core", series: per_service(&|s| &s.cpu_pct), bands: &bands }),
+        ("Memory per service", Chart { id: "chart-memory", unit: "RSS, MiB", series: per_service(&|s| &s.rss_mb), bands: &bands }),
     ];
     o.push_str("<section id=\"charts\">\n<h2>Over time</h2>\n");
     if !bands.is_empty() {
@@ -314,10 +226,7 @@ pub(crate) fn time_to_converge(report: &Report, unit: &str) -> String {
 
 /// A fault's window: until it ended, else until the service recovered, else an instant.
 fn fault_band(f: &FaultRecord) -> Band {
-    let end = f
-        .end_s
-        .or(f.service_recovery_s.map(|r| f.start_s + r))
-        .unwrap_or(f.start_s);
+    let end = f.end_s.or(f.service_recovery_s.map(|r| f.start_s + r)).unwrap_or(f.start_s);
     let mut title = format!("{} {} at {} s", f.kind, f.target, fmt_num(f.start_s));
     if let Some(end) = f.end_s {
         let _ = write!(title, " until {} s", fmt_num(end));
@@ -325,18 +234,8 @@ fn fault_band(f: &FaultRecord) -> Band {
     for (k, v) in &f.parameters {
         let _ = write!(title, ", {k}={v}");
     }
-    let _ = write!(
-        title,
-        "; service recovery {}, pipeline recovery {}",
-        fmt_opt(f.service_recovery_s, " s"),
-        fmt_opt(f.pipeline_recovery_s, " s")
-    );
-    Band {
-        start: f.start_s,
-        end,
-        label: format!("{} {}", f.kind, f.target),
-        title,
-    }
+    let _ = write!(title, "; service recovery {}, pipeline recovery {}", fmt_opt(f.service_recovery_s, " s"), fmt_opt(f.pipeline_recovery_s, " s"));
+    Band { start: f.start_s, end, label: format!("{} {}", f.kind, f.target), title }
 }
 
 fn faults(o: &mut String, faults: &[FaultRecord]) {
@@ -347,11 +246,7 @@ fn faults(o: &mut String, faults: &[FaultRecord]) {
     }
     o.push_str("<table>\n<tr><th>Fault</th><th>Target</th><th>Parameters</th><th class=\"num\">Start</th><th class=\"num\">End</th><th class=\"num\">Service recovery</th><th class=\"num\">Pipeline recovery</th></tr>\n");
     for f in faults {
-        let params: Vec<String> = f
-            .parameters
-            .iter()
-            .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
-            .collect();
+        let params: Vec<String> = f.parameters.iter().map(|(k, v)| format!("{}={}", esc(k), esc(v))).collect();
         let _ = writeln!(
             o,
             "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td class=\"num\">{} s</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
@@ -378,20 +273,12 @@ fn convergence(o: &mut String, report: &Report) {
         c.rows_compared,
         c.elapsed_ms,
         time_to_converge(report, " s"),
-        if c.untracked_differences > 0 {
-            format!(" · {} untracked differences", c.untracked_differences)
-        } else {
-            String::new()
-        }
+        if c.untracked_differences > 0 { format!(" · {} untracked differences", c.untracked_differences) } else { String::new() }
     );
     o.push_str("<table>\n<tr><th>Entity</th><th class=\"num\">Source</th><th class=\"num\">Target</th><th class=\"num\">Matching</th><th class=\"num\">Missing</th><th class=\"num\">Extra</th><th class=\"num\">Mismatched</th><th class=\"num\">Duplicates</th><th class=\"num\">E2E p95 (ms)</th></tr>\n");
     for e in &c.entities {
         let bad = e.missing_in_target + e.extra_in_target + e.mismatched + e.duplicates > 0;
-        let p95 = report
-            .pipeline
-            .e2e_latency_ms_per_entity
-            .get(&e.entity)
-            .map(|p| p.p95);
+        let p95 = report.pipeline.e2e_latency_ms_per_entity.get(&e.entity).map(|p| p.p95);
         let _ = writeln!(
             o,
             "<tr{}><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
@@ -408,12 +295,7 @@ fn convergence(o: &mut String, report: &Report) {
         );
     }
     o.push_str("</table>\n");
-    let counts: Vec<String> = c
-        .anomaly_counts
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, n)| format!("<b>{}</b> {n}", esc(&kind_name(*k))))
-        .collect();
+    let counts: Vec<String> = c.anomaly_counts.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("<b>{}</b> {n}", esc(&kind_name(*k)))).collect();
     if !counts.is_empty() {
         let _ = writeln!(o, "<h3>Anomalies</h3>\n<p>{}</p>", counts.join(" · "));
     }
@@ -429,27 +311,13 @@ fn convergence(o: &mut String, report: &Report) {
         if !a.fields.is_empty() {
             o.push_str("<table>\n<tr><th>Field</th><th>Source</th><th>Target</th></tr>\n");
             for f in &a.fields {
-                let side = |v: &Option<String>| {
-                    v.as_deref().map_or_else(
-                        || "<span class=\"muted\">absent</span>".to_string(),
-                        |v| format!("<code>{}</code>", esc(v)),
-                    )
-                };
-                let _ = writeln!(
-                    o,
-                    "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                    esc(&f.field),
-                    side(&f.source),
-                    side(&f.target)
-                );
+                let side =
+                    |v: &Option<String>| v.as_deref().map_or_else(|| "<span class=\"muted\">absent</span>".to_string(), |v| format!("<code>{}</code>", esc(v)));
+                let _ = writeln!(o, "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>", esc(&f.field), side(&f.source), side(&f.target));
             }
             o.push_str("</table>\n");
         }
-        let pretty = |v: &Option<serde_json::Value>| {
-            v.as_ref()
-                .and_then(|v| serde_json::to_string_pretty(v).ok())
-                .unwrap_or_else(|| "absent".into())
-        };
+        let pretty = |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| serde_json::to_string_pretty(v).ok()).unwrap_or_else(|| "absent".into());
         let _ = write!(
             o,
             "<details><summary>source row and target record</summary><div class=\"grid2\"><pre>{}</pre><pre>{}</pre></div></details>\n</div>\n",
@@ -458,11 +326,7 @@ fn convergence(o: &mut String, report: &Report) {
         );
     }
     if !c.never_converged.is_empty() {
-        let keys: Vec<String> = c
-            .never_converged
-            .iter()
-            .map(|k| format!("<code>{}</code>", esc(k)))
-            .collect();
+        let keys: Vec<String> = c.never_converged.iter().map(|k| format!("<code>{}</code>", esc(k))).collect();
         let _ = writeln!(o, "<h3>Never converged</h3>\n<p>{}</p>", keys.join(" "));
     }
     o.push_str("</section>\n");
@@ -477,11 +341,7 @@ fn validation_and_load(o: &mut String, report: &Report) {
         v.passed, v.dlq, v.stale_skipped
     );
     for (rule, n) in &v.failed_by_rule {
-        let _ = writeln!(
-            o,
-            "<tr class=\"bad\"><td>Failed rule <code>{}</code></td><td class=\"num\">{n}</td></tr>",
-            esc(rule)
-        );
+        let _ = writeln!(o, "<tr class=\"bad\"><td>Failed rule <code>{}</code></td><td class=\"num\">{n}</td></tr>", esc(rule));
     }
     let _ = write!(
         o,
@@ -491,11 +351,7 @@ fn validation_and_load(o: &mut String, report: &Report) {
         l.errors
     );
     for (kind, n) in &l.ops_by_kind {
-        let _ = writeln!(
-            o,
-            "<tr><td>Ops <code>{}</code></td><td class=\"num\">{n}</td></tr>",
-            esc(kind)
-        );
+        let _ = writeln!(o, "<tr><td>Ops <code>{}</code></td><td class=\"num\">{n}</td></tr>", esc(kind));
     }
     o.push_str("</table>\n</div>\n</div>\n<h3>Latency percentiles (ms)</h3>\n<table>\n<tr><th>Measure</th><th class=\"num\">Count</th><th class=\"num\">p50</th><th class=\"num\">p90</th><th class=\"num\">p95</th><th class=\"num\">p99</th><th class=\"num\">Max</th></tr>\n");
     let p = &report.pipeline;
@@ -504,11 +360,7 @@ fn validation_and_load(o: &mut String, report: &Report) {
         ("Probe (commit → visible)".into(), &p.probe_latency_ms),
         ("Workload writes".into(), &l.write_latency_ms),
     ];
-    rows.extend(
-        p.e2e_latency_ms_per_entity
-            .iter()
-            .map(|(e, pct)| (format!("End-to-end · {e}"), pct)),
-    );
+    rows.extend(p.e2e_latency_ms_per_entity.iter().map(|(e, pct)| (format!("End-to-end · {e}"), pct)));
     for (name, pct) in rows {
         let _ = writeln!(
             o,
@@ -544,10 +396,7 @@ fn resources(o: &mut String, series: &[Sample]) {
     }
     o.push_str("<table>\n<tr><th>Service</th><th class=\"num\">CPU avg (%)</th><th class=\"num\">CPU max (%)</th><th class=\"num\">RSS avg (MiB)</th><th class=\"num\">RSS max (MiB)</th></tr>\n");
     let stats = |v: Option<&Vec<f64>>| match v {
-        Some(v) if !v.is_empty() => (
-            fmt_num(v.iter().sum::<f64>() / v.len() as f64),
-            fmt_num(v.iter().copied().fold(f64::MIN, f64::max)),
-        ),
+        Some(v) if !v.is_empty() => (fmt_num(v.iter().sum::<f64>() / v.len() as f64), fmt_num(v.iter().copied().fold(f64::MIN, f64::max))),
         _ => ("—".into(), "—".into()),
     };
     for name in services {
@@ -571,21 +420,13 @@ fn metadata(o: &mut String, report: &Report) {
         ("Seed", run.seed.to_string()),
         ("Driver", run.driver.clone()),
         ("Backend", run.backend.clone()),
-        (
-            "Git commit",
-            run.git_sha.clone().unwrap_or_else(|| "—".into()),
-        ),
+        ("Git commit", run.git_sha.clone().unwrap_or_else(|| "—".into())),
         ("Started", run.started_at.clone()),
         ("Ended", run.ended_at.clone()),
         ("Duration", format!("{} s", fmt_num(run.duration_s))),
-        (
-            "Machine",
-            format!("{} cores, {} MiB, {}", m.cores, m.memory_mb, m.os),
-        ),
+        ("Machine", format!("{} cores, {} MiB, {}", m.cores, m.memory_mb, m.os)),
     ];
-    o.push_str(
-        "<section id=\"run\">\n<div class=\"grid2\">\n<div>\n<h2>Run</h2>\n<dl class=\"meta\">\n",
-    );
+    o.push_str("<section id=\"run\">\n<div class=\"grid2\">\n<div>\n<h2>Run</h2>\n<dl class=\"meta\">\n");
     for (k, v) in rows {
         let _ = writeln!(o, "<dt>{k}</dt><dd>{}</dd>", esc(&v));
     }
@@ -626,13 +467,7 @@ mod tests {
     fn escapes_report_text() {
         let mut report = representative_report();
         report.run.scenario = "<script>alert('x')</script>".into();
-        report
-            .convergence
-            .entities
-            .push(crate::verify::EntityOutcome {
-                entity: "a&b".into(),
-                ..Default::default()
-            });
+        report.convergence.entities.push(crate::verify::EntityOutcome { entity: "a&b".into(), ..Default::default() });
         let html = render(&report);
         assert!(!html.contains("<script>"), "unescaped scenario");
         assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
@@ -642,17 +477,7 @@ mod tests {
     #[test]
     fn empty_report_renders_every_section() {
         let html = render(&representative_report());
-        for id in [
-            "verdict",
-            "summary",
-            "thresholds",
-            "charts",
-            "faults",
-            "convergence",
-            "validation",
-            "resources",
-            "run",
-        ] {
+        for id in ["verdict", "summary", "thresholds", "charts", "faults", "convergence", "validation", "resources", "run"] {
             assert!(html.contains(&format!("id=\"{id}\"")), "{id}");
         }
         assert!(html.contains("no samples"));

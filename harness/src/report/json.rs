@@ -12,10 +12,7 @@ pub enum LoadError {
     #[error("cannot read report {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("report {path} is not JSON: {source}")]
-    NotJson {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    NotJson { path: PathBuf, source: serde_json::Error },
     #[error("report {path} has no numeric `schema_version`: is it a harness report.json?")]
     NoSchemaVersion { path: PathBuf },
     #[error(
@@ -24,14 +21,8 @@ pub enum LoadError {
         SCHEMA_VERSION
     )]
     SchemaMismatch { path: PathBuf, found: u64 },
-    #[error(
-        "report {path} does not match schema_version {}: {source}",
-        SCHEMA_VERSION
-    )]
-    Invalid {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error("report {path} does not match schema_version {}: {source}", SCHEMA_VERSION)]
+    Invalid { path: PathBuf, source: serde_json::Error },
 }
 
 /// Pretty JSON with a trailing newline (so the file diffs cleanly).
@@ -42,35 +33,19 @@ pub fn render(report: &Report) -> io::Result<String> {
 }
 
 pub fn load(path: &Path) -> Result<Report, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-        path: path.into(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
     parse(&text, path)
 }
 
 /// Checks `schema_version` before the shape, so an old or newer report gets "wrong
 /// version" rather than a confusing "missing field" error.
 pub fn parse(text: &str, path: &Path) -> Result<Report, LoadError> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|source| LoadError::NotJson {
-            path: path.into(),
-            source,
-        })?;
-    let found = value
-        .get("schema_version")
-        .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| LoadError::NoSchemaVersion { path: path.into() })?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|source| LoadError::NotJson { path: path.into(), source })?;
+    let found = value.get("schema_version").and_then(serde_json::Value::as_u64).ok_or_else(|| LoadError::NoSchemaVersion { path: path.into() })?;
     if found != u64::from(SCHEMA_VERSION) {
-        return Err(LoadError::SchemaMismatch {
-            path: path.into(),
-            found,
-        });
+        return Err(LoadError::SchemaMismatch { path: path.into(), found });
     }
-    serde_json::from_value(value).map_err(|source| LoadError::Invalid {
-        path: path.into(),
-        source,
-    })
+    serde_json::from_value(value).map_err(|source| LoadError::Invalid { path: path.into(), source })
 }
 
 #[cfg(test)]
@@ -89,14 +64,8 @@ mod tests {
     #[test]
     fn refuses_other_schema_versions_before_reading_the_shape() {
         let err = parse(r#"{"schema_version": 99}"#, Path::new("old.json")).expect_err("refused");
-        assert!(
-            matches!(err, LoadError::SchemaMismatch { found: 99, .. }),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string().contains("old.json has schema_version 99"),
-            "{err}"
-        );
+        assert!(matches!(err, LoadError::SchemaMismatch { found: 99, .. }), "{err:?}");
+        assert!(err.to_string().contains("old.json has schema_version 99"), "{err}");
         let err = parse(r#"{"run": {}}"#, Path::new("x.json")).expect_err("refused");
         assert!(matches!(err, LoadError::NoSchemaVersion { .. }));
         let err = parse("not json", Path::new("x.json")).expect_err("refused");

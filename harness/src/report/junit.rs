@@ -23,34 +23,16 @@ pub fn render(report: &Report) -> String {
             format!("mismatched {}", c.total(|e| e.mismatched)),
             format!("duplicates {}", c.total(|e| e.duplicates)),
         ];
-        parts.extend(
-            c.anomaly_counts
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(k, n)| format!("{} {n}", kind_name(*k))),
-        );
-        format!(
-            "target {} diverged from the source: {}",
-            c.target,
-            parts.join(", ")
-        )
+        parts.extend(c.anomaly_counts.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{} {n}", kind_name(*k))));
+        format!("target {} diverged from the source: {}", c.target, parts.join(", "))
     });
-    cases.push((
-        "convergence",
-        format!("{} converges to the source", c.target),
-        convergence_failure,
-    ));
+    cases.push(("convergence", format!("{} converges to the source", c.target), convergence_failure));
 
     let failures = cases.iter().filter(|(_, _, f)| f.is_some()).count();
     let suite = format!("harness.{}", report.run.scenario);
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     // `write!` into a String cannot fail; the results are discarded on purpose.
-    let _ = writeln!(
-        out,
-        "<testsuites name=\"harness\" tests=\"{}\" failures=\"{failures}\" time=\"{}\">",
-        cases.len(),
-        report.run.duration_s
-    );
+    let _ = writeln!(out, "<testsuites name=\"harness\" tests=\"{}\" failures=\"{failures}\" time=\"{}\">", cases.len(), report.run.duration_s);
     let _ = writeln!(
         out,
         "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" timestamp=\"{}\" time=\"{}\">",
@@ -66,21 +48,13 @@ pub fn render(report: &Report) -> String {
         report.run.seed
     );
     for (class, name, failure) in &cases {
-        let head = format!(
-            "    <testcase classname=\"{}.{class}\" name=\"{}\"",
-            xml(&suite),
-            xml(name)
-        );
+        let head = format!("    <testcase classname=\"{}.{class}\" name=\"{}\"", xml(&suite), xml(name));
         match failure {
             None => {
                 let _ = writeln!(out, "{head}/>");
             }
             Some(message) => {
-                let _ = writeln!(
-                    out,
-                    "{head}>\n      <failure message=\"{0}\" type=\"{class}\">{0}</failure>\n    </testcase>",
-                    xml(message)
-                );
+                let _ = writeln!(out, "{head}>\n      <failure message=\"{0}\" type=\"{class}\">{0}</failure>\n    </testcase>", xml(message));
             }
         }
     }
@@ -120,31 +94,15 @@ mod tests {
         report.convergence.target = "postgres".into();
         report.convergence.converged = true;
         report.thresholds = vec![
-            ThresholdResult {
-                expression: "max_lag < 5".into(),
-                metric: "max_lag".into(),
-                observed: Some(1.0),
-                passed: true,
-            },
-            ThresholdResult {
-                expression: "events_per_sec > 500".into(),
-                metric: "events_per_sec".into(),
-                observed: Some(12.5),
-                passed: false,
-            },
+            ThresholdResult { expression: "max_lag < 5".into(), metric: "max_lag".into(), observed: Some(1.0), passed: true },
+            ThresholdResult { expression: "events_per_sec > 500".into(), metric: "events_per_sec".into(), observed: Some(12.5), passed: false },
         ];
         let xml = render(&report);
         assert_eq!(xml.matches("<testcase ").count(), 3);
         assert!(xml.contains("tests=\"3\" failures=\"1\""), "{xml}");
         assert!(xml.contains("name=\"max_lag &lt; 5\"/>"), "{xml}");
-        assert!(
-            xml.contains("observed 12.5 does not satisfy events_per_sec &gt; 500"),
-            "{xml}"
-        );
-        assert!(
-            xml.contains("name=\"postgres converges to the source\"/>"),
-            "{xml}"
-        );
+        assert!(xml.contains("observed 12.5 does not satisfy events_per_sec &gt; 500"), "{xml}");
+        assert!(xml.contains("name=\"postgres converges to the source\"/>"), "{xml}");
     }
 
     #[test]

@@ -17,39 +17,19 @@ pub fn render(report: &Report) -> String {
     // `write!` into a String cannot fail; the results are discarded on purpose.
     let o = &mut out;
     let run = &report.run;
-    let verdict = if passed(report) {
-        "✅ PASS"
-    } else {
-        "❌ FAIL"
-    };
-    let _ = writeln!(
-        o,
-        "## {verdict}: {} (run {})\n",
-        text(&run.scenario),
-        code(&run.run_id)
-    );
+    let verdict = if passed(report) { "✅ PASS" } else { "❌ FAIL" };
+    let _ = writeln!(o, "## {verdict}: {} (run {})\n", text(&run.scenario), code(&run.run_id));
     let failed = report.thresholds.iter().filter(|t| !t.passed).count();
     let _ = writeln!(
         o,
         "Converged: **{}** · Thresholds: **{}** · {} s · driver {} · backend {} · seed {}{}\n",
-        if report.summary.converged {
-            "yes"
-        } else {
-            "no"
-        },
-        if failed == 0 {
-            format!("{} passed", report.thresholds.len())
-        } else {
-            format!("{failed} of {} failed", report.thresholds.len())
-        },
+        if report.summary.converged { "yes" } else { "no" },
+        if failed == 0 { format!("{} passed", report.thresholds.len()) } else { format!("{failed} of {} failed", report.thresholds.len()) },
         fmt_num(run.duration_s),
         text(&run.driver),
         text(&run.backend),
         run.seed,
-        run.git_sha
-            .as_deref()
-            .map(|sha| format!(" · commit {}", code(sha)))
-            .unwrap_or_default(),
+        run.git_sha.as_deref().map(|sha| format!(" · commit {}", code(sha))).unwrap_or_default(),
     );
 
     let p = &report.pipeline;
@@ -58,26 +38,11 @@ pub fn render(report: &Report) -> String {
     let c = &report.convergence;
     let _ = writeln!(o, "### Summary\n\n| Metric | Value |\n| --- | --- |");
     let rows = [
-        (
-            "Sink throughput",
-            format!("{} events/s", fmt_num(p.events_per_sec)),
-        ),
-        (
-            "Load achieved / target",
-            format!(
-                "{} / {} ops/s",
-                fmt_num(l.achieved_rate),
-                fmt_num(l.target_rate)
-            ),
-        ),
+        ("Sink throughput", format!("{} events/s", fmt_num(p.events_per_sec))),
+        ("Load achieved / target", format!("{} / {} ops/s", fmt_num(l.achieved_rate), fmt_num(l.target_rate))),
         (
             "E2E latency p50 / p95 / p99",
-            format!(
-                "{} / {} / {} ms",
-                fmt_num(s.e2e_latency_ms.p50),
-                fmt_num(s.e2e_latency_ms.p95),
-                fmt_num(s.e2e_latency_ms.p99)
-            ),
+            format!("{} / {} / {} ms", fmt_num(s.e2e_latency_ms.p50), fmt_num(s.e2e_latency_ms.p95), fmt_num(s.e2e_latency_ms.p99)),
         ),
         ("Max lag", format!("{} messages", p.max_lag)),
         (
@@ -90,24 +55,14 @@ pub fn render(report: &Report) -> String {
         ),
         ("Time to converge", time_to_converge(report, " s")),
         ("Errors", s.errors.to_string()),
-        (
-            "Validation failures / DLQ",
-            format!(
-                "{} / {}",
-                report.validation.failed_by_rule.values().sum::<u64>(),
-                report.validation.dlq
-            ),
-        ),
+        ("Validation failures / DLQ", format!("{} / {}", report.validation.failed_by_rule.values().sum::<u64>(), report.validation.dlq)),
     ];
     for (name, value) in rows {
         let _ = writeln!(o, "| {name} | {value} |");
     }
 
     if !report.thresholds.is_empty() {
-        let _ = writeln!(
-            o,
-            "\n### Thresholds\n\n| | Threshold | Observed |\n| --- | --- | --- |"
-        );
+        let _ = writeln!(o, "\n### Thresholds\n\n| | Threshold | Observed |\n| --- | --- | --- |");
         for t in &report.thresholds {
             let mark = if t.passed { "✅" } else { "❌" };
             let observed = t.observed.map_or_else(|| "absent".to_string(), fmt_num);
@@ -116,10 +71,7 @@ pub fn render(report: &Report) -> String {
     }
 
     if !report.faults.is_empty() {
-        let _ = writeln!(
-            o,
-            "\n### Faults\n\n| Fault | Target | Window | Service recovery | Pipeline recovery |\n| --- | --- | --- | --- | --- |"
-        );
+        let _ = writeln!(o, "\n### Faults\n\n| Fault | Target | Window | Service recovery | Pipeline recovery |\n| --- | --- | --- | --- | --- |");
         for f in &report.faults {
             let window = match f.end_s {
                 Some(end) => format!("{}–{} s", fmt_num(f.start_s), fmt_num(end)),
@@ -156,44 +108,21 @@ pub fn render(report: &Report) -> String {
             e.duplicates
         );
     }
-    let counts: Vec<String> = c
-        .anomaly_counts
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(kind, n)| format!("{} {n}", kind_name(*kind)))
-        .collect();
+    let counts: Vec<String> = c.anomaly_counts.iter().filter(|(_, n)| **n > 0).map(|(kind, n)| format!("{} {n}", kind_name(*kind))).collect();
     if !counts.is_empty() {
         let _ = writeln!(o, "\nAnomalies: {}", counts.join(", "));
     }
     if !c.anomalies.is_empty() {
         let _ = writeln!(o, "\n### Top anomalies\n");
         for a in c.anomalies.iter().take(TOP_ANOMALIES) {
-            let _ = writeln!(
-                o,
-                "- **{}** {} key {}: {}",
-                kind_name(a.kind),
-                text(&a.entity),
-                code(&a.key),
-                text(&a.evidence)
-            );
+            let _ = writeln!(o, "- **{}** {} key {}: {}", kind_name(a.kind), text(&a.entity), code(&a.key), text(&a.evidence));
             for f in a.fields.iter().take(FIELDS_PER_ANOMALY) {
-                let side =
-                    |v: &Option<String>| v.as_deref().map_or_else(|| "absent".to_string(), code);
-                let _ = writeln!(
-                    o,
-                    "  - {}: source {} → target {}",
-                    code(&f.field),
-                    side(&f.source),
-                    side(&f.target)
-                );
+                let side = |v: &Option<String>| v.as_deref().map_or_else(|| "absent".to_string(), code);
+                let _ = writeln!(o, "  - {}: source {} → target {}", code(&f.field), side(&f.source), side(&f.target));
             }
         }
         if c.anomalies.len() > TOP_ANOMALIES {
-            let _ = writeln!(
-                o,
-                "\n…and {} more in report.html",
-                c.anomalies.len() - TOP_ANOMALIES
-            );
+            let _ = writeln!(o, "\n…and {} more in report.html", c.anomalies.len() - TOP_ANOMALIES);
         }
     }
     out
@@ -201,10 +130,7 @@ pub fn render(report: &Report) -> String {
 
 /// The snake_case name the JSON uses, so the summary and the data agree.
 pub(crate) fn kind_name(kind: crate::verify::AnomalyKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{kind:?}"))
+    serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| format!("{kind:?}"))
 }
 
 /// Plain text in a paragraph or table cell: Markdown punctuation escaped, one line.
@@ -226,11 +152,7 @@ fn text(s: &str) -> String {
 /// A code span that survives backticks in the value and pipes inside tables.
 fn code(s: &str) -> String {
     let one_line = s.replace(['\n', '\r'], " ").replace('|', "\\|");
-    if one_line.contains('`') {
-        format!("`` {one_line} ``")
-    } else {
-        format!("`{one_line}`")
-    }
+    if one_line.contains('`') { format!("`` {one_line} ``") } else { format!("`{one_line}`") }
 }
 
 #[cfg(test)]

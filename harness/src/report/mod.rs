@@ -47,22 +47,10 @@ pub(crate) fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
         return format!("{v}");
     }
-    let text = if v.abs() >= 100.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    };
-    let text = if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &text
-    };
+    let text = if v.abs() >= 100.0 { format!("{v:.1}") } else { format!("{v:.2}") };
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
     // Rounding can leave a negative zero ("-0.00" -> "-0").
-    if text == "-0" {
-        "0".into()
-    } else {
-        text.into()
-    }
+    if text == "-0" { "0".into() } else { text.into() }
 }
 
 pub(crate) fn fmt_opt(v: Option<f64>, unit: &str) -> String {
@@ -75,16 +63,7 @@ mod tests {
 
     #[test]
     fn numbers_are_short_and_stable() {
-        let cases = [
-            (0.0, "0"),
-            (-0.001, "0"),
-            (98.7, "98.7"),
-            (12.5, "12.5"),
-            (2.126, "2.13"),
-            (1450.0, "1450"),
-            (1957.46, "1957.5"),
-            (-11.8, "-11.8"),
-        ];
+        let cases = [(0.0, "0"), (-0.001, "0"), (98.7, "98.7"), (12.5, "12.5"), (2.126, "2.13"), (1450.0, "1450"), (1957.46, "1957.5"), (-11.8, "-11.8")];
         for (v, text) in cases {
             assert_eq!(fmt_num(v), text, "{v}");
         }

@@ -15,9 +15,7 @@ const BOTTOM: f64 = 40.0;
 /// max of each bucket, which keeps spikes visible.
 const MAX_POINTS: usize = 1000;
 /// Colour-blind-safe palette (Okabe-Ito), in series order.
-const PALETTE: [&str; 8] = [
-    "#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#555555", "#f0e442",
-];
+const PALETTE: [&str; 8] = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#555555", "#f0e442"];
 
 pub(crate) struct Series {
     pub name: String,
@@ -42,17 +40,9 @@ pub(crate) struct Chart<'a> {
 }
 
 pub(crate) fn line_chart(chart: &Chart) -> String {
-    let values = chart
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter().filter_map(|&(_, v)| v));
+    let values = chart.series.iter().flat_map(|s| s.points.iter().filter_map(|&(_, v)| v));
     let y_max = values.fold(0.0_f64, f64::max);
-    let x_max = chart
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|&(t, _)| t))
-        .chain(chart.bands.iter().map(|b| b.end))
-        .fold(0.0_f64, f64::max);
+    let x_max = chart.series.iter().flat_map(|s| s.points.iter().map(|&(t, _)| t)).chain(chart.bands.iter().map(|b| b.end)).fold(0.0_f64, f64::max);
     let (y_step, y_top) = nice_axis(y_max);
     let x_unit = TimeUnit::for_span(x_max);
     let (x_step, x_right) = nice_axis(x_max / x_unit.seconds);
@@ -62,15 +52,9 @@ pub(crate) fn line_chart(chart: &Chart) -> String {
     let sx = |t: f64| LEFT + t / x_right * plot_w;
     let sy = |v: f64| TOP + plot_h - v / y_top * plot_h;
 
-    let mut o = format!(
-        "<svg id=\"{}\" class=\"chart\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\">\n",
-        esc(chart.id)
-    );
+    let mut o = format!("<svg id=\"{}\" class=\"chart\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\">\n", esc(chart.id));
     // `write!` into a String cannot fail; the results are discarded on purpose.
-    let _ = writeln!(
-        o,
-        "<rect class=\"plot\" x=\"{LEFT}\" y=\"{TOP}\" width=\"{plot_w}\" height=\"{plot_h}\"/>"
-    );
+    let _ = writeln!(o, "<rect class=\"plot\" x=\"{LEFT}\" y=\"{TOP}\" width=\"{plot_w}\" height=\"{plot_h}\"/>");
     for i in 0..=((y_top / y_step).round() as usize) {
         let v = i as f64 * y_step;
         let y = sy(v);
@@ -101,12 +85,7 @@ pub(crate) fn line_chart(chart: &Chart) -> String {
         HEIGHT - 4.0,
         x_unit.label
     );
-    let _ = writeln!(
-        o,
-        "<text class=\"axis\" x=\"{LEFT}\" y=\"{:.1}\">{}</text>",
-        TOP - 24.0,
-        esc(chart.unit)
-    );
+    let _ = writeln!(o, "<text class=\"axis\" x=\"{LEFT}\" y=\"{:.1}\">{}</text>", TOP - 24.0, esc(chart.unit));
 
     for (i, band) in chart.bands.iter().enumerate() {
         let (x0, x1) = (sx(band.start), sx(band.end.max(band.start)));
@@ -126,16 +105,8 @@ pub(crate) fn line_chart(chart: &Chart) -> String {
     for (i, series) in chart.series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         for segment in segments(&series.points) {
-            let points: Vec<String> = downsample(&segment)
-                .iter()
-                .map(|&(t, v)| format!("{:.1},{:.1}", sx(t), sy(v)))
-                .collect();
-            let _ = writeln!(
-                o,
-                "<polyline class=\"line\" data-series=\"{}\" stroke=\"{color}\" points=\"{}\"/>",
-                esc(&series.name),
-                points.join(" ")
-            );
+            let points: Vec<String> = downsample(&segment).iter().map(|&(t, v)| format!("{:.1},{:.1}", sx(t), sy(v))).collect();
+            let _ = writeln!(o, "<polyline class=\"line\" data-series=\"{}\" stroke=\"{color}\" points=\"{}\"/>", esc(&series.name), points.join(" "));
         }
         // Legend along the top right, right to left in reverse so it reads in order.
         let slot = (chart.series.len() - i) as f64;
@@ -151,17 +122,8 @@ pub(crate) fn line_chart(chart: &Chart) -> String {
             esc(&series.name)
         );
     }
-    if chart
-        .series
-        .iter()
-        .all(|s| s.points.iter().all(|(_, v)| v.is_none()))
-    {
-        let _ = writeln!(
-            o,
-            "<text class=\"empty\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">no samples</text>",
-            LEFT + plot_w / 2.0,
-            TOP + plot_h / 2.0
-        );
+    if chart.series.iter().all(|s| s.points.iter().all(|(_, v)| v.is_none())) {
+        let _ = writeln!(o, "<text class=\"empty\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">no samples</text>", LEFT + plot_w / 2.0, TOP + plot_h / 2.0);
     }
     o.push_str("</svg>\n");
     o
@@ -193,10 +155,7 @@ fn downsample(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
     let mut out = Vec::with_capacity(MAX_POINTS);
     for bucket in points.chunks(per_bucket) {
         let by_value = |a: &&(f64, f64), b: &&(f64, f64)| a.1.total_cmp(&b.1);
-        if let (Some(&lo), Some(&hi)) = (
-            bucket.iter().min_by(by_value),
-            bucket.iter().max_by(by_value),
-        ) {
+        if let (Some(&lo), Some(&hi)) = (bucket.iter().min_by(by_value), bucket.iter().max_by(by_value)) {
             if lo.0 <= hi.0 {
                 out.extend([lo, hi]);
             } else {
@@ -215,11 +174,7 @@ fn nice_axis(max: f64) -> (f64, f64) {
     }
     let raw = max / 5.0;
     let magnitude = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * magnitude)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * magnitude);
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| *s >= raw).unwrap_or(10.0 * magnitude);
     (step, (max / step).ceil().max(1.0) * step)
 }
 
@@ -231,20 +186,11 @@ struct TimeUnit {
 impl TimeUnit {
     fn for_span(span_s: f64) -> TimeUnit {
         if span_s > 3.0 * 3600.0 {
-            TimeUnit {
-                seconds: 3600.0,
-                label: "h",
-            }
+            TimeUnit { seconds: 3600.0, label: "h" }
         } else if span_s > 600.0 {
-            TimeUnit {
-                seconds: 60.0,
-                label: "min",
-            }
+            TimeUnit { seconds: 60.0, label: "min" }
         } else {
-            TimeUnit {
-                seconds: 1.0,
-                label: "s",
-            }
+            TimeUnit { seconds: 1.0, label: "s" }
         }
     }
 }
@@ -284,20 +230,9 @@ mod tests {
 
     #[test]
     fn gaps_split_lines_and_long_series_are_reduced_keeping_peaks() {
-        let points = [
-            (0.0, Some(1.0)),
-            (1.0, None),
-            (2.0, Some(2.0)),
-            (3.0, Some(f64::NAN)),
-            (4.0, Some(3.0)),
-        ];
-        assert_eq!(
-            segments(&points),
-            vec![vec![(0.0, 1.0)], vec![(2.0, 2.0)], vec![(4.0, 3.0)]]
-        );
-        let long: Vec<(f64, f64)> = (0..10_000)
-            .map(|i| (i as f64, if i == 4321 { 99.0 } else { 1.0 }))
-            .collect();
+        let points = [(0.0, Some(1.0)), (1.0, None), (2.0, Some(2.0)), (3.0, Some(f64::NAN)), (4.0, Some(3.0))];
+        assert_eq!(segments(&points), vec![vec![(0.0, 1.0)], vec![(2.0, 2.0)], vec![(4.0, 3.0)]]);
+        let long: Vec<(f64, f64)> = (0..10_000).map(|i| (i as f64, if i == 4321 { 99.0 } else { 1.0 })).collect();
         let reduced = downsample(&long);
         assert!(reduced.len() <= MAX_POINTS);
         assert!(reduced.contains(&(4321.0, 99.0)));

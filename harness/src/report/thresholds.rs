@@ -9,10 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::model::{
-    LoadStats, Machine, PipelineStats, Report, RunMeta, SCHEMA_VERSION, Summary, ThresholdResult,
-    ValidationStats,
-};
+use super::model::{LoadStats, Machine, PipelineStats, Report, RunMeta, SCHEMA_VERSION, Summary, ThresholdResult, ValidationStats};
 use crate::verify::{Percentiles, VerifyReport};
 
 /// Stands for any entity name in per-entity metric names (`e2e_latency_ms.<entity>.p95`).
@@ -36,14 +33,7 @@ pub enum Op {
 
 impl Op {
     /// Two-character operators first, so `<=` is not read as `<` followed by `=2000`.
-    const BY_LENGTH: [(&'static str, Op); 6] = [
-        ("<=", Op::Le),
-        (">=", Op::Ge),
-        ("==", Op::Eq),
-        ("!=", Op::Ne),
-        ("<", Op::Lt),
-        (">", Op::Gt),
-    ];
+    const BY_LENGTH: [(&'static str, Op); 6] = [("<=", Op::Le), (">=", Op::Ge), ("==", Op::Eq), ("!=", Op::Ne), ("<", Op::Lt), (">", Op::Gt)];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,36 +66,22 @@ impl fmt::Display for Op {
 
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ThresholdError {
-    #[error(
-        "empty threshold expression: expected `<metric> <op> <number>`, e.g. `e2e_latency_ms.p95 < 2000`"
-    )]
+    #[error("empty threshold expression: expected `<metric> <op> <number>`, e.g. `e2e_latency_ms.p95 < 2000`")]
     Empty,
-    #[error(
-        "threshold `{expression}` has no comparison operator: expected one of <, <=, >, >=, ==, !="
-    )]
+    #[error("threshold `{expression}` has no comparison operator: expected one of <, <=, >, >=, ==, !=")]
     MissingOperator { expression: String },
     #[error("threshold `{expression}`: `{found}` is not an operator (use {suggestion})")]
-    InvalidOperator {
-        expression: String,
-        found: String,
-        suggestion: &'static str,
-    },
+    InvalidOperator { expression: String, found: String, suggestion: &'static str },
     #[error("threshold `{expression}` has no metric name before `{op}`")]
     MissingMetric { expression: String, op: Op },
-    #[error(
-        "threshold `{expression}`: `{name}` is not a metric name (letters, digits, `_`, `-` and `.` only)"
-    )]
+    #[error("threshold `{expression}`: `{name}` is not a metric name (letters, digits, `_`, `-` and `.` only)")]
     InvalidMetricName { expression: String, name: String },
     #[error("threshold `{expression}` has no number after `{op}`")]
     MissingValue { expression: String, op: Op },
     #[error("threshold `{expression}`: `{value}` is not a finite number")]
     InvalidValue { expression: String, value: String },
     #[error("threshold `{expression}`: unknown metric `{name}`; known metrics: {}", .known.join(", "))]
-    UnknownMetric {
-        expression: String,
-        name: String,
-        known: Vec<String>,
-    },
+    UnknownMetric { expression: String, name: String, known: Vec<String> },
 }
 
 /// One parsed threshold. In scenario files it is the string itself (serde goes through
@@ -129,95 +105,45 @@ impl Threshold {
         let owned = || expression.to_string();
         let Some((at, op_str, op)) = find_operator(expression) else {
             // Common slips from other languages get a pointed hint instead of "no operator".
-            for (found, suggestion) in [
-                ("=<", "`<=`"),
-                ("=>", "`>=`"),
-                ("<>", "`!=`"),
-                ("=", "`==`"),
-            ] {
+            for (found, suggestion) in [("=<", "`<=`"), ("=>", "`>=`"), ("<>", "`!=`"), ("=", "`==`")] {
                 if expression.contains(found) {
-                    return Err(ThresholdError::InvalidOperator {
-                        expression: owned(),
-                        found: found.into(),
-                        suggestion,
-                    });
+                    return Err(ThresholdError::InvalidOperator { expression: owned(), found: found.into(), suggestion });
                 }
             }
-            return Err(ThresholdError::MissingOperator {
-                expression: owned(),
-            });
+            return Err(ThresholdError::MissingOperator { expression: owned() });
         };
         let name = expression[..at].trim();
         let value = expression[at + op_str.len()..].trim();
         // The operator with its neighbours, to catch `=>`, `=<` and `<>` (char-wise: the
         // input may hold multi-byte characters).
-        let around: String = expression[..at]
-            .chars()
-            .next_back()
-            .into_iter()
-            .chain(op_str.chars())
-            .chain(expression[at + op_str.len()..].chars().next())
-            .collect();
+        let around: String =
+            expression[..at].chars().next_back().into_iter().chain(op_str.chars()).chain(expression[at + op_str.len()..].chars().next()).collect();
         for (found, suggestion) in [("=<", "`<=`"), ("=>", "`>=`"), ("<>", "`!=`")] {
             if around.contains(found) {
-                return Err(ThresholdError::InvalidOperator {
-                    expression: owned(),
-                    found: found.into(),
-                    suggestion,
-                });
+                return Err(ThresholdError::InvalidOperator { expression: owned(), found: found.into(), suggestion });
             }
         }
         if name.is_empty() {
-            return Err(ThresholdError::MissingMetric {
-                expression: owned(),
-                op,
-            });
+            return Err(ThresholdError::MissingMetric { expression: owned(), op });
         }
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
-            return Err(ThresholdError::InvalidMetricName {
-                expression: owned(),
-                name: name.into(),
-            });
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+            return Err(ThresholdError::InvalidMetricName { expression: owned(), name: name.into() });
         }
         if value.is_empty() {
-            return Err(ThresholdError::MissingValue {
-                expression: owned(),
-                op,
-            });
+            return Err(ThresholdError::MissingValue { expression: owned(), op });
         }
-        let bound = value
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite())
-            .ok_or_else(|| ThresholdError::InvalidValue {
-                expression: owned(),
-                value: value.into(),
-            })?;
+        let bound =
+            value.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| ThresholdError::InvalidValue { expression: owned(), value: value.into() })?;
         if !is_known_metric(name) {
-            return Err(ThresholdError::UnknownMetric {
-                expression: owned(),
-                name: name.into(),
-                known: known_metric_names(),
-            });
+            return Err(ThresholdError::UnknownMetric { expression: owned(), name: name.into(), known: known_metric_names() });
         }
-        Ok(Threshold {
-            expression: owned(),
-            metric: name.into(),
-            op,
-            bound,
-        })
+        Ok(Threshold { expression: owned(), metric: name.into(), op, bound })
     }
 }
 
 /// The leftmost operator, preferring the two-character form at the same position.
 fn find_operator(expression: &str) -> Option<(usize, &'static str, Op)> {
-    Op::BY_LENGTH
-        .iter()
-        .filter_map(|&(s, op)| expression.find(s).map(|at| (at, s, op)))
-        .min_by_key(|&(at, s, _)| (at, std::cmp::Reverse(s.len())))
+    Op::BY_LENGTH.iter().filter_map(|&(s, op)| expression.find(s).map(|at| (at, s, op))).min_by_key(|&(at, s, _)| (at, std::cmp::Reverse(s.len())))
 }
 
 impl FromStr for Threshold {
@@ -250,11 +176,7 @@ impl fmt::Display for Threshold {
 /// carry (an optional one such as `lag_recovery_s`, or an entity that did not run) fails
 /// with `observed: None`: a gate that cannot be checked must not pass silently.
 pub fn evaluate(report: &Report, thresholds: &[Threshold]) -> Vec<ThresholdResult> {
-    let metrics: BTreeMap<String, f64> = report
-        .metrics()
-        .into_iter()
-        .map(|m| (m.name, m.value))
-        .collect();
+    let metrics: BTreeMap<String, f64> = report.metrics().into_iter().map(|m| (m.name, m.value)).collect();
     thresholds
         .iter()
         .map(|t| {
@@ -272,23 +194,16 @@ pub fn evaluate(report: &Report, thresholds: &[Threshold]) -> Vec<ThresholdResul
 /// Every metric name a threshold may use, derived from `Report::metrics()` of a report in
 /// which every optional metric is present; per-entity names carry `<entity>`.
 pub fn known_metric_names() -> Vec<String> {
-    representative_report()
-        .metrics()
-        .into_iter()
-        .map(|m| m.name)
-        .collect()
+    representative_report().metrics().into_iter().map(|m| m.name).collect()
 }
 
 fn is_known_metric(name: &str) -> bool {
-    known_metric_names()
-        .iter()
-        .any(|known| match known.split_once(ENTITY_PLACEHOLDER) {
-            None => known == name,
-            Some((prefix, suffix)) => name
-                .strip_prefix(prefix)
-                .and_then(|rest| rest.strip_suffix(suffix))
-                .is_some_and(|entity| !entity.is_empty() && !entity.contains('.')),
-        })
+    known_metric_names().iter().any(|known| match known.split_once(ENTITY_PLACEHOLDER) {
+        None => known == name,
+        Some((prefix, suffix)) => {
+            name.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(suffix)).is_some_and(|entity| !entity.is_empty() && !entity.contains('.'))
+        }
+    })
 }
 
 /// A report in which every optional metric is present and one entity stands for all, so
@@ -304,11 +219,7 @@ pub(crate) fn representative_report() -> Report {
             driver: String::new(),
             backend: String::new(),
             versions: BTreeMap::new(),
-            machine: Machine {
-                cores: 0,
-                memory_mb: 0,
-                os: String::new(),
-            },
+            machine: Machine { cores: 0, memory_mb: 0, os: String::new() },
             started_at: String::new(),
             ended_at: String::new(),
             duration_s: 0.0,
@@ -316,10 +227,7 @@ pub(crate) fn representative_report() -> Report {
         config: serde_json::Value::Null,
         load: LoadStats::default(),
         pipeline: PipelineStats {
-            e2e_latency_ms_per_entity: BTreeMap::from([(
-                ENTITY_PLACEHOLDER.to_string(),
-                Percentiles::default(),
-            )]),
+            e2e_latency_ms_per_entity: BTreeMap::from([(ENTITY_PLACEHOLDER.to_string(), Percentiles::default())]),
             lag_recovery_s: Some(0.0),
             max_sustainable_rate: Some(0.0),
             new_column_rows: Some(0),
@@ -327,10 +235,7 @@ pub(crate) fn representative_report() -> Report {
         },
         series: Vec::new(),
         faults: Vec::new(),
-        convergence: VerifyReport {
-            time_to_converge_ms: Some(0),
-            ..VerifyReport::default()
-        },
+        convergence: VerifyReport { time_to_converge_ms: Some(0), ..VerifyReport::default() },
         validation: ValidationStats::default(),
         thresholds: Vec::new(),
         summary: Summary::default(),
@@ -350,29 +255,16 @@ mod tests {
 
     #[test]
     fn parses_every_operator() {
-        for (text, op) in [
-            ("<", Op::Lt),
-            ("<=", Op::Le),
-            (">", Op::Gt),
-            (">=", Op::Ge),
-            ("==", Op::Eq),
-            ("!=", Op::Ne),
-        ] {
+        for (text, op) in [("<", Op::Lt), ("<=", Op::Le), (">", Op::Gt), (">=", Op::Ge), ("==", Op::Eq), ("!=", Op::Ne)] {
             let t = parse(&format!("e2e_latency_ms.p95 {text} 2000"));
-            assert_eq!(
-                (t.metric.as_str(), t.op, t.bound),
-                ("e2e_latency_ms.p95", op, 2000.0)
-            );
+            assert_eq!((t.metric.as_str(), t.op, t.bound), ("e2e_latency_ms.p95", op, 2000.0));
         }
     }
 
     #[test]
     fn spacing_decimals_and_signs() {
         let t = parse("  events_per_sec>=500.5 ");
-        assert_eq!(
-            (t.expression.as_str(), t.op, t.bound),
-            ("events_per_sec>=500.5", Op::Ge, 500.5)
-        );
+        assert_eq!((t.expression.as_str(), t.op, t.bound), ("events_per_sec>=500.5", Op::Ge, 500.5));
         assert_eq!(parse("convergence.missing == 0").bound, 0.0);
         assert_eq!(parse("load.errors < 1e3").bound, 1000.0);
         assert_eq!(parse("max_lag > -1").bound, -1.0);
@@ -380,66 +272,27 @@ mod tests {
 
     #[test]
     fn per_entity_metrics_accept_any_entity_name() {
-        assert_eq!(
-            parse("e2e_latency_ms.order_item.p99 < 5000").metric,
-            "e2e_latency_ms.order_item.p99"
-        );
-        assert!(matches!(
-            Threshold::parse("e2e_latency_ms.a.b.p99 < 5"),
-            Err(ThresholdError::UnknownMetric { .. })
-        ));
-        assert!(matches!(
-            Threshold::parse("e2e_latency_ms..p99 < 5"),
-            Err(ThresholdError::UnknownMetric { .. })
-        ));
+        assert_eq!(parse("e2e_latency_ms.order_item.p99 < 5000").metric, "e2e_latency_ms.order_item.p99");
+        assert!(matches!(Threshold::parse("e2e_latency_ms.a.b.p99 < 5"), Err(ThresholdError::UnknownMetric { .. })));
+        assert!(matches!(Threshold::parse("e2e_latency_ms..p99 < 5"), Err(ThresholdError::UnknownMetric { .. })));
     }
 
     #[test]
     fn each_error_kind() {
         let err = |s: &str| Threshold::parse(s).expect_err(s);
         assert_eq!(err("   "), ThresholdError::Empty);
-        assert!(matches!(
-            err("events_per_sec 500"),
-            ThresholdError::MissingOperator { .. }
-        ));
-        assert!(
-            matches!(err("events_per_sec = 500"), ThresholdError::InvalidOperator { found, .. } if found == "=")
-        );
-        assert!(
-            matches!(err("events_per_sec => 500"), ThresholdError::InvalidOperator { found, .. } if found == "=>")
-        );
-        assert!(
-            matches!(err("max_lag =< 5"), ThresholdError::InvalidOperator { found, .. } if found == "=<")
-        );
-        assert!(
-            matches!(err("max_lag <> 5"), ThresholdError::InvalidOperator { found, .. } if found == "<>")
-        );
-        assert!(matches!(
-            err(" < 5"),
-            ThresholdError::MissingMetric { op: Op::Lt, .. }
-        ));
-        assert!(
-            matches!(err("e2e latency < 5"), ThresholdError::InvalidMetricName { name, .. } if name == "e2e latency")
-        );
-        assert!(matches!(
-            err("延迟 <= 5"),
-            ThresholdError::InvalidMetricName { .. }
-        ));
-        assert!(matches!(
-            err("max_lag <"),
-            ThresholdError::MissingValue { .. }
-        ));
-        assert!(
-            matches!(err("max_lag < 2s"), ThresholdError::InvalidValue { value, .. } if value == "2s")
-        );
-        assert!(matches!(
-            err("max_lag < 1 < 2"),
-            ThresholdError::InvalidValue { .. }
-        ));
-        assert!(matches!(
-            err("max_lag < NaN"),
-            ThresholdError::InvalidValue { .. }
-        ));
+        assert!(matches!(err("events_per_sec 500"), ThresholdError::MissingOperator { .. }));
+        assert!(matches!(err("events_per_sec = 500"), ThresholdError::InvalidOperator { found, .. } if found == "="));
+        assert!(matches!(err("events_per_sec => 500"), ThresholdError::InvalidOperator { found, .. } if found == "=>"));
+        assert!(matches!(err("max_lag =< 5"), ThresholdError::InvalidOperator { found, .. } if found == "=<"));
+        assert!(matches!(err("max_lag <> 5"), ThresholdError::InvalidOperator { found, .. } if found == "<>"));
+        assert!(matches!(err(" < 5"), ThresholdError::MissingMetric { op: Op::Lt, .. }));
+        assert!(matches!(err("e2e latency < 5"), ThresholdError::InvalidMetricName { name, .. } if name == "e2e latency"));
+        assert!(matches!(err("延迟 <= 5"), ThresholdError::InvalidMetricName { .. }));
+        assert!(matches!(err("max_lag <"), ThresholdError::MissingValue { .. }));
+        assert!(matches!(err("max_lag < 2s"), ThresholdError::InvalidValue { value, .. } if value == "2s"));
+        assert!(matches!(err("max_lag < 1 < 2"), ThresholdError::InvalidValue { .. }));
+        assert!(matches!(err("max_lag < NaN"), ThresholdError::InvalidValue { .. }));
         match err("e2e_latency_ms.p955 < 5") {
             ThresholdError::UnknownMetric { name, known, .. } => {
                 assert_eq!(name, "e2e_latency_ms.p955");
@@ -451,16 +304,9 @@ mod tests {
 
     #[test]
     fn unknown_metric_message_lists_known_names() {
-        let message = Threshold::parse("latency < 5")
-            .expect_err("unknown")
-            .to_string();
+        let message = Threshold::parse("latency < 5").expect_err("unknown").to_string();
         assert!(message.contains("unknown metric `latency`"), "{message}");
-        for name in [
-            "events_per_sec",
-            "convergence.missing",
-            "e2e_latency_ms.<entity>.p95",
-            "lag_recovery_s",
-        ] {
+        for name in ["events_per_sec", "convergence.missing", "e2e_latency_ms.<entity>.p95", "lag_recovery_s"] {
             assert!(message.contains(name), "{name} missing from: {message}");
         }
     }
@@ -468,12 +314,7 @@ mod tests {
     #[test]
     fn known_names_cover_every_optional_metric() {
         let names = known_metric_names();
-        for name in [
-            "max_sustainable_rate",
-            "lag_recovery_s",
-            "convergence.time_to_converge_s",
-            "errors",
-        ] {
+        for name in ["max_sustainable_rate", "lag_recovery_s", "convergence.time_to_converge_s", "errors"] {
             assert!(names.iter().any(|n| n == name), "{name}");
         }
         // An optional field left `None` here would hide its metric from threshold
@@ -481,9 +322,7 @@ mod tests {
         fn nulls(path: &str, v: &serde_json::Value, out: &mut Vec<String>) {
             match v {
                 serde_json::Value::Null => out.push(path.to_string()),
-                serde_json::Value::Object(map) => map
-                    .iter()
-                    .for_each(|(k, v)| nulls(&format!("{path}.{k}"), v, out)),
+                serde_json::Value::Object(map) => map.iter().for_each(|(k, v)| nulls(&format!("{path}.{k}"), v, out)),
                 _ => {}
             }
         }
@@ -492,10 +331,7 @@ mod tests {
         for section in ["load", "pipeline", "convergence", "validation"] {
             nulls(section, &json[section], &mut found);
         }
-        assert!(
-            found.is_empty(),
-            "set these in representative_report(): {found:?}"
-        );
+        assert!(found.is_empty(), "set these in representative_report(): {found:?}");
     }
 
     #[test]
@@ -504,27 +340,11 @@ mod tests {
         report.pipeline.e2e_latency_ms.p95 = 1500.0;
         report.pipeline.events_per_sec = 400.0;
         report.pipeline.lag_recovery_s = None;
-        let thresholds: Vec<Threshold> = [
-            "e2e_latency_ms.p95 < 2000",
-            "events_per_sec > 500",
-            "lag_recovery_s < 30",
-            "e2e_latency_ms.customer.p95 < 1",
-        ]
-        .iter()
-        .map(|s| parse(s))
-        .collect();
+        let thresholds: Vec<Threshold> =
+            ["e2e_latency_ms.p95 < 2000", "events_per_sec > 500", "lag_recovery_s < 30", "e2e_latency_ms.customer.p95 < 1"].iter().map(|s| parse(s)).collect();
         let results = evaluate(&report, &thresholds);
-        let got: Vec<(Option<f64>, bool)> =
-            results.iter().map(|r| (r.observed, r.passed)).collect();
-        assert_eq!(
-            got,
-            vec![
-                (Some(1500.0), true),
-                (Some(400.0), false),
-                (None, false),
-                (None, false)
-            ]
-        );
+        let got: Vec<(Option<f64>, bool)> = results.iter().map(|r| (r.observed, r.passed)).collect();
+        assert_eq!(got, vec![(Some(1500.0), true), (Some(400.0), false), (None, false), (None, false)]);
         assert_eq!(results[0].expression, "e2e_latency_ms.p95 < 2000");
     }
 
@@ -532,12 +352,8 @@ mod tests {
     fn serde_goes_through_the_parser() {
         let t: Threshold = serde_json::from_str("\"events_per_sec > 500\"").expect("valid");
         assert_eq!(t.op, Op::Gt);
-        assert_eq!(
-            serde_json::to_string(&t).expect("serializes"),
-            "\"events_per_sec > 500\""
-        );
-        let err =
-            serde_json::from_str::<Threshold>("\"events_per_sec >> 500\"").expect_err("invalid");
+        assert_eq!(serde_json::to_string(&t).expect("serializes"), "\"events_per_sec > 500\"");
+        let err = serde_json::from_str::<Threshold>("\"events_per_sec >> 500\"").expect_err("invalid");
         assert!(err.to_string().contains("not a finite number"), "{err}");
     }
 }

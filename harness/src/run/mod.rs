@@ -21,9 +21,7 @@ use crate::config::{StackConfig, TABLES, topic_for};
 use crate::load::{self, DriverKind, DriverResult, LoadPlan, Segment};
 use crate::orchestrator::local::LocalStack;
 use crate::orchestrator::{Endpoints, Orchestrator, ServiceError, ServiceKind};
-use crate::report::model::{
-    FaultRecord, LatencyTriple, LoadStats, Machine, PipelineStats, Report, RunMeta, SCHEMA_VERSION, Sample, Summary, ValidationStats,
-};
+use crate::report::model::{FaultRecord, LatencyTriple, LoadStats, Machine, PipelineStats, Report, RunMeta, SCHEMA_VERSION, Sample, Summary, ValidationStats};
 use crate::scenario::{Breakpoint, Scenario};
 use crate::verify::{Percentiles, VerifyOptions};
 use crate::workload::api::{self, Workload};
@@ -163,16 +161,16 @@ async fn measure(
     let mut fault_records = Vec::new();
     let mut fault_schedule = Vec::new();
     let driven = match &scenario.breakpoint {
-        Some(bp) => breakpoint(bp, driver, &api_url, &scenario.name, dir, &observers, load_started).await.map(|(plan, result, best)| (plan, result, Some(best))),
+        Some(bp) => {
+            breakpoint(bp, driver, &api_url, &scenario.name, dir, &observers, load_started).await.map(|(plan, result, best)| (plan, result, Some(best)))
+        }
         None => {
             let plan = scenario.plan(options.duration, options.rate);
             let schedule = scenario.fault_schedule(options.seed, plan.duration());
             fault_schedule = schedule.clone();
             let progress = progress_printer(plan.duration(), observers.samples.clone(), load_started);
-            let (result, records) = tokio::join!(
-                load::drive(driver, &api_url, &plan, &scenario.name, dir),
-                crate::faults::inject::run_schedule(stack, &schedule, load_started)
-            );
+            let (result, records) =
+                tokio::join!(load::drive(driver, &api_url, &plan, &scenario.name, dir), crate::faults::inject::run_schedule(stack, &schedule, load_started));
             progress.abort();
             fault_records = records;
             result.map(|r| (plan, r, None)).map_err(RunError::from)

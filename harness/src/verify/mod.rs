@@ -400,9 +400,7 @@ fn rows_equal(entity: &Entity, source: &[u8], target: &[u8], ncols: usize) -> bo
     if s.len() != ncols || t.len() != ncols {
         return false;
     }
-    (0..ncols).all(|i| {
-        s[i] == t[i] || values_equal(entity.columns[i].ty, unescape(s[i]).as_deref(), unescape(t[i]).as_deref(), TimestampPrecision::Micros)
-    })
+    (0..ncols).all(|i| s[i] == t[i] || values_equal(entity.columns[i].ty, unescape(s[i]).as_deref(), unescape(t[i]).as_deref(), TimestampPrecision::Micros))
 }
 
 /// Whether two values (null or missing: `None`) are the same once canonical.
@@ -506,7 +504,11 @@ pub(crate) fn classify(
         (None, None) => None,
         (Some(s), None) => {
             let what = if records.is_empty() { "no record" } else { "only a tombstone" };
-            Some(anomaly(AnomalyKind::LostChange, format!("the source holds the row, the target {what}"), field_diffs(entity, Some(&s.values), None, precision)))
+            Some(anomaly(
+                AnomalyKind::LostChange,
+                format!("the source holds the row, the target {what}"),
+                field_diffs(entity, Some(&s.values), None, precision),
+            ))
         }
         (None, Some(t)) => match deleted_at {
             Some(d) if t.applied_at.is_some_and(|a| a > d) => Some(anomaly(
@@ -519,7 +521,11 @@ pub(crate) fn classify(
                 format!("the source deleted the key at {d}; the target still holds the version applied at {} (delete not applied)", fmt_ts(t.applied_at)),
                 vec![],
             )),
-            None => Some(anomaly(AnomalyKind::ExtraRow, "the source never deleted this key and does not hold it".into(), field_diffs(entity, None, Some(&t.values), precision))),
+            None => Some(anomaly(
+                AnomalyKind::ExtraRow,
+                "the source never deleted this key and does not hold it".into(),
+                field_diffs(entity, None, Some(&t.values), precision),
+            )),
         },
         (Some(s), Some(t)) => {
             let fields = field_diffs(entity, Some(&s.values), Some(&t.values), precision);
@@ -533,7 +539,10 @@ pub(crate) fn classify(
                 if t.applied_at.is_some_and(|a| a >= committed) {
                     Some(anomaly(
                         AnomalyKind::StaleOverwrite,
-                        format!("the target holds the version committed at {version}, applied at {} after the newer version committed at {committed}", fmt_ts(t.applied_at)),
+                        format!(
+                            "the target holds the version committed at {version}, applied at {} after the newer version committed at {committed}",
+                            fmt_ts(t.applied_at)
+                        ),
                         fields,
                     ))
                 } else {

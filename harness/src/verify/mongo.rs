@@ -37,10 +37,7 @@ use serde_json::Value;
 use super::canonical::{TimestampPrecision, bson_text, canonical_text, canonicalize_bson};
 use super::copy_stream::{fields, unescape};
 use super::mapping::{Column, Entity, Mapping};
-use super::{
-    KeyedRecords, LatencySummary, OrderedScan, PassResult, Percentiles, TargetRecord, VerifyError,
-    merge, postgres, same_canonical,
-};
+use super::{KeyedRecords, LatencySummary, OrderedScan, PassResult, Percentiles, TargetRecord, VerifyError, merge, postgres, same_canonical};
 
 /// BSON dates hold milliseconds: finer source timestamps cannot be told apart.
 pub(super) const PRECISION: TimestampPrecision = TimestampPrecision::Millis;
@@ -84,11 +81,7 @@ impl OrderedScan for RecordScan<'_> {
             let deleted = is_absent(self.entity, &record);
             match record.get(key_field) {
                 Some(Bson::String(key)) => {
-                    let row = ScanRow {
-                        key: key.clone(),
-                        parent,
-                        record,
-                    };
+                    let row = ScanRow { key: key.clone(), parent, record };
                     return Ok(Some((row, deleted)));
                 }
                 _ if !deleted => self.stray += 1,
@@ -104,17 +97,9 @@ impl OrderedScan for RecordScan<'_> {
 }
 
 /// One ordered merge of the source and the MongoDB target for `entity`.
-pub(super) async fn full_compare(
-    source: &tokio_postgres::Client,
-    db: &Database,
-    entity: &Entity,
-) -> Result<PassResult, VerifyError> {
+pub(super) async fn full_compare(source: &tokio_postgres::Client, db: &Database, entity: &Entity) -> Result<PassResult, VerifyError> {
     let src = postgres::scan_source(source, entity).await?;
-    let mut tgt = RecordScan {
-        entity,
-        cursor: scan(db, entity).await?,
-        stray: 0,
-    };
+    let mut tgt = RecordScan { entity, cursor: scan(db, entity).await?, stray: 0 };
     let mut pass = merge(entity, src, &mut tgt, |s, t| row_matches(entity, s, t)).await?;
     pass.outcome.target_count += tgt.stray;
     pass.outcome.extra_in_target += tgt.stray;
@@ -126,15 +111,10 @@ pub(super) async fn full_compare(
 async fn scan(db: &Database, entity: &Entity) -> Result<Cursor<Document>, VerifyError> {
     let key = entity.mongo.field(&entity.key().name);
     let pipeline = match &entity.mongo.embedded_in {
-        Some(array) => vec![
-            doc! { "$unwind": format!("${array}") },
-            doc! { "$project": projection(entity) },
-            doc! { "$sort": { format!("{array}.{key}"): 1, "_id": 1 } },
-        ],
-        None => vec![
-            doc! { "$sort": { key: 1 } },
-            doc! { "$project": projection(entity) },
-        ],
+        Some(array) => {
+            vec![doc! { "$unwind": format!("${array}") }, doc! { "$project": projection(entity) }, doc! { "$sort": { format!("{array}.{key}"): 1, "_id": 1 } }]
+        }
+        None => vec![doc! { "$sort": { key: 1 } }, doc! { "$project": projection(entity) }],
     };
     db.collection::<Document>(&entity.mongo.collection)
         .aggregate(pipeline)
@@ -148,12 +128,7 @@ async fn scan(db: &Database, entity: &Entity) -> Result<Cursor<Document>, Verify
 /// The fields the verifier reads: the mapped columns and `_cdc` (not, say, an order's
 /// items when reading orders), inside the array for embedded entities.
 fn projection(entity: &Entity) -> Document {
-    let prefix = entity
-        .mongo
-        .embedded_in
-        .as_ref()
-        .map(|array| format!("{array}."))
-        .unwrap_or_default();
+    let prefix = entity.mongo.embedded_in.as_ref().map(|array| format!("{array}.")).unwrap_or_default();
     let mut projection = Document::new();
     let columns = entity.columns.iter().map(|c| entity.mongo.field(&c.name));
     for field in columns.chain(["_cdc"]) {
@@ -170,10 +145,7 @@ fn row_matches(entity: &Entity, line: &[u8], row: &ScanRow) -> bool {
             return false;
         };
         let target = column_value(entity, column, &row.record, row.parent.as_ref());
-        same_canonical(
-            canonical_text(column.ty, unescape(raw).as_deref(), PRECISION),
-            canonicalize_bson(column.ty, target, PRECISION),
-        )
+        same_canonical(canonical_text(column.ty, unescape(raw).as_deref(), PRECISION), canonicalize_bson(column.ty, target, PRECISION))
     });
     all && source.next().is_none()
 }
@@ -181,12 +153,7 @@ fn row_matches(entity: &Entity, line: &[u8], row: &ScanRow) -> bool {
 /// The BSON value of `column` in `record`: the parent's key for the parent key column of
 /// an embedded entity (an item belongs to the order that holds it, whatever its own copy
 /// of `order_id` says), else the column's field.
-fn column_value<'a>(
-    entity: &Entity,
-    column: &Column,
-    record: &'a Document,
-    parent: Option<&'a Bson>,
-) -> Option<&'a Bson> {
+fn column_value<'a>(entity: &Entity, column: &Column, record: &'a Document, parent: Option<&'a Bson>) -> Option<&'a Bson> {
     if entity.mongo.parent_key.as_deref() == Some(column.name.as_str()) {
         return parent;
     }
@@ -198,14 +165,7 @@ fn column_value<'a>(
 fn is_absent(entity: &Entity, record: &Document) -> bool {
     match record.get("_cdc") {
         Some(Bson::Document(cdc)) => cdc.get("deleted") == Some(&Bson::Boolean(true)),
-        _ => {
-            entity.mongo.embedded_in.is_none()
-                && entity
-                    .columns
-                    .iter()
-                    .skip(1)
-                    .all(|c| !record.contains_key(entity.mongo.field(&c.name)))
-        }
+        _ => entity.mongo.embedded_in.is_none() && entity.columns.iter().skip(1).all(|c| !record.contains_key(entity.mongo.field(&c.name))),
     }
 }
 
@@ -243,54 +203,27 @@ pub fn embedded_records(entity: &Entity, parent: &Document) -> Vec<(String, Targ
 }
 
 /// A record as the shared comparison and classification see it: each column as text.
-fn target_record(
-    entity: &Entity,
-    record: &Document,
-    parent: Option<&Bson>,
-    evidence: Value,
-) -> TargetRecord {
-    let values = entity
-        .columns
-        .iter()
-        .map(|c| column_value(entity, c, record, parent).and_then(bson_text))
-        .collect();
+fn target_record(entity: &Entity, record: &Document, parent: Option<&Bson>, evidence: Value) -> TargetRecord {
+    let values = entity.columns.iter().map(|c| column_value(entity, c, record, parent).and_then(bson_text)).collect();
     let cdc = record.get_document("_cdc").ok();
     let date = |name: &str| {
         let millis = cdc?.get_datetime(name).ok()?.timestamp_millis();
         DateTime::<Utc>::from_timestamp_millis(millis)
     };
-    TargetRecord {
-        values,
-        deleted: is_absent(entity, record),
-        source_ts: date("source_ts"),
-        applied_at: date("applied_at"),
-        record: evidence,
-    }
+    TargetRecord { values, deleted: is_absent(entity, record), source_ts: date("source_ts"), applied_at: date("applied_at"), record: evidence }
 }
 
 /// Every record (duplicates and tombstones included) the target holds for `keys`.
-pub(super) async fn fetch_target(
-    db: &Database,
-    entity: &Entity,
-    keys: &[String],
-) -> Result<KeyedRecords, VerifyError> {
+pub(super) async fn fetch_target(db: &Database, entity: &Entity, keys: &[String]) -> Result<KeyedRecords, VerifyError> {
     let key = entity.mongo.field(&entity.key().name);
     let (filter, projection) = match &entity.mongo.embedded_in {
         // Whole parents (their arrays projected), flattened here: parents are small, and
         // this reads them through the same flattening as the tests check.
-        Some(array) => (
-            doc! { format!("{array}.{key}"): { "$in": keys } },
-            doc! { array: 1 },
-        ),
+        Some(array) => (doc! { format!("{array}.{key}"): { "$in": keys } }, doc! { array: 1 }),
         None => (doc! { key: { "$in": keys } }, projection(entity)),
     };
-    let mut cursor = db
-        .collection::<Document>(&entity.mongo.collection)
-        .find(filter)
-        .projection(projection)
-        .batch_size(BATCH_SIZE)
-        .await
-        .map_err(VerifyError::target)?;
+    let mut cursor =
+        db.collection::<Document>(&entity.mongo.collection).find(filter).projection(projection).batch_size(BATCH_SIZE).await.map_err(VerifyError::target)?;
     let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
     let mut out = KeyedRecords::new();
     while let Some(doc) = cursor.try_next().await.map_err(VerifyError::target)? {
@@ -299,10 +232,7 @@ pub(super) async fn fetch_target(
             None => document_record(entity, &doc).into_iter().collect(),
         };
         // A parent holding a wanted item holds others too.
-        for (key, record) in records
-            .into_iter()
-            .filter(|(k, _)| wanted.contains(k.as_str()))
-        {
+        for (key, record) in records.into_iter().filter(|(k, _)| wanted.contains(k.as_str())) {
             out.entry(key).or_default().push(record);
         }
     }
@@ -312,11 +242,7 @@ pub(super) async fn fetch_target(
 /// Source commit -> applied latency in ms of the latest change per key (snapshot reads
 /// excluded), for changes committed at or after `since`. Percentiles come from a histogram
 /// (3 significant digits) so that memory stays bounded whatever the number of keys.
-pub(super) async fn latency(
-    db: &Database,
-    mapping: &Mapping,
-    since: Option<DateTime<Utc>>,
-) -> Result<LatencySummary, VerifyError> {
+pub(super) async fn latency(db: &Database, mapping: &Mapping, since: Option<DateTime<Utc>>) -> Result<LatencySummary, VerifyError> {
     let mut overall = Latencies::new()?;
     let mut per_entity = BTreeMap::new();
     for entity in &mapping.entity {
@@ -324,10 +250,7 @@ pub(super) async fn latency(
         overall.add(&latencies)?;
         per_entity.insert(entity.name.clone(), latencies.percentiles());
     }
-    Ok(LatencySummary {
-        overall: overall.percentiles(),
-        per_entity,
-    })
+    Ok(LatencySummary { overall: overall.percentiles(), per_entity })
 }
 
 struct Latencies {
@@ -340,44 +263,27 @@ struct Latencies {
 impl Latencies {
     fn new() -> Result<Self, VerifyError> {
         let histogram = Histogram::new(3).map_err(VerifyError::target)?;
-        Ok(Self {
-            histogram,
-            max: 0.0,
-        })
+        Ok(Self { histogram, max: 0.0 })
     }
 
     fn record(&mut self, ms: i64) {
-        self.histogram
-            .saturating_record(u64::try_from(ms).unwrap_or(0));
+        self.histogram.saturating_record(u64::try_from(ms).unwrap_or(0));
         self.max = self.max.max(ms as f64);
     }
 
     fn add(&mut self, other: &Self) -> Result<(), VerifyError> {
-        self.histogram
-            .add(&other.histogram)
-            .map_err(VerifyError::target)?;
+        self.histogram.add(&other.histogram).map_err(VerifyError::target)?;
         self.max = self.max.max(other.max);
         Ok(())
     }
 
     fn percentiles(&self) -> Percentiles {
         let at = |q: f64| self.histogram.value_at_quantile(q) as f64;
-        Percentiles {
-            count: self.histogram.len(),
-            p50: at(0.5),
-            p90: at(0.9),
-            p95: at(0.95),
-            p99: at(0.99),
-            max: self.max,
-        }
+        Percentiles { count: self.histogram.len(), p50: at(0.5), p90: at(0.9), p95: at(0.95), p99: at(0.99), max: self.max }
     }
 }
 
-async fn entity_latencies(
-    db: &Database,
-    entity: &Entity,
-    since: Option<DateTime<Utc>>,
-) -> Result<Latencies, VerifyError> {
+async fn entity_latencies(db: &Database, entity: &Entity, since: Option<DateTime<Utc>>) -> Result<Latencies, VerifyError> {
     let mut pipeline = Vec::new();
     let cdc = match &entity.mongo.embedded_in {
         Some(array) => {
@@ -388,10 +294,7 @@ async fn entity_latencies(
     };
     let mut source_ts = doc! { "$type": "date" };
     if let Some(since) = since {
-        source_ts.insert(
-            "$gte",
-            mongodb::bson::DateTime::from_millis(since.timestamp_millis()),
-        );
+        source_ts.insert("$gte", mongodb::bson::DateTime::from_millis(since.timestamp_millis()));
     }
     // Placeholders (no `_cdc`) and records without both dates do not match.
     pipeline.push(doc! { "$match": {
@@ -403,12 +306,7 @@ async fn entity_latencies(
         "_id": 0,
         "ms": { "$subtract": [format!("${cdc}.applied_at"), format!("${cdc}.source_ts")] },
     } });
-    let mut cursor = db
-        .collection::<Document>(&entity.mongo.collection)
-        .aggregate(pipeline)
-        .batch_size(BATCH_SIZE)
-        .await
-        .map_err(VerifyError::target)?;
+    let mut cursor = db.collection::<Document>(&entity.mongo.collection).aggregate(pipeline).batch_size(BATCH_SIZE).await.map_err(VerifyError::target)?;
     let mut latencies = Latencies::new()?;
     while let Some(doc) = cursor.try_next().await.map_err(VerifyError::target)? {
         // `$subtract` of two dates is a long; anything else is not a latency.
@@ -492,30 +390,13 @@ mod tests {
             ]
         );
         assert!(!o.deleted);
-        assert_eq!(
-            o.source_ts.map(|t| t.timestamp_millis()),
-            Some(1_704_164_645_123)
-        );
-        assert_eq!(
-            o.applied_at.map(|t| t.timestamp_millis()),
-            Some(1_704_164_645_200)
-        );
+        assert_eq!(o.source_ts.map(|t| t.timestamp_millis()), Some(1_704_164_645_123));
+        assert_eq!(o.applied_at.map(|t| t.timestamp_millis()), Some(1_704_164_645_200));
 
         let items = embedded_records(m.entity("order_item").unwrap(), &doc);
         let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, [ITEM_A, ITEM_B]);
-        assert_eq!(
-            values(&items[0].1),
-            [
-                Some(ITEM_A),
-                Some(ORDER),
-                Some("SKU-1"),
-                Some("Thing"),
-                Some("2"),
-                Some("10.50"),
-                Some("21.00"),
-            ]
-        );
+        assert_eq!(values(&items[0].1), [Some(ITEM_A), Some(ORDER), Some("SKU-1"), Some("Thing"), Some("2"), Some("10.50"), Some("21.00"),]);
         assert!(!items[0].1.deleted);
         assert!(items[1].1.deleted, "an item tombstone is deleted");
         // The evidence shows the item inside its order.
@@ -535,17 +416,10 @@ mod tests {
     #[test]
     fn malformed_items_are_left_out_and_a_duplicate_is_kept_twice() {
         let m = mapping();
-        let mut doc = order(vec![
-            item(ITEM_A, ORDER, false),
-            Bson::String("not an item".into()),
-            Bson::Document(doc! { "id": 7_i32 }),
-            item(ITEM_A, ORDER, false),
-        ]);
+        let mut doc =
+            order(vec![item(ITEM_A, ORDER, false), Bson::String("not an item".into()), Bson::Document(doc! { "id": 7_i32 }), item(ITEM_A, ORDER, false)]);
         let entity = m.entity("order_item").unwrap();
-        let keys: Vec<String> = embedded_records(entity, &doc)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let keys: Vec<String> = embedded_records(entity, &doc).into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, [ITEM_A, ITEM_A]);
         doc.insert("items", "not an array");
         assert!(embedded_records(entity, &doc).is_empty());
@@ -561,20 +435,10 @@ mod tests {
         assert!(!items[0].1.deleted);
         // A document without `_cdc` that holds columns is not a placeholder.
         let bare = doc! { "_id": ORDER, "status": "pending" };
-        assert!(
-            !document_record(m.entity("orders").unwrap(), &bare)
-                .unwrap()
-                .1
-                .deleted
-        );
+        assert!(!document_record(m.entity("orders").unwrap(), &bare).unwrap().1.deleted);
         let mut tombstone = order(vec![]);
         tombstone.insert("_cdc", cdc(true));
-        assert!(
-            document_record(m.entity("orders").unwrap(), &tombstone)
-                .unwrap()
-                .1
-                .deleted
-        );
+        assert!(document_record(m.entity("orders").unwrap(), &tombstone).unwrap().1.deleted);
     }
 
     #[test]
@@ -586,21 +450,11 @@ mod tests {
 
     fn scan_row(entity: &Entity, doc: &Document) -> ScanRow {
         let (parent, record) = match &entity.mongo.embedded_in {
-            Some(_) => (
-                doc.get("_id").cloned(),
-                doc.get_document("items").unwrap().clone(),
-            ),
+            Some(_) => (doc.get("_id").cloned(), doc.get_document("items").unwrap().clone()),
             None => (None, doc.clone()),
         };
-        let key = record
-            .get_str(entity.mongo.field("id"))
-            .unwrap()
-            .to_string();
-        ScanRow {
-            key,
-            parent,
-            record,
-        }
+        let key = record.get_str(entity.mongo.field("id")).unwrap().to_string();
+        ScanRow { key, parent, record }
     }
 
     #[test]
@@ -609,9 +463,7 @@ mod tests {
         let orders = m.entity("orders").unwrap();
         let row = scan_row(orders, &order(vec![]));
         // PostgreSQL holds microseconds; the BSON date their millisecond floor.
-        let line = format!(
-            "{ORDER}\tc1f0e6a2-9b7d-4a1e-8f00-00000000000c\tpending\t31.5\t2024-01-02 04:04:05.123999+01\t2024-01-02 03:04:05.123+00"
-        );
+        let line = format!("{ORDER}\tc1f0e6a2-9b7d-4a1e-8f00-00000000000c\tpending\t31.5\t2024-01-02 04:04:05.123999+01\t2024-01-02 03:04:05.123+00");
         assert!(row_matches(orders, line.as_bytes(), &row));
         let late = line.replace("05.123999+01", "05.124+01");
         assert!(!row_matches(orders, late.as_bytes(), &row));
@@ -638,10 +490,7 @@ mod tests {
         let m = mapping();
         let orders = projection(m.entity("orders").unwrap());
         assert!(orders.contains_key("_id") && orders.contains_key("_cdc"));
-        assert!(
-            !orders.contains_key("items"),
-            "orders are read without their items"
-        );
+        assert!(!orders.contains_key("items"), "orders are read without their items");
         let items = projection(m.entity("order_item").unwrap());
         assert!(items.contains_key("items.id") && items.contains_key("items._cdc"));
     }

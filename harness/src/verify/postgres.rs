@@ -26,23 +26,14 @@ fn text_column_list(entity: &Entity, alias: &str) -> String {
 
 /// Rows of the source table ordered by key: `key \t col... ` in COPY text format.
 pub async fn scan_source(client: &Client, entity: &Entity) -> Result<CopyLines, VerifyError> {
-    let sql = format!(
-        "COPY (SELECT {} FROM public.{} ORDER BY {}) TO STDOUT",
-        column_list(entity),
-        ident(&entity.source_table),
-        ident(&entity.key().name)
-    );
+    let sql = format!("COPY (SELECT {} FROM public.{} ORDER BY {}) TO STDOUT", column_list(entity), ident(&entity.source_table), ident(&entity.key().name));
     Ok(CopyLines::new(client.copy_out(sql.as_str()).await.map_err(VerifyError::source)?))
 }
 
 /// Rows of the target table ordered by key, tombstones included, with `_cdc_deleted` last.
 pub async fn scan_target(client: &Client, entity: &Entity) -> Result<CopyLines, VerifyError> {
-    let sql = format!(
-        "COPY (SELECT {}, _cdc_deleted FROM {} ORDER BY {}) TO STDOUT",
-        column_list(entity),
-        ident(&entity.postgres.table),
-        ident(&entity.key().name)
-    );
+    let sql =
+        format!("COPY (SELECT {}, _cdc_deleted FROM {} ORDER BY {}) TO STDOUT", column_list(entity), ident(&entity.postgres.table), ident(&entity.key().name));
     Ok(CopyLines::new(client.copy_out(sql.as_str()).await.map_err(VerifyError::target)?))
 }
 

@@ -28,14 +28,8 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 6] = [
-        Self::LostChange,
-        Self::StaleOverwrite,
-        Self::ResurrectedDelete,
-        Self::DuplicateApply,
-        Self::ExtraRow,
-        Self::ValueMismatch,
-    ];
+    pub const ALL: [AnomalyKind; 6] =
+        [Self::LostChange, Self::StaleOverwrite, Self::ResurrectedDelete, Self::DuplicateApply, Self::ExtraRow, Self::ValueMismatch];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -143,14 +143,7 @@ impl Workload {
             errors: self.errors.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             traceparents: self.traceparents.load(Ordering::Relaxed),
-            latency_ms: crate::verify::Percentiles {
-                count: h.len(),
-                p50: ms(0.5),
-                p90: ms(0.9),
-                p95: ms(0.95),
-                p99: ms(0.99),
-                max: h.max() as f64 / 1000.0,
-            },
+            latency_ms: crate::verify::Percentiles { count: h.len(), p50: ms(0.5), p90: ms(0.9), p95: ms(0.95), p99: ms(0.99), max: h.max() as f64 / 1000.0 },
         }
     }
 
@@ -190,11 +183,7 @@ async fn get_stats(State(workload): State<Arc<Workload>>) -> Json<WorkloadStats>
 }
 
 pub fn router(workload: Arc<Workload>) -> Router {
-    Router::new()
-        .route("/v1/ops", post(post_op))
-        .route("/v1/stats", get(get_stats))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(workload)
+    Router::new().route("/v1/ops", post(post_op)).route("/v1/stats", get(get_stats)).route("/healthz", get(|| async { "ok" })).with_state(workload)
 }
 
 /// Serves the API on 127.0.0.1 (free port) until the returned handle is aborted.

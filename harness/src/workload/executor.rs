@@ -51,9 +51,7 @@ pub async fn execute(pool: &Pool, op: &Operation, traceparent: Option<&str>) -> 
 async fn run(tx: &tokio_postgres::Transaction<'_>, op: &Operation) -> Result<u64, tokio_postgres::Error> {
     Ok(match op {
         Operation::CreateCustomer { customer, addresses } => {
-            let mut n = tx
-                .execute("INSERT INTO customer (id, email, status) VALUES ($1, $2, $3)", &[&customer.id, &customer.email, &customer.status])
-                .await?;
+            let mut n = tx.execute("INSERT INTO customer (id, email, status) VALUES ($1, $2, $3)", &[&customer.id, &customer.email, &customer.status]).await?;
             for a in addresses {
                 n += insert_address(tx, a).await?;
             }
@@ -83,11 +81,8 @@ async fn run(tx: &tokio_postgres::Transaction<'_>, op: &Operation) -> Result<u64
             if n == 0 { 0 } else { insert_item(tx, i).await? }
         }
         Operation::UpdateCustomer { id, email, status } => {
-            tx.execute(
-                "UPDATE customer SET email = coalesce($2, email), status = coalesce($3, status), updated_at = now() WHERE id = $1",
-                &[id, email, status],
-            )
-            .await?
+            tx.execute("UPDATE customer SET email = coalesce($2, email), status = coalesce($3, status), updated_at = now() WHERE id = $1", &[id, email, status])
+                .await?
         }
         Operation::MoveAddress { id, street, city } => {
             tx.execute("UPDATE address SET street = $2, city = $3, updated_at = now() WHERE id = $1", &[id, street, city]).await?
@@ -98,10 +93,7 @@ async fn run(tx: &tokio_postgres::Transaction<'_>, op: &Operation) -> Result<u64
         }
         Operation::ChangeQuantity { id, quantity } => {
             let rows = tx
-                .query(
-                    "UPDATE order_item SET quantity = $2::int4, line_total = unit_price * $2::int4 WHERE id = $1 RETURNING order_id",
-                    &[id, quantity],
-                )
+                .query("UPDATE order_item SET quantity = $2::int4, line_total = unit_price * $2::int4 WHERE id = $1 RETURNING order_id", &[id, quantity])
                 .await?;
             match rows.first() {
                 Some(row) => {

@@ -79,16 +79,37 @@ pub struct Registry {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operation {
     /// A new customer with one or two addresses.
-    CreateCustomer { customer: NewCustomer, addresses: Vec<NewAddress> },
+    CreateCustomer {
+        customer: NewCustomer,
+        addresses: Vec<NewAddress>,
+    },
     AddAddress(NewAddress),
     /// A new order with its items; the total is the sum of the lines.
-    PlaceOrder { order: NewOrder, items: Vec<NewItem> },
+    PlaceOrder {
+        order: NewOrder,
+        items: Vec<NewItem>,
+    },
     /// One more item in an open order (its total follows).
     AddItem(NewItem),
-    UpdateCustomer { id: Uuid, email: Option<String>, status: Option<&'static str> },
-    MoveAddress { id: Uuid, street: String, city: String },
-    AdvanceOrder { id: Uuid, from: &'static str, to: &'static str },
-    ChangeQuantity { id: Uuid, quantity: i32 },
+    UpdateCustomer {
+        id: Uuid,
+        email: Option<String>,
+        status: Option<&'static str>,
+    },
+    MoveAddress {
+        id: Uuid,
+        street: String,
+        city: String,
+    },
+    AdvanceOrder {
+        id: Uuid,
+        from: &'static str,
+        to: &'static str,
+    },
+    ChangeQuantity {
+        id: Uuid,
+        quantity: i32,
+    },
     DeleteItem(Uuid),
     DeleteAddress(Uuid),
     /// Cascades to its items.

@@ -14,10 +14,7 @@ use harness::testing::run_dir;
 async fn daemon() -> Option<bollard::Docker> {
     let socket = std::path::Path::new("/var/run/docker.sock");
     if std::env::var_os("DOCKER_HOST").is_none() && !socket.exists() {
-        eprintln!(
-            "skipped: no Docker daemon (neither DOCKER_HOST nor {} exists)",
-            socket.display()
-        );
+        eprintln!("skipped: no Docker daemon (neither DOCKER_HOST nor {} exists)", socket.display());
         return None;
     }
     match docker::connect().await {
@@ -33,10 +30,7 @@ async fn sink_image_present(docker: &bollard::Docker, config: &DockerConfig) -> 
     if docker.inspect_image(&config.images.sink).await.is_ok() {
         return true;
     }
-    eprintln!(
-        "skipped: image {} missing; build it with `docker build -t {} .`",
-        config.images.sink, config.images.sink
-    );
+    eprintln!("skipped: image {} missing; build it with `docker build -t {} .`", config.images.sink, config.images.sink);
     false
 }
 
@@ -51,10 +45,7 @@ async fn docker_stack_comes_up_survives_faults_and_goes_down_by_label() -> anyho
     let Some(client) = daemon().await else {
         return Ok(());
     };
-    let config = DockerConfig {
-        target: TargetKind::Mongodb,
-        ..DockerConfig::default()
-    };
+    let config = DockerConfig { target: TargetKind::Mongodb, ..DockerConfig::default() };
     if !sink_image_present(&client, &config).await {
         return Ok(());
     }
@@ -64,81 +55,34 @@ async fn docker_stack_comes_up_survives_faults_and_goes_down_by_label() -> anyho
         let endpoints = stack.up().await?;
         let statuses = stack.status().await?;
         for s in &statuses {
-            anyhow::ensure!(
-                s.state == ServiceState::Healthy,
-                "{} not healthy after up: {:?}",
-                s.service,
-                s.detail
-            );
+            anyhow::ensure!(s.state == ServiceState::Healthy, "{} not healthy after up: {:?}", s.service, s.detail);
         }
-        anyhow::ensure!(
-            stack.run_dir().join("logs/connect.log").is_file(),
-            "connect log not captured"
-        );
+        anyhow::ensure!(stack.run_dir().join("logs/connect.log").is_file(), "connect log not captured");
         anyhow::ensure!(stack.mongo_uri().is_some());
 
         // The seed reached the source and the snapshot went through Kafka.
-        let source = endpoints
-            .postgres
-            .connect(&endpoints.postgres.source_db)
-            .await?;
-        let customers: i64 = source
-            .query_one("select count(*) from customer", &[])
-            .await?
-            .get(0);
+        let source = endpoints.postgres.connect(&endpoints.postgres.source_db).await?;
+        let customers: i64 = source.query_one("select count(*) from customer", &[]).await?.get(0);
         anyhow::ensure!(customers == 20, "seeded {customers} customers");
 
         stack.inject(Role::Sink, &Fault::Kill).await?;
-        let sink = stack
-            .status()
-            .await?
-            .into_iter()
-            .find(|s| s.service == ServiceKind::Sink)
-            .expect("sink status");
-        anyhow::ensure!(
-            sink.state == ServiceState::Stopped,
-            "killed sink reported {:?}",
-            sink.state
-        );
+        let sink = stack.status().await?.into_iter().find(|s| s.service == ServiceKind::Sink).expect("sink status");
+        anyhow::ensure!(sink.state == ServiceState::Stopped, "killed sink reported {:?}", sink.state);
         stack.inject(Role::Sink, &Fault::Start).await?;
 
         stack.inject(Role::Kafka, &Fault::Pause).await?;
         stack.inject(Role::Kafka, &Fault::Unpause).await?;
-        stack
-            .inject(
-                Role::Connect,
-                &Fault::Restart {
-                    grace: Duration::from_secs(10),
-                },
-            )
-            .await?;
+        stack.inject(Role::Connect, &Fault::Restart { grace: Duration::from_secs(10) }).await?;
         stack.inject(Role::Sink, &Fault::Disconnect).await?;
         stack.inject(Role::Sink, &Fault::Reconnect).await?;
         // The stock images have no `tc`: the latency fault must say so, not fail obscurely.
-        match stack
-            .inject(
-                Role::Postgres,
-                &Fault::Latency {
-                    delay: Duration::from_millis(50),
-                    jitter: Duration::ZERO,
-                },
-            )
-            .await
-        {
+        match stack.inject(Role::Postgres, &Fault::Latency { delay: Duration::from_millis(50), jitter: Duration::ZERO }).await {
             Ok(()) => stack.inject(Role::Postgres, &Fault::ClearLatency).await?,
-            Err(e) => anyhow::ensure!(
-                e.to_string().contains("toxiproxy") || e.to_string().contains("tc"),
-                "unexpected latency error: {e}"
-            ),
+            Err(e) => anyhow::ensure!(e.to_string().contains("toxiproxy") || e.to_string().contains("tc"), "unexpected latency error: {e}"),
         }
         let statuses = stack.status().await?;
         for s in &statuses {
-            anyhow::ensure!(
-                s.state == ServiceState::Healthy,
-                "{} not healthy after the faults: {:?}",
-                s.service,
-                s.detail
-            );
+            anyhow::ensure!(s.state == ServiceState::Healthy, "{} not healthy after the faults: {:?}", s.service, s.detail);
         }
         Ok(())
     }
@@ -156,29 +100,17 @@ async fn leftovers_of_a_crashed_run_are_removed_by_label() -> anyhow::Result<()>
     };
     let config = stack_config("docker-crash");
     let dir = config.run_dir.clone();
-    let mut stack = DockerStack::new(
-        config,
-        DockerConfig {
-            target: TargetKind::Postgres,
-            ..DockerConfig::default()
-        },
-    )
-    .await?;
+    let mut stack = DockerStack::new(config, DockerConfig { target: TargetKind::Postgres, ..DockerConfig::default() }).await?;
     let run_id = stack.run_id().to_string();
     let started = stack.start_service(ServiceKind::Postgres).await;
     // The harness "crashes": the value is gone, the labelled container and network stay.
     drop(stack);
     let left = docker::run_containers(&client, &run_id).await?;
     if started.is_ok() {
-        anyhow::ensure!(
-            left.contains_key(&Role::Postgres),
-            "postgres container missing before the sweep: {left:?}"
-        );
+        anyhow::ensure!(left.contains_key(&Role::Postgres), "postgres container missing before the sweep: {left:?}");
     }
     // `harness down` in a later process: the state file names the run, the label finds the rest.
-    let mut reopened = DockerStack::open(&dir)
-        .await?
-        .expect("state file of the crashed run");
+    let mut reopened = DockerStack::open(&dir).await?.expect("state file of the crashed run");
     reopened.down().await?;
     let left = docker::run_containers(&client, &run_id).await?;
     anyhow::ensure!(left.is_empty(), "containers left after down: {left:?}");

@@ -1,5 +1,6 @@
 //! Integration tests on the real local stack (PostgreSQL, tansu, Debezium, sink).
 
+mod chaos;
 mod docker;
 mod faults;
 mod k6;

@@ -84,9 +84,7 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
             }
             c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
                 let start = i;
-                while i < chars.len()
-                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
-                {
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
                     i += 1;
                 }
                 let word: String = chars[start..i].iter().collect();
@@ -96,16 +94,7 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
                 }
                 let is_call = j < chars.len() && chars[j] == '(';
                 let lower = word.to_ascii_lowercase();
-                if [
-                    "by",
-                    "without",
-                    "on",
-                    "ignoring",
-                    "group_left",
-                    "group_right",
-                ]
-                .contains(&lower.as_str())
-                {
+                if ["by", "without", "on", "ignoring", "group_left", "group_right"].contains(&lower.as_str()) {
                     skip_group = true;
                 } else if !is_call && !PROMQL_KEYWORDS.contains(&lower.as_str()) {
                     names.insert(word);
@@ -114,9 +103,7 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
             // Numbers (incl. 1e-9) and template variables ($__rate_interval outside [] is not PromQL).
             c if c.is_ascii_digit() || c == '.' || c == '$' => {
                 i += 1;
-                while i < chars.len()
-                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || chars[i] == '_')
-                {
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || chars[i] == '_') {
                     i += 1;
                 }
             }
@@ -135,10 +122,7 @@ fn rule_file_entries(text: &str) -> (Vec<String>, BTreeSet<String>) {
     while i < lines.len() {
         let trimmed = lines[i].trim_start();
         let indent = lines[i].len() - trimmed.len();
-        if let Some(record) = trimmed
-            .strip_prefix("- record:")
-            .or_else(|| trimmed.strip_prefix("record:"))
-        {
+        if let Some(record) = trimmed.strip_prefix("- record:").or_else(|| trimmed.strip_prefix("record:")) {
             records.insert(record.trim().to_string());
         }
         if let Some(value) = trimmed.strip_prefix("expr:") {
@@ -170,8 +154,7 @@ fn dashboards() -> anyhow::Result<Vec<(PathBuf, Value)>> {
     for entry in std::fs::read_dir(workspace().join("grafana/dashboards"))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "json") {
-            let value: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let value: Value = serde_json::from_str(&std::fs::read_to_string(&path)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             out.push((path, value));
         }
     }
@@ -203,19 +186,10 @@ fn queried_expressions() -> anyhow::Result<Queries> {
                 }
             }
         }
-        for variable in dashboard
-            .pointer("/templating/list")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for variable in dashboard.pointer("/templating/list").and_then(Value::as_array).into_iter().flatten() {
             // label_values(<metric>, <label>): only the metric is a metric.
             if let Some(query) = variable.pointer("/query/query").and_then(Value::as_str) {
-                let inner = query
-                    .trim_start_matches("label_values(")
-                    .split(',')
-                    .next()
-                    .unwrap_or_default();
+                let inner = query.trim_start_matches("label_values(").split(',').next().unwrap_or_default();
                 exprs.push((source.clone(), inner.to_string()));
             }
         }
@@ -276,23 +250,14 @@ fn declared_sink_names() -> anyhow::Result<BTreeSet<String>> {
             kinds.insert(field.trim().to_string(), kind);
         }
     }
-    let prefix = source
-        .split("Registry::with_prefix(\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or("sink")
-        .to_string();
+    let prefix = source.split("Registry::with_prefix(\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("sink").to_string();
     let mut names = BTreeSet::new();
     for call in source.split(".register(").skip(1) {
         let mut literals = call.split('"');
         let (Some(_), Some(name)) = (literals.next(), literals.next()) else {
             continue;
         };
-        let Some(field) = call.split(".clone()").next().and_then(|before| {
-            before
-                .rsplit(|c: char| !(c.is_alphanumeric() || c == '_'))
-                .next()
-        }) else {
+        let Some(field) = call.split(".clone()").next().and_then(|before| before.rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next()) else {
             continue;
         };
         let family = format!("{prefix}_{name}");
@@ -300,17 +265,12 @@ fn declared_sink_names() -> anyhow::Result<BTreeSet<String>> {
         names.insert(family.clone());
         match kinds.get(field).copied() {
             Some("counter") => names.insert(format!("{family}_total")),
-            Some("histogram") => ["_bucket", "_sum", "_count"]
-                .iter()
-                .all(|s| names.insert(format!("{family}{s}"))),
+            Some("histogram") => ["_bucket", "_sum", "_count"].iter().all(|s| names.insert(format!("{family}{s}"))),
             Some(_) => names.insert(family),
             None => anyhow::bail!("metrics.rs: cannot tell the type of {family} (field {field})"),
         };
     }
-    anyhow::ensure!(
-        names.len() > 10,
-        "parsed only {names:?} from sink/src/metrics.rs"
-    );
+    anyhow::ensure!(names.len() > 10, "parsed only {names:?} from sink/src/metrics.rs");
     Ok(names)
 }
 
@@ -318,11 +278,7 @@ fn declared_sink_names() -> anyhow::Result<BTreeSet<String>> {
 async fn scrape_until(http: &str, needles: &[&str]) -> anyhow::Result<String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     loop {
-        let text = reqwest::get(format!("{http}/metrics"))
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
+        let text = reqwest::get(format!("{http}/metrics")).await?.error_for_status()?.text().await?;
         if needles.iter().all(|n| text.contains(n)) || std::time::Instant::now() > deadline {
             return Ok(text);
         }
@@ -335,13 +291,7 @@ fn promql_names_are_extracted_without_functions_labels_or_durations() {
     let names = promql_metric_names(
         r#"histogram_quantile(0.95, sum by (le, entity) (rate(sink_e2e_latency_seconds_bucket{entity=~"$entity"}[$__rate_interval]))) > 1e-9 and on (job) up{job="sink"} == 0"#,
     );
-    assert_eq!(
-        names,
-        BTreeSet::from([
-            "sink_e2e_latency_seconds_bucket".to_string(),
-            "up".to_string()
-        ])
-    );
+    assert_eq!(names, BTreeSet::from(["sink_e2e_latency_seconds_bucket".to_string(), "up".to_string()]));
     let names = promql_metric_names("cdc:sink_errors:rate5m / cdc:sink_events:rate5m");
     assert_eq!(names.len(), 2);
     let (exprs, records) = rule_file_entries(
@@ -349,83 +299,44 @@ fn promql_names_are_extracted_without_functions_labels_or_durations() {
     );
     assert_eq!(records, BTreeSet::from(["a:b".to_string()]));
     assert_eq!(exprs.len(), 2);
-    assert_eq!(
-        promql_metric_names(&exprs[0]),
-        BTreeSet::from(["x".to_string(), "y".to_string()])
-    );
+    assert_eq!(promql_metric_names(&exprs[0]), BTreeSet::from(["x".to_string(), "y".to_string()]));
 }
 
 #[test]
 fn dashboards_parse_and_use_only_provisioned_datasources() -> anyhow::Result<()> {
-    let provisioning = std::fs::read_to_string(
-        workspace().join("grafana/provisioning/datasources/datasources.yml"),
-    )?;
-    let provisioned: BTreeSet<String> = provisioning
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("uid:").map(|u| u.trim().to_string()))
-        .collect();
-    assert_eq!(
-        provisioned,
-        BTreeSet::from([
-            "loki".to_string(),
-            "prometheus".to_string(),
-            "tempo".to_string()
-        ])
-    );
+    let provisioning = std::fs::read_to_string(workspace().join("grafana/provisioning/datasources/datasources.yml"))?;
+    let provisioned: BTreeSet<String> = provisioning.lines().filter_map(|l| l.trim().strip_prefix("uid:").map(|u| u.trim().to_string())).collect();
+    assert_eq!(provisioned, BTreeSet::from(["loki".to_string(), "prometheus".to_string(), "tempo".to_string()]));
 
     fn walk(value: &Value, path: &str, found: &mut Vec<(String, String)>) {
         match value {
             Value::Object(map) => {
-                if let Some(uid) = map
-                    .get("datasource")
-                    .and_then(|d| d.get("uid"))
-                    .and_then(Value::as_str)
-                {
+                if let Some(uid) = map.get("datasource").and_then(|d| d.get("uid")).and_then(Value::as_str) {
                     found.push((path.to_string(), uid.to_string()));
                 }
                 for (k, v) in map {
                     walk(v, &format!("{path}/{k}"), found);
                 }
             }
-            Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .for_each(|(i, v)| walk(v, &format!("{path}/{i}"), found)),
+            Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| walk(v, &format!("{path}/{i}"), found)),
             _ => {}
         }
     }
     let all = dashboards()?;
-    assert!(
-        all.len() >= 8,
-        "expected the eight SPEC dashboards, found {}",
-        all.len()
-    );
+    assert!(all.len() >= 8, "expected the eight SPEC dashboards, found {}", all.len());
     let mut uids = BTreeSet::new();
     for (path, dashboard) in &all {
         let uid = dashboard["uid"].as_str().unwrap_or_default().to_string();
-        assert!(
-            !uid.is_empty() && uids.insert(uid.clone()),
-            "{}: missing or duplicate uid {uid}",
-            path.display()
-        );
+        assert!(!uid.is_empty() && uids.insert(uid.clone()), "{}: missing or duplicate uid {uid}", path.display());
         let panels = dashboard["panels"].as_array().map(Vec::len).unwrap_or(0);
         assert!(panels > 0, "{} has no panels", path.display());
         for panel in dashboard["panels"].as_array().into_iter().flatten() {
-            assert!(
-                panel.pointer("/datasource/uid").is_some(),
-                "{}: panel {} names no data source",
-                path.display(),
-                panel["title"]
-            );
+            assert!(panel.pointer("/datasource/uid").is_some(), "{}: panel {} names no data source", path.display(), panel["title"]);
         }
         let mut found = Vec::new();
         walk(dashboard, "", &mut found);
         for (at, ds) in found {
-            assert!(
-                provisioned.contains(&ds),
-                "{}{at}: data source uid {ds} is not provisioned",
-                path.display()
-            );
+            assert!(provisioned.contains(&ds), "{}{at}: data source uid {ds} is not provisioned", path.display());
         }
     }
     Ok(())
@@ -440,11 +351,7 @@ async fn dashboards_and_rules_query_only_metrics_the_sink_exports() -> anyhow::R
     .await?;
     // Touch the families a quiet run leaves out: an invalid email (validation failure,
     // dead letter) and a new column (schema change).
-    let source = stack
-        .endpoints
-        .postgres
-        .connect(&stack.endpoints.postgres.source_db)
-        .await?;
+    let source = stack.endpoints.postgres.connect(&stack.endpoints.postgres.source_db).await?;
     source
         .batch_execute(
             "ALTER TABLE customer ADD COLUMN IF NOT EXISTS loyalty_tier text;
@@ -454,28 +361,14 @@ async fn dashboards_and_rules_query_only_metrics_the_sink_exports() -> anyhow::R
         .await?;
     let text = scrape_until(
         &stack.endpoints.sink_http,
-        &[
-            "sink_events_processed_total",
-            "sink_e2e_latency_seconds_bucket",
-            "sink_dlq_events_total",
-            "sink_schema_changes_total",
-        ],
+        &["sink_events_processed_total", "sink_e2e_latency_seconds_bucket", "sink_dlq_events_total", "sink_schema_changes_total"],
     )
     .await?;
     let scraped = exported_names(&text);
-    assert!(
-        scraped.contains("sink_events_processed_total"),
-        "unexpected /metrics output:\n{text}"
-    );
+    assert!(scraped.contains("sink_events_processed_total"), "unexpected /metrics output:\n{text}");
     let declared = declared_sink_names()?;
-    let undeclared: Vec<&String> = scraped
-        .iter()
-        .filter(|n| n.starts_with("sink_") && !declared.contains(*n))
-        .collect();
-    assert!(
-        undeclared.is_empty(),
-        "scraped but not found in sink/src/metrics.rs (parser out of date?): {undeclared:?}"
-    );
+    let undeclared: Vec<&String> = scraped.iter().filter(|n| n.starts_with("sink_") && !declared.contains(*n)).collect();
+    assert!(undeclared.is_empty(), "scraped but not found in sink/src/metrics.rs (parser out of date?): {undeclared:?}");
     let exported: BTreeSet<String> = scraped.union(&declared).cloned().collect();
     let unseen: Vec<&String> = declared.iter().filter(|n| !scraped.contains(*n)).collect();
     eprintln!("declared by the sink but without a series in this run: {unseen:?}");
@@ -486,45 +379,24 @@ async fn dashboards_and_rules_query_only_metrics_the_sink_exports() -> anyhow::R
     for (source, expr) in &exprs {
         for name in promql_metric_names(expr) {
             checked += 1;
-            let known = if name.contains(':') {
-                records.contains(&name)
-            } else {
-                exported.contains(&name) || external_metric(&name, source)
-            };
+            let known = if name.contains(':') { records.contains(&name) } else { exported.contains(&name) || external_metric(&name, source) };
             if !known {
-                missing
-                    .entry(name)
-                    .or_default()
-                    .insert(format!("{source}: {expr}"));
+                missing.entry(name).or_default().insert(format!("{source}: {expr}"));
             }
         }
     }
-    assert!(
-        checked > 50,
-        "suspiciously few metric references ({checked})"
-    );
-    assert!(
-        missing.is_empty(),
-        "queried but not exported by the sink (nor recorded):\n{missing:#?}\nexported: {exported:?}"
-    );
+    assert!(checked > 50, "suspiciously few metric references ({checked})");
+    assert!(missing.is_empty(), "queried but not exported by the sink (nor recorded):\n{missing:#?}\nexported: {exported:?}");
     Ok(())
 }
 
 fn promtool() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("promtool"))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("promtool")).find(|p| p.is_file()))
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     anyhow::ensure!(out.status.success(), "{cmd:?} failed:\n{text}");
     Ok(text)
 }
@@ -532,34 +404,19 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
 #[test]
 fn prometheus_rules_pass_promtool_check_and_unit_tests() -> anyhow::Result<()> {
     let Some(promtool) = promtool() else {
-        eprintln!(
-            "skipped: promtool not on PATH (apt-get install prometheus; .ci/checks.sh installs it)"
-        );
+        eprintln!("skipped: promtool not on PATH (apt-get install prometheus; .ci/checks.sh installs it)");
         return Ok(());
     };
     let rules: &Path = &workspace().join("prometheus/rules");
-    let out = run(Command::new(&promtool)
-        .arg("check")
-        .arg("rules")
-        .arg(rules.join("recording.yml"))
-        .arg(rules.join("alerts.yml")))?;
+    let out = run(Command::new(&promtool).arg("check").arg("rules").arg(rules.join("recording.yml")).arg(rules.join("alerts.yml")))?;
     assert!(out.contains("SUCCESS"), "{out}");
-    let out = run(Command::new(&promtool)
-        .args(["test", "rules"])
-        .arg(rules.join("alerts_test.yml")))?;
+    let out = run(Command::new(&promtool).args(["test", "rules"]).arg(rules.join("alerts_test.yml")))?;
     assert!(out.contains("SUCCESS"), "{out}");
     // Every alert of the rule file has at least one expectation in the unit tests.
     let alerts = std::fs::read_to_string(rules.join("alerts.yml"))?;
     let tests = std::fs::read_to_string(rules.join("alerts_test.yml"))?;
-    for alert in alerts
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("- alert:"))
-        .map(str::trim)
-    {
-        assert!(
-            tests.contains(&format!("alertname: {alert}")),
-            "alert {alert} has no promtool test"
-        );
+    for alert in alerts.lines().filter_map(|l| l.trim().strip_prefix("- alert:")).map(str::trim) {
+        assert!(tests.contains(&format!("alertname: {alert}")), "alert {alert} has no promtool test");
     }
     Ok(())
 }

@@ -47,8 +47,7 @@ async fn every_operation_on_every_table_arrives_in_order_per_key() -> anyhow::Re
     let events = consume_until(&stack.endpoints.kafka, &cdc_topics(), Duration::from_secs(90), |events| {
         let keyed = by_key(events);
         // Seed snapshot rows plus, per new key: c, u, d and the tombstone.
-        expected_keys.iter().all(|k| keyed.get(k).is_some_and(|v| v.len() >= 4))
-            && events.iter().filter(|e| e.op() == Some("r")).count() >= 50
+        expected_keys.iter().all(|k| keyed.get(k).is_some_and(|v| v.len() >= 4)) && events.iter().filter(|e| e.op() == Some("r")).count() >= 50
     })
     .await?;
 

@@ -11,14 +11,11 @@ use std::process::{Command, Output};
 
 use harness::exit;
 use harness::report::model::{
-    FaultRecord, LatencyTriple, LoadStats, Machine, PipelineStats, Report, RunMeta, SCHEMA_VERSION,
-    Sample, Summary, ValidationStats,
+    FaultRecord, LatencyTriple, LoadStats, Machine, PipelineStats, Report, RunMeta, SCHEMA_VERSION, Sample, Summary, ValidationStats,
 };
 use harness::report::thresholds::{Threshold, evaluate};
 use harness::report::{diff, html, json, junit, markdown, write_all};
-use harness::verify::{
-    Anomaly, AnomalyKind, EntityOutcome, FieldDiff, LatencySummary, Percentiles, VerifyReport,
-};
+use harness::verify::{Anomaly, AnomalyKind, EntityOutcome, FieldDiff, LatencySummary, Percentiles, VerifyReport};
 use serde_json::json;
 
 fn fixtures() -> PathBuf {
@@ -41,14 +38,9 @@ fn golden(name: &str, actual: &str) {
         }
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (create it with UPDATE_GOLDEN=1)", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (create it with UPDATE_GOLDEN=1)", path.display()));
     if expected != actual {
-        let line = expected
-            .lines()
-            .zip(actual.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        let line = expected.lines().zip(actual.lines()).position(|(a, b)| a != b).unwrap_or(expected.lines().count().min(actual.lines().count()));
         panic!(
             "{} differs from the rendering at line {}:\n  golden: {:?}\n  actual: {:?}\n(UPDATE_GOLDEN=1 rewrites it if the change is intended)",
             path.display(),
@@ -60,21 +52,13 @@ fn golden(name: &str, actual: &str) {
 }
 
 fn pct(count: u64, p50: f64, p90: f64, p95: f64, p99: f64, max: f64) -> Percentiles {
-    Percentiles {
-        count,
-        p50,
-        p90,
-        p95,
-        p99,
-        max,
-    }
+    Percentiles { count, p50, p90, p95, p99, max }
 }
 
 /// Deterministic jitter in [-0.5, 0.5): the fixture must not change between runs.
 fn jitter(i: usize, k: usize) -> f64 {
     // A SplitMix64 step: cheap, well mixed, no dependency.
-    let mut z = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (k as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
@@ -106,23 +90,11 @@ fn sample(i: usize) -> Sample {
         (None, None, None)
     } else if within(CATCH_UP) {
         let decay = 1.0 - (i - CATCH_UP.0) as f64 / 7.0;
-        (
-            Some(200.0 + 2300.0 * decay),
-            Some(400.0 + 4400.0 * decay),
-            Some(520.0 + 5000.0 * decay),
-        )
+        (Some(200.0 + 2300.0 * decay), Some(400.0 + 4400.0 * decay), Some(520.0 + 5000.0 * decay))
     } else if within(NET_DELAY) {
-        (
-            Some(340.0 + 40.0 * jitter(i, 5)),
-            Some(620.0 + 60.0 * jitter(i, 6)),
-            Some(900.0 + 90.0 * jitter(i, 7)),
-        )
+        (Some(340.0 + 40.0 * jitter(i, 5)), Some(620.0 + 60.0 * jitter(i, 6)), Some(900.0 + 90.0 * jitter(i, 7)))
     } else {
-        (
-            Some(120.0 + 20.0 * jitter(i, 5)),
-            Some(310.0 + 40.0 * jitter(i, 6)),
-            Some(450.0 + 60.0 * jitter(i, 7)),
-        )
+        (Some(120.0 + 20.0 * jitter(i, 5)), Some(310.0 + 40.0 * jitter(i, 6)), Some(450.0 + 60.0 * jitter(i, 7)))
     };
     let round = |v: f64| (v * 10.0).round() / 10.0;
     let mut cpu = BTreeMap::from([
@@ -130,33 +102,18 @@ fn sample(i: usize) -> Sample {
         ("connect".to_string(), round(35.0 + 10.0 * jitter(i, 9))),
         ("postgres".to_string(), round(18.0 + 6.0 * jitter(i, 10))),
     ]);
-    let mut rss = BTreeMap::from([
-        ("broker".to_string(), 320.0),
-        ("connect".to_string(), round(610.0 + i as f64 * 0.8)),
-        ("postgres".to_string(), 182.0),
-    ]);
+    let mut rss = BTreeMap::from([("broker".to_string(), 320.0), ("connect".to_string(), round(610.0 + i as f64 * 0.8)), ("postgres".to_string(), 182.0)]);
     if !within(SINK_KILLED) {
         let busy = if within(CATCH_UP) { 60.0 } else { 22.0 };
         cpu.insert("sink".into(), round(busy + 6.0 * jitter(i, 11)));
-        rss.insert(
-            "sink".into(),
-            round(if i < SINK_KILLED.0 {
-                45.0 + i as f64 * 0.1
-            } else {
-                38.0 + (i - 25) as f64 * 0.1
-            }),
-        );
+        rss.insert("sink".into(), round(if i < SINK_KILLED.0 { 45.0 + i as f64 * 0.1 } else { 38.0 + (i - 25) as f64 * 0.1 }));
     }
     Sample {
         t: i as f64,
         write_rate: round(write_rate),
         sink_rate: round(sink_rate),
         lag,
-        lag_per_partition: BTreeMap::from([
-            ("0".to_string(), lag / 3),
-            ("1".to_string(), lag / 3),
-            ("2".to_string(), lag - 2 * (lag / 3)),
-        ]),
+        lag_per_partition: BTreeMap::from([("0".to_string(), lag / 3), ("1".to_string(), lag / 3), ("2".to_string(), lag - 2 * (lag / 3))]),
         e2e_p50_ms: p50.map(round),
         e2e_p95_ms: p95.map(round),
         e2e_p99_ms: p99.map(round),
@@ -166,14 +123,7 @@ fn sample(i: usize) -> Sample {
 }
 
 fn entity(name: &str, rows: u64, mismatched: u64) -> EntityOutcome {
-    EntityOutcome {
-        entity: name.into(),
-        source_count: rows,
-        target_count: rows,
-        matching: rows - mismatched,
-        mismatched,
-        ..EntityOutcome::default()
-    }
+    EntityOutcome { entity: name.into(), source_count: rows, target_count: rows, matching: rows - mismatched, mismatched, ..EntityOutcome::default() }
 }
 
 const THRESHOLDS: [&str; 6] = [
@@ -187,20 +137,13 @@ const THRESHOLDS: [&str; 6] = [
 
 /// Fills in what a run computes from the rest: thresholds and the summary.
 fn finish(mut report: Report) -> Report {
-    let thresholds: Vec<Threshold> = THRESHOLDS
-        .iter()
-        .map(|t| Threshold::parse(t).expect("valid threshold"))
-        .collect();
+    let thresholds: Vec<Threshold> = THRESHOLDS.iter().map(|t| Threshold::parse(t).expect("valid threshold")).collect();
     report.thresholds = evaluate(&report, &thresholds);
     let p = &report.pipeline;
     report.summary = Summary {
         converged: report.convergence.converged,
         events_per_sec: p.events_per_sec,
-        e2e_latency_ms: LatencyTriple {
-            p50: p.e2e_latency_ms.p50,
-            p95: p.e2e_latency_ms.p95,
-            p99: p.e2e_latency_ms.p99,
-        },
+        e2e_latency_ms: LatencyTriple { p50: p.e2e_latency_ms.p50, p95: p.e2e_latency_ms.p95, p99: p.e2e_latency_ms.p99 },
         lag_recovery_s: p.lag_recovery_s,
         errors: report.load.errors + report.convergence.anomaly_counts.values().sum::<u64>(),
         thresholds_passed: report.thresholds.iter().all(|t| t.passed),
@@ -213,22 +156,10 @@ fn finish(mut report: Report) -> Report {
 fn base_report() -> Report {
     let series: Vec<Sample> = (0..60).map(sample).collect();
     let per_entity = BTreeMap::from([
-        (
-            "address".to_string(),
-            pct(1180, 135.0, 400.0, 1390.0, 3010.0, 5610.0),
-        ),
-        (
-            "customer".to_string(),
-            pct(902, 128.0, 385.0, 1320.0, 2950.0, 5520.0),
-        ),
-        (
-            "order_item".to_string(),
-            pct(2496, 152.0, 440.0, 1510.0, 3190.0, 5830.0),
-        ),
-        (
-            "orders".to_string(),
-            pct(1390, 141.0, 418.0, 1460.0, 3105.0, 5790.0),
-        ),
+        ("address".to_string(), pct(1180, 135.0, 400.0, 1390.0, 3010.0, 5610.0)),
+        ("customer".to_string(), pct(902, 128.0, 385.0, 1320.0, 2950.0, 5520.0)),
+        ("order_item".to_string(), pct(2496, 152.0, 440.0, 1510.0, 3190.0, 5830.0)),
+        ("orders".to_string(), pct(1390, 141.0, 418.0, 1460.0, 3105.0, 5790.0)),
     ]);
     let overall = pct(5968, 140.0, 420.0, 1450.0, 3120.0, 5830.0);
     let key = "0190f3a2-7c1e-7b4d-9a51-3e2f8c6d1a07";
@@ -299,10 +230,7 @@ fn base_report() -> Report {
             FaultRecord {
                 kind: "latency".into(),
                 target: "sink->broker".into(),
-                parameters: BTreeMap::from([
-                    ("delay_ms".to_string(), "200".to_string()),
-                    ("jitter_ms".to_string(), "50".to_string()),
-                ]),
+                parameters: BTreeMap::from([("delay_ms".to_string(), "200".to_string()), ("jitter_ms".to_string(), "50".to_string())]),
                 start_s: 40.0,
                 end_s: Some(50.0),
                 service_recovery_s: None,
@@ -313,12 +241,7 @@ fn base_report() -> Report {
         convergence: VerifyReport {
             target: "postgres".into(),
             converged: false,
-            entities: vec![
-                entity("customer", 1000, 0),
-                entity("address", 1500, 0),
-                entity("orders", 2000, 1),
-                entity("order_item", 5000, 0),
-            ],
+            entities: vec![entity("customer", 1000, 0), entity("address", 1500, 0), entity("orders", 2000, 1), entity("order_item", 5000, 0)],
             anomaly_counts: BTreeMap::from([(AnomalyKind::LostChange, 1)]),
             anomalies: vec![Anomaly {
                 kind: AnomalyKind::LostChange,
@@ -326,11 +249,7 @@ fn base_report() -> Report {
                 key: key.into(),
                 fields: vec![
                     FieldDiff { field: "status".into(), source: Some("shipped".into()), target: Some("pending".into()) },
-                    FieldDiff {
-                        field: "updated_at".into(),
-                        source: Some("2025-06-01T10:00:21.412Z".into()),
-                        target: Some("2025-06-01T10:00:19.087Z".into()),
-                    },
+                    FieldDiff { field: "updated_at".into(), source: Some("2025-06-01T10:00:21.412Z".into()), target: Some("2025-06-01T10:00:19.087Z".into()) },
                 ],
                 source_row: Some(json!({ "id": key, "status": "shipped", "total": "10.50", "updated_at": "2025-06-01T10:00:21.412Z" })),
                 target_record: Some(json!({
@@ -370,18 +289,12 @@ fn new_report() -> Report {
         }
     };
     slower(&mut r.pipeline.e2e_latency_ms);
-    r.pipeline
-        .e2e_latency_ms_per_entity
-        .values_mut()
-        .for_each(slower);
+    r.pipeline.e2e_latency_ms_per_entity.values_mut().for_each(slower);
     r.pipeline.events_per_sec = 86.9;
     r.convergence.latency.overall = r.pipeline.e2e_latency_ms.clone();
     r.convergence.latency.per_entity = r.pipeline.e2e_latency_ms_per_entity.clone();
     for s in &mut r.series {
-        for v in [&mut s.e2e_p50_ms, &mut s.e2e_p95_ms, &mut s.e2e_p99_ms]
-            .into_iter()
-            .flatten()
-        {
+        for v in [&mut s.e2e_p50_ms, &mut s.e2e_p95_ms, &mut s.e2e_p99_ms].into_iter().flatten() {
             *v = (*v * 1.35).round();
         }
     }
@@ -389,8 +302,7 @@ fn new_report() -> Report {
 }
 
 fn load_fixture(name: &str) -> Report {
-    json::load(&fixtures().join(name))
-        .unwrap_or_else(|e| panic!("{e} (create it with UPDATE_GOLDEN=1)"))
+    json::load(&fixtures().join(name)).unwrap_or_else(|e| panic!("{e} (create it with UPDATE_GOLDEN=1)"))
 }
 
 #[test]
@@ -399,23 +311,12 @@ fn json_rendering_is_golden_and_round_trips() {
     assert_eq!(base.series.len(), 60);
     assert_eq!(base.faults.len(), 2);
     assert_eq!(base.convergence.entities.len(), 4);
-    let failed: Vec<&str> = base
-        .thresholds
-        .iter()
-        .filter(|t| !t.passed)
-        .map(|t| t.expression.as_str())
-        .collect();
-    assert_eq!(
-        failed,
-        ["e2e_latency_ms.p99 < 2500", "convergence.anomalies == 0"]
-    );
+    let failed: Vec<&str> = base.thresholds.iter().filter(|t| !t.passed).map(|t| t.expression.as_str()).collect();
+    assert_eq!(failed, ["e2e_latency_ms.p99 < 2500", "convergence.anomalies == 0"]);
 
     let text = json::render(&base).expect("serialize");
     golden("report-base.json", &text);
-    golden(
-        "report-new.json",
-        &json::render(&new_report()).expect("serialize"),
-    );
+    golden("report-new.json", &json::render(&new_report()).expect("serialize"));
     let loaded = load_fixture("report-base.json");
     assert_eq!(loaded, base);
     assert_eq!(json::render(&loaded).expect("serialize"), text);
@@ -426,14 +327,8 @@ fn markdown_rendering_is_golden() {
     let report = load_fixture("report-base.json");
     let md = markdown::render(&report);
     assert!(md.starts_with("## ❌ FAIL: chaos"), "{md}");
-    assert!(
-        md.contains("| ❌ | `e2e_latency_ms.p99 < 2500` | 3120 |"),
-        "{md}"
-    );
-    assert!(
-        md.contains("- **lost_change** orders key `0190f3a2-7c1e-7b4d-9a51-3e2f8c6d1a07`"),
-        "{md}"
-    );
+    assert!(md.contains("| ❌ | `e2e_latency_ms.p99 < 2500` | 3120 |"), "{md}");
+    assert!(md.contains("- **lost_change** orders key `0190f3a2-7c1e-7b4d-9a51-3e2f8c6d1a07`"), "{md}");
     golden("summary.golden.md", &md);
 }
 
@@ -441,22 +336,13 @@ fn markdown_rendering_is_golden() {
 fn junit_rendering_is_golden() {
     let xml = junit::render(&load_fixture("report-base.json"));
     assert_eq!(xml.matches("<testcase ").count(), THRESHOLDS.len() + 1);
-    assert_eq!(
-        xml.matches("<failure ").count(),
-        3,
-        "two thresholds and convergence fail"
-    );
+    assert_eq!(xml.matches("<failure ").count(), 3, "two thresholds and convergence fail");
     golden("junit.golden.xml", &xml);
 }
 
 #[test]
 fn diff_markdown_is_golden() {
-    let d = diff::diff(
-        &[load_fixture("report-base.json")],
-        &load_fixture("report-new.json"),
-        &[],
-    )
-    .expect("diff");
+    let d = diff::diff(&[load_fixture("report-base.json")], &load_fixture("report-new.json"), &[]).expect("diff");
     assert!(d.failed);
     golden("diff.golden.md", &diff::render_markdown(&d));
 }
@@ -465,25 +351,10 @@ fn diff_markdown_is_golden() {
 fn write_all_writes_the_four_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = write_all(&base_report(), &dir.path().join("out")).expect("write");
-    let names: Vec<String> = paths
-        .iter()
-        .map(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(
-        names,
-        ["report.json", "report.html", "summary.md", "junit.xml"]
-    );
+    let names: Vec<String> = paths.iter().map(|p| p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string()).collect();
+    assert_eq!(names, ["report.json", "report.html", "summary.md", "junit.xml"]);
     for p in &paths {
-        assert!(
-            std::fs::metadata(p).expect("written").len() > 500,
-            "{}",
-            p.display()
-        );
+        assert!(std::fs::metadata(p).expect("written").len() > 500, "{}", p.display());
     }
 }
 
@@ -493,20 +364,8 @@ fn chromium(args: &[String]) -> Output {
     let profile = tempfile::tempdir().expect("tempdir");
     // `timeout` bounds a wedged browser; the flags keep it off the network and quiet.
     Command::new("timeout")
-        .args([
-            "120",
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-        ])
-        .args([
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
+        .args(["120", CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(args)
         .output()
@@ -516,18 +375,8 @@ fn chromium(args: &[String]) -> Output {
 #[test]
 fn html_renders_in_headless_chromium() {
     let page = html::render(&load_fixture("report-base.json"));
-    for forbidden in [
-        "<script",
-        "<link",
-        "src=\"http",
-        "href=\"http",
-        "url(",
-        "@import",
-    ] {
-        assert!(
-            !page.contains(forbidden),
-            "the page must be self-contained: found {forbidden}"
-        );
+    for forbidden in ["<script", "<link", "src=\"http", "href=\"http", "url(", "@import"] {
+        assert!(!page.contains(forbidden), "the page must be self-contained: found {forbidden}");
     }
     let out = test_output();
     let html_path = out.join("report.html");
@@ -536,49 +385,21 @@ fn html_renders_in_headless_chromium() {
         eprintln!("skipping the browser check: {CHROMIUM} is absent (apt-get install -y chromium)");
         return;
     }
-    let url = format!(
-        "file://{}",
-        html_path.canonicalize().expect("absolute path").display()
-    );
+    let url = format!("file://{}", html_path.canonicalize().expect("absolute path").display());
     let png = out.join("report.png");
     let _ = std::fs::remove_file(&png);
-    let shot = chromium(&[
-        format!("--screenshot={}", png.display()),
-        "--window-size=1280,2400".into(),
-        url.clone(),
-    ]);
-    assert!(
-        shot.status.success(),
-        "chromium --screenshot failed: {}",
-        String::from_utf8_lossy(&shot.stderr)
-    );
+    let shot = chromium(&[format!("--screenshot={}", png.display()), "--window-size=1280,2400".into(), url.clone()]);
+    assert!(shot.status.success(), "chromium --screenshot failed: {}", String::from_utf8_lossy(&shot.stderr));
     let size = std::fs::metadata(&png).expect("screenshot written").len();
     assert!(size > 50_000, "screenshot is only {size} bytes");
 
     let dom = chromium(&["--dump-dom".into(), url]);
-    assert!(
-        dom.status.success(),
-        "chromium --dump-dom failed: {}",
-        String::from_utf8_lossy(&dom.stderr)
-    );
+    assert!(dom.status.success(), "chromium --dump-dom failed: {}", String::from_utf8_lossy(&dom.stderr));
     let dom = String::from_utf8_lossy(&dom.stdout);
-    for id in [
-        "chart-throughput",
-        "chart-latency",
-        "chart-lag",
-        "chart-cpu",
-        "chart-memory",
-    ] {
-        assert!(
-            dom.contains(&format!("<svg id=\"{id}\" class=\"chart\"")),
-            "{id} missing from the DOM"
-        );
+    for id in ["chart-throughput", "chart-latency", "chart-lag", "chart-cpu", "chart-memory"] {
+        assert!(dom.contains(&format!("<svg id=\"{id}\" class=\"chart\"")), "{id} missing from the DOM");
     }
-    assert_eq!(
-        dom.matches("<g class=\"fault\">").count(),
-        5 * 2,
-        "each chart shades both faults"
-    );
+    assert_eq!(dom.matches("<g class=\"fault\">").count(), 5 * 2, "each chart shades both faults");
     assert!(dom.contains("<polyline class=\"line\" data-series=\"p99\""));
     assert!(dom.contains("id=\"verdict\" class=\"badge fail\">FAIL<"));
     assert!(dom.contains("DIVERGED"));
@@ -589,10 +410,7 @@ fn html_renders_in_headless_chromium() {
 }
 
 fn harness(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(args)
-        .output()
-        .expect("run harness")
+    Command::new(env!("CARGO_BIN_EXE_harness")).args(args).output().expect("run harness")
 }
 
 fn path_arg(name: &str) -> String {
@@ -603,80 +421,28 @@ fn path_arg(name: &str) -> String {
 fn cli_diff_exit_codes() {
     let (base, new) = (path_arg("report-base.json"), path_arg("report-new.json"));
     let same = harness(&["diff", &base, &base]);
-    assert_eq!(
-        same.status.code(),
-        Some(exit::SUCCESS),
-        "{}",
-        String::from_utf8_lossy(&same.stderr)
-    );
+    assert_eq!(same.status.code(), Some(exit::SUCCESS), "{}", String::from_utf8_lossy(&same.stderr));
     assert!(String::from_utf8_lossy(&same.stdout).starts_with("OK: 0 regressed"));
 
     let regressed = harness(&["diff", &base, &new, "--markdown"]);
-    assert_eq!(
-        regressed.status.code(),
-        Some(exit::REGRESSION),
-        "{}",
-        String::from_utf8_lossy(&regressed.stderr)
-    );
-    let expected = diff::diff(
-        &[load_fixture("report-base.json")],
-        &load_fixture("report-new.json"),
-        &[],
-    )
-    .expect("diff");
-    assert_eq!(
-        String::from_utf8_lossy(&regressed.stdout),
-        diff::render_markdown(&expected)
-    );
+    assert_eq!(regressed.status.code(), Some(exit::REGRESSION), "{}", String::from_utf8_lossy(&regressed.stderr));
+    let expected = diff::diff(&[load_fixture("report-base.json")], &load_fixture("report-new.json"), &[]).expect("diff");
+    assert_eq!(String::from_utf8_lossy(&regressed.stdout), diff::render_markdown(&expected));
 
     // Wide enough tolerances make the same change acceptable.
-    let tolerated = harness(&[
-        "diff",
-        &base,
-        &new,
-        "--tolerance",
-        "e2e_latency_ms.*=50",
-        "--tolerance",
-        "events_per_sec=15",
-    ]);
-    assert_eq!(
-        tolerated.status.code(),
-        Some(exit::SUCCESS),
-        "{}",
-        String::from_utf8_lossy(&tolerated.stdout)
-    );
+    let tolerated = harness(&["diff", &base, &new, "--tolerance", "e2e_latency_ms.*=50", "--tolerance", "events_per_sec=15"]);
+    assert_eq!(tolerated.status.code(), Some(exit::SUCCESS), "{}", String::from_utf8_lossy(&tolerated.stdout));
 
     // Repeated base runs, JSON out: the typed report.
     let dir = tempfile::tempdir().expect("tempdir");
     let html_out = dir.path().join("diff.html");
-    let repeated = harness(&[
-        "diff",
-        "--base",
-        &base,
-        "--base",
-        &base,
-        &new,
-        "--json",
-        "--html",
-        &html_out.display().to_string(),
-    ]);
+    let repeated = harness(&["diff", "--base", &base, "--base", &base, &new, "--json", "--html", &html_out.display().to_string()]);
     assert_eq!(repeated.status.code(), Some(exit::REGRESSION));
     let d: diff::DiffReport = serde_json::from_slice(&repeated.stdout).expect("diff JSON");
     assert_eq!(d.base_runs.len(), 2);
-    let p95 = d
-        .metrics
-        .iter()
-        .find(|m| m.name == "e2e_latency_ms.p95")
-        .expect("p95");
-    assert_eq!(
-        (p95.verdict, p95.change),
-        (diff::Verdict::Regressed, Some(508.0))
-    );
-    assert!(
-        std::fs::read_to_string(&html_out)
-            .expect("html written")
-            .contains("REGRESSION")
-    );
+    let p95 = d.metrics.iter().find(|m| m.name == "e2e_latency_ms.p95").expect("p95");
+    assert_eq!((p95.verdict, p95.change), (diff::Verdict::Regressed, Some(508.0)));
+    assert!(std::fs::read_to_string(&html_out).expect("html written").contains("REGRESSION"));
 }
 
 #[test]
@@ -685,48 +451,19 @@ fn cli_diff_refuses_bad_input() {
     let base = path_arg("report-base.json");
     let text = std::fs::read_to_string(&base).expect("fixture");
     let old = dir.path().join("old.json");
-    std::fs::write(
-        &old,
-        text.replacen(
-            &format!("\"schema_version\": {SCHEMA_VERSION}"),
-            "\"schema_version\": 0",
-            1,
-        ),
-    )
-    .expect("write");
+    std::fs::write(&old, text.replacen(&format!("\"schema_version\": {SCHEMA_VERSION}"), "\"schema_version\": 0", 1)).expect("write");
     let out = harness(&["diff", &old.display().to_string(), &base]);
     assert_eq!(out.status.code(), Some(exit::USAGE));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("has schema_version 0"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has schema_version 0"), "{}", String::from_utf8_lossy(&out.stderr));
 
     for args in [
         vec!["diff", base.as_str()],
         vec!["diff", base.as_str(), "/nonexistent/report.json"],
-        vec![
-            "diff",
-            base.as_str(),
-            base.as_str(),
-            "--tolerance",
-            "latency",
-        ],
-        vec![
-            "diff",
-            base.as_str(),
-            base.as_str(),
-            "--tolerance",
-            "no_such_metric=5",
-        ],
+        vec!["diff", base.as_str(), base.as_str(), "--tolerance", "latency"],
+        vec!["diff", base.as_str(), base.as_str(), "--tolerance", "no_such_metric=5"],
     ] {
         let out = harness(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(exit::USAGE),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(out.status.code(), Some(exit::USAGE), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
@@ -735,40 +472,15 @@ fn cli_report_rerenders_from_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (html_out, junit_out) = (dir.path().join("r.html"), dir.path().join("junit.xml"));
     let base = path_arg("report-base.json");
-    let out = harness(&[
-        "report",
-        &base,
-        "--html",
-        &html_out.display().to_string(),
-        "--junit",
-        &junit_out.display().to_string(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(exit::SUCCESS),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = harness(&["report", &base, "--html", &html_out.display().to_string(), "--junit", &junit_out.display().to_string()]);
+    assert_eq!(out.status.code(), Some(exit::SUCCESS), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty(), "no Markdown unless asked for");
-    assert!(
-        std::fs::read_to_string(&html_out)
-            .expect("html")
-            .contains("<svg id=\"chart-latency\"")
-    );
+    assert!(std::fs::read_to_string(&html_out).expect("html").contains("<svg id=\"chart-latency\""));
     let report = load_fixture("report-base.json");
-    assert_eq!(
-        std::fs::read_to_string(&junit_out).expect("junit"),
-        junit::render(&report)
-    );
+    assert_eq!(std::fs::read_to_string(&junit_out).expect("junit"), junit::render(&report));
 
     let md = harness(&["report", &base, "--markdown"]);
     assert_eq!(md.status.code(), Some(exit::SUCCESS));
-    assert_eq!(
-        String::from_utf8_lossy(&md.stdout),
-        markdown::render(&report)
-    );
-    assert_eq!(
-        harness(&["report", "/nonexistent.json"]).status.code(),
-        Some(exit::USAGE)
-    );
+    assert_eq!(String::from_utf8_lossy(&md.stdout), markdown::render(&report));
+    assert_eq!(harness(&["report", "/nonexistent.json"]).status.code(), Some(exit::USAGE));
 }

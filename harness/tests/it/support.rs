@@ -45,12 +45,7 @@ impl Event {
 
 /// Consumes `topics` from the beginning with a fresh consumer group until `done` holds for
 /// what was read (or `timeout`), and returns every event in arrival order.
-pub async fn consume_until(
-    bootstrap: &str,
-    topics: &[String],
-    timeout: Duration,
-    mut done: impl FnMut(&[Event]) -> bool,
-) -> anyhow::Result<Vec<Event>> {
+pub async fn consume_until(bootstrap: &str, topics: &[String], timeout: Duration, mut done: impl FnMut(&[Event]) -> bool) -> anyhow::Result<Vec<Event>> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("it-{}", uuid::Uuid::new_v4()))

@@ -38,10 +38,8 @@ async fn fixture(name: &str) -> anyhow::Result<Fixture> {
 /// values, the commit time as the version's source timestamp, applied now.
 async fn materialize(f: &Fixture, table: &str, key: Option<&str>) -> anyhow::Result<()> {
     let filter = key.map(|k| format!("WHERE id = '{k}'")).unwrap_or_default();
-    let rows = f
-        .source
-        .query(&format!("SELECT to_jsonb(t)::text, date_trunc('milliseconds', pg_xact_commit_timestamp(t.xmin)) FROM {table} t {filter}"), &[])
-        .await?;
+    let rows =
+        f.source.query(&format!("SELECT to_jsonb(t)::text, date_trunc('milliseconds', pg_xact_commit_timestamp(t.xmin)) FROM {table} t {filter}"), &[]).await?;
     for row in rows {
         let json: String = row.get(0);
         let committed: chrono::DateTime<chrono::Utc> = row.get(1);
@@ -134,9 +132,7 @@ async fn a_deleted_key_made_live_again_is_a_resurrected_delete() -> anyhow::Resu
     f.target.execute("UPDATE order_item_materialized SET _cdc_deleted = true WHERE id = $1::text::uuid", &[&k]).await?;
     let clean = verify(&f.pg.endpoint).await?;
     assert!(clean.converged, "a tombstone counts as absent: {:?}", clean.anomaly_counts);
-    f.target
-        .execute("UPDATE order_item_materialized SET _cdc_deleted = false, _cdc_applied_at = clock_timestamp() WHERE id = $1::text::uuid", &[&k])
-        .await?;
+    f.target.execute("UPDATE order_item_materialized SET _cdc_deleted = false, _cdc_applied_at = clock_timestamp() WHERE id = $1::text::uuid", &[&k]).await?;
     let report = verify(&f.pg.endpoint).await?;
     assert_only(&report, AnomalyKind::ResurrectedDelete, "order_item", &k);
     Ok(())

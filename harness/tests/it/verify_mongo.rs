@@ -64,12 +64,7 @@ async fn fixture(name: &str) -> anyhow::Result<Option<Fixture>> {
     let client = mongodb::Client::with_uri_str(&uri).await?;
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let db = client.database(&format!("{}_{}", name.replace('-', "_"), &suffix[..8]));
-    let f = Fixture {
-        pg,
-        source,
-        uri,
-        db,
-    };
+    let f = Fixture { pg, source, uri, db };
     materialize(&f).await?;
     Ok(Some(f))
 }
@@ -85,11 +80,7 @@ struct SinkRow {
 /// the commit time (milliseconds) as the version's source timestamp, applied now.
 async fn sink_rows(f: &Fixture, table: &str) -> anyhow::Result<Vec<SinkRow>> {
     let mapping = Mapping::builtin();
-    let entity = mapping
-        .entity
-        .iter()
-        .find(|e| e.source_table == table)
-        .expect("mapped table");
+    let entity = mapping.entity.iter().find(|e| e.source_table == table).expect("mapped table");
     // Text for what the sink writes as strings or decimals, typed values for the rest.
     let select: Vec<String> = entity
         .columns
@@ -99,10 +90,7 @@ async fn sink_rows(f: &Fixture, table: &str) -> anyhow::Result<Vec<SinkRow>> {
             _ => format!("t.{}", c.name),
         })
         .collect();
-    let sql = format!(
-        "SELECT {}, pg_xact_commit_timestamp(t.xmin) FROM {table} t ORDER BY t.id",
-        select.join(", ")
-    );
+    let sql = format!("SELECT {}, pg_xact_commit_timestamp(t.xmin) FROM {table} t ORDER BY t.id", select.join(", "));
     let mut out = Vec::new();
     for row in f.source.query(&sql, &[]).await? {
         let mut fields = Document::new();
@@ -110,20 +98,12 @@ async fn sink_rows(f: &Fixture, table: &str) -> anyhow::Result<Vec<SinkRow>> {
             // As the sink's `bson_value`: uuid/text strings, Decimal128, int32, bool, and
             // dates floored to the millisecond.
             let value = match c.ty {
-                ColumnType::Uuid | ColumnType::Text => row
-                    .get::<_, Option<String>>(i)
-                    .map_or(Bson::Null, Bson::String),
-                ColumnType::Numeric => row
-                    .get::<_, Option<String>>(i)
-                    .map_or(Ok(Bson::Null), |d| d.parse().map(Bson::Decimal128))?,
-                ColumnType::Timestamptz => row
-                    .get::<_, Option<DateTime<Utc>>>(i)
-                    .map_or(Bson::Null, |t| {
-                        Bson::DateTime(mongodb::bson::DateTime::from_millis(t.timestamp_millis()))
-                    }),
-                ColumnType::Bool => row
-                    .get::<_, Option<bool>>(i)
-                    .map_or(Bson::Null, Bson::Boolean),
+                ColumnType::Uuid | ColumnType::Text => row.get::<_, Option<String>>(i).map_or(Bson::Null, Bson::String),
+                ColumnType::Numeric => row.get::<_, Option<String>>(i).map_or(Ok(Bson::Null), |d| d.parse().map(Bson::Decimal128))?,
+                ColumnType::Timestamptz => {
+                    row.get::<_, Option<DateTime<Utc>>>(i).map_or(Bson::Null, |t| Bson::DateTime(mongodb::bson::DateTime::from_millis(t.timestamp_millis())))
+                }
+                ColumnType::Bool => row.get::<_, Option<bool>>(i).map_or(Bson::Null, Bson::Boolean),
                 ColumnType::Int => row.get::<_, Option<i32>>(i).map_or(Bson::Null, Bson::Int32),
             };
             fields.insert(c.name.clone(), value);
@@ -131,11 +111,7 @@ async fn sink_rows(f: &Fixture, table: &str) -> anyhow::Result<Vec<SinkRow>> {
         let id = fields.get_str("id")?.to_string();
         fields.remove("id");
         let committed: DateTime<Utc> = row.get(entity.columns.len());
-        out.push(SinkRow {
-            id,
-            fields,
-            cdc: cdc(committed),
-        });
+        out.push(SinkRow { id, fields, cdc: cdc(committed) });
     }
     Ok(out)
 }
@@ -161,10 +137,7 @@ async fn materialize(f: &Fixture) -> anyhow::Result<()> {
         let mut item = row.fields;
         item.insert("id", row.id);
         item.insert("_cdc", row.cdc);
-        items
-            .entry(order_id)
-            .or_default()
-            .push(Bson::Document(item));
+        items.entry(order_id).or_default().push(Bson::Document(item));
     }
     for table in ["customer", "address", "orders"] {
         let mut docs = Vec::new();
@@ -177,64 +150,35 @@ async fn materialize(f: &Fixture) -> anyhow::Result<()> {
             }
             docs.push(doc);
         }
-        f.db.collection::<Document>(collection(table))
-            .insert_many(docs)
-            .await?;
+        f.db.collection::<Document>(collection(table)).insert_many(docs).await?;
     }
     assert!(items.is_empty(), "every item has its order");
     Ok(())
 }
 
 async fn verify(f: &Fixture) -> anyhow::Result<VerifyReport> {
-    Ok(verify_mongo(
-        &f.pg.endpoint,
-        &f.uri,
-        f.db.name(),
-        &VerifyOptions::default(),
-    )
-    .await?)
+    Ok(verify_mongo(&f.pg.endpoint, &f.uri, f.db.name(), &VerifyOptions::default()).await?)
 }
 
 /// Exactly one anomaly, of `kind`, on `key` of `entity`.
 fn assert_only(report: &VerifyReport, kind: AnomalyKind, entity: &str, key: &str) {
     assert!(!report.converged, "a corrupted target must not converge");
     let total: u64 = report.anomaly_counts.values().sum();
-    assert_eq!(
-        total, 1,
-        "exactly one anomaly expected, got {:?}",
-        report.anomaly_counts
-    );
+    assert_eq!(total, 1, "exactly one anomaly expected, got {:?}", report.anomaly_counts);
     let a = &report.anomalies[0];
-    assert_eq!(
-        (a.kind, a.entity.as_str(), a.key.as_str()),
-        (kind, entity, key),
-        "evidence: {}",
-        a.evidence
-    );
+    assert_eq!((a.kind, a.entity.as_str(), a.key.as_str()), (kind, entity, key), "evidence: {}", a.evidence);
 }
 
 /// The fixture's key `md5(prefix || n)::uuid`, as SQL names it.
 async fn key(f: &Fixture, prefix: &str, n: u32) -> anyhow::Result<String> {
-    Ok(f.source
-        .query_one("SELECT md5($1)::uuid::text", &[&format!("{prefix}{n}")])
-        .await?
-        .get(0))
+    Ok(f.source.query_one("SELECT md5($1)::uuid::text", &[&format!("{prefix}{n}")]).await?.get(0))
 }
 
 /// The embedded item `id` as stored, with the order holding it.
 async fn stored_item(f: &Fixture, id: &str) -> anyhow::Result<(String, Document)> {
-    let order = f
-        .orders()
-        .find_one(doc! { "items.id": id })
-        .await?
-        .expect("the item is embedded");
-    let item = order
-        .get_array("items")?
-        .iter()
-        .filter_map(Bson::as_document)
-        .find(|i| i.get_str("id").ok() == Some(id))
-        .expect("the item is in the array")
-        .clone();
+    let order = f.orders().find_one(doc! { "items.id": id }).await?.expect("the item is embedded");
+    let item =
+        order.get_array("items")?.iter().filter_map(Bson::as_document).find(|i| i.get_str("id").ok() == Some(id)).expect("the item is in the array").clone();
     Ok((order.get_str("_id")?.to_string(), item))
 }
 
@@ -254,11 +198,7 @@ async fn an_untouched_target_converges_with_no_anomaly() -> anyhow::Result<()> {
     assert!(report.anomaly_counts.is_empty());
     assert_eq!(report.entities.len(), 4);
     for e in &report.entities {
-        assert_eq!(
-            (e.source_count, e.target_count, e.matching),
-            (20, 20, 20),
-            "{e:?}"
-        );
+        assert_eq!((e.source_count, e.target_count, e.matching), (20, 20, 20), "{e:?}");
     }
     f.db.drop().await?;
     Ok(())
@@ -307,19 +247,9 @@ async fn an_older_version_put_back_is_a_stale_overwrite() -> anyhow::Result<()> 
     let k = key(&f, "c", 5).await?;
     // The source moves on; the target got the newer version, then an old event overwrote
     // it (its older values and version, applied after the newer commit).
-    f.source
-        .execute(
-            "UPDATE customer SET status = 'blocked' WHERE id = $1::text::uuid",
-            &[&k],
-        )
-        .await?;
+    f.source.execute("UPDATE customer SET status = 'blocked' WHERE id = $1::text::uuid", &[&k]).await?;
     next_millisecond().await;
-    f.customers()
-        .update_one(
-            doc! { "_id": &k },
-            vec![doc! { "$set": { "_cdc.applied_at": "$$NOW" } }],
-        )
-        .await?;
+    f.customers().update_one(doc! { "_id": &k }, vec![doc! { "$set": { "_cdc.applied_at": "$$NOW" } }]).await?;
     let report = verify(&f).await?;
     assert_only(&report, AnomalyKind::StaleOverwrite, "customer", &k);
     assert_eq!(report.anomalies[0].fields[0].field, "status");
@@ -333,12 +263,7 @@ async fn a_change_that_never_arrived_is_a_lost_change() -> anyhow::Result<()> {
         return Ok(());
     };
     let k = key(&f, "a", 7).await?;
-    f.source
-        .execute(
-            "UPDATE address SET city = 'Riverton' WHERE id = $1::text::uuid",
-            &[&k],
-        )
-        .await?;
+    f.source.execute("UPDATE address SET city = 'Riverton' WHERE id = $1::text::uuid", &[&k]).await?;
     let report = verify(&f).await?;
     assert_only(&report, AnomalyKind::LostChange, "address", &k);
     f.db.drop().await?;
@@ -351,28 +276,14 @@ async fn a_deleted_item_made_live_again_is_a_resurrected_delete() -> anyhow::Res
         return Ok(());
     };
     let k = key(&f, "i", 9).await?;
-    f.source
-        .execute("DELETE FROM order_item WHERE id = $1::text::uuid", &[&k])
-        .await?;
+    f.source.execute("DELETE FROM order_item WHERE id = $1::text::uuid", &[&k]).await?;
     // The sink applied the delete (an item tombstone) ... then an old upsert brought it back.
-    f.orders()
-        .update_one(
-            doc! { "items.id": &k },
-            doc! { "$set": { "items.$._cdc.deleted": true } },
-        )
-        .await?;
+    f.orders().update_one(doc! { "items.id": &k }, doc! { "$set": { "items.$._cdc.deleted": true } }).await?;
     let clean = verify(&f).await?;
-    assert!(
-        clean.converged,
-        "a tombstone counts as absent: {:?}",
-        clean.anomaly_counts
-    );
+    assert!(clean.converged, "a tombstone counts as absent: {:?}", clean.anomaly_counts);
     next_millisecond().await;
     f.orders()
-        .update_one(
-            doc! { "items.id": &k },
-            doc! { "$set": { "items.$._cdc.deleted": false, "items.$._cdc.applied_at": mongodb::bson::DateTime::now() } },
-        )
+        .update_one(doc! { "items.id": &k }, doc! { "$set": { "items.$._cdc.deleted": false, "items.$._cdc.applied_at": mongodb::bson::DateTime::now() } })
         .await?;
     let report = verify(&f).await?;
     assert_only(&report, AnomalyKind::ResurrectedDelete, "order_item", &k);
@@ -387,24 +298,12 @@ async fn one_changed_field_is_a_value_mismatch_naming_the_field() -> anyhow::Res
     };
     let k = key(&f, "o", 11).await?;
     let amount: mongodb::bson::Decimal128 = "99.99".parse()?;
-    f.orders()
-        .update_one(
-            doc! { "_id": &k },
-            doc! { "$set": { "total_amount": amount } },
-        )
-        .await?;
+    f.orders().update_one(doc! { "_id": &k }, doc! { "$set": { "total_amount": amount } }).await?;
     let report = verify(&f).await?;
     assert_only(&report, AnomalyKind::ValueMismatch, "orders", &k);
     let diff = &report.anomalies[0].fields;
     assert_eq!(diff.len(), 1);
-    assert_eq!(
-        (
-            diff[0].field.as_str(),
-            diff[0].source.as_deref(),
-            diff[0].target.as_deref()
-        ),
-        ("total_amount", Some("10.50"), Some("99.99"))
-    );
+    assert_eq!((diff[0].field.as_str(), diff[0].source.as_deref(), diff[0].target.as_deref()), ("total_amount", Some("10.50"), Some("99.99")));
     f.db.drop().await?;
     Ok(())
 }
@@ -438,9 +337,7 @@ async fn an_item_embedded_twice_in_its_order_is_a_duplicate_apply() -> anyhow::R
     };
     let k = key(&f, "i", 2).await?;
     let (order, item) = stored_item(&f, &k).await?;
-    f.orders()
-        .update_one(doc! { "_id": &order }, doc! { "$push": { "items": item } })
-        .await?;
+    f.orders().update_one(doc! { "_id": &order }, doc! { "$push": { "items": item } }).await?;
     let report = verify(&f).await?;
     assert_only(&report, AnomalyKind::DuplicateApply, "order_item", &k);
     assert_eq!(report.entities[3].duplicates, 1);
@@ -457,9 +354,7 @@ async fn an_item_held_by_two_orders_is_a_duplicate_apply() -> anyhow::Result<()>
     let other = key(&f, "o", 5).await?;
     let (_, item) = stored_item(&f, &k).await?;
     // An item whose order changed, written into the new order and left in the old one.
-    f.orders()
-        .update_one(doc! { "_id": &other }, doc! { "$push": { "items": item } })
-        .await?;
+    f.orders().update_one(doc! { "_id": &other }, doc! { "$push": { "items": item } }).await?;
     let report = verify(&f).await?;
     assert_only(&report, AnomalyKind::DuplicateApply, "order_item", &k);
     assert_eq!(report.entities[3].duplicates, 1);
@@ -473,12 +368,7 @@ async fn an_item_missing_from_its_order_is_a_lost_change() -> anyhow::Result<()>
         return Ok(());
     };
     let k = key(&f, "i", 6).await?;
-    f.orders()
-        .update_one(
-            doc! { "items.id": &k },
-            doc! { "$pull": { "items": { "id": &k } } },
-        )
-        .await?;
+    f.orders().update_one(doc! { "items.id": &k }, doc! { "$pull": { "items": { "id": &k } } }).await?;
     let report = verify(&f).await?;
     assert_only(&report, AnomalyKind::LostChange, "order_item", &k);
     assert_eq!(report.entities[3].missing_in_target, 1);
@@ -493,39 +383,22 @@ async fn online_mode_waits_for_a_late_change_and_reports_time_to_converge() -> a
         return Ok(());
     };
     let k = key(&f, "c", 1).await?;
-    f.source
-        .execute(
-            "UPDATE customer SET status = 'inactive' WHERE id = $1::text::uuid",
-            &[&k],
-        )
-        .await?;
+    f.source.execute("UPDATE customer SET status = 'inactive' WHERE id = $1::text::uuid", &[&k]).await?;
     // The change reaches the target 1.5 s later, while the verifier is already checking.
     let late = {
         let customers = f.customers();
         let k = k.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-            customers
-                .update_one(
-                    doc! { "_id": &k },
-                    vec![doc! { "$set": { "status": "inactive", "_cdc.source_ts": "$$NOW" } }],
-                )
-                .await
+            customers.update_one(doc! { "_id": &k }, vec![doc! { "$set": { "status": "inactive", "_cdc.source_ts": "$$NOW" } }]).await
         })
     };
-    let options = VerifyOptions {
-        settle: Some(std::time::Duration::from_secs(20)),
-        load_ended: Some(std::time::Instant::now()),
-        ..Default::default()
-    };
+    let options = VerifyOptions { settle: Some(std::time::Duration::from_secs(20)), load_ended: Some(std::time::Instant::now()), ..Default::default() };
     let report = verify_mongo(&f.pg.endpoint, &f.uri, f.db.name(), &options).await?;
     late.await??;
     assert!(report.converged, "{:?}", report.anomaly_counts);
     let ttc = report.time_to_converge_ms.expect("time to converge");
-    assert!(
-        ttc >= 1500,
-        "converged only after the late change: {ttc} ms"
-    );
+    assert!(ttc >= 1500, "converged only after the late change: {ttc} ms");
     assert!(report.never_converged.is_empty());
     f.db.drop().await?;
     Ok(())

@@ -61,11 +61,7 @@ pub fn latest_per_key(changes: &[Change]) -> Vec<Change> {
             }
             Some(&i) => {
                 let kept = &mut out[i];
-                let (newer, older) = if change.lsn >= kept.lsn {
-                    (change.clone(), &*kept)
-                } else {
-                    (kept.clone(), change)
-                };
+                let (newer, older) = if change.lsn >= kept.lsn { (change.clone(), &*kept) } else { (kept.clone(), change) };
                 let mut newer = newer;
                 if let (Some(n), Some(o)) = (newer.after.as_mut(), older.after.as_ref()) {
                     n.fill_missing_from(o);
@@ -89,9 +85,7 @@ impl Target {
     /// are not transient (bad credentials, bad URL) so main can report them.
     pub async fn connect(config: &TargetConfig) -> Result<Self, TargetError> {
         Ok(match config.kind {
-            TargetKind::Postgres => {
-                Self::Postgres(Box::new(postgres::PostgresSink::connect(config).await?))
-            }
+            TargetKind::Postgres => Self::Postgres(Box::new(postgres::PostgresSink::connect(config).await?)),
             TargetKind::Mongodb => Self::Mongo(mongodb::MongoSink::connect(config).await?),
         })
     }
@@ -104,11 +98,7 @@ impl Target {
     }
 
     /// Applies the batch (one entity, partition order) with the version guard.
-    pub async fn apply(
-        &self,
-        entity: Entity,
-        changes: &[Change],
-    ) -> Result<ApplyReport, TargetError> {
+    pub async fn apply(&self, entity: Entity, changes: &[Change]) -> Result<ApplyReport, TargetError> {
         let latest = latest_per_key(changes);
         match self {
             Self::Postgres(t) => t.apply(entity, &latest).await,
@@ -118,11 +108,7 @@ impl Target {
 
     /// Which of `ids` exist in the target (tombstoned ones included: a parent deleted
     /// later still existed).
-    pub async fn existing(
-        &self,
-        entity: Entity,
-        ids: &[Uuid],
-    ) -> Result<HashSet<Uuid>, TargetError> {
+    pub async fn existing(&self, entity: Entity, ids: &[Uuid]) -> Result<HashSet<Uuid>, TargetError> {
         match self {
             Self::Postgres(t) => t.existing(entity, ids).await,
             Self::Mongo(t) => t.existing(entity, ids).await,
@@ -130,11 +116,7 @@ impl Target {
     }
 
     /// Makes room for columns added in the source.
-    pub async fn ensure_columns(
-        &self,
-        entity: Entity,
-        columns: &[String],
-    ) -> Result<(), TargetError> {
+    pub async fn ensure_columns(&self, entity: Entity, columns: &[String]) -> Result<(), TargetError> {
         match self {
             Self::Postgres(t) => t.ensure_columns(entity, columns).await,
             // Documents take new fields as they come.
@@ -149,11 +131,7 @@ impl Target {
         }
     }
 
-    pub async fn purge_tombstones(
-        &self,
-        entity: Entity,
-        older_than: Duration,
-    ) -> Result<u64, TargetError> {
+    pub async fn purge_tombstones(&self, entity: Entity, older_than: Duration) -> Result<u64, TargetError> {
         match self {
             Self::Postgres(t) => t.purge_tombstones(entity, older_than).await,
             Self::Mongo(t) => t.purge_tombstones(entity, older_than).await,

@@ -23,26 +23,13 @@ fn id(k: u32) -> String {
 }
 
 fn topics() -> Vec<String> {
-    [
-        "cdc.public.customer",
-        "cdc.public.address",
-        "cdc.public.orders",
-        "cdc.public.order_item",
-        "cdc.dlq",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect()
+    ["cdc.public.customer", "cdc.public.address", "cdc.public.orders", "cdc.public.order_item", "cdc.dlq"].iter().map(ToString::to_string).collect()
 }
 
 /// Produces `TOTAL` customer creations at a steady pace, retrying through the outage.
 async fn produce_all(bootstrap: String, produced: Arc<AtomicU32>) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("acks", "all")
-        .set("message.timeout.ms", "120000")
-        .create()
-        .unwrap();
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("acks", "all").set("message.timeout.ms", "120000").create().unwrap();
     for k in 0..TOTAL {
         let value = json!({
             "before": null,
@@ -53,9 +40,7 @@ async fn produce_all(bootstrap: String, produced: Arc<AtomicU32>) {
         .to_string();
         let key = json!({"id": id(k)}).to_string();
         loop {
-            let record = FutureRecord::to("cdc.public.customer")
-                .key(&key)
-                .payload(&value);
+            let record = FutureRecord::to("cdc.public.customer").key(&key).payload(&value);
             match producer.send(record, Duration::from_secs(30)).await {
                 Ok(_) => break,
                 Err((error, _)) => {
@@ -74,11 +59,7 @@ async fn produce_all(bootstrap: String, produced: Arc<AtomicU32>) {
 fn readyz(addr: &str) -> Option<u16> {
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(stream, "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
@@ -88,11 +69,7 @@ async fn wait_ready(addr: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let a = addr.to_string();
-        if tokio::task::spawn_blocking(move || readyz(&a))
-            .await
-            .unwrap()
-            == Some(200)
-        {
+        if tokio::task::spawn_blocking(move || readyz(&a)).await.unwrap() == Some(200) {
             return;
         }
         assert!(Instant::now() < deadline, "sink never became ready");
@@ -107,23 +84,11 @@ enum Outage {
 }
 
 async fn broker_restart_mid_stream(name: &str, outage: Outage) {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("sink=info,rdkafka=warn")
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("sink=info,rdkafka=warn").try_init();
     let pg = TestPostgres::start(&format!("{name}-pg")).await.unwrap();
-    let mut kafka = TestBroker::start_with_partitions(&format!("{name}-broker"), &topics(), 3)
-        .await
-        .unwrap();
+    let mut kafka = TestBroker::start_with_partitions(&format!("{name}-broker"), &topics(), 3).await.unwrap();
     let http = format!("127.0.0.1:{}", free_port().unwrap());
-    let config = sink_config(
-        &pg,
-        &kafka.bootstrap,
-        &format!(
-            "[apply]\nmax_batch_size = 64\n\n[kafka.librdkafka]\n\"debug\" = \"cgrp,consumer,broker\"\n"
-        ),
-    );
-    let mut config = config;
+    let mut config = sink_config(&pg, &kafka.bootstrap, "[apply]\nmax_batch_size = 64\n");
     config.http.listen = http.clone();
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -135,13 +100,7 @@ async fn broker_restart_mid_stream(name: &str, outage: Outage) {
     let produced = Arc::new(AtomicU32::new(0));
     let producer = tokio::spawn(produce_all(kafka.bootstrap.clone(), Arc::clone(&produced)));
     let client = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
-    let applied = || async {
-        client
-            .query_one("SELECT count(*) FROM customer_materialized", &[])
-            .await
-            .map(|r| r.get::<_, i64>(0))
-            .unwrap_or(0)
-    };
+    let applied = || async { client.query_one("SELECT count(*) FROM customer_materialized", &[]).await.map(|r| r.get::<_, i64>(0)).unwrap_or(0) };
     // Mid-stream: some changes applied, more on the way.
     let deadline = Instant::now() + Duration::from_secs(60);
     while applied().await < i64::from(TOTAL / 3) {
@@ -156,10 +115,7 @@ async fn broker_restart_mid_stream(name: &str, outage: Outage) {
     kafka.start_again().await.unwrap();
     eprintln!("broker back");
 
-    tokio::time::timeout(Duration::from_secs(180), producer)
-        .await
-        .expect("producer finished")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(180), producer).await.expect("producer finished").unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let n = applied().await;
@@ -167,18 +123,12 @@ async fn broker_restart_mid_stream(name: &str, outage: Outage) {
             break;
         }
         assert!(!sink.is_finished(), "the sink stopped");
-        assert!(
-            Instant::now() < deadline,
-            "only {n} of {TOTAL} changes reached the target after the broker restart"
-        );
+        assert!(Instant::now() < deadline, "only {n} of {TOTAL} changes reached the target after the broker restart");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     wait_ready(&http, Duration::from_secs(30)).await;
     stop.send(()).ok();
-    let result = tokio::time::timeout(Duration::from_secs(60), sink)
-        .await
-        .unwrap()
-        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(60), sink).await.unwrap().unwrap();
     assert!(result.is_ok(), "unclean shutdown: {result:?}");
 }
 

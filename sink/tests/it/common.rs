@@ -33,14 +33,7 @@ listen = "127.0.0.1:0"
 "#,
         e.host, e.port, e.user, e.target_db
     );
-    SinkConfig::from_toml(
-        &toml,
-        [(
-            "SINK__TARGET__PASSWORD".to_string(),
-            e.password.expose().to_string(),
-        )],
-    )
-    .expect("valid test config")
+    SinkConfig::from_toml(&toml, [("SINK__TARGET__PASSWORD".to_string(), e.password.expose().to_string())]).expect("valid test config")
 }
 
 pub fn target_config(pg: &TestPostgres) -> TargetConfig {
@@ -48,9 +41,7 @@ pub fn target_config(pg: &TestPostgres) -> TargetConfig {
 }
 
 pub async fn postgres_target(pg: &TestPostgres) -> Target {
-    Target::connect(&target_config(pg))
-        .await
-        .expect("connect the postgres target")
+    Target::connect(&target_config(pg)).await.expect("connect the postgres target")
 }
 
 pub fn key(n: u8) -> Uuid {
@@ -68,14 +59,8 @@ pub fn customer(id: Uuid, op: Op, lsn: i64, email: &str, status: &str, offset: i
     row.known[0] = Some(Field::Value(Value::Uuid(id)));
     row.known[1] = Some(Field::Value(Value::Text(email.into())));
     row.known[2] = Some(Field::Value(Value::Text(status.into())));
-    row.known[3] = Some(Field::Value(Value::Timestamp(
-        ts("2024-05-01T10:00:00Z") + chrono::Duration::seconds(lsn),
-    )));
-    let (before, after) = if op.is_delete() {
-        (Some(row), None)
-    } else {
-        (None, Some(row))
-    };
+    row.known[3] = Some(Field::Value(Value::Timestamp(ts("2024-05-01T10:00:00Z") + chrono::Duration::seconds(lsn))));
+    let (before, after) = if op.is_delete() { (Some(row), None) } else { (None, Some(row)) };
     Change {
         entity,
         key: id,
@@ -85,24 +70,14 @@ pub fn customer(id: Uuid, op: Op, lsn: i64, email: &str, status: &str, offset: i
         emitted_ts: None,
         before,
         after,
-        coords: Coords {
-            topic: "cdc.public.customer".into(),
-            partition: 0,
-            offset,
-        },
+        coords: Coords { topic: "cdc.public.customer".into(), partition: 0, offset },
     }
 }
 
 /// The row of a customer in the target: (email, status, lsn, deleted).
-pub async fn customer_row(
-    client: &tokio_postgres::Client,
-    id: Uuid,
-) -> Option<(Option<String>, Option<String>, i64, bool)> {
+pub async fn customer_row(client: &tokio_postgres::Client, id: Uuid) -> Option<(Option<String>, Option<String>, i64, bool)> {
     client
-        .query_opt(
-            "SELECT email, status, _cdc_lsn, _cdc_deleted FROM customer_materialized WHERE id = $1",
-            &[&id],
-        )
+        .query_opt("SELECT email, status, _cdc_lsn, _cdc_deleted FROM customer_materialized WHERE id = $1", &[&id])
         .await
         .expect("query customer")
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
@@ -121,11 +96,7 @@ impl TestBroker {
         Self::start_with_partitions(name, topics, 1).await
     }
 
-    pub async fn start_with_partitions(
-        name: &str,
-        topics: &[String],
-        partitions: u32,
-    ) -> anyhow::Result<Self> {
+    pub async fn start_with_partitions(name: &str, topics: &[String], partitions: u32) -> anyhow::Result<Self> {
         let dir = run_dir(name);
         std::fs::create_dir_all(dir.join("logs"))?;
         let tansu = harness::provision::tansu::ensure(&harness::provision::Cache::locate()?)?;
@@ -134,18 +105,12 @@ impl TestBroker {
         let bootstrap = format!("127.0.0.1:{port}");
         broker::wait_ready(&bootstrap, &handle, Duration::from_secs(60)).await?;
         broker::create_topics(&bootstrap, topics, partitions).await?;
-        Ok(Self {
-            bootstrap,
-            handle,
-            dir,
-            port,
-        })
+        Ok(Self { bootstrap, handle, dir, port })
     }
 
     /// Graceful stop (SIGTERM), as the harness stops the broker.
     pub fn stop(&self) {
-        self.handle
-            .stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+        self.handle.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -165,7 +130,6 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        self.handle
-            .stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+        self.handle.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
     }
 }

@@ -28,14 +28,7 @@ fn history(steps: &[Step]) -> Vec<Change> {
         };
         present.insert(*k, !op.is_delete());
         let status = ["active", "inactive", "blocked"][*variant as usize % 3];
-        out.push(customer(
-            key(*k),
-            op,
-            100 + i as i64 * 10,
-            &format!("u{variant}@x.io"),
-            status,
-            i as i64,
-        ));
+        out.push(customer(key(*k), op, 100 + i as i64 * 10, &format!("u{variant}@x.io"), status, i as i64));
     }
     out
 }
@@ -60,41 +53,22 @@ fn delivery(n: usize, replays: &[(usize, usize)], dups: &[usize]) -> Vec<usize> 
 
 #[test]
 fn any_delivery_converges_to_the_final_source_state() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let pg = rt.block_on(TestPostgres::start("sink-pg-props")).unwrap();
     let target = rt.block_on(postgres_target(&pg));
-    let client = rt
-        .block_on(pg.endpoint.connect(&pg.endpoint.target_db))
-        .unwrap();
+    let client = rt.block_on(pg.endpoint.connect(&pg.endpoint.target_db)).unwrap();
 
-    let strategy = prop::collection::vec((0u8..4, prop::bool::weighted(0.25), 0u32..1000), 1..40)
-        .prop_flat_map(|steps| {
-            let n = steps.len();
-            (
-                Just(steps),
-                prop::collection::vec(prop::bool::weighted(0.3), n * 2 + 8),
-                prop::collection::vec((0..n, 0..n), 0..4),
-                prop::collection::vec(0..n, 0..5),
-            )
-        });
-    let mut runner = TestRunner::new(Config {
-        cases: 32,
-        failure_persistence: None,
-        ..Config::default()
+    let strategy = prop::collection::vec((0u8..4, prop::bool::weighted(0.25), 0u32..1000), 1..40).prop_flat_map(|steps| {
+        let n = steps.len();
+        (Just(steps), prop::collection::vec(prop::bool::weighted(0.3), n * 2 + 8), prop::collection::vec((0..n, 0..n), 0..4), prop::collection::vec(0..n, 0..5))
     });
+    let mut runner = TestRunner::new(Config { cases: 32, failure_persistence: None, ..Config::default() });
     runner
         .run(&strategy, |(steps, cuts, replays, dups)| {
             let events = history(&steps);
             let order = delivery(events.len(), &replays, &dups);
             rt.block_on(async {
-                client
-                    .batch_execute("TRUNCATE customer_materialized")
-                    .await
-                    .unwrap();
+                client.batch_execute("TRUNCATE customer_materialized").await.unwrap();
                 let mut batch = Vec::new();
                 for (pos, i) in order.iter().enumerate() {
                     batch.push(events[*i].clone());
@@ -116,9 +90,7 @@ fn any_delivery_converges_to_the_final_source_state() {
                             change.lsn,
                             false,
                         )),
-                        None => row
-                            .clone()
-                            .map(|(email, status, _, _)| (email, status, change.lsn, true)),
+                        None => row.clone().map(|(email, status, _, _)| (email, status, change.lsn, true)),
                     };
                     prop_assert_eq!(row, expected, "key {} after delivery {:?}", id, order);
                 }

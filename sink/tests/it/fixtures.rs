@@ -48,10 +48,7 @@ struct Check {
 
 impl Fixture {
     fn key_bytes(&self) -> Option<Vec<u8>> {
-        self.key_raw
-            .clone()
-            .map(String::into_bytes)
-            .or_else(|| self.key.as_ref().map(|k| k.to_string().into_bytes()))
+        self.key_raw.clone().map(String::into_bytes).or_else(|| self.key.as_ref().map(|k| k.to_string().into_bytes()))
     }
 
     fn value_bytes(&self) -> Option<Vec<u8>> {
@@ -67,21 +64,15 @@ impl Fixture {
 }
 
 fn load_fixtures() -> Vec<(String, Fixture)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     files
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .map(|p| {
             let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-            let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
-                .unwrap_or_else(|e| panic!("fixture {name}: {e}"));
+            let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap_or_else(|e| panic!("fixture {name}: {e}"));
             (name, fixture)
         })
         .collect()
@@ -91,18 +82,11 @@ fn load_fixtures() -> Vec<(String, Fixture)> {
 async fn fixture_corpus_through_broker_and_sink() -> anyhow::Result<()> {
     let fixtures = load_fixtures();
     assert!(fixtures.len() >= 20, "fixture corpus missing");
-    let topics: Vec<String> = ["customer", "address", "orders", "order_item"]
-        .iter()
-        .map(|t| format!("cdc.public.{t}"))
-        .chain(["cdc.dlq".into()])
-        .collect();
+    let topics: Vec<String> = ["customer", "address", "orders", "order_item"].iter().map(|t| format!("cdc.public.{t}")).chain(["cdc.dlq".into()]).collect();
     let pg = TestPostgres::start("sink-fixtures-pg").await?;
     let kafka = TestBroker::start("sink-fixtures-broker", &topics).await?;
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap)
-        .set("acks", "all")
-        .create()?;
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &kafka.bootstrap).set("acks", "all").create()?;
     let mut produced: HashMap<(String, i64), &str> = HashMap::new();
     let mut ends: HashMap<String, i64> = HashMap::new();
     for (name, f) in &fixtures {
@@ -115,54 +99,33 @@ async fn fixture_corpus_through_broker_and_sink() -> anyhow::Result<()> {
         if let Some(v) = value.as_deref() {
             record = record.payload(v);
         }
-        let delivery = producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| e)?;
+        let delivery = producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
         produced.insert((f.topic.clone(), delivery.offset), name.as_str());
         ends.insert(f.topic.clone(), delivery.offset + 1);
     }
 
     // Small max_event_bytes so the "huge value" fixture needs no broker tuning.
-    let config = sink_config(
-        &pg,
-        &kafka.bootstrap,
-        "[apply]\nmax_event_bytes = 65536\nmax_batch_wait = \"5ms\"\n[validation]\nreferential_grace = \"1s\"\n",
-    );
+    let config = sink_config(&pg, &kafka.bootstrap, "[apply]\nmax_event_bytes = 65536\nmax_batch_wait = \"5ms\"\n[validation]\nreferential_grace = \"1s\"\n");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let sink = tokio::spawn(sink::app::run(config, async {
         let _ = stopped.await;
     }));
 
     // Wait until the group has committed the end offset of every topic.
-    let observer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap)
-        .set("group.id", "sink-test")
-        .create()?;
+    let observer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &kafka.bootstrap).set("group.id", "sink-test").create()?;
     let mut tpl = TopicPartitionList::new();
     for topic in ends.keys() {
         tpl.add_partition(topic, 0);
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let committed = tokio::task::block_in_place(|| {
-            observer.committed_offsets(tpl.clone(), Duration::from_secs(5))
-        })?;
-        let done = committed
-            .elements()
-            .iter()
-            .all(|e| matches!(e.offset(), Offset::Offset(o) if o == ends[e.topic()]));
+        let committed = tokio::task::block_in_place(|| observer.committed_offsets(tpl.clone(), Duration::from_secs(5)))?;
+        let done = committed.elements().iter().all(|e| matches!(e.offset(), Offset::Offset(o) if o == ends[e.topic()]));
         if done {
             break;
         }
-        assert!(
-            !sink.is_finished(),
-            "the sink stopped while processing fixtures"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "offsets not committed in time: {committed:?}, want {ends:?}"
-        );
+        assert!(!sink.is_finished(), "the sink stopped while processing fixtures");
+        assert!(Instant::now() < deadline, "offsets not committed in time: {committed:?}, want {ends:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
@@ -175,31 +138,18 @@ async fn fixture_corpus_through_broker_and_sink() -> anyhow::Result<()> {
     let mut dlq_tpl = TopicPartitionList::new();
     dlq_tpl.add_partition_offset("cdc.dlq", 0, Offset::Beginning)?;
     reader.assign(&dlq_tpl)?;
-    let expected_dlq = fixtures
-        .iter()
-        .filter(|(_, f)| f.expect.starts_with("dlq:"))
-        .count();
+    let expected_dlq = fixtures.iter().filter(|(_, f)| f.expect.starts_with("dlq:")).count();
     let mut dead: HashMap<(String, i64), (String, String)> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while dead.len() < expected_dlq && Instant::now() < deadline {
-        let Some(message) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(500)))
-        else {
+        let Some(message) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(500))) else {
             continue;
         };
         let message = message?;
         let headers = message.headers().expect("dlq records carry headers");
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        let coords = (
-            header("dlq.original.topic"),
-            header("dlq.original.offset").parse::<i64>()?,
-        );
+        let header =
+            |name: &str| headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+        let coords = (header("dlq.original.topic"), header("dlq.original.offset").parse::<i64>()?);
         dead.insert(coords, (header("dlq.rule"), header("dlq.reason")));
     }
 
@@ -211,19 +161,13 @@ async fn fixture_corpus_through_broker_and_sink() -> anyhow::Result<()> {
         match (f.expect.strip_prefix("dlq:"), got) {
             (Some(rule), Some((actual, _))) if actual == rule => {}
             (None, None) => {}
-            (want, got) => failures.push(format!(
-                "{name} ({}): expected {want:?}, DLQ has {got:?}",
-                f.description
-            )),
+            (want, got) => failures.push(format!("{name} ({}): expected {want:?}, DLQ has {got:?}", f.description)),
         }
         for check in &f.checks {
             let row = client.query_opt(&check.sql, &[]).await?;
             let value: Option<String> = row.and_then(|r| r.get(0));
             if value.as_deref() != Some(check.equals.as_str()) {
-                failures.push(format!(
-                    "{name}: {} returned {value:?}, want {:?}",
-                    check.sql, check.equals
-                ));
+                failures.push(format!("{name}: {} returned {value:?}, want {:?}", check.sql, check.equals));
             }
         }
     }
@@ -232,11 +176,7 @@ async fn fixture_corpus_through_broker_and_sink() -> anyhow::Result<()> {
     // sink running while the runtime is torn down).
     stop.send(()).ok();
     let result = tokio::time::timeout(Duration::from_secs(30), sink).await??;
-    assert!(
-        failures.is_empty(),
-        "fixture expectations failed:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "fixture expectations failed:\n{}", failures.join("\n"));
     assert!(result.is_ok(), "sink did not shut down cleanly: {result:?}");
     Ok(())
 }

@@ -24,11 +24,7 @@ fn item(id: Uuid, order: Uuid, lsn: i64, qty: i32, op: Op) -> Change {
     row.known[1] = Some(Field::Value(Value::Uuid(order)));
     row.known[2] = Some(Field::Value(Value::Text("SKU".into())));
     row.known[4] = Some(Field::Value(Value::Int(qty)));
-    let (before, after) = if op.is_delete() {
-        (Some(row), None)
-    } else {
-        (None, Some(row))
-    };
+    let (before, after) = if op.is_delete() { (Some(row), None) } else { (None, Some(row)) };
     Change {
         entity: e,
         key: id,
@@ -38,11 +34,7 @@ fn item(id: Uuid, order: Uuid, lsn: i64, qty: i32, op: Op) -> Change {
         emitted_ts: None,
         before,
         after,
-        coords: Coords {
-            topic: "cdc.public.order_item".into(),
-            partition: 0,
-            offset: lsn,
-        },
+        coords: Coords { topic: "cdc.public.order_item".into(), partition: 0, offset: lsn },
     }
 }
 
@@ -60,11 +52,7 @@ fn order(id: Uuid, lsn: i64, status: &str) -> Change {
         emitted_ts: None,
         before: None,
         after: Some(row),
-        coords: Coords {
-            topic: "cdc.public.orders".into(),
-            partition: 0,
-            offset: lsn,
-        },
+        coords: Coords { topic: "cdc.public.orders".into(), partition: 0, offset: lsn },
     }
 }
 
@@ -80,50 +68,18 @@ async fn items_before_their_order_are_embedded_and_versions_guard() {
     let target = Target::connect(&config.target).await.unwrap();
     let (o, i1, i2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
 
-    target
-        .apply(
-            Entity::OrderItem,
-            &[
-                item(i1, o, 10, 1, Op::Create),
-                item(i2, o, 11, 2, Op::Create),
-            ],
-        )
-        .await
-        .unwrap();
-    target
-        .apply(Entity::Orders, &[order(o, 5, "pending")])
-        .await
-        .unwrap();
+    target.apply(Entity::OrderItem, &[item(i1, o, 10, 1, Op::Create), item(i2, o, 11, 2, Op::Create)]).await.unwrap();
+    target.apply(Entity::Orders, &[order(o, 5, "pending")]).await.unwrap();
     // Replays change nothing; newer item version wins; delete leaves an item tombstone.
-    let r = target
-        .apply(Entity::OrderItem, &[item(i1, o, 10, 9, Op::Update)])
-        .await
-        .unwrap();
+    let r = target.apply(Entity::OrderItem, &[item(i1, o, 10, 9, Op::Update)]).await.unwrap();
     assert_eq!(r.stale.len(), 1);
-    target
-        .apply(
-            Entity::OrderItem,
-            &[
-                item(i1, o, 20, 3, Op::Update),
-                item(i2, o, 21, 2, Op::Delete),
-            ],
-        )
-        .await
-        .unwrap();
-    let r = target
-        .apply(Entity::Orders, &[order(o, 4, "cancelled")])
-        .await
-        .unwrap();
+    target.apply(Entity::OrderItem, &[item(i1, o, 20, 3, Op::Update), item(i2, o, 21, 2, Op::Delete)]).await.unwrap();
+    let r = target.apply(Entity::Orders, &[order(o, 4, "cancelled")]).await.unwrap();
     assert_eq!(r.stale.len(), 1);
 
     let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
     let db = client.database(&database);
-    let doc: Document = db
-        .collection("orders")
-        .find_one(doc! { "_id": o.to_string() })
-        .await
-        .unwrap()
-        .unwrap();
+    let doc: Document = db.collection("orders").find_one(doc! { "_id": o.to_string() }).await.unwrap().unwrap();
     assert_eq!(doc.get_str("status").unwrap(), "pending");
     assert_eq!(doc.get_document("_cdc").unwrap().get_i64("lsn").unwrap(), 5);
     let items = doc.get_array("items").unwrap();
@@ -132,20 +88,11 @@ async fn items_before_their_order_are_embedded_and_versions_guard() {
         let it = it.as_document().unwrap();
         let cdc = it.get_document("_cdc").unwrap();
         if it.get_str("id").unwrap() == i1.to_string() {
-            assert_eq!(
-                (it.get_i32("quantity").unwrap(), cdc.get_i64("lsn").unwrap()),
-                (3, 20)
-            );
+            assert_eq!((it.get_i32("quantity").unwrap(), cdc.get_i64("lsn").unwrap()), (3, 20));
         } else {
             assert!(cdc.get_bool("deleted").unwrap());
         }
     }
-    assert!(
-        target
-            .existing(Entity::Orders, &[o])
-            .await
-            .unwrap()
-            .contains(&o)
-    );
+    assert!(target.existing(Entity::Orders, &[o]).await.unwrap().contains(&o));
     db.drop().await.unwrap();
 }

@@ -13,74 +13,29 @@ async fn version_guard_tombstone_and_no_resurrection() {
     let client = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
     let id = key(1);
 
-    let r = target
-        .apply(
-            Entity::Customer,
-            &[customer(id, Op::Create, 10, "a@x.io", "active", 0)],
-        )
-        .await
-        .unwrap();
+    let r = target.apply(Entity::Customer, &[customer(id, Op::Create, 10, "a@x.io", "active", 0)]).await.unwrap();
     assert_eq!(r.applied, vec![id]);
     // In-batch dedup keeps the newest; the older create of the batch is subsumed.
     let r = target
-        .apply(
-            Entity::Customer,
-            &[
-                customer(id, Op::Create, 10, "a@x.io", "active", 0),
-                customer(id, Op::Update, 20, "b@x.io", "blocked", 1),
-            ],
-        )
+        .apply(Entity::Customer, &[customer(id, Op::Create, 10, "a@x.io", "active", 0), customer(id, Op::Update, 20, "b@x.io", "blocked", 1)])
         .await
         .unwrap();
     assert_eq!((r.applied.len(), r.stale.len()), (1, 0));
-    assert_eq!(
-        customer_row(&client, id).await,
-        Some((Some("b@x.io".into()), Some("blocked".into()), 20, false))
-    );
+    assert_eq!(customer_row(&client, id).await, Some((Some("b@x.io".into()), Some("blocked".into()), 20, false)));
 
     // Duplicate: stale.
-    let r = target
-        .apply(
-            Entity::Customer,
-            &[customer(id, Op::Update, 20, "b@x.io", "blocked", 1)],
-        )
-        .await
-        .unwrap();
+    let r = target.apply(Entity::Customer, &[customer(id, Op::Update, 20, "b@x.io", "blocked", 1)]).await.unwrap();
     assert_eq!(r.stale, vec![id]);
 
     // Delete leaves a tombstone with the version; a replayed older update cannot resurrect.
-    target
-        .apply(
-            Entity::Customer,
-            &[customer(id, Op::Delete, 30, "b@x.io", "blocked", 2)],
-        )
-        .await
-        .unwrap();
-    let r = target
-        .apply(
-            Entity::Customer,
-            &[customer(id, Op::Update, 20, "c@x.io", "active", 1)],
-        )
-        .await
-        .unwrap();
+    target.apply(Entity::Customer, &[customer(id, Op::Delete, 30, "b@x.io", "blocked", 2)]).await.unwrap();
+    let r = target.apply(Entity::Customer, &[customer(id, Op::Update, 20, "c@x.io", "active", 1)]).await.unwrap();
     assert_eq!(r.stale, vec![id]);
-    assert_eq!(
-        customer_row(&client, id).await,
-        Some((Some("b@x.io".into()), Some("blocked".into()), 30, true))
-    );
+    assert_eq!(customer_row(&client, id).await, Some((Some("b@x.io".into()), Some("blocked".into()), 30, true)));
 
     // A newer create (key reused) revives it.
-    target
-        .apply(
-            Entity::Customer,
-            &[customer(id, Op::Create, 40, "d@x.io", "active", 3)],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        customer_row(&client, id).await,
-        Some((Some("d@x.io".into()), Some("active".into()), 40, false))
-    );
+    target.apply(Entity::Customer, &[customer(id, Op::Create, 40, "d@x.io", "active", 3)]).await.unwrap();
+    assert_eq!(customer_row(&client, id).await, Some((Some("d@x.io".into()), Some("active".into()), 40, false)));
 
     let row = client
         .query_one(
@@ -96,48 +51,18 @@ async fn version_guard_tombstone_and_no_resurrection() {
 
     // Delete of a key never seen: a tombstone row with only the CDC columns.
     let other = key(2);
-    target
-        .apply(
-            Entity::Customer,
-            &[customer(other, Op::Delete, 5, "x@x.io", "active", 4)],
-        )
-        .await
-        .unwrap();
-    let r = target
-        .apply(
-            Entity::Customer,
-            &[customer(other, Op::Create, 4, "x@x.io", "active", 0)],
-        )
-        .await
-        .unwrap();
+    target.apply(Entity::Customer, &[customer(other, Op::Delete, 5, "x@x.io", "active", 4)]).await.unwrap();
+    let r = target.apply(Entity::Customer, &[customer(other, Op::Create, 4, "x@x.io", "active", 0)]).await.unwrap();
     assert_eq!(r.stale, vec![other]);
-    assert_eq!(
-        customer_row(&client, other).await.map(|r| (r.2, r.3)),
-        Some((5, true))
-    );
+    assert_eq!(customer_row(&client, other).await.map(|r| (r.2, r.3)), Some((5, true)));
 
     // Parents lookup sees tombstoned rows too (a parent deleted later still existed).
-    let found = target
-        .existing(Entity::Customer, &[id, other, key(3)])
-        .await
-        .unwrap();
+    let found = target.existing(Entity::Customer, &[id, other, key(3)]).await.unwrap();
     assert!(found.contains(&id) && found.contains(&other) && !found.contains(&key(3)));
 
     // Purge with a long retention keeps the fresh tombstone.
-    assert_eq!(
-        target
-            .purge_tombstones(Entity::Customer, std::time::Duration::from_secs(3600))
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        target
-            .purge_tombstones(Entity::Customer, std::time::Duration::ZERO)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(target.purge_tombstones(Entity::Customer, std::time::Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(target.purge_tombstones(Entity::Customer, std::time::Duration::ZERO).await.unwrap(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,78 +71,28 @@ async fn toast_placeholder_keeps_value_and_new_columns_are_added() {
     let target = postgres_target(&pg).await;
     let client = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
     let id = key(7);
-    target
-        .apply(
-            Entity::Customer,
-            &[customer(id, Op::Create, 10, "a@x.io", "active", 0)],
-        )
-        .await
-        .unwrap();
+    target.apply(Entity::Customer, &[customer(id, Op::Create, 10, "a@x.io", "active", 0)]).await.unwrap();
 
     let mut toasted = customer(id, Op::Update, 20, "b@x.io", "ignored", 1);
     toasted.after.as_mut().unwrap().known[2] = Some(Field::Unavailable);
-    target
-        .apply(Entity::Customer, &[toasted.clone()])
-        .await
-        .unwrap();
-    assert_eq!(
-        customer_row(&client, id).await,
-        Some((Some("b@x.io".into()), Some("active".into()), 20, false))
-    );
+    target.apply(Entity::Customer, &[toasted.clone()]).await.unwrap();
+    assert_eq!(customer_row(&client, id).await, Some((Some("b@x.io".into()), Some("active".into()), 20, false)));
 
     // Within one batch the placeholder is filled from the older image of the same key.
     let mut later = toasted.clone();
     later.lsn = 40;
-    let r = target
-        .apply(
-            Entity::Customer,
-            &[customer(id, Op::Update, 30, "c@x.io", "blocked", 2), later],
-        )
-        .await
-        .unwrap();
+    let r = target.apply(Entity::Customer, &[customer(id, Op::Update, 30, "c@x.io", "blocked", 2), later]).await.unwrap();
     assert_eq!(r.applied.len(), 1);
-    assert_eq!(
-        customer_row(&client, id).await,
-        Some((Some("b@x.io".into()), Some("blocked".into()), 40, false))
-    );
+    assert_eq!(customer_row(&client, id).await, Some((Some("b@x.io".into()), Some("blocked".into()), 40, false)));
 
     let mut extended = customer(id, Op::Update, 50, "e@x.io", "active", 3);
-    extended.after.as_mut().unwrap().extra.insert(
-        "loyalty_tier".into(),
-        Extra {
-            text: Some("3".into()),
-            kind: JsonKind::Number,
-        },
-    );
-    target
-        .ensure_columns(Entity::Customer, &["loyalty_tier".into()])
-        .await
-        .unwrap();
+    extended.after.as_mut().unwrap().extra.insert("loyalty_tier".into(), Extra { text: Some("3".into()), kind: JsonKind::Number });
+    target.ensure_columns(Entity::Customer, &["loyalty_tier".into()]).await.unwrap();
     target.apply(Entity::Customer, &[extended]).await.unwrap();
-    let tier: Option<String> = client
-        .query_one(
-            "SELECT loyalty_tier FROM customer_materialized WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let tier: Option<String> = client.query_one("SELECT loyalty_tier FROM customer_materialized WHERE id = $1", &[&id]).await.unwrap().get(0);
     assert_eq!(tier.as_deref(), Some("3"));
     // Rows without the new column leave it as it was (removed columns keep history).
-    target
-        .apply(
-            Entity::Customer,
-            &[customer(id, Op::Update, 60, "f@x.io", "active", 4)],
-        )
-        .await
-        .unwrap();
-    let tier: Option<String> = client
-        .query_one(
-            "SELECT loyalty_tier FROM customer_materialized WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    target.apply(Entity::Customer, &[customer(id, Op::Update, 60, "f@x.io", "active", 4)]).await.unwrap();
+    let tier: Option<String> = client.query_one("SELECT loyalty_tier FROM customer_materialized WHERE id = $1", &[&id]).await.unwrap().get(0);
     assert_eq!(tier.as_deref(), Some("3"));
 }

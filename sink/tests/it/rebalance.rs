@@ -29,43 +29,20 @@ async fn produce(producer: &FutureProducer, round: u32) {
         })
         .to_string();
         let key = json!({"id": id(k)}).to_string();
-        let record = FutureRecord::to("cdc.public.customer")
-            .key(&key)
-            .payload(&value);
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+        let record = FutureRecord::to("cdc.public.customer").key(&key).payload(&value);
+        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_revoked_mid_stream_lose_nothing() {
     // `--nocapture` shows the revoke/drain/assign sequence.
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("sink=info")
-        .try_init();
-    let topics: Vec<String> = [
-        "cdc.public.customer",
-        "cdc.public.address",
-        "cdc.public.orders",
-        "cdc.public.order_item",
-        "cdc.dlq",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("sink=info").try_init();
+    let topics: Vec<String> =
+        ["cdc.public.customer", "cdc.public.address", "cdc.public.orders", "cdc.public.order_item", "cdc.dlq"].iter().map(ToString::to_string).collect();
     let pg = TestPostgres::start("sink-rebalance-pg").await.unwrap();
-    let kafka = TestBroker::start_with_partitions("sink-rebalance-broker", &topics, 4)
-        .await
-        .unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap)
-        .set("acks", "all")
-        .create()
-        .unwrap();
+    let kafka = TestBroker::start_with_partitions("sink-rebalance-broker", &topics, 4).await.unwrap();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &kafka.bootstrap).set("acks", "all").create().unwrap();
     let config = sink_config(&pg, &kafka.bootstrap, "[apply]\nmax_batch_size = 64\n");
 
     let (stop_a, stopped_a) = tokio::sync::oneshot::channel::<()>();
@@ -88,33 +65,18 @@ async fn partitions_revoked_mid_stream_lose_nothing() {
     let want = format!("r{}@x.io", ROUNDS - 1);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let done: i64 = client
-            .query_one(
-                "SELECT count(*) FROM customer_materialized WHERE email = $1 AND NOT _cdc_deleted",
-                &[&want],
-            )
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(0);
+        let done: i64 =
+            client.query_one("SELECT count(*) FROM customer_materialized WHERE email = $1 AND NOT _cdc_deleted", &[&want]).await.map(|r| r.get(0)).unwrap_or(0);
         if done == i64::from(KEYS) {
             break;
         }
         assert!(!a.is_finished() && !b.is_finished(), "a sink stopped");
-        assert!(
-            Instant::now() < deadline,
-            "only {done} of {KEYS} keys reached the final state"
-        );
+        assert!(Instant::now() < deadline, "only {done} of {KEYS} keys reached the final state");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     stop_b.send(()).ok();
     stop_a.send(()).ok();
-    let b = tokio::time::timeout(Duration::from_secs(60), b)
-        .await
-        .unwrap()
-        .unwrap();
-    let a = tokio::time::timeout(Duration::from_secs(60), a)
-        .await
-        .unwrap()
-        .unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(60), b).await.unwrap().unwrap();
+    let a = tokio::time::timeout(Duration::from_secs(60), a).await.unwrap().unwrap();
     assert!(a.is_ok() && b.is_ok(), "unclean shutdown: {a:?} {b:?}");
 }

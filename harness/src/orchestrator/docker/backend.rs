@@ -9,14 +9,10 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{
-    ContainerStateStatusEnum, EndpointSettings, HealthStatusEnum, NetworkConnectRequest,
-    NetworkDisconnectRequest,
-};
+use bollard::models::{ContainerStateStatusEnum, EndpointSettings, HealthStatusEnum, NetworkConnectRequest, NetworkDisconnectRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions,
-    ListContainersOptions, ListNetworksOptions, LogsOptions, RemoveContainerOptions,
-    RestartContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
+    RemoveContainerOptions, RestartContainerOptions, StopContainerOptions,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -26,29 +22,20 @@ use tokio::task::JoinHandle;
 use super::spec::{self, ConnectorHealth, ContainerSpec, HostPorts, Role, RunNames, SpecInputs};
 use super::{DockerConfig, DockerError, SINK_IMAGE, TargetKind};
 use crate::config::StackConfig;
-use crate::orchestrator::state::{self, absolute, free_port, state_err};
 use crate::orchestrator::local::{broker, postgres as local_pg, sink as local_sink};
-use crate::orchestrator::{
-    Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState,
-    ServiceStatus,
-};
+use crate::orchestrator::state::{self, absolute, free_port, state_err};
+use crate::orchestrator::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 
 const STATE_FILE: &str = "docker-stack.json";
 const POLL: Duration = Duration::from_millis(500);
 
 /// Connects to the daemon named by DOCKER_HOST (default: the local socket) and pings it.
 pub async fn connect() -> Result<Docker, DockerError> {
-    let docker = Docker::connect_with_defaults().map_err(|e| DockerError::Unreachable {
-        reason: e.to_string(),
-    })?;
+    let docker = Docker::connect_with_defaults().map_err(|e| DockerError::Unreachable { reason: e.to_string() })?;
     match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
         Ok(Ok(_)) => Ok(docker),
-        Ok(Err(e)) => Err(DockerError::Unreachable {
-            reason: e.to_string(),
-        }),
-        Err(_) => Err(DockerError::Unreachable {
-            reason: "ping timed out after 5s".into(),
-        }),
+        Ok(Err(e)) => Err(DockerError::Unreachable { reason: e.to_string() }),
+        Err(_) => Err(DockerError::Unreachable { reason: "ping timed out after 5s".into() }),
     }
 }
 
@@ -58,34 +45,17 @@ pub async fn remove_all_labelled(docker: &Docker) -> Result<(usize, usize), Dock
     remove_labelled(docker, None).await
 }
 
-async fn remove_labelled(
-    docker: &Docker,
-    run_id: Option<&str>,
-) -> Result<(usize, usize), DockerError> {
+async fn remove_labelled(docker: &Docker, run_id: Option<&str>) -> Result<(usize, usize), DockerError> {
     let filters = spec::label_filter(run_id);
     let target = run_id.unwrap_or("all runs").to_string();
     let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters.clone()),
-            ..Default::default()
-        }))
+        .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() }))
         .await
         .map_err(|e| DockerError::from_bollard("list containers", &target, e))?;
     let mut removed = 0;
     for container in containers {
         let Some(id) = container.id else { continue };
-        match docker
-            .remove_container(
-                &id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-        {
+        match docker.remove_container(&id, Some(RemoveContainerOptions { force: true, v: true, ..Default::default() })).await {
             Ok(()) => removed += 1,
             // Already gone (a concurrent down): nothing left to do.
             Err(e) => match DockerError::from_bollard("remove container", &id, e) {
@@ -94,12 +64,8 @@ async fn remove_labelled(
             },
         }
     }
-    let networks = docker
-        .list_networks(Some(ListNetworksOptions {
-            filters: Some(filters),
-        }))
-        .await
-        .map_err(|e| DockerError::from_bollard("list networks", &target, e))?;
+    let networks =
+        docker.list_networks(Some(ListNetworksOptions { filters: Some(filters) })).await.map_err(|e| DockerError::from_bollard("list networks", &target, e))?;
     let mut networks_removed = 0;
     for network in networks {
         let Some(id) = network.id else { continue };
@@ -156,12 +122,7 @@ impl std::fmt::Display for Fault {
             Self::Restart { .. } => f.write_str("restart"),
             Self::Disconnect => f.write_str("network disconnect"),
             Self::Reconnect => f.write_str("network connect"),
-            Self::Latency { delay, jitter } => write!(
-                f,
-                "latency {}ms ±{}ms",
-                delay.as_millis(),
-                jitter.as_millis()
-            ),
+            Self::Latency { delay, jitter } => write!(f, "latency {}ms ±{}ms", delay.as_millis(), jitter.as_millis()),
             Self::ClearLatency => f.write_str("clear latency"),
         }
     }
@@ -197,10 +158,7 @@ fn unavailable(e: DockerError) -> ServiceError {
 
 impl DockerStack {
     /// Opens (or prepares) the stack in `config.run_dir`; fails when no daemon answers.
-    pub async fn new(
-        config: StackConfig,
-        docker_config: DockerConfig,
-    ) -> Result<Self, ServiceError> {
+    pub async fn new(config: StackConfig, docker_config: DockerConfig) -> Result<Self, ServiceError> {
         let docker = connect().await.map_err(unavailable)?;
         let run_dir = absolute(&config.run_dir);
         let state = match read_state(&run_dir)? {
@@ -208,10 +166,7 @@ impl DockerStack {
             None => DockerState {
                 backend: "docker".into(),
                 run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
-                config: StackConfig {
-                    run_dir: run_dir.clone(),
-                    ..config
-                },
+                config: StackConfig { run_dir: run_dir.clone(), ..config },
                 docker: docker_config,
                 ports: HostPorts {
                     postgres: free_port()?,
@@ -226,13 +181,7 @@ impl DockerStack {
                 snapshot_done: false,
             },
         };
-        Ok(Self {
-            docker,
-            names: RunNames::new(state.run_id.clone()),
-            run_dir,
-            state,
-            followers: BTreeMap::new(),
-        })
+        Ok(Self { docker, names: RunNames::new(state.run_id.clone()), run_dir, state, followers: BTreeMap::new() })
     }
 
     /// The stack a previous `up` left in `run_dir`, if any.
@@ -242,13 +191,7 @@ impl DockerStack {
             return Ok(None);
         };
         let docker = connect().await.map_err(unavailable)?;
-        Ok(Some(Self {
-            docker,
-            names: RunNames::new(state.run_id.clone()),
-            run_dir,
-            state,
-            followers: BTreeMap::new(),
-        }))
+        Ok(Some(Self { docker, names: RunNames::new(state.run_id.clone()), run_dir, state, followers: BTreeMap::new() }))
     }
 
     pub fn run_id(&self) -> &str {
@@ -271,50 +214,34 @@ impl DockerStack {
                 target_db: local_pg::TARGET_DB.into(),
             },
             kafka: format!("127.0.0.1:{}", p.kafka),
-            debezium_status: format!(
-                "http://127.0.0.1:{}/connectors/{}/status",
-                p.connect,
-                spec::CONNECTOR_NAME
-            ),
+            debezium_status: format!("http://127.0.0.1:{}/connectors/{}/status", p.connect, spec::CONNECTOR_NAME),
             sink_http: format!("http://127.0.0.1:{}", p.sink_http),
         }
     }
 
     /// MongoDB on the host, when the sink materializes into it.
     pub fn mongo_uri(&self) -> Option<String> {
-        (self.state.docker.target == TargetKind::Mongodb)
-            .then(|| format!("mongodb://127.0.0.1:{}", self.state.ports.mongo))
+        (self.state.docker.target == TargetKind::Mongodb).then(|| format!("mongodb://127.0.0.1:{}", self.state.ports.mongo))
     }
 
     /// Grafana and Prometheus on the host, when the observability stack runs.
     pub fn observability_urls(&self) -> Option<(String, String)> {
-        self.state.docker.observability.then(|| {
-            (
-                format!("http://127.0.0.1:{}", self.state.ports.grafana),
-                format!("http://127.0.0.1:{}", self.state.ports.prometheus),
-            )
-        })
+        self.state
+            .docker
+            .observability
+            .then(|| (format!("http://127.0.0.1:{}", self.state.ports.grafana), format!("http://127.0.0.1:{}", self.state.ports.prometheus)))
     }
 
     fn log_path(&self, role: Role) -> PathBuf {
-        self.run_dir
-            .join("logs")
-            .join(format!("{}.log", role.alias()))
+        self.run_dir.join("logs").join(format!("{}.log", role.alias()))
     }
 
     fn services(&self) -> Vec<ServiceKind> {
-        ServiceKind::ALL
-            .into_iter()
-            .filter(|s| *s != ServiceKind::Sink || self.state.config.with_sink)
-            .collect()
+        ServiceKind::ALL.into_iter().filter(|s| *s != ServiceKind::Sink || self.state.config.with_sink).collect()
     }
 
     fn roles(&self) -> Vec<Role> {
-        let mut roles: Vec<Role> = self
-            .services()
-            .into_iter()
-            .flat_map(|s| Role::for_service(s, self.state.docker.target))
-            .collect();
+        let mut roles: Vec<Role> = self.services().into_iter().flat_map(|s| Role::for_service(s, self.state.docker.target)).collect();
         if self.state.docker.observability {
             roles.extend(Role::OBSERVABILITY);
         }
@@ -322,14 +249,7 @@ impl DockerStack {
     }
 
     fn spec(&self, role: Role) -> ContainerSpec {
-        spec::container_spec(
-            role,
-            &SpecInputs {
-                config: &self.state.docker,
-                ports: &self.state.ports,
-                pg_password: self.state.password.expose(),
-            },
-        )
+        spec::container_spec(role, &SpecInputs { config: &self.state.docker, ports: &self.state.ports, pg_password: self.state.password.expose() })
     }
 
     fn save(&self) -> Result<(), ServiceError> {
@@ -338,14 +258,7 @@ impl DockerStack {
 
     async fn ensure_network(&self) -> Result<(), DockerError> {
         let name = self.names.network();
-        match self
-            .docker
-            .inspect_network(
-                &name,
-                None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
-            .await
-        {
+        match self.docker.inspect_network(&name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
             Ok(_) => Ok(()),
             Err(e) => match DockerError::from_bollard("inspect network", &name, e) {
                 DockerError::NotFound { .. } => self
@@ -370,51 +283,28 @@ impl DockerStack {
             },
         }
         if image == self.state.docker.images.sink || image == SINK_IMAGE {
-            return Err(DockerError::ImageMissing {
-                image: image.to_string(),
-            });
+            return Err(DockerError::ImageMissing { image: image.to_string() });
         }
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_prefix(format!("pull {image}"));
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {prefix}: {wide_msg}")
-        {
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {prefix}: {wide_msg}") {
             bar.set_style(style);
         }
         bar.enable_steady_tick(Duration::from_millis(200));
-        let mut stream = self.docker.create_image(
-            Some(CreateImageOptions {
-                from_image: Some(image.to_string()),
-                ..Default::default()
-            }),
-            None,
-            None,
-        );
+        let mut stream = self.docker.create_image(Some(CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() }), None, None);
         // Per layer: latest status; the message sums them up.
         let mut layers: BTreeMap<String, String> = BTreeMap::new();
         while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| DockerError::Pull {
-                image: image.to_string(),
-                reason: e.to_string(),
-            })?;
+            let info = item.map_err(|e| DockerError::Pull { image: image.to_string(), reason: e.to_string() })?;
             if let Some(detail) = info.error_detail.and_then(|d| d.message) {
                 bar.finish_and_clear();
-                return Err(DockerError::Pull {
-                    image: image.to_string(),
-                    reason: detail,
-                });
+                return Err(DockerError::Pull { image: image.to_string(), reason: detail });
             }
             if let (Some(id), Some(status)) = (info.id, info.status.clone()) {
                 layers.insert(id, status);
             }
-            let done = layers
-                .values()
-                .filter(|s| s.starts_with("Pull complete") || s.starts_with("Already exists"))
-                .count();
-            bar.set_message(format!(
-                "{done}/{} layers; {}",
-                layers.len(),
-                info.status.unwrap_or_default()
-            ));
+            let done = layers.values().filter(|s| s.starts_with("Pull complete") || s.starts_with("Already exists")).count();
+            bar.set_message(format!("{done}/{} layers; {}", layers.len(), info.status.unwrap_or_default()));
         }
         bar.finish_and_clear();
         eprintln!("pulled {image}");
@@ -424,23 +314,13 @@ impl DockerStack {
     /// Creates (if needed) and starts the container of `role`, and follows its log.
     async fn start_container(&mut self, role: Role) -> Result<(), DockerError> {
         let name = self.names.container(role);
-        let state = match self
-            .docker
-            .inspect_container(&name, None::<InspectContainerOptions>)
-            .await
-        {
+        let state = match self.docker.inspect_container(&name, None::<InspectContainerOptions>).await {
             Ok(inspect) => inspect.state.and_then(|s| s.status),
             Err(e) => match DockerError::from_bollard("inspect container", &name, e) {
                 DockerError::NotFound { .. } => {
                     let body = self.spec(role).create_body(&self.names);
                     self.docker
-                        .create_container(
-                            Some(CreateContainerOptions {
-                                name: Some(name.clone()),
-                                ..Default::default()
-                            }),
-                            body,
-                        )
+                        .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
                         .await
                         .map_err(|e| DockerError::from_bollard("create container", &name, e))?;
                     None
@@ -451,17 +331,11 @@ impl DockerStack {
         match state {
             Some(ContainerStateStatusEnum::RUNNING) => {}
             Some(ContainerStateStatusEnum::PAUSED) => {
-                self.docker
-                    .unpause_container(&name)
-                    .await
-                    .map_err(|e| DockerError::from_bollard("unpause container", &name, e))?;
+                self.docker.unpause_container(&name).await.map_err(|e| DockerError::from_bollard("unpause container", &name, e))?;
             }
             _ => {
                 self.docker
-                    .start_container(
-                        &name,
-                        None::<bollard::query_parameters::StartContainerOptions>,
-                    )
+                    .start_container(&name, None::<bollard::query_parameters::StartContainerOptions>)
                     .await
                     .map_err(|e| DockerError::from_bollard("start container", &name, e))?;
             }
@@ -479,30 +353,12 @@ impl DockerStack {
         let name = self.names.container(role);
         let path = self.log_path(role);
         // A re-follow after a restart starts at now: earlier output is already in the file.
-        let since = if self.followers.contains_key(&role) {
-            chrono::Utc::now().timestamp() as i32
-        } else {
-            0
-        };
+        let since = if self.followers.contains_key(&role) { chrono::Utc::now().timestamp() as i32 } else { 0 };
         let handle = tokio::spawn(async move {
-            let Ok(mut file) = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .await
-            else {
+            let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await else {
                 return;
             };
-            let mut logs = docker.logs(
-                &name,
-                Some(LogsOptions {
-                    follow: true,
-                    stdout: true,
-                    stderr: true,
-                    since,
-                    ..Default::default()
-                }),
-            );
+            let mut logs = docker.logs(&name, Some(LogsOptions { follow: true, stdout: true, stderr: true, since, ..Default::default() }));
             while let Some(Ok(chunk)) = logs.next().await {
                 if file.write_all(&chunk.into_bytes()).await.is_err() {
                     return;
@@ -514,74 +370,37 @@ impl DockerStack {
     }
 
     /// Waits for the container's own health check to report healthy.
-    async fn wait_healthy(
-        &self,
-        role: Role,
-        service: ServiceKind,
-        timeout: Duration,
-    ) -> Result<(), ServiceError> {
+    async fn wait_healthy(&self, role: Role, service: ServiceKind, timeout: Duration) -> Result<(), ServiceError> {
         let name = self.names.container(role);
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no health report yet");
         while Instant::now() < deadline {
-            let inspect = self
-                .docker
-                .inspect_container(&name, None::<InspectContainerOptions>)
-                .await;
+            let inspect = self.docker.inspect_container(&name, None::<InspectContainerOptions>).await;
             match inspect.map(|i| i.state.unwrap_or_default()) {
                 Ok(state) => {
                     let running = state.running.unwrap_or(false);
                     if !running && state.status == Some(ContainerStateStatusEnum::EXITED) {
-                        return Err(ServiceError::Exited {
-                            service,
-                            log: self.log_path(role),
-                            tail: self.log_tail(role, 25).await,
-                        });
+                        return Err(ServiceError::Exited { service, log: self.log_path(role), tail: self.log_tail(role, 25).await });
                     }
                     match state.health.and_then(|h| h.status) {
                         Some(HealthStatusEnum::HEALTHY) => return Ok(()),
                         // No health check declared: running is all the daemon can tell.
-                        None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY)
-                            if running =>
-                        {
+                        None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) if running => {
                             return Ok(());
                         }
-                        other => {
-                            last = format!(
-                                "{}: health {}",
-                                name,
-                                other
-                                    .map(|s| s.to_string())
-                                    .unwrap_or_else(|| "none".into())
-                            )
-                        }
+                        other => last = format!("{}: health {}", name, other.map(|s| s.to_string()).unwrap_or_else(|| "none".into())),
                     }
                 }
-                Err(e) => {
-                    last = DockerError::from_bollard("inspect container", &name, e).to_string()
-                }
+                Err(e) => last = DockerError::from_bollard("inspect container", &name, e).to_string(),
             }
             tokio::time::sleep(POLL).await;
         }
-        Err(ServiceError::NotReady {
-            service,
-            waited: timeout,
-            reason: last,
-            log: self.log_path(role),
-        })
+        Err(ServiceError::NotReady { service, waited: timeout, reason: last, log: self.log_path(role) })
     }
 
     async fn log_tail(&self, role: Role, lines: usize) -> String {
         let name = self.names.container(role);
-        let mut logs = self.docker.logs(
-            &name,
-            Some(LogsOptions {
-                stdout: true,
-                stderr: true,
-                tail: lines.to_string(),
-                ..Default::default()
-            }),
-        );
+        let mut logs = self.docker.logs(&name, Some(LogsOptions { stdout: true, stderr: true, tail: lines.to_string(), ..Default::default() }));
         let mut out = String::new();
         while let Some(Ok(chunk)) = logs.next().await {
             out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
@@ -591,10 +410,7 @@ impl DockerStack {
 
     /// Starts every container of `service` and waits for its declared readiness.
     pub async fn start_service(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
-        let start_err = |e: DockerError| ServiceError::Start {
-            service,
-            reason: e.to_string(),
-        };
+        let start_err = |e: DockerError| ServiceError::Start { service, reason: e.to_string() };
         fs::create_dir_all(self.run_dir.join("logs")).map_err(|e| state_err(&self.run_dir, e))?;
         self.save()?;
         self.ensure_network().await.map_err(start_err)?;
@@ -609,74 +425,36 @@ impl DockerStack {
         }
         match service {
             ServiceKind::Postgres => {
-                wait_until(
-                    service,
-                    Duration::from_secs(60),
-                    self.log_path(Role::Postgres),
-                    || async {
-                        let client = endpoints
-                            .postgres
-                            .connect("postgres")
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        client
-                            .simple_query("select 1")
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    },
-                )
+                wait_until(service, Duration::from_secs(60), self.log_path(Role::Postgres), || async {
+                    let client = endpoints.postgres.connect("postgres").await.map_err(|e| e.to_string())?;
+                    client.simple_query("select 1").await.map(|_| ()).map_err(|e| e.to_string())
+                })
                 .await?;
                 if local_pg::bootstrap(&endpoints.postgres, &self.state.config.seed).await? {
-                    tracing::info!(
-                        message = "source schema and seed data loaded",
-                        customers = self.state.config.seed.customers
-                    );
+                    tracing::info!(message = "source schema and seed data loaded", customers = self.state.config.seed.customers);
                 }
             }
             ServiceKind::Broker => {
                 let bootstrap = endpoints.kafka.clone();
-                wait_until(
-                    service,
-                    Duration::from_secs(60),
-                    self.log_path(Role::Kafka),
-                    || kafka_metadata(bootstrap.clone()),
-                )
-                .await?;
-                broker::create_topics(
-                    &endpoints.kafka,
-                    &spec::topics(),
-                    self.state.config.partitions,
-                )
-                .await?;
+                wait_until(service, Duration::from_secs(60), self.log_path(Role::Kafka), || kafka_metadata(bootstrap.clone())).await?;
+                broker::create_topics(&endpoints.kafka, &spec::topics(), self.state.config.partitions).await?;
             }
             ServiceKind::Debezium => {
                 self.register_connector().await?;
-                let require_snapshot =
-                    !self.state.snapshot_done && self.state.config.seed.customers > 0;
+                let require_snapshot = !self.state.snapshot_done && self.state.config.seed.customers > 0;
                 let connect = format!("http://127.0.0.1:{}", self.state.ports.connect);
                 let pg = endpoints.postgres.clone();
-                wait_until(
-                    service,
-                    Duration::from_secs(180),
-                    self.log_path(Role::Connect),
-                    || connector_ready(connect.clone(), pg.clone(), require_snapshot),
-                )
-                .await?;
+                wait_until(service, Duration::from_secs(180), self.log_path(Role::Connect), || connector_ready(connect.clone(), pg.clone(), require_snapshot))
+                    .await?;
                 self.state.snapshot_done = true;
                 self.save()?;
             }
             ServiceKind::Sink => {
                 let http = endpoints.sink_http.clone();
-                wait_until(
-                    service,
-                    Duration::from_secs(120),
-                    self.log_path(Role::Sink),
-                    || {
-                        let http = http.clone();
-                        async move { local_sink::is_ready(&http).await }
-                    },
-                )
+                wait_until(service, Duration::from_secs(120), self.log_path(Role::Sink), || {
+                    let http = http.clone();
+                    async move { local_sink::is_ready(&http).await }
+                })
                 .await?;
             }
         }
@@ -686,48 +464,23 @@ impl DockerStack {
     /// `POST /connectors`; 409 (registered by an earlier `up`) keeps the stored config,
     /// whose offsets make the connector resume instead of re-snapshotting.
     async fn register_connector(&self) -> Result<(), ServiceError> {
-        let err = |reason: String| ServiceError::Setup {
-            service: ServiceKind::Debezium,
-            reason,
-        };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| err(e.to_string()))?;
+        let err = |reason: String| ServiceError::Setup { service: ServiceKind::Debezium, reason };
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| err(e.to_string()))?;
         let url = format!("http://127.0.0.1:{}/connectors", self.state.ports.connect);
-        let body = spec::connector_request(
-            self.state.password.expose(),
-            self.state.config.debezium_poll_interval_ms,
-        );
-        let response = client
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| err(format!("POST {url}: {e}")))?;
+        let body = spec::connector_request(self.state.password.expose(), self.state.config.debezium_poll_interval_ms);
+        let response = client.post(&url).json(&body).send().await.map_err(|e| err(format!("POST {url}: {e}")))?;
         let status = response.status();
         if status.is_success() || status == reqwest::StatusCode::CONFLICT {
             return Ok(());
         }
         // The body echoes the request on some errors: never surface the password.
-        let text = response
-            .text()
-            .await
-            .unwrap_or_default()
-            .replace(self.state.password.expose(), "***");
+        let text = response.text().await.unwrap_or_default().replace(self.state.password.expose(), "***");
         Err(err(format!("POST {url} answered {status}: {text}")))
     }
 
-    async fn container_state(
-        &self,
-        role: Role,
-    ) -> Result<Option<ContainerStateStatusEnum>, DockerError> {
+    async fn container_state(&self, role: Role) -> Result<Option<ContainerStateStatusEnum>, DockerError> {
         let name = self.names.container(role);
-        match self
-            .docker
-            .inspect_container(&name, None::<InspectContainerOptions>)
-            .await
-        {
+        match self.docker.inspect_container(&name, None::<InspectContainerOptions>).await {
             Ok(inspect) => Ok(inspect.state.and_then(|s| s.status)),
             Err(e) => match DockerError::from_bollard("inspect container", &name, e) {
                 DockerError::NotFound { .. } => Ok(None),
@@ -759,13 +512,7 @@ impl DockerStack {
             match self.container_state(*role).await {
                 Ok(Some(ContainerStateStatusEnum::RUNNING)) => {}
                 Ok(other) => {
-                    status.detail = Some(format!(
-                        "{}: {}",
-                        self.names.container(*role),
-                        other
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| "absent".into())
-                    ));
+                    status.detail = Some(format!("{}: {}", self.names.container(*role), other.map(|s| s.to_string()).unwrap_or_else(|| "absent".into())));
                     return status;
                 }
                 Err(e) => {
@@ -776,22 +523,11 @@ impl DockerStack {
         }
         let probe = match service {
             ServiceKind::Postgres => match endpoints.postgres.connect("postgres").await {
-                Ok(client) => client
-                    .simple_query("select 1")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                Ok(client) => client.simple_query("select 1").await.map(|_| ()).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             },
             ServiceKind::Broker => kafka_metadata(endpoints.kafka.clone()).await,
-            ServiceKind::Debezium => {
-                connector_ready(
-                    format!("http://127.0.0.1:{}", self.state.ports.connect),
-                    endpoints.postgres.clone(),
-                    false,
-                )
-                .await
-            }
+            ServiceKind::Debezium => connector_ready(format!("http://127.0.0.1:{}", self.state.ports.connect), endpoints.postgres.clone(), false).await,
             ServiceKind::Sink => local_sink::is_ready(&endpoints.sink_http).await,
         };
         match probe {
@@ -809,54 +545,26 @@ impl DockerStack {
     pub async fn inject(&mut self, role: Role, fault: &Fault) -> Result<(), ServiceError> {
         let name = self.names.container(role);
         let service = service_of(role);
-        let fail = |e: DockerError| ServiceError::Start {
-            service,
-            reason: e.to_string(),
-        };
+        let fail = |e: DockerError| ServiceError::Start { service, reason: e.to_string() };
         let grace_secs = |d: &Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
         tracing::info!(message = "fault", container = %name, %fault);
         match fault {
             Fault::Kill => self
                 .docker
-                .kill_container(
-                    &name,
-                    Some(KillContainerOptions {
-                        signal: "SIGKILL".into(),
-                    }),
-                )
+                .kill_container(&name, Some(KillContainerOptions { signal: "SIGKILL".into() }))
                 .await
                 .map_err(|e| fail(DockerError::from_bollard("kill container", &name, e))),
             Fault::Stop { grace } => self
                 .docker
-                .stop_container(
-                    &name,
-                    Some(StopContainerOptions {
-                        t: Some(grace_secs(grace)),
-                        ..Default::default()
-                    }),
-                )
+                .stop_container(&name, Some(StopContainerOptions { t: Some(grace_secs(grace)), ..Default::default() }))
                 .await
                 .map_err(|e| fail(DockerError::from_bollard("stop container", &name, e))),
             Fault::Start => self.start_service(service).await,
-            Fault::Pause => self
-                .docker
-                .pause_container(&name)
-                .await
-                .map_err(|e| fail(DockerError::from_bollard("pause container", &name, e))),
-            Fault::Unpause => self
-                .docker
-                .unpause_container(&name)
-                .await
-                .map_err(|e| fail(DockerError::from_bollard("unpause container", &name, e))),
+            Fault::Pause => self.docker.pause_container(&name).await.map_err(|e| fail(DockerError::from_bollard("pause container", &name, e))),
+            Fault::Unpause => self.docker.unpause_container(&name).await.map_err(|e| fail(DockerError::from_bollard("unpause container", &name, e))),
             Fault::Restart { grace } => {
                 self.docker
-                    .restart_container(
-                        &name,
-                        Some(RestartContainerOptions {
-                            t: Some(grace_secs(grace)),
-                            ..Default::default()
-                        }),
-                    )
+                    .restart_container(&name, Some(RestartContainerOptions { t: Some(grace_secs(grace)), ..Default::default() }))
                     .await
                     .map_err(|e| fail(DockerError::from_bollard("restart container", &name, e)))?;
                 self.follow_logs(role);
@@ -865,51 +573,25 @@ impl DockerStack {
             Fault::Disconnect => {
                 let network = self.names.network();
                 self.docker
-                    .disconnect_network(
-                        &network,
-                        NetworkDisconnectRequest {
-                            container: name.clone(),
-                            force: Some(true),
-                        },
-                    )
+                    .disconnect_network(&network, NetworkDisconnectRequest { container: name.clone(), force: Some(true) })
                     .await
                     .map_err(|e| fail(DockerError::from_bollard("disconnect network", &name, e)))
             }
             Fault::Reconnect => {
                 let network = self.names.network();
                 // The alias is per attachment: restore it or peers no longer resolve the name.
-                let endpoint = EndpointSettings {
-                    aliases: Some(vec![role.alias().to_string()]),
-                    ..Default::default()
-                };
+                let endpoint = EndpointSettings { aliases: Some(vec![role.alias().to_string()]), ..Default::default() };
                 self.docker
-                    .connect_network(
-                        &network,
-                        NetworkConnectRequest {
-                            container: name.clone(),
-                            endpoint_config: Some(endpoint),
-                        },
-                    )
+                    .connect_network(&network, NetworkConnectRequest { container: name.clone(), endpoint_config: Some(endpoint) })
                     .await
                     .map_err(|e| fail(DockerError::from_bollard("connect network", &name, e)))
             }
-            Fault::Latency { delay, jitter } => self
-                .exec_fault(&name, fault, spec::netem_add(*delay, *jitter))
-                .await
-                .map_err(fail),
-            Fault::ClearLatency => self
-                .exec_fault(&name, fault, spec::netem_clear())
-                .await
-                .map_err(fail),
+            Fault::Latency { delay, jitter } => self.exec_fault(&name, fault, spec::netem_add(*delay, *jitter)).await.map_err(fail),
+            Fault::ClearLatency => self.exec_fault(&name, fault, spec::netem_clear()).await.map_err(fail),
         }
     }
 
-    async fn exec_fault(
-        &self,
-        container: &str,
-        fault: &Fault,
-        cmd: Vec<String>,
-    ) -> Result<(), DockerError> {
+    async fn exec_fault(&self, container: &str, fault: &Fault, cmd: Vec<String>) -> Result<(), DockerError> {
         let (code, output) = self.exec(container, cmd.clone()).await?;
         match code {
             0 => Ok(()),
@@ -924,42 +606,21 @@ impl DockerStack {
     }
 
     /// Runs `cmd` in `container`; returns its exit code and combined output.
-    pub async fn exec(
-        &self,
-        container: &str,
-        cmd: Vec<String>,
-    ) -> Result<(i64, String), DockerError> {
+    pub async fn exec(&self, container: &str, cmd: Vec<String>) -> Result<(i64, String), DockerError> {
         let created = self
             .docker
-            .create_exec(
-                container,
-                CreateExecOptions {
-                    cmd: Some(cmd),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
+            .create_exec(container, CreateExecOptions { cmd: Some(cmd), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() })
             .await
             .map_err(|e| DockerError::from_bollard("create exec", container, e))?;
         let mut output = String::new();
-        if let StartExecResults::Attached {
-            output: mut stream, ..
-        } = self
-            .docker
-            .start_exec(&created.id, None)
-            .await
-            .map_err(|e| DockerError::from_bollard("start exec", container, e))?
+        if let StartExecResults::Attached { output: mut stream, .. } =
+            self.docker.start_exec(&created.id, None).await.map_err(|e| DockerError::from_bollard("start exec", container, e))?
         {
             while let Some(Ok(chunk)) = stream.next().await {
                 output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
             }
         }
-        let inspect = self
-            .docker
-            .inspect_exec(&created.id)
-            .await
-            .map_err(|e| DockerError::from_bollard("inspect exec", container, e))?;
+        let inspect = self.docker.inspect_exec(&created.id).await.map_err(|e| DockerError::from_bollard("inspect exec", container, e))?;
         Ok((inspect.exit_code.unwrap_or(-1), output))
     }
 
@@ -988,12 +649,7 @@ fn service_of(role: Role) -> ServiceKind {
 }
 
 /// Polls `probe` until it succeeds or `timeout` passes.
-async fn wait_until<F, Fut>(
-    service: ServiceKind,
-    timeout: Duration,
-    log: PathBuf,
-    mut probe: F,
-) -> Result<(), ServiceError>
+async fn wait_until<F, Fut>(service: ServiceKind, timeout: Duration, log: PathBuf, mut probe: F) -> Result<(), ServiceError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -1007,29 +663,16 @@ where
         }
         tokio::time::sleep(POLL).await;
     }
-    Err(ServiceError::NotReady {
-        service,
-        waited: timeout,
-        reason: last,
-        log,
-    })
+    Err(ServiceError::NotReady { service, waited: timeout, reason: last, log })
 }
 
 /// The broker answers a metadata request naming at least one broker.
 async fn kafka_metadata(bootstrap: String) -> Result<(), String> {
     tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = broker::client_config(&bootstrap)
-            .create()
-            .map_err(|e| e.to_string())?;
-        let metadata = consumer
-            .fetch_metadata(None, Duration::from_secs(3))
-            .map_err(|e| e.to_string())?;
-        if metadata.brokers().is_empty() {
-            Err("metadata lists no broker".into())
-        } else {
-            Ok(())
-        }
+        let consumer: BaseConsumer = broker::client_config(&bootstrap).create().map_err(|e| e.to_string())?;
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        if metadata.brokers().is_empty() { Err("metadata lists no broker".into()) } else { Ok(()) }
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()))
@@ -1037,20 +680,10 @@ async fn kafka_metadata(bootstrap: String) -> Result<(), String> {
 
 /// Connector and tasks RUNNING, the replication slot in use (streaming connected) and,
 /// on the first start, the initial snapshot finished.
-async fn connector_ready(
-    connect: String,
-    pg: PgEndpoint,
-    require_snapshot: bool,
-) -> Result<(), String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .map_err(|e| e.to_string())?;
+async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool) -> Result<(), String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().map_err(|e| e.to_string())?;
     let status: serde_json::Value = client
-        .get(format!(
-            "{connect}/connectors/{}/status",
-            spec::CONNECTOR_NAME
-        ))
+        .get(format!("{connect}/connectors/{}/status", spec::CONNECTOR_NAME))
         .send()
         .await
         .map_err(|e| e.to_string())?
@@ -1063,10 +696,7 @@ async fn connector_ready(
     }
     let source = pg.connect(&pg.source_db).await.map_err(|e| e.to_string())?;
     let active = source
-        .query_opt(
-            "select active from pg_replication_slots where slot_name = $1",
-            &[&crate::orchestrator::local::debezium::SLOT_NAME],
-        )
+        .query_opt("select active from pg_replication_slots where slot_name = $1", &[&crate::orchestrator::local::debezium::SLOT_NAME])
         .await
         .map_err(|e| e.to_string())?
         .map(|row| row.get::<_, bool>(0))
@@ -1076,10 +706,7 @@ async fn connector_ready(
     }
     if require_snapshot {
         let offsets: serde_json::Value = client
-            .get(format!(
-                "{connect}/connectors/{}/offsets",
-                spec::CONNECTOR_NAME
-            ))
+            .get(format!("{connect}/connectors/{}/offsets", spec::CONNECTOR_NAME))
             .send()
             .await
             .map_err(|e| e.to_string())?
@@ -1101,34 +728,20 @@ impl Orchestrator for DockerStack {
         // Every image up front: a missing one fails the run before anything starts.
         for role in self.roles() {
             let image = role.image(&self.state.docker.images).to_string();
-            self.ensure_image(&image)
-                .await
-                .map_err(|e| ServiceError::Setup {
-                    service: service_of(role),
-                    reason: e.to_string(),
-                })?;
+            self.ensure_image(&image).await.map_err(|e| ServiceError::Setup { service: service_of(role), reason: e.to_string() })?;
         }
         for service in self.services() {
             eprintln!("up: starting {service} (docker)");
             let started = Instant::now();
             self.start_service(service).await?;
-            eprintln!(
-                "up: {service} ready ({:.1}s)",
-                started.elapsed().as_secs_f64()
-            );
+            eprintln!("up: {service} ready ({:.1}s)", started.elapsed().as_secs_f64());
         }
         if self.state.docker.observability {
             for role in Role::OBSERVABILITY {
-                self.start_container(role)
-                    .await
-                    .map_err(|e| ServiceError::Start {
-                        service: ServiceKind::Sink,
-                        reason: e.to_string(),
-                    })?;
+                self.start_container(role).await.map_err(|e| ServiceError::Start { service: ServiceKind::Sink, reason: e.to_string() })?;
             }
             for role in Role::OBSERVABILITY {
-                self.wait_healthy(role, ServiceKind::Sink, Duration::from_secs(120))
-                    .await?;
+                self.wait_healthy(role, ServiceKind::Sink, Duration::from_secs(120)).await?;
             }
         }
         Ok(self.endpoints())
@@ -1146,10 +759,7 @@ impl Orchestrator for DockerStack {
         self.collect_logs().await;
         let (containers, networks) = remove_labelled(&self.docker, Some(&self.state.run_id))
             .await
-            .map_err(|e| ServiceError::State {
-                path: self.run_dir.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ServiceError::State { path: self.run_dir.clone(), reason: e.to_string() })?;
         for (_, follower) in std::mem::take(&mut self.followers) {
             // The stream ends when its container is removed; wait so the file is complete.
             let _ = tokio::time::timeout(Duration::from_secs(5), follower).await;
@@ -1160,7 +770,6 @@ impl Orchestrator for DockerStack {
     }
 }
 
-
 fn read_state(run_dir: &Path) -> Result<Option<DockerState>, ServiceError> {
     state::read(run_dir, STATE_FILE)
 }
@@ -1170,16 +779,9 @@ fn write_state(run_dir: &Path, docker_state: &DockerState) -> Result<(), Service
 }
 
 /// Every container of a run keyed by role, from the daemon (for tests and diagnostics).
-pub async fn run_containers(
-    docker: &Docker,
-    run_id: &str,
-) -> Result<HashMap<Role, String>, DockerError> {
+pub async fn run_containers(docker: &Docker, run_id: &str) -> Result<HashMap<Role, String>, DockerError> {
     let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(spec::label_filter(Some(run_id))),
-            ..Default::default()
-        }))
+        .list_containers(Some(ListContainersOptions { all: true, filters: Some(spec::label_filter(Some(run_id))), ..Default::default() }))
         .await
         .map_err(|e| DockerError::from_bollard("list containers", run_id, e))?;
     Ok(containers

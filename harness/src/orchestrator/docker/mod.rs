@@ -103,44 +103,20 @@ pub enum DockerError {
     Unreachable { reason: String },
     #[error("pulling {image} failed: {reason}")]
     Pull { image: String, reason: String },
-    #[error(
-        "image {image} is not present; build it with `docker build -t {image} .` in the workspace"
-    )]
+    #[error("image {image} is not present; build it with `docker build -t {image} .` in the workspace")]
     ImageMissing { image: String },
     #[error("{op} {target}: not found")]
     NotFound { op: &'static str, target: String },
     #[error("{op} {target}: conflict: {message}")]
-    Conflict {
-        op: &'static str,
-        target: String,
-        message: String,
-    },
+    Conflict { op: &'static str, target: String, message: String },
     #[error("{op} {target}: daemon answered {status}: {message}")]
-    Api {
-        op: &'static str,
-        target: String,
-        status: u16,
-        message: String,
-    },
+    Api { op: &'static str, target: String, status: u16, message: String },
     #[error("{op} {target}: {reason}")]
-    Transport {
-        op: &'static str,
-        target: String,
-        reason: String,
-    },
+    Transport { op: &'static str, target: String, reason: String },
     #[error("{command:?} in {container} exited with {code}: {output}")]
-    Exec {
-        container: String,
-        command: Vec<String>,
-        code: i64,
-        output: String,
-    },
+    Exec { container: String, command: Vec<String>, code: i64, output: String },
     #[error("fault {fault} on {container} is not possible: {reason}")]
-    FaultUnsupported {
-        fault: String,
-        container: String,
-        reason: String,
-    },
+    FaultUnsupported { fault: String, container: String, reason: String },
     #[error("{container}: container is not running ({state})")]
     NotRunning { container: String, state: String },
 }
@@ -151,31 +127,10 @@ impl DockerError {
         use bollard::errors::Error as B;
         let target = target.to_string();
         match error {
-            B::DockerResponseServerError {
-                status_code: 404, ..
-            } => Self::NotFound { op, target },
-            B::DockerResponseServerError {
-                status_code: 409,
-                message,
-            } => Self::Conflict {
-                op,
-                target,
-                message,
-            },
-            B::DockerResponseServerError {
-                status_code,
-                message,
-            } => Self::Api {
-                op,
-                target,
-                status: status_code,
-                message,
-            },
-            other => Self::Transport {
-                op,
-                target,
-                reason: other.to_string(),
-            },
+            B::DockerResponseServerError { status_code: 404, .. } => Self::NotFound { op, target },
+            B::DockerResponseServerError { status_code: 409, message } => Self::Conflict { op, target, message },
+            B::DockerResponseServerError { status_code, message } => Self::Api { op, target, status: status_code, message },
+            other => Self::Transport { op, target, reason: other.to_string() },
         }
     }
 }
@@ -192,19 +147,12 @@ mod tests {
         assert!(images.connect.starts_with("quay.io/debezium/connect:3."));
         assert_eq!(images.mongo, "mongo:8");
         assert_eq!(images.sink, SINK_IMAGE);
-        assert!(
-            DockerConfig::default()
-                .assets_dir
-                .join("docker-compose.yml")
-                .is_file()
-        );
+        assert!(DockerConfig::default().assets_dir.join("docker-compose.yml").is_file());
     }
 
     #[test]
     fn config_overrides_parse_from_toml_and_reject_typos() {
-        let config: DockerConfig =
-            toml::from_str("target = \"postgres\"\n[images]\nkafka = \"mirror/kafka:4.1.0\"\n")
-                .expect("valid");
+        let config: DockerConfig = toml::from_str("target = \"postgres\"\n[images]\nkafka = \"mirror/kafka:4.1.0\"\n").expect("valid");
         assert_eq!(config.target, TargetKind::Postgres);
         assert_eq!(config.images.kafka, "mirror/kafka:4.1.0");
         assert_eq!(config.images.postgres, "postgres:15");
@@ -213,21 +161,9 @@ mod tests {
 
     #[test]
     fn daemon_errors_map_to_typed_variants() {
-        let e = |status_code| bollard::errors::Error::DockerResponseServerError {
-            status_code,
-            message: "m".into(),
-        };
-        assert!(matches!(
-            DockerError::from_bollard("inspect", "c", e(404)),
-            DockerError::NotFound { .. }
-        ));
-        assert!(matches!(
-            DockerError::from_bollard("create", "c", e(409)),
-            DockerError::Conflict { .. }
-        ));
-        assert!(matches!(
-            DockerError::from_bollard("start", "c", e(500)),
-            DockerError::Api { status: 500, .. }
-        ));
+        let e = |status_code| bollard::errors::Error::DockerResponseServerError { status_code, message: "m".into() };
+        assert!(matches!(DockerError::from_bollard("inspect", "c", e(404)), DockerError::NotFound { .. }));
+        assert!(matches!(DockerError::from_bollard("create", "c", e(409)), DockerError::Conflict { .. }));
+        assert!(matches!(DockerError::from_bollard("start", "c", e(500)), DockerError::Api { status: 500, .. }));
     }
 }

@@ -5,10 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkCreateRequest,
-    NetworkingConfig, PortBinding,
-};
+use bollard::models::{ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding};
 use serde_json::{Value, json};
 
 use super::{DockerConfig, Images, TargetKind};
@@ -53,13 +50,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub const OBSERVABILITY: [Role; 5] = [
-        Self::OtelCollector,
-        Self::Tempo,
-        Self::Loki,
-        Self::Prometheus,
-        Self::Grafana,
-    ];
+    pub const OBSERVABILITY: [Role; 5] = [Self::OtelCollector, Self::Tempo, Self::Loki, Self::Prometheus, Self::Grafana];
 
     pub fn alias(self) -> &'static str {
         match self {
@@ -77,20 +68,9 @@ impl Role {
     }
 
     pub fn from_alias(alias: &str) -> Option<Self> {
-        [
-            Self::Postgres,
-            Self::Kafka,
-            Self::Connect,
-            Self::Mongo,
-            Self::Sink,
-            Self::OtelCollector,
-            Self::Tempo,
-            Self::Loki,
-            Self::Prometheus,
-            Self::Grafana,
-        ]
-        .into_iter()
-        .find(|r| r.alias() == alias)
+        [Self::Postgres, Self::Kafka, Self::Connect, Self::Mongo, Self::Sink, Self::OtelCollector, Self::Tempo, Self::Loki, Self::Prometheus, Self::Grafana]
+            .into_iter()
+            .find(|r| r.alias() == alias)
     }
 
     /// The roles that make up a pipeline service, in start order (`ServiceKind` has no
@@ -130,9 +110,7 @@ pub struct RunNames {
 
 impl RunNames {
     pub fn new(run_id: impl Into<String>) -> Self {
-        Self {
-            run_id: run_id.into(),
-        }
+        Self { run_id: run_id.into() }
     }
     pub fn network(&self) -> String {
         format!("cdc-{}", self.run_id)
@@ -159,12 +137,7 @@ pub fn label_filter(run_id: Option<&str>) -> HashMap<String, Vec<String>> {
 }
 
 pub fn network_request(names: &RunNames) -> NetworkCreateRequest {
-    NetworkCreateRequest {
-        name: names.network(),
-        driver: Some("bridge".into()),
-        labels: Some(names.labels(None)),
-        ..Default::default()
-    }
+    NetworkCreateRequest { name: names.network(), driver: Some("bridge".into()), labels: Some(names.labels(None)), ..Default::default() }
 }
 
 /// A Docker health check (the daemon runs it; readiness waits on `healthy`).
@@ -242,20 +215,9 @@ impl ContainerSpec {
         let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = self
             .ports
             .iter()
-            .map(|(container, host)| {
-                (
-                    port_key(*container),
-                    Some(vec![PortBinding {
-                        host_ip: Some("127.0.0.1".into()),
-                        host_port: Some(host.to_string()),
-                    }]),
-                )
-            })
+            .map(|(container, host)| (port_key(*container), Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(host.to_string()) }])))
             .collect();
-        let endpoint = EndpointSettings {
-            aliases: Some(vec![self.role.alias().to_string()]),
-            ..Default::default()
-        };
+        let endpoint = EndpointSettings { aliases: Some(vec![self.role.alias().to_string()]), ..Default::default() };
         ContainerCreateBody {
             image: Some(self.image.clone()),
             hostname: Some(self.role.alias().to_string()),
@@ -271,9 +233,7 @@ impl ContainerSpec {
                 cap_add: self.net_admin.then(|| vec!["NET_ADMIN".to_string()]),
                 ..Default::default()
             }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(names.network(), endpoint)])),
-            }),
+            networking_config: Some(NetworkingConfig { endpoints_config: Some(HashMap::from([(names.network(), endpoint)])) }),
             ..Default::default()
         }
     }
@@ -306,10 +266,7 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
     let base = ContainerSpec::new(role, images);
     match role {
         Role::Postgres => {
-            let mut spec = base
-                .env("POSTGRES_USER", "postgres")
-                .env("POSTGRES_PASSWORD", inputs.pg_password)
-                .env("POSTGRES_DB", "postgres");
+            let mut spec = base.env("POSTGRES_USER", "postgres").env("POSTGRES_PASSWORD", inputs.pg_password).env("POSTGRES_DB", "postgres");
             spec.cmd = [
                 "postgres",
                 "-c",
@@ -325,9 +282,7 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
             ]
             .map(String::from)
             .to_vec();
-            spec.health = Some(HealthCheck::shell(
-                "pg_isready -U postgres -d postgres -h 127.0.0.1",
-            ));
+            spec.health = Some(HealthCheck::shell("pg_isready -U postgres -d postgres -h 127.0.0.1"));
             spec.ports = vec![(POSTGRES_PORT, ports.postgres)];
             spec.net_admin = true;
             spec
@@ -366,30 +321,20 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
                 .env("CONFIG_STORAGE_REPLICATION_FACTOR", "1")
                 .env("OFFSET_STORAGE_REPLICATION_FACTOR", "1")
                 .env("STATUS_STORAGE_REPLICATION_FACTOR", "1")
-                .env(
-                    "KEY_CONVERTER",
-                    "org.apache.kafka.connect.json.JsonConverter",
-                )
-                .env(
-                    "VALUE_CONVERTER",
-                    "org.apache.kafka.connect.json.JsonConverter",
-                )
+                .env("KEY_CONVERTER", "org.apache.kafka.connect.json.JsonConverter")
+                .env("VALUE_CONVERTER", "org.apache.kafka.connect.json.JsonConverter")
                 .env("CONNECT_KEY_CONVERTER_SCHEMAS_ENABLE", "false")
                 .env("CONNECT_VALUE_CONVERTER_SCHEMAS_ENABLE", "false")
                 // Source offsets flushed every second: a kill re-sends at most a second of events.
                 .env("OFFSET_FLUSH_INTERVAL_MS", "1000");
-            spec.health = Some(HealthCheck::shell(&format!(
-                "curl -fsS http://localhost:{CONNECT_PORT}/ >/dev/null"
-            )));
+            spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://localhost:{CONNECT_PORT}/ >/dev/null")));
             spec.ports = vec![(CONNECT_PORT, ports.connect)];
             spec.net_admin = true;
             spec
         }
         Role::Mongo => {
             let mut spec = base;
-            spec.health = Some(HealthCheck::shell(
-                "mongosh --quiet --eval 'quit(db.adminCommand({ping: 1}).ok ? 0 : 1)'",
-            ));
+            spec.health = Some(HealthCheck::shell("mongosh --quiet --eval 'quit(db.adminCommand({ping: 1}).ok ? 0 : 1)'"));
             spec.ports = vec![(MONGO_PORT, ports.mongo)];
             spec.net_admin = true;
             spec
@@ -398,20 +343,13 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
             // The image ships /etc/sink/sink.toml (docker/sink/sink.toml); everything that
             // differs per run is an environment override.
             let (kind, url) = match inputs.config.target {
-                TargetKind::Postgres => (
-                    "postgres",
-                    format!(
-                        "host=postgres port={POSTGRES_PORT} user=postgres dbname={}",
-                        crate::orchestrator::local::postgres::TARGET_DB
-                    ),
-                ),
+                TargetKind::Postgres => {
+                    ("postgres", format!("host=postgres port={POSTGRES_PORT} user=postgres dbname={}", crate::orchestrator::local::postgres::TARGET_DB))
+                }
                 TargetKind::Mongodb => ("mongodb", format!("mongodb://mongo:{MONGO_PORT}")),
             };
             let mut spec = base
-                .env(
-                    "SINK__KAFKA__BROKERS",
-                    format!("kafka:{KAFKA_INTERNAL_PORT}"),
-                )
+                .env("SINK__KAFKA__BROKERS", format!("kafka:{KAFKA_INTERNAL_PORT}"))
                 .env("SINK__KAFKA__GROUP_ID", GROUP_ID)
                 .env("SINK__TARGET__KIND", kind)
                 .env("SINK__TARGET__URL", url)
@@ -419,9 +357,7 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
             if inputs.config.target == TargetKind::Postgres {
                 spec = spec.env("SINK__TARGET__PASSWORD", inputs.pg_password);
             }
-            spec.health = Some(HealthCheck::shell(&format!(
-                "curl -fsS http://127.0.0.1:{SINK_HTTP_PORT}/readyz >/dev/null"
-            )));
+            spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://127.0.0.1:{SINK_HTTP_PORT}/readyz >/dev/null")));
             spec.ports = vec![(SINK_HTTP_PORT, ports.sink_http)];
             spec.net_admin = true;
             spec
@@ -430,11 +366,7 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
             let mut spec = base;
             spec.cmd = vec!["--config=/etc/otelcol/config.yaml".into()];
             spec.binds = vec![
-                bind(
-                    &inputs.config.assets_dir,
-                    "docker/otel/collector.yaml",
-                    "/etc/otelcol/config.yaml",
-                ),
+                bind(&inputs.config.assets_dir, "docker/otel/collector.yaml", "/etc/otelcol/config.yaml"),
                 // The filelog receiver tails container logs for Loki.
                 "/var/lib/docker/containers:/var/lib/docker/containers:ro".into(),
             ];
@@ -443,62 +375,31 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
         Role::Tempo => {
             let mut spec = base;
             spec.cmd = vec!["-config.file=/etc/tempo.yaml".into()];
-            spec.binds = vec![bind(
-                &inputs.config.assets_dir,
-                "docker/tempo/tempo.yaml",
-                "/etc/tempo.yaml",
-            )];
+            spec.binds = vec![bind(&inputs.config.assets_dir, "docker/tempo/tempo.yaml", "/etc/tempo.yaml")];
             spec
         }
         Role::Loki => {
             let mut spec = base;
             spec.cmd = vec!["-config.file=/etc/loki/config.yaml".into()];
-            spec.binds = vec![bind(
-                &inputs.config.assets_dir,
-                "docker/loki/loki.yaml",
-                "/etc/loki/config.yaml",
-            )];
+            spec.binds = vec![bind(&inputs.config.assets_dir, "docker/loki/loki.yaml", "/etc/loki/config.yaml")];
             spec
         }
         Role::Prometheus => {
             let mut spec = base;
-            spec.cmd = [
-                "--config.file=/etc/prometheus/prometheus.yml",
-                "--web.enable-lifecycle",
-                "--web.enable-remote-write-receiver",
-            ]
-            .map(String::from)
-            .to_vec();
-            spec.binds = vec![bind(
-                &inputs.config.assets_dir,
-                "prometheus",
-                "/etc/prometheus",
-            )];
-            spec.health = Some(HealthCheck::shell(&format!(
-                "wget -q -O /dev/null http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"
-            )));
+            spec.cmd =
+                ["--config.file=/etc/prometheus/prometheus.yml", "--web.enable-lifecycle", "--web.enable-remote-write-receiver"].map(String::from).to_vec();
+            spec.binds = vec![bind(&inputs.config.assets_dir, "prometheus", "/etc/prometheus")];
+            spec.health = Some(HealthCheck::shell(&format!("wget -q -O /dev/null http://127.0.0.1:{PROMETHEUS_PORT}/-/ready")));
             spec.ports = vec![(PROMETHEUS_PORT, ports.prometheus)];
             spec
         }
         Role::Grafana => {
-            let mut spec = base
-                .env("GF_AUTH_ANONYMOUS_ENABLED", "true")
-                .env("GF_AUTH_ANONYMOUS_ORG_ROLE", "Viewer");
+            let mut spec = base.env("GF_AUTH_ANONYMOUS_ENABLED", "true").env("GF_AUTH_ANONYMOUS_ORG_ROLE", "Viewer");
             spec.binds = vec![
-                bind(
-                    &inputs.config.assets_dir,
-                    "grafana/provisioning",
-                    "/etc/grafana/provisioning",
-                ),
-                bind(
-                    &inputs.config.assets_dir,
-                    "grafana/dashboards",
-                    "/var/lib/grafana/dashboards",
-                ),
+                bind(&inputs.config.assets_dir, "grafana/provisioning", "/etc/grafana/provisioning"),
+                bind(&inputs.config.assets_dir, "grafana/dashboards", "/var/lib/grafana/dashboards"),
             ];
-            spec.health = Some(HealthCheck::shell(&format!(
-                "wget -q -O /dev/null http://127.0.0.1:{GRAFANA_PORT}/api/health"
-            )));
+            spec.health = Some(HealthCheck::shell(&format!("wget -q -O /dev/null http://127.0.0.1:{GRAFANA_PORT}/api/health")));
             spec.ports = vec![(GRAFANA_PORT, ports.grafana)];
             spec
         }
@@ -562,50 +463,20 @@ pub enum ConnectorHealth {
 }
 
 pub fn connector_health(status: &Value) -> ConnectorHealth {
-    let connector_state = status
-        .pointer("/connector/state")
-        .and_then(Value::as_str)
-        .unwrap_or("UNKNOWN");
-    let tasks = status
-        .get("tasks")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let failed_trace = |v: &Value| {
-        v.get("trace")
-            .and_then(Value::as_str)
-            .unwrap_or("no trace")
-            .lines()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" | ")
-    };
+    let connector_state = status.pointer("/connector/state").and_then(Value::as_str).unwrap_or("UNKNOWN");
+    let tasks = status.get("tasks").and_then(Value::as_array).cloned().unwrap_or_default();
+    let failed_trace = |v: &Value| v.get("trace").and_then(Value::as_str).unwrap_or("no trace").lines().take(3).collect::<Vec<_>>().join(" | ");
     if connector_state == "FAILED" {
-        return ConnectorHealth::Failed(format!(
-            "connector FAILED: {}",
-            failed_trace(status.get("connector").unwrap_or(&Value::Null))
-        ));
+        return ConnectorHealth::Failed(format!("connector FAILED: {}", failed_trace(status.get("connector").unwrap_or(&Value::Null))));
     }
-    if let Some(task) = tasks
-        .iter()
-        .find(|t| t.get("state").and_then(Value::as_str) == Some("FAILED"))
-    {
+    if let Some(task) = tasks.iter().find(|t| t.get("state").and_then(Value::as_str) == Some("FAILED")) {
         return ConnectorHealth::Failed(format!("task FAILED: {}", failed_trace(task)));
     }
-    let task_states: Vec<&str> = tasks
-        .iter()
-        .map(|t| t.get("state").and_then(Value::as_str).unwrap_or("UNKNOWN"))
-        .collect();
-    if connector_state == "RUNNING"
-        && !task_states.is_empty()
-        && task_states.iter().all(|s| *s == "RUNNING")
-    {
+    let task_states: Vec<&str> = tasks.iter().map(|t| t.get("state").and_then(Value::as_str).unwrap_or("UNKNOWN")).collect();
+    if connector_state == "RUNNING" && !task_states.is_empty() && task_states.iter().all(|s| *s == "RUNNING") {
         ConnectorHealth::Running
     } else {
-        ConnectorHealth::Pending(format!(
-            "connector {connector_state}, tasks [{}]",
-            task_states.join(", ")
-        ))
+        ConnectorHealth::Pending(format!("connector {connector_state}, tasks [{}]", task_states.join(", ")))
     }
 }
 
@@ -615,31 +486,20 @@ pub fn connector_health(status: &Value) -> ConnectorHealth {
 /// snapshot record's offset also carries `last_snapshot_record: true`; streaming offsets
 /// carry neither.
 pub fn snapshot_finished(offsets: &Value) -> Option<bool> {
-    let offset = offsets
-        .get("offsets")?
-        .as_array()?
-        .iter()
-        .find_map(|o| o.get("offset"))?;
+    let offset = offsets.get("offsets")?.as_array()?.iter().find_map(|o| o.get("offset"))?;
     let in_snapshot = match offset.get("snapshot") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
         Some(Value::String(s)) => !s.eq_ignore_ascii_case("false"),
         Some(_) => true,
     };
-    let last = offset
-        .get("last_snapshot_record")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let last = offset.get("last_snapshot_record").and_then(Value::as_bool).unwrap_or(false);
     Some(!in_snapshot || last)
 }
 
 /// `tc netem` on the container's eth0 for a latency fault (needs NET_ADMIN and `tc` in
 /// the image; images without iproute2 need a proxy in front instead, see `Fault`).
 pub fn netem_add(delay: Duration, jitter: Duration) -> Vec<String> {
-    let mut cmd: Vec<String> = [
-        "tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut cmd: Vec<String> = ["tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay"].map(String::from).to_vec();
     cmd.push(format!("{}ms", delay.as_millis()));
     if !jitter.is_zero() {
         cmd.push(format!("{}ms", jitter.as_millis()));
@@ -648,9 +508,7 @@ pub fn netem_add(delay: Duration, jitter: Duration) -> Vec<String> {
 }
 
 pub fn netem_clear() -> Vec<String> {
-    ["tc", "qdisc", "del", "dev", "eth0", "root"]
-        .map(String::from)
-        .to_vec()
+    ["tc", "qdisc", "del", "dev", "eth0", "root"].map(String::from).to_vec()
 }
 
 #[cfg(test)]
@@ -658,23 +516,11 @@ mod tests {
     use super::*;
 
     fn inputs_with<'a>(config: &'a DockerConfig, ports: &'a HostPorts) -> SpecInputs<'a> {
-        SpecInputs {
-            config,
-            ports,
-            pg_password: "pw",
-        }
+        SpecInputs { config, ports, pg_password: "pw" }
     }
 
     fn ports() -> HostPorts {
-        HostPorts {
-            postgres: 15432,
-            kafka: 19092,
-            connect: 18083,
-            mongo: 27018,
-            sink_http: 19095,
-            prometheus: 19090,
-            grafana: 13000,
-        }
+        HostPorts { postgres: 15432, kafka: 19092, connect: 18083, mongo: 27018, sink_http: 19095, prometheus: 19090, grafana: 13000 }
     }
 
     fn env_of(body: &ContainerCreateBody) -> Vec<String> {
@@ -687,18 +533,9 @@ mod tests {
         assert_eq!(names.network(), "cdc-r1");
         assert_eq!(names.container(Role::Kafka), "cdc-r1-kafka");
         let net = network_request(&names);
-        assert_eq!(
-            net.labels.unwrap().get(LABEL_RUN).map(String::as_str),
-            Some("r1")
-        );
-        assert_eq!(
-            label_filter(Some("r1"))["label"],
-            vec!["io.cdc-harness.run=r1".to_string()]
-        );
-        assert_eq!(
-            label_filter(None)["label"],
-            vec!["io.cdc-harness.run".to_string()]
-        );
+        assert_eq!(net.labels.unwrap().get(LABEL_RUN).map(String::as_str), Some("r1"));
+        assert_eq!(label_filter(Some("r1"))["label"], vec!["io.cdc-harness.run=r1".to_string()]);
+        assert_eq!(label_filter(None)["label"], vec!["io.cdc-harness.run".to_string()]);
     }
 
     #[test]
@@ -706,15 +543,7 @@ mod tests {
         let config = DockerConfig::default();
         let ports = ports();
         let names = RunNames::new("r1");
-        for role in [
-            Role::Postgres,
-            Role::Kafka,
-            Role::Connect,
-            Role::Mongo,
-            Role::Sink,
-            Role::Prometheus,
-            Role::Grafana,
-        ] {
+        for role in [Role::Postgres, Role::Kafka, Role::Connect, Role::Mongo, Role::Sink, Role::Prometheus, Role::Grafana] {
             let body = container_spec(role, &inputs_with(&config, &ports)).create_body(&names);
             let labels = body.labels.clone().unwrap();
             assert_eq!(labels[LABEL_RUN], "r1", "{role:?}");
@@ -723,16 +552,9 @@ mod tests {
             assert_eq!(host.network_mode.as_deref(), Some("cdc-r1"));
             for bindings in host.port_bindings.unwrap().values() {
                 let binding = &bindings.as_ref().unwrap()[0];
-                assert_eq!(
-                    binding.host_ip.as_deref(),
-                    Some("127.0.0.1"),
-                    "{role:?} must not listen on all interfaces"
-                );
+                assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"), "{role:?} must not listen on all interfaces");
             }
-            let aliases = body.networking_config.unwrap().endpoints_config.unwrap()["cdc-r1"]
-                .aliases
-                .clone()
-                .unwrap();
+            let aliases = body.networking_config.unwrap().endpoints_config.unwrap()["cdc-r1"].aliases.clone().unwrap();
             assert_eq!(aliases, vec![role.alias().to_string()]);
             assert!(body.healthcheck.is_some(), "{role:?} needs a health check");
         }
@@ -742,44 +564,24 @@ mod tests {
     fn postgres_runs_with_logical_replication_and_a_health_check() {
         let config = DockerConfig::default();
         let ports = ports();
-        let body = container_spec(Role::Postgres, &inputs_with(&config, &ports))
-            .create_body(&RunNames::new("r"));
+        let body = container_spec(Role::Postgres, &inputs_with(&config, &ports)).create_body(&RunNames::new("r"));
         assert_eq!(body.image.as_deref(), Some("postgres:15"));
-        assert!(
-            body.cmd
-                .clone()
-                .unwrap_or_default()
-                .windows(2)
-                .any(|w| w[0] == "-c" && w[1] == "wal_level=logical")
-        );
+        assert!(body.cmd.clone().unwrap_or_default().windows(2).any(|w| w[0] == "-c" && w[1] == "wal_level=logical"));
         assert!(env_of(&body).contains(&"POSTGRES_PASSWORD=pw".to_string()));
         let health = body.healthcheck.unwrap();
         assert_eq!(health.test.unwrap()[0], "CMD-SHELL");
         assert_eq!(health.interval, Some(2_000_000_000));
         let bindings = body.host_config.unwrap().port_bindings.unwrap();
-        assert_eq!(
-            bindings["5432/tcp"].as_ref().unwrap()[0]
-                .host_port
-                .as_deref(),
-            Some("15432")
-        );
+        assert_eq!(bindings["5432/tcp"].as_ref().unwrap()[0].host_port.as_deref(), Some("15432"));
     }
 
     #[test]
     fn kafka_is_kraft_and_advertises_the_published_port() {
         let config = DockerConfig::default();
         let ports = ports();
-        let env = env_of(
-            &container_spec(Role::Kafka, &inputs_with(&config, &ports))
-                .create_body(&RunNames::new("r")),
-        );
+        let env = env_of(&container_spec(Role::Kafka, &inputs_with(&config, &ports)).create_body(&RunNames::new("r")));
         assert!(env.contains(&"KAFKA_PROCESS_ROLES=broker,controller".to_string()));
-        assert!(
-            env.contains(
-                &"KAFKA_ADVERTISED_LISTENERS=INTERNAL://kafka:19092,EXTERNAL://127.0.0.1:19092"
-                    .to_string()
-            )
-        );
+        assert!(env.contains(&"KAFKA_ADVERTISED_LISTENERS=INTERNAL://kafka:19092,EXTERNAL://127.0.0.1:19092".to_string()));
         assert!(env.contains(&"KAFKA_AUTO_CREATE_TOPICS_ENABLE=false".to_string()));
     }
 
@@ -787,29 +589,17 @@ mod tests {
     fn sink_targets_follow_the_config() {
         let mut config = DockerConfig::default();
         let ports = ports();
-        let env = env_of(
-            &container_spec(Role::Sink, &inputs_with(&config, &ports))
-                .create_body(&RunNames::new("r")),
-        );
+        let env = env_of(&container_spec(Role::Sink, &inputs_with(&config, &ports)).create_body(&RunNames::new("r")));
         assert!(env.contains(&"SINK__TARGET__KIND=mongodb".to_string()));
         assert!(env.contains(&"SINK__TARGET__URL=mongodb://mongo:27017".to_string()));
         assert!(!env.iter().any(|e| e.starts_with("SINK__TARGET__PASSWORD")));
         config.target = TargetKind::Postgres;
-        let env = env_of(
-            &container_spec(Role::Sink, &inputs_with(&config, &ports))
-                .create_body(&RunNames::new("r")),
-        );
+        let env = env_of(&container_spec(Role::Sink, &inputs_with(&config, &ports)).create_body(&RunNames::new("r")));
         assert!(env.contains(&"SINK__TARGET__KIND=postgres".to_string()));
         assert!(env.contains(&"SINK__TARGET__PASSWORD=pw".to_string()));
         assert!(env.contains(&"SINK__KAFKA__BROKERS=kafka:19092".to_string()));
-        assert_eq!(
-            Role::for_service(ServiceKind::Sink, TargetKind::Postgres),
-            vec![Role::Sink]
-        );
-        assert_eq!(
-            Role::for_service(ServiceKind::Sink, TargetKind::Mongodb),
-            vec![Role::Mongo, Role::Sink]
-        );
+        assert_eq!(Role::for_service(ServiceKind::Sink, TargetKind::Postgres), vec![Role::Sink]);
+        assert_eq!(Role::for_service(ServiceKind::Sink, TargetKind::Mongodb), vec![Role::Mongo, Role::Sink]);
     }
 
     #[test]
@@ -830,10 +620,7 @@ mod tests {
             ("value.converter.schemas.enable", "false"),
             ("key.converter.schemas.enable", "false"),
             ("database.dbname", "app"),
-            (
-                "table.include.list",
-                "public.customer,public.address,public.orders,public.order_item",
-            ),
+            ("table.include.list", "public.customer,public.address,public.orders,public.order_item"),
         ] {
             assert_eq!(c[key], value, "{key}");
         }
@@ -842,23 +629,17 @@ mod tests {
 
     #[test]
     fn connector_status_is_read_strictly() {
-        let running =
-            json!({"connector": {"state": "RUNNING"}, "tasks": [{"id": 0, "state": "RUNNING"}]});
+        let running = json!({"connector": {"state": "RUNNING"}, "tasks": [{"id": 0, "state": "RUNNING"}]});
         assert_eq!(connector_health(&running), ConnectorHealth::Running);
         let no_tasks = json!({"connector": {"state": "RUNNING"}, "tasks": []});
-        assert!(matches!(
-            connector_health(&no_tasks),
-            ConnectorHealth::Pending(_)
-        ));
-        let failed = json!({"connector": {"state": "RUNNING"}, "tasks": [{"id": 0, "state": "FAILED", "trace": "org.postgresql.util.PSQLException: boom\n at x"}]});
+        assert!(matches!(connector_health(&no_tasks), ConnectorHealth::Pending(_)));
+        let failed =
+            json!({"connector": {"state": "RUNNING"}, "tasks": [{"id": 0, "state": "FAILED", "trace": "org.postgresql.util.PSQLException: boom\n at x"}]});
         match connector_health(&failed) {
             ConnectorHealth::Failed(trace) => assert!(trace.contains("boom")),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            connector_health(&json!({})),
-            ConnectorHealth::Pending(_)
-        ));
+        assert!(matches!(connector_health(&json!({})), ConnectorHealth::Pending(_)));
     }
 
     #[test]
@@ -870,36 +651,20 @@ mod tests {
         assert_eq!(snapshot_finished(&during_bool), Some(false));
         let last = json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 1, "snapshot": true, "last_snapshot_record": true}}]});
         assert_eq!(snapshot_finished(&last), Some(true));
-        let streaming =
-            json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 9, "txId": 3}}]});
+        let streaming = json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 9, "txId": 3}}]});
         assert_eq!(snapshot_finished(&streaming), Some(true));
     }
 
     #[test]
     fn netem_commands() {
-        assert_eq!(
-            netem_add(Duration::from_millis(200), Duration::from_millis(50)).join(" "),
-            "tc qdisc replace dev eth0 root netem delay 200ms 50ms"
-        );
-        assert_eq!(
-            netem_add(Duration::from_millis(200), Duration::ZERO).join(" "),
-            "tc qdisc replace dev eth0 root netem delay 200ms"
-        );
+        assert_eq!(netem_add(Duration::from_millis(200), Duration::from_millis(50)).join(" "), "tc qdisc replace dev eth0 root netem delay 200ms 50ms");
+        assert_eq!(netem_add(Duration::from_millis(200), Duration::ZERO).join(" "), "tc qdisc replace dev eth0 root netem delay 200ms");
         assert_eq!(netem_clear().join(" "), "tc qdisc del dev eth0 root");
     }
 
     #[test]
     fn roles_round_trip_through_their_alias() {
-        for role in [
-            Role::Postgres,
-            Role::Kafka,
-            Role::Connect,
-            Role::Mongo,
-            Role::Sink,
-        ]
-        .into_iter()
-        .chain(Role::OBSERVABILITY)
-        {
+        for role in [Role::Postgres, Role::Kafka, Role::Connect, Role::Mongo, Role::Sink].into_iter().chain(Role::OBSERVABILITY) {
             assert_eq!(Role::from_alias(role.alias()), Some(role));
         }
         assert_eq!(Role::from_alias("nope"), None);

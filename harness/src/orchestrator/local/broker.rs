@@ -74,8 +74,7 @@ pub async fn wait_ready(bootstrap: &str, handle: &ProcessHandle, timeout: Durati
 /// Creates the topics (existing ones are left as they are).
 pub async fn create_topics(bootstrap: &str, topics: &[String], partitions: u32) -> Result<(), ServiceError> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create().map_err(|e| err(e.to_string()))?;
-    let new_topics: Vec<NewTopic> =
-        topics.iter().map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(1))).collect();
+    let new_topics: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(1))).collect();
     let results = admin
         .create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
         .await

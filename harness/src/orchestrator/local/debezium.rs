@@ -29,12 +29,7 @@ pub struct DebeziumLayout {
 impl DebeziumLayout {
     pub fn new(run_dir: &Path) -> Self {
         let dir = run_dir.join("debezium");
-        Self {
-            properties: dir.join("launcher.properties"),
-            offsets: dir.join("offsets.dat"),
-            log: run_dir.join("logs").join("debezium.log"),
-            dir,
-        }
+        Self { properties: dir.join("launcher.properties"), offsets: dir.join("offsets.dat"), log: run_dir.join("logs").join("debezium.log"), dir }
     }
 }
 
@@ -184,13 +179,11 @@ pub async fn wait_ready(status_url: &str, handle: &ProcessHandle, require_snapsh
         match fetch_status(status_url).await {
             Ok(status) if status.streaming_connected && (status.snapshot_completed || status.snapshot_skipped || !require_snapshot) => return Ok(status),
             Ok(status) if status.state == "failed" => {
-                return Err(ServiceError::Exited {
-                    service: ServiceKind::Debezium,
-                    log: handle.log.clone(),
-                    tail: status.last_error.unwrap_or_default(),
-                });
+                return Err(ServiceError::Exited { service: ServiceKind::Debezium, log: handle.log.clone(), tail: status.last_error.unwrap_or_default() });
             }
-            Ok(status) => last = format!("state {}, snapshot_completed {}, streaming_connected {}", status.state, status.snapshot_completed, status.streaming_connected),
+            Ok(status) => {
+                last = format!("state {}, snapshot_completed {}, streaming_connected {}", status.state, status.snapshot_completed, status.streaming_connected)
+            }
             Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

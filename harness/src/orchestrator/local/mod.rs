@@ -272,7 +272,8 @@ impl LocalStack {
         let tools = self.tools()?;
         let endpoints = self.endpoints();
         let layout = debezium::DebeziumLayout::new(&self.run_dir);
-        let settings = debezium::DebeziumSettings { poll_interval_ms: self.state.config.debezium_poll_interval_ms, status_port: self.state.ports.debezium_status };
+        let settings =
+            debezium::DebeziumSettings { poll_interval_ms: self.state.config.debezium_poll_interval_ms, status_port: self.state.ports.debezium_status };
         let pg = PgEndpoint { port: self.port_via(Link::DebeziumPostgres, self.state.ports.postgres), ..endpoints.postgres.clone() };
         debezium::configure(&layout, &pg, &endpoints.kafka, &settings)?;
         let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres)?;
@@ -286,7 +287,12 @@ impl LocalStack {
                 }
             }
             if std::time::Instant::now() > deadline || !handle.is_alive() {
-                return Err(ServiceError::NotReady { service: ServiceKind::Debezium, waited: Duration::from_secs(120), reason: "the snapshot never started".into(), log: handle.log.clone() });
+                return Err(ServiceError::NotReady {
+                    service: ServiceKind::Debezium,
+                    waited: Duration::from_secs(120),
+                    reason: "the snapshot never started".into(),
+                    log: handle.log.clone(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -305,7 +311,11 @@ impl LocalStack {
         Ok(crate::report::model::FaultRecord {
             kind: "kill".into(),
             target: "debezium (during snapshot)".into(),
-            parameters: [("records_sent_before_kill".to_string(), sent_before_kill.to_string()), ("downtime_s".to_string(), downtime.as_secs_f64().to_string())].into(),
+            parameters: [
+                ("records_sent_before_kill".to_string(), sent_before_kill.to_string()),
+                ("downtime_s".to_string(), downtime.as_secs_f64().to_string()),
+            ]
+            .into(),
             start_s: 0.0,
             end_s: Some(end_s),
             service_recovery_s: Some(recovered),
@@ -458,7 +468,10 @@ impl Drop for LocalStack {
 fn no_proxies(link: Link) -> ServiceError {
     ServiceError::Setup {
         service: ServiceKind::Broker,
-        reason: format!("link {} has no fault proxy: the stack was started without fault proxies (they live in the harness process that started the stack)", link.name()),
+        reason: format!(
+            "link {} has no fault proxy: the stack was started without fault proxies (they live in the harness process that started the stack)",
+            link.name()
+        ),
     }
 }
 

@@ -29,12 +29,7 @@ pub struct PostgresLayout {
 impl PostgresLayout {
     pub fn new(run_dir: &Path) -> Self {
         let dir = run_dir.join("postgres");
-        Self {
-            data: dir.join("data"),
-            socket_dir: dir.join("socket"),
-            log: run_dir.join("logs").join("postgres.log"),
-            dir,
-        }
+        Self { data: dir.join("data"), socket_dir: dir.join("socket"), log: run_dir.join("logs").join("postgres.log"), dir }
     }
 }
 
@@ -48,10 +43,7 @@ fn service_user() -> Result<Option<User>, ServiceError> {
             return Ok(Some(user));
         }
     }
-    Err(ServiceError::Setup {
-        service: ServiceKind::Postgres,
-        reason: "running as root and no `postgres` or `nobody` user exists to run the server".into(),
-    })
+    Err(ServiceError::Setup { service: ServiceKind::Postgres, reason: "running as root and no `postgres` or `nobody` user exists to run the server".into() })
 }
 
 fn as_service_user(command: &mut Command, user: &Option<User>) {
@@ -172,11 +164,7 @@ pub async fn wait_ready(endpoint: &PgEndpoint, handle: &ProcessHandle, timeout: 
 /// when the source database already exists).
 pub async fn bootstrap(endpoint: &PgEndpoint, seed: &crate::config::SeedConfig) -> Result<bool, ServiceError> {
     let admin = endpoint.connect("postgres").await.map_err(|e| setup_err(e.to_string()))?;
-    let exists = admin
-        .query_opt("select 1 from pg_database where datname = $1", &[&SOURCE_DB])
-        .await
-        .map_err(|e| setup_err(e.to_string()))?
-        .is_some();
+    let exists = admin.query_opt("select 1 from pg_database where datname = $1", &[&SOURCE_DB]).await.map_err(|e| setup_err(e.to_string()))?.is_some();
     if exists {
         return Ok(false);
     }
@@ -184,10 +172,7 @@ pub async fn bootstrap(endpoint: &PgEndpoint, seed: &crate::config::SeedConfig) 
         admin.batch_execute(&format!("CREATE DATABASE {db}")).await.map_err(|e| setup_err(format!("create database {db}: {e}")))?;
     }
     let source = endpoint.connect(SOURCE_DB).await.map_err(|e| setup_err(e.to_string()))?;
-    source
-        .batch_execute(include_str!("../../../sql/source_schema.sql"))
-        .await
-        .map_err(|e| setup_err(format!("source schema: {e}")))?;
+    source.batch_execute(include_str!("../../../sql/source_schema.sql")).await.map_err(|e| setup_err(format!("source schema: {e}")))?;
     source.batch_execute(&seed_sql(seed)).await.map_err(|e| setup_err(format!("seed data: {e}")))?;
     Ok(true)
 }

@@ -31,13 +31,7 @@ pub enum ProcessError {
 /// Spawns `command` in a new process group with stdout and stderr appended to `log`.
 pub fn spawn(mut command: Command, log: &Path) -> Result<ProcessHandle, ProcessError> {
     use std::os::unix::process::CommandExt;
-    let open = || {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|source| ProcessError::Log { path: log.to_path_buf(), source })
-    };
+    let open = || OpenOptions::new().create(true).append(true).open(log).map_err(|source| ProcessError::Log { path: log.to_path_buf(), source });
     let child = command
         .stdin(Stdio::null())
         .stdout(open()?)

@@ -31,12 +31,8 @@ pub fn configure(layout: &SinkLayout, pg: &PgEndpoint, kafka: &str, http_port: u
     fs::create_dir_all(&layout.dir).map_err(err)?;
     let topics: Vec<String> = TABLES.iter().map(|t| format!("\"{}\"", topic_for(t))).collect();
     let mut toml = String::new();
-    let _ = writeln!(toml, "[kafka]\nbrokers = \"{kafka}\"\ngroup_id = \"{GROUP_ID}\"\ntopics = [{}]\ndlq_topic = \"{DLQ_TOPIC}\"\n", topics.join(", "));
-    let _ = writeln!(
-        toml,
-        "[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n",
-        pg.host, pg.port, pg.user, pg.target_db
-    );
+    let _ = writeln!(toml, "[kafka]\nbrokers = \"{kafka}\"\ngroup_id = \"{GROUP_ID}\"\ntopics = [{}]\ndlq_topic = \"{DLQ_TOPIC}\"\n# Fault runs restart the broker: rejoin the group sooner than the 60 s default.\nrejoin_timeout = \"20s\"\n", topics.join(", "));
+    let _ = writeln!(toml, "[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n", pg.host, pg.port, pg.user, pg.target_db);
     let _ = writeln!(toml, "[http]\nlisten = \"127.0.0.1:{http_port}\"");
     fs::write(&layout.config, toml).map_err(err)
 }
@@ -51,11 +47,7 @@ pub fn start(bin: &Path, layout: &SinkLayout, pg: &PgEndpoint) -> Result<Process
 pub async fn is_ready(http: &str) -> Result<(), String> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|e| e.to_string())?;
     let response = client.get(format!("{http}/readyz")).send().await.map_err(|e| e.to_string())?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("/readyz answered {}: {}", response.status(), response.text().await.unwrap_or_default()))
-    }
+    if response.status().is_success() { Ok(()) } else { Err(format!("/readyz answered {}: {}", response.status(), response.text().await.unwrap_or_default())) }
 }
 
 pub async fn wait_ready(http: &str, handle: &ProcessHandle, timeout: Duration) -> Result<(), ServiceError> {

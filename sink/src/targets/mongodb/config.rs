@@ -9,10 +9,7 @@ pub struct MongoConfig {
     /// Database holding the collections.
     #[serde(default = "MongoConfig::default_database")]
     pub database: String,
-    #[serde(
-        default = "MongoConfig::default_server_selection_timeout",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "MongoConfig::default_server_selection_timeout", with = "humantime_serde")]
     pub server_selection_timeout: Duration,
 }
 
@@ -38,9 +35,6 @@ impl MongoConfig {
 
 impl Default for MongoConfig {
     fn default() -> Self {
-        Self {
-            database: Self::default_database(),
-            server_selection_timeout: Self::default_server_selection_timeout(),
-        }
+        Self { database: Self::default_database(), server_selection_timeout: Self::default_server_selection_timeout() }
     }
 }

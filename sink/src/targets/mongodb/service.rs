@@ -11,23 +11,7 @@ use crate::config::TargetConfig;
 /// conflicts, and duplicate key (two upserts racing to create the same document: the
 /// retry then matches it).
 pub fn is_retriable_code(code: i32) -> bool {
-    matches!(
-        code,
-        6 | 7
-            | 50
-            | 89
-            | 91
-            | 112
-            | 189
-            | 262
-            | 9001
-            | 10107
-            | 11000
-            | 11600
-            | 11602
-            | 13435
-            | 13436
-    )
+    matches!(code, 6 | 7 | 50 | 89 | 91 | 112 | 189 | 262 | 9001 | 10107 | 11000 | 11600 | 11602 | 13435 | 13436)
 }
 
 pub fn is_retriable(e: &Error) -> bool {
@@ -35,11 +19,9 @@ pub fn is_retriable(e: &Error) -> bool {
         return true;
     }
     match &*e.kind {
-        ErrorKind::Io(_)
-        | ErrorKind::ServerSelection { .. }
-        | ErrorKind::ConnectionPoolCleared { .. }
-        | ErrorKind::DnsResolve { .. }
-        | ErrorKind::Shutdown => true,
+        ErrorKind::Io(_) | ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. } | ErrorKind::DnsResolve { .. } | ErrorKind::Shutdown => {
+            true
+        }
         ErrorKind::Command(c) => is_retriable_code(c.code),
         _ => false,
     }

@@ -45,14 +45,8 @@ fn bson_value(value: &Value) -> Bson {
         Value::Text(s) => Bson::String(s.clone()),
         Value::Bool(b) => Bson::Boolean(*b),
         Value::Int(i) => Bson::Int32(*i),
-        Value::Numeric(d) => d
-            .to_string()
-            .parse()
-            .map(Bson::Decimal128)
-            .unwrap_or_else(|_| Bson::String(d.to_string())),
-        Value::Timestamp(t) => {
-            Bson::DateTime(mongodb::bson::DateTime::from_millis(t.timestamp_millis()))
-        }
+        Value::Numeric(d) => d.to_string().parse().map(Bson::Decimal128).unwrap_or_else(|_| Bson::String(d.to_string())),
+        Value::Timestamp(t) => Bson::DateTime(mongodb::bson::DateTime::from_millis(t.timestamp_millis())),
     }
 }
 
@@ -75,10 +69,7 @@ fn fields(change: &Change) -> Document {
             }
         }
         for (name, value) in &row.extra {
-            out.insert(
-                name.clone(),
-                literal(value.text.clone().map_or(Bson::Null, Bson::String)),
-            );
+            out.insert(name.clone(), literal(value.text.clone().map_or(Bson::Null, Bson::String)));
         }
     }
     out
@@ -101,10 +92,7 @@ fn document_update(change: &Change) -> Document {
     let guard = doc! { "$lt": [ { "$ifNull": ["$_cdc.lsn", -1_i64] }, change.lsn ] };
     let mut set = Document::new();
     for (name, expr) in fields(change) {
-        set.insert(
-            name.clone(),
-            doc! { "$cond": [guard.clone(), expr, format!("${name}")] },
-        );
+        set.insert(name.clone(), doc! { "$cond": [guard.clone(), expr, format!("${name}")] });
     }
     set.insert("_cdc", doc! { "$cond": [guard, cdc(change), "$_cdc"] });
     doc! { "q": { "_id": change.key.to_string() }, "u": [ { "$set": set } ], "upsert": true }
@@ -114,10 +102,8 @@ fn document_update(change: &Change) -> Document {
 fn item_update(change: &Change, order_id: Uuid) -> Document {
     let id = change.key.to_string();
     let items = doc! { "$ifNull": ["$items", []] };
-    let current =
-        doc! { "$filter": { "input": items.clone(), "cond": { "$eq": ["$$this.id", &id] } } };
-    let others =
-        doc! { "$filter": { "input": items.clone(), "cond": { "$ne": ["$$this.id", &id] } } };
+    let current = doc! { "$filter": { "input": items.clone(), "cond": { "$eq": ["$$this.id", &id] } } };
+    let others = doc! { "$filter": { "input": items.clone(), "cond": { "$ne": ["$$this.id", &id] } } };
     let mut new_fields = fields(change);
     new_fields.insert("id", literal(Bson::String(id.clone())));
     new_fields.insert("_cdc", cdc(change));
@@ -134,11 +120,7 @@ fn item_update(change: &Change, order_id: Uuid) -> Document {
 
 /// The order an item belongs to: from the image being written, or for deletes the before image.
 fn item_order(change: &Change) -> Option<Uuid> {
-    change
-        .after
-        .as_ref()
-        .or(change.before.as_ref())
-        .and_then(|row| row.uuid(Entity::OrderItem, "order_id"))
+    change.after.as_ref().or(change.before.as_ref()).and_then(|row| row.uuid(Entity::OrderItem, "order_id"))
 }
 
 impl MongoSink {
@@ -155,34 +137,17 @@ impl MongoSink {
         let tombstones = || {
             IndexModel::builder()
                 .keys(doc! { "_cdc.applied_at": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .partial_filter_expression(doc! { "_cdc.deleted": true })
-                        .build(),
-                )
+                .options(IndexOptions::builder().partial_filter_expression(doc! { "_cdc.deleted": true }).build())
                 .build()
         };
         let by = |field: &str| IndexModel::builder().keys(doc! { field: 1 }).build();
-        self.db
-            .collection::<Document>("customers")
-            .create_indexes([tombstones()])
-            .await?;
-        self.db
-            .collection::<Document>("addresses")
-            .create_indexes([by("customer_id"), tombstones()])
-            .await?;
-        self.db
-            .collection::<Document>("orders")
-            .create_indexes([by("customer_id"), by("items.id"), tombstones()])
-            .await?;
+        self.db.collection::<Document>("customers").create_indexes([tombstones()]).await?;
+        self.db.collection::<Document>("addresses").create_indexes([by("customer_id"), tombstones()]).await?;
+        self.db.collection::<Document>("orders").create_indexes([by("customer_id"), by("items.id"), tombstones()]).await?;
         Ok(())
     }
 
-    pub async fn apply(
-        &self,
-        entity: Entity,
-        latest: &[Change],
-    ) -> Result<ApplyReport, TargetError> {
+    pub async fn apply(&self, entity: Entity, latest: &[Change]) -> Result<ApplyReport, TargetError> {
         let mut report = ApplyReport::default();
         let mut keys = Vec::with_capacity(latest.len());
         let mut updates = Vec::with_capacity(latest.len());
@@ -191,10 +156,7 @@ impl MongoSink {
                 match item_order(change) {
                     Some(order_id) => updates.push(item_update(change, order_id)),
                     None => {
-                        report.rejected.push((
-                            change.key,
-                            "order item without order_id cannot be embedded".into(),
-                        ));
+                        report.rejected.push((change.key, "order item without order_id cannot be embedded".into()));
                         continue;
                     }
                 }
@@ -225,36 +187,23 @@ impl MongoSink {
                 }
                 if let Some(key) = usize::try_from(index).ok().and_then(|i| keys.get(i)) {
                     failed.insert(index as usize);
-                    report
-                        .rejected
-                        .push((*key, format!("write error {code}: {message}")));
+                    report.rejected.push((*key, format!("write error {code}: {message}")));
                 }
             }
         }
         if let Ok(wce) = reply.get_document("writeConcernError") {
             let code = wce.get_i32("code").unwrap_or(64);
-            return Err(TargetError::MongoWrite {
-                code,
-                message: wce.get_str("errmsg").unwrap_or_default().into(),
-            });
+            return Err(TargetError::MongoWrite { code, message: wce.get_str("errmsg").unwrap_or_default().into() });
         }
         let upserted: HashSet<usize> = reply
             .get_array("upserted")
-            .map(|a| {
-                a.iter()
-                    .filter_map(Bson::as_document)
-                    .filter_map(|d| d.get_i32("index").ok())
-                    .map(|i| i as usize)
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(Bson::as_document).filter_map(|d| d.get_i32("index").ok()).map(|i| i as usize).collect())
             .unwrap_or_default();
         let modified = reply.get_i32("nModified").unwrap_or(0).max(0) as usize;
         // The update command reports how many matched documents changed, not which: the
         // counts are exact; which non-upserted keys were the stale ones is not known and
         // only affects which events feed the e2e latency histogram.
-        let mut unmodified_budget = keys
-            .len()
-            .saturating_sub(failed.len() + upserted.len() + modified);
+        let mut unmodified_budget = keys.len().saturating_sub(failed.len() + upserted.len() + modified);
         for (i, key) in keys.iter().enumerate().rev() {
             if failed.contains(&i) {
                 continue;
@@ -269,26 +218,15 @@ impl MongoSink {
         Ok(report)
     }
 
-    pub async fn existing(
-        &self,
-        entity: Entity,
-        ids: &[Uuid],
-    ) -> Result<HashSet<Uuid>, TargetError> {
+    pub async fn existing(&self, entity: Entity, ids: &[Uuid]) -> Result<HashSet<Uuid>, TargetError> {
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
         // A placeholder order (items only) is not an order yet.
         let filter = doc! { "_id": { "$in": ids }, "_cdc": { "$exists": true } };
         let collection = self.db.collection::<Document>(collection_name(entity));
-        let mut cursor = collection
-            .find(filter)
-            .projection(doc! { "_id": 1 })
-            .await?;
+        let mut cursor = collection.find(filter).projection(doc! { "_id": 1 }).await?;
         let mut out = HashSet::new();
         while cursor.advance().await? {
-            if let Ok(Some(id)) = cursor
-                .current()
-                .get_str("_id")
-                .map(|s| Uuid::parse_str(s).ok())
-            {
+            if let Ok(Some(id)) = cursor.current().get_str("_id").map(|s| Uuid::parse_str(s).ok()) {
                 out.insert(id);
             }
         }
@@ -300,15 +238,9 @@ impl MongoSink {
         Ok(())
     }
 
-    pub async fn purge_tombstones(
-        &self,
-        entity: Entity,
-        older_than: Duration,
-    ) -> Result<u64, TargetError> {
-        let cutoff = mongodb::bson::DateTime::from_millis(
-            mongodb::bson::DateTime::now().timestamp_millis()
-                - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX),
-        );
+    pub async fn purge_tombstones(&self, entity: Entity, older_than: Duration) -> Result<u64, TargetError> {
+        let cutoff =
+            mongodb::bson::DateTime::from_millis(mongodb::bson::DateTime::now().timestamp_millis() - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
         let collection = self.db.collection::<Document>(collection_name(entity));
         if entity == Entity::OrderItem {
             let result = collection
@@ -319,9 +251,7 @@ impl MongoSink {
                 .await?;
             return Ok(result.modified_count);
         }
-        let result = collection
-            .delete_many(doc! { "_cdc.deleted": true, "_cdc.applied_at": { "$lt": cutoff } })
-            .await?;
+        let result = collection.delete_many(doc! { "_cdc.deleted": true, "_cdc.applied_at": { "$lt": cutoff } }).await?;
         Ok(result.deleted_count)
     }
 }

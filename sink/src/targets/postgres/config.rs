@@ -9,16 +9,10 @@ pub struct PostgresConfig {
     /// Connections; partitions share them round-robin (each keeps its prepared statements).
     #[serde(default = "PostgresConfig::default_pool_size")]
     pub pool_size: usize,
-    #[serde(
-        default = "PostgresConfig::default_connect_timeout",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "PostgresConfig::default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Server-side `statement_timeout`, so a stuck statement becomes a retriable error.
-    #[serde(
-        default = "PostgresConfig::default_statement_timeout",
-        with = "humantime_serde"
-    )]
+    #[serde(default = "PostgresConfig::default_statement_timeout", with = "humantime_serde")]
     pub statement_timeout: Duration,
 }
 
@@ -39,9 +33,7 @@ impl PostgresConfig {
             problems.push("[target.postgres] pool_size must be between 1 and 64".into());
         }
         if self.connect_timeout.is_zero() || self.statement_timeout.is_zero() {
-            problems.push(
-                "[target.postgres] connect_timeout and statement_timeout must be positive".into(),
-            );
+            problems.push("[target.postgres] connect_timeout and statement_timeout must be positive".into());
         }
         problems
     }
@@ -49,10 +41,6 @@ impl PostgresConfig {
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        Self {
-            pool_size: Self::default_pool_size(),
-            connect_timeout: Self::default_connect_timeout(),
-            statement_timeout: Self::default_statement_timeout(),
-        }
+        Self { pool_size: Self::default_pool_size(), connect_timeout: Self::default_connect_timeout(), statement_timeout: Self::default_statement_timeout() }
     }
 }

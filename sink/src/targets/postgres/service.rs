@@ -22,11 +22,7 @@ pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
     }
     if let Some(code) = e.code() {
         let c = code.code();
-        return c.starts_with("08")
-            || c.starts_with("40")
-            || c.starts_with("53")
-            || c.starts_with("57")
-            || code == &SqlState::LOCK_NOT_AVAILABLE;
+        return c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57") || code == &SqlState::LOCK_NOT_AVAILABLE;
     }
     let io = e.source().is_some_and(|s| s.is::<std::io::Error>());
     io || e.to_string().contains("timeout") || e.to_string().contains("connection")
@@ -62,35 +58,21 @@ pub struct Lease<'a> {
 
 impl Lease<'_> {
     pub fn conn(&mut self) -> &mut Conn {
-        self.guard
-            .as_mut()
-            .expect("leases always hold a connection")
+        self.guard.as_mut().expect("leases always hold a connection")
     }
 }
 
 impl Pool {
-    pub fn new(
-        target: &TargetConfig,
-        settings: &PostgresConfig,
-    ) -> Result<Self, tokio_postgres::Error> {
+    pub fn new(target: &TargetConfig, settings: &PostgresConfig) -> Result<Self, tokio_postgres::Error> {
         let mut config: tokio_postgres::Config = target.url.parse()?;
         if let Some(password) = &target.password {
             config.password(password.expose());
         }
         config.connect_timeout(settings.connect_timeout);
         config.application_name("cdc-sink");
-        config.options(format!(
-            "-c statement_timeout={}",
-            settings.statement_timeout.as_millis()
-        ));
-        let slots = (0..settings.pool_size.max(1))
-            .map(|_| Mutex::new(None))
-            .collect();
-        Ok(Self {
-            config,
-            slots,
-            next: AtomicUsize::new(0),
-        })
+        config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
+        let slots = (0..settings.pool_size.max(1)).map(|_| Mutex::new(None)).collect();
+        Ok(Self { config, slots, next: AtomicUsize::new(0) })
     }
 
     /// A live connection: the next slot round-robin, reconnected if it was lost.
@@ -105,10 +87,7 @@ impl Pool {
                     tracing::warn!(message = "postgres connection closed", %error);
                 }
             });
-            *guard = Some(Conn {
-                client,
-                statements: HashMap::new(),
-            });
+            *guard = Some(Conn { client, statements: HashMap::new() });
         }
         Ok(Lease { guard })
     }

@@ -127,20 +127,10 @@ struct Shape {
 
 fn shape_of(change: &Change) -> Shape {
     match &change.after {
-        None => Shape {
-            delete: true,
-            known: Vec::new(),
-            extra: Vec::new(),
-        },
+        None => Shape { delete: true, known: Vec::new(), extra: Vec::new() },
         Some(row) => Shape {
             delete: false,
-            known: row
-                .known
-                .iter()
-                .enumerate()
-                .filter(|(i, f)| *i != 0 && matches!(f, Some(Field::Value(_))))
-                .map(|(i, _)| i)
-                .collect(),
+            known: row.known.iter().enumerate().filter(|(i, f)| *i != 0 && matches!(f, Some(Field::Value(_)))).map(|(i, _)| i).collect(),
             extra: row.extra.keys().cloned().collect(),
         },
     }
@@ -159,34 +149,15 @@ fn upsert_sql(entity: Entity, shape: &Shape) -> String {
         types.push("text[]".into());
     }
     let data: Vec<String> = names[1..].to_vec();
-    for (name, ty) in [
-        ("_cdc_lsn", "int8[]"),
-        ("_cdc_source_ts", "timestamptz[]"),
-        ("_cdc_op", "text[]"),
-        ("_cdc_partition", "int4[]"),
-        ("_cdc_offset", "int8[]"),
-    ] {
+    for (name, ty) in
+        [("_cdc_lsn", "int8[]"), ("_cdc_source_ts", "timestamptz[]"), ("_cdc_op", "text[]"), ("_cdc_partition", "int4[]"), ("_cdc_offset", "int8[]")]
+    {
         names.push(name.into());
         types.push(ty.into());
     }
-    let params: Vec<String> = types
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!("${}::{t}", i + 1))
-        .collect();
+    let params: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::{t}", i + 1)).collect();
     let mut sets: Vec<String> = data.iter().map(|c| format!("{c} = excluded.{c}")).collect();
-    sets.extend(
-        [
-            "_cdc_lsn",
-            "_cdc_source_ts",
-            "_cdc_op",
-            "_cdc_partition",
-            "_cdc_offset",
-            "_cdc_deleted",
-        ]
-        .iter()
-        .map(|c| format!("{c} = excluded.{c}")),
-    );
+    sets.extend(["_cdc_lsn", "_cdc_source_ts", "_cdc_op", "_cdc_partition", "_cdc_offset", "_cdc_deleted"].iter().map(|c| format!("{c} = excluded.{c}")));
     sets.push("_cdc_applied_at = clock_timestamp()".into());
     format!(
         "INSERT INTO {table} AS t ({names}, _cdc_deleted) SELECT u.*, {deleted} FROM UNNEST({params}) AS u \
@@ -203,10 +174,7 @@ impl PostgresSink {
     pub async fn connect(target: &TargetConfig) -> Result<Self, TargetError> {
         let settings: &PostgresConfig = &target.postgres;
         let pool = Pool::new(target, settings)?;
-        let sink = Self {
-            pool,
-            added: Mutex::new(BTreeMap::new()),
-        };
+        let sink = Self { pool, added: Mutex::new(BTreeMap::new()) };
         sink.prepare().await?;
         Ok(sink)
     }
@@ -219,17 +187,9 @@ impl PostgresSink {
         for entity in Entity::ALL {
             let table = table_name(entity);
             client.batch_execute(&create_table_sql(entity)).await?;
-            client
-                .batch_execute(&format!(
-                    "CREATE INDEX IF NOT EXISTS {table}_tombstones ON {table} (_cdc_applied_at) WHERE _cdc_deleted"
-                ))
-                .await?;
-            let rows = client
-                .query(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
-                    &[&table],
-                )
-                .await?;
+            client.batch_execute(&format!("CREATE INDEX IF NOT EXISTS {table}_tombstones ON {table} (_cdc_applied_at) WHERE _cdc_deleted")).await?;
+            let rows =
+                client.query("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1", &[&table]).await?;
             let known: HashSet<&str> = entity.columns().iter().map(|c| c.name).collect();
             let extra = added.entry(entity).or_default();
             for row in rows {
@@ -242,11 +202,7 @@ impl PostgresSink {
         Ok(())
     }
 
-    pub async fn ensure_columns(
-        &self,
-        entity: Entity,
-        columns: &[String],
-    ) -> Result<(), TargetError> {
+    pub async fn ensure_columns(&self, entity: Entity, columns: &[String]) -> Result<(), TargetError> {
         let mut added = self.added.lock().await;
         let have = added.entry(entity).or_default();
         let missing: Vec<&String> = columns.iter().filter(|c| !have.contains(*c)).collect();
@@ -257,22 +213,14 @@ impl PostgresSink {
         for column in missing {
             // Added columns are stored as text: every JSON value has a text form, so a later
             // type change in the source never makes a row unstorable.
-            let sql = format!(
-                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text",
-                table_name(entity),
-                ident(column)
-            );
+            let sql = format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text", table_name(entity), ident(column));
             lease.conn().client.batch_execute(&sql).await?;
             have.insert(column.clone());
         }
         Ok(())
     }
 
-    pub async fn apply(
-        &self,
-        entity: Entity,
-        latest: &[Change],
-    ) -> Result<ApplyReport, TargetError> {
+    pub async fn apply(&self, entity: Entity, latest: &[Change]) -> Result<ApplyReport, TargetError> {
         let mut groups: BTreeMap<Shape, Vec<&Change>> = BTreeMap::new();
         for change in latest {
             groups.entry(shape_of(change)).or_default().push(change);
@@ -298,28 +246,14 @@ impl PostgresSink {
         Ok(report)
     }
 
-    async fn apply_group(
-        &self,
-        entity: Entity,
-        shape: &Shape,
-        rows: &[&Change],
-    ) -> Result<HashSet<Uuid>, TargetError> {
+    async fn apply_group(&self, entity: Entity, shape: &Shape, rows: &[&Change]) -> Result<HashSet<Uuid>, TargetError> {
         let columns = entity.columns();
         let n = rows.len();
         let mut ids = Vec::with_capacity(n);
-        let mut data: Vec<Array> = shape
-            .known
-            .iter()
-            .map(|&i| Array::new(columns[i].ty, n))
-            .collect();
+        let mut data: Vec<Array> = shape.known.iter().map(|&i| Array::new(columns[i].ty, n)).collect();
         let mut extra: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(n); shape.extra.len()];
-        let (mut lsn, mut source_ts, mut op, mut partition, mut offset) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
+        let (mut lsn, mut source_ts, mut op, mut partition, mut offset) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for change in rows {
             ids.push(change.key);
             if let Some(row) = &change.after {
@@ -354,15 +288,8 @@ impl PostgresSink {
         Ok(returned.iter().map(|r| r.get::<_, Uuid>(0)).collect())
     }
 
-    pub async fn existing(
-        &self,
-        entity: Entity,
-        ids: &[Uuid],
-    ) -> Result<HashSet<Uuid>, TargetError> {
-        let sql = format!(
-            "SELECT id FROM {} WHERE id = ANY($1::uuid[])",
-            table_name(entity)
-        );
+    pub async fn existing(&self, entity: Entity, ids: &[Uuid]) -> Result<HashSet<Uuid>, TargetError> {
+        let sql = format!("SELECT id FROM {} WHERE id = ANY($1::uuid[])", table_name(entity));
         let mut lease = self.pool.get().await?;
         let conn = lease.conn();
         let statement = conn.statement(&sql).await?;
@@ -376,21 +303,10 @@ impl PostgresSink {
         Ok(())
     }
 
-    pub async fn purge_tombstones(
-        &self,
-        entity: Entity,
-        older_than: Duration,
-    ) -> Result<u64, TargetError> {
-        let sql = format!(
-            "DELETE FROM {} WHERE _cdc_deleted AND _cdc_applied_at < clock_timestamp() - $1::float8 * interval '1 second'",
-            table_name(entity)
-        );
+    pub async fn purge_tombstones(&self, entity: Entity, older_than: Duration) -> Result<u64, TargetError> {
+        let sql = format!("DELETE FROM {} WHERE _cdc_deleted AND _cdc_applied_at < clock_timestamp() - $1::float8 * interval '1 second'", table_name(entity));
         let mut lease = self.pool.get().await?;
-        Ok(lease
-            .conn()
-            .client
-            .execute(&sql, &[&older_than.as_secs_f64()])
-            .await?)
+        Ok(lease.conn().client.execute(&sql, &[&older_than.as_secs_f64()]).await?)
     }
 }
 
@@ -411,30 +327,18 @@ mod tests {
     #[test]
     fn table_layout_has_the_cdc_columns() {
         let sql = create_table_sql(Entity::Orders);
-        assert!(sql.starts_with(
-            "CREATE TABLE IF NOT EXISTS orders_materialized (\"id\" uuid PRIMARY KEY"
-        ));
+        assert!(sql.starts_with("CREATE TABLE IF NOT EXISTS orders_materialized (\"id\" uuid PRIMARY KEY"));
         assert!(sql.contains("\"total_amount\" numeric(12,2)"));
         assert!(sql.contains("_cdc_applied_at timestamptz not null default clock_timestamp()"));
     }
 
     #[test]
     fn upsert_is_one_guarded_unnest_statement() {
-        let shape = Shape {
-            delete: false,
-            known: vec![1, 2],
-            extra: vec!["tier".into()],
-        };
+        let shape = Shape { delete: false, known: vec![1, 2], extra: vec!["tier".into()] };
         let sql = upsert_sql(Entity::Customer, &shape);
-        assert!(
-            sql.contains("UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[]"),
-            "{sql}"
-        );
+        assert!(sql.contains("UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[]"), "{sql}");
         assert!(sql.contains("\"tier\" = excluded.\"tier\""));
         assert!(sql.contains("WHERE t._cdc_lsn < excluded._cdc_lsn RETURNING t.id"));
-        assert!(
-            !sql.contains("updated_at"),
-            "columns not carried are left untouched: {sql}"
-        );
+        assert!(!sql.contains("updated_at"), "columns not carried are left untouched: {sql}");
     }
 }

@@ -1,0 +1,54 @@
+//! Every chaos scenario, in a short form: the target converges with zero missing, zero
+//! stale, zero resurrected and zero duplicates in effect. Duplicates the pipeline
+//! delivered (Debezium is at-least-once) are counted, not failed.
+
+use std::time::Duration;
+
+use harness::run::{RunOptions, run};
+use harness::scenario::{Scenario, builtin_names};
+use harness::verify::AnomalyKind;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_chaos_scenario_converges_in_short_form() -> anyhow::Result<()> {
+    let _turn = harness::testing::stack_turn().await;
+    let reports = harness::testing::run_dir("chaos-reports");
+    let names: Vec<String> = builtin_names().into_iter().filter(|n| n.starts_with("chaos-")).collect();
+    assert!(names.len() >= 8, "the chaos scenarios are shipped: {names:?}");
+    let mut failures = Vec::new();
+    for name in &names {
+        let mut scenario = Scenario::load(name)?;
+        // Short form: a smaller seed keeps the snapshot-kill scenario's snapshot long
+        // enough to be killed in, but quick.
+        scenario.stack.seed_customers = scenario.stack.seed_customers.min(8000);
+        let options = RunOptions {
+            scenario,
+            driver: None,
+            duration: Some(Duration::from_secs(45)),
+            rate: None,
+            seed: 7,
+            reuse: None,
+            keep: false,
+            reports_dir: reports.clone(),
+        };
+        let outcome = run(options).await?;
+        let r = &outcome.report;
+        let c = &r.convergence;
+        let in_effect = [AnomalyKind::LostChange, AnomalyKind::StaleOverwrite, AnomalyKind::ResurrectedDelete, AnomalyKind::DuplicateApply];
+        let bad: Vec<_> = in_effect.iter().filter(|k| c.count(**k) > 0).map(|k| (*k, c.count(*k))).collect();
+        eprintln!(
+            "{name}: converged {} in {:?} ms, {} faults, {} duplicate deliveries skipped as stale, DLQ {}",
+            c.converged,
+            c.time_to_converge_ms,
+            r.faults.len(),
+            r.validation.stale_skipped,
+            r.validation.dlq
+        );
+        if !c.converged || !bad.is_empty() || c.total(|e| e.missing_in_target) > 0 {
+            failures.push(format!("{name}: converged {}, anomalies {bad:?}, report {}", c.converged, outcome.dir.display()));
+        }
+        assert!(!r.faults.is_empty(), "{name}: its faults are in the timeline");
+        assert!(r.faults.iter().all(|f| !f.parameters.contains_key("error")), "{name}: a fault failed to apply: {:?}", r.faults);
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    Ok(())
+}

@@ -31,7 +31,8 @@ pub async fn run_schedule(stack: &mut LocalStack, faults: &[FaultSpec], started:
 pub async fn apply(stack: &mut LocalStack, fault: &FaultSpec, started: Instant) -> FaultRecord {
     let start_s = started.elapsed().as_secs_f64();
     let mut parameters = fault.parameters();
-    let mut recovered_service = None;
+    // The service and when it was started again (or resumed): recovery is measured from there.
+    let mut recovered_service: Option<(ServiceKind, Instant)> = None;
     let outcome: Result<(), String> = async {
         match fault.fault {
             FaultKind::Kill | FaultKind::Stop | FaultKind::Pause | FaultKind::Restart => {
@@ -49,12 +50,13 @@ pub async fn apply(stack: &mut LocalStack, fault: &FaultSpec, started: Instant) 
                 } else {
                     tokio::time::sleep(fault.duration).await;
                 }
+                let restarted = Instant::now();
+                recovered_service = Some((svc, restarted));
                 if fault.fault == FaultKind::Pause {
                     stack.resume(svc);
                 } else {
                     stack.start_service(svc).await.map_err(|e| e.to_string())?;
                 }
-                recovered_service = Some(svc);
                 Ok(())
             }
             FaultKind::Latency | FaultKind::Bandwidth | FaultKind::Blackhole | FaultKind::Down => {
@@ -89,12 +91,12 @@ pub async fn apply(stack: &mut LocalStack, fault: &FaultSpec, started: Instant) 
     }
     let end_s = started.elapsed().as_secs_f64();
     let service_recovery_s = match recovered_service {
-        Some(svc) => {
+        Some((svc, restarted)) => {
             let deadline = Instant::now() + RECOVERY_LIMIT;
             let mut recovered = None;
             while Instant::now() < deadline {
                 if stack.is_healthy(svc).await {
-                    recovered = Some((started.elapsed().as_secs_f64() - end_s).max(0.0));
+                    recovered = Some(restarted.elapsed().as_secs_f64());
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

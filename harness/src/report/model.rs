@@ -113,7 +113,7 @@ pub struct FaultRecord {
     /// Seconds since load start.
     pub start_s: f64,
     pub end_s: Option<f64>,
-    /// Until the service was healthy again.
+    /// Seconds from the service being started again (or resumed) until it was healthy.
     pub service_recovery_s: Option<f64>,
     /// Until lag was back to its pre-fault level.
     pub pipeline_recovery_s: Option<f64>,

@@ -86,7 +86,7 @@ async fn service_faults_recover_and_lose_nothing() -> anyhow::Result<()> {
     .await?;
     for r in &records {
         let recovery = r.service_recovery_s.unwrap_or_else(|| panic!("{} {} never recovered", r.kind, r.target));
-        eprintln!("fault {} {}: healthy again {recovery:.2}s after it ended", r.kind, r.target);
+        eprintln!("fault {} {}: healthy {recovery:.2}s after it was started again", r.kind, r.target);
     }
     Ok(())
 }

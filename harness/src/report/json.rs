@@ -25,11 +25,32 @@ pub enum LoadError {
     Invalid { path: PathBuf, source: serde_json::Error },
 }
 
-/// Pretty JSON with a trailing newline (so the file diffs cleanly).
+/// Pretty JSON with a trailing newline (so the file diffs cleanly). The free-form JSON
+/// inside the model (config, anomaly witnesses) is written with sorted keys: its order
+/// would otherwise depend on whether some crate in the build enables serde_json's
+/// `preserve_order`, and the same report must render to the same bytes in every build.
 pub fn render(report: &Report) -> io::Result<String> {
-    let mut text = serde_json::to_string_pretty(report)?;
+    let mut report = report.clone();
+    report.config = sorted(&report.config);
+    for anomaly in &mut report.convergence.anomalies {
+        anomaly.source_row = anomaly.source_row.as_ref().map(sorted);
+        anomaly.target_record = anomaly.target_record.as_ref().map(sorted);
+    }
+    let mut text = serde_json::to_string_pretty(&report)?;
     text.push('\n');
     Ok(text)
+}
+
+fn sorted(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+        }
+        serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
 }
 
 pub fn load(path: &Path) -> Result<Report, LoadError> {

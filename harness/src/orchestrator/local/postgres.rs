@@ -22,14 +22,13 @@ const SUPERUSER: &str = "postgres";
 pub struct PostgresLayout {
     pub dir: PathBuf,
     pub data: PathBuf,
-    pub socket_dir: PathBuf,
     pub log: PathBuf,
 }
 
 impl PostgresLayout {
     pub fn new(run_dir: &Path) -> Self {
         let dir = run_dir.join("postgres");
-        Self { data: dir.join("data"), socket_dir: dir.join("socket"), log: run_dir.join("logs").join("postgres.log"), dir }
+        Self { data: dir.join("data"), log: run_dir.join("logs").join("postgres.log"), dir }
     }
 }
 
@@ -71,13 +70,12 @@ pub fn init(bin_dir: &Path, layout: &PostgresLayout, port: u16, password: &Secre
         return Ok(endpoint);
     }
     fs::create_dir_all(&layout.dir).map_err(|e| setup_err(format!("{}: {e}", layout.dir.display())))?;
-    fs::create_dir_all(&layout.socket_dir).map_err(|e| setup_err(e.to_string()))?;
     ensure_traversable(&layout.dir)?;
     let pwfile = layout.dir.join(".pwfile");
     fs::write(&pwfile, password.expose()).map_err(|e| setup_err(e.to_string()))?;
     fs::set_permissions(&pwfile, fs::Permissions::from_mode(0o600)).map_err(|e| setup_err(e.to_string()))?;
     if let Some(u) = &user {
-        for path in [&layout.dir, &layout.socket_dir, &pwfile] {
+        for path in [&layout.dir, &pwfile] {
             chown(path, Some(u.uid.as_raw()), Some(u.gid.as_raw())).map_err(|e| setup_err(format!("chown {}: {e}", path.display())))?;
         }
     }
@@ -95,11 +93,12 @@ pub fn init(bin_dir: &Path, layout: &PostgresLayout, port: u16, password: &Secre
         return Err(setup_err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     let conf = format!(
-        "\n# cdc-harness\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+        // No Unix socket: every client uses TCP, and a socket path under a deep run folder
+        // can exceed the 107-byte limit.
+        "\n# cdc-harness\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n\
          wal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\nmax_connections = 200\n\
          shared_buffers = 256MB\ntrack_commit_timestamp = on\nsynchronous_commit = on\nfsync = on\nlog_min_messages = warning\n\
-         log_line_prefix = '%m [%p] %q%u@%d '\n",
-        layout.socket_dir.display()
+         log_line_prefix = '%m [%p] %q%u@%d '\n"
     );
     let conf_path = layout.data.join("postgresql.conf");
     let mut text = fs::read_to_string(&conf_path).map_err(|e| setup_err(e.to_string()))?;

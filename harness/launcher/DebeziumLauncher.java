@@ -104,6 +104,10 @@ public class DebeziumLauncher {
 
     static String topicPrefix = "";
     static volatile KafkaProducer<String, String> producer;
+    /** Producer settings, kept to build a fresh producer after a failed batch. */
+    static volatile Properties kafkaProps;
+    /** How long a batch is re-sent (fresh producer, backoff) before the launcher gives up. */
+    static final long SEND_RETRY_MS = 120_000;
     static volatile DebeziumEngine<ChangeEvent<String, String>> engine;
     static HttpServer statusServer;
 
@@ -159,6 +163,7 @@ public class DebeziumLauncher {
 
         // ---- producer ----
         try {
+            kafkaProps = kafka;
             producer = new KafkaProducer<>(kafka, new StringSerializer(), new StringSerializer());
         }
         catch (Exception e) {
@@ -237,30 +242,42 @@ public class DebeziumLauncher {
         public void handleBatch(List<ChangeEvent<String, String>> records,
                                 DebeziumEngine.RecordCommitter<ChangeEvent<String, String>> committer)
                 throws InterruptedException {
-            List<Future<RecordMetadata>> acks = new ArrayList<>(records.size());
-            KafkaProducer<String, String> p = producer;
-            if (p == null) {
-                throw new InterruptedException("producer closed (shutting down)");
-            }
-            try {
-                for (ChangeEvent<String, String> r : records) {
-                    // partition left to the producer's partitioner (murmur2 of the key) so that
-                    // all events of one row land in the same partition, in order.
-                    acks.add(p.send(new ProducerRecord<>(r.destination(), r.key(), r.value())));
+            // A broker that is restarting answers with errors the producer treats as fatal
+            // (tansu: UnknownServerException while its storage shuts down). Nothing of the
+            // batch is committed yet, so re-sending it whole with a fresh producer is safe
+            // (at-least-once: duplicates possible, loss not); only past SEND_RETRY_MS does
+            // the launcher give up and exit non-zero.
+            long deadline = System.currentTimeMillis() + SEND_RETRY_MS;
+            long backoff = 250;
+            while (true) {
+                KafkaProducer<String, String> p = producer;
+                if (p == null || shuttingDown) {
+                    throw new InterruptedException("producer closed (shutting down)");
                 }
-                for (Future<RecordMetadata> f : acks) {
-                    f.get(); // blocks until acks=all acknowledged, or delivery.timeout.ms expired
+                Throwable failure;
+                try {
+                    sendAll(p, records);
+                    break;
                 }
-            }
-            catch (InterruptedException e) {
-                // engine shutdown while waiting: nothing of this batch is marked, it will be re-sent on restart
-                throw e;
-            }
-            catch (ExecutionException e) {
-                throw sendFailed(records.size(), e.getCause() != null ? e.getCause() : e);
-            }
-            catch (RuntimeException e) {
-                throw sendFailed(records.size(), e);
+                catch (InterruptedException e) {
+                    // engine shutdown while waiting: nothing of this batch is marked, it will be re-sent on restart
+                    throw e;
+                }
+                catch (ExecutionException e) {
+                    failure = e.getCause() != null ? e.getCause() : e;
+                }
+                catch (RuntimeException e) {
+                    failure = e;
+                }
+                if (System.currentTimeMillis() + backoff > deadline) {
+                    throw sendFailed(records.size(), failure);
+                }
+                lastError = "re-sending a batch after: " + describe(failure);
+                log.warn("Launcher: batch of {} record(s) not acknowledged ({}); re-sending in {} ms with a fresh producer",
+                        records.size(), describe(failure), backoff);
+                Thread.sleep(backoff);
+                backoff = Math.min(backoff * 2, 5_000);
+                replaceProducer(p);
             }
             // Everything in this batch is durable on the broker -> commit it.
             for (ChangeEvent<String, String> r : records) {
@@ -269,6 +286,33 @@ public class DebeziumLauncher {
             committer.markBatchFinished();
             recordsSent.addAndGet(records.size());
             batchesCommitted.incrementAndGet();
+        }
+
+        private static void sendAll(KafkaProducer<String, String> p, List<ChangeEvent<String, String>> records)
+                throws InterruptedException, ExecutionException {
+            List<Future<RecordMetadata>> acks = new ArrayList<>(records.size());
+            for (ChangeEvent<String, String> r : records) {
+                // partition left to the producer's partitioner (murmur2 of the key) so that
+                // all events of one row land in the same partition, in order.
+                acks.add(p.send(new ProducerRecord<>(r.destination(), r.key(), r.value())));
+            }
+            for (Future<RecordMetadata> f : acks) {
+                f.get(); // blocks until acks=all acknowledged, or delivery.timeout.ms expired
+            }
+        }
+
+        /** Swaps in a new producer: one that saw a fatal error may refuse every later send. */
+        private static synchronized void replaceProducer(KafkaProducer<String, String> failed) {
+            if (producer != failed || shuttingDown) {
+                return;
+            }
+            producer = new KafkaProducer<>(kafkaProps, new StringSerializer(), new StringSerializer());
+            try {
+                failed.close(Duration.ZERO);
+            }
+            catch (Exception e) {
+                log.warn("Launcher: closing the failed producer: {}", describe(e));
+            }
         }
 
         @Override

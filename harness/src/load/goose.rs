@@ -70,7 +70,6 @@ pub async fn run(api: &str, plan: &LoadPlan, out_dir: &Path) -> Result<DriverRes
         .and_then(|a| a.set_default(GooseDefault::TestPlan, test_plan(plan).as_str()))
         .and_then(|a| a.set_default(GooseDefault::CoordinatedOmissionMitigation, GooseCoordinatedOmissionMitigation::Average))
         .and_then(|a| a.set_default(GooseDefault::NoTelnet, true))
-        .and_then(|a| a.set_default(GooseDefault::NoWebSocket, true))
         .and_then(|a| a.set_default(GooseDefault::NoPrintMetrics, true))
         .and_then(|a| a.set_default(GooseDefault::Quiet, 1usize))
         .and_then(|a| a.set_default(GooseDefault::ReportFile, report.to_string_lossy().as_ref()))

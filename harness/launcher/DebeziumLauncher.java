@@ -14,6 +14,11 @@
  *             1 = engine/connector/producer failure (cause is logged),
  *             2 = usage / launcher configuration error.
  *
+ * Trace context: a transaction that starts with
+ *   SELECT pg_logical_emit_message(true, 'traceparent', '<W3C traceparent>')
+ * gets that value as a `traceparent` Kafka header on every change event it produced; the
+ * message event itself is consumed here (it has no topic of its own on the broker).
+ *
  * See README.md next to this file.
  */
 
@@ -27,6 +32,7 @@ import io.debezium.engine.format.Json;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.clients.producer.RecordMetadata;
+import org.apache.kafka.common.header.internals.RecordHeaders;
 import org.apache.kafka.common.serialization.StringSerializer;
 import org.apache.kafka.connect.errors.ConnectException;
 import org.apache.kafka.connect.runtime.WorkerConfig;
@@ -65,6 +71,7 @@ import java.nio.file.Paths;
 import java.nio.file.StandardCopyOption;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.Base64;
 import java.util.List;
 import java.util.Map;
 import java.util.Properties;
@@ -91,6 +98,7 @@ public class DebeziumLauncher {
 
     // ---- shared state (read by the status endpoint) ----
     static final AtomicLong recordsSent = new AtomicLong();
+    static final AtomicLong tracedRecords = new AtomicLong();
     static final AtomicLong batchesCommitted = new AtomicLong();
     static volatile String lastError = null;
     static volatile boolean engineFailed = false;
@@ -292,9 +300,18 @@ public class DebeziumLauncher {
                 throws InterruptedException, ExecutionException {
             List<Future<RecordMetadata>> acks = new ArrayList<>(records.size());
             for (ChangeEvent<String, String> r : records) {
+                String traceparent = TRACES.traceparentFor(r.value());
+                if (traceparent == TransactionTraces.CONSUMED) {
+                    continue;
+                }
+                RecordHeaders headers = new RecordHeaders();
+                if (traceparent != null) {
+                    headers.add("traceparent", traceparent.getBytes(StandardCharsets.UTF_8));
+                    tracedRecords.incrementAndGet();
+                }
                 // partition left to the producer's partitioner (murmur2 of the key) so that
                 // all events of one row land in the same partition, in order.
-                acks.add(p.send(new ProducerRecord<>(r.destination(), r.key(), r.value())));
+                acks.add(p.send(new ProducerRecord<>(r.destination(), null, r.key(), r.value(), headers)));
             }
             for (Future<RecordMetadata> f : acks) {
                 f.get(); // blocks until acks=all acknowledged, or delivery.timeout.ms expired
@@ -318,6 +335,55 @@ public class DebeziumLauncher {
         @Override
         public boolean supportsTombstoneEvents() {
             return true;
+        }
+    }
+
+    static final TransactionTraces TRACES = new TransactionTraces();
+
+    /**
+     * The W3C trace context of the transaction being streamed. pgoutput streams committed
+     * transactions one after another, never interleaved, so "the last trace message seen and
+     * its txId" is all the state needed. Values are matched textually: the JSON converter
+     * escapes quotes inside strings, so `"txId":` only matches the source block's key.
+     */
+    static final class TransactionTraces {
+        static final String CONSUMED = new String("consumed");
+        private static final Pattern TX_ID = Pattern.compile("\"txId\":(\\d+)");
+        private static final Pattern TRACE_MESSAGE =
+                Pattern.compile("\"message\":\\{\"prefix\":\"traceparent\",\"content\":\"([A-Za-z0-9+/=]*)\"");
+        private static final Pattern VALID = Pattern.compile("^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$");
+        private String txId;
+        private String traceparent;
+
+        /** CONSUMED for a trace message, the transaction's traceparent, or null. */
+        synchronized String traceparentFor(String value) {
+            if (value == null) {
+                return null; // tombstone: it follows its delete, which carried the header
+            }
+            boolean message = value.contains("\"op\":\"m\"");
+            if (!message && traceparent == null) {
+                return null;
+            }
+            Matcher tx = TX_ID.matcher(value);
+            String id = tx.find() ? tx.group(1) : null;
+            if (message) {
+                Matcher m = TRACE_MESSAGE.matcher(value);
+                if (!m.find()) {
+                    return null; // another application's message: produced as it is
+                }
+                String decoded = new String(Base64.getDecoder().decode(m.group(1)), StandardCharsets.UTF_8).trim();
+                if (id != null && VALID.matcher(decoded).matches()) {
+                    txId = id;
+                    traceparent = decoded;
+                }
+                return CONSUMED;
+            }
+            if (id == null || !id.equals(txId)) {
+                txId = null;
+                traceparent = null;
+                return null;
+            }
+            return traceparent;
         }
     }
 
@@ -556,6 +622,7 @@ public class DebeziumLauncher {
         sb.append("\"snapshot_skipped\":").append(flags[1]).append(',');
         sb.append("\"streaming_connected\":").append(flags[2]).append(',');
         sb.append("\"records_sent\":").append(recordsSent.get()).append(',');
+        sb.append("\"records_traced\":").append(tracedRecords.get()).append(',');
         sb.append("\"batches_committed\":").append(batchesCommitted.get()).append(',');
         sb.append("\"uptime_ms\":").append((System.nanoTime() - startNanos) / 1_000_000).append(',');
         sb.append("\"last_error\":").append(lastError == null ? "null" : jsonString(lastError));

@@ -81,6 +81,8 @@ pub struct SinkConfig {
     pub validation: ValidationConfig,
     #[serde(default)]
     pub tombstones: TombstoneConfig,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

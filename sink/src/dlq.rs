@@ -1,6 +1,6 @@
 //! Dead-letter topic: events that cannot be decoded, fail a rejecting validation rule, or
 //! are refused by the target. The record keeps the original key and value; headers name
-//! the rule, the reason and the original coordinates.
+//! the rule, the reason and the original coordinates (and its `traceparent`, if any).
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
+use crate::handler::TraceHeaders;
 use crate::model::Coords;
 
 /// Values above this are truncated in the DLQ record (header `dlq.value.truncated`), so a
@@ -24,6 +25,8 @@ pub struct DeadLetter {
     pub reason: String,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    /// The original record's trace context, handed on so the DLQ's consumer joins its trace.
+    pub trace: Option<TraceHeaders>,
 }
 
 pub struct DlqProducer {
@@ -59,6 +62,12 @@ impl DlqProducer {
             .insert(Header { key: "dlq.original.topic", value: Some(letter.coords.topic.as_str()) })
             .insert(Header { key: "dlq.original.partition", value: Some(partition.as_str()) })
             .insert(Header { key: "dlq.original.offset", value: Some(offset.as_str()) });
+        if let Some(trace) = &letter.trace {
+            headers = headers.insert(Header { key: "traceparent", value: Some(trace.traceparent.as_str()) });
+            if let Some(state) = &trace.tracestate {
+                headers = headers.insert(Header { key: "tracestate", value: Some(state.as_str()) });
+            }
+        }
         if truncated {
             headers = headers.insert(Header { key: "dlq.value.truncated", value: Some("true") });
         }

@@ -26,6 +26,62 @@ pub struct Record {
     pub coords: Coords,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    /// W3C trace context from the record's headers, when the producer set one.
+    pub trace: Option<TraceHeaders>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceHeaders {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
+impl TraceHeaders {
+    /// `traceparent` / `tracestate` among Kafka headers (UTF-8 values; others ignored).
+    pub fn from_kafka<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> Option<Self> {
+        let (mut parent, mut state) = (None, None);
+        for (key, value) in headers {
+            let text = value.and_then(|v| std::str::from_utf8(v).ok());
+            if key.eq_ignore_ascii_case("traceparent") {
+                parent = text;
+            } else if key.eq_ignore_ascii_case("tracestate") {
+                state = text;
+            }
+        }
+        parent.map(|p| Self { traceparent: p.trim().to_string(), tracestate: state.map(str::to_string) })
+    }
+}
+
+/// What became of one record, for its span and log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Upserted,
+    Deleted,
+    /// Not newer than the target's version.
+    Stale,
+    DeadLettered,
+    /// Tombstones, truncates, logical decoding messages.
+    Ignored,
+}
+
+impl Outcome {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Upserted | Self::Deleted => "applied",
+            Self::Stale => "stale",
+            Self::DeadLettered => "dlq",
+            Self::Ignored => "ignored",
+        }
+    }
+
+    /// `db.operation` of the record's span.
+    const fn db_operation(self) -> &'static str {
+        match self {
+            Self::Upserted => "upsert",
+            Self::Deleted => "delete",
+            Self::Stale | Self::DeadLettered | Self::Ignored => "ignore",
+        }
+    }
 }
 
 /// What a partition task keeps between batches.
@@ -56,13 +112,21 @@ impl Handler {
     /// Processes one batch (records of one partition, in offset order). Returns when every
     /// record's effect is durable in the target or the DLQ; the caller then stores the
     /// offset. Transient failures are retried here without limit.
+    ///
+    /// Traces: the batch is one span (a new trace) linked to the trace of every record that
+    /// carried a `traceparent`; each such record also gets its own span as a child of that
+    /// remote parent, closed when its effect is durable, so one trace runs from the write
+    /// that made the change to its apply here.
     pub async fn process(&self, batch: &[Record], state: &mut PartitionState) {
         let Some(first) = batch.first() else { return };
         let started = Instant::now();
+        let topic = first.coords.topic.as_str();
         let span = info_span!(
             "batch",
+            otel.name = %format_args!("{topic} process"),
+            otel.kind = "consumer",
             messaging.system = "kafka",
-            messaging.destination.name = %first.coords.topic,
+            messaging.destination.name = %topic,
             messaging.kafka.consumer.group = %self.config.kafka.group_id,
             messaging.kafka.partition = first.coords.partition,
             messaging.kafka.offset = first.coords.offset,
@@ -71,12 +135,61 @@ impl Handler {
             db.operation = tracing::field::Empty,
             cdc.entity.type = %self.entity,
         );
-        self.process_inner(batch, state).instrument(span).await;
+        let traced = self.message_spans(batch, &span);
+        let outcomes = self.process_inner(batch, state).instrument(span).await;
+        for (i, message_span) in traced {
+            let record = &batch[i];
+            let outcome = outcomes[i];
+            message_span.record("db.operation", outcome.db_operation());
+            message_span.record("cdc.outcome", outcome.name());
+            message_span.in_scope(|| {
+                debug!(message = "event processed", topic = %record.coords.topic, partition = record.coords.partition,
+                    offset = record.coords.offset, key = %key_for_log(record.key.as_deref()), outcome = outcome.name())
+            });
+        }
         self.metrics.batch(self.entity, batch.len(), started.elapsed().as_secs_f64());
     }
 
-    async fn process_inner(&self, batch: &[Record], state: &mut PartitionState) {
+    /// A span per record that carries a valid trace context, parented by it.
+    fn message_spans(&self, batch: &[Record], batch_span: &tracing::Span) -> Vec<(usize, tracing::Span)> {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let mut spans = Vec::new();
+        for (i, record) in batch.iter().enumerate() {
+            let Some(headers) = &record.trace else { continue };
+            let Some(parent) = crate::telemetry::remote_context(&headers.traceparent, headers.tracestate.as_deref()) else {
+                debug!(message = "ignoring a malformed traceparent header", offset = record.coords.offset);
+                continue;
+            };
+            batch_span.add_link(parent.span().span_context().clone());
+            let span = info_span!(
+                parent: None,
+                "message",
+                otel.name = %format_args!("{} process", record.coords.topic),
+                otel.kind = "consumer",
+                messaging.system = "kafka",
+                messaging.destination.name = %record.coords.topic,
+                messaging.kafka.consumer.group = %self.config.kafka.group_id,
+                messaging.kafka.partition = record.coords.partition,
+                messaging.kafka.offset = record.coords.offset,
+                messaging.kafka.message.key = %key_for_log(record.key.as_deref()),
+                messaging.operation = "process",
+                db.operation = tracing::field::Empty,
+                cdc.entity.type = %self.entity,
+                cdc.outcome = tracing::field::Empty,
+            );
+            if span.set_parent(parent).is_ok() {
+                // Starts the span now, so its duration covers the whole apply.
+                let _ = span.context();
+                spans.push((i, span));
+            }
+        }
+        spans
+    }
+
+    async fn process_inner(&self, batch: &[Record], state: &mut PartitionState) -> Vec<Outcome> {
         let entity = self.entity;
+        let mut outcomes = vec![Outcome::Ignored; batch.len()];
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut changes: Vec<(usize, Change)> = Vec::with_capacity(batch.len());
         let mut tally = Tally::default();
@@ -119,7 +232,10 @@ impl Handler {
                     }
                     match rejected {
                         Some(v) => letters.push(self.letter(record, v.rule.name(), v.reason)),
-                        None => changes.push((i, *change)),
+                        None => {
+                            outcomes[i] = if change.op.is_delete() { Outcome::Deleted } else { Outcome::Upserted };
+                            changes.push((i, *change));
+                        }
                     }
                 }
             }
@@ -177,6 +293,14 @@ impl Handler {
             self.metrics.rows_written(entity, "delete", deletes);
             self.metrics.stale_skipped(entity, report.stale.len() as u64);
             self.metrics.e2e_latencies(entity, latencies);
+            if !report.stale.is_empty() {
+                let stale: HashSet<Uuid> = report.stale.iter().copied().collect();
+                for (i, change) in &changes {
+                    if stale.contains(&change.key) {
+                        outcomes[*i] = Outcome::Stale;
+                    }
+                }
+            }
             if !report.rejected.is_empty() {
                 let reasons: HashMap<Uuid, &String> = report.rejected.iter().map(|(k, r)| (*k, r)).collect();
                 for (i, change) in &changes {
@@ -188,6 +312,9 @@ impl Handler {
         }
 
         for letter in &letters {
+            if let Ok(i) = batch.binary_search_by_key(&letter.coords.offset, |r| r.coords.offset) {
+                outcomes[i] = Outcome::DeadLettered;
+            }
             self.metrics.dead_lettered(&letter.entity, &letter.rule);
             warn!(message = "event dead-lettered", rule = %letter.rule, reason = %letter.reason, topic = %letter.coords.topic,
                 partition = letter.coords.partition, offset = letter.coords.offset,
@@ -199,6 +326,7 @@ impl Handler {
                 backoff.wait().await;
             }
         }
+        outcomes
     }
 
     fn letter(&self, record: &Record, rule: &str, reason: String) -> DeadLetter {
@@ -209,6 +337,7 @@ impl Handler {
             reason,
             key: record.key.clone(),
             value: record.value.clone(),
+            trace: record.trace.clone(),
         }
     }
 

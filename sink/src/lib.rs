@@ -14,4 +14,5 @@ pub mod retry;
 pub mod schema;
 pub mod source;
 pub mod targets;
+pub mod telemetry;
 pub mod validation;

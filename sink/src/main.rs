@@ -18,15 +18,18 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rdkafka=warn".into()))
-        .init();
+    // Logging is configured by the file, so a configuration error is reported on stderr.
     let config = match SinkConfig::load(&args.config, std::env::vars()) {
         Ok(c) => c,
         Err(error) => {
-            tracing::error!(message = "configuration error", %error);
+            eprintln!("sink: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // Dropped last: flushes the spans of the shutdown.
+    let _telemetry = match sink::telemetry::init(&config.telemetry) {
+        Ok(guard) => guard,
+        Err(error) => {
             eprintln!("sink: {error}");
             return ExitCode::from(2);
         }

@@ -20,7 +20,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaErrorCode;
@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{ApplyConfig, KafkaConfig};
-use crate::handler::{Handler, PartitionState, Record};
+use crate::handler::{Handler, PartitionState, Record, TraceHeaders};
 use crate::metrics::Metrics;
 use crate::model::{Coords, Entity};
 
@@ -305,6 +305,7 @@ impl Source {
                             coords: Coords { topic: message.topic().to_string(), partition: message.partition(), offset: message.offset() },
                             key: message.key().map(<[u8]>::to_vec),
                             value: message.payload().map(<[u8]>::to_vec),
+                            trace: message.headers().and_then(|h| TraceHeaders::from_kafka(h.iter().map(|h| (h.key, h.value)))),
                         };
                         drop(message);
                         self.consumer.context().broker_up.store(true, Ordering::Relaxed);

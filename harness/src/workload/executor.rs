@@ -30,6 +30,11 @@ pub fn pool(pg: &PgEndpoint, size: usize) -> Result<Pool, ExecError> {
 pub async fn execute(pool: &Pool, op: &Operation, traceparent: Option<&str>) -> Result<(), ExecError> {
     let mut client = pool.get().await.map_err(|e| ExecError::Pool(e.to_string()))?;
     let tx = client.transaction().await?;
+    if let Some(tp) = traceparent {
+        // First in the transaction, so the change stream carries the trace context ahead of
+        // the rows; the Debezium launcher turns it into a `traceparent` header on each of them.
+        tx.execute("SELECT pg_logical_emit_message(true, 'traceparent', $1::text)", &[&tp]).await?;
+    }
     let affected = run(&tx, op).await.map_err(|e| match e.code() {
         Some(code) if *code == SqlState::FOREIGN_KEY_VIOLATION => ExecError::Vanished,
         // Two operations locked the same rows in opposite orders (e.g. an order and its

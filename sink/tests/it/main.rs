@@ -9,4 +9,5 @@ mod fixtures;
 mod mongo;
 mod postgres_apply;
 mod rebalance;
+mod telemetry;
 mod throughput;

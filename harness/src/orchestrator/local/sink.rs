@@ -31,7 +31,11 @@ pub fn configure(layout: &SinkLayout, pg: &PgEndpoint, kafka: &str, http_port: u
     fs::create_dir_all(&layout.dir).map_err(err)?;
     let topics: Vec<String> = TABLES.iter().map(|t| format!("\"{}\"", topic_for(t))).collect();
     let mut toml = String::new();
-    let _ = writeln!(toml, "[kafka]\nbrokers = \"{kafka}\"\ngroup_id = \"{GROUP_ID}\"\ntopics = [{}]\ndlq_topic = \"{DLQ_TOPIC}\"\n# Fault runs restart the broker: rejoin the group sooner than the 60 s default.\nrejoin_timeout = \"20s\"\n\n# Static membership: a restarted sink takes its predecessor's place (and partitions) at\n# once instead of waiting for the coordinator to expire a member killed with -9.\n[kafka.librdkafka]\n\"group.instance.id\" = \"cdc-sink-1\"\n", topics.join(", "));
+    let _ = writeln!(
+        toml,
+        "[kafka]\nbrokers = \"{kafka}\"\ngroup_id = \"{GROUP_ID}\"\ntopics = [{}]\ndlq_topic = \"{DLQ_TOPIC}\"\n# Fault runs restart the broker: rejoin the group sooner than the 60 s default.\nrejoin_timeout = \"20s\"\n\n# Static membership: a restarted sink takes its predecessor's place (and partitions) at\n# once instead of waiting for the coordinator to expire a member killed with -9.\n[kafka.librdkafka]\n\"group.instance.id\" = \"cdc-sink-1\"\n",
+        topics.join(", ")
+    );
     let _ = writeln!(toml, "[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n", pg.host, pg.port, pg.user, pg.target_db);
     let _ = writeln!(toml, "[http]\nlisten = \"127.0.0.1:{http_port}\"");
     fs::write(&layout.config, toml).map_err(err)

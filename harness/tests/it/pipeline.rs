@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use harness::testing::TestStack;
+use harness::workload::executor;
+use harness::workload::model::{NewAddress, NewCustomer, Operation};
 
 use crate::support::{by_key, cdc_topics, consume_until};
 
@@ -42,16 +44,46 @@ async fn every_operation_on_every_table_arrives_in_order_per_key() -> anyhow::Re
         pg.execute(&format!("delete from {table} where id = $1"), &[&id]).await?;
     }
 
+    // A write of the workload API with a trace context: every change of its transaction
+    // carries the context as a `traceparent` header, so the sink continues the trace.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = NewCustomer { id: uuid::Uuid::new_v4(), email: "traced@example.com".into(), status: "active" };
+    let traced_address = NewAddress {
+        id: uuid::Uuid::new_v4(),
+        customer_id: traced.id,
+        kind: "shipping",
+        street: "2 Side St".into(),
+        city: "Springfield",
+        state: None,
+        postal_code: "12345".into(),
+        country: "US",
+        is_default: true,
+    };
+    let pool = executor::pool(&stack.endpoints.postgres, 1)?;
+    let operation = Operation::CreateCustomer { customer: traced.clone(), addresses: vec![traced_address.clone()] };
+    executor::execute(&pool, &operation, Some(traceparent)).await?;
+
     let created = [("customer", c), ("address", a), ("orders", o), ("order_item", i)];
     let expected_keys: Vec<(String, String)> = created.iter().map(|(t, id)| (format!("cdc.public.{t}"), id.to_string())).collect();
+    let traced_keys = [("cdc.public.customer".to_string(), traced.id.to_string()), ("cdc.public.address".to_string(), traced_address.id.to_string())];
     let events = consume_until(&stack.endpoints.kafka, &cdc_topics(), Duration::from_secs(90), |events| {
         let keyed = by_key(events);
         // Seed snapshot rows plus, per new key: c, u, d and the tombstone.
-        expected_keys.iter().all(|k| keyed.get(k).is_some_and(|v| v.len() >= 4)) && events.iter().filter(|e| e.op() == Some("r")).count() >= 50
+        expected_keys.iter().all(|k| keyed.get(k).is_some_and(|v| v.len() >= 4))
+            && traced_keys.iter().all(|k| keyed.contains_key(k))
+            && events.iter().filter(|e| e.op() == Some("r")).count() >= 50
     })
     .await?;
+    assert!(events.iter().all(|e| e.topic.starts_with("cdc.public.")), "the trace message is not forwarded as an event");
 
     let keyed = by_key(&events);
+    for key in &traced_keys {
+        let history = &keyed[key];
+        assert_eq!(history.len(), 1, "{key:?}");
+        assert_eq!(history[0].op(), Some("c"));
+        assert_eq!(history[0].header("traceparent"), Some(traceparent), "trace context of {key:?}");
+    }
+    assert!(events.iter().filter(|e| e.header("traceparent").is_some()).count() == 2, "only the traced transaction carries the header");
     for key in &expected_keys {
         let history = &keyed[key];
         let ops: Vec<Option<&str>> = history.iter().map(|e| e.op()).collect();

@@ -7,6 +7,7 @@ use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers as _;
 use serde_json::Value;
 
 /// One record as read from a CDC topic.
@@ -18,6 +19,8 @@ pub struct Event {
     pub key: Option<Value>,
     /// `None` is a tombstone.
     pub value: Option<Value>,
+    /// Kafka headers with UTF-8 values.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Event {
@@ -36,6 +39,10 @@ impl Event {
 
     pub fn key_id(&self) -> Option<String> {
         self.key.as_ref()?.get("id")?.as_str().map(str::to_owned)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     pub fn lsn(&self) -> Option<i64> {
@@ -76,6 +83,10 @@ pub async fn consume_until(bootstrap: &str, topics: &[String], timeout: Duration
             offset: message.offset(),
             key: parse(message.key())?,
             value: parse(message.payload())?,
+            headers: message
+                .headers()
+                .map(|h| h.iter().filter_map(|h| Some((h.key.to_string(), String::from_utf8(h.value?.to_vec()).ok()?))).collect())
+                .unwrap_or_default(),
         });
     }
     if done(&events) { Ok(events) } else { anyhow::bail!("timed out after {timeout:?} with {} events read", events.len()) }

@@ -131,7 +131,7 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
     )?;
     let mut cmd = std::process::Command::new(&bin);
     cmd.arg("--config").arg(&config).env("SINK__TARGET__PASSWORD", e.password.expose()).env("RUST_LOG", "warn");
-    let handle = process::spawn(cmd, &dir.join("sink.log"))?;
+    let handle = process::OwnedProcess(process::spawn(cmd, &dir.join("sink.log"))?);
     let http = format!("http://127.0.0.1:{http_port}");
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<Instant> = None;
@@ -147,7 +147,7 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    handle.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    drop(handle);
     let sink_seconds = last.duration_since(first.unwrap_or(last)).as_secs_f64().max(1e-3);
 
     let baseline_seconds = baseline(&pg, &changes).await?;

@@ -131,3 +131,20 @@ pub fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
+
+/// A child owned by one function: stopped (SIGTERM, then SIGKILL after the grace) when this
+/// value is dropped, so an early return or a panic cannot leave it running.
+pub struct OwnedProcess(pub ProcessHandle);
+
+impl std::ops::Deref for OwnedProcess {
+    type Target = ProcessHandle;
+    fn deref(&self) -> &ProcessHandle {
+        &self.0
+    }
+}
+
+impl Drop for OwnedProcess {
+    fn drop(&mut self) {
+        self.0.stop(Signal::SIGTERM, Duration::from_secs(30));
+    }
+}

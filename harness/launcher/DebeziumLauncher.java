@@ -255,6 +255,8 @@ public class DebeziumLauncher {
             // batch is committed yet, so re-sending it whole with a fresh producer is safe
             // (at-least-once: duplicates possible, loss not); only past SEND_RETRY_MS does
             // the launcher give up and exit non-zero.
+            // Built once: a re-send must not walk the transaction-trace state again.
+            List<ProducerRecord<String, String>> outgoing = toProducerRecords(records);
             long deadline = System.currentTimeMillis() + SEND_RETRY_MS;
             long backoff = 250;
             while (true) {
@@ -264,7 +266,7 @@ public class DebeziumLauncher {
                 }
                 Throwable failure;
                 try {
-                    sendAll(p, records);
+                    sendAll(p, outgoing);
                     break;
                 }
                 catch (InterruptedException e) {
@@ -292,13 +294,13 @@ public class DebeziumLauncher {
                 committer.markProcessed(r);
             }
             committer.markBatchFinished();
-            recordsSent.addAndGet(records.size());
+            recordsSent.addAndGet(outgoing.size());
             batchesCommitted.incrementAndGet();
         }
 
-        private static void sendAll(KafkaProducer<String, String> p, List<ChangeEvent<String, String>> records)
-                throws InterruptedException, ExecutionException {
-            List<Future<RecordMetadata>> acks = new ArrayList<>(records.size());
+        /** The batch as producer records: trace messages left out, trace headers added. */
+        private static List<ProducerRecord<String, String>> toProducerRecords(List<ChangeEvent<String, String>> records) {
+            List<ProducerRecord<String, String>> outgoing = new ArrayList<>(records.size());
             for (ChangeEvent<String, String> r : records) {
                 String traceparent = TRACES.traceparentFor(r.value());
                 if (traceparent == TransactionTraces.CONSUMED) {
@@ -311,7 +313,16 @@ public class DebeziumLauncher {
                 }
                 // partition left to the producer's partitioner (murmur2 of the key) so that
                 // all events of one row land in the same partition, in order.
-                acks.add(p.send(new ProducerRecord<>(r.destination(), null, r.key(), r.value(), headers)));
+                outgoing.add(new ProducerRecord<>(r.destination(), null, r.key(), r.value(), headers));
+            }
+            return outgoing;
+        }
+
+        private static void sendAll(KafkaProducer<String, String> p, List<ProducerRecord<String, String>> records)
+                throws InterruptedException, ExecutionException {
+            List<Future<RecordMetadata>> acks = new ArrayList<>(records.size());
+            for (ProducerRecord<String, String> r : records) {
+                acks.add(p.send(r));
             }
             for (Future<RecordMetadata> f : acks) {
                 f.get(); // blocks until acks=all acknowledged, or delivery.timeout.ms expired

@@ -10,8 +10,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
-use crate::handler::TraceHeaders;
 use crate::model::Coords;
+use crate::telemetry::TraceHeaders;
 
 /// Values above this are truncated in the DLQ record (header `dlq.value.truncated`), so a
 /// huge poison message cannot also be refused by the broker.

@@ -27,29 +27,7 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     /// W3C trace context from the record's headers, when the producer set one.
-    pub trace: Option<TraceHeaders>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceHeaders {
-    pub traceparent: String,
-    pub tracestate: Option<String>,
-}
-
-impl TraceHeaders {
-    /// `traceparent` / `tracestate` among Kafka headers (UTF-8 values; others ignored).
-    pub fn from_kafka<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> Option<Self> {
-        let (mut parent, mut state) = (None, None);
-        for (key, value) in headers {
-            let text = value.and_then(|v| std::str::from_utf8(v).ok());
-            if key.eq_ignore_ascii_case("traceparent") {
-                parent = text;
-            } else if key.eq_ignore_ascii_case("tracestate") {
-                state = text;
-            }
-        }
-        parent.map(|p| Self { traceparent: p.trim().to_string(), tracestate: state.map(str::to_string) })
-    }
+    pub trace: Option<crate::telemetry::TraceHeaders>,
 }
 
 /// What became of one record, for its span and log line.

@@ -30,9 +30,10 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{ApplyConfig, KafkaConfig};
-use crate::handler::{Handler, PartitionState, Record, TraceHeaders};
+use crate::handler::{Handler, PartitionState, Record};
 use crate::metrics::Metrics;
 use crate::model::{Coords, Entity};
+use crate::telemetry::TraceHeaders;
 
 type Key = (String, i32);
 

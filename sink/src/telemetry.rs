@@ -129,6 +129,29 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     Ok(TelemetryGuard { provider })
 }
 
+/// W3C trace context headers of a Kafka record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceHeaders {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
+impl TraceHeaders {
+    /// `traceparent` / `tracestate` among Kafka headers (UTF-8 values; others ignored).
+    pub fn from_kafka<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> Option<Self> {
+        let (mut parent, mut state) = (None, None);
+        for (key, value) in headers {
+            let text = value.and_then(|v| std::str::from_utf8(v).ok());
+            if key.eq_ignore_ascii_case("traceparent") {
+                parent = text;
+            } else if key.eq_ignore_ascii_case("tracestate") {
+                state = text;
+            }
+        }
+        parent.map(|p| Self { traceparent: p.trim().to_string(), tracestate: state.map(str::to_string) })
+    }
+}
+
 /// The W3C trace context carried by a Kafka record (`traceparent`, optional `tracestate`),
 /// or None when absent or malformed.
 pub fn remote_context(traceparent: &str, tracestate: Option<&str>) -> Option<Context> {
@@ -140,14 +163,6 @@ pub fn remote_context(traceparent: &str, tracestate: Option<&str>) -> Option<Con
     }
     let cx = TraceContextPropagator::new().extract(&carrier);
     cx.span().span_context().is_valid().then_some(cx)
-}
-
-/// The `traceparent` to hand on for the span (e.g. into a DLQ record), if it has a context.
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
 }
 
 /// One JSON object per line; span fields flattened (innermost wins), then the event's.

@@ -393,20 +393,13 @@ async fn run_scenario(name: &str, args: RunArgs, run_dir: &std::path::Path) -> a
 
 fn print_run_summary(report: &harness::report::model::Report, dir: &std::path::Path) {
     let s = &report.summary;
-    let p = &report.pipeline;
     eprintln!();
-    eprintln!("{:<28} {}", "run", report.run.run_id);
-    eprintln!("{:<28} {}", "converged", s.converged);
-    eprintln!("{:<28} {:.1}", "events/s (sink)", s.events_per_sec);
-    eprintln!("{:<28} {:.1} / {:.1}", "writes/s achieved / target", report.load.achieved_rate, report.load.target_rate);
-    eprintln!("{:<28} {:.1} / {:.1} / {:.1}", "e2e ms p50 / p95 / p99", s.e2e_latency_ms.p50, s.e2e_latency_ms.p95, s.e2e_latency_ms.p99);
-    eprintln!("{:<28} {:.1} / {:.1} / {:.1}", "probe e2e ms p50/p95/p99", p.probe_latency_ms.p50, p.probe_latency_ms.p95, p.probe_latency_ms.p99);
-    eprintln!("{:<28} {}", "max lag", p.max_lag);
-    eprintln!("{:<28} {}", "lag recovery s", s.lag_recovery_s.map(|v| format!("{v:.1}")).unwrap_or_else(|| "never".into()));
-    if let Some(rate) = p.max_sustainable_rate {
-        eprintln!("{:<28} {rate:.0} ops/s", "max sustainable rate");
+    eprintln!("{:<46} {}", "run", report.run.run_id);
+    eprintln!("{:<46} {}", "converged", s.converged);
+    // The same rows as the HTML and Markdown summaries.
+    for row in harness::report::summary_rows(report) {
+        eprintln!("{:<46} {}{}", row.label, row.value, row.unit);
     }
-    eprintln!("{:<28} {}", "errors", s.errors);
     for t in &report.thresholds {
         eprintln!(
             "  {} {:<40} observed {}",

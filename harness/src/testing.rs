@@ -70,9 +70,10 @@ impl TestBroker {
         std::fs::create_dir_all(dir.join("logs"))?;
         let tansu = crate::provision::tansu::ensure(&crate::provision::Cache::locate()?)?;
         let port = free_port()?;
-        let handle = broker::start(&tansu, &BrokerLayout::new(&dir), port, port)?;
+        let layout = BrokerLayout::new(&dir);
+        let handle = broker::start(&tansu, &layout, port, port)?;
         let bootstrap = format!("127.0.0.1:{port}");
-        broker::wait_ready(&bootstrap, &handle, std::time::Duration::from_secs(60)).await?;
+        broker::wait_ready(&bootstrap, &handle, &layout, std::time::Duration::from_secs(60)).await?;
         broker::create_topics(&bootstrap, topics, partitions).await?;
         Ok(Self { bootstrap, handle })
     }

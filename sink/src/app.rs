@@ -38,7 +38,7 @@ pub enum RunError {
 async fn connect_target(config: &SinkConfig, metrics: &Metrics) -> Result<Target, TargetError> {
     let mut backoff = Backoff::new(&config.apply);
     loop {
-        match Target::connect(&config.target).await {
+        match Target::connect(&config.target, config.audit.enabled).await {
             Ok(t) => return Ok(t),
             Err(error) if error.is_retriable() => {
                 metrics.dependency_up("target", false);

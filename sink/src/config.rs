@@ -83,6 +83,20 @@ pub struct SinkConfig {
     pub tombstones: TombstoneConfig,
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// Audit mode: every change the sink handles appends one row to the target's apply log
+/// (`_cdc_apply_log` table / `cdc_apply_log` collection) with its outcome, Kafka
+/// coordinates and timestamps, written with the change itself (same statement in
+/// PostgreSQL). It is how a verifier proves duplicate or out-of-order applies and splits
+/// latency per hop. Off by default: it adds one log row per event to every write.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -338,7 +338,7 @@ mod tests {
     use std::str::FromStr;
 
     fn coords(table: &str) -> Coords {
-        Coords { topic: format!("cdc.public.{table}"), partition: 0, offset: 7 }
+        Coords { topic: format!("cdc.public.{table}"), partition: 0, offset: 7, timestamp: None }
     }
 
     const ID: &str = "5f0c6d4e-1b7e-4c3a-9a55-1b2c3d4e5f60";

@@ -173,6 +173,10 @@ impl Handler {
         let mut tally = Tally::default();
         let validator = Validator { config: &self.config.validation, now: Utc::now() };
         let mut ops: HashMap<&'static str, u64> = HashMap::new();
+        let audit = self.target.audits();
+        // Batch index -> (key, version, op, source commit time) of decoded changes, for
+        // the apply log rows of events that write nothing.
+        let mut decoded: HashMap<usize, (Uuid, i64, &'static str, Option<chrono::DateTime<Utc>>)> = HashMap::new();
 
         for (i, record) in batch.iter().enumerate() {
             match decode(&record.coords, record.key.as_deref(), record.value.as_deref(), self.config.apply.max_event_bytes) {
@@ -196,6 +200,9 @@ impl Handler {
                 }
                 Ok(Decoded::Change(change)) => {
                     *ops.entry(change.op.code()).or_default() += 1;
+                    if audit {
+                        decoded.insert(i, (change.key, change.lsn, change.op.code(), change.source_ts));
+                    }
                     let mut rejected = None;
                     for v in validator.check(&change, &mut state.memory, &mut tally) {
                         self.metrics.validation_failed(v.rule.name(), v.severity);
@@ -304,7 +311,47 @@ impl Handler {
                 backoff.wait().await;
             }
         }
+        if audit {
+            self.log_unwritten(batch, &outcomes, &decoded).await;
+        }
         outcomes
+    }
+
+    /// Audit mode: apply log rows for the events that wrote nothing to the target
+    /// (dead-lettered once the DLQ write is durable, ignored), before the offset is stored.
+    async fn log_unwritten(&self, batch: &[Record], outcomes: &[Outcome], decoded: &HashMap<usize, (Uuid, i64, &'static str, Option<chrono::DateTime<Utc>>)>) {
+        use crate::targets::{LogEntry, LoggedOutcome};
+        let entries: Vec<LogEntry> = outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, outcome)| {
+                let logged = match outcome {
+                    Outcome::DeadLettered => LoggedOutcome::Dlq,
+                    Outcome::Ignored => LoggedOutcome::Ignored,
+                    _ => return None,
+                };
+                let change = decoded.get(&i);
+                Some(LogEntry {
+                    key: change.map(|c| c.0),
+                    version: change.map(|c| c.1),
+                    op: change.map(|c| c.2),
+                    outcome: logged,
+                    partition: batch[i].coords.partition,
+                    offset: batch[i].coords.offset,
+                    kafka_ts: batch[i].coords.timestamp,
+                    source_ts: change.and_then(|c| c.3),
+                })
+            })
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        // A log the target refuses is reported and counted; the events' effects (none, or
+        // the DLQ record) are durable, so the offset may still move on.
+        if let Err(reason) = self.retry("apply_log", || self.target.log(self.entity, &entries)).await {
+            self.metrics.error("apply_log");
+            warn!(message = "apply log rows refused by the target", entity = %self.entity, reason);
+        }
     }
 
     fn letter(&self, record: &Record, rule: &str, reason: String) -> DeadLetter {

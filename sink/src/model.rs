@@ -283,6 +283,9 @@ pub struct Coords {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The record's Kafka timestamp (the producer's CreateTime, or the broker's
+    /// LogAppendTime), when it has one: where the capture hop ends.
+    pub timestamp: Option<DateTime<Utc>>,
 }
 
 /// One row change, decoded and typed.

@@ -303,7 +303,12 @@ impl Source {
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
                         let record = Record {
-                            coords: Coords { topic: message.topic().to_string(), partition: message.partition(), offset: message.offset() },
+                            coords: Coords {
+                                topic: message.topic().to_string(),
+                                partition: message.partition(),
+                                offset: message.offset(),
+                                timestamp: message.timestamp().to_millis().and_then(chrono::DateTime::from_timestamp_millis),
+                            },
                             key: message.key().map(<[u8]>::to_vec),
                             value: message.payload().map(<[u8]>::to_vec),
                             trace: message.headers().and_then(|h| TraceHeaders::from_kafka(h.iter().map(|h| (h.key, h.value)))),

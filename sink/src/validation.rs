@@ -347,7 +347,7 @@ mod tests {
     const CUST: &str = "0a0c6d4e-1b7e-4c3a-9a55-1b2c3d4e5f61";
 
     fn change(table: &str, value: Json) -> Change {
-        let coords = Coords { topic: format!("cdc.public.{table}"), partition: 0, offset: 1 };
+        let coords = Coords { topic: format!("cdc.public.{table}"), partition: 0, offset: 1, timestamp: None };
         match decode(&coords, None, Some(value.to_string().as_bytes()), 1 << 20).unwrap() {
             Decoded::Change(c) => *c,
             other => panic!("{other:?}"),

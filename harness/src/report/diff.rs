@@ -451,7 +451,7 @@ mod tests {
         r.run.run_id = id.into();
         r.pipeline.e2e_latency_ms_per_entity.clear();
         r.pipeline.e2e_latency_ms.p95 = p95;
-        r.pipeline.events_per_sec = events;
+        r.pipeline.events_per_sec = Some(events);
         r.convergence.entities.push(crate::verify::EntityOutcome { entity: "customer".into(), missing_in_target: missing, ..Default::default() });
         r
     }
@@ -542,7 +542,7 @@ mod tests {
         let mut new = base.clone();
         new.run.run_id = "b".into();
         new.pipeline.max_sustainable_rate = None;
-        new.pipeline.e2e_latency_ms_per_entity.insert("order".into(), Default::default());
+        new.pipeline.e2e_latency_ms_per_entity.insert("order".into(), crate::verify::Percentiles { count: 1, ..Default::default() });
         let d = run(&base, &new, &[]);
         assert_eq!(verdict_of(&d, "max_sustainable_rate"), Verdict::MissingInNew);
         assert_eq!(verdict_of(&d, "e2e_latency_ms.order.p95"), Verdict::MissingInBase);

@@ -124,30 +124,16 @@ fn header(o: &mut String, report: &Report, ok: bool) {
 }
 
 fn summary(o: &mut String, report: &Report) {
-    let p = &report.pipeline;
-    let s = &report.summary;
-    let l = &report.load;
-    let lag_recovery = match (p.lag_recovery_s, p.lag_recovered) {
-        (Some(v), _) => format!("{}<small> s</small>", fmt_num(v)),
-        (None, true) => "—".into(),
-        (None, false) => "never".into(),
-    };
-    let cards = [
-        ("Sink throughput", format!("{}<small> events/s</small>", fmt_num(p.events_per_sec))),
-        ("Load achieved / target", format!("{}<small> / {} ops/s</small>", fmt_num(l.achieved_rate), fmt_num(l.target_rate))),
-        ("E2E latency p50", format!("{}<small> ms</small>", fmt_num(s.e2e_latency_ms.p50))),
-        ("E2E latency p95", format!("{}<small> ms</small>", fmt_num(s.e2e_latency_ms.p95))),
-        ("E2E latency p99", format!("{}<small> ms</small>", fmt_num(s.e2e_latency_ms.p99))),
-        ("Max lag", format!("{}<small> msgs</small>", p.max_lag)),
-        ("Lag recovery", lag_recovery),
-        ("Time to converge", time_to_converge(report, "<small> s</small>")),
-        ("Errors", s.errors.to_string()),
-        ("Max sustainable rate", fmt_opt(p.max_sustainable_rate, "<small> ops/s</small>")),
-    ];
     o.push_str("<section id=\"summary\">\n<h2>Summary</h2>\n<div class=\"cards\">\n");
-    for (label, value) in cards {
-        // Values are numbers and fixed markup built above, never report text.
-        let _ = writeln!(o, "<div class=\"card\"><div class=\"label\">{label}</div><div class=\"value\">{value}</div></div>");
+    for row in crate::report::summary_rows(report) {
+        let absent = if row.value == crate::report::NOT_MEASURED { " absent" } else { "" };
+        let _ = writeln!(
+            o,
+            "<div class=\"card{absent}\"><div class=\"label\">{}</div><div class=\"value\">{}<small>{}</small></div></div>",
+            esc(row.label),
+            esc(&row.value),
+            esc(row.unit)
+        );
     }
     o.push_str("</div>\n</section>\n");
 }
@@ -187,8 +173,8 @@ fn charts(o: &mut String, report: &Report) {
             "Throughput",
             Chart {
                 id: "chart-throughput",
-                unit: "events / s",
-                series: vec![line("write rate", &|s| Some(s.write_rate)), line("sink rate", &|s| Some(s.sink_rate))],
+                unit: "per second: source ops, applied events",
+                series: vec![line("writes (ops/s)", &|s| Some(s.write_rate)), line("applied (events/s)", &|s| s.sink_rate)],
                 bands: &bands,
             },
         ),
@@ -197,11 +183,21 @@ fn charts(o: &mut String, report: &Report) {
             Chart {
                 id: "chart-latency",
                 unit: "ms (commit → applied)",
-                series: vec![line("p50", &|s| s.e2e_p50_ms), line("p95", &|s| s.e2e_p95_ms), line("p99", &|s| s.e2e_p99_ms)],
+                series: vec![
+                    line("p50", &|s| s.e2e_p50_ms),
+                    line("p95", &|s| s.e2e_p95_ms),
+                    line("p99", &|s| s.e2e_p99_ms),
+                    line("capture p95", &|s| s.capture_p95_ms),
+                    line("apply p95", &|s| s.apply_p95_ms),
+                ],
                 bands: &bands,
             },
         ),
-        ("Consumer lag", Chart { id: "chart-lag", unit: "messages (all partitions)", series: vec![line("lag", &|s| Some(s.lag as f64))], bands: &bands }),
+        ("Consumer lag", Chart { id: "chart-lag", unit: "events (all partitions; gaps: not measured)", series: vec![line("lag", &|s| s.lag.map(|v| v as f64))], bands: &bands }),
+        (
+            "Replication slot lag",
+            Chart { id: "chart-slot-lag", unit: "KiB of WAL behind", series: vec![line("slot lag", &|s| s.slot_lag_bytes.map(|v| v as f64 / 1024.0))], bands: &bands },
+        ),
         ("CPU per service", Chart { id: "chart-cpu", unit: "% of one core", series: per_service(&|s| &s.cpu_pct), bands: &bands }),
         ("Memory per service", Chart { id: "chart-memory", unit: "RSS, MiB", series: per_service(&|s| &s.rss_mb), bands: &bands }),
     ];

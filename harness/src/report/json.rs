@@ -91,7 +91,7 @@ mod tests {
         assert!(matches!(err, LoadError::NoSchemaVersion { .. }));
         let err = parse("not json", Path::new("x.json")).expect_err("refused");
         assert!(matches!(err, LoadError::NotJson { .. }));
-        let err = parse(r#"{"schema_version": 1}"#, Path::new("x.json")).expect_err("refused");
+        let err = parse(r#"{"schema_version": 2}"#, Path::new("x.json")).expect_err("refused");
         assert!(matches!(err, LoadError::Invalid { .. }));
     }
 }

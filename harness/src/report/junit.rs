@@ -94,8 +94,8 @@ mod tests {
         report.convergence.target = "postgres".into();
         report.convergence.converged = true;
         report.thresholds = vec![
-            ThresholdResult { expression: "max_lag < 5".into(), metric: "max_lag".into(), observed: Some(1.0), passed: true },
-            ThresholdResult { expression: "events_per_sec > 500".into(), metric: "events_per_sec".into(), observed: Some(12.5), passed: false },
+            ThresholdResult { expression: "max_lag < 5".into(), metric: "max_lag".into(), observed: Some(1.0), passed: true, reason: None },
+            ThresholdResult { expression: "events_per_sec > 500".into(), metric: "events_per_sec".into(), observed: Some(12.5), passed: false, reason: None },
         ];
         let xml = render(&report);
         assert_eq!(xml.matches("<testcase ").count(), 3);

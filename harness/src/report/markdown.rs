@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 
-use super::html::time_to_converge;
 use super::model::Report;
 use super::{fmt_num, fmt_opt, passed};
 
@@ -32,33 +31,10 @@ pub fn render(report: &Report) -> String {
         run.git_sha.as_deref().map(|sha| format!(" · commit {}", code(sha))).unwrap_or_default(),
     );
 
-    let p = &report.pipeline;
-    let l = &report.load;
-    let s = &report.summary;
     let c = &report.convergence;
     let _ = writeln!(o, "### Summary\n\n| Metric | Value |\n| --- | --- |");
-    let rows = [
-        ("Sink throughput", format!("{} events/s", fmt_num(p.events_per_sec))),
-        ("Load achieved / target", format!("{} / {} ops/s", fmt_num(l.achieved_rate), fmt_num(l.target_rate))),
-        (
-            "E2E latency p50 / p95 / p99",
-            format!("{} / {} / {} ms", fmt_num(s.e2e_latency_ms.p50), fmt_num(s.e2e_latency_ms.p95), fmt_num(s.e2e_latency_ms.p99)),
-        ),
-        ("Max lag", format!("{} messages", p.max_lag)),
-        (
-            "Lag recovery",
-            match (p.lag_recovery_s, p.lag_recovered) {
-                (Some(v), _) => format!("{} s", fmt_num(v)),
-                (None, true) => "—".into(),
-                (None, false) => "never recovered".into(),
-            },
-        ),
-        ("Time to converge", time_to_converge(report, " s")),
-        ("Errors", s.errors.to_string()),
-        ("Validation failures / DLQ", format!("{} / {}", report.validation.failed_by_rule.values().sum::<u64>(), report.validation.dlq)),
-    ];
-    for (name, value) in rows {
-        let _ = writeln!(o, "| {name} | {value} |");
+    for row in crate::report::summary_rows(report) {
+        let _ = writeln!(o, "| {} | {}{} |", row.label, row.value, row.unit);
     }
 
     if !report.thresholds.is_empty() {

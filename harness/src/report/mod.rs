@@ -57,6 +57,63 @@ pub(crate) fn fmt_opt(v: Option<f64>, unit: &str) -> String {
     v.map_or_else(|| "—".to_string(), |v| format!("{}{unit}", fmt_num(v)))
 }
 
+/// What a renderer shows for a value that was not measured.
+pub const NOT_MEASURED: &str = "not measured";
+
+/// One row of the summary every renderer shows (the same rows, in the same order).
+pub struct SummaryRow {
+    pub label: &'static str,
+    /// The value as text (numbers formatted, "not measured" when absent).
+    pub value: String,
+    /// Unit shown after a measured value (empty for words).
+    pub unit: &'static str,
+}
+
+fn num_or_absent(v: Option<f64>) -> (String, bool) {
+    match v {
+        Some(v) => (fmt_num(v), true),
+        None => (NOT_MEASURED.to_string(), false),
+    }
+}
+
+fn pct_triple(p: &crate::verify::Percentiles) -> Option<String> {
+    p.measured().then(|| format!("{} / {} / {}", fmt_num(p.p50), fmt_num(p.p95), fmt_num(p.p99)))
+}
+
+/// The summary rows of a report, shared by HTML and Markdown.
+pub fn summary_rows(report: &Report) -> Vec<SummaryRow> {
+    let p = &report.pipeline;
+    let l = &report.load;
+    let s = &report.summary;
+    let row = |label: &'static str, (value, measured): (String, bool), unit: &'static str| SummaryRow { label, value, unit: if measured { unit } else { "" } };
+    let triple = |pct: &crate::verify::Percentiles| pct_triple(pct).map_or((NOT_MEASURED.to_string(), false), |t| (t, true));
+    let lag_recovery = match (p.lag_recovery_s, p.lag_recovered) {
+        (Some(v), _) => (fmt_num(v), true),
+        (None, true) => ("—".into(), false),
+        (None, false) => ("never recovered".into(), false),
+    };
+    let time_to_converge = match report.convergence.time_to_converge_ms {
+        Some(ms) => (fmt_num(ms as f64 / 1000.0), true),
+        None if !report.convergence.converged => ("never".into(), false),
+        None => ("—".into(), false),
+    };
+    vec![
+        row("Applied changes (sink)", num_or_absent(p.events_per_sec), " events/s"),
+        row("Load achieved / target", (format!("{} / {}", fmt_num(l.achieved_rate), fmt_num(l.target_rate)), true), " ops/s"),
+        row("E2E latency p50 / p95 / p99", triple(&p.e2e_latency_ms), " ms"),
+        row("Capture hop p50 / p95 / p99 (commit → Kafka)", triple(&p.capture_latency_ms), " ms"),
+        row("Apply hop p50 / p95 / p99 (Kafka → target)", triple(&p.apply_latency_ms), " ms"),
+        row("Probe latency p50 / p95 / p99", triple(&p.probe_latency_ms), " ms"),
+        row("Max consumer lag", num_or_absent(p.max_lag.map(|v| v as f64)), " events"),
+        row("Max slot lag", num_or_absent(p.slot_lag_bytes_max.map(|v| v as f64 / 1024.0)), " KiB"),
+        row("Lag recovery", lag_recovery, " s"),
+        row("Time to converge", time_to_converge, " s"),
+        row("Errors", (s.errors.to_string(), true), ""),
+        row("Validation failures / DLQ", (format!("{} / {}", report.validation.failed_by_rule.values().sum::<u64>(), report.validation.dlq), true), ""),
+        row("Max sustainable rate", num_or_absent(p.max_sustainable_rate), " ops/s"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::fmt_num;

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::verify::{Percentiles, VerifyReport};
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: absent measurements are `null` (never 0), per-hop latency, slot lag, lag gaps.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
@@ -65,14 +66,29 @@ pub struct LoadStats {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PipelineStats {
-    /// Change events applied by the sink per second over the load window.
-    pub events_per_sec: f64,
-    /// Source commit -> applied in the target, from the target's CDC metadata.
+    /// Change events (row changes) the sink applied to the target per second over the load
+    /// window, from its write counters (not records consumed); None: not measured.
+    pub events_per_sec: Option<f64>,
+    /// Source commit -> durable in the target, over every change of the load window (the
+    /// sink's apply log), snapshot reads excluded.
     pub e2e_latency_ms: Percentiles,
+    /// First hop: source commit -> the change's Kafka record timestamp.
+    pub capture_latency_ms: Percentiles,
+    /// Second hop: Kafka record timestamp -> durable in the target.
+    pub apply_latency_ms: Percentiles,
+    /// Which clock stamps each end of the latencies above, and how percentiles are computed.
+    #[serde(default)]
+    pub latency_clocks: BTreeMap<String, String>,
     pub e2e_latency_ms_per_entity: BTreeMap<String, Percentiles>,
     /// Probe writes: commit -> visible in the target, polled by the harness.
     pub probe_latency_ms: Percentiles,
-    pub max_lag: u64,
+    /// Highest consumer lag (events) measured at the broker; None: never measured.
+    pub max_lag: Option<u64>,
+    /// Highest replication slot backlog (bytes of WAL behind the source's current position).
+    pub slot_lag_bytes_max: Option<u64>,
+    /// Seconds the lag series could not be sampled (gaps in the series).
+    #[serde(default)]
+    pub lag_unmeasured_s: u64,
     /// Seconds until lag returned to its pre-spike level after the load peak (None: no
     /// spike in the scenario, or it never recovered: see `lag_recovered`).
     pub lag_recovery_s: Option<f64>,
@@ -89,15 +105,29 @@ pub struct PipelineStats {
 pub struct Sample {
     /// Seconds since the load started.
     pub t: f64,
+    /// Workload operations (source transactions) per second: ops/s.
     pub write_rate: f64,
-    pub sink_rate: f64,
-    /// Consumer lag summed over partitions.
-    pub lag: u64,
+    /// Row changes the sink applied per second (its write counters): events/s. None: its
+    /// `/metrics` could not be read this second.
+    pub sink_rate: Option<f64>,
+    /// Consumer lag summed over partitions, at the broker. None: not measured this second
+    /// (a gap in the series, never a 0).
+    pub lag: Option<u64>,
     pub lag_per_partition: BTreeMap<String, u64>,
+    /// Replication slot backlog: bytes of WAL between the source's current position and
+    /// what the connector confirmed. None: not measured this second.
+    #[serde(default)]
+    pub slot_lag_bytes: Option<u64>,
+    /// Latency of the changes applied in this second (from the apply log, after the run).
     pub e2e_p50_ms: Option<f64>,
     pub e2e_p95_ms: Option<f64>,
     pub e2e_p99_ms: Option<f64>,
-    /// Service -> CPU percent of one core.
+    #[serde(default)]
+    pub capture_p95_ms: Option<f64>,
+    #[serde(default)]
+    pub apply_p95_ms: Option<f64>,
+    /// Service -> CPU percent of one core (every process of the service; `harness` is the
+    /// harness itself: load generator, workload API, observers).
     pub cpu_pct: BTreeMap<String, f64>,
     /// Service -> resident memory in MiB.
     pub rss_mb: BTreeMap<String, f64>,
@@ -115,7 +145,8 @@ pub struct FaultRecord {
     pub end_s: Option<f64>,
     /// Seconds from the service being started again (or resumed) until it was healthy.
     pub service_recovery_s: Option<f64>,
-    /// Until lag was back to its pre-fault level.
+    /// Until both the consumer lag and the replication slot lag were back to their level
+    /// before the fault.
     pub pipeline_recovery_s: Option<f64>,
 }
 
@@ -136,13 +167,17 @@ pub struct ThresholdResult {
     /// None when the metric is absent from the report (counts as failed).
     pub observed: Option<f64>,
     pub passed: bool,
+    /// Why it failed when that is not the comparison itself (e.g. "not measured").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub converged: bool,
-    pub events_per_sec: f64,
-    pub e2e_latency_ms: LatencyTriple,
+    pub events_per_sec: Option<f64>,
+    /// None: no change latency was measured.
+    pub e2e_latency_ms: Option<LatencyTriple>,
     pub lag_recovery_s: Option<f64>,
     /// Write errors + sink errors + anomalies.
     pub errors: u64,
@@ -184,9 +219,17 @@ impl Report {
             out.push(Metric { name: name.to_string(), value, direction, gated });
         };
         let p = &self.pipeline;
-        push("events_per_sec", p.events_per_sec, HigherIsBetter, true);
+        if let Some(v) = p.events_per_sec {
+            push("events_per_sec", v, HigherIsBetter, true);
+        }
         for (suffix, v) in pct_fields(&p.e2e_latency_ms) {
             push(&format!("e2e_latency_ms.{suffix}"), v, LowerIsBetter, suffix != "max");
+        }
+        for (suffix, v) in pct_fields(&p.capture_latency_ms) {
+            push(&format!("capture_latency_ms.{suffix}"), v, LowerIsBetter, false);
+        }
+        for (suffix, v) in pct_fields(&p.apply_latency_ms) {
+            push(&format!("apply_latency_ms.{suffix}"), v, LowerIsBetter, false);
         }
         for (entity, pct) in &p.e2e_latency_ms_per_entity {
             for (suffix, v) in pct_fields(pct) {
@@ -196,7 +239,12 @@ impl Report {
         for (suffix, v) in pct_fields(&p.probe_latency_ms) {
             push(&format!("probe_latency_ms.{suffix}"), v, LowerIsBetter, false);
         }
-        push("max_lag", p.max_lag as f64, LowerIsBetter, false);
+        if let Some(v) = p.max_lag {
+            push("max_lag", v as f64, LowerIsBetter, false);
+        }
+        if let Some(v) = p.slot_lag_bytes_max {
+            push("slot_lag_bytes.max", v as f64, LowerIsBetter, false);
+        }
         if let Some(v) = p.lag_recovery_s {
             push("lag_recovery_s", v, LowerIsBetter, true);
         }
@@ -227,6 +275,11 @@ impl Report {
     }
 }
 
-fn pct_fields(p: &Percentiles) -> [(&'static str, f64); 5] {
-    [("p50", p.p50), ("p90", p.p90), ("p95", p.p95), ("p99", p.p99), ("max", p.max)]
+/// The named fields of a measured distribution; none when nothing was measured (absent,
+/// never 0).
+fn pct_fields(p: &Percentiles) -> Vec<(&'static str, f64)> {
+    if !p.measured() {
+        return Vec::new();
+    }
+    vec![("p50", p.p50), ("p90", p.p90), ("p95", p.p95), ("p99", p.p99), ("max", p.max)]
 }

@@ -181,11 +181,17 @@ pub fn evaluate(report: &Report, thresholds: &[Threshold]) -> Vec<ThresholdResul
         .iter()
         .map(|t| {
             let observed = metrics.get(&t.metric).copied();
+            let reason = match observed {
+                None => Some(format!("{} was not measured in this run", t.metric)),
+                Some(v) if v.is_nan() => Some(format!("{} is not a number", t.metric)),
+                Some(_) => None,
+            };
             ThresholdResult {
                 expression: t.expression.clone(),
                 metric: t.metric.clone(),
                 observed,
                 passed: observed.is_some_and(|v| !v.is_nan() && t.op.holds(v, t.bound)),
+                reason,
             }
         })
         .collect()
@@ -204,6 +210,11 @@ fn is_known_metric(name: &str) -> bool {
             name.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(suffix)).is_some_and(|entity| !entity.is_empty() && !entity.contains('.'))
         }
     })
+}
+
+/// A distribution with one sample: present (a default one is "not measured").
+fn one() -> Percentiles {
+    Percentiles { count: 1, ..Percentiles::default() }
 }
 
 /// A report in which every optional metric is present and one entity stands for all, so
@@ -225,9 +236,16 @@ pub(crate) fn representative_report() -> Report {
             duration_s: 0.0,
         },
         config: serde_json::Value::Null,
-        load: LoadStats::default(),
+        load: LoadStats { write_latency_ms: one(), ..LoadStats::default() },
         pipeline: PipelineStats {
-            e2e_latency_ms_per_entity: BTreeMap::from([(ENTITY_PLACEHOLDER.to_string(), Percentiles::default())]),
+            events_per_sec: Some(0.0),
+            e2e_latency_ms: one(),
+            capture_latency_ms: one(),
+            apply_latency_ms: one(),
+            probe_latency_ms: one(),
+            e2e_latency_ms_per_entity: BTreeMap::from([(ENTITY_PLACEHOLDER.to_string(), one())]),
+            max_lag: Some(0),
+            slot_lag_bytes_max: Some(0),
             lag_recovery_s: Some(0.0),
             max_sustainable_rate: Some(0.0),
             new_column_rows: Some(0),
@@ -235,7 +253,11 @@ pub(crate) fn representative_report() -> Report {
         },
         series: Vec::new(),
         faults: Vec::new(),
-        convergence: VerifyReport { time_to_converge_ms: Some(0), ..VerifyReport::default() },
+        convergence: VerifyReport {
+            time_to_converge_ms: Some(0),
+            latency: crate::verify::LatencySummary { overall: one(), per_entity: BTreeMap::new() },
+            ..VerifyReport::default()
+        },
         validation: ValidationStats::default(),
         thresholds: Vec::new(),
         summary: Summary::default(),
@@ -338,7 +360,7 @@ mod tests {
     fn evaluate_compares_and_fails_absent_metrics() {
         let mut report = representative_report();
         report.pipeline.e2e_latency_ms.p95 = 1500.0;
-        report.pipeline.events_per_sec = 400.0;
+        report.pipeline.events_per_sec = Some(400.0);
         report.pipeline.lag_recovery_s = None;
         let thresholds: Vec<Threshold> =
             ["e2e_latency_ms.p95 < 2000", "events_per_sec > 500", "lag_recovery_s < 30", "e2e_latency_ms.customer.p95 < 1"].iter().map(|s| parse(s)).collect();
@@ -346,6 +368,21 @@ mod tests {
         let got: Vec<(Option<f64>, bool)> = results.iter().map(|r| (r.observed, r.passed)).collect();
         assert_eq!(got, vec![(Some(1500.0), true), (Some(400.0), false), (None, false), (None, false)]);
         assert_eq!(results[0].expression, "e2e_latency_ms.p95 < 2000");
+        assert_eq!(results[2].reason.as_deref(), Some("lag_recovery_s was not measured in this run"));
+    }
+
+    /// No latency samples at all: the latency gates fail (absent, never 0 ms).
+    #[test]
+    fn no_latency_samples_fail_the_latency_gates() {
+        let mut report = representative_report();
+        report.pipeline.e2e_latency_ms = Percentiles::default();
+        report.pipeline.events_per_sec = None;
+        report.pipeline.max_lag = None;
+        let thresholds: Vec<Threshold> = ["e2e_latency_ms.p95 < 2000", "events_per_sec > 0", "max_lag < 1000"].iter().map(|s| parse(s)).collect();
+        let results = evaluate(&report, &thresholds);
+        assert!(results.iter().all(|r| !r.passed && r.observed.is_none() && r.reason.is_some()), "{results:?}");
+        let json = serde_json::to_value(&report).expect("serializes");
+        assert!(json["pipeline"]["e2e_latency_ms"].is_null() && json["pipeline"]["events_per_sec"].is_null(), "absent is null in JSON");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! report, down (unless kept). While the load runs the pipeline is sampled every second
 //! and probe writes measure end-to-end latency from outside.
 
+pub mod apply_log;
 pub mod lag;
 pub mod probe;
 pub mod procstat;
@@ -20,7 +21,7 @@ use tokio::sync::Mutex;
 use crate::config::{StackConfig, TABLES, topic_for};
 use crate::load::{self, DriverKind, DriverResult, LoadPlan, Segment};
 use crate::orchestrator::local::LocalStack;
-use crate::orchestrator::{Endpoints, Orchestrator, ServiceError, ServiceKind};
+use crate::orchestrator::{Endpoints, Orchestrator, ServiceError};
 use crate::report::model::{FaultRecord, LatencyTriple, LoadStats, Machine, PipelineStats, Report, RunMeta, SCHEMA_VERSION, Sample, Summary, ValidationStats};
 use crate::scenario::{Breakpoint, Scenario};
 use crate::verify::{Percentiles, VerifyOptions};
@@ -67,11 +68,20 @@ struct Observers {
     samples: Arc<Mutex<Vec<Sample>>>,
     probes: Arc<Mutex<Vec<probe::ProbeResult>>>,
     stop: Arc<AtomicBool>,
+    /// Probes stop with the load (before verification), the sampler goes on through it.
+    stop_probes: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Observers {
+    /// No new probe after this; returns once every probe sent has arrived or given up.
+    async fn stop_probes(&self) {
+        self.stop_probes.store(true, Ordering::Relaxed);
+        probe::settle(&self.probes).await;
+    }
+
     async fn stop(self) -> (Vec<Sample>, Vec<probe::ProbeResult>) {
+        self.stop_probes.store(true, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -151,6 +161,11 @@ async fn measure(
     let api_url = format!("http://{addr}");
 
     warm_up(&workload, scenario.load.warmup).await;
+    let target = endpoints.postgres.connect(&endpoints.postgres.target_db).await.map_err(|e| crate::verify::VerifyError::Target(e.to_string()))?;
+    let log_start = apply_log::position(&target).await;
+    if log_start.is_none() {
+        eprintln!("run: the sink keeps no apply log (audit mode off): per-hop latency will be absent");
+    }
     let sink_before = sink_metrics::scrape(&endpoints.sink_http).await.unwrap_or_default();
     let stats_before = workload.stats().await;
     let load_started = Instant::now();
@@ -186,17 +201,31 @@ async fn measure(
     };
     let load_ended = Instant::now();
     let load_secs = load_ended.duration_since(load_started).as_secs_f64();
-    let sink_at_load_end = sink_metrics::scrape(&endpoints.sink_http).await.unwrap_or_default();
-    eprintln!("\nrun: load done ({load_secs:.0}s); verifying convergence (up to {:?})", scenario.verify.settle);
+    eprintln!("\nrun: load done ({load_secs:.0}s); waiting for the last probes, then verifying convergence (up to {:?})", scenario.verify.settle);
+    observers.stop_probes().await;
 
-    let convergence = crate::verify::verify_postgres(
+    let mut convergence = crate::verify::verify_postgres(
         &endpoints.postgres,
         &VerifyOptions { max_examples: 5, settle: Some(scenario.verify.settle), load_ended: Some(load_ended), since: Some(load_started_wall) },
     )
     .await?;
     // Let the lag series show the drain back to its resting level.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (samples, probes) = observers.stop().await;
+    let (mut samples, probes) = observers.stop().await;
+    let hops = match log_start {
+        Some(after) => {
+            // The whole log for the history checks (a replay may re-apply a version the
+            // warm-up wrote), the load window for latency.
+            let rows = apply_log::read(&target, 0).await.map_err(|e| crate::verify::VerifyError::Target(format!("apply log: {e}")))?;
+            crate::verify::history::apply_to(&mut convergence, &rows, 5);
+            let window: Vec<apply_log::LogRow> = rows.into_iter().filter(|r| r.id > after).collect();
+            Some(apply_log::hop_latency(&window, load_started_wall))
+        }
+        None => None,
+    };
+    if let Some(hops) = &hops {
+        sampler::merge_latency(&mut samples, &hops.per_second);
+    }
     for record in &mut fault_records {
         record.pipeline_recovery_s = pipeline_recovery(&samples, record);
     }
@@ -211,8 +240,7 @@ async fn measure(
     let stats_after = workload.stats().await;
     let sink_after = sink_metrics::scrape(&endpoints.sink_http).await.unwrap_or_default();
 
-    let processed = |s: &[sink_metrics::Series]| sink_metrics::sum(s, "sink_events_processed_total");
-    let events_per_sec = (processed(&sink_at_load_end) - processed(&sink_before)).max(0.0) / load_secs.max(1e-3);
+    let events_per_sec = applied_per_sec(&samples, load_secs);
     let ops_by_kind: BTreeMap<String, u64> = stats_after
         .ops
         .iter()
@@ -229,12 +257,18 @@ async fn measure(
     let anomalies: u64 = convergence.anomaly_counts.values().sum();
     let sink_errors = sink_metrics::sum(&sink_after, "sink_errors_total") - sink_metrics::sum(&sink_before, "sink_errors_total");
 
+    let hops = hops.unwrap_or_default();
     let pipeline = PipelineStats {
         events_per_sec,
-        e2e_latency_ms: convergence.latency.overall.clone(),
-        e2e_latency_ms_per_entity: convergence.latency.per_entity.clone(),
+        e2e_latency_ms: hops.e2e,
+        capture_latency_ms: hops.capture,
+        apply_latency_ms: hops.apply,
+        latency_clocks: apply_log::clocks(),
+        e2e_latency_ms_per_entity: hops.e2e_per_entity,
         probe_latency_ms: probe_latency,
-        max_lag: samples.iter().map(|s| s.lag).max().unwrap_or(0),
+        max_lag: samples.iter().filter_map(|s| s.lag).max(),
+        slot_lag_bytes_max: samples.iter().filter_map(|s| s.slot_lag_bytes).max(),
+        lag_unmeasured_s: samples.iter().filter(|s| s.lag.is_none()).count() as u64,
         lag_recovery_s,
         lag_recovered,
         max_sustainable_rate: max_sustainable,
@@ -243,7 +277,11 @@ async fn measure(
     let summary = Summary {
         converged: convergence.converged,
         events_per_sec,
-        e2e_latency_ms: LatencyTriple { p50: pipeline.e2e_latency_ms.p50, p95: pipeline.e2e_latency_ms.p95, p99: pipeline.e2e_latency_ms.p99 },
+        e2e_latency_ms: pipeline.e2e_latency_ms.measured().then(|| LatencyTriple {
+            p50: pipeline.e2e_latency_ms.p50,
+            p95: pipeline.e2e_latency_ms.p95,
+            p99: pipeline.e2e_latency_ms.p99,
+        }),
         lag_recovery_s,
         errors: load_errors + sink_errors.max(0.0) as u64 + anomalies + lost_probes,
         thresholds_passed: false,
@@ -324,21 +362,21 @@ async fn observe(stack: &LocalStack, endpoints: &Endpoints, workload: &Arc<Workl
     let samples = Arc::new(Mutex::new(Vec::new()));
     let probes = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let services = ServiceKind::ALL.iter().filter_map(|s| stack.handle(*s).map(|h| (s.name().to_string(), h.pid))).collect();
+    let stop_probes = Arc::new(AtomicBool::new(false));
     let topics = TABLES.iter().map(|t| topic_for(t)).collect();
     let inputs = sampler::SamplerInputs {
         endpoints: endpoints.clone(),
         workload: workload.clone(),
         lag: lag::LagMeter::new(&endpoints.kafka, crate::orchestrator::local::sink::GROUP_ID, topics, partitions).ok(),
-        services,
+        leaders: Box::new(stack.leader_resolver()),
         started,
-        target_tables: crate::verify::mapping::Mapping::builtin().entity.iter().map(|e| e.postgres.table.clone()).collect(),
+        slot: crate::orchestrator::local::debezium::SLOT_NAME.to_string(),
     };
     let tasks = vec![
         tokio::spawn(sampler::run(inputs, samples.clone(), stop.clone())),
-        tokio::spawn(probe::run(endpoints.postgres.clone(), started, Duration::from_secs(1), stop.clone(), probes.clone())),
+        tokio::spawn(probe::run(endpoints.postgres.clone(), started, Duration::from_secs(1), stop_probes.clone(), probes.clone())),
     ];
-    Observers { samples, probes, stop, tasks }
+    Observers { samples, probes, stop, stop_probes, tasks }
 }
 
 /// Runs each scheduled DDL at its time; returns its timeline entry.
@@ -386,13 +424,13 @@ fn progress_printer(total: Duration, samples: Arc<Mutex<Vec<Sample>>>, started: 
             }
             let last = samples.lock().await.last().cloned().unwrap_or_default();
             let line = format!(
-                "[{:>4.0}/{}s] writes {:>7.1}/s  sink {:>8.1} ev/s  lag {:>6}  e2e p95 {:>7} ms",
+                "[{:>4.0}/{}s] writes {:>7.1} ops/s  applied {:>8} ev/s  lag {:>6}  slot lag {:>9}",
                 started.elapsed().as_secs_f64(),
                 total.as_secs(),
                 last.write_rate,
-                last.sink_rate,
-                last.lag,
-                last.e2e_p95_ms.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+                last.sink_rate.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
+                last.lag.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                last.slot_lag_bytes.map(|v| format!("{} KiB", v / 1024)).unwrap_or_else(|| "-".into()),
             );
             if tty {
                 eprint!("\r{line}");
@@ -421,20 +459,26 @@ async fn breakpoint(
     while rate <= bp.max_rate {
         let step_plan = LoadPlan { segments: vec![Segment { duration: bp.step_duration, from: rate, to: rate }] };
         let step_start = started.elapsed().as_secs_f64();
-        let lag_before = observers.samples.lock().await.last().map(|s| s.lag).unwrap_or(0);
+        let lag_before = last_lag(&observers.samples).await;
         let result = load::drive(driver, api, &step_plan, scenario, dir).await?;
         let step_end = started.elapsed().as_secs_f64();
         segments.extend(step_plan.segments);
-        let lag_after = observers.samples.lock().await.last().map(|s| s.lag).unwrap_or(0);
-        let p99 = {
-            let probes = observers.probes.lock().await;
-            percentiles(probes.iter().filter(|p| p.at >= step_start && p.at < step_end).filter_map(|p| p.latency_ms).collect()).p99
+        let lag_after = last_lag(&observers.samples).await;
+        let p99 = step_probe_p99(&observers.probes.lock().await, step_start, step_end);
+        let lag_ok = match (lag_before, lag_after) {
+            (Some(before), Some(after)) => after.saturating_sub(before) <= bp.max_lag_growth,
+            // Lag that could not be measured cannot show the step was sustained.
+            _ => false,
         };
         let achieved_ok = result.achieved_rate >= rate * 0.9;
-        let ok = p99 <= bp.max_e2e_p99_ms && lag_after.saturating_sub(lag_before) <= bp.max_lag_growth && result.failures == 0 && achieved_ok;
+        let ok = p99.is_some_and(|p| p <= bp.max_e2e_p99_ms) && lag_ok && result.failures == 0 && achieved_ok;
+        let show = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "not measured".into());
         eprintln!(
-            "breakpoint: {rate:.0} ops/s -> achieved {:.0}/s, probe p99 {p99:.1} ms, lag {lag_before} -> {lag_after}, failures {}: {}",
+            "breakpoint: {rate:.0} ops/s -> achieved {:.0}/s, probe p99 {}, lag {} -> {}, failures {}: {}",
             result.achieved_rate,
+            p99.map(|p| if p.is_finite() { format!("{p:.1} ms") } else { "a probe not back by the step's end".into() }).unwrap_or_else(|| "no probes".into()),
+            show(lag_before),
+            show(lag_after),
             result.failures,
             if ok { "sustained" } else { "SLO broken" }
         );
@@ -450,6 +494,41 @@ async fn breakpoint(
     let plan = LoadPlan { segments };
     total.achieved_rate = total.requests as f64 / plan.duration().as_secs_f64().max(1.0);
     Ok((plan, total, best))
+}
+
+async fn last_lag(samples: &Mutex<Vec<Sample>>) -> Option<u64> {
+    samples.lock().await.iter().rev().take(3).find_map(|s| s.lag)
+}
+
+/// The probe p99 of a breakpoint step: probes sent in the step, a probe not back by the
+/// step's end counting as infinitely late (over any SLO). None: no probe in the step.
+pub fn step_probe_p99(probes: &[probe::ProbeResult], step_start: f64, step_end: f64) -> Option<f64> {
+    let latencies: Vec<f64> = probes
+        .iter()
+        .filter(|p| p.at >= step_start && p.at < step_end)
+        .map(|p| match (p.latency_ms, p.arrived_at()) {
+            (Some(l), Some(arrived)) if arrived <= step_end => l,
+            _ => f64::INFINITY,
+        })
+        .collect();
+    let p = percentiles(latencies);
+    p.measured().then_some(p.p99)
+}
+
+/// Changes applied per second over the load window: the sum of the per-second increases of
+/// the sink's write counters (restarts handled by the sampler), over the window's length.
+pub fn applied_per_sec(samples: &[Sample], load_secs: f64) -> Option<f64> {
+    let mut previous_t = 0.0;
+    let mut total = 0.0;
+    let mut measured = false;
+    for s in samples.iter().filter(|s| s.t <= load_secs + 0.5) {
+        if let Some(rate) = s.sink_rate {
+            total += rate * (s.t - previous_t).max(0.0);
+            measured = true;
+        }
+        previous_t = s.t;
+    }
+    measured.then(|| total / load_secs.max(1e-3))
 }
 
 /// Lag recovery: after the spike (the highest-rate segment that is followed by a lower
@@ -470,33 +549,73 @@ pub fn lag_recovery(samples: &[Sample], plan: &LoadPlan, load_secs: f64) -> (Opt
         }
         t = end;
     }
-    let (event_start, event_end) = spike.unwrap_or((load_secs, load_secs));
-    let mut before: Vec<u64> = samples.iter().filter(|s| s.t >= event_start - 10.0 && s.t < event_start).map(|s| s.lag).collect();
-    before.sort_unstable();
-    let resting = before.get(before.len() / 2).copied().unwrap_or(0);
-    let level = (resting * 2).max(10);
-    match samples.iter().find(|s| s.t >= event_end && s.lag <= level) {
-        Some(s) => (Some((s.t - event_end).max(0.0)), true),
+    // Without a spike: the drain after load end, against the level of the load's first
+    // 10 s (a lag that grew through the run must come back down to count as recovered).
+    let (event_start, event_end) = spike.unwrap_or((CALM_WINDOW_S.min(load_secs), load_secs));
+    match recovered_at(samples, event_start, event_end, &[lag_signal()]) {
+        Some(t) => (Some(t), true),
         None => (None, false),
     }
 }
 
-/// Seconds after a fault ended until lag was back to its level before the fault.
-fn pipeline_recovery(samples: &[Sample], fault: &FaultRecord) -> Option<f64> {
-    let end = fault.end_s?;
-    let mut before: Vec<u64> = samples.iter().filter(|s| s.t >= fault.start_s - 10.0 && s.t < fault.start_s).map(|s| s.lag).collect();
-    before.sort_unstable();
-    let level = (before.get(before.len() / 2).copied().unwrap_or(0) * 2).max(10);
-    samples.iter().find(|s| s.t >= end && s.lag <= level).map(|s| (s.t - end).max(0.0))
+/// Length of the calm window a recovery compares with.
+const CALM_WINDOW_S: f64 = 10.0;
+
+/// A lag series the recovery looks at, with the floor below which it counts as calm
+/// whatever the level before (a pipeline at rest still has a few events in flight).
+struct Signal {
+    read: fn(&Sample) -> Option<u64>,
+    floor: u64,
 }
 
+fn lag_signal() -> Signal {
+    Signal { read: |s| s.lag, floor: 10 }
+}
+
+/// 256 KiB of WAL: a few hundred changes of this workload.
+fn slot_signal() -> Signal {
+    Signal { read: |s| s.slot_lag_bytes, floor: 256 * 1024 }
+}
+
+/// Seconds after `event_end` until every signal is back to its level in the calm window
+/// (the 10 s before `event_start`: twice its median, at least the floor). A signal with no
+/// sample in the calm window uses its floor; a second in which a signal was not measured
+/// cannot count as recovered. None: never recovered within the series.
+fn recovered_at(samples: &[Sample], event_start: f64, event_end: f64, signals: &[Signal]) -> Option<f64> {
+    let levels: Vec<u64> = signals
+        .iter()
+        .map(|signal| {
+            let mut calm: Vec<u64> = samples.iter().filter(|s| s.t >= event_start - CALM_WINDOW_S && s.t < event_start).filter_map(signal.read).collect();
+            calm.sort_unstable();
+            calm.get(calm.len() / 2).map(|median| (median * 2).max(signal.floor)).unwrap_or(signal.floor)
+        })
+        .collect();
+    samples
+        .iter()
+        .filter(|s| s.t >= event_end)
+        .find(|s| signals.iter().zip(&levels).all(|(signal, level)| (signal.read)(s).is_some_and(|v| v <= *level)))
+        .map(|s| (s.t - event_end).max(0.0))
+}
+
+/// Seconds after a fault ended until both the consumer lag and the replication slot's
+/// backlog were back to their level before the fault.
+pub fn pipeline_recovery(samples: &[Sample], fault: &FaultRecord) -> Option<f64> {
+    let end = fault.end_s?;
+    let slot_measured = samples.iter().any(|s| s.slot_lag_bytes.is_some());
+    let signals: Vec<Signal> = if slot_measured { vec![lag_signal(), slot_signal()] } else { vec![lag_signal()] };
+    recovered_at(samples, fault.start_s, end, &signals)
+}
+
+/// Exact percentiles by nearest rank (the value at rank ceil(q * n)), the one method the
+/// harness uses for every distribution it computes itself. Empty input: not measured.
 pub fn percentiles(mut values: Vec<f64>) -> Percentiles {
     if values.is_empty() {
         return Percentiles::default();
     }
     values.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| values[((values.len() as f64 - 1.0) * q).round() as usize];
-    Percentiles { count: values.len() as u64, p50: at(0.5), p90: at(0.9), p95: at(0.95), p99: at(0.99), max: *values.last().unwrap_or(&0.0) }
+    let n = values.len();
+    let at = |q: f64| values[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
+    Percentiles { count: n as u64, p50: at(0.5), p90: at(0.9), p95: at(0.95), p99: at(0.99), max: values[n - 1] }
 }
 
 fn validation(before: &[sink_metrics::Series], after: &[sink_metrics::Series]) -> ValidationStats {
@@ -546,5 +665,105 @@ fn machine() -> Machine {
         cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
         memory_mb,
         os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f64, lag: Option<u64>, slot: Option<u64>) -> Sample {
+        Sample { t, lag, slot_lag_bytes: slot, ..Default::default() }
+    }
+
+    fn plan(secs: &[(u64, f64)]) -> LoadPlan {
+        LoadPlan { segments: secs.iter().map(|(d, r)| Segment { duration: Duration::from_secs(*d), from: *r, to: *r }).collect() }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_and_empty_is_absent() {
+        let p = percentiles((1..=100).map(f64::from).collect());
+        assert_eq!((p.count, p.p50, p.p90, p.p95, p.p99, p.max), (100, 50.0, 90.0, 95.0, 99.0, 100.0));
+        let small = percentiles(vec![3.0, 1.0, 2.0]);
+        assert_eq!((small.p50, small.p99), (2.0, 3.0));
+        assert!(!percentiles(Vec::new()).measured());
+    }
+
+    #[test]
+    fn lag_recovery_after_a_spike_is_measured_against_the_calm_window() {
+        // 30 s at 100, a 10 s spike at 500, 30 s at 100; lag ~5 when calm.
+        let p = plan(&[(30, 100.0), (10, 500.0), (30, 100.0)]);
+        let samples: Vec<Sample> = (0..70)
+            .map(|t| {
+                let lag = match t {
+                    0..30 => 5,
+                    30..40 => 2000,
+                    40..47 => 800,
+                    _ => 6,
+                };
+                sample(t as f64, Some(lag), None)
+            })
+            .collect();
+        assert_eq!(lag_recovery(&samples, &p, 70.0), (Some(7.0), true));
+    }
+
+    #[test]
+    fn lag_that_never_recovers_fails() {
+        let p = plan(&[(30, 100.0)]);
+        let samples: Vec<Sample> = (0..60).map(|t| sample(t as f64, Some(if t < 20 { 5 } else { 5000 + t as u64 }), None)).collect();
+        assert_eq!(lag_recovery(&samples, &p, 30.0), (None, false));
+    }
+
+    #[test]
+    fn an_unmeasured_second_never_counts_as_recovered() {
+        let p = plan(&[(30, 100.0)]);
+        // After load end lag is not measured for 5 s (a gap), then it is calm.
+        let samples: Vec<Sample> = (0..40).map(|t| sample(t as f64, if (30..35).contains(&t) { None } else { Some(3) }, None)).collect();
+        assert_eq!(lag_recovery(&samples, &p, 30.0), (Some(5.0), true));
+    }
+
+    #[test]
+    fn pipeline_recovery_waits_for_both_lags() {
+        let fault = FaultRecord {
+            kind: "stop".into(),
+            target: "debezium".into(),
+            parameters: BTreeMap::new(),
+            start_s: 20.0,
+            end_s: Some(30.0),
+            service_recovery_s: Some(2.0),
+            pipeline_recovery_s: None,
+        };
+        // Kafka lag is back at 32 s (nothing was produced while Debezium was down), the
+        // slot still holds the WAL written meanwhile until 38 s.
+        let samples: Vec<Sample> = (0..50)
+            .map(|t| {
+                let kafka = if (30..32).contains(&t) { 500 } else { 4 };
+                let slot = if (20..38).contains(&t) { 8 * 1024 * 1024 } else { 16 * 1024 };
+                sample(t as f64, Some(kafka), Some(slot))
+            })
+            .collect();
+        assert_eq!(pipeline_recovery(&samples, &fault), Some(8.0));
+        let never: Vec<Sample> =
+            samples.iter().map(|s| Sample { slot_lag_bytes: Some(if s.t < 20.0 { 16 * 1024 } else { 64 * 1024 * 1024 }), ..s.clone() }).collect();
+        assert_eq!(pipeline_recovery(&never, &fault), None, "a slot backlog that never drains is no recovery");
+    }
+
+    #[test]
+    fn breakpoint_step_counts_late_probes_and_needs_probes() {
+        let probe = |at: f64, latency: Option<f64>| probe::ProbeResult { at, latency_ms: latency, pending: latency.is_none() };
+        let probes = vec![probe(1.0, Some(50.0)), probe(2.0, Some(60.0)), probe(9.5, None)];
+        assert_eq!(step_probe_p99(&probes, 0.0, 10.0), Some(f64::INFINITY), "a probe not back by the step's end is over any SLO");
+        assert_eq!(step_probe_p99(&probes[..2], 0.0, 10.0), Some(60.0));
+        assert_eq!(step_probe_p99(&probes, 20.0, 30.0), None, "a step with no probes");
+    }
+
+    #[test]
+    fn applied_rate_sums_the_counter_increases_of_the_window() {
+        let mut samples: Vec<Sample> = (1..=10).map(|t| Sample { t: t as f64, sink_rate: Some(100.0), ..Default::default() }).collect();
+        samples[4].sink_rate = None; // a failed scrape: its increase lands in the next sample
+        samples[5].sink_rate = Some(200.0);
+        assert_eq!(applied_per_sec(&samples, 10.0), Some(100.0));
+        let unmeasured: Vec<Sample> = samples.iter().map(|s| Sample { sink_rate: None, ..s.clone() }).collect();
+        assert_eq!(applied_per_sec(&unmeasured, 10.0), None);
     }
 }

@@ -17,8 +17,25 @@ const GIVE_UP: Duration = Duration::from_secs(60);
 pub struct ProbeResult {
     /// Seconds since load start at which the probe was committed.
     pub at: f64,
-    /// None: it did not arrive within the give-up time.
+    /// None: it has not arrived (yet, while `pending`; or within the give-up time).
     pub latency_ms: Option<f64>,
+    /// Still being polled for.
+    pub pending: bool,
+}
+
+impl ProbeResult {
+    /// Seconds since load start at which it was seen in the target.
+    pub fn arrived_at(&self) -> Option<f64> {
+        self.latency_ms.map(|l| self.at + l / 1000.0)
+    }
+}
+
+/// Waits (at most the give-up time) until no probe is pending.
+pub async fn settle(results: &Mutex<Vec<ProbeResult>>) {
+    let deadline = Instant::now() + GIVE_UP + Duration::from_secs(1);
+    while Instant::now() < deadline && results.lock().await.iter().any(|p| p.pending) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Writes one probe per `interval` until `stop` is set, polling the target for each.
@@ -41,6 +58,11 @@ pub async fn run(pg: PgEndpoint, started: Instant, interval: Duration, stop: Arc
         let at = committed.duration_since(started).as_secs_f64();
         let target = target.clone();
         let results = results.clone();
+        let index = {
+            let mut r = results.lock().await;
+            r.push(ProbeResult { at, latency_ms: None, pending: true });
+            r.len() - 1
+        };
         tokio::spawn(async move {
             let mut latency = None;
             while committed.elapsed() < GIVE_UP {
@@ -50,7 +72,7 @@ pub async fn run(pg: PgEndpoint, started: Instant, interval: Duration, stop: Arc
                 }
                 tokio::time::sleep(POLL).await;
             }
-            results.lock().await.push(ProbeResult { at, latency_ms: latency });
+            results.lock().await[index] = ProbeResult { at, latency_ms: latency, pending: false };
         });
     }
 }

@@ -1,8 +1,15 @@
-//! One sample per second of the pipeline while a run is in progress: write rate, sink
-//! throughput, consumer lag per partition, end-to-end latency of the last second (from the
-//! target's CDC metadata) and CPU/memory per service.
+//! One sample per second of the pipeline while a run is in progress: write rate (ops/s),
+//! applied changes (events/s, the sink's write counters), consumer lag per partition (at the
+//! broker), the replication slot's backlog, and CPU/memory of every service and of the
+//! harness itself.
+//!
+//! What it costs the system under test, per second: one `/metrics` scrape of the sink, one
+//! committed-offsets and one watermark request per partition to the broker, and one
+//! catalog query (`pg_replication_slots`) on the source. It reads no table of the target:
+//! per-second latency comes from the sink's apply log, read once after the run
+//! (`apply_log`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,71 +23,91 @@ use crate::orchestrator::Endpoints;
 use crate::report::model::Sample;
 use crate::workload::api::Workload;
 
+/// Each running service's leader pid, asked again every second (services restart).
+pub type LeaderResolver = Box<dyn Fn() -> Vec<(String, i32)> + Send + Sync>;
+
 pub struct SamplerInputs {
     pub endpoints: Endpoints,
     pub workload: Arc<Workload>,
     pub lag: Option<LagMeter>,
-    /// Service name -> process group id.
-    pub services: Vec<(String, i32)>,
+    pub leaders: LeaderResolver,
     pub started: Instant,
-    pub target_tables: Vec<String>,
+    /// The connector's replication slot in the source.
+    pub slot: String,
+}
+
+/// A counter summed over a process's lifetimes: a value below the previous one means the
+/// process restarted and counts from zero again, so its whole value is an increase.
+#[derive(Debug, Default, Clone)]
+pub struct ResettingCounter {
+    last: Option<f64>,
+    pub total: f64,
+}
+
+impl ResettingCounter {
+    /// Feeds a new reading; returns the increase since the previous one.
+    pub fn observe(&mut self, value: f64) -> f64 {
+        let increase = match self.last {
+            Some(prev) if value >= prev => value - prev,
+            Some(_) => value,
+            None => 0.0,
+        };
+        self.last = Some(value);
+        self.total += increase;
+        increase
+    }
+}
+
+/// The sink's applied-change counter: every row it wrote (upserts and deletes).
+pub fn applied_changes(series: &[sink_metrics::Series]) -> f64 {
+    sink_metrics::sum(series, "sink_writes_total")
 }
 
 /// Samples once per second into `samples` until `stop` is set.
 pub async fn run(inputs: SamplerInputs, samples: Arc<Mutex<Vec<Sample>>>, stop: Arc<AtomicBool>) {
-    let target = inputs.endpoints.postgres.connect(&inputs.endpoints.postgres.target_db).await.ok();
+    let source = inputs.endpoints.postgres.connect(&inputs.endpoints.postgres.source_db).await.ok();
     let lag = inputs.lag.map(Arc::new);
     let mut cpu = CpuMeter::default();
     let mut last_ops = inputs.workload.total();
-    let mut last_sink = sink_processed(&inputs.endpoints.sink_http).await;
+    let mut applied = ResettingCounter::default();
+    if let Some(v) = scrape_applied(&inputs.endpoints.sink_http).await {
+        applied.observe(v);
+    }
     let mut last_at = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
-    let latency_sql = latency_sql(&inputs.target_tables);
     while !stop.load(Ordering::Relaxed) {
         ticker.tick().await;
         let now = Instant::now();
         let secs = now.duration_since(last_at).as_secs_f64().max(1e-3);
         last_at = now;
         let ops = inputs.workload.total();
-        let sink = sink_processed(&inputs.endpoints.sink_http).await;
         let mut sample = Sample {
             t: now.duration_since(inputs.started).as_secs_f64(),
             write_rate: (ops - last_ops) as f64 / secs,
-            sink_rate: match (sink, last_sink) {
-                (Some(now), Some(before)) => (now - before).max(0.0) / secs,
-                _ => 0.0,
-            },
+            sink_rate: scrape_applied(&inputs.endpoints.sink_http).await.map(|v| applied.observe(v) / secs),
             ..Default::default()
         };
         last_ops = ops;
-        if sink.is_some() {
-            last_sink = sink;
-        }
         if let Some(lag) = &lag {
             let lag = lag.clone();
             if let Ok(Ok(per_partition)) = tokio::task::spawn_blocking(move || lag.measure()).await {
-                sample.lag = per_partition.values().sum();
+                sample.lag = Some(per_partition.values().sum());
                 sample.lag_per_partition = per_partition;
             }
         }
-        if let Some(target) = &target {
-            if let Ok(row) = target.query_one(latency_sql.as_str(), &[]).await {
-                let values: Option<Vec<f64>> = row.get(0);
-                if let Some(v) = values.filter(|v| v.len() == 3) {
-                    (sample.e2e_p50_ms, sample.e2e_p95_ms, sample.e2e_p99_ms) = (Some(v[0]), Some(v[1]), Some(v[2]));
-                }
-            }
+        if let Some(source) = &source {
+            sample.slot_lag_bytes = slot_lag(source, &inputs.slot).await;
         }
+        let usage = cpu.sample(&(inputs.leaders)());
         let mut cpu_pct = BTreeMap::new();
         let mut rss = BTreeMap::new();
-        for (service, pgid) in &inputs.services {
-            let (c, r) = cpu.sample(service, *pgid);
-            if let Some(c) = c {
+        for (service, u) in usage {
+            if let Some(c) = u.cpu_pct {
                 cpu_pct.insert(service.clone(), c);
             }
-            rss.insert(service.clone(), r);
+            rss.insert(service, u.rss_mb);
         }
         sample.cpu_pct = cpu_pct;
         sample.rss_mb = rss;
@@ -88,21 +115,46 @@ pub async fn run(inputs: SamplerInputs, samples: Arc<Mutex<Vec<Sample>>>, stop: 
     }
 }
 
-async fn sink_processed(http: &str) -> Option<f64> {
-    sink_metrics::scrape(http).await.ok().map(|s| sink_metrics::sum(&s, "sink_events_processed_total"))
+async fn scrape_applied(http: &str) -> Option<f64> {
+    sink_metrics::scrape(http).await.ok().map(|s| applied_changes(&s))
 }
 
-/// Percentiles of commit -> applied over changes applied in the last second.
-fn latency_sql(tables: &[String]) -> String {
-    let union = tables
-        .iter()
-        .map(|t| {
-            format!(
-                "SELECT (extract(epoch FROM _cdc_applied_at - _cdc_source_ts) * 1000)::float8 AS l FROM {t} \
-                 WHERE _cdc_applied_at > now() - interval '1 second' AND _cdc_op <> 'r' AND _cdc_source_ts IS NOT NULL"
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    format!("SELECT CASE WHEN count(*) > 0 THEN percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY l) END FROM ({union}) s")
+/// Bytes of WAL the slot has not confirmed (None: no such slot, or the query failed).
+pub async fn slot_lag(source: &tokio_postgres::Client, slot: &str) -> Option<u64> {
+    let row = source
+        .query_opt("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .ok()??;
+    row.get::<_, Option<i64>>(0).map(|v| v.max(0) as u64)
+}
+
+/// Per-second latency percentiles from the apply log, merged into the samples by time.
+pub fn merge_latency(samples: &mut [Sample], per_second: &HashMap<i64, super::apply_log::SecondLatency>) {
+    for sample in samples {
+        // A sample at t covers (t - 1, t].
+        let second = sample.t.ceil() as i64 - 1;
+        if let Some(l) = per_second.get(&second) {
+            sample.e2e_p50_ms = l.e2e.first().copied();
+            sample.e2e_p95_ms = l.e2e.get(1).copied();
+            sample.e2e_p99_ms = l.e2e.get(2).copied();
+            sample.capture_p95_ms = l.capture_p95;
+            sample.apply_p95_ms = l.apply_p95;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_resets_count_as_increases() {
+        let mut c = ResettingCounter::default();
+        assert_eq!(c.observe(100.0), 0.0);
+        assert_eq!(c.observe(150.0), 50.0);
+        // The sink restarted: its counter starts over.
+        assert_eq!(c.observe(20.0), 20.0);
+        assert_eq!(c.observe(30.0), 10.0);
+        assert_eq!(c.total, 80.0);
+    }
 }

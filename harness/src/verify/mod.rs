@@ -15,6 +15,7 @@
 
 pub mod canonical;
 pub mod copy_stream;
+pub mod history;
 pub mod mapping;
 pub mod mongo;
 pub mod postgres;
@@ -495,6 +496,8 @@ pub(crate) fn classify(
         source_row: source.map(|s| s.row.clone()),
         target_record: shown.map(|t| t.record.clone()),
         evidence,
+        source_committed_at: source.and_then(|s| s.committed_at),
+        hop: None,
     };
     if live.len() > 1 {
         return Some(anomaly(AnomalyKind::DuplicateApply, format!("the target holds {} live records for this key", live.len()), vec![]));

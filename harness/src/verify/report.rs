@@ -19,8 +19,12 @@ pub enum AnomalyKind {
     StaleOverwrite,
     /// The source deleted the key; the target holds it live, applied after the delete.
     ResurrectedDelete,
-    /// The same key is materialized more than once (a change applied twice in effect).
+    /// The same key is materialized more than once, or (apply log) one version of a key
+    /// was applied twice.
     DuplicateApply,
+    /// (Apply log) a version was applied after a newer version of the same key, even if a
+    /// later change healed the final state.
+    OutOfOrderApply,
     /// The target holds a key the source never had.
     ExtraRow,
     /// Same version on both sides, different values (a corrupted or mis-decoded field).
@@ -28,8 +32,8 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 6] =
-        [Self::LostChange, Self::StaleOverwrite, Self::ResurrectedDelete, Self::DuplicateApply, Self::ExtraRow, Self::ValueMismatch];
+    pub const ALL: [AnomalyKind; 7] =
+        [Self::LostChange, Self::StaleOverwrite, Self::ResurrectedDelete, Self::DuplicateApply, Self::OutOfOrderApply, Self::ExtraRow, Self::ValueMismatch];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +56,12 @@ pub struct Anomaly {
     pub target_record: Option<Value>,
     /// Why this kind was chosen, in words.
     pub evidence: String,
+    /// When the source committed the row it holds (None: it holds none, or unknown).
+    #[serde(default)]
+    pub source_committed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where in the pipeline it went wrong, from the sink's apply log (None: no log).
+    #[serde(default)]
+    pub hop: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +77,11 @@ pub struct EntityOutcome {
     pub duplicates: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Percentiles of a set of samples, computed exactly (nearest rank over every sample:
+/// `run::percentiles`) wherever the harness computes them. With no samples (`count == 0`)
+/// nothing was measured: it serializes as `null` and renders as "not measured", and
+/// metrics built from it are absent (a threshold on them fails).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Percentiles {
     pub count: u64,
     pub p50: f64,
@@ -75,6 +89,40 @@ pub struct Percentiles {
     pub p95: f64,
     pub p99: f64,
     pub max: f64,
+}
+
+impl Percentiles {
+    pub fn measured(&self) -> bool {
+        self.count > 0
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct PercentilesRepr {
+    count: u64,
+    p50: f64,
+    p90: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Serialize for Percentiles {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !self.measured() {
+            return s.serialize_none();
+        }
+        PercentilesRepr { count: self.count, p50: self.p50, p90: self.p90, p95: self.p95, p99: self.p99, max: self.max }.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Percentiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Option::<PercentilesRepr>::deserialize(d)? {
+            Some(r) => Self { count: r.count, p50: r.p50, p90: r.p90, p95: r.p95, p99: r.p99, max: r.max },
+            None => Self::default(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -111,13 +111,16 @@ fn sample(i: usize) -> Sample {
     Sample {
         t: i as f64,
         write_rate: round(write_rate),
-        sink_rate: round(sink_rate),
-        lag,
+        sink_rate: Some(round(sink_rate)),
+        lag: Some(lag),
         lag_per_partition: BTreeMap::from([("0".to_string(), lag / 3), ("1".to_string(), lag / 3), ("2".to_string(), lag - 2 * (lag / 3))]),
         e2e_p50_ms: p50.map(round),
         e2e_p95_ms: p95.map(round),
         e2e_p99_ms: p99.map(round),
         cpu_pct: cpu,
+        slot_lag_bytes: Some(64 * 1024 + 1024 * (lag % 7)),
+        capture_p95_ms: p95.map(|v| round(v * 0.2)),
+        apply_p95_ms: p95.map(|v| round(v * 0.8)),
         rss_mb: rss,
     }
 }
@@ -143,7 +146,7 @@ fn finish(mut report: Report) -> Report {
     report.summary = Summary {
         converged: report.convergence.converged,
         events_per_sec: p.events_per_sec,
-        e2e_latency_ms: LatencyTriple { p50: p.e2e_latency_ms.p50, p95: p.e2e_latency_ms.p95, p99: p.e2e_latency_ms.p99 },
+        e2e_latency_ms: p.e2e_latency_ms.measured().then(|| LatencyTriple { p50: p.e2e_latency_ms.p50, p95: p.e2e_latency_ms.p95, p99: p.e2e_latency_ms.p99 }),
         lag_recovery_s: p.lag_recovery_s,
         errors: report.load.errors + report.convergence.anomaly_counts.values().sum::<u64>(),
         thresholds_passed: report.thresholds.iter().all(|t| t.passed),
@@ -206,11 +209,12 @@ fn base_report() -> Report {
             errors: 0,
         },
         pipeline: PipelineStats {
-            events_per_sec: 98.7,
+            events_per_sec: Some(98.7),
             e2e_latency_ms: overall.clone(),
             e2e_latency_ms_per_entity: per_entity.clone(),
             probe_latency_ms: pct(60, 160.0, 450.0, 1600.0, 4700.0, 5100.0),
-            max_lag: series.iter().map(|s| s.lag).max().unwrap_or(0),
+            max_lag: series.iter().filter_map(|s| s.lag).max(),
+            slot_lag_bytes_max: series.iter().filter_map(|s| s.slot_lag_bytes).max(),
             lag_recovery_s: Some(12.5),
             lag_recovered: true,
             max_sustainable_rate: None,
@@ -259,6 +263,8 @@ fn base_report() -> Report {
                 evidence: "target holds the version committed at 10:00:19.087 (applied 10:00:19.301); the source's update \
                            committed at 10:00:21.412 > that, while the sink was down, was never applied"
                     .into(),
+                source_committed_at: chrono::DateTime::parse_from_rfc3339("2025-06-01T10:00:21.412Z").ok().map(|t| t.to_utc()),
+                hop: Some("never reached the sink: the newest source change is not in the apply log (not produced, or not consumed)".into()),
             }],
             time_to_converge_ms: None,
             never_converged: vec![format!("orders/{key}")],
@@ -290,7 +296,7 @@ fn new_report() -> Report {
     };
     slower(&mut r.pipeline.e2e_latency_ms);
     r.pipeline.e2e_latency_ms_per_entity.values_mut().for_each(slower);
-    r.pipeline.events_per_sec = 86.9;
+    r.pipeline.events_per_sec = Some(86.9);
     r.convergence.latency.overall = r.pipeline.e2e_latency_ms.clone();
     r.convergence.latency.per_entity = r.pipeline.e2e_latency_ms_per_entity.clone();
     for s in &mut r.series {

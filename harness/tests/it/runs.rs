@@ -32,7 +32,16 @@ async fn short_baselines_pass_converge_and_diff() -> anyhow::Result<()> {
         assert!(r.summary.converged, "run {} did not converge: {:?}", r.run.run_id, r.convergence.anomaly_counts);
         assert!(failed.is_empty(), "thresholds failed: {failed:?}");
         assert!(r.load.achieved_rate > 80.0, "achieved {:.1} ops/s of 100", r.load.achieved_rate);
-        assert!(r.summary.events_per_sec > 0.0 && r.pipeline.e2e_latency_ms.count > 0 && r.pipeline.probe_latency_ms.count > 10);
+        assert!(r.summary.events_per_sec.is_some_and(|v| v > 0.0), "applied changes measured: {:?}", r.summary.events_per_sec);
+        assert!(r.pipeline.probe_latency_ms.count > 10, "probes: {}", r.pipeline.probe_latency_ms.count);
+        // Per hop, over every change (the sink runs in audit mode under the harness).
+        for (hop, p) in [("e2e", &r.pipeline.e2e_latency_ms), ("capture", &r.pipeline.capture_latency_ms), ("apply", &r.pipeline.apply_latency_ms)] {
+            assert!(p.count as f64 >= r.load.achieved_rate * 10.0, "{hop} latency over every change: {} samples", p.count);
+        }
+        assert!(r.pipeline.slot_lag_bytes_max.is_some(), "slot lag measured");
+        let postgres_cpu: f64 = r.series.iter().filter_map(|s| s.cpu_pct.get("postgres")).sum();
+        assert!(postgres_cpu > 0.0, "postgres' backends are counted in its CPU");
+        assert!(r.series.iter().any(|s| s.cpu_pct.contains_key("harness")), "the harness's own CPU is reported");
         assert!(r.series.len() >= 15, "one sample per second ({} samples)", r.series.len());
         for name in ["report.json", "report.html", "summary.md", "junit.xml"] {
             assert!(outcome.dir.join(name).is_file(), "{name} written");

@@ -8,6 +8,7 @@ pub mod postgres;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::config::{TargetConfig, TargetKind};
@@ -47,6 +48,68 @@ pub struct ApplyReport {
     pub rejected: Vec<(Uuid, String)>,
 }
 
+/// What became of one event, as the apply log records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoggedOutcome {
+    Applied,
+    /// The target already held this version or a newer one.
+    Stale,
+    /// A newer change of the same key in the same batch was written instead; this one's
+    /// effect is subsumed by it (durable at the same moment).
+    Superseded,
+    Dlq,
+    /// Tombstones, truncates, logical decoding messages.
+    Ignored,
+}
+
+impl LoggedOutcome {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Stale => "stale",
+            Self::Superseded => "superseded",
+            Self::Dlq => "dlq",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+/// One row of the apply log (audit mode) that is not written with a change: dead-lettered
+/// and ignored events. Changes that reach the target are logged by the apply itself.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub key: Option<Uuid>,
+    pub version: Option<i64>,
+    pub op: Option<&'static str>,
+    pub outcome: LoggedOutcome,
+    pub partition: i32,
+    pub offset: i64,
+    pub kafka_ts: Option<DateTime<Utc>>,
+    pub source_ts: Option<DateTime<Utc>>,
+}
+
+impl LogEntry {
+    pub fn of_change(change: &Change, outcome: LoggedOutcome) -> Self {
+        Self {
+            key: Some(change.key),
+            version: Some(change.lsn),
+            op: Some(change.op.code()),
+            outcome,
+            partition: change.coords.partition,
+            offset: change.coords.offset,
+            kafka_ts: change.coords.timestamp,
+            source_ts: change.source_ts,
+        }
+    }
+}
+
+/// The changes of a batch that a newer in-batch change of the same key subsumed (what
+/// `latest_per_key` drops), for the apply log.
+pub fn superseded(changes: &[Change], latest: &[Change]) -> Vec<Change> {
+    let kept: HashSet<(Uuid, i32, i64)> = latest.iter().map(|c| (c.key, c.coords.partition, c.coords.offset)).collect();
+    changes.iter().filter(|c| !kept.contains(&(c.key, c.coords.partition, c.coords.offset))).cloned().collect()
+}
+
 /// The newest change per key of a batch. Older in-batch changes of the same key are
 /// subsumed (the target would skip them as stale anyway); columns the newest image does
 /// not carry (TOAST placeholder, absent) are filled from an older image when it has them.
@@ -83,10 +146,11 @@ pub enum Target {
 impl Target {
     /// Connects and prepares tables/collections and indexes. Fails fast on errors that
     /// are not transient (bad credentials, bad URL) so main can report them.
-    pub async fn connect(config: &TargetConfig) -> Result<Self, TargetError> {
+    /// `audit`: keep the apply log (see `AuditConfig`).
+    pub async fn connect(config: &TargetConfig, audit: bool) -> Result<Self, TargetError> {
         Ok(match config.kind {
-            TargetKind::Postgres => Self::Postgres(Box::new(postgres::PostgresSink::connect(config).await?)),
-            TargetKind::Mongodb => Self::Mongo(mongodb::MongoSink::connect(config).await?),
+            TargetKind::Postgres => Self::Postgres(Box::new(postgres::PostgresSink::connect(config, audit).await?)),
+            TargetKind::Mongodb => Self::Mongo(mongodb::MongoSink::connect(config, audit).await?),
         })
     }
 
@@ -98,11 +162,32 @@ impl Target {
     }
 
     /// Applies the batch (one entity, partition order) with the version guard.
+    /// In audit mode every change of the batch is logged with its outcome by the same write.
     pub async fn apply(&self, entity: Entity, changes: &[Change]) -> Result<ApplyReport, TargetError> {
         let latest = latest_per_key(changes);
+        let superseded = if self.audits() { superseded(changes, &latest) } else { Vec::new() };
         match self {
-            Self::Postgres(t) => t.apply(entity, &latest).await,
-            Self::Mongo(t) => t.apply(entity, &latest).await,
+            Self::Postgres(t) => t.apply(entity, &latest, &superseded).await,
+            Self::Mongo(t) => t.apply(entity, &latest, &superseded).await,
+        }
+    }
+
+    pub fn audits(&self) -> bool {
+        match self {
+            Self::Postgres(t) => t.audit,
+            Self::Mongo(t) => t.audit,
+        }
+    }
+
+    /// Appends dead-lettered and ignored events to the apply log (audit mode; a no-op
+    /// otherwise).
+    pub async fn log(&self, entity: Entity, entries: &[LogEntry]) -> Result<(), TargetError> {
+        if !self.audits() || entries.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Postgres(t) => t.log(entity, entries).await,
+            Self::Mongo(t) => t.log(entity, entries).await,
         }
     }
 

@@ -41,7 +41,7 @@ pub fn target_config(pg: &TestPostgres) -> TargetConfig {
 }
 
 pub async fn postgres_target(pg: &TestPostgres) -> Target {
-    Target::connect(&target_config(pg)).await.expect("connect the postgres target")
+    Target::connect(&target_config(pg), false).await.expect("connect the postgres target")
 }
 
 pub fn key(n: u8) -> Uuid {
@@ -70,7 +70,7 @@ pub fn customer(id: Uuid, op: Op, lsn: i64, email: &str, status: &str, offset: i
         emitted_ts: None,
         before,
         after,
-        coords: Coords { topic: "cdc.public.customer".into(), partition: 0, offset },
+        coords: Coords { topic: "cdc.public.customer".into(), partition: 0, offset, timestamp: None },
     }
 }
 
@@ -101,9 +101,10 @@ impl TestBroker {
         std::fs::create_dir_all(dir.join("logs"))?;
         let tansu = harness::provision::tansu::ensure(&harness::provision::Cache::locate()?)?;
         let port = free_port()?;
-        let handle = broker::start(&tansu, &BrokerLayout::new(&dir), port, port)?;
+        let layout = BrokerLayout::new(&dir);
+        let handle = broker::start(&tansu, &layout, port, port)?;
         let bootstrap = format!("127.0.0.1:{port}");
-        broker::wait_ready(&bootstrap, &handle, Duration::from_secs(60)).await?;
+        broker::wait_ready(&bootstrap, &handle, &layout, Duration::from_secs(60)).await?;
         broker::create_topics(&bootstrap, topics, partitions).await?;
         Ok(Self { bootstrap, handle, dir, port })
     }
@@ -123,7 +124,7 @@ impl TestBroker {
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         let tansu = harness::provision::tansu::ensure(&harness::provision::Cache::locate()?)?;
         self.handle = broker::start(&tansu, &BrokerLayout::new(&self.dir), self.port, self.port)?;
-        broker::wait_ready(&self.bootstrap, &self.handle, Duration::from_secs(60)).await?;
+        broker::wait_ready(&self.bootstrap, &self.handle, &BrokerLayout::new(&self.dir), Duration::from_secs(60)).await?;
         Ok(())
     }
 }

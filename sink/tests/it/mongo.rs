@@ -34,7 +34,7 @@ fn item(id: Uuid, order: Uuid, lsn: i64, qty: i32, op: Op) -> Change {
         emitted_ts: None,
         before,
         after,
-        coords: Coords { topic: "cdc.public.order_item".into(), partition: 0, offset: lsn },
+        coords: Coords { topic: "cdc.public.order_item".into(), partition: 0, offset: lsn, timestamp: None },
     }
 }
 
@@ -52,7 +52,7 @@ fn order(id: Uuid, lsn: i64, status: &str) -> Change {
         emitted_ts: None,
         before: None,
         after: Some(row),
-        coords: Coords { topic: "cdc.public.orders".into(), partition: 0, offset: lsn },
+        coords: Coords { topic: "cdc.public.orders".into(), partition: 0, offset: lsn, timestamp: None },
     }
 }
 
@@ -65,7 +65,7 @@ async fn items_before_their_order_are_embedded_and_versions_guard() {
          [target]\nkind=\"mongodb\"\nurl=\"{uri}\"\n[target.mongodb]\ndatabase=\"{database}\"\n[http]\nlisten=\"127.0.0.1:0\"\n"
     );
     let config = SinkConfig::from_toml(&toml, []).unwrap();
-    let target = Target::connect(&config.target).await.unwrap();
+    let target = Target::connect(&config.target, false).await.unwrap();
     let (o, i1, i2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
 
     target.apply(Entity::OrderItem, &[item(i1, o, 10, 1, Op::Create), item(i2, o, 11, 2, Op::Create)]).await.unwrap();

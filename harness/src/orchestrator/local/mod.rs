@@ -123,6 +123,16 @@ impl LocalStack {
         self.state.services.get(&service)
     }
 
+    /// A function that tells each running service's leader pid now, from the state file
+    /// (so a sampler follows services across restarts done by another part of the harness).
+    pub fn leader_resolver(&self) -> impl Fn() -> Vec<(String, i32)> + Send + Sync + 'static {
+        let run_dir = self.run_dir.clone();
+        move || match read_state(&run_dir) {
+            Ok(Some(state)) => state.services.iter().filter(|(_, h)| h.is_alive()).map(|(s, h)| (s.name().to_string(), h.pid)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Leaves the services running when this value is dropped.
     pub fn detach(mut self) {
         self.detached = true;
@@ -226,7 +236,7 @@ impl LocalStack {
                 let advertised = self.port_via(Link::Broker, ports.broker);
                 let handle = broker::start(&tools.tansu, &layout, ports.broker, advertised)?;
                 self.record(service, handle.clone())?;
-                broker::wait_ready(&endpoints.kafka, &handle, Duration::from_secs(60)).await?;
+                broker::wait_ready(&endpoints.kafka, &handle, &layout, Duration::from_secs(60)).await?;
                 let mut topics: Vec<String> = TABLES.iter().map(|t| topic_for(t)).collect();
                 topics.push(DLQ_TOPIC.to_string());
                 broker::create_topics(&endpoints.kafka, &topics, config.partitions).await?;

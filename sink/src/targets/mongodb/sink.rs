@@ -24,7 +24,7 @@ use super::MongoConfig;
 use super::service::{connect, is_retriable_code};
 use crate::config::TargetConfig;
 use crate::model::{Change, Entity, Field, Value};
-use crate::targets::{ApplyReport, TargetError};
+use crate::targets::{ApplyReport, LogEntry, LoggedOutcome, TargetError};
 
 pub const fn collection_name(entity: Entity) -> &'static str {
     match entity {
@@ -34,8 +34,31 @@ pub const fn collection_name(entity: Entity) -> &'static str {
     }
 }
 
+/// The apply log of audit mode.
+pub const APPLY_LOG_COLLECTION: &str = "cdc_apply_log";
+
 pub struct MongoSink {
     db: Database,
+    pub audit: bool,
+}
+
+fn bson_ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Bson {
+    t.map_or(Bson::Null, |t| Bson::DateTime(mongodb::bson::DateTime::from_millis(t.timestamp_millis())))
+}
+
+fn log_document(entity: Entity, e: &LogEntry) -> Document {
+    doc! {
+        "entity": entity.table(),
+        "key": e.key.map_or(Bson::Null, |k| Bson::String(k.to_string())),
+        "version": e.version.map_or(Bson::Null, Bson::Int64),
+        "op": e.op.map_or(Bson::Null, |o| Bson::String(o.into())),
+        "outcome": e.outcome.name(),
+        "kafka_partition": e.partition,
+        "kafka_offset": e.offset,
+        "kafka_ts": bson_ts(e.kafka_ts),
+        "source_ts": bson_ts(e.source_ts),
+        "applied_at": mongodb::bson::DateTime::now(),
+    }
 }
 
 fn bson_value(value: &Value) -> Bson {
@@ -124,10 +147,10 @@ fn item_order(change: &Change) -> Option<Uuid> {
 }
 
 impl MongoSink {
-    pub async fn connect(target: &TargetConfig) -> Result<Self, TargetError> {
+    pub async fn connect(target: &TargetConfig, audit: bool) -> Result<Self, TargetError> {
         let settings: &MongoConfig = &target.mongodb;
         let db = connect(target, settings).await?;
-        let sink = Self { db };
+        let sink = Self { db, audit };
         sink.ping().await?;
         sink.prepare().await?;
         Ok(sink)
@@ -144,10 +167,54 @@ impl MongoSink {
         self.db.collection::<Document>("customers").create_indexes([tombstones()]).await?;
         self.db.collection::<Document>("addresses").create_indexes([by("customer_id"), tombstones()]).await?;
         self.db.collection::<Document>("orders").create_indexes([by("customer_id"), by("items.id"), tombstones()]).await?;
+        if self.audit {
+            self.db.collection::<Document>(APPLY_LOG_COLLECTION).create_indexes([by("applied_at")]).await?;
+        }
         Ok(())
     }
 
-    pub async fn apply(&self, entity: Entity, latest: &[Change]) -> Result<ApplyReport, TargetError> {
+    /// Appends apply log documents. MongoDB cannot put them in the change's own `update`
+    /// command (another collection), so they follow it, before the offset is stored: a
+    /// crash between the two leaves the change applied without its log row, and the replay
+    /// logs it (as `stale`).
+    pub async fn log(&self, entity: Entity, entries: &[LogEntry]) -> Result<(), TargetError> {
+        let documents: Vec<Document> = entries.iter().map(|e| log_document(entity, e)).collect();
+        let command = doc! {
+            "insert": APPLY_LOG_COLLECTION,
+            "documents": documents,
+            "ordered": true,
+            "writeConcern": { "w": "majority", "j": true },
+        };
+        let reply = self.db.run_command(command).await?;
+        if let Some(e) = reply.get_array("writeErrors").ok().and_then(|a| a.first()).and_then(Bson::as_document) {
+            return Err(TargetError::MongoWrite { code: e.get_i32("code").unwrap_or(0), message: e.get_str("errmsg").unwrap_or_default().into() });
+        }
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(TargetError::MongoWrite { code: wce.get_i32("code").unwrap_or(64), message: wce.get_str("errmsg").unwrap_or_default().into() });
+        }
+        Ok(())
+    }
+
+    /// `superseded`: in-batch changes subsumed by one of `latest` (logged in audit mode).
+    pub async fn apply(&self, entity: Entity, latest: &[Change], superseded: &[Change]) -> Result<ApplyReport, TargetError> {
+        let report = self.apply_latest(entity, latest).await?;
+        if self.audit {
+            let applied: HashSet<Uuid> = report.applied.iter().copied().collect();
+            let stale: HashSet<Uuid> = report.stale.iter().copied().collect();
+            let mut entries: Vec<LogEntry> = latest
+                .iter()
+                .filter(|c| applied.contains(&c.key) || stale.contains(&c.key))
+                .map(|c| LogEntry::of_change(c, if applied.contains(&c.key) { LoggedOutcome::Applied } else { LoggedOutcome::Stale }))
+                .collect();
+            entries.extend(superseded.iter().map(|c| LogEntry::of_change(c, LoggedOutcome::Superseded)));
+            if !entries.is_empty() {
+                self.log(entity, &entries).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn apply_latest(&self, entity: Entity, latest: &[Change]) -> Result<ApplyReport, TargetError> {
         let mut report = ApplyReport::default();
         let mut keys = Vec::with_capacity(latest.len());
         let mut updates = Vec::with_capacity(latest.len());

@@ -22,7 +22,7 @@ use super::PostgresConfig;
 use super::service::Pool;
 use crate::config::TargetConfig;
 use crate::model::{Change, ColumnType, Entity, Field, Value};
-use crate::targets::{ApplyReport, TargetError};
+use crate::targets::{ApplyReport, LogEntry, TargetError};
 
 pub fn table_name(entity: Entity) -> String {
     format!("{}_materialized", entity.table())
@@ -49,8 +49,17 @@ pub fn create_table_sql(entity: Entity) -> String {
     sql
 }
 
+/// The apply log of audit mode. No index beyond the key: it is appended to on every write
+/// and read whole (in id order) by a verifier.
+pub const APPLY_LOG_TABLE: &str = "_cdc_apply_log";
+const APPLY_LOG_SQL: &str = "CREATE TABLE IF NOT EXISTS _cdc_apply_log (\
+     id bigserial PRIMARY KEY, entity text NOT NULL, key uuid, version bigint, op char(1), outcome text NOT NULL, \
+     kafka_partition int NOT NULL, kafka_offset bigint NOT NULL, kafka_ts timestamptz, source_ts timestamptz, \
+     applied_at timestamptz NOT NULL DEFAULT clock_timestamp())";
+
 pub struct PostgresSink {
     pool: Pool,
+    pub audit: bool,
     /// Columns added to each table beyond the known ones (so ALTER runs once per column).
     added: Mutex<BTreeMap<Entity, HashSet<String>>>,
 }
@@ -136,7 +145,10 @@ fn shape_of(change: &Change) -> Shape {
     }
 }
 
-fn upsert_sql(entity: Entity, shape: &Shape) -> String {
+/// The upsert of one shape; with `audit`, a data-modifying CTE that also appends every
+/// change of the group to the apply log in the same statement (so the log row is durable
+/// exactly when the change is), its outcome taken from what the upsert returned.
+fn upsert_sql(entity: Entity, shape: &Shape, audit: bool) -> String {
     let columns = entity.columns();
     let mut names: Vec<String> = vec![ident("id")];
     let mut types: Vec<String> = vec!["uuid[]".into()];
@@ -159,7 +171,7 @@ fn upsert_sql(entity: Entity, shape: &Shape) -> String {
     let mut sets: Vec<String> = data.iter().map(|c| format!("{c} = excluded.{c}")).collect();
     sets.extend(["_cdc_lsn", "_cdc_source_ts", "_cdc_op", "_cdc_partition", "_cdc_offset", "_cdc_deleted"].iter().map(|c| format!("{c} = excluded.{c}")));
     sets.push("_cdc_applied_at = clock_timestamp()".into());
-    format!(
+    let upsert = format!(
         "INSERT INTO {table} AS t ({names}, _cdc_deleted) SELECT u.*, {deleted} FROM UNNEST({params}) AS u \
          ON CONFLICT (id) DO UPDATE SET {sets} WHERE t._cdc_lsn < excluded._cdc_lsn RETURNING t.id",
         table = table_name(entity),
@@ -167,14 +179,64 @@ fn upsert_sql(entity: Entity, shape: &Shape) -> String {
         deleted = shape.delete,
         params = params.join(", "),
         sets = sets.join(", "),
+    );
+    if !audit {
+        return upsert;
+    }
+    let n = types.len();
+    let log_params: Vec<String> = ["uuid[]", "int8[]", "text[]", "bool[]", "int4[]", "int8[]", "timestamptz[]", "timestamptz[]"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}", n + i + 1))
+        .collect();
+    format!(
+        "WITH up AS ({upsert}), logged AS (INSERT INTO {APPLY_LOG_TABLE} \
+         (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts) \
+         SELECT '{entity}', l.key, l.version, l.op, \
+         CASE WHEN NOT l.latest THEN 'superseded' WHEN up.id IS NULL THEN 'stale' ELSE 'applied' END, \
+         l.part, l.off, l.kts, l.sts FROM UNNEST({log}) AS l(key, version, op, latest, part, off, kts, sts) \
+         LEFT JOIN up ON up.id = l.key) SELECT id FROM up",
+        entity = entity.table(),
+        log = log_params.join(", "),
     )
 }
 
+/// Parameter arrays of the apply log rows: the group's changes (latest = true) and the
+/// in-batch changes they superseded.
+#[derive(Default)]
+struct LogArrays {
+    key: Vec<Uuid>,
+    version: Vec<i64>,
+    op: Vec<&'static str>,
+    latest: Vec<bool>,
+    partition: Vec<i32>,
+    offset: Vec<i64>,
+    kafka_ts: Vec<Option<DateTime<Utc>>>,
+    source_ts: Vec<Option<DateTime<Utc>>>,
+}
+
+impl LogArrays {
+    fn push(&mut self, change: &Change, latest: bool) {
+        self.key.push(change.key);
+        self.version.push(change.lsn);
+        self.op.push(change.op.code());
+        self.latest.push(latest);
+        self.partition.push(change.coords.partition);
+        self.offset.push(change.coords.offset);
+        self.kafka_ts.push(change.coords.timestamp);
+        self.source_ts.push(change.source_ts);
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [&self.key, &self.version, &self.op, &self.latest, &self.partition, &self.offset, &self.kafka_ts, &self.source_ts]
+    }
+}
+
 impl PostgresSink {
-    pub async fn connect(target: &TargetConfig) -> Result<Self, TargetError> {
+    pub async fn connect(target: &TargetConfig, audit: bool) -> Result<Self, TargetError> {
         let settings: &PostgresConfig = &target.postgres;
         let pool = Pool::new(target, settings)?;
-        let sink = Self { pool, added: Mutex::new(BTreeMap::new()) };
+        let sink = Self { pool, audit, added: Mutex::new(BTreeMap::new()) };
         sink.prepare().await?;
         Ok(sink)
     }
@@ -184,6 +246,9 @@ impl PostgresSink {
         let mut lease = self.pool.get().await?;
         let client = &lease.conn().client;
         let mut added = self.added.lock().await;
+        if self.audit {
+            client.batch_execute(APPLY_LOG_SQL).await?;
+        }
         for entity in Entity::ALL {
             let table = table_name(entity);
             client.batch_execute(&create_table_sql(entity)).await?;
@@ -220,21 +285,26 @@ impl PostgresSink {
         Ok(())
     }
 
-    pub async fn apply(&self, entity: Entity, latest: &[Change]) -> Result<ApplyReport, TargetError> {
+    /// `superseded`: in-batch changes subsumed by one of `latest` (logged in audit mode).
+    pub async fn apply(&self, entity: Entity, latest: &[Change], superseded: &[Change]) -> Result<ApplyReport, TargetError> {
         let mut groups: BTreeMap<Shape, Vec<&Change>> = BTreeMap::new();
         for change in latest {
             groups.entry(shape_of(change)).or_default().push(change);
         }
+        let mut older: BTreeMap<Uuid, Vec<&Change>> = BTreeMap::new();
+        for change in superseded {
+            older.entry(change.key).or_default().push(change);
+        }
         let mut report = ApplyReport::default();
         for (shape, rows) in groups {
-            match self.apply_group(entity, &shape, &rows).await {
+            match self.apply_group(entity, &shape, &rows, &older).await {
                 Ok(applied) => split(&rows, &applied, &mut report),
                 Err(e) if e.is_retriable() => return Err(e),
                 Err(e) if rows.len() == 1 => report.rejected.push((rows[0].key, e.to_string())),
                 // One bad row fails the whole statement: find it row by row, keep the rest.
                 Err(_) => {
                     for row in rows {
-                        match self.apply_group(entity, &shape, &[row]).await {
+                        match self.apply_group(entity, &shape, &[row], &older).await {
                             Ok(applied) => split(&[row], &applied, &mut report),
                             Err(e) if e.is_retriable() => return Err(e),
                             Err(e) => report.rejected.push((row.key, e.to_string())),
@@ -246,7 +316,7 @@ impl PostgresSink {
         Ok(report)
     }
 
-    async fn apply_group(&self, entity: Entity, shape: &Shape, rows: &[&Change]) -> Result<HashSet<Uuid>, TargetError> {
+    async fn apply_group(&self, entity: Entity, shape: &Shape, rows: &[&Change], older: &BTreeMap<Uuid, Vec<&Change>>) -> Result<HashSet<Uuid>, TargetError> {
         let columns = entity.columns();
         let n = rows.len();
         let mut ids = Vec::with_capacity(n);
@@ -279,13 +349,44 @@ impl PostgresSink {
         params.extend(data.iter().map(Array::as_sql));
         params.extend(extra.iter().map(|e| e as &(dyn ToSql + Sync)));
         params.extend([lsn.as_sql(), &source_ts, &op, &partition, offset.as_sql()]);
+        let mut log = LogArrays::default();
+        if self.audit {
+            for change in rows {
+                log.push(change, true);
+                for old in older.get(&change.key).into_iter().flatten() {
+                    log.push(old, false);
+                }
+            }
+            params.extend(log.params());
+        }
 
-        let sql = upsert_sql(entity, shape);
+        let sql = upsert_sql(entity, shape, self.audit);
         let mut lease = self.pool.get().await?;
         let conn = lease.conn();
         let statement = conn.statement(&sql).await?;
         let returned = conn.client.query(&statement, &params).await?;
         Ok(returned.iter().map(|r| r.get::<_, Uuid>(0)).collect())
+    }
+
+    /// Apply log rows of events that wrote nothing (dead-lettered, ignored).
+    pub async fn log(&self, entity: Entity, entries: &[LogEntry]) -> Result<(), TargetError> {
+        let sql = format!(
+            "INSERT INTO {APPLY_LOG_TABLE} (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts) \
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::int4[], $7::int8[], $8::timestamptz[], $9::timestamptz[])"
+        );
+        let key: Vec<Option<Uuid>> = entries.iter().map(|e| e.key).collect();
+        let version: Vec<Option<i64>> = entries.iter().map(|e| e.version).collect();
+        let op: Vec<Option<&str>> = entries.iter().map(|e| e.op).collect();
+        let outcome: Vec<&str> = entries.iter().map(|e| e.outcome.name()).collect();
+        let partition: Vec<i32> = entries.iter().map(|e| e.partition).collect();
+        let offset: Vec<i64> = entries.iter().map(|e| e.offset).collect();
+        let kafka_ts: Vec<Option<DateTime<Utc>>> = entries.iter().map(|e| e.kafka_ts).collect();
+        let source_ts: Vec<Option<DateTime<Utc>>> = entries.iter().map(|e| e.source_ts).collect();
+        let mut lease = self.pool.get().await?;
+        let conn = lease.conn();
+        let statement = conn.statement(&sql).await?;
+        conn.client.execute(&statement, &[&entity.table(), &key, &version, &op, &outcome, &partition, &offset, &kafka_ts, &source_ts]).await?;
+        Ok(())
     }
 
     pub async fn existing(&self, entity: Entity, ids: &[Uuid]) -> Result<HashSet<Uuid>, TargetError> {
@@ -335,10 +436,21 @@ mod tests {
     #[test]
     fn upsert_is_one_guarded_unnest_statement() {
         let shape = Shape { delete: false, known: vec![1, 2], extra: vec!["tier".into()] };
-        let sql = upsert_sql(Entity::Customer, &shape);
+        let sql = upsert_sql(Entity::Customer, &shape, false);
         assert!(sql.contains("UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[]"), "{sql}");
         assert!(sql.contains("\"tier\" = excluded.\"tier\""));
         assert!(sql.contains("WHERE t._cdc_lsn < excluded._cdc_lsn RETURNING t.id"));
         assert!(!sql.contains("updated_at"), "columns not carried are left untouched: {sql}");
+    }
+
+    #[test]
+    fn audited_upsert_logs_in_the_same_statement() {
+        let shape = Shape { delete: false, known: vec![1], extra: vec![] };
+        let sql = upsert_sql(Entity::Customer, &shape, true);
+        assert!(sql.starts_with("WITH up AS (INSERT INTO customer_materialized"), "{sql}");
+        // id, email, then 5 CDC arrays = 7 parameters before the 8 log arrays.
+        assert!(sql.contains("UNNEST($8::uuid[], $9::int8[], $10::text[], $11::bool[], $12::int4[], $13::int8[], $14::timestamptz[], $15::timestamptz[])"), "{sql}");
+        assert!(sql.contains("WHEN up.id IS NULL THEN 'stale' ELSE 'applied'"), "{sql}");
+        assert!(sql.ends_with("SELECT id FROM up"), "{sql}");
     }
 }

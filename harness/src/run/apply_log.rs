@@ -1,0 +1,220 @@
+//! The sink's apply log (audit mode), read once after the load: latency over every change,
+//! split per hop, and the per-second latency series. One sequential read of the rows
+//! written since the load started (`id > $start`), streamed: memory is one `f64` per change
+//! per hop.
+//!
+//! Clocks: the source commit time is PostgreSQL's (`track_commit_timestamp`, carried by
+//! Debezium as `source.ts_ms`, millisecond precision); the Kafka record timestamp is the
+//! producer's clock (Debezium's `CreateTime`); `applied_at` is the target's clock
+//! (`clock_timestamp()` in the statement that made the change durable). On one machine they
+//! are the same clock; across machines each hop includes the skew between its two ends.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, pin_mut};
+
+use super::percentiles;
+use crate::verify::Percentiles;
+
+pub const TABLE: &str = "_cdc_apply_log";
+
+/// One row of the log, as the verifier and the latency use it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub id: i64,
+    pub entity: String,
+    pub key: Option<uuid::Uuid>,
+    pub version: Option<i64>,
+    pub op: Option<String>,
+    pub outcome: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub kafka_ts: Option<DateTime<Utc>>,
+    pub source_ts: Option<DateTime<Utc>>,
+    pub applied_at: DateTime<Utc>,
+}
+
+/// Where the log stands now (the highest id; 0 when empty); None when the target has no
+/// apply log (the sink does not run in audit mode).
+pub async fn position(target: &tokio_postgres::Client) -> Option<i64> {
+    let exists: bool = target.query_one("SELECT to_regclass($1) IS NOT NULL", &[&TABLE]).await.ok()?.get(0);
+    if !exists {
+        return None;
+    }
+    target.query_one(&format!("SELECT coalesce(max(id), 0) FROM {TABLE}"), &[]).await.ok().map(|r| r.get(0))
+}
+
+/// Every row after `after`, in id order (the order the sink wrote them).
+pub async fn read(target: &tokio_postgres::Client, after: i64) -> Result<Vec<LogRow>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT id, entity, key, version, op::text, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, applied_at \
+         FROM {TABLE} WHERE id > $1 ORDER BY id"
+    );
+    let stream = target.query_raw(sql.as_str(), [&after as &(dyn tokio_postgres::types::ToSql + Sync)]).await?;
+    pin_mut!(stream);
+    let mut rows = Vec::new();
+    while let Some(row) = stream.next().await {
+        let row = row?;
+        rows.push(LogRow {
+            id: row.get(0),
+            entity: row.get(1),
+            key: row.get(2),
+            version: row.get(3),
+            op: row.get(4),
+            outcome: row.get(5),
+            partition: row.get(6),
+            offset: row.get(7),
+            kafka_ts: row.get(8),
+            source_ts: row.get(9),
+            applied_at: row.get(10),
+        });
+    }
+    Ok(rows)
+}
+
+/// Latency of the changes applied in one second.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SecondLatency {
+    /// e2e p50, p95, p99.
+    pub e2e: Vec<f64>,
+    pub capture_p95: Option<f64>,
+    pub apply_p95: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HopLatency {
+    pub e2e: Percentiles,
+    pub capture: Percentiles,
+    pub apply: Percentiles,
+    pub e2e_per_entity: BTreeMap<String, Percentiles>,
+    /// Second since `origin` -> latency of the changes applied in it.
+    pub per_second: HashMap<i64, SecondLatency>,
+}
+
+/// A change whose effect became durable: applied, or superseded in its batch by a newer
+/// change of the key that was (both durable at that moment). Snapshot reads are not
+/// changes of the run.
+fn is_delivered_change(row: &LogRow) -> bool {
+    matches!(row.outcome.as_str(), "applied" | "superseded") && row.op.as_deref() != Some("r")
+}
+
+fn ms(later: DateTime<Utc>, earlier: DateTime<Utc>) -> f64 {
+    (later - earlier).num_microseconds().map(|us| us as f64 / 1000.0).unwrap_or(f64::MAX)
+}
+
+/// Latency over every delivered change, per hop; `origin` is the load start (the series'
+/// time zero). A replayed change (the same version delivered twice) counts once: at its
+/// first delivery.
+pub fn hop_latency(rows: &[LogRow], origin: DateTime<Utc>) -> HopLatency {
+    let mut seen = std::collections::HashSet::new();
+    let (mut e2e, mut capture, mut apply) = (Vec::new(), Vec::new(), Vec::new());
+    let mut per_entity: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut seconds: HashMap<i64, (Vec<f64>, Vec<f64>, Vec<f64>)> = HashMap::new();
+    for row in rows.iter().filter(|r| is_delivered_change(r)) {
+        if !seen.insert((row.entity.as_str(), row.key, row.version)) {
+            continue;
+        }
+        let second = (row.applied_at - origin).num_milliseconds().div_euclid(1000);
+        let bucket = seconds.entry(second).or_default();
+        if let Some(source) = row.source_ts {
+            let v = ms(row.applied_at, source);
+            e2e.push(v);
+            bucket.0.push(v);
+            per_entity.entry(row.entity.clone()).or_default().push(v);
+            if let Some(kafka) = row.kafka_ts {
+                let c = ms(kafka, source);
+                capture.push(c);
+                bucket.1.push(c);
+            }
+        }
+        if let Some(kafka) = row.kafka_ts {
+            let a = ms(row.applied_at, kafka);
+            apply.push(a);
+            bucket.2.push(a);
+        }
+    }
+    let per_second = seconds
+        .into_iter()
+        .map(|(s, (e, c, a))| {
+            let e = percentiles(e);
+            let c = percentiles(c);
+            let a = percentiles(a);
+            let latency = SecondLatency {
+                e2e: if e.measured() { vec![e.p50, e.p95, e.p99] } else { Vec::new() },
+                capture_p95: c.measured().then_some(c.p95),
+                apply_p95: a.measured().then_some(a.p95),
+            };
+            (s, latency)
+        })
+        .collect();
+    HopLatency {
+        e2e: percentiles(e2e),
+        capture: percentiles(capture),
+        apply: percentiles(apply),
+        e2e_per_entity: per_entity.into_iter().map(|(k, v)| (k, percentiles(v))).collect(),
+        per_second,
+    }
+}
+
+/// The clocks and method behind `hop_latency`, for the report.
+pub fn clocks() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("source_commit".to_string(), "source PostgreSQL commit timestamp (track_commit_timestamp), ms".to_string()),
+        ("kafka_record".to_string(), "Kafka record timestamp set by the producer (Debezium, CreateTime), ms".to_string()),
+        ("applied".to_string(), "target clock_timestamp() in the statement that made the change durable".to_string()),
+        ("percentiles".to_string(), "exact nearest rank over every change of the load window (replays counted once)".to_string()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, version: i64, outcome: &str, source_ms: i64, kafka_ms: i64, applied_ms: i64) -> LogRow {
+        let t = |ms: i64| DateTime::from_timestamp_millis(1_700_000_000_000 + ms).unwrap();
+        LogRow {
+            id,
+            entity: "customer".into(),
+            key: Some(uuid::Uuid::from_u128(7)),
+            version: Some(version),
+            op: Some("u".into()),
+            outcome: outcome.into(),
+            partition: 0,
+            offset: id,
+            kafka_ts: Some(t(kafka_ms)),
+            source_ts: Some(t(source_ms)),
+            applied_at: t(applied_ms),
+        }
+    }
+
+    #[test]
+    fn every_delivered_change_counts_per_hop_and_replays_once() {
+        let rows = vec![
+            row(1, 10, "applied", 0, 20, 100),
+            row(2, 11, "superseded", 50, 60, 200),
+            row(3, 12, "applied", 50, 70, 200),
+            // A replay of version 10 after a restart: stale, not a new change.
+            row(4, 10, "stale", 0, 20, 5_000),
+            // The same version delivered again as applied (a broken guard): counted once.
+            row(5, 12, "applied", 50, 70, 9_000),
+            row(6, 13, "dlq", 0, 0, 300),
+        ];
+        let origin = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+        let l = hop_latency(&rows, origin);
+        assert_eq!(l.e2e.count, 3);
+        assert_eq!(l.e2e.max, 150.0);
+        assert_eq!(l.capture.max, 20.0);
+        assert_eq!(l.apply.max, 140.0);
+        assert_eq!(l.per_second.len(), 1, "all three applied within the first second");
+        assert_eq!(l.per_second[&0].e2e.len(), 3);
+    }
+
+    #[test]
+    fn nothing_delivered_is_absent() {
+        let origin = DateTime::from_timestamp_millis(0).unwrap();
+        let l = hop_latency(&[], origin);
+        assert!(!l.e2e.measured() && !l.capture.measured() && !l.apply.measured());
+        assert!(l.per_second.is_empty());
+    }
+}

@@ -160,11 +160,7 @@ pub fn run() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(error) => {
             eprintln!("error: {error:#}");
-            let code = match (error.downcast_ref::<ServiceError>(), error.downcast_ref::<harness::provision::ProvisionError>()) {
-                (Some(ServiceError::Provision(_) | ServiceError::BackendUnavailable(..)), _) | (_, Some(_)) => exit::USAGE,
-                _ => exit::ERROR,
-            };
-            ExitCode::from(code as u8)
+            ExitCode::from(exit::code_for(&error) as u8)
         }
     }
 }
@@ -365,6 +361,13 @@ async fn run_scenario(name: &str, args: RunArgs, run_dir: &std::path::Path) -> a
             return Ok(exit::USAGE);
         }
     };
+    if args.reuse && scenario.needs_link_faults() {
+        eprintln!(
+            "error: scenario {} injects link faults, which need the fault proxies of a stack this run starts; run it without --reuse",
+            scenario.name
+        );
+        return Ok(exit::USAGE);
+    }
     let options = harness::run::RunOptions {
         scenario,
         driver: args.driver,
@@ -388,6 +391,14 @@ async fn run_scenario(name: &str, args: RunArgs, run_dir: &std::path::Path) -> a
         println!("{}", serde_json::to_string_pretty(report)?);
     }
     print_run_summary(report, &outcome.dir);
+    let not_injected = harness::faults::not_injected(&report.faults);
+    if !not_injected.is_empty() {
+        // The run did not test what it was asked to: no verdict, whatever the numbers say.
+        for failure in &not_injected {
+            eprintln!("error: {failure}");
+        }
+        return Ok(exit::ERROR);
+    }
     Ok(if report.summary.converged && report.summary.thresholds_passed { exit::SUCCESS } else { exit::GATE_FAILED })
 }
 

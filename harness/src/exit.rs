@@ -14,3 +14,41 @@ pub const GATE_FAILED: i32 = 3;
 pub const REGRESSION: i32 = 4;
 /// Interrupted (Ctrl-C); everything started was torn down.
 pub const INTERRUPTED: i32 = 130;
+
+/// The exit code of a command that failed with `error`: the one place errors map to codes.
+/// Set-up that could not provide a prerequisite (provisioning, a backend that is not
+/// there) is a usage error, also inside a run; everything else is a runtime error.
+pub fn code_for(error: &anyhow::Error) -> i32 {
+    use crate::orchestrator::ServiceError;
+    let usage = |e: &ServiceError| matches!(e, ServiceError::Provision(_) | ServiceError::BackendUnavailable(..));
+    for cause in error.chain() {
+        if cause.downcast_ref::<crate::provision::ProvisionError>().is_some() {
+            return USAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<ServiceError>() {
+            return if usage(e) { USAGE } else { ERROR };
+        }
+        if let Some(crate::run::RunError::Stack(e)) = cause.downcast_ref::<crate::run::RunError>() {
+            return if usage(e) { USAGE } else { ERROR };
+        }
+    }
+    ERROR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orchestrator::ServiceError;
+    use crate::provision::ProvisionError;
+    use crate::run::RunError;
+
+    #[test]
+    fn provisioning_errors_are_usage_errors_also_inside_a_run() {
+        let provision = || ProvisionError::NotFound { what: "postgres", hint: "apt-get install postgresql-15".into() };
+        assert_eq!(code_for(&anyhow::Error::new(provision())), USAGE);
+        assert_eq!(code_for(&anyhow::Error::new(RunError::Stack(ServiceError::Provision(provision())))), USAGE);
+        assert_eq!(code_for(&anyhow::Error::new(RunError::Stack(ServiceError::BackendUnavailable("docker", "no daemon".into())))), USAGE);
+        assert_eq!(code_for(&anyhow::Error::new(ServiceError::Teardown { left: vec!["sink (pid 1)".into()] })), ERROR);
+        assert_eq!(code_for(&anyhow::anyhow!("anything else")), ERROR);
+    }
+}

@@ -312,14 +312,21 @@ impl Handler {
             }
         }
         if audit {
-            self.log_unwritten(batch, &outcomes, &decoded).await;
+            let rules: HashMap<i64, &str> = letters.iter().map(|l| (l.coords.offset, l.rule.as_str())).collect();
+            self.log_unwritten(batch, &outcomes, &decoded, &rules).await;
         }
         outcomes
     }
 
     /// Audit mode: apply log rows for the events that wrote nothing to the target
     /// (dead-lettered once the DLQ write is durable, ignored), before the offset is stored.
-    async fn log_unwritten(&self, batch: &[Record], outcomes: &[Outcome], decoded: &HashMap<usize, (Uuid, i64, &'static str, Option<chrono::DateTime<Utc>>)>) {
+    async fn log_unwritten(
+        &self,
+        batch: &[Record],
+        outcomes: &[Outcome],
+        decoded: &HashMap<usize, (Uuid, i64, &'static str, Option<chrono::DateTime<Utc>>)>,
+        rules: &HashMap<i64, &str>,
+    ) {
         use crate::targets::{LogEntry, LoggedOutcome};
         let entries: Vec<LogEntry> = outcomes
             .iter()
@@ -340,6 +347,7 @@ impl Handler {
                     offset: batch[i].coords.offset,
                     kafka_ts: batch[i].coords.timestamp,
                     source_ts: change.and_then(|c| c.3),
+                    rule: rules.get(&batch[i].coords.offset).map(|r| (*r).to_string()),
                 })
             })
             .collect();

@@ -80,7 +80,8 @@ pub async fn apply(stack: &mut LocalStack, fault: &FaultSpec, started: Instant) 
             }
             FaultKind::Poison => {
                 let sent = super::poison::inject(&stack.endpoints().kafka, &fault.target, fault.count.unwrap_or(1)).await.map_err(|e| e.to_string())?;
-                parameters.insert("sent".into(), sent.to_string());
+                parameters.insert("sent".into(), sent.len().to_string());
+                parameters.insert(super::POISON_OFFSETS.into(), super::format_offsets(&sent));
                 Ok(())
             }
         }

@@ -273,3 +273,92 @@ mod tests {
         assert!(f.validate().unwrap_err().contains("not a service"));
     }
 }
+
+/// The faults (and schema changes) of a run that failed to inject, each named with its
+/// error: a run with any of them did not test what it was asked to.
+pub fn not_injected(records: &[crate::report::model::FaultRecord]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| r.parameters.get("error").map(|e| format!("{} {} at {:.1}s failed to inject: {e}", r.kind, r.target, r.start_s)))
+        .collect()
+}
+
+/// Fault parameter: where each poison event landed, `partition:offset,...`.
+pub const POISON_OFFSETS: &str = "offsets";
+/// Fault parameter: poison events not found dead-lettered in the sink's apply log.
+pub const POISON_UNRECONCILED: &str = "unreconciled";
+
+pub fn format_offsets(offsets: &[(i32, i64)]) -> String {
+    offsets.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(",")
+}
+
+pub fn parse_offsets(text: &str) -> Vec<(i32, i64)> {
+    text.split(',').filter_map(|po| po.split_once(':')).filter_map(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?))).collect()
+}
+
+/// Reconciles each poison fault's events with the sink's apply log: every one must be
+/// there as `dlq`, none applied. Records `dead_lettered`, `applied`, `not_in_log` and
+/// `unreconciled` (what is not dead-lettered) on the fault.
+pub fn reconcile_poison(records: &mut [crate::report::model::FaultRecord], log: &[crate::run::apply_log::LogRow]) {
+    use std::collections::HashMap;
+    for record in records.iter_mut().filter(|r| r.kind == "poison") {
+        let Some(offsets) = record.parameters.get(POISON_OFFSETS).map(|t| parse_offsets(t)) else { continue };
+        let outcomes: HashMap<(i32, i64), &str> =
+            log.iter().filter(|r| r.entity == record.target).map(|r| ((r.partition, r.offset), r.outcome.as_str())).collect();
+        let (mut dlq, mut applied, mut missing) = (0, 0, 0);
+        for at in &offsets {
+            match outcomes.get(at) {
+                Some(&"dlq") => dlq += 1,
+                Some(&("applied" | "superseded" | "stale")) => applied += 1,
+                Some(_) => applied += 1,
+                None => missing += 1,
+            }
+        }
+        record.parameters.insert("dead_lettered".into(), dlq.to_string());
+        record.parameters.insert("applied".into(), applied.to_string());
+        record.parameters.insert("not_in_log".into(), missing.to_string());
+        record.parameters.insert(POISON_UNRECONCILED.into(), (offsets.len() - dlq).to_string());
+    }
+}
+
+#[cfg(test)]
+mod poison_tests {
+    use super::*;
+    use crate::report::model::FaultRecord;
+    use crate::run::apply_log::LogRow;
+
+    fn log(offset: i64, outcome: &str) -> LogRow {
+        LogRow {
+            id: offset,
+            entity: "customer".into(),
+            key: None,
+            version: None,
+            op: None,
+            outcome: outcome.into(),
+            partition: 0,
+            offset,
+            kafka_ts: None,
+            source_ts: None,
+            applied_at: chrono::DateTime::from_timestamp_millis(0).unwrap(),
+            rule: Some("decode".into()),
+        }
+    }
+
+    #[test]
+    fn every_poison_event_must_be_dead_lettered() {
+        let mut records = vec![FaultRecord {
+            kind: "poison".into(),
+            target: "customer".into(),
+            parameters: [(POISON_OFFSETS.to_string(), format_offsets(&[(0, 5), (0, 6), (0, 7)]))].into(),
+            start_s: 1.0,
+            end_s: Some(1.0),
+            service_recovery_s: None,
+            pipeline_recovery_s: None,
+        }];
+        reconcile_poison(&mut records, &[log(5, "dlq"), log(6, "dlq"), log(7, "dlq")]);
+        assert_eq!(records[0].parameters[POISON_UNRECONCILED], "0");
+        reconcile_poison(&mut records, &[log(5, "dlq"), log(6, "applied")]);
+        let p = &records[0].parameters;
+        assert_eq!((p["dead_lettered"].as_str(), p["applied"].as_str(), p["not_in_log"].as_str(), p[POISON_UNRECONCILED].as_str()), ("1", "1", "1", "2"));
+    }
+}

@@ -7,11 +7,12 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Produces `count` bad events to the topic of `table`, cycling through the kinds of
-/// poison: malformed JSON, an unknown op, a rule-breaking value (bad email/uuid).
-pub async fn inject(bootstrap: &str, table: &str, count: u32) -> Result<u32, rdkafka::error::KafkaError> {
+/// poison: malformed JSON, an unknown op, a rule-breaking value (bad email/uuid). Returns
+/// where each landed (partition, offset), to reconcile them one by one with the DLQ.
+pub async fn inject(bootstrap: &str, table: &str, count: u32) -> Result<Vec<(i32, i64)>, rdkafka::error::KafkaError> {
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("message.timeout.ms", "30000").create()?;
     let topic = crate::config::topic_for(table);
-    let mut sent = 0;
+    let mut sent = Vec::new();
     for i in 0..count {
         let id = uuid::Uuid::new_v4();
         let key = format!("{{\"id\":\"{id}\"}}");
@@ -22,8 +23,8 @@ pub async fn inject(bootstrap: &str, table: &str, count: u32) -> Result<u32, rdk
                 "{{\"before\":null,\"after\":{{\"id\":\"not-a-uuid\",\"email\":\"nope\",\"status\":\"zombie\"}},\"op\":\"c\",\"source\":{{\"lsn\":1,\"ts_ms\":0,\"table\":\"{table}\"}}}}"
             ),
         };
-        producer.send(FutureRecord::to(&topic).key(&key).payload(&value), Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
-        sent += 1;
+        let delivery = producer.send(FutureRecord::to(&topic).key(&key).payload(&value), Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
+        sent.push((delivery.partition, delivery.offset));
     }
     Ok(sent)
 }

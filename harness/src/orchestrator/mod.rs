@@ -58,6 +58,8 @@ pub enum ServiceError {
     State { path: PathBuf, reason: String },
     #[error("the {0} backend is not available: {1}")]
     BackendUnavailable(&'static str, String),
+    #[error("teardown left running: {}", left.join(", "))]
+    Teardown { left: Vec<String> },
 }
 
 /// A credential: printed and logged as `***`, serialized only into the run folder's

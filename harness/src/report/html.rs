@@ -298,11 +298,12 @@ fn convergence(o: &mut String, report: &Report) {
     for a in &c.anomalies {
         let _ = write!(
             o,
-            "<div class=\"anomaly\"><b>{}</b> · {} · key <code>{}</code>\n<div class=\"evidence\">{}</div>\n",
+            "<div class=\"anomaly\"><b>{}</b> · {} · key <code>{}</code>\n<div class=\"evidence\">{}</div>\n{}",
             esc(&kind_name(a.kind)),
             esc(&a.entity),
             esc(&a.key),
-            esc(&a.evidence)
+            esc(&a.evidence),
+            a.hop.as_deref().map(|h| format!("<div class=\"evidence\"><b>Hop:</b> {}</div>\n", esc(h))).unwrap_or_default()
         );
         if !a.fields.is_empty() {
             o.push_str("<table>\n<tr><th>Field</th><th>Source</th><th>Target</th></tr>\n");

@@ -91,7 +91,8 @@ pub fn render(report: &Report) -> String {
     if !c.anomalies.is_empty() {
         let _ = writeln!(o, "\n### Top anomalies\n");
         for a in c.anomalies.iter().take(TOP_ANOMALIES) {
-            let _ = writeln!(o, "- **{}** {} key {}: {}", kind_name(a.kind), text(&a.entity), code(&a.key), text(&a.evidence));
+            let hop = a.hop.as_deref().map(|h| format!(" Hop: {}.", text(h))).unwrap_or_default();
+            let _ = writeln!(o, "- **{}** {} key {}: {}.{hop}", kind_name(a.kind), text(&a.entity), code(&a.key), text(&a.evidence));
             for f in a.fields.iter().take(FIELDS_PER_ANOMALY) {
                 let side = |v: &Option<String>| v.as_deref().map_or_else(|| "absent".to_string(), code);
                 let _ = writeln!(o, "  - {}: source {} → target {}", code(&f.field), side(&f.source), side(&f.target));

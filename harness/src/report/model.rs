@@ -270,6 +270,15 @@ impl Report {
             push("convergence.time_to_converge_s", ms as f64 / 1000.0, LowerIsBetter, false);
         }
         push("validation.dlq", self.validation.dlq as f64, LowerIsBetter, false);
+        push("convergence.dlq_rejected", c.dlq_rejected.values().sum::<u64>() as f64, LowerIsBetter, false);
+        for (rule, n) in &c.dlq_rejected {
+            push(&format!("convergence.dlq_rejected.{rule}"), *n as f64, LowerIsBetter, false);
+        }
+        let poison: Vec<u64> =
+            self.faults.iter().filter_map(|f| f.parameters.get(crate::faults::POISON_UNRECONCILED)).filter_map(|v| v.parse().ok()).collect();
+        if !poison.is_empty() {
+            push("faults.poison_unreconciled", poison.iter().sum::<u64>() as f64, LowerIsBetter, true);
+        }
         push("errors", self.summary.errors as f64, LowerIsBetter, true);
         out
     }

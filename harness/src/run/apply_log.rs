@@ -33,6 +33,8 @@ pub struct LogRow {
     pub kafka_ts: Option<DateTime<Utc>>,
     pub source_ts: Option<DateTime<Utc>>,
     pub applied_at: DateTime<Utc>,
+    /// The rule of a dead-lettered event.
+    pub rule: Option<String>,
 }
 
 /// Where the log stands now (the highest id; 0 when empty); None when the target has no
@@ -48,7 +50,7 @@ pub async fn position(target: &tokio_postgres::Client) -> Option<i64> {
 /// Every row after `after`, in id order (the order the sink wrote them).
 pub async fn read(target: &tokio_postgres::Client, after: i64) -> Result<Vec<LogRow>, tokio_postgres::Error> {
     let sql = format!(
-        "SELECT id, entity, key, version, op::text, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, applied_at \
+        "SELECT id, entity, key, version, op::text, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, applied_at, rule \
          FROM {TABLE} WHERE id > $1 ORDER BY id"
     );
     let stream = target.query_raw(sql.as_str(), [&after as &(dyn tokio_postgres::types::ToSql + Sync)]).await?;
@@ -68,6 +70,7 @@ pub async fn read(target: &tokio_postgres::Client, after: i64) -> Result<Vec<Log
             kafka_ts: row.get(8),
             source_ts: row.get(9),
             applied_at: row.get(10),
+            rule: row.get(11),
         });
     }
     Ok(rows)
@@ -185,6 +188,7 @@ mod tests {
             kafka_ts: Some(t(kafka_ms)),
             source_ts: Some(t(source_ms)),
             applied_at: t(applied_ms),
+            rule: None,
         }
     }
 

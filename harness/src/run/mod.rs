@@ -104,7 +104,9 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let mut snapshot_record = None;
     let mut stack = match &options.reuse {
         Some(run_dir) => {
-            let stack = LocalStack::open(run_dir)?.ok_or_else(|| RunError::NoStackToReuse(run_dir.clone()))?;
+            let mut stack = LocalStack::open(run_dir)?.ok_or_else(|| RunError::NoStackToReuse(run_dir.clone()))?;
+            // Not ours: never torn down, also when this run is interrupted or panics.
+            stack.borrow_only();
             let statuses = stack.status().await?;
             if statuses.iter().any(|s| s.state != crate::orchestrator::ServiceState::Healthy) {
                 stack.detach();
@@ -204,7 +206,7 @@ async fn measure(
     eprintln!("\nrun: load done ({load_secs:.0}s); waiting for the last probes, then verifying convergence (up to {:?})", scenario.verify.settle);
     observers.stop_probes().await;
 
-    let mut convergence = crate::verify::verify_postgres(
+    let convergence = crate::verify::verify_postgres(
         &endpoints.postgres,
         &VerifyOptions { max_examples: 5, settle: Some(scenario.verify.settle), load_ended: Some(load_ended), since: Some(load_started_wall) },
     )
@@ -214,12 +216,9 @@ async fn measure(
     let (mut samples, probes) = observers.stop().await;
     let hops = match log_start {
         Some(after) => {
-            // The whole log for the history checks (a replay may re-apply a version the
-            // warm-up wrote), the load window for latency.
-            let rows = apply_log::read(&target, 0).await.map_err(|e| crate::verify::VerifyError::Target(format!("apply log: {e}")))?;
-            crate::verify::history::apply_to(&mut convergence, &rows, 5);
-            let window: Vec<apply_log::LogRow> = rows.into_iter().filter(|r| r.id > after).collect();
-            Some(apply_log::hop_latency(&window, load_started_wall))
+            let rows = apply_log::read(&target, after).await.map_err(|e| crate::verify::VerifyError::Target(format!("apply log: {e}")))?;
+            crate::faults::reconcile_poison(&mut fault_records, &rows);
+            Some(apply_log::hop_latency(&rows, load_started_wall))
         }
         None => None,
     };
@@ -390,11 +389,13 @@ fn schedule_schema_changes(scenario: &Scenario, endpoints: &Endpoints, started: 
             tokio::spawn(async move {
                 tokio::time::sleep_until((started + change.at).into()).await;
                 let start_s = started.elapsed().as_secs_f64();
-                let client = pg.connect(&pg.source_db).await.ok()?;
-                let outcome = client.batch_execute(&change.sql).await;
+                let outcome = match pg.connect(&pg.source_db).await {
+                    Ok(client) => client.batch_execute(&change.sql).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("cannot connect to the source: {e}")),
+                };
                 let mut parameters = BTreeMap::from([("sql".to_string(), change.sql.clone())]);
-                if let Err(e) = &outcome {
-                    parameters.insert("error".into(), e.to_string());
+                if let Err(e) = outcome {
+                    parameters.insert("error".into(), e);
                 }
                 Some(FaultRecord {
                     kind: "schema_change".into(),

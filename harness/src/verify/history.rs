@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::json;
 
-use super::report::{Anomaly, AnomalyKind, VerifyReport};
+use super::report::{Anomaly, AnomalyKind};
 use crate::run::apply_log::LogRow;
 
 /// What the history found; merged into a `VerifyReport` by `apply_to`.
@@ -113,35 +113,64 @@ pub fn hop_of(rows: &[&LogRow], source_committed_ms: Option<i64>) -> String {
     format!("reached the sink but was not applied (outcome {})", outcomes.join(", "))
 }
 
-/// Merges the findings into the report (counts, examples, converged = false when any) and
-/// adds each state anomaly's hop from the log.
-pub fn apply_to(report: &mut VerifyReport, rows: &[LogRow], max_examples: usize) {
-    let findings = analyze(rows, max_examples);
-    for (kind, n) in &findings.counts {
-        *report.anomaly_counts.entry(*kind).or_default() += n;
-    }
-    if !findings.counts.is_empty() {
-        report.converged = false;
-    }
-    let mut by_key: HashMap<(String, String), Vec<&LogRow>> = HashMap::new();
-    for r in rows {
-        if let Some(k) = r.key {
-            by_key.entry((r.entity.clone(), k.to_string())).or_default().push(r);
+/// The log indexed by key, to judge the keys the state comparison found wrong.
+pub struct History {
+    rows: Vec<LogRow>,
+    by_key: HashMap<(String, uuid::Uuid), Vec<usize>>,
+}
+
+/// What the log says of one wrongly materialized key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judgement {
+    /// The newest change was dead-lettered on purpose (the rule named): not lost.
+    Rejected { rule: String },
+    /// An anomaly; the hop where it went wrong.
+    Anomaly { hop: String },
+}
+
+impl History {
+    pub fn new(rows: Vec<LogRow>) -> Self {
+        let mut by_key: HashMap<(String, uuid::Uuid), Vec<usize>> = HashMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            if let Some(k) = r.key {
+                by_key.entry((r.entity.clone(), k)).or_default().push(i);
+            }
         }
+        Self { rows, by_key }
     }
-    for anomaly in &mut report.anomalies {
-        let Some(key_rows) = by_key.get(&(anomaly.entity.clone(), anomaly.key.clone())) else {
-            anomaly.hop = Some("no change of this key is in the apply log (never produced, or not consumed)".into());
-            continue;
+
+    pub fn rows(&self) -> &[LogRow] {
+        &self.rows
+    }
+
+    /// Judges a key of `entity` whose target state differs from the source, given when the
+    /// source committed the row it holds (None: the source holds none).
+    pub fn judge(&self, entity: &str, key: &str, source_committed: Option<chrono::DateTime<chrono::Utc>>, source_holds_row: bool) -> Judgement {
+        let rows: Vec<&LogRow> = uuid::Uuid::parse_str(key)
+            .ok()
+            .and_then(|k| self.by_key.get(&(entity.to_string(), k)))
+            .map(|idx| idx.iter().map(|i| &self.rows[*i]).collect())
+            .unwrap_or_default();
+        if rows.is_empty() {
+            return Judgement::Anomaly { hop: "no change of this key is in the apply log (never produced, or not consumed)".into() };
+        }
+        let committed = source_committed.map(|t| t.timestamp_millis());
+        // The newest change the sink saw: for a live source row the one at its commit time,
+        // for a deleted one the last in the log.
+        let newest: Vec<&&LogRow> = match committed {
+            Some(c) => rows.iter().filter(|r| r.source_ts.is_some_and(|t| t.timestamp_millis() >= c)).collect(),
+            None => rows.last().into_iter().collect(),
         };
-        let committed = anomaly.source_committed_at.map(|t| t.timestamp_millis());
-        anomaly.hop = Some(if anomaly.source_row.is_some() && committed.is_none() {
-            "commit time unknown; apply log: ".to_string() + &key_rows.iter().map(|r| format!("v{:?} {}", r.version, r.outcome)).collect::<Vec<_>>().join(", ")
-        } else {
-            hop_of(key_rows, committed)
-        });
+        if !newest.is_empty() && newest.iter().all(|r| r.outcome == "dlq") {
+            let rule = newest.iter().find_map(|r| r.rule.clone()).unwrap_or_else(|| "unknown".into());
+            return Judgement::Rejected { rule };
+        }
+        if source_holds_row && committed.is_none() {
+            let seen: Vec<String> = rows.iter().map(|r| format!("v{} {}", r.version.map(|v| v.to_string()).unwrap_or_default(), r.outcome)).collect();
+            return Judgement::Anomaly { hop: format!("source commit time unknown; apply log: {}", seen.join(", ")) };
+        }
+        Judgement::Anomaly { hop: hop_of(&rows, committed) }
     }
-    report.anomalies.extend(findings.examples);
 }
 
 #[cfg(test)]
@@ -163,6 +192,7 @@ mod tests {
             kafka_ts: None,
             source_ts: DateTime::from_timestamp_millis(version * 1000),
             applied_at: DateTime::from_timestamp_millis(id * 1000).unwrap(),
+            rule: None,
         }
     }
 
@@ -186,10 +216,22 @@ mod tests {
         let rows = [row(1, 12, "applied"), row(2, 11, "applied"), row(3, 13, "applied")];
         let f = analyze(&rows, 5);
         assert_eq!(f.counts, BTreeMap::from([(AnomalyKind::OutOfOrderApply, 1)]));
-        let mut report = VerifyReport { converged: true, ..VerifyReport::default() };
-        apply_to(&mut report, &rows, 5);
-        assert!(!report.converged, "an out-of-order apply fails the verdict");
-        assert_eq!(report.count(AnomalyKind::OutOfOrderApply), 1);
+        assert!(f.examples[0].evidence.contains("version 11 (offset 20) was applied after the newer version 12"), "{}", f.examples[0].evidence);
+    }
+
+    #[test]
+    fn a_key_whose_newest_change_was_dead_lettered_is_rejected_not_lost() {
+        let mut dlq = row(2, 11, "dlq");
+        dlq.rule = Some("email_format".into());
+        let history = History::new(vec![row(1, 10, "applied"), dlq]);
+        let key = uuid::Uuid::from_u128(1).to_string();
+        let committed = DateTime::from_timestamp_millis(11_000);
+        assert_eq!(history.judge("customer", &key, committed, true), Judgement::Rejected { rule: "email_format".into() });
+        // A newer change that never reached the sink is an anomaly with its hop.
+        let later = DateTime::from_timestamp_millis(12_000);
+        assert!(matches!(history.judge("customer", &key, later, true), Judgement::Anomaly { hop } if hop.starts_with("never reached the sink")));
+        let other = uuid::Uuid::from_u128(2).to_string();
+        assert!(matches!(history.judge("customer", &other, committed, true), Judgement::Anomaly { hop } if hop.starts_with("no change of this key")));
     }
 
     #[test]

@@ -155,6 +155,18 @@ impl Target<'_> {
         }
     }
 
+    /// The sink's apply log, when it keeps one (audit mode).
+    async fn history(&self) -> Result<Option<history::History>, VerifyError> {
+        let rows = match self {
+            Self::Postgres(target) => match crate::run::apply_log::position(target).await {
+                Some(_) => Some(crate::run::apply_log::read(target, 0).await.map_err(VerifyError::target)?),
+                None => None,
+            },
+            Self::Mongo(target) => mongo::apply_log(target).await?,
+        };
+        Ok(rows.map(history::History::new))
+    }
+
     async fn latency(&self, mapping: &Mapping, since: Option<DateTime<Utc>>) -> Result<LatencySummary, VerifyError> {
         match self {
             Self::Postgres(target) => latency_summary(target, mapping, since).await,
@@ -214,12 +226,27 @@ async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &
         }
     }
 
-    // What is still different gets classified with its evidence.
+    // What is still different gets classified with its evidence, and judged by the sink's
+    // apply log where there is one: a key whose newest change was dead-lettered is
+    // rejected (not lost); every other anomaly gets the hop where it went wrong.
+    let history = target.history().await?;
+    report.history_checked = history.is_some();
     let mut examples: BTreeMap<AnomalyKind, Vec<Anomaly>> = BTreeMap::new();
+    let mut unexplained = 0u64;
     for entity in &mapping.entity {
         let keys = pending.get(&entity.name).cloned().unwrap_or_default();
         for chunk in keys.chunks(KEY_BATCH) {
-            for anomaly in classify_keys(source, target, entity, chunk).await? {
+            for mut anomaly in classify_keys(source, target, entity, chunk).await? {
+                if let Some(h) = &history {
+                    match h.judge(&anomaly.entity, &anomaly.key, anomaly.source_committed_at, anomaly.source_row.is_some()) {
+                        history::Judgement::Rejected { rule } => {
+                            *report.dlq_rejected.entry(rule).or_default() += 1;
+                            continue;
+                        }
+                        history::Judgement::Anomaly { hop } => anomaly.hop = Some(hop),
+                    }
+                }
+                unexplained += 1;
                 *report.anomaly_counts.entry(anomaly.kind).or_default() += 1;
                 let list = examples.entry(anomaly.kind).or_default();
                 if list.len() < options.max_examples {
@@ -231,7 +258,22 @@ async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &
             report.never_converged.extend(keys.iter().take(options.max_examples).map(|k| format!("{}:{k}", entity.name)));
         }
     }
+    // Differences that are all rejections on purpose leave the target converged with the
+    // source's accepted changes.
+    if !report.converged && unexplained == 0 && untracked == 0 && !report.dlq_rejected.is_empty() {
+        report.converged = true;
+    }
     report.anomalies = examples.into_values().flatten().collect();
+    if let Some(h) = &history {
+        let findings = history::analyze(h.rows(), options.max_examples);
+        for (kind, n) in &findings.counts {
+            *report.anomaly_counts.entry(*kind).or_default() += n;
+        }
+        if !findings.counts.is_empty() {
+            report.converged = false;
+        }
+        report.anomalies.extend(findings.examples);
+    }
     report.untracked_differences = untracked;
     report.entities = mapping.entity.iter().filter_map(|e| outcomes.remove(&e.name)).collect();
     report.latency = target.latency(&mapping, options.since).await?;

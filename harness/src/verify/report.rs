@@ -150,6 +150,15 @@ pub struct VerifyReport {
     pub elapsed_ms: u64,
     /// Differences beyond what is tracked key by key (counted, not classified).
     pub untracked_differences: u64,
+    /// Keys whose newest change the sink dead-lettered on purpose, per rule (from its
+    /// apply log): rejected, not lost, and not anomalies. A scenario declares the
+    /// rejections it expects with a threshold on `convergence.dlq_rejected`.
+    #[serde(default)]
+    pub dlq_rejected: BTreeMap<String, u64>,
+    /// Whether the sink's apply log was there to check the history (duplicate and
+    /// out-of-order applies need it).
+    #[serde(default)]
+    pub history_checked: bool,
 }
 
 impl VerifyReport {

@@ -26,11 +26,18 @@ pub fn pool(pg: &PgEndpoint, size: usize) -> Result<Pool, ExecError> {
     Pool::builder(manager).max_size(size).build().map_err(|e| ExecError::Pool(e.to_string()))
 }
 
-/// Executes `op` in one transaction, recording `traceparent` with it when given.
+/// Whether a W3C traceparent has its `sampled` flag (trace-flags bit 0) set.
+pub fn sampled(traceparent: &str) -> bool {
+    traceparent.rsplit('-').next().and_then(|flags| u8::from_str_radix(flags, 16).ok()).is_some_and(|f| f & 1 == 1)
+}
+
+/// Executes `op` in one transaction, carrying `traceparent` through the pipeline when it is
+/// sampled: an unsampled trace records no span downstream, so its context is not worth a
+/// logical message in the WAL and a header on every change event of the transaction.
 pub async fn execute(pool: &Pool, op: &Operation, traceparent: Option<&str>) -> Result<(), ExecError> {
     let mut client = pool.get().await.map_err(|e| ExecError::Pool(e.to_string()))?;
     let tx = client.transaction().await?;
-    if let Some(tp) = traceparent {
+    if let Some(tp) = traceparent.filter(|tp| sampled(tp)) {
         // First in the transaction, so the change stream carries the trace context ahead of
         // the rows; the Debezium launcher turns it into a `traceparent` header on each of them.
         tx.execute("SELECT pg_logical_emit_message(true, 'traceparent', $1::text)", &[&tp]).await?;

@@ -272,6 +272,8 @@ fn base_report() -> Report {
             rows_compared: 9500,
             elapsed_ms: 412,
             untracked_differences: 0,
+            dlq_rejected: BTreeMap::from([("email_format".to_string(), 2)]),
+            history_checked: true,
         },
         validation: ValidationStats {
             passed: 11_950,

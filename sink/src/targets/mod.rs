@@ -86,6 +86,8 @@ pub struct LogEntry {
     pub offset: i64,
     pub kafka_ts: Option<DateTime<Utc>>,
     pub source_ts: Option<DateTime<Utc>>,
+    /// For dead-lettered events: the rule that rejected it.
+    pub rule: Option<String>,
 }
 
 impl LogEntry {
@@ -99,6 +101,7 @@ impl LogEntry {
             offset: change.coords.offset,
             kafka_ts: change.coords.timestamp,
             source_ts: change.source_ts,
+            rule: None,
         }
     }
 }

@@ -138,6 +138,12 @@ impl LocalStack {
         self.detached = true;
     }
 
+    /// Never tears the services down, whatever happens to this value (drop on Ctrl-C or a
+    /// panic included): for a stack this process did not start (`--reuse`).
+    pub fn borrow_only(&mut self) {
+        self.detached = true;
+    }
+
     fn services(&self) -> Vec<ServiceKind> {
         ServiceKind::ALL.into_iter().filter(|s| *s != ServiceKind::Sink || self.state.config.with_sink).collect()
     }
@@ -411,8 +417,10 @@ impl LocalStack {
         status
     }
 
-    /// Stops every service in reverse start order and forgets them.
-    fn teardown(&mut self) {
+    /// Stops every service in reverse start order and forgets the ones that stopped.
+    /// Returns the services still running (they stay in the state file, so a later
+    /// `harness down` can try again).
+    fn teardown(&mut self) -> Vec<String> {
         for service in self.services().into_iter().rev() {
             if let Some(handle) = self.state.services.get(&service) {
                 handle.stop(stop_signal(service), Duration::from_secs(20));
@@ -422,8 +430,10 @@ impl LocalStack {
         for handle in self.state.services.values() {
             handle.stop(Signal::SIGKILL, Duration::from_secs(5));
         }
-        self.state.services.clear();
+        self.state.services.retain(|_, handle| handle.is_alive());
+        let left: Vec<String> = self.state.services.iter().map(|(s, h)| format!("{s} (pid {})", h.pid)).collect();
         let _ = self.save();
+        left
     }
 }
 
@@ -462,15 +472,18 @@ impl Orchestrator for LocalStack {
     }
 
     async fn down(&mut self) -> Result<(), ServiceError> {
-        tokio::task::block_in_place(|| self.teardown());
-        Ok(())
+        let left = tokio::task::block_in_place(|| self.teardown());
+        if left.is_empty() { Ok(()) } else { Err(ServiceError::Teardown { left }) }
     }
 }
 
 impl Drop for LocalStack {
     fn drop(&mut self) {
         if !self.detached {
-            self.teardown();
+            let left = self.teardown();
+            if !left.is_empty() {
+                eprintln!("teardown left running: {} (run `harness down --run-dir {}`)", left.join(", "), self.run_dir.display());
+            }
         }
     }
 }

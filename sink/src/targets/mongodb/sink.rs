@@ -58,6 +58,7 @@ fn log_document(entity: Entity, e: &LogEntry) -> Document {
         "kafka_ts": bson_ts(e.kafka_ts),
         "source_ts": bson_ts(e.source_ts),
         "applied_at": mongodb::bson::DateTime::now(),
+        "rule": e.rule.clone().map_or(Bson::Null, Bson::String),
     }
 }
 

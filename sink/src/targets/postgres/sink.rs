@@ -55,7 +55,7 @@ pub const APPLY_LOG_TABLE: &str = "_cdc_apply_log";
 const APPLY_LOG_SQL: &str = "CREATE TABLE IF NOT EXISTS _cdc_apply_log (\
      id bigserial PRIMARY KEY, entity text NOT NULL, key uuid, version bigint, op char(1), outcome text NOT NULL, \
      kafka_partition int NOT NULL, kafka_offset bigint NOT NULL, kafka_ts timestamptz, source_ts timestamptz, \
-     applied_at timestamptz NOT NULL DEFAULT clock_timestamp())";
+     applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), rule text)";
 
 pub struct PostgresSink {
     pool: Pool,
@@ -371,8 +371,8 @@ impl PostgresSink {
     /// Apply log rows of events that wrote nothing (dead-lettered, ignored).
     pub async fn log(&self, entity: Entity, entries: &[LogEntry]) -> Result<(), TargetError> {
         let sql = format!(
-            "INSERT INTO {APPLY_LOG_TABLE} (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts) \
-             SELECT $1, * FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::int4[], $7::int8[], $8::timestamptz[], $9::timestamptz[])"
+            "INSERT INTO {APPLY_LOG_TABLE} (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, rule) \
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::int4[], $7::int8[], $8::timestamptz[], $9::timestamptz[], $10::text[])"
         );
         let key: Vec<Option<Uuid>> = entries.iter().map(|e| e.key).collect();
         let version: Vec<Option<i64>> = entries.iter().map(|e| e.version).collect();
@@ -382,10 +382,11 @@ impl PostgresSink {
         let offset: Vec<i64> = entries.iter().map(|e| e.offset).collect();
         let kafka_ts: Vec<Option<DateTime<Utc>>> = entries.iter().map(|e| e.kafka_ts).collect();
         let source_ts: Vec<Option<DateTime<Utc>>> = entries.iter().map(|e| e.source_ts).collect();
+        let rule: Vec<Option<&str>> = entries.iter().map(|e| e.rule.as_deref()).collect();
         let mut lease = self.pool.get().await?;
         let conn = lease.conn();
         let statement = conn.statement(&sql).await?;
-        conn.client.execute(&statement, &[&entity.table(), &key, &version, &op, &outcome, &partition, &offset, &kafka_ts, &source_ts]).await?;
+        conn.client.execute(&statement, &[&entity.table(), &key, &version, &op, &outcome, &partition, &offset, &kafka_ts, &source_ts, &rule]).await?;
         Ok(())
     }
 

@@ -362,10 +362,7 @@ async fn run_scenario(name: &str, args: RunArgs, run_dir: &std::path::Path) -> a
         }
     };
     if args.reuse && scenario.needs_link_faults() {
-        eprintln!(
-            "error: scenario {} injects link faults, which need the fault proxies of a stack this run starts; run it without --reuse",
-            scenario.name
-        );
+        eprintln!("error: scenario {} injects link faults, which need the fault proxies of a stack this run starts; run it without --reuse", scenario.name);
         return Ok(exit::USAGE);
     }
     let options = harness::run::RunOptions {
@@ -419,8 +416,8 @@ fn print_run_summary(report: &harness::report::model::Report, dir: &std::path::P
             t.observed.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
         );
     }
-    eprintln!("{:<28} {}", "thresholds", if s.thresholds_passed { "passed" } else { "FAILED" });
-    eprintln!("{:<28} {}", "report", dir.join("report.html").display());
+    eprintln!("{:<46} {}", "thresholds", if s.thresholds_passed { "passed" } else { "FAILED" });
+    eprintln!("{:<46} {}", "report", dir.join("report.html").display());
 }
 
 fn render_verify(report: &VerifyReport) -> String {

@@ -277,10 +277,7 @@ mod tests {
 /// The faults (and schema changes) of a run that failed to inject, each named with its
 /// error: a run with any of them did not test what it was asked to.
 pub fn not_injected(records: &[crate::report::model::FaultRecord]) -> Vec<String> {
-    records
-        .iter()
-        .filter_map(|r| r.parameters.get("error").map(|e| format!("{} {} at {:.1}s failed to inject: {e}", r.kind, r.target, r.start_s)))
-        .collect()
+    records.iter().filter_map(|r| r.parameters.get("error").map(|e| format!("{} {} at {:.1}s failed to inject: {e}", r.kind, r.target, r.start_s))).collect()
 }
 
 /// Fault parameter: where each poison event landed, `partition:offset,...`.

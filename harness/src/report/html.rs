@@ -193,10 +193,23 @@ fn charts(o: &mut String, report: &Report) {
                 bands: &bands,
             },
         ),
-        ("Consumer lag", Chart { id: "chart-lag", unit: "events (all partitions; gaps: not measured)", series: vec![line("lag", &|s| s.lag.map(|v| v as f64))], bands: &bands }),
+        (
+            "Consumer lag",
+            Chart {
+                id: "chart-lag",
+                unit: "events (all partitions; gaps: not measured)",
+                series: vec![line("lag", &|s| s.lag.map(|v| v as f64))],
+                bands: &bands,
+            },
+        ),
         (
             "Replication slot lag",
-            Chart { id: "chart-slot-lag", unit: "KiB of WAL behind", series: vec![line("slot lag", &|s| s.slot_lag_bytes.map(|v| v as f64 / 1024.0))], bands: &bands },
+            Chart {
+                id: "chart-slot-lag",
+                unit: "KiB of WAL behind",
+                series: vec![line("slot lag", &|s| s.slot_lag_bytes.map(|v| v as f64 / 1024.0))],
+                bands: &bands,
+            },
         ),
         ("CPU per service", Chart { id: "chart-cpu", unit: "% of one core", series: per_service(&|s| &s.cpu_pct), bands: &bands }),
         ("Memory per service", Chart { id: "chart-memory", unit: "RSS, MiB", series: per_service(&|s| &s.rss_mb), bands: &bands }),

@@ -97,7 +97,7 @@ pub fn summary_rows(report: &Report) -> Vec<SummaryRow> {
         None if !report.convergence.converged => ("never".into(), false),
         None => ("—".into(), false),
     };
-    vec![
+    let mut rows = vec![
         row("Applied changes (sink)", num_or_absent(p.events_per_sec), " events/s"),
         row("Load achieved / target", (format!("{} / {}", fmt_num(l.achieved_rate), fmt_num(l.target_rate)), true), " ops/s"),
         row("E2E latency p50 / p95 / p99", triple(&p.e2e_latency_ms), " ms"),
@@ -110,8 +110,13 @@ pub fn summary_rows(report: &Report) -> Vec<SummaryRow> {
         row("Time to converge", time_to_converge, " s"),
         row("Errors", (s.errors.to_string(), true), ""),
         row("Validation failures / DLQ", (format!("{} / {}", report.validation.failed_by_rule.values().sum::<u64>(), report.validation.dlq), true), ""),
-        row("Max sustainable rate", num_or_absent(p.max_sustainable_rate), " ops/s"),
-    ]
+        row("Rows rejected on purpose (DLQ)", (report.convergence.dlq_rejected.values().sum::<u64>().to_string(), true), ""),
+    ];
+    // Only a breakpoint run looks for it.
+    if let Some(rate) = p.max_sustainable_rate {
+        rows.push(row("Max sustainable rate", (fmt_num(rate), true), " ops/s"));
+    }
+    rows
 }
 
 #[cfg(test)]

@@ -129,7 +129,7 @@ pub struct Sample {
     /// Service -> CPU percent of one core (every process of the service; `harness` is the
     /// harness itself: load generator, workload API, observers).
     pub cpu_pct: BTreeMap<String, f64>,
-    /// Service -> resident memory in MiB.
+    /// Service -> memory in MiB: proportional set size summed over its processes.
     pub rss_mb: BTreeMap<String, f64>,
 }
 
@@ -210,6 +210,36 @@ pub struct Metric {
 }
 
 impl Report {
+    /// A report that holds only a verification (no load, nothing else measured: every
+    /// other metric is absent), so thresholds on `convergence.*` can be evaluated on it.
+    pub fn of_verification(convergence: VerifyReport) -> Report {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            run: RunMeta {
+                run_id: String::new(),
+                scenario: "verify".into(),
+                seed: 0,
+                git_sha: None,
+                driver: String::new(),
+                backend: String::new(),
+                versions: BTreeMap::new(),
+                machine: Machine { cores: 0, memory_mb: 0, os: String::new() },
+                started_at: String::new(),
+                ended_at: String::new(),
+                duration_s: 0.0,
+            },
+            config: serde_json::Value::Null,
+            load: LoadStats::default(),
+            pipeline: PipelineStats::default(),
+            series: Vec::new(),
+            faults: Vec::new(),
+            summary: Summary { converged: convergence.converged, ..Summary::default() },
+            convergence,
+            validation: ValidationStats::default(),
+            thresholds: Vec::new(),
+        }
+    }
+
     /// Every numeric metric with its direction: the single place where names and
     /// directions are declared (thresholds and diff both use it).
     pub fn metrics(&self) -> Vec<Metric> {
@@ -274,8 +304,7 @@ impl Report {
         for (rule, n) in &c.dlq_rejected {
             push(&format!("convergence.dlq_rejected.{rule}"), *n as f64, LowerIsBetter, false);
         }
-        let poison: Vec<u64> =
-            self.faults.iter().filter_map(|f| f.parameters.get(crate::faults::POISON_UNRECONCILED)).filter_map(|v| v.parse().ok()).collect();
+        let poison: Vec<u64> = self.faults.iter().filter_map(|f| f.parameters.get(crate::faults::POISON_UNRECONCILED)).filter_map(|v| v.parse().ok()).collect();
         if !poison.is_empty() {
             push("faults.poison_unreconciled", poison.iter().sum::<u64>() as f64, LowerIsBetter, true);
         }

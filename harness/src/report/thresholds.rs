@@ -252,9 +252,18 @@ pub(crate) fn representative_report() -> Report {
             ..PipelineStats::default()
         },
         series: Vec::new(),
-        faults: Vec::new(),
+        faults: vec![crate::report::model::FaultRecord {
+            kind: "poison".into(),
+            target: String::new(),
+            parameters: BTreeMap::from([(crate::faults::POISON_UNRECONCILED.to_string(), "0".to_string())]),
+            start_s: 0.0,
+            end_s: None,
+            service_recovery_s: None,
+            pipeline_recovery_s: None,
+        }],
         convergence: VerifyReport {
             time_to_converge_ms: Some(0),
+            dlq_rejected: BTreeMap::from([(ENTITY_PLACEHOLDER.to_string(), 0)]),
             latency: crate::verify::LatencySummary { overall: one(), per_entity: BTreeMap::new() },
             ..VerifyReport::default()
         },

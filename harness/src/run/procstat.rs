@@ -38,13 +38,15 @@ fn parse_stat(stat: &str) -> Option<Proc> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state(0) ppid(1) pgrp(2) ... utime(11) stime(12) ... starttime(19) vsize(20) rss(21)
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-    Some(Proc {
-        ppid: f.get(1)?.parse().ok()?,
-        pgrp: f.get(2)?.parse().ok()?,
-        ticks: num(11)? + num(12)?,
-        rss_pages: num(21).unwrap_or(0),
-        start: num(19)?,
-    })
+    Some(Proc { ppid: f.get(1)?.parse().ok()?, pgrp: f.get(2)?.parse().ok()?, ticks: num(11)? + num(12)?, rss_pages: num(21).unwrap_or(0), start: num(19)? })
+}
+
+/// Proportional set size in bytes (shared pages split among the processes that map them, so
+/// PostgreSQL's shared buffers count once over all its backends, not once per backend).
+fn pss_bytes(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kb: u64 = text.lines().find(|l| l.starts_with("Pss:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// One read of every process in /proc.
@@ -103,6 +105,7 @@ fn uptime_ticks() -> Option<u64> {
 pub struct Usage {
     /// Percent of one core since the previous sample; None on the first sample.
     pub cpu_pct: Option<f64>,
+    /// Memory: proportional set size summed over the processes (RSS where PSS is unreadable).
     pub rss_mb: f64,
     pub processes: usize,
 }
@@ -135,7 +138,7 @@ impl CpuMeter {
             let previous = self.last.get(&name);
             for pid in &pids {
                 let Some(p) = table.procs.get(pid) else { continue };
-                rss += p.rss_pages * page;
+                rss += pss_bytes(*pid).unwrap_or(p.rss_pages * page);
                 now_ticks_by_pid.insert((*pid, p.start), p.ticks);
                 delta += match previous.and_then(|m| m.get(&(*pid, p.start))) {
                     Some(before) => p.ticks.saturating_sub(*before),
@@ -182,11 +185,7 @@ mod tests {
         use std::os::unix::process::CommandExt;
         use std::process::Command;
         // The leader starts a child in a new session (setsid), like the postmaster does.
-        let mut leader = Command::new("sh")
-            .args(["-c", "setsid sh -c 'while :; do :; done' & wait"])
-            .process_group(0)
-            .spawn()
-            .expect("spawn sh");
+        let mut leader = Command::new("sh").args(["-c", "setsid sh -c 'while :; do :; done' & wait"]).process_group(0).spawn().expect("spawn sh");
         let leader_pid = leader.id() as i32;
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         let mut meter = CpuMeter::default();

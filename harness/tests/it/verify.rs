@@ -202,3 +202,75 @@ async fn online_mode_waits_for_a_late_change_and_reports_time_to_converge() -> a
     assert!(report.never_converged.is_empty());
     Ok(())
 }
+
+/// The apply log as the sink's audit mode creates it (sink/README.md, "Audit mode").
+const APPLY_LOG: &str = "CREATE TABLE IF NOT EXISTS _cdc_apply_log (id bigserial PRIMARY KEY, entity text NOT NULL, key uuid, version bigint, \
+     op char(1), outcome text NOT NULL, kafka_partition int NOT NULL, kafka_offset bigint NOT NULL, kafka_ts timestamptz, source_ts timestamptz, \
+     applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), rule text)";
+
+/// Appends one apply log row for `key` of `entity`.
+async fn log(f: &Fixture, entity: &str, key: &str, version: i64, outcome: &str, offset: i64, rule: Option<&str>) -> anyhow::Result<()> {
+    f.target
+        .execute(
+            "INSERT INTO _cdc_apply_log (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, rule) \
+             VALUES ($1, $2::text::uuid, $3, 'u', $4, 0, $5, clock_timestamp(), clock_timestamp(), $6)",
+            &[&entity, &key, &version, &outcome, &offset, &rule],
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_version_applied_twice_in_the_apply_log_is_a_duplicate_apply() -> anyhow::Result<()> {
+    let f = fixture("verify-log-duplicate").await?;
+    f.target.batch_execute(APPLY_LOG).await?;
+    let k = key(&f, "c", 3).await?;
+    log(&f, "customer", &k, 10, "applied", 1, None).await?;
+    log(&f, "customer", &k, 10, "stale", 2, None).await?;
+    let clean = verify(&f.pg.endpoint).await?;
+    assert!(clean.converged && clean.history_checked, "a replay skipped as stale is fine: {:?}", clean.anomaly_counts);
+    // A replay that the guard let through: the final state is right, the history is not.
+    log(&f, "customer", &k, 10, "applied", 3, None).await?;
+    let report = verify(&f.pg.endpoint).await?;
+    assert_only(&report, AnomalyKind::DuplicateApply, "customer", &k);
+    assert!(report.anomalies[0].evidence.contains("version 10 was applied twice"), "{}", report.anomalies[0].evidence);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_applied_after_a_newer_one_is_an_out_of_order_apply() -> anyhow::Result<()> {
+    let f = fixture("verify-log-order").await?;
+    f.target.batch_execute(APPLY_LOG).await?;
+    let k = key(&f, "o", 4).await?;
+    log(&f, "orders", &k, 20, "applied", 1, None).await?;
+    log(&f, "orders", &k, 19, "applied", 2, None).await?;
+    log(&f, "orders", &k, 21, "applied", 3, None).await?;
+    let report = verify(&f.pg.endpoint).await?;
+    assert_only(&report, AnomalyKind::OutOfOrderApply, "orders", &k);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_newest_change_was_dead_lettered_is_rejected_not_lost() -> anyhow::Result<()> {
+    let f = fixture("verify-log-dlq").await?;
+    f.target.batch_execute(APPLY_LOG).await?;
+    let k = key(&f, "c", 5).await?;
+    // The source's newest change never reached the target: the sink dead-lettered it.
+    f.source.execute("UPDATE customer SET email = 'not-an-email' WHERE id = $1::text::uuid", &[&k]).await?;
+    log(&f, "customer", &k, 30, "dlq", 7, Some("email_format")).await?;
+    let report = verify(&f.pg.endpoint).await?;
+    assert!(report.converged, "rejected on purpose is not divergence: {:?}", report.anomaly_counts);
+    assert_eq!(report.anomaly_counts.values().sum::<u64>(), 0);
+    assert_eq!(report.dlq_rejected, std::collections::BTreeMap::from([("email_format".to_string(), 1)]));
+    // A scenario that expects no rejection fails on it.
+    let mut run_report = harness::report::model::Report::of_verification(report);
+    let gate = harness::report::thresholds::Threshold::parse("convergence.dlq_rejected == 0")?;
+    run_report.thresholds = harness::report::thresholds::evaluate(&run_report, &[gate]);
+    assert!(!run_report.thresholds[0].passed, "an unexpected rejection fails the gate");
+    // Without the DLQ row the same key is a lost change, with the hop that lost it.
+    f.target.execute("DELETE FROM _cdc_apply_log", &[]).await?;
+    let lost = verify(&f.pg.endpoint).await?;
+    assert_only(&lost, AnomalyKind::LostChange, "customer", &k);
+    assert!(lost.anomalies[0].hop.as_deref().is_some_and(|h| h.contains("not in the apply log") || h.starts_with("no change")), "{:?}", lost.anomalies[0].hop);
+    Ok(())
+}

@@ -45,12 +45,9 @@ fn collection(table: &str) -> &'static str {
 }
 
 /// Source with a few rows of every table; target materialized from it, all in agreement.
-/// None (after saying so) when no MongoDB server is configured.
+/// Only called by tests that are ignored unless `MONGODB_URI` is set.
 async fn fixture(name: &str) -> anyhow::Result<Option<Fixture>> {
-    let Ok(uri) = std::env::var("MONGODB_URI") else {
-        println!("skipping: MONGODB_URI not set (no MongoDB server on this machine)");
-        return Ok(None);
-    };
+    let uri = std::env::var("MONGODB_URI").map_err(|_| anyhow::anyhow!("MONGODB_URI is not set"))?;
     let pg = TestPostgres::start(name).await?;
     let source = pg.endpoint.connect("app").await?;
     source
@@ -188,10 +185,9 @@ async fn next_millisecond() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn an_untouched_target_converges_with_no_anomaly() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-clean").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-clean").await?.expect("a MongoDB fixture");
     let report = verify(&f).await?;
     assert!(report.converged, "{report:#?}");
     assert_eq!(report.target, "mongo");
@@ -205,10 +201,9 @@ async fn an_untouched_target_converges_with_no_anomaly() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn a_deleted_document_is_a_lost_change() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-lost").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-lost").await?.expect("a MongoDB fixture");
     let k = key(&f, "c", 3).await?;
     f.customers().delete_one(doc! { "_id": &k }).await?;
     let report = verify(&f).await?;
@@ -219,10 +214,9 @@ async fn a_deleted_document_is_a_lost_change() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn an_order_left_a_placeholder_is_a_lost_change_its_items_are_fine() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-placeholder").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-placeholder").await?.expect("a MongoDB fixture");
     let k = key(&f, "o", 3).await?;
     // What the sink leaves when an order's items arrived and the order never did.
     f.orders()
@@ -240,10 +234,9 @@ async fn an_order_left_a_placeholder_is_a_lost_change_its_items_are_fine() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn an_older_version_put_back_is_a_stale_overwrite() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-stale").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-stale").await?.expect("a MongoDB fixture");
     let k = key(&f, "c", 5).await?;
     // The source moves on; the target got the newer version, then an old event overwrote
     // it (its older values and version, applied after the newer commit).
@@ -258,10 +251,9 @@ async fn an_older_version_put_back_is_a_stale_overwrite() -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn a_change_that_never_arrived_is_a_lost_change() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-lost-update").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-lost-update").await?.expect("a MongoDB fixture");
     let k = key(&f, "a", 7).await?;
     f.source.execute("UPDATE address SET city = 'Riverton' WHERE id = $1::text::uuid", &[&k]).await?;
     let report = verify(&f).await?;
@@ -271,10 +263,9 @@ async fn a_change_that_never_arrived_is_a_lost_change() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn a_deleted_item_made_live_again_is_a_resurrected_delete() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-resurrect").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-resurrect").await?.expect("a MongoDB fixture");
     let k = key(&f, "i", 9).await?;
     f.source.execute("DELETE FROM order_item WHERE id = $1::text::uuid", &[&k]).await?;
     // The sink applied the delete (an item tombstone) ... then an old upsert brought it back.
@@ -292,10 +283,9 @@ async fn a_deleted_item_made_live_again_is_a_resurrected_delete() -> anyhow::Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn one_changed_field_is_a_value_mismatch_naming_the_field() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-field").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-field").await?.expect("a MongoDB fixture");
     let k = key(&f, "o", 11).await?;
     let amount: mongodb::bson::Decimal128 = "99.99".parse()?;
     f.orders().update_one(doc! { "_id": &k }, doc! { "$set": { "total_amount": amount } }).await?;
@@ -309,10 +299,9 @@ async fn one_changed_field_is_a_value_mismatch_naming_the_field() -> anyhow::Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn a_key_the_source_never_had_is_an_extra_row() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-extra").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-extra").await?.expect("a MongoDB fixture");
     let k = uuid::Uuid::new_v4().to_string();
     f.customers()
         .insert_one(doc! {
@@ -331,10 +320,9 @@ async fn a_key_the_source_never_had_is_an_extra_row() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn an_item_embedded_twice_in_its_order_is_a_duplicate_apply() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-duplicate").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-duplicate").await?.expect("a MongoDB fixture");
     let k = key(&f, "i", 2).await?;
     let (order, item) = stored_item(&f, &k).await?;
     f.orders().update_one(doc! { "_id": &order }, doc! { "$push": { "items": item } }).await?;
@@ -346,10 +334,9 @@ async fn an_item_embedded_twice_in_its_order_is_a_duplicate_apply() -> anyhow::R
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn an_item_held_by_two_orders_is_a_duplicate_apply() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-two-orders").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-two-orders").await?.expect("a MongoDB fixture");
     let k = key(&f, "i", 4).await?;
     let other = key(&f, "o", 5).await?;
     let (_, item) = stored_item(&f, &k).await?;
@@ -363,10 +350,9 @@ async fn an_item_held_by_two_orders_is_a_duplicate_apply() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn an_item_missing_from_its_order_is_a_lost_change() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-item-lost").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-item-lost").await?.expect("a MongoDB fixture");
     let k = key(&f, "i", 6).await?;
     f.orders().update_one(doc! { "items.id": &k }, doc! { "$pull": { "items": { "id": &k } } }).await?;
     let report = verify(&f).await?;
@@ -378,10 +364,9 @@ async fn an_item_missing_from_its_order_is_a_lost_change() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn online_mode_waits_for_a_late_change_and_reports_time_to_converge() -> anyhow::Result<()> {
-    let Some(f) = fixture("verify-mongo-online").await? else {
-        return Ok(());
-    };
+    let f = fixture("verify-mongo-online").await?.expect("a MongoDB fixture");
     let k = key(&f, "c", 1).await?;
     f.source.execute("UPDATE customer SET status = 'inactive' WHERE id = $1::text::uuid", &[&k]).await?;
     // The change reaches the target 1.5 s later, while the verifier is already checking.

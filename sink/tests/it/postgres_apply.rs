@@ -96,3 +96,63 @@ async fn toast_placeholder_keeps_value_and_new_columns_are_added() {
     let tier: Option<String> = client.query_one("SELECT loyalty_tier FROM customer_materialized WHERE id = $1", &[&id]).await.unwrap().get(0);
     assert_eq!(tier.as_deref(), Some("3"));
 }
+
+/// Audit mode: every change of a batch leaves one apply log row, written by the change's own
+/// statement, with its outcome (applied, superseded in its batch, stale), its Kafka
+/// coordinates and timestamps; events that write nothing are logged by `Target::log`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_mode_logs_every_change_with_its_outcome() {
+    use sink::targets::{LogEntry, LoggedOutcome, Target};
+    let pg = TestPostgres::start("sink-pg-audit").await.unwrap();
+    let target = Target::connect(&crate::common::target_config(&pg), true).await.expect("connect with audit");
+    let client = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
+    let id = key(7);
+    let kafka_ts = crate::common::ts("2024-05-01T10:00:01Z");
+    let with_ts = |mut c: sink::model::Change| {
+        c.coords.timestamp = Some(kafka_ts);
+        c
+    };
+    // One batch: create (superseded by the update in the same batch), update (applied).
+    target
+        .apply(Entity::Customer, &[with_ts(customer(id, Op::Create, 10, "a@x.io", "active", 0)), with_ts(customer(id, Op::Update, 20, "b@x.io", "blocked", 1))])
+        .await
+        .unwrap();
+    // A replay of the update: stale.
+    target.apply(Entity::Customer, &[with_ts(customer(id, Op::Update, 20, "b@x.io", "blocked", 1))]).await.unwrap();
+    // A dead-lettered event, logged apart.
+    let mut dlq = LogEntry::of_change(&customer(id, Op::Update, 30, "bad", "active", 2), LoggedOutcome::Dlq);
+    dlq.rule = Some("email_format".into());
+    target.log(Entity::Customer, &[dlq]).await.unwrap();
+
+    let rows = client
+        .query(
+            "SELECT entity, key, version, op::text, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts IS NOT NULL, applied_at <= clock_timestamp(), rule \
+             FROM _cdc_apply_log ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, i64, String, String, i64, Option<String>)> =
+        rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(2), r.get::<_, String>(3), r.get::<_, String>(4), r.get::<_, i64>(6), r.get(10))).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("customer".into(), 20, "u".into(), "applied".into(), 1, None),
+            ("customer".into(), 10, "c".into(), "superseded".into(), 0, None),
+            ("customer".into(), 20, "u".into(), "stale".into(), 1, None),
+            ("customer".into(), 30, "u".into(), "dlq".into(), 2, Some("email_format".into())),
+        ]
+    );
+    for r in &rows[..3] {
+        assert_eq!(r.get::<_, uuid::Uuid>(1), id);
+        assert_eq!(r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(7), Some(kafka_ts), "the Kafka record timestamp is kept");
+        assert!(r.get::<_, bool>(8) && r.get::<_, bool>(9));
+    }
+    // Without audit mode nothing is logged and no log table is created.
+    let pg2 = TestPostgres::start("sink-pg-no-audit").await.unwrap();
+    let plain = postgres_target(&pg2).await;
+    plain.apply(Entity::Customer, &[customer(id, Op::Create, 10, "a@x.io", "active", 0)]).await.unwrap();
+    let c2 = pg2.endpoint.connect(&pg2.endpoint.target_db).await.unwrap();
+    let exists: bool = c2.query_one("SELECT to_regclass('_cdc_apply_log') IS NOT NULL", &[]).await.unwrap().get(0);
+    assert!(!exists);
+}

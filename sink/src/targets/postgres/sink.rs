@@ -450,7 +450,10 @@ mod tests {
         let sql = upsert_sql(Entity::Customer, &shape, true);
         assert!(sql.starts_with("WITH up AS (INSERT INTO customer_materialized"), "{sql}");
         // id, email, then 5 CDC arrays = 7 parameters before the 8 log arrays.
-        assert!(sql.contains("UNNEST($8::uuid[], $9::int8[], $10::text[], $11::bool[], $12::int4[], $13::int8[], $14::timestamptz[], $15::timestamptz[])"), "{sql}");
+        assert!(
+            sql.contains("UNNEST($8::uuid[], $9::int8[], $10::text[], $11::bool[], $12::int4[], $13::int8[], $14::timestamptz[], $15::timestamptz[])"),
+            "{sql}"
+        );
         assert!(sql.contains("WHEN up.id IS NULL THEN 'stale' ELSE 'applied'"), "{sql}");
         assert!(sql.ends_with("SELECT id FROM up"), "{sql}");
     }

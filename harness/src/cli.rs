@@ -269,10 +269,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&result)?);
             } else {
                 println!(
-                    "sink {} events: {:.0} events/s ({:.2}s); raw baseline {:.0} rows/s ({:.2}s); ratio {:.2}; bare broker read {:.0} msg/s",
+                    "sink {} events: {:.0} events/s ({:.2}s); with the apply log (audit) {:.0} events/s ({:.2}s, ratio {:.2}); raw baseline {:.0} rows/s ({:.2}s); ratio {:.2}; bare broker read {:.0} msg/s",
                     result.events,
                     result.events_per_sec,
                     result.sink_seconds,
+                    result.audit_events_per_sec,
+                    result.audit_seconds,
+                    result.audit_ratio,
                     result.baseline_events_per_sec,
                     result.baseline_seconds,
                     result.ratio_to_baseline,

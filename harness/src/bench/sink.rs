@@ -30,6 +30,11 @@ pub struct SinkBench {
     pub baseline_events_per_sec: f64,
     pub baseline_seconds: f64,
     pub ratio_to_baseline: f64,
+    /// The same events applied by the sink in audit mode (one apply log row per event).
+    pub audit_events_per_sec: f64,
+    pub audit_seconds: f64,
+    /// audit_events_per_sec / events_per_sec: what the apply log costs.
+    pub audit_ratio: f64,
     /// Messages per second a bare consumer reads from the broker: the ceiling any
     /// consumer of this broker has.
     pub broker_read_events_per_sec: f64,
@@ -110,16 +115,45 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
 
     let broker_read_seconds = read_all(&broker.bootstrap, events).await?;
 
-    // The sink, from offset zero.
     let bin = tokio::task::spawn_blocking(crate::provision::sink::ensure).await??;
-    let dir = run_dir("bench-sink-process");
+    let sink_seconds = sink_pass(&bin, &pg, &broker, events, false).await?;
+    // Audit mode on an emptied target (the same events would all be stale otherwise).
+    let target = pg.endpoint.connect(&pg.endpoint.target_db).await?;
+    target.batch_execute("TRUNCATE customer_materialized; DROP TABLE IF EXISTS _cdc_apply_log").await?;
+    let audit_seconds = sink_pass(&bin, &pg, &broker, events, true).await?;
+    let logged: i64 = target.query_one("SELECT count(*) FROM _cdc_apply_log", &[]).await?.get(0);
+    anyhow::ensure!(logged as u64 == events, "audit mode logged {logged} of {events} events");
+
+    let baseline_seconds = baseline(&pg, &changes).await?;
+    let events_per_sec = events as f64 / sink_seconds;
+    let audit_events_per_sec = events as f64 / audit_seconds;
+    let baseline_events_per_sec = events as f64 / baseline_seconds;
+    Ok(SinkBench {
+        events,
+        events_per_sec,
+        sink_seconds,
+        baseline_events_per_sec,
+        baseline_seconds,
+        ratio_to_baseline: events_per_sec / baseline_events_per_sec,
+        audit_events_per_sec,
+        audit_seconds,
+        audit_ratio: audit_events_per_sec / events_per_sec,
+        broker_read_events_per_sec: events as f64 / broker_read_seconds,
+        partitions,
+    })
+}
+
+/// The real sink binary applying every event of the topic from offset zero (a fresh
+/// group); seconds from its first to its last processed event.
+async fn sink_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, events: u64, audit: bool) -> anyhow::Result<f64> {
+    let dir = run_dir(if audit { "bench-sink-process-audit" } else { "bench-sink-process" });
     let http_port = free_port()?;
     let config = dir.join("sink.toml");
     let e = &pg.endpoint;
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-{}\"\ntopics = [\"{TOPIC}\"]\ndlq_topic = \"{}\"\nauto_offset_reset = \"earliest\"\n\n[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-{}\"\ntopics = [\"{TOPIC}\"]\ndlq_topic = \"{}\"\nauto_offset_reset = \"earliest\"\n\n[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[audit]\nenabled = {audit}\n",
             broker.bootstrap,
             Uuid::new_v4().simple(),
             crate::config::DLQ_TOPIC,
@@ -148,21 +182,7 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     drop(handle);
-    let sink_seconds = last.duration_since(first.unwrap_or(last)).as_secs_f64().max(1e-3);
-
-    let baseline_seconds = baseline(&pg, &changes).await?;
-    let events_per_sec = events as f64 / sink_seconds;
-    let baseline_events_per_sec = events as f64 / baseline_seconds;
-    Ok(SinkBench {
-        events,
-        events_per_sec,
-        sink_seconds,
-        baseline_events_per_sec,
-        baseline_seconds,
-        ratio_to_baseline: events_per_sec / baseline_events_per_sec,
-        broker_read_events_per_sec: events as f64 / broker_read_seconds,
-        partitions,
-    })
+    Ok(last.duration_since(first.unwrap_or(last)).as_secs_f64().max(1e-3))
 }
 
 /// Seconds a bare consumer (no processing) takes to read `events` messages.

@@ -2,6 +2,12 @@
 //! real service and applies the link's current fault (latency with jitter, bandwidth
 //! limit, connection reset, blackhole, down). The local backend puts one on each link it
 //! may break; the Docker backend does the same with `tc netem` and network disconnects.
+//!
+//! Connections made by the harness itself (its lag meter, broker health checks, poison
+//! producer) are relayed untouched: a client reaches tansu only at the one address it
+//! advertises (the proxy), and the harness measures lag at the broker, not through the
+//! fault it injects. The proxy tells them apart by the client socket's owner: a socket of
+//! this very process (`/proc/net/tcp` inode among `/proc/self/fd`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,24 +46,31 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    pub async fn start(listen_port: u16, upstream: SocketAddr) -> std::io::Result<Self> {
+    /// `exempt_own`: relay this process's own connections untouched (see the module doc).
+    pub async fn start(listen_port: u16, upstream: SocketAddr, exempt_own: bool) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", listen_port)).await?;
         let listen = listener.local_addr()?;
         let (fault, fault_rx) = watch::channel(LinkFault::Healthy);
         let (generation, generation_rx) = watch::channel(0u64);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
-                if *fault_rx.borrow() == LinkFault::Down {
+                let Ok((client, peer)) = listener.accept().await else { continue };
+                let observer = exempt_own && is_own_socket(peer);
+                if !observer && *fault_rx.borrow() == LinkFault::Down {
                     drop(client);
                     continue;
                 }
-                let fault_rx = fault_rx.clone();
-                let generation_rx = generation_rx.clone();
+                let (fault_rx, generation_rx) = (fault_rx.clone(), generation_rx.clone());
                 tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(upstream).await {
-                        let _ = client.set_nodelay(true);
-                        let _ = server.set_nodelay(true);
+                    let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    if observer {
+                        // Never faulted, never cut: its own channels, held for the relay's life.
+                        let (_healthy, healthy_rx) = watch::channel(LinkFault::Healthy);
+                        let (_never, never_rx) = watch::channel(0u64);
+                        relay(client, server, healthy_rx, never_rx).await;
+                    } else {
                         relay(client, server, fault_rx, generation_rx).await;
                     }
                 });
@@ -89,6 +102,24 @@ impl Drop for FaultProxy {
         self.task.abort();
         self.reset();
     }
+}
+
+/// Whether the client end `peer` of an accepted loopback connection is a socket of this
+/// process (an IPv4 loopback client, as every client of the local stack is).
+pub fn is_own_socket(peer: SocketAddr) -> bool {
+    let SocketAddr::V4(peer) = peer else { return false };
+    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(peer.ip().octets()), peer.port());
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let Some(inode) = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str())).then(|| fields.get(9).map(|s| s.to_string())).flatten()
+    }) else {
+        return false;
+    };
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .map(|dir| dir.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy() == wanted)))
+        .unwrap_or(false)
 }
 
 async fn relay(client: TcpStream, server: TcpStream, fault: watch::Receiver<LinkFault>, mut generation: watch::Receiver<u64>) {
@@ -178,7 +209,7 @@ mod tests {
     #[tokio::test]
     async fn faults_change_what_passes_and_healing_restores_it() {
         let upstream = echo_server().await;
-        let proxy = FaultProxy::start(0, upstream).await.unwrap();
+        let proxy = FaultProxy::start(0, upstream, false).await.unwrap();
         assert!(round_trip(proxy.listen).await.unwrap() < Duration::from_millis(100));
 
         proxy.set(LinkFault::Latency { delay: Duration::from_millis(100), jitter: Duration::ZERO });
@@ -197,10 +228,35 @@ mod tests {
         assert!(round_trip(proxy.listen).await.unwrap() < Duration::from_millis(100));
     }
 
+    /// The harness's own connections pass whatever the fault; another process's do not.
+    #[tokio::test]
+    async fn the_harness_own_connections_are_never_faulted() {
+        let upstream = echo_server().await;
+        let proxy = FaultProxy::start(0, upstream, true).await.unwrap();
+        proxy.set(LinkFault::Blackhole);
+        let own = tokio::time::timeout(Duration::from_secs(2), round_trip(proxy.listen)).await;
+        assert!(own.is_ok_and(|r| r.is_ok()), "this process's connection is relayed through a blackhole");
+        // Another process (bash's /dev/tcp) gets the fault: the echo never comes back.
+        let port = proxy.listen.port();
+        let other = tokio::process::Command::new("bash")
+            .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; printf ping >&3; timeout 1 head -c 4 <&3")])
+            .output()
+            .await
+            .unwrap();
+        assert!(other.stdout.is_empty(), "another process's connection is blackholed: got {:?}", String::from_utf8_lossy(&other.stdout));
+        proxy.set(LinkFault::Healthy);
+        let healed = tokio::process::Command::new("bash")
+            .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; printf ping >&3; timeout 2 head -c 4 <&3")])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(healed.stdout, b"ping", "healed: it passes again");
+    }
+
     #[tokio::test]
     async fn reset_cuts_open_connections() {
         let upstream = echo_server().await;
-        let proxy = FaultProxy::start(0, upstream).await.unwrap();
+        let proxy = FaultProxy::start(0, upstream, false).await.unwrap();
         let mut s = TcpStream::connect(proxy.listen).await.unwrap();
         s.write_all(b"x").await.unwrap();
         let mut b = [0u8; 1];

@@ -267,6 +267,8 @@ fn parse_summary(text: &str) -> Result<Parsed, String> {
             failures: count(metric("http_req_failed"), |m| m.passes),
             latency_ms,
             achieved_rate: metric("http_reqs").and_then(|m| m.rate).unwrap_or(0.0),
+            // k6 leaves the metric out when nothing was dropped.
+            dropped: Some(count(metric("dropped_iterations"), |m| m.count)),
         },
         conflicts: count(metric("ops_conflicts"), |m| m.count),
         crossed,

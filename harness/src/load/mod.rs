@@ -62,9 +62,15 @@ pub struct DriverResult {
     pub driver: String,
     pub requests: u64,
     pub failures: u64,
-    /// Client-side latency of the API's writes, milliseconds.
+    /// Client-side latency of the API's writes, milliseconds, from each request's intended
+    /// start (open model: a late start counts in its latency).
     pub latency_ms: Percentiles,
     pub achieved_rate: f64,
+    /// Requests the plan asked for that the driver never started (k6's
+    /// `dropped_iterations`: no free VU at their time). None: the driver does not drop
+    /// (goose starts every request, late if it must; the delay is in its latency).
+    #[serde(default)]
+    pub dropped: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

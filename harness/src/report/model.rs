@@ -61,7 +61,13 @@ pub struct LoadStats {
     pub achieved_rate: f64,
     /// Latency of the workload API's writes (from intended start: no coordinated omission).
     pub write_latency_ms: Percentiles,
+    /// Requests the driver saw fail (transport errors and 5xx: a transaction the workload
+    /// could not commit is one of them, counted once).
     pub errors: u64,
+    /// Requests of the plan the driver never started (k6 `dropped_iterations`); None for
+    /// a driver that starts every request (late if need be: the delay is in its latency).
+    #[serde(default)]
+    pub dropped_iterations: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -99,6 +105,27 @@ pub struct PipelineStats {
     /// scenario): the new column reached the target.
     #[serde(default)]
     pub new_column_rows: Option<u64>,
+    /// Each column a schema change added, compared row by row between source and target
+    /// (rows that took a DEFAULT without a change event included).
+    #[serde(default)]
+    pub new_columns: Vec<NewColumnCheck>,
+}
+
+/// A column added during the run, source against target for every row.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NewColumnCheck {
+    /// `table.column` in the target.
+    pub column: String,
+    /// Source rows compared (keys in both sides).
+    pub rows: u64,
+    /// Rows whose value differs (NULL against a value counts).
+    pub differing: u64,
+    /// Rows the target holds no value for while the source does.
+    pub missing_in_target: u64,
+    /// A few differing keys: (key, source value, target value).
+    pub examples: Vec<(String, Option<String>, Option<String>)>,
+    /// Why it could not be compared (e.g. the column is not in the target).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -284,9 +311,17 @@ impl Report {
         if let Some(v) = p.new_column_rows {
             push("schema_change.new_column_rows", v as f64, HigherIsBetter, false);
         }
+        if !p.new_columns.is_empty() {
+            // A column that could not be compared counts as differing everywhere it exists.
+            let differing: u64 = p.new_columns.iter().map(|c| if c.error.is_some() { c.rows.max(1) } else { c.differing }).sum();
+            push("schema_change.differing_rows", differing as f64, LowerIsBetter, true);
+        }
         let l = &self.load;
         push("load.achieved_rate", l.achieved_rate, HigherIsBetter, false);
         push("load.errors", l.errors as f64, LowerIsBetter, true);
+        if let Some(v) = l.dropped_iterations {
+            push("load.dropped_iterations", v as f64, LowerIsBetter, true);
+        }
         for (suffix, v) in pct_fields(&l.write_latency_ms) {
             push(&format!("write_latency_ms.{suffix}"), v, LowerIsBetter, false);
         }

@@ -236,7 +236,7 @@ pub(crate) fn representative_report() -> Report {
             duration_s: 0.0,
         },
         config: serde_json::Value::Null,
-        load: LoadStats { write_latency_ms: one(), ..LoadStats::default() },
+        load: LoadStats { write_latency_ms: one(), dropped_iterations: Some(0), ..LoadStats::default() },
         pipeline: PipelineStats {
             events_per_sec: Some(0.0),
             e2e_latency_ms: one(),
@@ -249,6 +249,7 @@ pub(crate) fn representative_report() -> Report {
             lag_recovery_s: Some(0.0),
             max_sustainable_rate: Some(0.0),
             new_column_rows: Some(0),
+            new_columns: vec![crate::report::model::NewColumnCheck::default()],
             ..PipelineStats::default()
         },
         series: Vec::new(),

@@ -141,8 +141,12 @@ pub struct VerifyReport {
     pub anomaly_counts: BTreeMap<AnomalyKind, u64>,
     /// At most `max_examples` per kind.
     pub anomalies: Vec<Anomaly>,
-    /// From the end of load to full agreement (online mode).
+    /// From the end of load to the start of the first full pass that found full agreement
+    /// (online mode).
     pub time_to_converge_ms: Option<u64>,
+    /// Duration of each full pass, in order (the last one is the verdict's).
+    #[serde(default)]
+    pub full_pass_ms: Vec<u64>,
     /// Keys still different when the deadline passed (online mode; bounded).
     pub never_converged: Vec<String>,
     pub latency: LatencySummary,

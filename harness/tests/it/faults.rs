@@ -121,6 +121,13 @@ async fn poison_messages_end_in_the_dlq_and_the_pipeline_goes_on() -> anyhow::Re
         assert!(Instant::now() < deadline, "poison did not reach the DLQ");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Each poison event, by its offset, is in the sink's apply log as dead-lettered.
+    let target = stack.endpoints.postgres.connect(&stack.endpoints.postgres.target_db).await?;
+    let log = harness::run::apply_log::read(&target, 0).await?;
+    let mut records = vec![record];
+    harness::faults::reconcile_poison(&mut records, &log);
+    let p = &records[0].parameters;
+    assert_eq!((p["dead_lettered"].as_str(), p["applied"].as_str(), p[harness::faults::POISON_UNRECONCILED].as_str()), ("3", "0", "0"), "{p:?}");
     // The sink is still healthy and still applies real changes.
     let pg = stack.endpoints.postgres.connect("app").await?;
     let id = uuid::Uuid::new_v4();

@@ -207,6 +207,7 @@ fn base_report() -> Report {
             achieved_rate: 99.6,
             write_latency_ms: pct(5975, 2.1, 4.8, 6.3, 11.7, 48.2),
             errors: 0,
+            dropped_iterations: None,
         },
         pipeline: PipelineStats {
             events_per_sec: Some(98.7),
@@ -272,6 +273,7 @@ fn base_report() -> Report {
             rows_compared: 9500,
             elapsed_ms: 412,
             untracked_differences: 0,
+            full_pass_ms: vec![180, 232],
             dlq_rejected: BTreeMap::from([("email_format".to_string(), 2)]),
             history_checked: true,
         },

@@ -48,15 +48,31 @@ async fn short_baselines_pass_converge_and_diff() -> anyhow::Result<()> {
         }
         files.push(outcome.dir.join("report.json"));
     }
-    // Two real runs of the same scenario: diff compares every metric and decides; noise
-    // may or may not exceed the tolerance, but the inputs are valid (not exit 2).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness")).arg("diff").args(&files).arg("--json").output()?;
-    let code = out.status.code().unwrap_or(-1);
-    assert!(code == 0 || code == 4, "diff exited {code}: {}", String::from_utf8_lossy(&out.stderr));
-    let diff: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let text = diff.to_string();
-    for metric in ["events_per_sec", "e2e_latency_ms.p95", "convergence.missing"] {
-        assert!(text.contains(metric), "diff covers {metric}");
+    let diff = |args: &[&std::ffi::OsStr]| -> anyhow::Result<(i32, serde_json::Value)> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness")).arg("diff").args(args).arg("--json").output()?;
+        let code = out.status.code().unwrap_or(-1);
+        let json = serde_json::from_slice(&out.stdout)
+            .map_err(|e| anyhow::anyhow!("diff exited {code} without JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok((code, json))
+    };
+    let verdict = |d: &serde_json::Value, name: &str| -> Option<String> {
+        d["metrics"].as_array()?.iter().find(|m| m["name"] == name).and_then(|m| m["verdict"].as_str().map(str::to_owned))
+    };
+    // Two real runs of the same scenario, with a tolerance wide enough for run-to-run
+    // noise on this machine: no regression, exit 0.
+    let (code, d) = diff(&[files[0].as_os_str(), files[1].as_os_str(), "--tolerance".as_ref(), "*=500:5000".as_ref()])?;
+    assert_eq!(code, 0, "two healthy runs within a wide tolerance: {d:#}");
+    for metric in ["events_per_sec", "e2e_latency_ms.p95", "capture_latency_ms.p95", "apply_latency_ms.p95", "convergence.missing"] {
+        assert!(verdict(&d, metric).is_some(), "diff covers {metric}");
     }
+    // The second run with its e2e p95 made five times worse: a gated regression, exit 4.
+    let mut slower: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&files[1])?)?;
+    let p95 = slower["pipeline"]["e2e_latency_ms"]["p95"].as_f64().expect("e2e p95 measured");
+    slower["pipeline"]["e2e_latency_ms"]["p95"] = serde_json::json!(p95 * 5.0 + 100.0);
+    let slower_path = files[1].with_file_name("report-slower.json");
+    std::fs::write(&slower_path, serde_json::to_string(&slower)?)?;
+    let (code, d) = diff(&[files[0].as_os_str(), slower_path.as_os_str()])?;
+    assert_eq!(code, 4, "a five times slower p95 is a regression: {d:#}");
+    assert_eq!(verdict(&d, "e2e_latency_ms.p95").as_deref(), Some("regressed"));
     Ok(())
 }

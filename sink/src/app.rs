@@ -89,6 +89,7 @@ pub async fn run(config: SinkConfig, shutdown: impl std::future::Future<Output =
                 metrics: Arc::clone(&metrics),
                 schema: Arc::clone(&schema),
                 config: Arc::clone(&config),
+                stalls: Arc::clone(&readiness.stalls),
             };
             (topic.clone(), Arc::new(handler))
         })

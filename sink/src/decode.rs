@@ -141,15 +141,16 @@ fn decode_envelope(entity: Entity, obj: &Map<String, Json>, coords: &Coords) -> 
     let lsn = source.and_then(|s| s.get("lsn")).and_then(Json::as_i64).ok_or(DecodeError::MissingLsn("source.lsn"))?;
     let source_ts = source.and_then(|s| epoch_field(s, "ts"));
     let emitted_ts = epoch_field(obj, "ts");
-    let row = |name: &str| -> Result<Option<Row>, DecodeError> {
+    let row = |name: &str, lenient: bool| -> Result<Option<Row>, DecodeError> {
         match obj.get(name) {
             None | Some(Json::Null) => Ok(None),
+            Some(Json::Object(r)) if lenient => decode_delete_image(entity, r).map(Some),
             Some(Json::Object(r)) => decode_row(entity, r).map(Some),
             Some(_) => Err(DecodeError::MissingRow("before/after is not an object")),
         }
     };
-    let before = row("before")?;
-    let after = row("after")?;
+    let before = row("before", op.is_delete())?;
+    let after = row("after", false)?;
     let image = if op.is_delete() {
         before.as_ref().ok_or(DecodeError::MissingRow("delete without before"))?
     } else {
@@ -185,7 +186,7 @@ fn decode_flattened(entity: Entity, obj: &Map<String, Json>, coords: &Coords) ->
     let source_ts = epoch_field(obj, "__source_ts");
     let emitted_ts = epoch_field(obj, "__ts");
     let fields: Map<String, Json> = obj.iter().filter(|(k, _)| !k.starts_with("__")).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let row = decode_row(entity, &fields)?;
+    let row = if op.is_delete() { decode_delete_image(entity, &fields)? } else { decode_row(entity, &fields)? };
     let key = row_id(entity, &row)?;
     let (before, after) = if op.is_delete() { (Some(row), None) } else { (None, Some(row)) };
     Ok(Some(Change { entity, key, op, lsn, source_ts, emitted_ts, before, after, coords: coords.clone() }))
@@ -205,6 +206,26 @@ fn epoch_field(obj: &Map<String, Json>, prefix: &str) -> Option<DateTime<Utc>> {
 
 fn row_id(entity: Entity, row: &Row) -> Result<uuid::Uuid, DecodeError> {
     row.uuid(entity, "id").ok_or_else(|| DecodeError::BadColumn { column: "id".into(), reason: "missing or null primary key".into() })
+}
+
+/// The image of a delete. A delete needs only its key: with `REPLICA IDENTITY DEFAULT`
+/// (PostgreSQL's default) the before image carries the key alone and Debezium fills the
+/// other required columns with empty values (`""` for a uuid column), which must not make
+/// the delete undecodable (it would be dead-lettered and the row stay: a lost delete).
+/// Non-key columns that do not decode are left out; the key must decode.
+pub fn decode_delete_image(entity: Entity, obj: &Map<String, Json>) -> Result<Row, DecodeError> {
+    let decodable: Map<String, Json> = obj
+        .iter()
+        .filter(|(name, json)| {
+            *name == "id"
+                || match entity.column_index(name) {
+                    Some(i) => json.as_str() == Some(TOAST_PLACEHOLDER) || decode_value(entity.columns()[i].ty, json).is_ok(),
+                    None => true,
+                }
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    decode_row(entity, &decodable)
 }
 
 pub fn decode_row(entity: Entity, obj: &Map<String, Json>) -> Result<Row, DecodeError> {
@@ -386,6 +407,28 @@ mod tests {
         let c = change(dec("orders", None, v).unwrap());
         assert_eq!(c.op, Op::Delete);
         assert!(c.after.is_none());
+    }
+
+    /// REPLICA IDENTITY DEFAULT: the before image of a delete has the key only, Debezium fills
+    /// required columns with empty values. The delete decodes (only the key matters); an
+    /// update whose after image has the same bad value still fails.
+    #[test]
+    fn a_delete_needs_only_its_key() {
+        let item = "7a0c6d4e-1b7e-4c3a-9a55-1b2c3d4e5f62";
+        let before = json!({"id": item, "order_id": "", "product_sku": "", "product_name": "", "quantity": 0, "unit_price": "", "line_total": ""});
+        let v = json!({"before": before, "after": null, "source": {"lsn": 42, "table": "order_item"}, "op": "d"});
+        let c = change(dec("order_item", Some(json!({"id": item})), v).unwrap());
+        assert_eq!((c.op, c.key.to_string()), (Op::Delete, item.to_string()));
+        assert_eq!(c.before.as_ref().and_then(|b| b.uuid(Entity::OrderItem, "order_id")), None, "the empty order_id is left out");
+        let bad_update = json!({"before": null, "after": before, "source": {"lsn": 43, "table": "order_item"}, "op": "u"});
+        assert!(dec("order_item", None, bad_update).is_err(), "an upsert with a bad uuid is still refused");
+        let mut flattened = before.as_object().unwrap().clone();
+        flattened.insert("__deleted".into(), json!("true"));
+        flattened.insert("__lsn".into(), json!(44));
+        let c = change(dec("order_item", None, Json::Object(flattened)).unwrap());
+        assert_eq!(c.op, Op::Delete);
+        let keyless = json!({"before": {"id": ""}, "after": null, "source": {"lsn": 45}, "op": "d"});
+        assert!(dec("order_item", None, keyless).is_err(), "the key itself must decode");
     }
 
     #[test]

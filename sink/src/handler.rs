@@ -75,6 +75,8 @@ pub struct Handler {
     pub metrics: Arc<Metrics>,
     pub schema: Arc<SchemaTracker>,
     pub config: Arc<SinkConfig>,
+    /// Where a partition that cannot make progress says so (readiness).
+    pub stalls: Arc<crate::http::Stalls>,
 }
 
 /// Keys are logged truncated: they can be long and are only there to find the event.
@@ -238,7 +240,15 @@ impl Handler {
             let _ = self.retry("ensure_columns", || self.target.ensure_columns(entity, &added)).await;
         }
 
+        let validated: Vec<(Uuid, i64)> = changes.iter().map(|(_, c)| (c.key, c.lsn)).collect();
         self.check_referential(batch, &mut changes, &mut letters, &mut tally).await;
+        if changes.len() < validated.len() {
+            // Dropped by the referential rule: what they taught validation is void.
+            let kept: HashSet<(Uuid, i64)> = changes.iter().map(|(_, c)| (c.key, c.lsn)).collect();
+            for (key, version) in validated.into_iter().filter(|k| !kept.contains(k)) {
+                state.memory.unlearn(key, version);
+            }
+        }
         self.metrics.validation(&tally);
 
         if !changes.is_empty() {
@@ -290,6 +300,7 @@ impl Handler {
                 let reasons: HashMap<Uuid, &String> = report.rejected.iter().map(|(k, r)| (*k, r)).collect();
                 for (i, change) in &changes {
                     if let Some(reason) = reasons.get(&change.key) {
+                        state.memory.unlearn(change.key, change.lsn);
                         letters.push(self.letter(&batch[*i], "apply", (*reason).clone()));
                     }
                 }
@@ -300,22 +311,48 @@ impl Handler {
             if let Ok(i) = batch.binary_search_by_key(&letter.coords.offset, |r| r.coords.offset) {
                 outcomes[i] = Outcome::DeadLettered;
             }
-            self.metrics.dead_lettered(&letter.entity, &letter.rule);
-            warn!(message = "event dead-lettered", rule = %letter.rule, reason = %letter.reason, topic = %letter.coords.topic,
-                partition = letter.coords.partition, offset = letter.coords.offset,
-                key = %key_for_log(letter.key.as_deref()), outcome = "dlq");
-            let mut backoff = Backoff::new(&self.config.apply);
-            while let Err(error) = self.dlq.send(letter).await {
-                self.metrics.error("dlq_produce");
-                warn!(message = "dead-letter produce failed, retrying", %error, dlq_topic = self.dlq.topic());
-                backoff.wait().await;
-            }
+            self.send_letter(letter).await;
         }
         if audit {
             let rules: HashMap<i64, &str> = letters.iter().map(|l| (l.coords.offset, l.rule.as_str())).collect();
             self.log_unwritten(batch, &outcomes, &decoded, &rules).await;
         }
         outcomes
+    }
+
+    /// Dead-letters one event whose processing panicked (the panic is the event's fault:
+    /// it panicked alone), so the partition moves on.
+    pub async fn dead_letter_panic(&self, record: &Record, panic: &str) {
+        let letter = self.letter(record, "panic", format!("processing panicked: {panic}"));
+        self.send_letter(&letter).await;
+    }
+
+    /// Produces a letter, retrying until the DLQ takes it; a partition stuck on it says so.
+    async fn send_letter(&self, letter: &DeadLetter) {
+        {
+            self.metrics.dead_lettered(&letter.entity, &letter.rule);
+            warn!(message = "event dead-lettered", rule = %letter.rule, reason = %crate::dlq::truncate_text(&letter.reason, 512), topic = %letter.coords.topic,
+                partition = letter.coords.partition, offset = letter.coords.offset,
+                key = %key_for_log(letter.key.as_deref()), outcome = "dlq");
+            let mut backoff = Backoff::new(&self.config.apply);
+            let mut attempts = 0u32;
+            while let Err(error) = self.dlq.send(letter).await {
+                attempts += 1;
+                self.metrics.error("dlq_produce");
+                warn!(message = "dead-letter produce failed, retrying", %error, dlq_topic = self.dlq.topic(), attempts,
+                    topic = %letter.coords.topic, partition = letter.coords.partition, offset = letter.coords.offset);
+                if attempts == 3 {
+                    // The partition cannot move past this event until the DLQ takes it: say so.
+                    self.stalls.mark(&letter.coords.topic, letter.coords.partition, format!("dead-letter produce to {} failing: {error}", self.dlq.topic()));
+                    self.metrics.partition_stalled(&letter.coords.topic, letter.coords.partition, true);
+                }
+                backoff.wait().await;
+            }
+            if attempts >= 3 {
+                self.stalls.clear(&letter.coords.topic, letter.coords.partition);
+                self.metrics.partition_stalled(&letter.coords.topic, letter.coords.partition, false);
+            }
+        }
     }
 
     /// Audit mode: apply log rows for the events that wrote nothing to the target

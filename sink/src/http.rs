@@ -14,7 +14,30 @@ use axum::routing::get;
 use crate::metrics::Metrics;
 use crate::source::GroupState;
 
+/// Partitions that cannot make progress now (a DLQ record the broker keeps refusing, a
+/// panicked task), with why: any of them turns `/readyz` red.
+#[derive(Default)]
+pub struct Stalls {
+    by_partition: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl Stalls {
+    pub fn mark(&self, topic: &str, partition: i32, why: impl Into<String>) {
+        self.by_partition.lock().expect("stalls lock").insert(format!("{topic}/{partition}"), why.into());
+    }
+
+    pub fn clear(&self, topic: &str, partition: i32) {
+        self.by_partition.lock().expect("stalls lock").remove(&format!("{topic}/{partition}"));
+    }
+
+    pub fn describe(&self) -> Option<String> {
+        let map = self.by_partition.lock().expect("stalls lock");
+        (!map.is_empty()).then(|| map.iter().map(|(p, why)| format!("partition {p} cannot make progress: {why}")).collect::<Vec<_>>().join(", "))
+    }
+}
+
 pub struct Readiness {
+    pub stalls: Arc<Stalls>,
     pub kafka: AtomicBool,
     pub target: AtomicBool,
     /// Cleared at shutdown.
@@ -26,7 +49,14 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn new(group: Arc<GroupState>, assignment_grace: Duration) -> Self {
-        Self { kafka: AtomicBool::new(false), target: AtomicBool::new(false), running: AtomicBool::new(true), group, assignment_grace }
+        Self {
+            stalls: Arc::new(Stalls::default()),
+            kafka: AtomicBool::new(false),
+            target: AtomicBool::new(false),
+            running: AtomicBool::new(true),
+            group,
+            assignment_grace,
+        }
     }
 
     /// What is not ready yet, or None.
@@ -42,6 +72,9 @@ impl Readiness {
             missing.push("consumer group not joined".to_string());
         } else if let Some(since) = self.group.unassigned_for().filter(|d| *d > self.assignment_grace) {
             missing.push(format!("no partition assignment held for {}s", since.as_secs()));
+        }
+        if let Some(stalled) = self.stalls.describe() {
+            missing.push(stalled);
         }
         (!missing.is_empty()).then(|| missing.join(", "))
     }
@@ -70,6 +103,17 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stalled_partition_turns_readiness_red_until_it_moves_again() {
+        let group = Arc::new(GroupState::default());
+        let r = Readiness::new(Arc::clone(&group), Duration::from_secs(60));
+        r.stalls.mark("cdc.public.customer", 2, "dead-letter produce failing: MessageSizeTooLarge");
+        let missing = r.missing().expect("not ready");
+        assert!(missing.contains("partition cdc.public.customer/2 cannot make progress: dead-letter produce failing"), "{missing}");
+        r.stalls.clear("cdc.public.customer", 2);
+        assert!(r.stalls.describe().is_none());
+    }
 
     #[test]
     fn readiness_needs_an_assignment_held_past_the_grace() {

@@ -41,6 +41,7 @@ pub struct Metrics {
     up: Family<Labels, Gauge>,
     assigned: Gauge,
     consumer_restarts: Counter,
+    stalled: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -88,6 +89,8 @@ impl Metrics {
         registry.register("up", "1 when the dependency (kafka/target) answered its last probe", up.clone());
         let assigned = Gauge::default();
         registry.register("assigned_partitions", "Partitions assigned to this consumer", assigned.clone());
+        let stalled = Family::default();
+        registry.register("partition_stalled", "1 while a partition cannot make progress (see /readyz for why), by topic and partition", stalled.clone());
         Self {
             registry,
             processed,
@@ -106,6 +109,7 @@ impl Metrics {
             up,
             assigned,
             consumer_restarts,
+            stalled,
         }
     }
 
@@ -183,6 +187,10 @@ impl Metrics {
 
     pub fn dependency_up(&self, dependency: &'static str, up: bool) {
         self.up.get_or_create(&vec![("dependency", dependency.to_string())]).set(i64::from(up));
+    }
+
+    pub fn partition_stalled(&self, topic: &str, partition: i32, stalled: bool) {
+        self.stalled.get_or_create(&vec![("topic", topic.to_string()), ("partition", partition.to_string())]).set(i64::from(stalled));
     }
 
     pub fn consumer_restarted(&self) {

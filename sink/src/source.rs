@@ -439,6 +439,38 @@ impl Source {
     }
 }
 
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a non-text panic".into())
+}
+
+/// Processes a batch; a panic is caught, logged and counted, and the batch is processed
+/// again one event at a time (effects are idempotent) so that an event that panics alone
+/// goes to the DLQ as the event's fault and the partition moves on instead of losing its
+/// task. While that happens the partition is reported stalled (readiness red).
+async fn process_supervised(handler: &Handler, batch: &[Record], state: &mut PartitionState, topic: &str, partition: i32) {
+    use futures::FutureExt as _;
+    let Err(panic) = std::panic::AssertUnwindSafe(handler.process(batch, state)).catch_unwind().await else { return };
+    let why = panic_text(panic.as_ref());
+    handler.metrics.error("panic");
+    error!(message = "processing a batch panicked; retrying its events one by one", panic = %why, topic, partition,
+        first_offset = batch.first().map(|r| r.coords.offset), events = batch.len());
+    handler.stalls.mark(topic, partition, format!("processing panicked: {why}"));
+    handler.metrics.partition_stalled(topic, partition, true);
+    // What validation remembered may come from the half-done batch.
+    *state = PartitionState::default();
+    for record in batch {
+        let single = std::slice::from_ref(record);
+        if let Err(panic) = std::panic::AssertUnwindSafe(handler.process(single, state)).catch_unwind().await {
+            let why = panic_text(panic.as_ref());
+            error!(message = "event panicked alone: dead-lettering it", panic = %why, topic, partition, offset = record.coords.offset);
+            handler.dead_letter_panic(record, &why).await;
+            *state = PartitionState::default();
+        }
+    }
+    handler.stalls.clear(topic, partition);
+    handler.metrics.partition_stalled(topic, partition, false);
+}
+
 async fn run_partition(
     handler: Option<Arc<Handler>>,
     consumer: Arc<SinkConsumer>,
@@ -476,7 +508,7 @@ async fn run_partition(
             }
         }
         depth.fetch_sub(batch.len(), Ordering::Relaxed);
-        handler.process(&batch, &mut state).await;
+        process_supervised(&handler, &batch, &mut state, &topic, partition).await;
         let last = batch.last().map(|r| r.coords.offset).expect("batch is not empty");
         // librdkafka stores last + 1, the next offset to consume.
         if let Err(error) = consumer.store_offset(&topic, partition, last) {

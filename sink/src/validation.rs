@@ -264,8 +264,9 @@ impl Validator<'_> {
         let drift = change.source_ts.and_then(|ts| {
             let tolerance = chrono::Duration::from_std(self.config.clock_drift_tolerance).unwrap_or(chrono::Duration::MAX);
             let emitted = change.emitted_ts.unwrap_or(self.now);
-            (ts > self.now + tolerance || ts > emitted + tolerance)
-                .then(|| format!("clock drift: commit time {ts} is ahead of the sink/connector clock ({emitted})"))
+            // Checked: an absurd envelope time (ts_ms 8210298412799999) must not overflow.
+            let beyond = |reference: DateTime<Utc>| reference.checked_add_signed(tolerance).is_some_and(|limit| ts > limit);
+            (beyond(self.now) || beyond(emitted)).then(|| format!("clock drift: commit time {ts} is ahead of the sink/connector clock ({emitted})"))
         });
         verdict(Rule::Temporal, out_of_order.or(drift), &mut out, tally);
 
@@ -310,8 +311,15 @@ impl Validator<'_> {
                 }
             }
 
-            let lower = self.now - chrono::Duration::from_std(self.config.max_age).unwrap_or(chrono::Duration::MAX);
-            let upper = self.now + chrono::Duration::from_std(self.config.future_tolerance).unwrap_or(chrono::Duration::MAX);
+            // Against the commit that wrote the row when the event carries it, not the sink's
+            // clock: a source clock ahead of the sink's must not reject every change.
+            let reference = change.source_ts.unwrap_or(self.now);
+            let lower = reference
+                .checked_sub_signed(chrono::Duration::from_std(self.config.max_age).unwrap_or(chrono::Duration::MAX))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let upper = reference
+                .checked_add_signed(chrono::Duration::from_std(self.config.future_tolerance).unwrap_or(chrono::Duration::MAX))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
             let mut ts_failure = None;
             for (column, field) in entity.columns().iter().zip(&after.known) {
                 if let (ColumnType::Timestamptz, Some(Field::Value(Value::Timestamp(ts)))) = (column.ty, field) {
@@ -325,7 +333,10 @@ impl Validator<'_> {
             verdict(Rule::TimestampRange, ts_failure, &mut out, tally);
         }
 
-        if previous.as_ref().is_none_or(|(lsn, _)| change.lsn > *lsn) {
+        // Only an accepted change may become what the next one is compared with: a rejected
+        // status is not the key's status.
+        let rejected = out.iter().any(|v| v.severity == Severity::Reject);
+        if !rejected && previous.as_ref().is_none_or(|(lsn, _)| change.lsn > *lsn) {
             if memory.keys.len() >= MAX_KEYS {
                 memory.keys.clear();
             }
@@ -333,6 +344,16 @@ impl Validator<'_> {
             memory.keys.insert(change.key, (change.lsn, status));
         }
         out
+    }
+}
+
+impl KeyMemory {
+    /// Forgets what `change` taught, when a later stage (the referential rule, the target)
+    /// rejected it after validation accepted it.
+    pub fn unlearn(&mut self, key: Uuid, version: i64) {
+        if self.keys.get(&key).is_some_and(|(lsn, _)| *lsn == version) {
+            self.keys.remove(&key);
+        }
     }
 }
 
@@ -429,6 +450,51 @@ mod tests {
         // A dropped (absent) required column is tolerated.
         let c = change("customer", json!({"after": {"id": ID, "email": "x@y.org"}, "source": {"lsn": 1}, "op": "c"}));
         assert!(run(&config, &[c])[0].is_empty());
+    }
+
+    /// A rejected status never becomes the "last status": the next valid change is compared
+    /// with the last accepted one.
+    #[test]
+    fn memory_learns_only_from_accepted_changes() {
+        let config = ValidationConfig::default();
+        let flat = |status: &str, lsn: i64| {
+            let mut o = order(status);
+            let m = o.as_object_mut().unwrap();
+            m.insert("__op".into(), json!("u"));
+            m.insert("__lsn".into(), json!(lsn));
+            change("orders", o)
+        };
+        // pending (accepted) -> delivered (rejected: pending -> delivered) -> paid (valid from pending).
+        let out = run(&config, &[flat("pending", 1), flat("delivered", 2), flat("paid", 3)]);
+        assert_eq!(rules(&out[1]), vec![Rule::StatusTransition]);
+        assert!(out[2].is_empty(), "paid follows the accepted pending, not the rejected delivered: {:?}", out[2]);
+    }
+
+    /// A source clock an hour ahead of the sink's: rows stamped by it are not "in the
+    /// future" relative to their own commit.
+    #[test]
+    fn timestamp_range_follows_the_commit_clock() {
+        let config = ValidationConfig::default();
+        let ahead = now() + chrono::Duration::hours(1);
+        let mut o = order("paid");
+        o["updated_at"] = json!(ahead.to_rfc3339());
+        o["created_at"] = json!(ahead.to_rfc3339());
+        let c = change("orders", json!({"after": o, "source": {"lsn": 1, "ts_ms": ahead.timestamp_millis()}, "ts_ms": ahead.timestamp_millis(), "op": "c"}));
+        let violations = &run(&config, &[c])[0];
+        assert!(!violations.iter().any(|v| v.rule == Rule::TimestampRange), "{violations:?}");
+    }
+
+    /// An envelope `ts_ms` far beyond any real date panicked in a date computation, which
+    /// took its partition task down; now it is a clock-drift finding like any other.
+    #[test]
+    fn absurd_envelope_times_do_not_overflow() {
+        let config = ValidationConfig::default();
+        let c = change(
+            "orders",
+            json!({"after": order("paid"), "source": {"lsn": 1, "ts_ms": 8_210_298_412_799_999i64}, "ts_ms": 8_210_298_412_799_999i64, "op": "c"}),
+        );
+        let out = run(&config, &[c]);
+        assert!(out[0].iter().all(|v| v.rule == Rule::Temporal || v.rule == Rule::TimestampRange), "{:?}", out[0]);
     }
 
     #[test]

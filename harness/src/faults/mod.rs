@@ -342,6 +342,22 @@ mod poison_tests {
     }
 
     #[test]
+    fn a_fault_that_failed_to_inject_is_named() {
+        let record = |kind: &str, error: Option<&str>| FaultRecord {
+            kind: kind.into(),
+            target: "sink-target".into(),
+            parameters: error.map(|e| [("error".to_string(), e.to_string())].into()).unwrap_or_default(),
+            start_s: 12.0,
+            end_s: Some(15.0),
+            service_recovery_s: None,
+            pipeline_recovery_s: None,
+        };
+        assert!(not_injected(&[record("latency", None)]).is_empty());
+        let failed = not_injected(&[record("latency", None), record("blackhole", Some("link sink-target has no fault proxy"))]);
+        assert_eq!(failed, vec!["blackhole sink-target at 12.0s failed to inject: link sink-target has no fault proxy".to_string()]);
+    }
+
+    #[test]
     fn every_poison_event_must_be_dead_lettered() {
         let mut records = vec![FaultRecord {
             kind: "poison".into(),

@@ -45,3 +45,28 @@ fn a_panicking_test_leaves_no_process_running() {
     assert_eq!(handles.len(), 1);
     assert_all_dead(&handles);
 }
+
+/// `--reuse`: a stack the run did not start is never torn down by it, also when the run's
+/// value is dropped early (Ctrl-C drops the run's future; a panic unwinds through it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_borrowed_stack_survives_the_drop_of_the_run_that_borrowed_it() -> anyhow::Result<()> {
+    use harness::orchestrator::local::LocalStack;
+    let dir = harness::testing::run_dir("teardown-borrowed");
+    let mut config = harness::config::StackConfig::new(&dir);
+    config.with_sink = false;
+    let mut owner = LocalStack::new(config)?;
+    owner.start_service(ServiceKind::Postgres).await?;
+    let postgres = owner.handle(ServiceKind::Postgres).cloned().expect("postgres started");
+    owner.detach(); // what `harness up` leaves behind
+    {
+        let mut borrowed = LocalStack::open(&dir)?.expect("the state file of the running stack");
+        borrowed.borrow_only();
+        // Dropped here, as an interrupted `harness run --reuse` drops it.
+    }
+    assert!(postgres.is_alive(), "a borrowed stack was torn down by the run that reused it");
+    // Its owner (`harness down`) does tear it down.
+    let mut owner = LocalStack::open(&dir)?.expect("state file");
+    owner.down().await?;
+    assert_all_dead(&[postgres]);
+    Ok(())
+}

@@ -16,12 +16,24 @@ use crate::model::{Change, Entity};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres_reason(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("mongodb: {0}")]
     Mongo(#[from] ::mongodb::error::Error),
     #[error("mongodb write error {code}: {message}")]
     MongoWrite { code: i32, message: String },
+}
+
+/// A server error with its SQLSTATE, message and detail (what a DLQ reason must carry);
+/// anything else as the client says it.
+fn postgres_reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+            format!("SQLSTATE {}: {}{detail}", db.code().code(), db.message())
+        }
+        None => e.to_string(),
+    }
 }
 
 impl TargetError {

@@ -124,6 +124,24 @@ fn document_update(change: &Change) -> Document {
 
 /// Update statement for an order item inside its order document's `items`.
 fn item_update(change: &Change, order_id: Uuid) -> Document {
+    let mut statement = item_statement(change);
+    statement.insert("q", doc! { "_id": order_id.to_string() });
+    statement.insert("upsert", true);
+    statement
+}
+
+/// A delete whose before image has no `order_id` (REPLICA IDENTITY DEFAULT sends the key
+/// only): the item is found by its own id (indexed `items.id`) in whichever order holds it
+/// and tombstoned there. No document holds it: nothing to delete.
+fn item_delete_by_id(change: &Change) -> Document {
+    let mut statement = item_statement(change);
+    statement.insert("q", doc! { "items.id": change.key.to_string() });
+    statement.insert("multi", true);
+    statement
+}
+
+/// The guarded update pipeline of an item (without `q`).
+fn item_statement(change: &Change) -> Document {
     let id = change.key.to_string();
     let items = doc! { "$ifNull": ["$items", []] };
     let current = doc! { "$filter": { "input": items.clone(), "cond": { "$eq": ["$$this.id", &id] } } };
@@ -139,7 +157,7 @@ fn item_update(change: &Change, order_id: Uuid) -> Document {
             "in": { "$cond": [ { "$lt": [stored_lsn, change.lsn] }, { "$concatArrays": [others, [merged]] }, items ] },
         }
     };
-    doc! { "q": { "_id": order_id.to_string() }, "u": [ { "$set": { "items": new_items } } ], "upsert": true }
+    doc! { "u": [ { "$set": { "items": new_items } } ] }
 }
 
 /// The order an item belongs to: from the image being written, or for deletes the before image.
@@ -223,6 +241,7 @@ impl MongoSink {
             if entity == Entity::OrderItem {
                 match item_order(change) {
                     Some(order_id) => updates.push(item_update(change, order_id)),
+                    None if change.op.is_delete() => updates.push(item_delete_by_id(change)),
                     None => {
                         report.rejected.push((change.key, "order item without order_id cannot be embedded".into()));
                         continue;

@@ -16,13 +16,29 @@ use crate::config::TargetConfig;
 /// or the server says retry (connection exceptions 08, transaction rollbacks 40 such as
 /// serialization failure and deadlock, insufficient resources 53, operator intervention
 /// 57 such as admin shutdown or "cannot connect now", lock not available 55P03).
+/// SQLSTATEs that say something about the target, not the row: retried until an operator
+/// (or a failover) fixes it, never dead-lettered. Lock not available; a read-only node
+/// (25006: connected to a standby); authentication and permissions (28P01, 28000, 42501);
+/// a table or column that is missing (42P01, 42703: dropped, or an `ADD COLUMN` that
+/// failed); I/O errors on the server (58030).
+const INFRASTRUCTURE: [SqlState; 8] = [
+    SqlState::LOCK_NOT_AVAILABLE,
+    SqlState::READ_ONLY_SQL_TRANSACTION,
+    SqlState::INVALID_PASSWORD,
+    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+    SqlState::INSUFFICIENT_PRIVILEGE,
+    SqlState::UNDEFINED_TABLE,
+    SqlState::UNDEFINED_COLUMN,
+    SqlState::IO_ERROR,
+];
+
 pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
     if e.is_closed() {
         return true;
     }
     if let Some(code) = e.code() {
         let c = code.code();
-        return c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57") || code == &SqlState::LOCK_NOT_AVAILABLE;
+        return c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57") || INFRASTRUCTURE.contains(code);
     }
     let io = e.source().is_some_and(|s| s.is::<std::io::Error>());
     io || e.to_string().contains("timeout") || e.to_string().contains("connection")
@@ -70,6 +86,9 @@ impl Pool {
         }
         config.connect_timeout(settings.connect_timeout);
         config.application_name("cdc-sink");
+        // Never write to a standby: with several hosts in the URL, libpq-style failover
+        // picks the primary.
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
         config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
         let slots = (0..settings.pool_size.max(1)).map(|_| Mutex::new(None)).collect();
         Ok(Self { config, slots, next: AtomicUsize::new(0) })

@@ -233,7 +233,17 @@ impl ConsumerContext for SinkContext {
 
 pub type SinkConsumer = StreamConsumer<SinkContext>;
 
-pub fn create_consumer(config: &KafkaConfig, metrics: Arc<Metrics>, group: Arc<GroupState>) -> Result<Arc<SinkConsumer>, KafkaError> {
+/// The static member id (`group.instance.id`) of the consumer's `generation`-th creation:
+/// the configured one first, then a fresh identity for every consumer the watchdog
+/// recreates. A restarted sink that reclaimed its old static identity was seen to have its
+/// partitions revoked as lost moments later (the coordinator expiring the killed member's
+/// session took the identity with it) and never assigned again under that identity; a new
+/// identity joins as a new member.
+pub fn instance_id(configured: &str, generation: u32) -> String {
+    if generation == 0 { configured.to_string() } else { format!("{configured}-r{generation}") }
+}
+
+pub fn create_consumer(config: &KafkaConfig, metrics: Arc<Metrics>, group: Arc<GroupState>, generation: u32) -> Result<Arc<SinkConsumer>, KafkaError> {
     let context = SinkContext {
         partitions: Mutex::new(HashMap::new()),
         metrics,
@@ -261,7 +271,11 @@ pub fn create_consumer(config: &KafkaConfig, metrics: Arc<Metrics>, group: Arc<G
         .set("fetch.wait.max.ms", config.fetch_wait_max.as_millis().max(1).to_string())
         .set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in &config.librdkafka {
-        client.set(k, v);
+        if k == "group.instance.id" {
+            client.set(k, instance_id(v, generation));
+        } else {
+            client.set(k, v);
+        }
     }
     let consumer: SinkConsumer = client.create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -277,6 +291,8 @@ pub struct Source {
     pub kafka: KafkaConfig,
     pub metrics: Arc<Metrics>,
     pub group: Arc<GroupState>,
+    /// Consumers created so far after the first (each with a fresh static identity).
+    pub generation: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -373,7 +389,7 @@ impl Source {
         }
         *last_restart = Some(Instant::now());
         warn!(message = "no partition assignment while the broker answers; recreating the consumer", unassigned_s = unassigned.as_secs());
-        let fresh = match create_consumer(&self.kafka, Arc::clone(&self.metrics), Arc::clone(&self.group)) {
+        let fresh = match create_consumer(&self.kafka, Arc::clone(&self.metrics), Arc::clone(&self.group), self.generation + 1) {
             Ok(c) => c,
             Err(error) => {
                 self.metrics.error("kafka");
@@ -381,6 +397,7 @@ impl Source {
                 return;
             }
         };
+        self.generation += 1;
         self.metrics.consumer_restarted();
         let old = std::mem::replace(&mut self.consumer, fresh);
         old.context().retired.store(true, Ordering::Relaxed);

@@ -661,10 +661,15 @@ fn slot_signal() -> Signal {
     Signal { read: |s| s.slot_lag_bytes, floor: 256 * 1024 }
 }
 
+/// Consecutive samples a recovery must hold for: a lag that dips for a second (a restarted
+/// consumer that reads a burst, then loses its partitions) has not recovered.
+const RECOVERY_HOLD: usize = 3;
+
 /// Seconds after `event_end` until every signal is back to its level in the calm window
-/// (the 10 s before `event_start`: twice its median, at least the floor). A signal with no
-/// sample in the calm window uses its floor; a second in which a signal was not measured
-/// cannot count as recovered. None: never recovered within the series.
+/// (the 10 s before `event_start`: twice its median, at least the floor) and stays there
+/// for `RECOVERY_HOLD` samples. A signal with no sample in the calm window uses its floor;
+/// a second in which a signal was not measured cannot count as recovered. None: never
+/// recovered within the series.
 fn recovered_at(samples: &[Sample], event_start: f64, event_end: f64, signals: &[Signal]) -> Option<f64> {
     let levels: Vec<u64> = signals
         .iter()
@@ -674,11 +679,9 @@ fn recovered_at(samples: &[Sample], event_start: f64, event_end: f64, signals: &
             calm.get(calm.len() / 2).map(|median| (median * 2).max(signal.floor)).unwrap_or(signal.floor)
         })
         .collect();
-    samples
-        .iter()
-        .filter(|s| s.t >= event_end)
-        .find(|s| signals.iter().zip(&levels).all(|(signal, level)| (signal.read)(s).is_some_and(|v| v <= *level)))
-        .map(|s| (s.t - event_end).max(0.0))
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.t >= event_end).collect();
+    let calm = |s: &Sample| signals.iter().zip(&levels).all(|(signal, level)| (signal.read)(s).is_some_and(|v| v <= *level));
+    after.windows(RECOVERY_HOLD).find(|w| w.iter().all(|s| calm(s))).map(|w| (w[0].t - event_end).max(0.0))
 }
 
 /// Seconds after a fault ended until both the consumer lag and the replication slot's
@@ -796,6 +799,35 @@ mod tests {
         let p = plan(&[(30, 100.0)]);
         let samples: Vec<Sample> = (0..60).map(|t| sample(t as f64, Some(if t < 20 { 5 } else { 5000 + t as u64 }), None)).collect();
         assert_eq!(lag_recovery(&samples, &p, 30.0), (None, false));
+    }
+
+    /// A restarted consumer that reads a burst and then loses its partitions: the lag dips
+    /// for a second, then grows for good. That is no recovery.
+    #[test]
+    fn a_momentary_dip_is_not_a_recovery() {
+        let p = plan(&[(60, 100.0)]);
+        let samples: Vec<Sample> = (0..90)
+            .map(|t| {
+                let lag = match t {
+                    0..10 => 50,
+                    31 => 40,
+                    _ if t >= 10 => 500 + 100 * t as u64,
+                    _ => 50,
+                };
+                sample(t as f64, Some(lag), None)
+            })
+            .collect();
+        let fault = FaultRecord {
+            kind: "kill".into(),
+            target: "sink".into(),
+            parameters: BTreeMap::new(),
+            start_s: 10.0,
+            end_s: Some(26.0),
+            service_recovery_s: Some(6.0),
+            pipeline_recovery_s: None,
+        };
+        assert_eq!(pipeline_recovery(&samples, &fault), None);
+        assert_eq!(lag_recovery(&samples, &p, 60.0), (None, false));
     }
 
     #[test]

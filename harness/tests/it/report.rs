@@ -1,9 +1,15 @@
-//! Reports: golden renderings of a realistic fixture, the HTML page in a real headless
-//! browser, and the `harness diff` / `harness report` commands end to end.
+//! Reports: golden renderings, the HTML page in a real headless browser, and the
+//! `harness diff` / `harness report` commands end to end.
 //!
-//! The fixtures are built by `base_report()` / `new_report()` below and saved under
-//! tests/fixtures/; `UPDATE_GOLDEN=1 cargo test -p harness --test it report::` rewrites
-//! them and the golden files after an intended change (review the diff before committing).
+//! Two kinds of fixture. `run-base.json` / `run-new.json` are the `report.json` of two
+//! short real runs (`harness run chaos-poison --duration 30s`, copied from `reports/`):
+//! what the harness really writes, rendered to golden Markdown, JUnit and diff files. The
+//! synthetic `report-base.json` / `report-new.json` are built by `base_report()` /
+//! `new_report()` below for what a healthy run never shows (a lost change with its hop,
+//! failed thresholds, a sink kill in the timeline). `UPDATE_GOLDEN=1 cargo test -p harness
+//! --test it report::` rewrites the synthetic fixtures and every golden file after an
+//! intended change (review the diff before committing); the real fixtures are replaced by
+//! running again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -330,6 +336,26 @@ fn json_rendering_is_golden_and_round_trips() {
     let loaded = load_fixture("report-base.json");
     assert_eq!(loaded, base);
     assert_eq!(json::render(&loaded).expect("serialize"), text);
+}
+
+/// A real run's report: it parses, renders back byte for byte, and its Markdown, JUnit and
+/// diff renderings are golden.
+#[test]
+fn a_real_runs_report_round_trips_and_renders_golden() {
+    let text = std::fs::read_to_string(fixtures().join("run-base.json")).expect("real run fixture");
+    let base = load_fixture("run-base.json");
+    assert_eq!(json::render(&base).expect("serialize"), text, "re-rendering a real report changes nothing");
+    assert_eq!(base.run.backend, "local");
+    assert!(base.summary.converged && base.summary.thresholds_passed, "the fixture run passed");
+    assert!(base.pipeline.capture_latency_ms.measured() && base.pipeline.apply_latency_ms.measured(), "per-hop latency in a real report");
+    assert!(base.faults.iter().any(|f| f.kind == "poison" && f.parameters.get("unreconciled").map(String::as_str) == Some("0")));
+    let md = markdown::render(&base);
+    assert!(md.contains("| Capture hop p50 / p95 / p99 (commit → Kafka) |"), "{md}");
+    golden("run-summary.golden.md", &md);
+    golden("run-junit.golden.xml", &junit::render(&base));
+    let new = load_fixture("run-new.json");
+    let d = diff::diff(&[base], &new, &[]).expect("diff of two real runs");
+    golden("run-diff.golden.md", &diff::render_markdown(&d));
 }
 
 #[test]

@@ -54,6 +54,9 @@ async fn a_borrowed_stack_survives_the_drop_of_the_run_that_borrowed_it() -> any
     let dir = harness::testing::run_dir("teardown-borrowed");
     let mut config = harness::config::StackConfig::new(&dir);
     config.with_sink = false;
+    std::fs::create_dir_all(dir.join("logs"))?;
+    // The unprivileged postgres user must reach the run folder (as `up` arranges).
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let mut owner = LocalStack::new(config)?;
     owner.start_service(ServiceKind::Postgres).await?;
     let postgres = owner.handle(ServiceKind::Postgres).cloned().expect("postgres started");

@@ -104,6 +104,7 @@ pub async fn fetch_target(client: &Client, entity: &Entity, keys: &[String]) -> 
 
 /// Commit -> applied latency in ms of the latest change per key (snapshot reads excluded),
 /// for changes committed at or after `since`. Returns [count, p50, p90, p95, p99, max].
+/// `percentile_disc` is nearest rank, the method `run::percentiles` uses.
 pub async fn latency(client: &Client, entities: &[&Entity], since: Option<DateTime<Utc>>) -> Result<Vec<f64>, VerifyError> {
     let union = entities
         .iter()
@@ -117,7 +118,7 @@ pub async fn latency(client: &Client, entities: &[&Entity], since: Option<DateTi
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
     let sql = format!(
-        "SELECT count(*)::float8, coalesce(percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY l), ARRAY[0,0,0,0]::float8[]), coalesce(max(l), 0)::float8 FROM ({union}) s"
+        "SELECT count(*)::float8, coalesce(percentile_disc(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY l), ARRAY[0,0,0,0]::float8[]), coalesce(max(l), 0)::float8 FROM ({union}) s"
     );
     let row = client.query_one(sql.as_str(), &[&since]).await.map_err(VerifyError::target)?;
     let count: f64 = row.get(0);

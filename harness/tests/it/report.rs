@@ -344,7 +344,11 @@ fn json_rendering_is_golden_and_round_trips() {
 fn a_real_runs_report_round_trips_and_renders_golden() {
     let text = std::fs::read_to_string(fixtures().join("run-base.json")).expect("real run fixture");
     let base = load_fixture("run-base.json");
-    assert_eq!(json::render(&base).expect("serialize"), text, "re-rendering a real report changes nothing");
+    let again = json::render(&base).expect("serialize");
+    if let Some((i, (a, b))) = text.lines().zip(again.lines()).enumerate().find(|(_, (a, b))| a != b) {
+        panic!("re-rendering the real report changed line {}:\n  file:     {a}\n  rendered: {b}", i + 1);
+    }
+    assert_eq!(again, text, "re-rendering a real report changes nothing");
     assert_eq!(base.run.backend, "local");
     assert!(base.summary.converged && base.summary.thresholds_passed, "the fixture run passed");
     assert!(base.pipeline.capture_latency_ms.measured() && base.pipeline.apply_latency_ms.measured(), "per-hop latency in a real report");

@@ -233,14 +233,16 @@ impl ConsumerContext for SinkContext {
 
 pub type SinkConsumer = StreamConsumer<SinkContext>;
 
-/// The static member id (`group.instance.id`) of the consumer's `generation`-th creation:
-/// the configured one first, then a fresh identity for every consumer the watchdog
-/// recreates. A restarted sink that reclaimed its old static identity was seen to have its
-/// partitions revoked as lost moments later (the coordinator expiring the killed member's
-/// session took the identity with it) and never assigned again under that identity; a new
-/// identity joins as a new member.
-pub fn instance_id(configured: &str, generation: u32) -> String {
-    if generation == 0 { configured.to_string() } else { format!("{configured}-r{generation}") }
+/// Whether the consumer of the `generation`-th creation keeps the configured static
+/// membership (`group.instance.id`): only the first. A consumer the watchdog recreates
+/// (no assignment for `rejoin_timeout`) joins as a dynamic member. Seen on tansu 0.6: a
+/// restarted sink that reclaimed its killed predecessor's static identity inherited that
+/// member's stale last contact, was evicted for a missed heartbeat seconds after its
+/// assignment (revoked as lost), and every later static join, under any identity, waited on
+/// a group left without a leader; the coordinator expires stale members and forms a new
+/// generation only when a dynamic member joins.
+pub fn keeps_static_membership(generation: u32) -> bool {
+    generation == 0
 }
 
 pub fn create_consumer(config: &KafkaConfig, metrics: Arc<Metrics>, group: Arc<GroupState>, generation: u32) -> Result<Arc<SinkConsumer>, KafkaError> {
@@ -271,11 +273,10 @@ pub fn create_consumer(config: &KafkaConfig, metrics: Arc<Metrics>, group: Arc<G
         .set("fetch.wait.max.ms", config.fetch_wait_max.as_millis().max(1).to_string())
         .set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in &config.librdkafka {
-        if k == "group.instance.id" {
-            client.set(k, instance_id(v, generation));
-        } else {
-            client.set(k, v);
+        if k == "group.instance.id" && !keeps_static_membership(generation) {
+            continue;
         }
+        client.set(k, v);
     }
     let consumer: SinkConsumer = client.create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -291,7 +292,7 @@ pub struct Source {
     pub kafka: KafkaConfig,
     pub metrics: Arc<Metrics>,
     pub group: Arc<GroupState>,
-    /// Consumers created so far after the first (each with a fresh static identity).
+    /// Consumers created so far after the first (those join as dynamic members).
     pub generation: u32,
 }
 

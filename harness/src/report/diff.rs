@@ -580,10 +580,11 @@ mod tests {
 
     #[test]
     fn warns_when_scenarios_differ() {
-        let base = report("a", 1000.0, 500.0, 0);
+        let mut base = report("a", 1000.0, 500.0, 0);
+        base.run.scenario = "baseline".into();
         let mut new = report("b", 1000.0, 500.0, 0);
         new.run.scenario = "spike".into();
         let d = run(&base, &new, &[]);
-        assert_eq!(d.warnings, vec!["scenario differs: base , new spike".to_string()]);
+        assert_eq!(d.warnings, vec!["scenario differs: base baseline, new spike".to_string()]);
     }
 }

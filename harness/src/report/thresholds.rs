@@ -9,7 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::model::{LoadStats, Machine, PipelineStats, Report, RunMeta, SCHEMA_VERSION, Summary, ThresholdResult, ValidationStats};
+use super::model::{LoadStats, PipelineStats, Report, ThresholdResult};
 use crate::verify::{Percentiles, VerifyReport};
 
 /// Stands for any entity name in per-entity metric names (`e2e_latency_ms.<entity>.p95`).
@@ -220,22 +220,13 @@ fn one() -> Percentiles {
 /// A report in which every optional metric is present and one entity stands for all, so
 /// that `metrics()` names everything a threshold can refer to. Tests build on it too.
 pub(crate) fn representative_report() -> Report {
+    let convergence = VerifyReport {
+        time_to_converge_ms: Some(0),
+        dlq_rejected: BTreeMap::from([(ENTITY_PLACEHOLDER.to_string(), 0)]),
+        latency: crate::verify::LatencySummary { overall: one(), per_entity: BTreeMap::new() },
+        ..VerifyReport::default()
+    };
     Report {
-        schema_version: SCHEMA_VERSION,
-        run: RunMeta {
-            run_id: String::new(),
-            scenario: String::new(),
-            seed: 0,
-            git_sha: None,
-            driver: String::new(),
-            backend: String::new(),
-            versions: BTreeMap::new(),
-            machine: Machine { cores: 0, memory_mb: 0, os: String::new() },
-            started_at: String::new(),
-            ended_at: String::new(),
-            duration_s: 0.0,
-        },
-        config: serde_json::Value::Null,
         load: LoadStats { write_latency_ms: one(), dropped_iterations: Some(0), ..LoadStats::default() },
         pipeline: PipelineStats {
             events_per_sec: Some(0.0),
@@ -252,7 +243,6 @@ pub(crate) fn representative_report() -> Report {
             new_columns: vec![crate::report::model::NewColumnCheck::default()],
             ..PipelineStats::default()
         },
-        series: Vec::new(),
         faults: vec![crate::report::model::FaultRecord {
             kind: "poison".into(),
             target: String::new(),
@@ -262,15 +252,7 @@ pub(crate) fn representative_report() -> Report {
             service_recovery_s: None,
             pipeline_recovery_s: None,
         }],
-        convergence: VerifyReport {
-            time_to_converge_ms: Some(0),
-            dlq_rejected: BTreeMap::from([(ENTITY_PLACEHOLDER.to_string(), 0)]),
-            latency: crate::verify::LatencySummary { overall: one(), per_entity: BTreeMap::new() },
-            ..VerifyReport::default()
-        },
-        validation: ValidationStats::default(),
-        thresholds: Vec::new(),
-        summary: Summary::default(),
+        ..Report::of_verification(convergence)
     }
 }
 

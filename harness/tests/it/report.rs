@@ -436,10 +436,11 @@ fn html_renders_in_headless_chromium() {
     let dom = chromium(&["--dump-dom".into(), url]);
     assert!(dom.status.success(), "chromium --dump-dom failed: {}", String::from_utf8_lossy(&dom.stderr));
     let dom = String::from_utf8_lossy(&dom.stdout);
-    for id in ["chart-throughput", "chart-latency", "chart-lag", "chart-cpu", "chart-memory"] {
+    let charts = ["chart-throughput", "chart-latency", "chart-lag", "chart-slot-lag", "chart-cpu", "chart-memory"];
+    for id in charts {
         assert!(dom.contains(&format!("<svg id=\"{id}\" class=\"chart\"")), "{id} missing from the DOM");
     }
-    assert_eq!(dom.matches("<g class=\"fault\">").count(), 5 * 2, "each chart shades both faults");
+    assert_eq!(dom.matches("<g class=\"fault\">").count(), charts.len() * 2, "each chart shades both faults");
     assert!(dom.contains("<polyline class=\"line\" data-series=\"p99\""));
     assert!(dom.contains("id=\"verdict\" class=\"badge fail\">FAIL<"));
     assert!(dom.contains("DIVERGED"));

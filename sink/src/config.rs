@@ -76,6 +76,8 @@ pub struct SinkConfig {
     pub target: TargetConfig,
     pub http: HttpConfig,
     #[serde(default)]
+    pub source: SourceConfig,
+    #[serde(default)]
     pub apply: ApplyConfig,
     #[serde(default)]
     pub validation: ValidationConfig,
@@ -212,6 +214,52 @@ pub struct HttpConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics`, e.g. `127.0.0.1:9095`.
     pub listen: String,
 }
+
+/// What the sink must know of the connector that produced the events: events without
+/// schemas do not say how decimals and timestamps were encoded, so the connector's settings
+/// are declared here (an event that carries a schema is decoded by its schema instead).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Raised by an operator after a restore or a move to a new source cluster (LSNs start
+    /// again lower): every change under a higher epoch outranks every stored version of a
+    /// lower one. See README "Versions".
+    #[serde(default)]
+    pub epoch: i32,
+    /// Debezium's `decimal.handling.mode`.
+    #[serde(default)]
+    pub decimal_handling: DecimalHandling,
+    /// Debezium's `time.precision.mode`: the unit of timestamps sent as epoch numbers.
+    #[serde(default)]
+    pub time_precision: TimePrecision,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecimalHandling {
+    /// Base64 of the unscaled big-endian two's complement (Debezium's default).
+    #[default]
+    Precise,
+    /// Decimal strings.
+    String,
+    /// JSON numbers.
+    Double,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimePrecision {
+    /// Debezium's default: `timestamp(p)` columns as milliseconds for p <= 3, microseconds
+    /// otherwise (PostgreSQL's default precision is 6).
+    #[default]
+    Adaptive,
+    AdaptiveTimeMicroseconds,
+    /// Kafka Connect's logical types: milliseconds.
+    Connect,
+    /// ISO-8601 strings; an epoch number is refused.
+    Isostring,
+}
+
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,7 +8,92 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
-use crate::model::{Change, ColumnType, Coords, Entity, Extra, Field, JsonKind, Op, Row, Value};
+use std::collections::HashMap;
+
+use crate::config::{DecimalHandling, SinkConfig, TimePrecision};
+use crate::model::{Change, ColumnType, Coords, Entity, Extra, Field, JsonKind, Op, Row, Value, Version};
+
+/// What decoding needs from the configuration: how the connector encoded values that carry
+/// no schema, the source epoch, the size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeOptions {
+    pub max_event_bytes: usize,
+    pub epoch: i32,
+    pub decimals: DecimalHandling,
+    pub time_precision: TimePrecision,
+}
+
+impl DecodeOptions {
+    pub fn of(config: &SinkConfig) -> Self {
+        Self {
+            max_event_bytes: config.apply.max_event_bytes,
+            epoch: config.source.epoch,
+            decimals: config.source.decimal_handling,
+            time_precision: config.source.time_precision,
+        }
+    }
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self { max_event_bytes: 1 << 20, epoch: 0, decimals: DecimalHandling::default(), time_precision: TimePrecision::default() }
+    }
+}
+
+/// How the connector declared one column in an event's schema (events with
+/// `schemas.enable=true`): the schema, not the value's look, says how to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Declared {
+    DecimalBytes { scale: u32 },
+    VariableScaleDecimal,
+    DecimalString,
+    Double,
+    EpochMillis,
+    EpochMicros,
+    EpochNanos,
+    IsoString,
+    Other,
+}
+
+/// Column name -> declaration, from a Kafka Connect JSON schema: the `after` (or `before`)
+/// struct of an envelope, or the top-level fields of a flattened event.
+fn declared_columns(schema: &Json) -> HashMap<String, Declared> {
+    let fields = |s: &Json| s.get("fields").and_then(Json::as_array).cloned().unwrap_or_default();
+    let top = fields(schema);
+    let row = top
+        .iter()
+        .find(|f| f.get("field").and_then(Json::as_str) == Some("after"))
+        .or_else(|| top.iter().find(|f| f.get("field").and_then(Json::as_str) == Some("before")))
+        .map_or(top.clone(), fields);
+    row.iter()
+        .filter_map(|f| {
+            let name = f.get("field")?.as_str()?;
+            let ty = f.get("type").and_then(Json::as_str).unwrap_or_default();
+            let logical = f.get("name").and_then(Json::as_str).unwrap_or_default();
+            let declared = match (logical, ty) {
+                ("org.apache.kafka.connect.data.Decimal", _) => Declared::DecimalBytes {
+                    scale: f.pointer("/parameters/scale").and_then(|s| s.as_str().and_then(|s| s.parse().ok()).or_else(|| s.as_u64().and_then(|n| u32::try_from(n).ok()))).unwrap_or(0),
+                },
+                ("io.debezium.data.VariableScaleDecimal", _) => Declared::VariableScaleDecimal,
+                ("io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp", _) => Declared::EpochMillis,
+                ("io.debezium.time.MicroTimestamp", _) => Declared::EpochMicros,
+                ("io.debezium.time.NanoTimestamp", _) => Declared::EpochNanos,
+                ("io.debezium.time.ZonedTimestamp" | "io.debezium.time.IsoTimestamp", _) => Declared::IsoString,
+                (_, "double" | "float") => Declared::Double,
+                (_, "string") => Declared::DecimalString,
+                _ => Declared::Other,
+            };
+            Some((name.to_string(), declared))
+        })
+        .collect()
+}
+
+/// Everything a row needs to decode its values.
+#[derive(Clone, Copy)]
+struct Decoding<'a> {
+    options: &'a DecodeOptions,
+    declared: &'a HashMap<String, Declared>,
+}
 
 /// Debezium's placeholder for an unchanged TOASTed column.
 pub const TOAST_PLACEHOLDER: &str = "__debezium_unavailable_value";
@@ -52,6 +137,14 @@ pub enum DecodeError {
     KeyMismatch { key: String, row: String },
     #[error("value of {size} bytes exceeds max_event_bytes ({limit})")]
     TooLarge { size: usize, limit: usize },
+    /// A flattened event without `__deleted`: the connector drops deletes or sends them as
+    /// bare nulls, so the sink would silently keep deleted rows. A configuration error, not
+    /// an event's fault: the partition stops until the connector is fixed.
+    #[error(
+        "flattened event without __deleted: deletes are dropped or sent without a row; configure ExtractNewRecordState \
+         with delete.handling.mode=rewrite (Debezium 3: delete.tombstone.handling.mode=rewrite) and add.fields=op,lsn,source.ts_ms,sequence"
+    )]
+    DeletesNotCarried,
 }
 
 impl DecodeError {
@@ -67,30 +160,33 @@ impl DecodeError {
             Self::BadColumn { .. } => "bad_column",
             Self::KeyMismatch { .. } => "key_mismatch",
             Self::TooLarge { .. } => "too_large",
+            Self::DeletesNotCarried => "deletes_not_carried",
         }
     }
 }
 
 /// Decodes one record. `key`/`value` are the raw Kafka bytes.
-pub fn decode(coords: &Coords, key: Option<&[u8]>, value: Option<&[u8]>, max_event_bytes: usize) -> Result<Decoded, DecodeError> {
+pub fn decode(coords: &Coords, key: Option<&[u8]>, value: Option<&[u8]>, options: &DecodeOptions) -> Result<Decoded, DecodeError> {
     let Some(value) = value else {
         return Ok(Decoded::Tombstone);
     };
-    if value.len() > max_event_bytes {
-        return Err(DecodeError::TooLarge { size: value.len(), limit: max_event_bytes });
+    if value.len() > options.max_event_bytes {
+        return Err(DecodeError::TooLarge { size: value.len(), limit: options.max_event_bytes });
     }
     let entity = Entity::from_topic(&coords.topic).ok_or_else(|| DecodeError::UnknownTable(coords.topic.clone()))?;
     let json: Json = serde_json::from_slice(value).map_err(|e| DecodeError::MalformedValue(e.to_string()))?;
     let Json::Object(obj) = json else {
         return Err(DecodeError::NotAnObject);
     };
-    // Debezium with schemas enabled wraps everything in {schema, payload}; accept it too.
-    let obj = match obj.get("payload") {
-        Some(Json::Object(p)) if obj.contains_key("schema") => p.clone(),
-        _ => obj,
+    // Debezium with schemas enabled wraps everything in {schema, payload}; the schema then
+    // declares how each column was encoded.
+    let (obj, declared) = match (obj.get("payload"), obj.get("schema")) {
+        (Some(Json::Object(p)), Some(schema)) => (p.clone(), declared_columns(schema)),
+        _ => (obj, HashMap::new()),
     };
+    let how = Decoding { options, declared: &declared };
     let is_envelope = obj.contains_key("op") && (obj.contains_key("source") || obj.contains_key("after"));
-    let change = if is_envelope { decode_envelope(entity, &obj, coords)? } else { decode_flattened(entity, &obj, coords)? };
+    let change = if is_envelope { decode_envelope(entity, &obj, coords, how)? } else { decode_flattened(entity, &obj, coords, how)? };
     let Some(mut change) = change else {
         return Ok(match obj.get("op").or_else(|| obj.get("__op")).and_then(Json::as_str) {
             Some("t") => Decoded::Truncate,
@@ -129,7 +225,33 @@ fn parse_op(op: &str) -> Result<Option<Op>, DecodeError> {
     }))
 }
 
-fn decode_envelope(entity: Entity, obj: &Map<String, Json>, coords: &Coords) -> Result<Option<Change>, DecodeError> {
+/// `source.sequence`: a JSON array in a string, `["<last commit lsn>", "<lsn>"]`, either
+/// element possibly null.
+fn sequence_commit(sequence: Option<&Json>) -> Option<i64> {
+    let text = sequence?.as_str()?;
+    let parsed: Json = serde_json::from_str(text).ok()?;
+    let first = parsed.as_array()?.first()?;
+    first.as_str().and_then(|s| s.parse().ok()).or_else(|| first.as_i64())
+}
+
+/// `source.snapshot`: "true", "first", "last", "first_in_data_collection",
+/// "last_in_data_collection", "incremental" (or a boolean in old versions); "false" or absent
+/// for streamed changes.
+fn is_snapshot(snapshot: Option<&Json>, op: Op) -> bool {
+    op == Op::Read
+        || match snapshot {
+            Some(Json::Bool(b)) => *b,
+            Some(Json::String(s)) => s != "false",
+            _ => false,
+        }
+}
+
+fn version(options: &DecodeOptions, lsn: i64, commit: Option<i64>, snapshot: bool) -> Version {
+    // A snapshot row's commit position is the snapshot point itself.
+    Version { epoch: options.epoch, commit: if snapshot { Some(lsn) } else { commit }, lsn, snapshot }
+}
+
+fn decode_envelope(entity: Entity, obj: &Map<String, Json>, coords: &Coords, how: Decoding<'_>) -> Result<Option<Change>, DecodeError> {
     let op = obj.get("op").and_then(Json::as_str).ok_or_else(|| DecodeError::UnknownOp(format!("{:?}", obj.get("op"))))?;
     let Some(op) = parse_op(op)? else {
         return Ok(None);
@@ -139,13 +261,15 @@ fn decode_envelope(entity: Entity, obj: &Map<String, Json>, coords: &Coords) -> 
         return Err(DecodeError::TableMismatch { event: table.into(), topic: coords.topic.clone() });
     }
     let lsn = source.and_then(|s| s.get("lsn")).and_then(Json::as_i64).ok_or(DecodeError::MissingLsn("source.lsn"))?;
+    let commit = sequence_commit(source.and_then(|s| s.get("sequence")));
+    let version = version(how.options, lsn, commit, is_snapshot(source.and_then(|s| s.get("snapshot")), op));
     let source_ts = source.and_then(|s| epoch_field(s, "ts"));
     let emitted_ts = epoch_field(obj, "ts");
     let row = |name: &str, lenient: bool| -> Result<Option<Row>, DecodeError> {
         match obj.get(name) {
             None | Some(Json::Null) => Ok(None),
-            Some(Json::Object(r)) if lenient => decode_delete_image(entity, r).map(Some),
-            Some(Json::Object(r)) => decode_row(entity, r).map(Some),
+            Some(Json::Object(r)) if lenient => decode_delete_image(entity, r, how).map(Some),
+            Some(Json::Object(r)) => decode_row(entity, r, how).map(Some),
             Some(_) => Err(DecodeError::MissingRow("before/after is not an object")),
         }
     };
@@ -157,14 +281,14 @@ fn decode_envelope(entity: Entity, obj: &Map<String, Json>, coords: &Coords) -> 
         after.as_ref().ok_or(DecodeError::MissingRow("create/update/read without after"))?
     };
     let key = row_id(entity, image)?;
-    Ok(Some(Change { entity, key, op, lsn, source_ts, emitted_ts, before, after: if op.is_delete() { None } else { after }, coords: coords.clone() }))
+    Ok(Some(Change { entity, key, op, version, source_ts, emitted_ts, before, after: if op.is_delete() { None } else { after }, coords: coords.clone() }))
 }
 
-fn decode_flattened(entity: Entity, obj: &Map<String, Json>, coords: &Coords) -> Result<Option<Change>, DecodeError> {
+fn decode_flattened(entity: Entity, obj: &Map<String, Json>, coords: &Coords, how: Decoding<'_>) -> Result<Option<Change>, DecodeError> {
     let deleted = match obj.get("__deleted") {
         Some(Json::Bool(b)) => *b,
         Some(Json::String(s)) => s == "true",
-        _ => false,
+        _ => return Err(DecodeError::DeletesNotCarried),
     };
     let op = match obj.get("__op").and_then(Json::as_str) {
         Some(op) => parse_op(op)?,
@@ -181,15 +305,19 @@ fn decode_flattened(entity: Entity, obj: &Map<String, Json>, coords: &Coords) ->
     }
     let lsn = obj
         .get("__lsn")
+        .or_else(|| obj.get("__source_lsn"))
         .and_then(Json::as_i64)
-        .ok_or(DecodeError::MissingLsn("__lsn (configure ExtractNewRecordState add.fields=op,lsn,source.ts_ms,table)"))?;
+        .ok_or(DecodeError::MissingLsn("__lsn (configure ExtractNewRecordState add.fields=op,lsn,source.ts_ms,sequence,table)"))?;
+    let commit = sequence_commit(obj.get("__sequence").or_else(|| obj.get("__source_sequence")));
+    let snapshot = is_snapshot(obj.get("__snapshot").or_else(|| obj.get("__source_snapshot")), op);
+    let version = version(how.options, lsn, commit, snapshot);
     let source_ts = epoch_field(obj, "__source_ts");
     let emitted_ts = epoch_field(obj, "__ts");
     let fields: Map<String, Json> = obj.iter().filter(|(k, _)| !k.starts_with("__")).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let row = if op.is_delete() { decode_delete_image(entity, &fields)? } else { decode_row(entity, &fields)? };
+    let row = if op.is_delete() { decode_delete_image(entity, &fields, how)? } else { decode_row(entity, &fields, how)? };
     let key = row_id(entity, &row)?;
     let (before, after) = if op.is_delete() { (Some(row), None) } else { (None, Some(row)) };
-    Ok(Some(Change { entity, key, op, lsn, source_ts, emitted_ts, before, after, coords: coords.clone() }))
+    Ok(Some(Change { entity, key, op, version, source_ts, emitted_ts, before, after, coords: coords.clone() }))
 }
 
 /// `<prefix>_ms`, `<prefix>_us` or `<prefix>_ns` (Debezium 2.x sends all three on `source`).
@@ -213,22 +341,61 @@ fn row_id(entity: Entity, row: &Row) -> Result<uuid::Uuid, DecodeError> {
 /// other required columns with empty values (`""` for a uuid column), which must not make
 /// the delete undecodable (it would be dead-lettered and the row stay: a lost delete).
 /// Non-key columns that do not decode are left out; the key must decode.
-pub fn decode_delete_image(entity: Entity, obj: &Map<String, Json>) -> Result<Row, DecodeError> {
+fn decode_delete_image(entity: Entity, obj: &Map<String, Json>, how: Decoding<'_>) -> Result<Row, DecodeError> {
     let decodable: Map<String, Json> = obj
         .iter()
         .filter(|(name, json)| {
             *name == "id"
                 || match entity.column_index(name) {
-                    Some(i) => json.as_str() == Some(TOAST_PLACEHOLDER) || decode_value(entity.columns()[i].ty, json).is_ok(),
+                    Some(i) => json.as_str() == Some(TOAST_PLACEHOLDER) || how.value(name, entity.columns()[i].ty, json).is_ok(),
                     None => true,
                 }
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    decode_row(entity, &decodable)
+    decode_row(entity, &decodable, how)
 }
 
-pub fn decode_row(entity: Entity, obj: &Map<String, Json>) -> Result<Row, DecodeError> {
+impl Decoding<'_> {
+    /// A column's value, read as the schema declares it, else as the connector settings say.
+    fn value(&self, column: &str, ty: ColumnType, json: &Json) -> Result<Value, String> {
+        let declared = self.declared.get(column).copied();
+        match ty {
+            ColumnType::Numeric { scale } if !json.is_null() => {
+                let how = match declared {
+                    Some(Declared::DecimalBytes { scale }) => return decode_decimal(json, DecimalEncoding::Base64 { scale }).map(Value::Numeric),
+                    Some(Declared::VariableScaleDecimal) => DecimalEncoding::VariableScale,
+                    Some(Declared::DecimalString) => DecimalEncoding::Text,
+                    Some(Declared::Double) => DecimalEncoding::Number,
+                    _ => match self.options.decimals {
+                        DecimalHandling::Precise => DecimalEncoding::Base64 { scale },
+                        DecimalHandling::String => DecimalEncoding::Text,
+                        DecimalHandling::Double => DecimalEncoding::Number,
+                    },
+                };
+                decode_decimal(json, how).map(Value::Numeric)
+            }
+            ColumnType::Timestamptz if !json.is_null() => {
+                let unit = match declared {
+                    Some(Declared::EpochMillis) => Some(EpochUnit::Millis),
+                    Some(Declared::EpochMicros) => Some(EpochUnit::Micros),
+                    Some(Declared::EpochNanos) => Some(EpochUnit::Nanos),
+                    Some(Declared::IsoString) => None,
+                    _ => match self.options.time_precision {
+                        // PostgreSQL's default timestamp precision is 6: microseconds.
+                        TimePrecision::Adaptive | TimePrecision::AdaptiveTimeMicroseconds => Some(EpochUnit::Micros),
+                        TimePrecision::Connect => Some(EpochUnit::Millis),
+                        TimePrecision::Isostring => None,
+                    },
+                };
+                decode_timestamp(json, unit).map(Value::Timestamp)
+            }
+            _ => decode_value(ty, json),
+        }
+    }
+}
+
+fn decode_row(entity: Entity, obj: &Map<String, Json>, how: Decoding<'_>) -> Result<Row, DecodeError> {
     let mut row = Row::empty(entity);
     for (name, json) in obj {
         match entity.column_index(name) {
@@ -237,7 +404,7 @@ pub fn decode_row(entity: Entity, obj: &Map<String, Json>) -> Result<Row, Decode
                 let field = if json.as_str() == Some(TOAST_PLACEHOLDER) {
                     Field::Unavailable
                 } else {
-                    Field::Value(decode_value(column.ty, json).map_err(|reason| DecodeError::BadColumn { column: name.clone(), reason })?)
+                    Field::Value(how.value(name, column.ty, json).map_err(|reason| DecodeError::BadColumn { column: name.clone(), reason })?)
                 };
                 row.known[i] = Some(field);
             }
@@ -255,7 +422,9 @@ pub fn decode_row(entity: Entity, obj: &Map<String, Json>) -> Result<Row, Decode
     Ok(row)
 }
 
-pub fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
+/// Values whose encoding does not depend on the connector's settings (numeric and
+/// timestamp columns are read by `Decoding::value`).
+fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
     if json.is_null() {
         return Ok(Value::Null);
     }
@@ -281,31 +450,40 @@ pub fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
             };
             n.and_then(|n| i32::try_from(n).ok()).map(Value::Int).ok_or_else(|| format!("expected a 32-bit integer, found {json}"))
         }
-        ColumnType::Numeric { scale } => decode_decimal(json, scale).map(Value::Numeric),
-        ColumnType::Timestamptz => decode_timestamp(json).map(Value::Timestamp),
+        ColumnType::Numeric { scale } => decode_decimal(json, DecimalEncoding::Base64 { scale }).map(Value::Numeric),
+        ColumnType::Timestamptz => decode_timestamp(json, Some(EpochUnit::Micros)).map(Value::Timestamp),
     }
 }
 
-/// Decimals arrive as strings (`decimal.handling.mode=string`), JSON numbers (`double`),
-/// base64 big-endian two's-complement unscaled bytes with the column's scale (`precise`,
-/// Debezium's default), or `{"scale": s, "value": base64}` (variable scale).
-///
-/// A string made only of digits, sign and dot is read as a decimal, anything else as
-/// base64: base64 of a non-negative unscaled value never starts with a digit or sign
-/// (its first 6 bits are below 32), so the two forms cannot be confused for valid amounts.
-pub fn decode_decimal(json: &Json, scale: u32) -> Result<Decimal, String> {
-    match json {
-        Json::Number(n) => n.to_string().parse::<Decimal>().map_err(|e| format!("{n} is not a decimal: {e}")),
-        Json::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+') => {
-            s.parse::<Decimal>().map_err(|e| format!("{s:?} is not a decimal: {e}"))
-        }
-        Json::String(s) => decimal_from_base64(s, scale),
-        Json::Object(o) => {
+/// How the connector encoded a decimal (declared by the event's schema or by
+/// `[source] decimal_handling`), never guessed from the value: `"1234"` is valid base64
+/// (of a negative unscaled value) as well as a decimal string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecimalEncoding {
+    /// `precise`: base64 of the big-endian two's-complement unscaled value.
+    Base64 { scale: u32 },
+    /// `{"scale": s, "value": base64}` (`io.debezium.data.VariableScaleDecimal`).
+    VariableScale,
+    /// `string`.
+    Text,
+    /// `double`.
+    Number,
+}
+
+pub fn decode_decimal(json: &Json, how: DecimalEncoding) -> Result<Decimal, String> {
+    match (how, json) {
+        // A JSON number is unambiguous whatever was declared.
+        (_, Json::Number(n)) => n.to_string().parse::<Decimal>().map_err(|e| format!("{n} is not a decimal: {e}")),
+        (DecimalEncoding::Base64 { scale }, Json::String(s)) => decimal_from_base64(s, scale),
+        (DecimalEncoding::Text | DecimalEncoding::Number, Json::String(s)) => s.parse::<Decimal>().map_err(|e| format!("{s:?} is not a decimal: {e}")),
+        // Variable scale always travels as an object.
+        (_, Json::Object(o)) => {
             let scale = o.get("scale").and_then(Json::as_u64).ok_or("variable-scale decimal without scale")?;
             let value = o.get("value").and_then(Json::as_str).ok_or("variable-scale decimal without value")?;
             decimal_from_base64(value, u32::try_from(scale).map_err(|_| "scale out of range")?)
         }
-        other => Err(format!("expected a decimal, found {other}")),
+        (DecimalEncoding::VariableScale, Json::String(s)) => Err(format!("{s:?}: a variable-scale decimal is an object {{scale, value}}")),
+        (_, other) => Err(format!("expected a decimal, found {other}")),
     }
 }
 
@@ -322,11 +500,17 @@ fn decimal_from_base64(s: &str, scale: u32) -> Result<Decimal, String> {
     Decimal::try_from_i128_with_scale(unscaled, scale).map_err(|e| format!("decimal out of range: {e}"))
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochUnit {
+    Millis,
+    Micros,
+    Nanos,
+}
+
 /// Timestamps arrive as ISO-8601 strings (`ZonedTimestamp` for timestamptz, with or without
-/// offset) or epoch numbers. The unit of a number is told by its magnitude, since the
-/// schema is not sent: below 1e14 milliseconds (until year 5138), below 1e17
-/// microseconds, otherwise nanoseconds.
-pub fn decode_timestamp(json: &Json) -> Result<DateTime<Utc>, String> {
+/// offset) or epoch numbers in the unit the connector declared (`None`: numbers are refused,
+/// `time.precision.mode=isostring`). The unit is never guessed from the magnitude.
+pub fn decode_timestamp(json: &Json, unit: Option<EpochUnit>) -> Result<DateTime<Utc>, String> {
     match json {
         Json::String(s) => DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
@@ -338,13 +522,11 @@ pub fn decode_timestamp(json: &Json) -> Result<DateTime<Utc>, String> {
             .map_err(|e| format!("{s:?} is not an ISO-8601 timestamp: {e}")),
         Json::Number(n) => {
             let v = n.as_i64().ok_or_else(|| format!("{n} is not an integer epoch"))?;
-            let abs = v.unsigned_abs();
-            let t = if abs < 100_000_000_000_000 {
-                DateTime::from_timestamp_millis(v)
-            } else if abs < 100_000_000_000_000_000 {
-                DateTime::from_timestamp_micros(v)
-            } else {
-                Some(Utc.timestamp_nanos(v))
+            let t = match unit {
+                Some(EpochUnit::Millis) => DateTime::from_timestamp_millis(v),
+                Some(EpochUnit::Micros) => DateTime::from_timestamp_micros(v),
+                Some(EpochUnit::Nanos) => Some(Utc.timestamp_nanos(v)),
+                None => return Err(format!("{v}: an epoch number, but time_precision = \"isostring\" declares ISO-8601 strings")),
             };
             t.ok_or_else(|| format!("{v} is out of range"))
         }
@@ -365,9 +547,22 @@ mod tests {
     const ID: &str = "5f0c6d4e-1b7e-4c3a-9a55-1b2c3d4e5f60";
     const CUST: &str = "0a0c6d4e-1b7e-4c3a-9a55-1b2c3d4e5f61";
 
+    /// The harness's connector settings: decimals as strings.
+    fn options() -> DecodeOptions {
+        DecodeOptions { decimals: DecimalHandling::String, ..DecodeOptions::default() }
+    }
+
     fn dec(table: &str, key: Option<Json>, value: Json) -> Result<Decoded, DecodeError> {
+        dec_with(&options(), table, key, value)
+    }
+
+    fn dec_with(options: &DecodeOptions, table: &str, key: Option<Json>, value: Json) -> Result<Decoded, DecodeError> {
         let k = key.map(|k| k.to_string().into_bytes());
-        decode(&coords(table), k.as_deref(), Some(value.to_string().as_bytes()), 1 << 20)
+        decode(&coords(table), k.as_deref(), Some(value.to_string().as_bytes()), options)
+    }
+
+    fn sized(max_event_bytes: usize) -> DecodeOptions {
+        DecodeOptions { max_event_bytes, ..options() }
     }
 
     fn change(d: Decoded) -> Change {
@@ -388,7 +583,7 @@ mod tests {
             "source": {"lsn": 12345, "ts_ms": 1714557600000i64, "table": "orders"}, "op": "u", "ts_ms": 1714557600100i64});
         let c = change(dec("orders", Some(json!({"id": ID})), v).unwrap());
         assert_eq!(c.op, Op::Update);
-        assert_eq!(c.lsn, 12345);
+        assert_eq!(c.version, Version::streamed(None, 12345));
         assert_eq!(c.key.to_string(), ID);
         assert_eq!(c.source_ts.unwrap().timestamp_millis(), 1714557600000);
         let after = c.after.unwrap();
@@ -441,7 +636,7 @@ mod tests {
         o.insert("__table".into(), json!("orders"));
         o.insert("__deleted".into(), json!("false"));
         let c = change(dec("orders", Some(json!({"id": ID})), v.clone()).unwrap());
-        assert_eq!((c.op, c.lsn), (Op::Update, 777));
+        assert_eq!((c.op, c.version.lsn), (Op::Update, 777));
         assert!(c.after.as_ref().unwrap().extra.is_empty(), "metadata fields are not columns");
         v["__deleted"] = json!("true");
         v["__op"] = json!("d");
@@ -452,13 +647,15 @@ mod tests {
 
     #[test]
     fn flattened_without_lsn_is_rejected() {
-        let err = dec("orders", None, order("paid", json!("1.00"))).unwrap_err();
+        let mut v = order("paid", json!("1.00"));
+        v["__deleted"] = json!("false");
+        let err = dec("orders", None, v).unwrap_err();
         assert_eq!(err.kind(), "missing_lsn");
     }
 
     #[test]
     fn tombstone_truncate_message() {
-        assert_eq!(decode(&coords("orders"), Some(b"{\"id\":\"x\"}"), None, 100).unwrap(), Decoded::Tombstone);
+        assert_eq!(decode(&coords("orders"), Some(b"{\"id\":\"x\"}"), None, &sized(100)).unwrap(), Decoded::Tombstone);
         let t = json!({"op": "t", "source": {"lsn": 5, "table": "orders"}, "ts_ms": 1});
         assert_eq!(dec("orders", None, t).unwrap(), Decoded::Truncate);
         let m = json!({"op": "m", "source": {"lsn": 5}, "message": {"prefix": "audit", "content": "AQI="}});
@@ -469,9 +666,9 @@ mod tests {
     fn unknown_op_and_malformed() {
         let v = json!({"op": "x", "source": {"lsn": 5}, "after": order("paid", json!("1"))});
         assert_eq!(dec("orders", None, v).unwrap_err().kind(), "unknown_op");
-        let err = decode(&coords("orders"), None, Some(b"{not json"), 100).unwrap_err();
+        let err = decode(&coords("orders"), None, Some(b"{not json"), &sized(100)).unwrap_err();
         assert_eq!(err.kind(), "malformed_value");
-        let err = decode(&coords("invoice"), None, Some(b"{}"), 100).unwrap_err();
+        let err = decode(&coords("invoice"), None, Some(b"{}"), &sized(100)).unwrap_err();
         assert_eq!(err.kind(), "unknown_table");
     }
 
@@ -487,28 +684,101 @@ mod tests {
     }
 
     #[test]
-    fn decimals_string_number_base64_variable() {
-        let scale = 2;
-        assert_eq!(decode_decimal(&json!("1234.56"), scale).unwrap().to_string(), "1234.56");
-        assert_eq!(decode_decimal(&json!(12.5), scale).unwrap().to_string(), "12.5");
+    fn decimals_decode_as_declared() {
+        let b64 = |scale| DecimalEncoding::Base64 { scale };
+        assert_eq!(decode_decimal(&json!("1234.56"), DecimalEncoding::Text).unwrap().to_string(), "1234.56");
+        assert_eq!(decode_decimal(&json!(12.5), DecimalEncoding::Number).unwrap().to_string(), "12.5");
         // 1234 unscaled = 0x04D2 -> "BNI=" -> 12.34 at scale 2.
-        assert_eq!(decode_decimal(&json!("BNI="), scale).unwrap().to_string(), "12.34");
+        assert_eq!(decode_decimal(&json!("BNI="), b64(2)).unwrap().to_string(), "12.34");
         // -1 unscaled = 0xFF -> "/w==" -> -0.01.
-        assert_eq!(decode_decimal(&json!("/w=="), scale).unwrap().to_string(), "-0.01");
-        assert_eq!(decode_decimal(&json!({"scale": 3, "value": "BNI="}), scale).unwrap().to_string(), "1.234");
-        assert!(decode_decimal(&json!("not*base64"), scale).is_err());
-        assert!(decode_decimal(&json!(true), scale).is_err());
+        assert_eq!(decode_decimal(&json!("/w=="), b64(2)).unwrap().to_string(), "-0.01");
+        assert_eq!(decode_decimal(&json!({"scale": 3, "value": "BNI="}), DecimalEncoding::VariableScale).unwrap().to_string(), "1.234");
+        assert!(decode_decimal(&json!("not*base64"), b64(2)).is_err());
+        assert!(decode_decimal(&json!(true), b64(2)).is_err());
+        // "1234" is base64 of 0xD76DF8, the unscaled -2658824: declared precise, it is that
+        // negative amount, never the number 1234.
+        assert_eq!(decode_decimal(&json!("1234"), b64(2)).unwrap().to_string(), "-26588.24");
+        assert_eq!(decode_decimal(&json!("1234"), DecimalEncoding::Text).unwrap().to_string(), "1234");
+    }
+
+    /// The connector's settings decide schema-less values; an event's schema overrides them.
+    #[test]
+    fn values_follow_the_settings_or_the_schema() {
+        let item = |price: Json| {
+            json!({"after": {"id": ID, "order_id": CUST, "product_sku": "S", "product_name": "N", "quantity": 1, "unit_price": price, "line_total": price},
+                   "source": {"lsn": 5, "table": "order_item"}, "op": "c"})
+        };
+        let price = |d: Decoded| change(d).after.unwrap().value(Entity::OrderItem, "unit_price").cloned();
+        let precise = DecodeOptions::default();
+        assert_eq!(price(dec_with(&precise, "order_item", None, item(json!("1234"))).unwrap()), Some(Value::Numeric(Decimal::from_str("-26588.24").unwrap())));
+        assert_eq!(price(dec("order_item", None, item(json!("1234"))).unwrap()), Some(Value::Numeric(Decimal::from_str("1234").unwrap())));
+        let schema = json!({"type": "struct", "fields": [
+            {"field": "before", "type": "struct", "fields": []},
+            {"field": "after", "type": "struct", "fields": [
+                {"field": "unit_price", "type": "bytes", "name": "org.apache.kafka.connect.data.Decimal", "parameters": {"scale": "2"}},
+                {"field": "line_total", "type": "bytes", "name": "org.apache.kafka.connect.data.Decimal", "parameters": {"scale": "2"}}]}]});
+        let wrapped = json!({"schema": schema, "payload": item(json!("BNI="))});
+        assert_eq!(price(dec("order_item", None, wrapped).unwrap()), Some(Value::Numeric(Decimal::from_str("12.34").unwrap())), "the schema says bytes");
+
+        let customer = |ts: Json| json!({"after": {"id": ID, "email": "a@b.c", "status": "active", "updated_at": ts}, "source": {"lsn": 5}, "op": "c"});
+        let updated = |d: Decoded| change(d).after.unwrap().value(Entity::Customer, "updated_at").cloned();
+        let micros = 1714557600123456i64;
+        let expected = Some(Value::Timestamp(DateTime::from_timestamp_micros(micros).unwrap()));
+        assert_eq!(updated(dec("customer", None, customer(json!(micros))).unwrap()), expected, "adaptive: microseconds");
+        let connect = DecodeOptions { time_precision: TimePrecision::Connect, ..options() };
+        assert_eq!(updated(dec_with(&connect, "customer", None, customer(json!(micros / 1000))).unwrap()).map(|v| format!("{v:?}")), Some(format!("{:?}", Value::Timestamp(DateTime::from_timestamp_millis(micros / 1000).unwrap()))));
+        let iso = DecodeOptions { time_precision: TimePrecision::Isostring, ..options() };
+        assert_eq!(dec_with(&iso, "customer", None, customer(json!(micros))).unwrap_err().kind(), "bad_column");
+        let nanos = json!({"schema": {"type": "struct", "fields": [{"field": "after", "type": "struct", "fields": [
+            {"field": "updated_at", "type": "int64", "name": "io.debezium.time.NanoTimestamp"}]}]}, "payload": customer(json!(micros * 1000))});
+        assert_eq!(updated(dec("customer", None, nanos).unwrap()), expected, "the schema says nanoseconds");
     }
 
     #[test]
-    fn timestamps_iso_and_epoch_units() {
+    fn timestamps_iso_and_declared_epoch_units() {
         let expected = DateTime::parse_from_rfc3339("2024-05-01T10:00:00.123456Z").unwrap().with_timezone(&Utc);
-        assert_eq!(decode_timestamp(&json!("2024-05-01T10:00:00.123456Z")).unwrap(), expected);
-        assert_eq!(decode_timestamp(&json!("2024-05-01T12:00:00.123456+02:00")).unwrap(), expected);
-        assert_eq!(decode_timestamp(&json!(1714557600123456i64)).unwrap(), expected);
-        assert_eq!(decode_timestamp(&json!(1714557600123456000i64)).unwrap(), expected);
-        assert_eq!(decode_timestamp(&json!(1714557600123i64)).unwrap().timestamp_millis(), 1714557600123);
-        assert!(decode_timestamp(&json!("yesterday")).is_err());
+        let micros = Some(EpochUnit::Micros);
+        assert_eq!(decode_timestamp(&json!("2024-05-01T10:00:00.123456Z"), micros).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!("2024-05-01T12:00:00.123456+02:00"), None).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!(1714557600123456i64), micros).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!(1714557600123456000i64), Some(EpochUnit::Nanos)).unwrap(), expected);
+        assert_eq!(decode_timestamp(&json!(1714557600123i64), Some(EpochUnit::Millis)).unwrap().timestamp_millis(), 1714557600123);
+        // A millisecond value read as declared microseconds is 1970, not guessed into 2024.
+        assert_eq!(decode_timestamp(&json!(1714557600123i64), micros).unwrap().timestamp(), 1714557);
+        assert!(decode_timestamp(&json!("yesterday"), micros).is_err());
+    }
+
+    /// Versions: commit position (`source.sequence[0]`) first, the change's LSN second; a
+    /// snapshot row's commit is its snapshot LSN; a transaction that wrote before the
+    /// snapshot point and committed after it outranks the snapshot row.
+    #[test]
+    fn versions_follow_commit_order() {
+        let customer = |source: Json, op: &str| json!({"after": {"id": ID, "email": "a@b.c", "status": "active", "updated_at": "2024-05-01T10:00:00Z"}, "source": source, "op": op});
+        let v = |source: Json, op: &str| change(dec("customer", None, customer(source, op)).unwrap()).version;
+        let snapshot = v(json!({"lsn": 1000, "snapshot": "true", "sequence": "[null,\"1000\"]"}), "r");
+        assert_eq!(snapshot, Version { epoch: 0, commit: Some(1000), lsn: 1000, snapshot: true });
+        // Wrote at 900 (before the snapshot point), committed after: the first transaction
+        // of the session has no last commit; a later one has.
+        let straddling_first = v(json!({"lsn": 900, "snapshot": "false", "sequence": "[null,\"900\"]"}), "u");
+        let straddling_later = v(json!({"lsn": 950, "snapshot": "false", "sequence": "[\"1200\",\"950\"]"}), "u");
+        assert!(straddling_first.is_newer_than(&snapshot) && straddling_later.is_newer_than(&snapshot));
+        assert!(!snapshot.is_newer_than(&straddling_first) && !snapshot.is_newer_than(&straddling_later), "a replayed snapshot row stays stale");
+        assert!(straddling_later.is_newer_than(&straddling_first), "commit order, not change LSN order");
+        let same_tx_next = v(json!({"lsn": 960, "sequence": "[\"1200\",\"960\"]"}), "u");
+        assert!(same_tx_next.is_newer_than(&straddling_later) && !straddling_later.is_newer_than(&same_tx_next));
+        assert!(!same_tx_next.is_newer_than(&same_tx_next), "a duplicate is not newer");
+        let epoch1 = change(dec_with(&DecodeOptions { epoch: 1, ..options() }, "customer", None, customer(json!({"lsn": 5}), "u")).unwrap()).version;
+        assert!(epoch1.is_newer_than(&same_tx_next), "a restored source re-based by its epoch");
+        let flat = json!({"id": ID, "email": "a@b.c", "status": "active", "updated_at": "2024-05-01T10:00:00Z",
+            "__deleted": "false", "__op": "u", "__lsn": 950, "__source_sequence": "[\"1200\",\"950\"]"});
+        assert_eq!(change(dec("customer", None, flat).unwrap()).version, straddling_later);
+    }
+
+    /// ExtractNewRecordState without delete rewriting drops deletes: refused, never ignored.
+    #[test]
+    fn flattened_events_must_carry_deletes() {
+        let flat = json!({"id": ID, "email": "a@b.c", "status": "active", "updated_at": "2024-05-01T10:00:00Z", "__op": "u", "__lsn": 7});
+        assert_eq!(dec("customer", None, flat).unwrap_err(), DecodeError::DeletesNotCarried);
     }
 
     #[test]
@@ -516,7 +786,7 @@ mod tests {
         let v = json!({"after": order("paid", json!("1")), "source": {"lsn": 5}, "op": "c"});
         let err = dec("orders", Some(json!({"id": CUST})), v.clone()).unwrap_err();
         assert_eq!(err.kind(), "key_mismatch");
-        let err = decode(&coords("orders"), Some(b"nope"), Some(v.to_string().as_bytes()), 1 << 20).unwrap_err();
+        let err = decode(&coords("orders"), Some(b"nope"), Some(v.to_string().as_bytes()), &options()).unwrap_err();
         assert_eq!(err.kind(), "malformed_key");
         let mut bad = order("paid", json!("1"));
         bad["customer_id"] = json!("not-a-uuid");
@@ -527,7 +797,7 @@ mod tests {
     #[test]
     fn too_large_and_new_columns() {
         let v = json!({"after": order("paid", json!("1")), "source": {"lsn": 5}, "op": "c"}).to_string();
-        let err = decode(&coords("orders"), None, Some(v.as_bytes()), 10).unwrap_err();
+        let err = decode(&coords("orders"), None, Some(v.as_bytes()), &sized(10)).unwrap_err();
         assert_eq!(err.kind(), "too_large");
         let mut after = order("paid", json!("1"));
         after["loyalty_tier"] = json!(3);

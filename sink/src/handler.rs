@@ -11,10 +11,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::config::SinkConfig;
-use crate::decode::{DecodeError, Decoded, decode};
+use crate::decode::{DecodeError, DecodeOptions, Decoded, decode};
 use crate::dlq::{DeadLetter, DlqProducer};
 use crate::metrics::Metrics;
-use crate::model::{Change, Coords, Entity};
+use crate::model::{Change, Coords, Entity, Version};
 use crate::retry::Backoff;
 use crate::schema::SchemaTracker;
 use crate::targets::Target;
@@ -66,6 +66,26 @@ impl Outcome {
 #[derive(Default)]
 pub struct PartitionState {
     memory: KeyMemory,
+    /// The version this partition last wrote per key (bounded: cleared when full). A
+    /// change not newer than it is stale without asking the target, and, what matters more,
+    /// never takes part in a batch merge: a replayed older image must not fill a TOAST
+    /// placeholder of a newer change (the target holds a newer value than the replay).
+    written: HashMap<Uuid, Version>,
+}
+
+const MAX_WRITTEN_KEYS: usize = 200_000;
+
+impl PartitionState {
+    fn known_stale(&self, change: &Change) -> bool {
+        self.written.get(&change.key).is_some_and(|written| !change.version.is_newer_than(written))
+    }
+
+    fn wrote(&mut self, key: Uuid, version: Version) {
+        if self.written.len() >= MAX_WRITTEN_KEYS {
+            self.written.clear();
+        }
+        self.written.insert(key, version);
+    }
 }
 
 pub struct Handler {
@@ -178,10 +198,12 @@ impl Handler {
         let audit = self.target.audits();
         // Batch index -> (key, version, op, source commit time) of decoded changes, for
         // the apply log rows of events that write nothing.
-        let mut decoded: HashMap<usize, (Uuid, i64, &'static str, Option<chrono::DateTime<Utc>>)> = HashMap::new();
+        let mut decoded: HashMap<usize, (Uuid, Version, &'static str, Option<chrono::DateTime<Utc>>)> = HashMap::new();
+        let options = DecodeOptions::of(&self.config);
 
         for (i, record) in batch.iter().enumerate() {
-            match decode(&record.coords, record.key.as_deref(), record.value.as_deref(), self.config.apply.max_event_bytes) {
+            match decode(&record.coords, record.key.as_deref(), record.value.as_deref(), &options) {
+                Err(DecodeError::DeletesNotCarried) => self.refuse_without_deletes(record).await,
                 Err(error) => {
                     *ops.entry("invalid").or_default() += 1;
                     if let DecodeError::BadColumn { column, .. } = &error {
@@ -203,7 +225,7 @@ impl Handler {
                 Ok(Decoded::Change(change)) => {
                     *ops.entry(change.op.code()).or_default() += 1;
                     if audit {
-                        decoded.insert(i, (change.key, change.lsn, change.op.code(), change.source_ts));
+                        decoded.insert(i, (change.key, change.version, change.op.code(), change.source_ts));
                     }
                     let mut rejected = None;
                     for v in validator.check(&change, &mut state.memory, &mut tally) {
@@ -240,16 +262,29 @@ impl Handler {
             let _ = self.retry("ensure_columns", || self.target.ensure_columns(entity, &added)).await;
         }
 
-        let validated: Vec<(Uuid, i64)> = changes.iter().map(|(_, c)| (c.key, c.lsn)).collect();
+        let validated: Vec<(Uuid, Version)> = changes.iter().map(|(_, c)| (c.key, c.version)).collect();
         self.check_referential(batch, &mut changes, &mut letters, &mut tally).await;
         if changes.len() < validated.len() {
             // Dropped by the referential rule: what they taught validation is void.
-            let kept: HashSet<(Uuid, i64)> = changes.iter().map(|(_, c)| (c.key, c.lsn)).collect();
+            let kept: HashSet<(Uuid, Version)> = changes.iter().map(|(_, c)| (c.key, c.version)).collect();
             for (key, version) in validated.into_iter().filter(|k| !kept.contains(k)) {
                 state.memory.unlearn(key, version);
             }
         }
         self.metrics.validation(&tally);
+
+        // Changes not newer than what this partition already wrote: stale, and kept out of
+        // the batch merge.
+        let mut known_stale: HashSet<usize> = HashSet::new();
+        changes.retain(|(i, change)| {
+            let stale = state.known_stale(change);
+            if stale {
+                outcomes[*i] = Outcome::Stale;
+                known_stale.insert(*i);
+            }
+            !stale
+        });
+        self.metrics.stale_skipped(entity, known_stale.len() as u64);
 
         if !changes.is_empty() {
             let plain: Vec<Change> = changes.iter().map(|(_, c)| c.clone()).collect();
@@ -258,12 +293,19 @@ impl Handler {
                 Ok(r) => r,
                 Err(reason) => crate::targets::ApplyReport { rejected: plain.iter().map(|c| (c.key, reason.clone())).collect(), ..Default::default() },
             };
-            let latest: HashMap<Uuid, &Change> = plain.iter().map(|c| (c.key, c)).collect();
+            let mut latest: HashMap<Uuid, &Change> = HashMap::with_capacity(plain.len());
+            for c in &plain {
+                let newest = latest.get(&c.key).is_none_or(|kept| !kept.version.is_newer_than(&c.version));
+                if newest {
+                    latest.insert(c.key, c);
+                }
+            }
             let (mut upserts, mut deletes) = (0, 0);
             let now = Utc::now();
             let mut latencies = Vec::with_capacity(report.applied.len());
             for key in &report.applied {
                 if let Some(c) = latest.get(key) {
+                    state.wrote(*key, c.version);
                     if c.op.is_delete() {
                         deletes += 1
                     } else {
@@ -300,7 +342,7 @@ impl Handler {
                 let reasons: HashMap<Uuid, &String> = report.rejected.iter().map(|(k, r)| (*k, r)).collect();
                 for (i, change) in &changes {
                     if let Some(reason) = reasons.get(&change.key) {
-                        state.memory.unlearn(change.key, change.lsn);
+                        state.memory.unlearn(change.key, change.version);
                         letters.push(self.letter(&batch[*i], "apply", (*reason).clone()));
                     }
                 }
@@ -315,9 +357,25 @@ impl Handler {
         }
         if audit {
             let rules: HashMap<i64, &str> = letters.iter().map(|l| (l.coords.offset, l.rule.as_str())).collect();
-            self.log_unwritten(batch, &outcomes, &decoded, &rules).await;
+            self.log_unwritten(batch, &outcomes, &decoded, &rules, &known_stale).await;
         }
         outcomes
+    }
+
+    /// A flattened topic that does not carry deletes is a connector misconfiguration that
+    /// would silently keep deleted rows: the partition stops here (nothing applied, no offset
+    /// stored, readiness red, logged and counted) until the connector is fixed and the sink
+    /// restarted.
+    async fn refuse_without_deletes(&self, record: &Record) -> ! {
+        let reason = DecodeError::DeletesNotCarried.to_string();
+        self.metrics.error("deletes_not_carried");
+        self.stalls.mark(&record.coords.topic, record.coords.partition, reason.clone());
+        self.metrics.partition_stalled(&record.coords.topic, record.coords.partition, true);
+        loop {
+            tracing::error!(message = "partition stopped: its events cannot carry deletes", reason = %reason, topic = %record.coords.topic,
+                partition = record.coords.partition, offset = record.coords.offset);
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        }
     }
 
     /// Dead-letters one event whose processing panicked (the panic is the event's fault:
@@ -361,8 +419,9 @@ impl Handler {
         &self,
         batch: &[Record],
         outcomes: &[Outcome],
-        decoded: &HashMap<usize, (Uuid, i64, &'static str, Option<chrono::DateTime<Utc>>)>,
+        decoded: &HashMap<usize, (Uuid, Version, &'static str, Option<chrono::DateTime<Utc>>)>,
         rules: &HashMap<i64, &str>,
+        known_stale: &HashSet<usize>,
     ) {
         use crate::targets::{LogEntry, LoggedOutcome};
         let entries: Vec<LogEntry> = outcomes
@@ -372,6 +431,9 @@ impl Handler {
                 let logged = match outcome {
                     Outcome::DeadLettered => LoggedOutcome::Dlq,
                     Outcome::Ignored => LoggedOutcome::Ignored,
+                    // Only those the partition knew stale before the apply: the others were
+                    // logged by the apply itself.
+                    Outcome::Stale if known_stale.contains(&i) => LoggedOutcome::Stale,
                     _ => return None,
                 };
                 let change = decoded.get(&i);

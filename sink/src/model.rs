@@ -288,14 +288,65 @@ pub struct Coords {
     pub timestamp: Option<DateTime<Utc>>,
 }
 
+/// The order of changes to one key: the transaction's commit position first, the change's
+/// own LSN second, under an operator-set source epoch.
+///
+/// A change's own LSN alone does not order transactions: a transaction that wrote a row
+/// before a snapshot point and committed after it is streamed with an LSN below the
+/// snapshot's, yet it is newer. Transactions are streamed in commit order, and Debezium's
+/// `source.sequence` carries `[last commit LSN, change LSN]`: the first element is the
+/// commit position the stream had reached when the transaction began to be emitted, which
+/// rises from one transaction to the next. Snapshot rows take the snapshot's LSN as their
+/// commit position (every transaction streamed after the snapshot has a later one).
+///
+/// The first transaction of a connector session has no last commit yet (`[null, lsn]`):
+/// its commit position is unknown. Against a snapshot row it is the newer (it was
+/// streamed after the snapshot); against anything else its LSN stands in for the commit.
+///
+/// `epoch` re-bases versions: after a restore or a move to a new source cluster, LSNs start
+/// again from lower values; raising `[source] epoch` makes every new change outrank every
+/// version written under an earlier epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Version {
+    pub epoch: i32,
+    /// Snapshot rows: the snapshot LSN. Streamed changes: `source.sequence[0]`, or None
+    /// when the connector sent none.
+    pub commit: Option<i64>,
+    pub lsn: i64,
+    pub snapshot: bool,
+}
+
+impl Version {
+    /// A streamed change at `lsn` with a known commit position (tests and benchmarks).
+    pub const fn streamed(commit: Option<i64>, lsn: i64) -> Self {
+        Self { epoch: 0, commit, lsn, snapshot: false }
+    }
+
+    /// Whether this version replaces `stored`. The same rule is written as SQL in the
+    /// PostgreSQL target and as an aggregation expression in the MongoDB target.
+    pub fn is_newer_than(&self, stored: &Version) -> bool {
+        if self.epoch != stored.epoch {
+            return self.epoch > stored.epoch;
+        }
+        let unknown_commit = |v: &Version| !v.snapshot && v.commit.is_none();
+        if stored.snapshot && unknown_commit(self) {
+            return true;
+        }
+        if self.snapshot && unknown_commit(stored) {
+            return false;
+        }
+        (self.commit.unwrap_or(self.lsn), self.lsn) > (stored.commit.unwrap_or(stored.lsn), stored.lsn)
+    }
+}
+
 /// One row change, decoded and typed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     pub entity: Entity,
     pub key: Uuid,
     pub op: Op,
-    /// `source.lsn`: the version compared against what the target holds.
-    pub lsn: i64,
+    /// What the change is ordered by against what the target holds.
+    pub version: Version,
     /// Commit time in the source.
     pub source_ts: Option<DateTime<Utc>>,
     /// When Debezium produced the event (envelope `ts_ms`), for clock-drift detection.

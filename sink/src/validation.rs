@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::model::{Change, ColumnType, Entity, Field, Op, Value};
+use crate::model::{Change, ColumnType, Entity, Field, Op, Value, Version};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
@@ -228,7 +228,7 @@ impl Tally {
 /// detection. Bounded: cleared when it grows past `MAX_KEYS`, which only loses checks.
 #[derive(Debug, Default)]
 pub struct KeyMemory {
-    keys: HashMap<Uuid, (i64, Option<String>)>,
+    keys: HashMap<Uuid, (Version, Option<String>)>,
 }
 
 const MAX_KEYS: usize = 200_000;
@@ -259,8 +259,8 @@ impl Validator<'_> {
         // out-of-order delivery), or a commit time far from our clock.
         let out_of_order = previous
             .as_ref()
-            .filter(|(lsn, _)| change.lsn < *lsn)
-            .map(|(lsn, _)| format!("out of order: lsn {} after lsn {} for key {}", change.lsn, lsn, change.key));
+            .filter(|(seen, _)| seen.is_newer_than(&change.version))
+            .map(|(seen, _)| format!("out of order: {:?} after {seen:?} for key {}", change.version, change.key));
         let drift = change.source_ts.and_then(|ts| {
             let tolerance = chrono::Duration::from_std(self.config.clock_drift_tolerance).unwrap_or(chrono::Duration::MAX);
             let emitted = change.emitted_ts.unwrap_or(self.now);
@@ -302,7 +302,7 @@ impl Validator<'_> {
                 // only for events newer than it (older ones are stale and skipped anyway).
                 let from = match (&change.before, &previous) {
                     (Some(before), _) => before.text(entity, "status").map(str::to_owned),
-                    (None, Some((lsn, status))) if change.lsn > *lsn => status.clone(),
+                    (None, Some((seen, status))) if change.version.is_newer_than(seen) => status.clone(),
                     _ => None,
                 };
                 if let Some(from) = from.filter(|_| change.op == Op::Update) {
@@ -336,12 +336,12 @@ impl Validator<'_> {
         // Only an accepted change may become what the next one is compared with: a rejected
         // status is not the key's status.
         let rejected = out.iter().any(|v| v.severity == Severity::Reject);
-        if !rejected && previous.as_ref().is_none_or(|(lsn, _)| change.lsn > *lsn) {
+        if !rejected && previous.as_ref().is_none_or(|(seen, _)| change.version.is_newer_than(seen)) {
             if memory.keys.len() >= MAX_KEYS {
                 memory.keys.clear();
             }
             let status = change.after.as_ref().and_then(|a| a.text(entity, "status")).map(str::to_owned);
-            memory.keys.insert(change.key, (change.lsn, status));
+            memory.keys.insert(change.key, (change.version, status));
         }
         out
     }
@@ -350,8 +350,8 @@ impl Validator<'_> {
 impl KeyMemory {
     /// Forgets what `change` taught, when a later stage (the referential rule, the target)
     /// rejected it after validation accepted it.
-    pub fn unlearn(&mut self, key: Uuid, version: i64) {
-        if self.keys.get(&key).is_some_and(|(lsn, _)| *lsn == version) {
+    pub fn unlearn(&mut self, key: Uuid, version: Version) {
+        if self.keys.get(&key).is_some_and(|(seen, _)| *seen == version) {
             self.keys.remove(&key);
         }
     }
@@ -369,7 +369,8 @@ mod tests {
 
     fn change(table: &str, value: Json) -> Change {
         let coords = Coords { topic: format!("cdc.public.{table}"), partition: 0, offset: 1, timestamp: None };
-        match decode(&coords, None, Some(value.to_string().as_bytes()), 1 << 20).unwrap() {
+        let options = crate::decode::DecodeOptions { decimals: crate::config::DecimalHandling::String, ..Default::default() };
+        match decode(&coords, None, Some(value.to_string().as_bytes()), &options).unwrap() {
             Decoded::Change(c) => *c,
             other => panic!("{other:?}"),
         }
@@ -423,9 +424,11 @@ mod tests {
         let mut first = order("cancelled");
         first["__lsn"] = json!(5);
         first["__op"] = json!("c");
+        first["__deleted"] = json!("false");
         let mut second = order("paid");
         second["__lsn"] = json!(6);
         second["__op"] = json!("u");
+        second["__deleted"] = json!("false");
         let out = run(&config, &[change("orders", first.clone()), change("orders", second.clone())]);
         assert!(out[0].is_empty());
         assert_eq!(rules(&out[1]), vec![Rule::StatusTransition]);
@@ -462,6 +465,7 @@ mod tests {
             let m = o.as_object_mut().unwrap();
             m.insert("__op".into(), json!("u"));
             m.insert("__lsn".into(), json!(lsn));
+            m.insert("__deleted".into(), json!("false"));
             change("orders", o)
         };
         // pending (accepted) -> delivered (rejected: pending -> delivered) -> paid (valid from pending).

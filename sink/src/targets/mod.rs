@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::config::{TargetConfig, TargetKind};
-use crate::model::{Change, Entity};
+use crate::model::{Change, Entity, Version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -91,7 +91,7 @@ impl LoggedOutcome {
 #[derive(Debug, Clone)]
 pub struct LogEntry {
     pub key: Option<Uuid>,
-    pub version: Option<i64>,
+    pub version: Option<Version>,
     pub op: Option<&'static str>,
     pub outcome: LoggedOutcome,
     pub partition: i32,
@@ -106,7 +106,7 @@ impl LogEntry {
     pub fn of_change(change: &Change, outcome: LoggedOutcome) -> Self {
         Self {
             key: Some(change.key),
-            version: Some(change.lsn),
+            version: Some(change.version),
             op: Some(change.op.code()),
             outcome,
             partition: change.coords.partition,
@@ -118,37 +118,70 @@ impl LogEntry {
     }
 }
 
-/// The changes of a batch that a newer in-batch change of the same key subsumed (what
-/// `latest_per_key` drops), for the apply log.
-pub fn superseded(changes: &[Change], latest: &[Change]) -> Vec<Change> {
-    let kept: HashSet<(Uuid, i32, i64)> = latest.iter().map(|c| (c.key, c.coords.partition, c.coords.offset)).collect();
-    changes.iter().filter(|c| !kept.contains(&(c.key, c.coords.partition, c.coords.offset))).cloned().collect()
+/// How a batch is written: `rounds` first, in order, then `latest` (the newest change per
+/// key) with `superseded` (the older in-batch changes it subsumes, for the apply log).
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub rounds: Vec<Vec<Change>>,
+    pub latest: Vec<Change>,
+    pub superseded: Vec<Change>,
 }
 
-/// The newest change per key of a batch. Older in-batch changes of the same key are
-/// subsumed (the target would skip them as stale anyway); columns the newest image does
-/// not carry (TOAST placeholder, absent) are filled from an older image when it has them.
-pub fn latest_per_key(changes: &[Change]) -> Vec<Change> {
-    let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(changes.len());
-    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+/// One write per key where that is exact; more where it is not. The newest change of a key
+/// subsumes its older in-batch changes when it carries every column. When it does not (a
+/// TOAST placeholder, an absent column: "keep what the target has"), what the target should
+/// keep depends on the target's version, which only the guarded write knows: merging the
+/// older image in would let a replayed image older than the target's fill the placeholder
+/// with an outdated value. Such keys write their older images first, one round each in
+/// version order, each against the guard, and the newest last.
+pub fn plan(changes: &[Change]) -> Plan {
+    let mut by_key: HashMap<Uuid, Vec<&Change>> = HashMap::with_capacity(changes.len());
+    let mut order: Vec<Uuid> = Vec::new();
     for change in changes {
-        match index.get(&change.key) {
-            None => {
-                index.insert(change.key, out.len());
-                out.push(change.clone());
+        by_key
+            .entry(change.key)
+            .or_insert_with(|| {
+                order.push(change.key);
+                Vec::new()
+            })
+            .push(change);
+    }
+    let mut plan = Plan::default();
+    for key in order {
+        let mut images = by_key.remove(&key).unwrap_or_default();
+        // Stable: of equal versions (duplicates) the later delivery stays last.
+        images.sort_by(|a, b| {
+            if a.version.is_newer_than(&b.version) {
+                std::cmp::Ordering::Greater
+            } else if b.version.is_newer_than(&a.version) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Equal
             }
-            Some(&i) => {
-                let kept = &mut out[i];
-                let (newer, older) = if change.lsn >= kept.lsn { (change.clone(), &*kept) } else { (kept.clone(), change) };
-                let mut newer = newer;
-                if let (Some(n), Some(o)) = (newer.after.as_mut(), older.after.as_ref()) {
-                    n.fill_missing_from(o);
+        });
+        let newest = images.pop().expect("a key has at least one change");
+        let complete = newest.after.as_ref().is_none_or(crate::model::Row::is_complete);
+        if complete {
+            plan.superseded.extend(images.into_iter().cloned());
+        } else {
+            let mut older: Vec<&Change> = Vec::new();
+            for image in images {
+                // Duplicates of one version are written once; the others are superseded.
+                match older.last() {
+                    Some(last) if !image.version.is_newer_than(&last.version) => plan.superseded.push(image.clone()),
+                    _ => older.push(image),
                 }
-                *kept = newer;
+            }
+            for (i, image) in older.into_iter().enumerate() {
+                if plan.rounds.len() <= i {
+                    plan.rounds.push(Vec::new());
+                }
+                plan.rounds[i].push(image.clone());
             }
         }
+        plan.latest.push(newest.clone());
     }
-    out
+    plan
 }
 
 /// A configured target.
@@ -179,11 +212,25 @@ impl Target {
     /// Applies the batch (one entity, partition order) with the version guard.
     /// In audit mode every change of the batch is logged with its outcome by the same write.
     pub async fn apply(&self, entity: Entity, changes: &[Change]) -> Result<ApplyReport, TargetError> {
-        let latest = latest_per_key(changes);
-        let superseded = if self.audits() { superseded(changes, &latest) } else { Vec::new() };
+        let Plan { rounds, latest, superseded } = plan(changes);
+        let superseded = if self.audits() { superseded } else { Vec::new() };
+        let mut refused: Vec<(Uuid, String)> = Vec::new();
+        for round in &rounds {
+            // Each older image is logged (audit mode) by its own write; what matters for the
+            // report is the newest change of each key.
+            refused.extend(self.write(entity, round, &[]).await?.rejected);
+        }
+        let mut report = self.write(entity, &latest, &superseded).await?;
+        // An older image the target refused matters only if the newest was not written.
+        let settled: HashSet<Uuid> = report.applied.iter().chain(report.rejected.iter().map(|(k, _)| k)).copied().collect();
+        report.rejected.extend(refused.into_iter().filter(|(key, _)| !settled.contains(key)));
+        Ok(report)
+    }
+
+    async fn write(&self, entity: Entity, latest: &[Change], superseded: &[Change]) -> Result<ApplyReport, TargetError> {
         match self {
-            Self::Postgres(t) => t.apply(entity, &latest, &superseded).await,
-            Self::Mongo(t) => t.apply(entity, &latest, &superseded).await,
+            Self::Postgres(t) => t.apply(entity, latest, superseded).await,
+            Self::Mongo(t) => t.apply(entity, latest, superseded).await,
         }
     }
 

@@ -8,7 +8,7 @@ use harness::orchestrator::local::process::{ProcessHandle, free_port};
 use harness::testing::TestPostgres;
 use harness::testing::run_dir;
 use sink::config::{SinkConfig, TargetConfig};
-use sink::model::{Change, Coords, Entity, Field, Op, Row, Value};
+use sink::model::{Change, Coords, Entity, Field, Op, Row, Value, Version};
 use sink::targets::Target;
 use uuid::Uuid;
 
@@ -65,7 +65,7 @@ pub fn customer(id: Uuid, op: Op, lsn: i64, email: &str, status: &str, offset: i
         entity,
         key: id,
         op,
-        lsn,
+        version: Version::streamed(None, lsn),
         source_ts: Some(ts("2024-05-01T10:00:00Z")),
         emitted_ts: None,
         before,

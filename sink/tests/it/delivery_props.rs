@@ -87,10 +87,10 @@ fn any_delivery_converges_to_the_final_source_state() {
                         Some(after) => Some((
                             after.text(Entity::Customer, "email").map(String::from),
                             after.text(Entity::Customer, "status").map(String::from),
-                            change.lsn,
+                            change.version.lsn,
                             false,
                         )),
-                        None => row.clone().map(|(email, status, _, _)| (email, status, change.lsn, true)),
+                        None => row.clone().map(|(email, status, _, _)| (email, status, change.version.lsn, true)),
                     };
                     prop_assert_eq!(row, expected, "key {} after delivery {:?}", id, order);
                 }

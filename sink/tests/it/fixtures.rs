@@ -1,7 +1,9 @@
 //! The corpus of bad and unusual inputs (tests/fixtures/*.json) through the real broker
-//! and the sink running in process against a real PostgreSQL: each event lands in the DLQ
-//! with the expected rule or is handled as documented, the sink keeps running, and every
-//! offset ends up committed (none skipped, none left behind).
+//! and the sink running in process against a real PostgreSQL: each event has the outcome
+//! it expects (applied, stale, ignored, or dead-lettered by the named rule), read from the
+//! sink's apply log and the DLQ; the sink keeps running, and every offset ends up committed
+//! (none skipped, none left behind). One event per batch, so outcomes are those of an
+//! event arriving after the ones before it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,11 +32,17 @@ struct Fixture {
     value: Option<Json>,
     #[serde(default)]
     value_raw: Option<String>,
+    /// Sends the value as `{schema, payload}` (`schemas.enable=true`) with this schema.
+    #[serde(default)]
+    value_schema: Option<Json>,
     /// Pads the value with a filler field to this many bytes.
     #[serde(default)]
     pad_value_to: Option<usize>,
     /// `applied`, `stale`, `ignored` or `dlq:<rule>`.
     expect: String,
+    /// For dead-lettered events: what the `dlq.reason` header must say.
+    #[serde(default)]
+    reason_contains: Option<String>,
     #[serde(default)]
     checks: Vec<Check>,
 }
@@ -58,6 +66,9 @@ impl Fixture {
         let mut value = self.value.clone()?;
         if let (Some(size), Some(obj)) = (self.pad_value_to, value.as_object_mut()) {
             obj.insert("padding".into(), Json::String("x".repeat(size)));
+        }
+        if let Some(schema) = &self.value_schema {
+            value = serde_json::json!({ "schema": schema, "payload": value });
         }
         Some(value.to_string().into_bytes())
     }
@@ -104,8 +115,14 @@ async fn fixture_corpus_through_broker_and_sink() -> anyhow::Result<()> {
         ends.insert(f.topic.clone(), delivery.offset + 1);
     }
 
-    // Small max_event_bytes so the "huge value" fixture needs no broker tuning.
-    let config = sink_config(&pg, &kafka.bootstrap, "[apply]\nmax_event_bytes = 65536\nmax_batch_wait = \"5ms\"\n[validation]\nreferential_grace = \"1s\"\n");
+    // Small max_event_bytes so the "huge value" fixture needs no broker tuning; decimals as
+    // strings unless a fixture's schema declares otherwise; the referential rule rejects.
+    let config = sink_config(
+        &pg,
+        &kafka.bootstrap,
+        "[source]\ndecimal_handling = \"string\"\n[apply]\nmax_event_bytes = 65536\nmax_batch_size = 1\nmax_batch_wait = \"5ms\"\n\
+         [audit]\nenabled = true\n[validation]\nreferential_grace = \"1s\"\n[validation.rules.referential]\nseverity = \"reject\"\n",
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let sink = tokio::spawn(sink::app::run(config, async {
         let _ = stopped.await;
@@ -154,14 +171,29 @@ async fn fixture_corpus_through_broker_and_sink() -> anyhow::Result<()> {
     }
 
     let client = pg.endpoint.connect(&pg.endpoint.target_db).await?;
+    // The apply log's outcome of each event, by (entity, offset): everything is on partition 0.
+    let mut logged: HashMap<(String, i64), Vec<String>> = HashMap::new();
+    for row in client.query("SELECT entity, kafka_offset, outcome, coalesce(rule, '') FROM _cdc_apply_log ORDER BY id", &[]).await? {
+        let (entity, offset, outcome, rule): (String, i64, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        logged.entry((entity, offset)).or_default().push(if rule.is_empty() { outcome } else { format!("{outcome}:{rule}") });
+    }
     let mut failures = Vec::new();
     for ((topic, offset), name) in &produced {
         let f = &fixtures.iter().find(|(n, _)| n == name).unwrap().1;
         let got = dead.get(&(topic.clone(), *offset));
         match (f.expect.strip_prefix("dlq:"), got) {
-            (Some(rule), Some((actual, _))) if actual == rule => {}
+            (Some(rule), Some((actual, reason))) if actual == rule => {
+                if let Some(want) = f.reason_contains.as_deref().filter(|w| !reason.contains(w)) {
+                    failures.push(format!("{name}: DLQ reason {reason:?} does not say {want:?}"));
+                }
+            }
             (None, None) => {}
             (want, got) => failures.push(format!("{name} ({}): expected {want:?}, DLQ has {got:?}", f.description)),
+        }
+        let entity = topic.rsplit('.').next().unwrap_or_default().to_string();
+        let outcomes = logged.get(&(entity, *offset)).cloned().unwrap_or_default();
+        if outcomes != [f.expect.clone()] {
+            failures.push(format!("{name} ({}): expected outcome {:?}, the apply log has {outcomes:?}", f.description, f.expect));
         }
         for check in &f.checks {
             let row = client.query_opt(&check.sql, &[]).await?;

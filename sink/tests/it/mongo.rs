@@ -3,7 +3,7 @@
 
 use mongodb::bson::{Document, doc};
 use sink::config::SinkConfig;
-use sink::model::{Change, Coords, Entity, Field, Op, Row, Value};
+use sink::model::{Change, Coords, Entity, Field, Op, Row, Value, Version};
 use sink::targets::Target;
 use uuid::Uuid;
 
@@ -24,7 +24,7 @@ fn item(id: Uuid, order: Uuid, lsn: i64, qty: i32, op: Op) -> Change {
         entity: e,
         key: id,
         op,
-        lsn,
+        version: Version::streamed(None, lsn),
         source_ts: None,
         emitted_ts: None,
         before,
@@ -42,7 +42,7 @@ fn order(id: Uuid, lsn: i64, status: &str) -> Change {
         entity: e,
         key: id,
         op: Op::Update,
-        lsn,
+        version: Version::streamed(None, lsn),
         source_ts: None,
         emitted_ts: None,
         before: None,

@@ -80,7 +80,7 @@ async fn toast_placeholder_keeps_value_and_new_columns_are_added() {
 
     // Within one batch the placeholder is filled from the older image of the same key.
     let mut later = toasted.clone();
-    later.lsn = 40;
+    later.version.lsn = 40;
     let r = target.apply(Entity::Customer, &[customer(id, Op::Update, 30, "c@x.io", "blocked", 2), later]).await.unwrap();
     assert_eq!(r.applied.len(), 1);
     assert_eq!(customer_row(&client, id).await, Some((Some("b@x.io".into()), Some("blocked".into()), 40, false)));
@@ -155,4 +155,59 @@ async fn audit_mode_logs_every_change_with_its_outcome() {
     let c2 = pg2.endpoint.connect(&pg2.endpoint.target_db).await.unwrap();
     let exists: bool = c2.query_one("SELECT to_regclass('_cdc_apply_log') IS NOT NULL", &[]).await.unwrap().get(0);
     assert!(!exists);
+}
+
+/// A replayed image older than what the target holds, in the same batch as a newer change
+/// that carries a TOAST placeholder: the placeholder keeps the target's (newer) value, it is
+/// never filled from the replay. And when the target is older than both, the batch's older
+/// image is what the placeholder keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toast_placeholder_never_takes_a_replayed_older_value() {
+    let pg = TestPostgres::start("sink-pg-toast-replay").await.unwrap();
+    let target = postgres_target(&pg).await;
+    let client = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
+    let id = key(8);
+    target.apply(Entity::Customer, &[customer(id, Op::Create, 90, "v9@x.io", "blocked", 9)]).await.unwrap();
+    let replay = customer(id, Op::Update, 50, "v5@x.io", "inactive", 5);
+    let mut toasted = customer(id, Op::Update, 100, "v10@x.io", "ignored", 10);
+    toasted.after.as_mut().unwrap().known[2] = Some(Field::Unavailable);
+    let r = target.apply(Entity::Customer, &[replay.clone(), toasted.clone()]).await.unwrap();
+    assert_eq!(r.applied, vec![id]);
+    assert_eq!(customer_row(&client, id).await, Some((Some("v10@x.io".into()), Some("blocked".into()), 100, false)), "status kept from v9, not the replayed v5");
+
+    let fresh = key(9);
+    let mut toasted = customer(fresh, Op::Update, 100, "v10@x.io", "ignored", 10);
+    toasted.after.as_mut().unwrap().known[2] = Some(Field::Unavailable);
+    target.apply(Entity::Customer, &[customer(fresh, Op::Create, 50, "v5@x.io", "inactive", 5), toasted]).await.unwrap();
+    assert_eq!(customer_row(&client, fresh).await, Some((Some("v10@x.io".into()), Some("inactive".into()), 100, false)));
+}
+
+/// Versions in the target: a transaction that wrote before the snapshot point and committed
+/// after it replaces the snapshot row; a replayed snapshot row does not come back; a raised
+/// epoch outranks every version of the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_position_orders_snapshot_and_stream() {
+    use sink::model::Version;
+    let pg = TestPostgres::start("sink-pg-versions").await.unwrap();
+    let target = postgres_target(&pg).await;
+    let client = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
+    let id = key(10);
+    let at = |version: Version, email: &str, offset: i64| {
+        let mut c = customer(id, if version.snapshot { Op::Read } else { Op::Update }, version.lsn, email, "active", offset);
+        c.version = version;
+        c
+    };
+    let snapshot = Version { epoch: 0, commit: Some(5000), lsn: 5000, snapshot: true };
+    assert_eq!(target.apply(Entity::Customer, &[at(snapshot, "snapshot@x.io", 0)]).await.unwrap().applied, vec![id]);
+    let r = target.apply(Entity::Customer, &[at(Version::streamed(None, 4900), "straddling@x.io", 1)]).await.unwrap();
+    assert_eq!(r.applied, vec![id], "lower LSN, later commit: applied");
+    let r = target.apply(Entity::Customer, &[at(Version::streamed(Some(5100), 4950), "later@x.io", 2)]).await.unwrap();
+    assert_eq!(r.applied, vec![id]);
+    let r = target.apply(Entity::Customer, &[at(snapshot, "snapshot@x.io", 0), at(Version::streamed(None, 4900), "straddling@x.io", 1)]).await.unwrap();
+    assert_eq!(r.stale, vec![id], "replays of the snapshot row and the first transaction stay stale");
+    assert_eq!(customer_row(&client, id).await.map(|r| r.0), Some(Some("later@x.io".into())));
+    let restored = Version { epoch: 1, ..Version::streamed(Some(10), 20) };
+    assert_eq!(target.apply(Entity::Customer, &[at(restored, "restored@x.io", 3)]).await.unwrap().applied, vec![id], "a new epoch re-bases versions");
+    let r = target.apply(Entity::Customer, &[at(Version::streamed(Some(9000), 9000), "old-cluster@x.io", 4)]).await.unwrap();
+    assert_eq!(r.stale, vec![id], "the old epoch's higher LSNs no longer win");
 }

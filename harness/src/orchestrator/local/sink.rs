@@ -38,6 +38,8 @@ pub fn configure(layout: &SinkLayout, pg: &PgEndpoint, kafka: &str, http_port: u
     );
     let _ = writeln!(toml, "[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n", pg.host, pg.port, pg.user, pg.target_db);
     let _ = writeln!(toml, "[http]\nlisten = \"127.0.0.1:{http_port}\"");
+    // What the harness's Debezium is configured with (decimal.handling.mode, time.precision.mode).
+    let _ = writeln!(toml, "\n[source]\ndecimal_handling = \"string\"\ntime_precision = \"isostring\"");
     // The apply log is the run's evidence: per-hop latency and duplicate/out-of-order applies.
     let _ = writeln!(toml, "\n[audit]\nenabled = true");
     fs::write(&layout.config, toml).map_err(err)

@@ -8,8 +8,9 @@
 //! document (only `_id` and `items`, no `_cdc`) that the order fills in when it comes.
 //!
 //! Each batch is one unordered `update` command per collection. Every statement is an
-//! update pipeline whose `$cond` compares the stored `_cdc.lsn` with the event's, so
-//! replays and duplicates change nothing; deletes set `_cdc.deleted` (a tombstone).
+//! update pipeline whose `$cond` compares the stored version (`_cdc.{epoch, commit, lsn,
+//! snapshot}`) with the event's, so replays and duplicates change nothing; deletes set
+//! `_cdc.deleted` (a tombstone).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use uuid::Uuid;
 use super::MongoConfig;
 use super::service::{connect, is_retriable_code};
 use crate::config::TargetConfig;
-use crate::model::{Change, Entity, Field, Value};
+use crate::model::{Change, Entity, Field, Value, Version};
 use crate::targets::{ApplyReport, LogEntry, LoggedOutcome, TargetError};
 
 pub const fn collection_name(entity: Entity) -> &'static str {
@@ -50,7 +51,10 @@ fn log_document(entity: Entity, e: &LogEntry) -> Document {
     doc! {
         "entity": entity.table(),
         "key": e.key.map_or(Bson::Null, |k| Bson::String(k.to_string())),
-        "version": e.version.map_or(Bson::Null, Bson::Int64),
+        "version": e.version.map_or(Bson::Null, |v| Bson::Int64(v.lsn)),
+        "version_commit": e.version.and_then(|v| v.commit).map_or(Bson::Null, Bson::Int64),
+        "epoch": e.version.map_or(Bson::Null, |v| Bson::Int32(v.epoch)),
+        "snapshot": e.version.map_or(Bson::Null, |v| Bson::Boolean(v.snapshot)),
         "op": e.op.map_or(Bson::Null, |o| Bson::String(o.into())),
         "outcome": e.outcome.name(),
         "kafka_partition": e.partition,
@@ -99,9 +103,35 @@ fn fields(change: &Change) -> Document {
     out
 }
 
+/// `model::Version::is_newer_than` as an aggregation expression: the event's version
+/// (constants) against the stored `_cdc` found at `stored` (`"$_cdc"`, `"$$c"`). A document
+/// without `_cdc` (a placeholder order) holds no version: every change is newer.
+fn newer_than_stored(stored: &str, v: &Version) -> Document {
+    let field = |name: &str| format!("{stored}.{name}");
+    let lsn = doc! { "$ifNull": [field("lsn"), -1_i64] };
+    let epoch = doc! { "$ifNull": [field("epoch"), 0_i32] };
+    let snapshot = doc! { "$ifNull": [field("snapshot"), false] };
+    let commit = doc! { "$ifNull": [field("commit"), lsn.clone()] };
+    let mine = v.commit.unwrap_or(v.lsn);
+    let mut branches = vec![Bson::Document(doc! { "case": { "$ne": [epoch.clone(), v.epoch] }, "then": { "$lt": [epoch, v.epoch] } })];
+    if !v.snapshot && v.commit.is_none() {
+        branches.push(Bson::Document(doc! { "case": snapshot.clone(), "then": true }));
+    }
+    if v.snapshot {
+        let unknown_commit = doc! { "$and": [ { "$not": [snapshot] }, { "$eq": [ { "$ifNull": [field("commit"), Bson::Null] }, Bson::Null ] }, { "$ne": [lsn.clone(), -1_i64] } ] };
+        branches.push(Bson::Document(doc! { "case": unknown_commit, "then": false }));
+    }
+    let lexicographic = doc! { "$or": [ { "$lt": [commit.clone(), mine] }, { "$and": [ { "$eq": [commit, mine] }, { "$lt": [lsn, v.lsn] } ] } ] };
+    doc! { "$switch": { "branches": branches, "default": lexicographic } }
+}
+
 fn cdc(change: &Change) -> Document {
+    let v = &change.version;
     doc! {
-        "lsn": change.lsn,
+        "lsn": v.lsn,
+        "commit": v.commit.map_or(Bson::Null, Bson::Int64),
+        "epoch": v.epoch,
+        "snapshot": v.snapshot,
         "source_ts": literal(change.source_ts.map_or(Bson::Null, |t| Bson::DateTime(mongodb::bson::DateTime::from_millis(t.timestamp_millis())))),
         "op": literal(Bson::String(change.op.code().into())),
         "partition": change.coords.partition,
@@ -113,7 +143,7 @@ fn cdc(change: &Change) -> Document {
 
 /// Update statement for a top-level document (customer, address, order).
 fn document_update(change: &Change) -> Document {
-    let guard = doc! { "$lt": [ { "$ifNull": ["$_cdc.lsn", -1_i64] }, change.lsn ] };
+    let guard = newer_than_stored("$_cdc", &change.version);
     let mut set = Document::new();
     for (name, expr) in fields(change) {
         set.insert(name.clone(), doc! { "$cond": [guard.clone(), expr, format!("${name}")] });
@@ -150,13 +180,13 @@ fn item_statement(change: &Change) -> Document {
     new_fields.insert("id", literal(Bson::String(id.clone())));
     new_fields.insert("_cdc", cdc(change));
     let merged = doc! { "$mergeObjects": [ { "$ifNull": [ { "$arrayElemAt": ["$$cur", 0] }, {} ] }, new_fields ] };
-    let stored_lsn = doc! { "$ifNull": [ { "$arrayElemAt": ["$$cur._cdc.lsn", 0] }, -1_i64 ] };
-    let new_items = doc! {
+    let guarded = doc! {
         "$let": {
-            "vars": { "cur": current },
-            "in": { "$cond": [ { "$lt": [stored_lsn, change.lsn] }, { "$concatArrays": [others, [merged]] }, items ] },
+            "vars": { "c": { "$arrayElemAt": ["$$cur._cdc", 0] } },
+            "in": { "$cond": [ newer_than_stored("$$c", &change.version), { "$concatArrays": [others, [merged]] }, items ] },
         }
     };
+    let new_items = doc! { "$let": { "vars": { "cur": current }, "in": guarded } };
     doc! { "u": [ { "$set": { "items": new_items } } ] }
 }
 

@@ -3,9 +3,8 @@
 //! A batch (already one change per key) is grouped by the set of columns its rows carry;
 //! normally that is one group of complete upserts plus one of deletes, so a batch costs
 //! one or two statements. Each group is one prepared
-//! `INSERT ... SELECT FROM UNNEST(arrays) ON CONFLICT (id) DO UPDATE ... WHERE
-//! t._cdc_lsn < excluded._cdc_lsn RETURNING id`: the returned ids were applied, the others
-//! were stale. Rows that carry fewer columns (TOAST placeholders, dropped columns) form
+//! `INSERT ... SELECT FROM UNNEST(arrays) ON CONFLICT (id) DO UPDATE ... WHERE <the event's
+//! version is newer> RETURNING id`: the returned ids were applied, the others were stale. Rows that carry fewer columns (TOAST placeholders, dropped columns) form
 //! their own group whose statement leaves the missing columns untouched.
 
 use std::collections::{BTreeMap, HashSet};
@@ -35,7 +34,19 @@ fn ident(name: &str) -> String {
 
 const CDC_COLUMNS: &str = "_cdc_lsn bigint not null, _cdc_source_ts timestamptz, _cdc_op char(1) not null, \
      _cdc_partition int, _cdc_offset bigint, _cdc_applied_at timestamptz not null default clock_timestamp(), \
-     _cdc_deleted boolean not null default false";
+     _cdc_deleted boolean not null default false, _cdc_commit bigint, _cdc_epoch int not null default 0, \
+     _cdc_snapshot boolean not null default false";
+
+/// Columns of the version added after the first release: tables made before get them
+/// (rows without a commit position compare by their LSN, as they were written).
+const VERSION_MIGRATION: &str = "ADD COLUMN IF NOT EXISTS _cdc_commit bigint, \
+     ADD COLUMN IF NOT EXISTS _cdc_epoch int NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS _cdc_snapshot boolean NOT NULL DEFAULT false";
+
+/// `model::Version::is_newer_than` in SQL: `excluded` (the event) against `t` (stored).
+const VERSION_GUARD: &str = "CASE WHEN t._cdc_epoch <> excluded._cdc_epoch THEN t._cdc_epoch < excluded._cdc_epoch \
+     WHEN t._cdc_snapshot AND NOT excluded._cdc_snapshot AND excluded._cdc_commit IS NULL THEN true \
+     WHEN excluded._cdc_snapshot AND NOT t._cdc_snapshot AND t._cdc_commit IS NULL THEN false \
+     ELSE (coalesce(t._cdc_commit, t._cdc_lsn), t._cdc_lsn) < (coalesce(excluded._cdc_commit, excluded._cdc_lsn), excluded._cdc_lsn) END";
 
 pub fn create_table_sql(entity: Entity) -> String {
     let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (", table_name(entity));
@@ -55,7 +66,9 @@ pub const APPLY_LOG_TABLE: &str = "_cdc_apply_log";
 const APPLY_LOG_SQL: &str = "CREATE TABLE IF NOT EXISTS _cdc_apply_log (\
      id bigserial PRIMARY KEY, entity text NOT NULL, key uuid, version bigint, op char(1), outcome text NOT NULL, \
      kafka_partition int NOT NULL, kafka_offset bigint NOT NULL, kafka_ts timestamptz, source_ts timestamptz, \
-     applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), rule text)";
+     applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), rule text, version_commit bigint, epoch int, snapshot boolean)";
+const APPLY_LOG_MIGRATION: &str = "ALTER TABLE _cdc_apply_log ADD COLUMN IF NOT EXISTS version_commit bigint, \
+     ADD COLUMN IF NOT EXISTS epoch int, ADD COLUMN IF NOT EXISTS snapshot boolean";
 
 pub struct PostgresSink {
     pool: Pool,
@@ -73,6 +86,24 @@ enum Array {
     Numeric(Vec<Option<Decimal>>),
     Timestamp(Vec<Option<DateTime<Utc>>>),
     Int8(Vec<i64>),
+}
+
+/// The version columns of a group's rows.
+#[derive(Default)]
+struct VersionArrays {
+    lsn: Vec<i64>,
+    commit: Vec<Option<i64>>,
+    epoch: Vec<i32>,
+    snapshot: Vec<bool>,
+}
+
+impl VersionArrays {
+    fn push(&mut self, v: &crate::model::Version) {
+        self.lsn.push(v.lsn);
+        self.commit.push(v.commit);
+        self.epoch.push(v.epoch);
+        self.snapshot.push(v.snapshot);
+    }
 }
 
 impl Array {
@@ -161,19 +192,30 @@ fn upsert_sql(entity: Entity, shape: &Shape, audit: bool) -> String {
         types.push("text[]".into());
     }
     let data: Vec<String> = names[1..].to_vec();
-    for (name, ty) in
-        [("_cdc_lsn", "int8[]"), ("_cdc_source_ts", "timestamptz[]"), ("_cdc_op", "text[]"), ("_cdc_partition", "int4[]"), ("_cdc_offset", "int8[]")]
-    {
+    for (name, ty) in [
+        ("_cdc_lsn", "int8[]"),
+        ("_cdc_source_ts", "timestamptz[]"),
+        ("_cdc_op", "text[]"),
+        ("_cdc_partition", "int4[]"),
+        ("_cdc_offset", "int8[]"),
+        ("_cdc_commit", "int8[]"),
+        ("_cdc_epoch", "int4[]"),
+        ("_cdc_snapshot", "bool[]"),
+    ] {
         names.push(name.into());
         types.push(ty.into());
     }
     let params: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::{t}", i + 1)).collect();
     let mut sets: Vec<String> = data.iter().map(|c| format!("{c} = excluded.{c}")).collect();
-    sets.extend(["_cdc_lsn", "_cdc_source_ts", "_cdc_op", "_cdc_partition", "_cdc_offset", "_cdc_deleted"].iter().map(|c| format!("{c} = excluded.{c}")));
+    sets.extend(
+        ["_cdc_lsn", "_cdc_source_ts", "_cdc_op", "_cdc_partition", "_cdc_offset", "_cdc_deleted", "_cdc_commit", "_cdc_epoch", "_cdc_snapshot"]
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}")),
+    );
     sets.push("_cdc_applied_at = clock_timestamp()".into());
     let upsert = format!(
         "INSERT INTO {table} AS t ({names}, _cdc_deleted) SELECT u.*, {deleted} FROM UNNEST({params}) AS u \
-         ON CONFLICT (id) DO UPDATE SET {sets} WHERE t._cdc_lsn < excluded._cdc_lsn RETURNING t.id",
+         ON CONFLICT (id) DO UPDATE SET {sets} WHERE {VERSION_GUARD} RETURNING t.id",
         table = table_name(entity),
         names = names.join(", "),
         deleted = shape.delete,
@@ -184,17 +226,17 @@ fn upsert_sql(entity: Entity, shape: &Shape, audit: bool) -> String {
         return upsert;
     }
     let n = types.len();
-    let log_params: Vec<String> = ["uuid[]", "int8[]", "text[]", "bool[]", "int4[]", "int8[]", "timestamptz[]", "timestamptz[]"]
+    let log_params: Vec<String> = ["uuid[]", "int8[]", "text[]", "bool[]", "int4[]", "int8[]", "timestamptz[]", "timestamptz[]", "int8[]", "int4[]", "bool[]"]
         .iter()
         .enumerate()
         .map(|(i, t)| format!("${}::{t}", n + i + 1))
         .collect();
     format!(
         "WITH up AS ({upsert}), logged AS (INSERT INTO {APPLY_LOG_TABLE} \
-         (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts) \
+         (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, version_commit, epoch, snapshot) \
          SELECT '{entity}', l.key, l.version, l.op, \
          CASE WHEN NOT l.latest THEN 'superseded' WHEN up.id IS NULL THEN 'stale' ELSE 'applied' END, \
-         l.part, l.off, l.kts, l.sts FROM UNNEST({log}) AS l(key, version, op, latest, part, off, kts, sts) \
+         l.part, l.off, l.kts, l.sts, l.vc, l.ep, l.snap FROM UNNEST({log}) AS l(key, version, op, latest, part, off, kts, sts, vc, ep, snap) \
          LEFT JOIN up ON up.id = l.key) SELECT id FROM up",
         entity = entity.table(),
         log = log_params.join(", "),
@@ -206,7 +248,7 @@ fn upsert_sql(entity: Entity, shape: &Shape, audit: bool) -> String {
 #[derive(Default)]
 struct LogArrays {
     key: Vec<Uuid>,
-    version: Vec<i64>,
+    version: VersionArrays,
     op: Vec<&'static str>,
     latest: Vec<bool>,
     partition: Vec<i32>,
@@ -218,7 +260,7 @@ struct LogArrays {
 impl LogArrays {
     fn push(&mut self, change: &Change, latest: bool) {
         self.key.push(change.key);
-        self.version.push(change.lsn);
+        self.version.push(&change.version);
         self.op.push(change.op.code());
         self.latest.push(latest);
         self.partition.push(change.coords.partition);
@@ -227,8 +269,9 @@ impl LogArrays {
         self.source_ts.push(change.source_ts);
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
-        [&self.key, &self.version, &self.op, &self.latest, &self.partition, &self.offset, &self.kafka_ts, &self.source_ts]
+    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+        let v = &self.version;
+        [&self.key, &v.lsn, &self.op, &self.latest, &self.partition, &self.offset, &self.kafka_ts, &self.source_ts, &v.commit, &v.epoch, &v.snapshot]
     }
 }
 
@@ -248,10 +291,12 @@ impl PostgresSink {
         let mut added = self.added.lock().await;
         if self.audit {
             client.batch_execute(APPLY_LOG_SQL).await?;
+            client.batch_execute(APPLY_LOG_MIGRATION).await?;
         }
         for entity in Entity::ALL {
             let table = table_name(entity);
             client.batch_execute(&create_table_sql(entity)).await?;
+            client.batch_execute(&format!("ALTER TABLE {table} {VERSION_MIGRATION}")).await?;
             client.batch_execute(&format!("CREATE INDEX IF NOT EXISTS {table}_tombstones ON {table} (_cdc_applied_at) WHERE _cdc_deleted")).await?;
             let rows =
                 client.query("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1", &[&table]).await?;
@@ -322,8 +367,8 @@ impl PostgresSink {
         let mut ids = Vec::with_capacity(n);
         let mut data: Vec<Array> = shape.known.iter().map(|&i| Array::new(columns[i].ty, n)).collect();
         let mut extra: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(n); shape.extra.len()];
-        let (mut lsn, mut source_ts, mut op, mut partition, mut offset) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut version = VersionArrays::default();
+        let (mut source_ts, mut op, mut partition, mut offset) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for change in rows {
             ids.push(change.key);
             if let Some(row) = &change.after {
@@ -337,18 +382,17 @@ impl PostgresSink {
                     array.push(row.extra.get(name).and_then(|e| e.text.clone()));
                 }
             }
-            lsn.push(change.lsn);
+            version.push(&change.version);
             source_ts.push(change.source_ts);
             op.push(change.op.code());
             partition.push(change.coords.partition);
             offset.push(change.coords.offset);
         }
-        let lsn = Array::Int8(lsn);
         let offset = Array::Int8(offset);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids];
         params.extend(data.iter().map(Array::as_sql));
         params.extend(extra.iter().map(|e| e as &(dyn ToSql + Sync)));
-        params.extend([lsn.as_sql(), &source_ts, &op, &partition, offset.as_sql()]);
+        params.extend([&version.lsn as &(dyn ToSql + Sync), &source_ts, &op, &partition, offset.as_sql(), &version.commit, &version.epoch, &version.snapshot]);
         let mut log = LogArrays::default();
         if self.audit {
             for change in rows {
@@ -371,11 +415,15 @@ impl PostgresSink {
     /// Apply log rows of events that wrote nothing (dead-lettered, ignored).
     pub async fn log(&self, entity: Entity, entries: &[LogEntry]) -> Result<(), TargetError> {
         let sql = format!(
-            "INSERT INTO {APPLY_LOG_TABLE} (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, rule) \
-             SELECT $1, * FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::int4[], $7::int8[], $8::timestamptz[], $9::timestamptz[], $10::text[])"
+            "INSERT INTO {APPLY_LOG_TABLE} (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, rule, version_commit, epoch, snapshot) \
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::int4[], $7::int8[], $8::timestamptz[], $9::timestamptz[], $10::text[], \
+             $11::int8[], $12::int4[], $13::bool[])"
         );
         let key: Vec<Option<Uuid>> = entries.iter().map(|e| e.key).collect();
-        let version: Vec<Option<i64>> = entries.iter().map(|e| e.version).collect();
+        let version: Vec<Option<i64>> = entries.iter().map(|e| e.version.map(|v| v.lsn)).collect();
+        let commit: Vec<Option<i64>> = entries.iter().map(|e| e.version.and_then(|v| v.commit)).collect();
+        let epoch: Vec<Option<i32>> = entries.iter().map(|e| e.version.map(|v| v.epoch)).collect();
+        let snapshot: Vec<Option<bool>> = entries.iter().map(|e| e.version.map(|v| v.snapshot)).collect();
         let op: Vec<Option<&str>> = entries.iter().map(|e| e.op).collect();
         let outcome: Vec<&str> = entries.iter().map(|e| e.outcome.name()).collect();
         let partition: Vec<i32> = entries.iter().map(|e| e.partition).collect();
@@ -386,7 +434,9 @@ impl PostgresSink {
         let mut lease = self.pool.get().await?;
         let conn = lease.conn();
         let statement = conn.statement(&sql).await?;
-        conn.client.execute(&statement, &[&entity.table(), &key, &version, &op, &outcome, &partition, &offset, &kafka_ts, &source_ts, &rule]).await?;
+        conn.client
+            .execute(&statement, &[&entity.table(), &key, &version, &op, &outcome, &partition, &offset, &kafka_ts, &source_ts, &rule, &commit, &epoch, &snapshot])
+            .await?;
         Ok(())
     }
 
@@ -440,7 +490,7 @@ mod tests {
         let sql = upsert_sql(Entity::Customer, &shape, false);
         assert!(sql.contains("UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[]"), "{sql}");
         assert!(sql.contains("\"tier\" = excluded.\"tier\""));
-        assert!(sql.contains("WHERE t._cdc_lsn < excluded._cdc_lsn RETURNING t.id"));
+        assert!(sql.contains(&format!("WHERE {VERSION_GUARD} RETURNING t.id")));
         assert!(!sql.contains("updated_at"), "columns not carried are left untouched: {sql}");
     }
 
@@ -449,9 +499,11 @@ mod tests {
         let shape = Shape { delete: false, known: vec![1], extra: vec![] };
         let sql = upsert_sql(Entity::Customer, &shape, true);
         assert!(sql.starts_with("WITH up AS (INSERT INTO customer_materialized"), "{sql}");
-        // id, email, then 5 CDC arrays = 7 parameters before the 8 log arrays.
+        // id, email, then 8 CDC arrays = 10 parameters before the 11 log arrays.
         assert!(
-            sql.contains("UNNEST($8::uuid[], $9::int8[], $10::text[], $11::bool[], $12::int4[], $13::int8[], $14::timestamptz[], $15::timestamptz[])"),
+            sql.contains(
+                "UNNEST($11::uuid[], $12::int8[], $13::text[], $14::bool[], $15::int4[], $16::int8[], $17::timestamptz[], $18::timestamptz[], $19::int8[], $20::int4[], $21::bool[])"
+            ),
             "{sql}"
         );
         assert!(sql.contains("WHEN up.id IS NULL THEN 'stale' ELSE 'applied'"), "{sql}");

@@ -234,20 +234,6 @@ impl Row {
         }
     }
 
-    /// Fills columns this (newer) image does not carry from an older image of the same key,
-    /// so merging a batch never turns a known value into "keep whatever the target has".
-    pub fn fill_missing_from(&mut self, older: &Row) {
-        for (mine, theirs) in self.known.iter_mut().zip(&older.known) {
-            let keep = matches!(mine, None | Some(Field::Unavailable));
-            if keep && matches!(theirs, Some(Field::Value(_))) {
-                *mine = theirs.clone();
-            }
-        }
-        for (name, value) in &older.extra {
-            self.extra.entry(name.clone()).or_insert_with(|| value.clone());
-        }
-    }
-
     /// True when every known column carries a value (the fast path of the targets).
     pub fn is_complete(&self) -> bool {
         self.known.iter().all(|f| matches!(f, Some(Field::Value(_))))

@@ -25,7 +25,13 @@ pub struct LogRow {
     pub id: i64,
     pub entity: String,
     pub key: Option<uuid::Uuid>,
+    /// The change's LSN (the second part of the sink's version).
     pub version: Option<i64>,
+    /// The rest of the sink's version: the commit position (`source.sequence[0]`, or the
+    /// snapshot LSN of a snapshot row), the source epoch, whether a snapshot read.
+    pub commit: Option<i64>,
+    pub epoch: i32,
+    pub snapshot: bool,
     pub op: Option<String>,
     pub outcome: String,
     pub partition: i32,
@@ -50,7 +56,8 @@ pub async fn position(target: &tokio_postgres::Client) -> Option<i64> {
 /// Every row after `after`, in id order (the order the sink wrote them).
 pub async fn read(target: &tokio_postgres::Client, after: i64) -> Result<Vec<LogRow>, tokio_postgres::Error> {
     let sql = format!(
-        "SELECT id, entity, key, version, op::text, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, applied_at, rule \
+        "SELECT id, entity, key, version, op::text, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, applied_at, rule, \
+         version_commit, coalesce(epoch, 0), coalesce(snapshot, false) \
          FROM {TABLE} WHERE id > $1 ORDER BY id"
     );
     let stream = target.query_raw(sql.as_str(), [&after as &(dyn tokio_postgres::types::ToSql + Sync)]).await?;
@@ -71,9 +78,38 @@ pub async fn read(target: &tokio_postgres::Client, after: i64) -> Result<Vec<Log
             source_ts: row.get(9),
             applied_at: row.get(10),
             rule: row.get(11),
+            commit: row.get(12),
+            epoch: row.get(13),
+            snapshot: row.get(14),
         });
     }
     Ok(rows)
+}
+
+impl LogRow {
+    /// Whether this row's version is newer than `other`'s: the sink's own rule
+    /// (`sink::model::Version::is_newer_than`): epoch, then commit position with the LSN
+    /// second; a streamed change whose commit position is unknown (the first transaction of
+    /// a connector session) is newer than a snapshot row and never older than it.
+    pub fn is_newer_than(&self, other: &LogRow) -> bool {
+        let (Some(lsn), Some(other_lsn)) = (self.version, other.version) else { return false };
+        if self.epoch != other.epoch {
+            return self.epoch > other.epoch;
+        }
+        let unknown_commit = |r: &LogRow| !r.snapshot && r.commit.is_none();
+        if other.snapshot && unknown_commit(self) {
+            return true;
+        }
+        if self.snapshot && unknown_commit(other) {
+            return false;
+        }
+        (self.commit.unwrap_or(lsn), lsn) > (other.commit.unwrap_or(other_lsn), other_lsn)
+    }
+
+    /// The version as the sink stores it, for identity and evidence.
+    pub fn version_key(&self) -> Option<(i32, Option<i64>, i64, bool)> {
+        self.version.map(|lsn| (self.epoch, self.commit, lsn, self.snapshot))
+    }
 }
 
 /// Latency of the changes applied in one second.
@@ -181,6 +217,9 @@ mod tests {
             entity: "customer".into(),
             key: Some(uuid::Uuid::from_u128(7)),
             version: Some(version),
+            commit: None,
+            epoch: 0,
+            snapshot: false,
             op: Some("u".into()),
             outcome: outcome.into(),
             partition: 0,

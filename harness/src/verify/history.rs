@@ -38,9 +38,10 @@ pub fn analyze(rows: &[LogRow], max_examples: usize) -> HistoryFindings {
     let mut findings = HistoryFindings::default();
     let mut shown: BTreeMap<AnomalyKind, usize> = BTreeMap::new();
     // (entity, key) -> (version -> first applied row, highest applied row so far)
-    let mut state: HashMap<(&str, uuid::Uuid), (HashMap<i64, &LogRow>, Option<&LogRow>)> = HashMap::new();
+    type VersionKey = (i32, Option<i64>, i64, bool);
+    let mut state: HashMap<(&str, uuid::Uuid), (HashMap<VersionKey, &LogRow>, Option<&LogRow>)> = HashMap::new();
     for row in rows.iter().filter(|r| r.outcome == "applied") {
-        let (Some(key), Some(version)) = (row.key, row.version) else { continue };
+        let (Some(key), Some(identity), Some(version)) = (row.key, row.version_key(), row.version) else { continue };
         let (applied, highest) = state.entry((row.entity.as_str(), key)).or_default();
         let mut found = |kind: AnomalyKind, evidence: String, earlier: &LogRow| {
             *findings.counts.entry(kind).or_default() += 1;
@@ -60,13 +61,13 @@ pub fn analyze(rows: &[LogRow], max_examples: usize) -> HistoryFindings {
                 });
             }
         };
-        if let Some(first) = applied.get(&version) {
+        if let Some(first) = applied.get(&identity) {
             found(
                 AnomalyKind::DuplicateApply,
                 format!("version {version} was applied twice: log rows {} and {} (offsets {} and {})", first.id, row.id, first.offset, row.offset),
                 first,
             );
-        } else if let Some(newer) = highest.filter(|h| h.version.is_some_and(|v| v > version)) {
+        } else if let Some(newer) = highest.filter(|h| h.is_newer_than(row)) {
             found(
                 AnomalyKind::OutOfOrderApply,
                 format!(
@@ -79,8 +80,8 @@ pub fn analyze(rows: &[LogRow], max_examples: usize) -> HistoryFindings {
                 newer,
             );
         }
-        applied.entry(version).or_insert(row);
-        if highest.is_none_or(|h| h.version.is_some_and(|v| version > v)) {
+        applied.entry(identity).or_insert(row);
+        if highest.is_none_or(|h| row.is_newer_than(h)) {
             *highest = Some(row);
         }
     }
@@ -185,6 +186,9 @@ mod tests {
             entity: "customer".into(),
             key: Some(uuid::Uuid::from_u128(1)),
             version: Some(version),
+            commit: None,
+            epoch: 0,
+            snapshot: false,
             op: Some("u".into()),
             outcome: outcome.into(),
             partition: 0,
@@ -217,6 +221,21 @@ mod tests {
         let f = analyze(&rows, 5);
         assert_eq!(f.counts, BTreeMap::from([(AnomalyKind::OutOfOrderApply, 1)]));
         assert!(f.examples[0].evidence.contains("version 11 (offset 20) was applied after the newer version 12"), "{}", f.examples[0].evidence);
+    }
+
+    /// Versions as the sink orders them: a transaction that committed after the snapshot
+    /// but wrote below its LSN (commit unknown: the session's first) is newer than the
+    /// snapshot row; the snapshot row applied after it would be out of order.
+    #[test]
+    fn versions_follow_the_sinks_commit_order() {
+        let snapshot = |id| LogRow { snapshot: true, commit: Some(5000), op: Some("r".into()), ..row(id, 5000, "applied") };
+        let straddling = |id| row(id, 4900, "applied");
+        let next = |id| LogRow { commit: Some(5100), ..row(id, 4950, "applied") };
+        assert_eq!(analyze(&[snapshot(1), straddling(2), next(3)], 5), HistoryFindings::default());
+        let f = analyze(&[straddling(1), snapshot(2)], 5);
+        assert_eq!(f.counts, BTreeMap::from([(AnomalyKind::OutOfOrderApply, 1)]));
+        let f = analyze(&[next(1), straddling(2)], 5);
+        assert_eq!(f.counts, BTreeMap::from([(AnomalyKind::OutOfOrderApply, 1)]), "commit order, not LSN order");
     }
 
     #[test]

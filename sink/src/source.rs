@@ -138,7 +138,22 @@ impl SinkContext {
             })
             .collect();
         let timeout = self.drain_timeout;
-        let wait = async move { tokio::time::timeout(timeout, futures::future::join_all(tasks)).await.is_ok() };
+        // A task given up on is aborted: it must not write or dead-letter after its
+        // partitions were handed over (what it had not stored is redelivered).
+        let aborts: Vec<tokio::task::AbortHandle> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let metrics = Arc::clone(&self.metrics);
+        let wait = async move {
+            let finished = tokio::time::timeout(timeout, futures::future::join_all(tasks)).await.is_ok();
+            if !finished {
+                let stuck = aborts.iter().filter(|a| !a.is_finished()).count();
+                for abort in &aborts {
+                    abort.abort();
+                }
+                metrics.error("drain_timeout");
+                warn!(message = "drain timed out: aborted the partition tasks still running", tasks = stuck, timeout = ?timeout);
+            }
+            finished
+        };
         // Callbacks run inside `recv()` on a runtime worker: block_in_place lets the
         // partition tasks progress on the other workers while we wait for them.
         match tokio::runtime::Handle::try_current() {

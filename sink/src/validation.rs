@@ -2,7 +2,7 @@
 //! event; the referential rule needs the target and runs in the handler (with a grace
 //! period) but shares the configuration.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -126,6 +126,94 @@ pub struct ValidationConfig {
     /// Commit timestamps further than this from the sink's clock (either way) count as drift.
     #[serde(default = "ValidationConfig::default_clock_drift_tolerance", with = "humantime_serde")]
     pub clock_drift_tolerance: Duration,
+    /// The business rules: allowed values and status transitions (defaults: the source
+    /// application's). A value the source accepts and these do not is rejected by the
+    /// `schema` (or `status_transition`) rule: widen them here when the source widens.
+    #[serde(default)]
+    pub business: BusinessRules,
+}
+
+/// `[validation.business]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusinessRules {
+    #[serde(default = "BusinessRules::default_customer_status")]
+    pub customer_status: Vec<String>,
+    #[serde(default = "BusinessRules::default_address_type")]
+    pub address_type: Vec<String>,
+    #[serde(default = "BusinessRules::default_order_status")]
+    pub order_status: Vec<String>,
+    /// `from = [to, ...]`: the transitions of `orders.status` an update may make besides
+    /// keeping the status. A status without an entry is final.
+    #[serde(default = "BusinessRules::default_order_transitions")]
+    pub order_transitions: BTreeMap<String, Vec<String>>,
+}
+
+fn strings(values: &[&str]) -> Vec<String> {
+    values.iter().map(ToString::to_string).collect()
+}
+
+impl BusinessRules {
+    fn default_customer_status() -> Vec<String> {
+        strings(&["active", "inactive", "blocked"])
+    }
+    fn default_address_type() -> Vec<String> {
+        strings(&["billing", "shipping"])
+    }
+    fn default_order_status() -> Vec<String> {
+        strings(&["pending", "paid", "shipped", "delivered", "cancelled"])
+    }
+    /// pending -> paid|cancelled, paid -> shipped|cancelled, shipped -> delivered;
+    /// delivered and cancelled are final.
+    fn default_order_transitions() -> BTreeMap<String, Vec<String>> {
+        [("pending", &["paid", "cancelled"][..]), ("paid", &["shipped", "cancelled"]), ("shipped", &["delivered"])]
+            .into_iter()
+            .map(|(from, to)| (from.to_string(), strings(to)))
+            .collect()
+    }
+
+    /// The enum column of an entity and its allowed values.
+    pub fn allowed(&self, entity: Entity) -> Option<(&'static str, &[String])> {
+        match entity {
+            Entity::Customer => Some(("status", &self.customer_status)),
+            Entity::Address => Some(("type", &self.address_type)),
+            Entity::Orders => Some(("status", &self.order_status)),
+            Entity::OrderItem => None,
+        }
+    }
+
+    /// Same -> same is always allowed (updates of other columns).
+    pub fn order_transition_allowed(&self, from: &str, to: &str) -> bool {
+        from == to || self.order_transitions.get(from).is_some_and(|targets| targets.iter().any(|t| t == to))
+    }
+
+    fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, values) in [("customer_status", &self.customer_status), ("address_type", &self.address_type), ("order_status", &self.order_status)] {
+            if values.is_empty() {
+                problems.push(format!("[validation.business] {name} is empty: every row would be rejected"));
+            }
+        }
+        for (from, targets) in &self.order_transitions {
+            for status in std::iter::once(from).chain(targets) {
+                if !self.order_status.contains(status) {
+                    problems.push(format!("[validation.business] order_transitions names {status:?}, which is not in order_status"));
+                }
+            }
+        }
+        problems
+    }
+}
+
+impl Default for BusinessRules {
+    fn default() -> Self {
+        Self {
+            customer_status: Self::default_customer_status(),
+            address_type: Self::default_address_type(),
+            order_status: Self::default_order_status(),
+            order_transitions: Self::default_order_transitions(),
+        }
+    }
 }
 
 impl ValidationConfig {
@@ -163,6 +251,7 @@ impl ValidationConfig {
         if self.referential_grace > Duration::from_secs(600) {
             problems.push("[validation] referential_grace above 10m would stall partitions for too long".into());
         }
+        problems.extend(self.business.validate());
         problems
     }
 }
@@ -175,18 +264,9 @@ impl Default for ValidationConfig {
             max_age: Self::default_max_age(),
             referential_grace: Self::default_referential_grace(),
             clock_drift_tolerance: Self::default_clock_drift_tolerance(),
+            business: BusinessRules::default(),
         }
     }
-}
-
-pub const CUSTOMER_STATUS: &[&str] = &["active", "inactive", "blocked"];
-pub const ADDRESS_TYPE: &[&str] = &["billing", "shipping"];
-pub const ORDER_STATUS: &[&str] = &["pending", "paid", "shipped", "delivered", "cancelled"];
-
-/// pending -> paid|cancelled, paid -> shipped|cancelled, shipped -> delivered; same -> same
-/// (updates of other columns); delivered and cancelled are final.
-pub fn order_transition_allowed(from: &str, to: &str) -> bool {
-    from == to || matches!((from, to), ("pending", "paid") | ("pending", "cancelled") | ("paid", "shipped") | ("paid", "cancelled") | ("shipped", "delivered"))
 }
 
 /// Deliberately simple: one `@`, a non-empty local part, a dotted domain, no whitespace.
@@ -280,15 +360,11 @@ impl Validator<'_> {
                     break;
                 }
             }
-            let allowed = match entity {
-                Entity::Customer => Some(("status", CUSTOMER_STATUS)),
-                Entity::Address => Some(("type", ADDRESS_TYPE)),
-                Entity::Orders => Some(("status", ORDER_STATUS)),
-                Entity::OrderItem => None,
-            };
-            let bad_enum = allowed.and_then(|(column, values)| after.text(entity, column).filter(|v| !values.contains(v)).map(|v| (column, values, v)));
+            let allowed = self.config.business.allowed(entity);
+            let bad_enum =
+                allowed.and_then(|(column, values)| after.text(entity, column).filter(|v| !values.iter().any(|a| a == v)).map(|v| (column, values, v)));
             if let (None, Some((column, values, v))) = (&schema_failure, bad_enum) {
-                schema_failure = Some(format!("{entity}.{column} {v:?} is not one of {values:?}"));
+                schema_failure = Some(format!("{entity}.{column} {v:?} is not one of {values:?} ([validation.business])"));
             }
             verdict(Rule::Schema, schema_failure, &mut out, tally);
 
@@ -306,7 +382,8 @@ impl Validator<'_> {
                     _ => None,
                 };
                 if let Some(from) = from.filter(|_| change.op == Op::Update) {
-                    let failure = (!order_transition_allowed(&from, to)).then(|| format!("orders.status transition {from} -> {to} is not allowed"));
+                    let failure = (!self.config.business.order_transition_allowed(&from, to))
+                        .then(|| format!("orders.status transition {from} -> {to} is not allowed ([validation.business] order_transitions)"));
                     verdict(Rule::StatusTransition, failure, &mut out, tally);
                 }
             }
@@ -398,12 +475,35 @@ mod tests {
 
     #[test]
     fn transitions_table() {
-        assert!(order_transition_allowed("pending", "paid"));
-        assert!(order_transition_allowed("paid", "paid"));
-        assert!(order_transition_allowed("shipped", "delivered"));
-        assert!(!order_transition_allowed("delivered", "pending"));
-        assert!(!order_transition_allowed("cancelled", "paid"));
-        assert!(!order_transition_allowed("pending", "shipped"));
+        let rules = BusinessRules::default();
+        assert!(rules.order_transition_allowed("pending", "paid"));
+        assert!(rules.order_transition_allowed("paid", "paid"));
+        assert!(rules.order_transition_allowed("shipped", "delivered"));
+        assert!(!rules.order_transition_allowed("delivered", "pending"));
+        assert!(!rules.order_transition_allowed("cancelled", "paid"));
+        assert!(!rules.order_transition_allowed("pending", "shipped"));
+    }
+
+    /// The business rules come from the configuration: a status the source started writing
+    /// is accepted once configured, and a table naming an unknown status is refused at start.
+    #[test]
+    fn business_rules_are_configuration() {
+        let default = ValidationConfig::default();
+        let refunded = || {
+            let mut o = order("refunded");
+            o["status"] = json!("refunded");
+            change("orders", json!({"before": order("delivered"), "after": o, "source": {"lsn": 5}, "op": "u"}))
+        };
+        assert_eq!(rules(&run(&default, &[refunded()])[0]), vec![Rule::Schema, Rule::StatusTransition]);
+        let config: ValidationConfig = toml::from_str(
+            "[business]\norder_status = [\"pending\", \"paid\", \"shipped\", \"delivered\", \"cancelled\", \"refunded\"]\n\
+             [business.order_transitions]\npending = [\"paid\", \"cancelled\"]\npaid = [\"shipped\", \"cancelled\"]\nshipped = [\"delivered\"]\ndelivered = [\"refunded\"]\n",
+        )
+        .unwrap();
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        assert!(run(&config, &[refunded()])[0].is_empty(), "configured: delivered -> refunded is accepted");
+        let bad: ValidationConfig = toml::from_str("[business.order_transitions]\npending = [\"lost\"]\n").unwrap();
+        assert_eq!(bad.validate(), vec!["[validation.business] order_transitions names \"lost\", which is not in order_status".to_string()]);
     }
 
     #[test]

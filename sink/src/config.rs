@@ -278,6 +278,16 @@ pub struct ApplyConfig {
     /// Values larger than this go to the DLQ instead of the target.
     #[serde(default = "ApplyConfig::default_max_event_bytes")]
     pub max_event_bytes: usize,
+    /// Backpressure by size: a partition whose queued and in-process records (keys and
+    /// values) exceed this stops fetching until it is down to half. With `max_batch_size`
+    /// records per batch this bounds the sink's event memory at about
+    /// `partitions x (max_buffered_bytes + max_event_bytes)` plus librdkafka's own fetch
+    /// queue (`queued.max.messages.kbytes`, 64 MiB by default).
+    #[serde(default = "ApplyConfig::default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+    /// A batch stops growing at this many bytes (it always takes at least one record).
+    #[serde(default = "ApplyConfig::default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
 }
 
 impl ApplyConfig {
@@ -296,6 +306,12 @@ impl ApplyConfig {
     const fn default_max_event_bytes() -> usize {
         1024 * 1024
     }
+    const fn default_max_buffered_bytes() -> usize {
+        64 * 1024 * 1024
+    }
+    const fn default_max_batch_bytes() -> usize {
+        16 * 1024 * 1024
+    }
 }
 
 impl Default for ApplyConfig {
@@ -306,6 +322,8 @@ impl Default for ApplyConfig {
             retry_initial_backoff: Self::default_retry_initial_backoff(),
             retry_max_backoff: Self::default_retry_max_backoff(),
             max_event_bytes: Self::default_max_event_bytes(),
+            max_buffered_bytes: Self::default_max_buffered_bytes(),
+            max_batch_bytes: Self::default_max_batch_bytes(),
         }
     }
 }
@@ -388,6 +406,12 @@ impl SinkConfig {
             problems.push(format!(
                 "[kafka] rejoin_timeout ({:?}) must be at least session_timeout ({:?}): a normal rejoin takes up to a session",
                 k.rejoin_timeout, k.session_timeout
+            ));
+        }
+        if self.apply.max_buffered_bytes < self.apply.max_event_bytes {
+            problems.push(format!(
+                "[apply] max_buffered_bytes ({}) must be at least max_event_bytes ({}): a partition must be able to hold one event",
+                self.apply.max_buffered_bytes, self.apply.max_event_bytes
             ));
         }
         if k.fetch_wait_max.is_zero() || k.fetch_wait_max > Duration::from_secs(300) {

@@ -30,6 +30,13 @@ pub struct Record {
     pub trace: Option<crate::telemetry::TraceHeaders>,
 }
 
+impl Record {
+    /// What the record weighs in memory for backpressure: its key and value.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// What became of one record, for its span and log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {

@@ -42,6 +42,7 @@ pub struct Metrics {
     assigned: Gauge,
     consumer_restarts: Counter,
     stalled: Family<Labels, Gauge>,
+    buffered_bytes: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -91,6 +92,12 @@ impl Metrics {
         registry.register("assigned_partitions", "Partitions assigned to this consumer", assigned.clone());
         let stalled = Family::default();
         registry.register("partition_stalled", "1 while a partition cannot make progress (see /readyz for why), by topic and partition", stalled.clone());
+        let buffered_bytes = Family::default();
+        registry.register(
+            "partition_buffered_bytes",
+            "Bytes of records a partition holds (queued or in its batch), bounded by [apply] max_buffered_bytes",
+            buffered_bytes.clone(),
+        );
         Self {
             registry,
             processed,
@@ -110,6 +117,7 @@ impl Metrics {
             assigned,
             consumer_restarts,
             stalled,
+            buffered_bytes,
         }
     }
 
@@ -182,7 +190,13 @@ impl Metrics {
     }
 
     pub fn forget_partition(&self, topic: &str, partition: i32) {
-        self.consumer_lag.remove(&vec![("topic", topic.to_string()), ("partition", partition.to_string())]);
+        let labels = vec![("topic", topic.to_string()), ("partition", partition.to_string())];
+        self.consumer_lag.remove(&labels);
+        self.buffered_bytes.remove(&labels);
+    }
+
+    pub fn buffered_bytes(&self, topic: &str, partition: i32, bytes: usize) {
+        self.buffered_bytes.get_or_create(&vec![("topic", topic.to_string()), ("partition", partition.to_string())]).set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn dependency_up(&self, dependency: &'static str, up: bool) {

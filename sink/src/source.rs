@@ -41,6 +41,8 @@ struct Partition {
     tx: mpsc::UnboundedSender<Record>,
     /// Records queued but not yet taken into a batch.
     depth: Arc<AtomicUsize>,
+    /// Bytes of the records queued or in the batch being processed.
+    bytes: Arc<AtomicUsize>,
     task: JoinHandle<()>,
     paused: bool,
 }
@@ -330,7 +332,7 @@ impl Source {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                _ = tick.tick() => self.resume_drained(high_water / 4),
+                _ = tick.tick() => self.resume_drained(high_water / 4, self.apply.max_buffered_bytes / 2),
                 _ = watchdog.tick() => self.watch_assignment(&mut last_restart).await,
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
@@ -434,13 +436,17 @@ impl Source {
         let mut map = self.consumer.context().partitions.lock().expect("partition map");
         let partition = map.entry(key.clone()).or_insert_with(|| self.spawn_partition(&key));
         partition.depth.fetch_add(1, Ordering::Relaxed);
+        let bytes = partition.bytes.fetch_add(record.size(), Ordering::Relaxed) + record.size();
         if partition.tx.send(record).is_err() {
             // The task ended (it only does when its queue closes); cannot happen while the
             // partition is in the map, and the record will be redelivered anyway.
             warn!(message = "partition task gone", topic = %key.0, partition = key.1);
         }
-        if !partition.paused && partition.depth.load(Ordering::Relaxed) > high_water {
-            // Backpressure per partition: a slow entity stops fetching only its partitions.
+        if !partition.paused && (partition.depth.load(Ordering::Relaxed) > high_water || bytes > self.apply.max_buffered_bytes) {
+            // Backpressure per partition, by count and by size: a slow entity stops
+            // fetching only its partitions, and a backlog of large events cannot grow
+            // memory without bound.
+            self.metrics.buffered_bytes(&key.0, key.1, bytes);
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&key.0, key.1);
             if self.consumer.pause(&tpl).is_ok() {
@@ -449,10 +455,12 @@ impl Source {
         }
     }
 
-    fn resume_drained(&self, low_water: usize) {
+    fn resume_drained(&self, low_water: usize, low_bytes: usize) {
         let mut map = self.consumer.context().partitions.lock().expect("partition map");
         for ((topic, id), partition) in map.iter_mut() {
-            if partition.paused && partition.depth.load(Ordering::Relaxed) <= low_water {
+            let bytes = partition.bytes.load(Ordering::Relaxed);
+            self.metrics.buffered_bytes(topic, *id, bytes);
+            if partition.paused && partition.depth.load(Ordering::Relaxed) <= low_water && bytes <= low_bytes {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(topic, *id);
                 if self.consumer.resume(&tpl).is_ok() {
@@ -465,10 +473,12 @@ impl Source {
     fn spawn_partition(&self, key: &Key) -> Partition {
         let (tx, rx) = mpsc::unbounded_channel();
         let depth = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(AtomicUsize::new(0));
         // Topics were validated to name a known entity, and there is a handler for each.
         let handler = Entity::from_topic(&key.0).and_then(|_| self.handlers.get(&key.0)).cloned();
-        let task = tokio::spawn(run_partition(handler, Arc::clone(&self.consumer), rx, Arc::clone(&depth), key.clone(), self.apply.clone()));
-        Partition { tx, depth, task, paused: false }
+        let queue = Queue { rx, depth: Arc::clone(&depth), bytes: Arc::clone(&bytes) };
+        let task = tokio::spawn(run_partition(handler, Arc::clone(&self.consumer), queue, key.clone(), self.apply.clone()));
+        Partition { tx, depth, bytes, task, paused: false }
     }
 }
 
@@ -504,14 +514,15 @@ async fn process_supervised(handler: &Handler, batch: &[Record], state: &mut Par
     handler.metrics.partition_stalled(topic, partition, false);
 }
 
-async fn run_partition(
-    handler: Option<Arc<Handler>>,
-    consumer: Arc<SinkConsumer>,
-    mut rx: mpsc::UnboundedReceiver<Record>,
+/// A partition task's end of its queue, with the counters backpressure reads.
+struct Queue {
+    rx: mpsc::UnboundedReceiver<Record>,
     depth: Arc<AtomicUsize>,
-    (topic, partition): Key,
-    apply: ApplyConfig,
-) {
+    bytes: Arc<AtomicUsize>,
+}
+
+async fn run_partition(handler: Option<Arc<Handler>>, consumer: Arc<SinkConsumer>, queue: Queue, (topic, partition): Key, apply: ApplyConfig) {
+    let Queue { mut rx, depth, bytes } = queue;
     let Some(handler) = handler else {
         error!(message = "no handler for topic; its records are not consumed", topic, partition);
         return;
@@ -521,17 +532,24 @@ async fn run_partition(
     let mut open = true;
     while open {
         let Some(first) = rx.recv().await else { break };
+        let mut batch_bytes = first.size();
         batch.push(first);
         let deadline = Instant::now() + apply.max_batch_wait;
-        while batch.len() < apply.max_batch_size {
+        while batch.len() < apply.max_batch_size && batch_bytes < apply.max_batch_bytes {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => {
+                    batch_bytes += r.size();
+                    batch.push(r);
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     open = false;
                     break;
                 }
                 Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(r)) => batch.push(r),
+                    Ok(Some(r)) => {
+                        batch_bytes += r.size();
+                        batch.push(r);
+                    }
                     Ok(None) => {
                         open = false;
                         break;
@@ -542,6 +560,7 @@ async fn run_partition(
         }
         depth.fetch_sub(batch.len(), Ordering::Relaxed);
         process_supervised(&handler, &batch, &mut state, &topic, partition).await;
+        bytes.fetch_sub(batch_bytes, Ordering::Relaxed);
         let last = batch.last().map(|r| r.coords.offset).expect("batch is not empty");
         // librdkafka stores last + 1, the next offset to consume.
         if let Err(error) = consumer.store_offset(&topic, partition, last) {

@@ -14,6 +14,37 @@ fn sink() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sink"))
 }
 
+/// A started sink that is killed when the test ends, however it ends (a failed assert too).
+struct Running(std::process::Child);
+
+impl Running {
+    fn start(command: &mut Command) -> Self {
+        Self(command.spawn().expect("start the sink binary"))
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn config_errors_exit_with_2() {
     let dir = run_dir("sink-bin-config");
@@ -59,8 +90,7 @@ async fn binary_becomes_ready_serves_metrics_and_stops_cleanly_on_sigterm() {
         e.target_db
     );
     std::fs::write(dir.join("sink.toml"), config).unwrap();
-    let mut child =
-        sink().arg("--config").arg(dir.join("sink.toml")).env("SINK__TARGET__PASSWORD", e.password.expose()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Running::start(sink().arg("--config").arg(dir.join("sink.toml")).env("SINK__TARGET__PASSWORD", e.password.expose()).stdout(Stdio::piped()));
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -114,15 +144,10 @@ async fn a_flattened_topic_without_deletes_stops_its_partition_and_says_why() {
     let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.bootstrap).create().unwrap();
     let id = "12121212-1212-4212-8212-121212121212";
     let flat = serde_json::json!({"id": id, "email": "a@x.io", "status": "active", "updated_at": "2024-05-01T10:00:00Z", "__op": "u", "__lsn": 7});
-    producer.send(FutureRecord::to("cdc.public.customer").partition(0).key(id).payload(&flat.to_string()), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    let key = serde_json::json!({ "id": id }).to_string();
+    producer.send(FutureRecord::to("cdc.public.customer").partition(0).key(&key).payload(&flat.to_string()), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
 
-    let mut child = sink()
-        .arg("--config")
-        .arg(dir.join("sink.toml"))
-        .env("SINK__TARGET__PASSWORD", e.password.expose())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running::start(sink().arg("--config").arg(dir.join("sink.toml")).env("SINK__TARGET__PASSWORD", e.password.expose()).stdout(Stdio::piped()));
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let body = loop {
@@ -161,4 +186,76 @@ async fn a_flattened_topic_without_deletes_stops_its_partition_and_says_why() {
     tpl.add_partition("cdc.public.customer", 0);
     let committed = tokio::task::block_in_place(|| rdkafka::consumer::Consumer::committed_offsets(&observer, tpl, Duration::from_secs(10))).unwrap();
     assert!(!matches!(committed.elements()[0].offset(), rdkafka::Offset::Offset(o) if o > 0), "{committed:?}");
+}
+
+/// Backpressure by size: with the target blocked (its table locked), a backlog of large
+/// events does not pile up in the sink: what a partition holds stays within
+/// `max_buffered_bytes` (plus the event that crossed it), and once the target answers again
+/// every event is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_events_are_held_within_max_buffered_bytes() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    const EVENTS: usize = 40;
+    const PADDING: usize = 400 * 1024;
+    const LIMIT: usize = 2 * 1024 * 1024;
+    let topics: Vec<String> = ["cdc.public.customer", "cdc.dlq"].iter().map(ToString::to_string).collect();
+    let pg = TestPostgres::start("sink-bin-bytes-pg").await.unwrap();
+    let kafka = TestBroker::start("sink-bin-bytes-broker", &topics).await.unwrap();
+    let dir = run_dir("sink-bin-bytes");
+    let port = free_port().unwrap();
+    let e = &pg.endpoint;
+    let config = format!(
+        "[kafka]\nbrokers = \"{}\"\ngroup_id = \"sink-bytes\"\ntopics = [\"cdc.public.customer\"]\ndlq_topic = \"cdc.dlq\"\nauto_offset_reset = \"earliest\"\n\n\
+         [target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n\n[http]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [apply]\nmax_buffered_bytes = {LIMIT}\nmax_batch_size = 4\n",
+        kafka.bootstrap, e.host, e.port, e.user, e.target_db
+    );
+    std::fs::write(dir.join("sink.toml"), config).unwrap();
+    let mut child = Running::start(sink().arg("--config").arg(dir.join("sink.toml")).env("SINK__TARGET__PASSWORD", e.password.expose()).stdout(std::fs::File::create(dir.join("sink.log")).unwrap()));
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(http_get(&addr, "/readyz"), Some((200, _))) {
+        assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "sink not ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut blocker = e.connect(&e.target_db).await.unwrap();
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE customer_materialized IN ACCESS EXCLUSIVE MODE").await.unwrap();
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.bootstrap).create().unwrap();
+    for i in 0..EVENTS {
+        let id = uuid::Uuid::from_u128(0x1000 + i as u128).to_string();
+        let value = serde_json::json!({"before": null, "after": {"id": id, "email": format!("big{i}@x.io"), "status": "active",
+            "updated_at": "2024-05-01T10:00:00Z", "bio": "x".repeat(PADDING)}, "source": {"lsn": 100 + i, "ts_ms": 1714557600000i64}, "op": "c"});
+        let key = serde_json::json!({ "id": id }).to_string();
+        producer.send(FutureRecord::to("cdc.public.customer").partition(0).key(&key).payload(&value.to_string()), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+    // While the target is blocked, what the partition holds is sampled for a while.
+    let gauge = |metrics: &str| -> Option<usize> {
+        metrics.lines().find(|l| l.starts_with("sink_partition_buffered_bytes{")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    };
+    let mut peak = 0;
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        if let Some(bytes) = http_get(&addr, "/metrics").and_then(|(_, m)| gauge(&m)) {
+            peak = peak.max(bytes);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = EVENTS * PADDING;
+    assert!(peak > PADDING, "the gauge never showed the held events ({peak} bytes)");
+    assert!(peak <= LIMIT + PADDING + 4096, "held {peak} bytes, over max_buffered_bytes {LIMIT} plus one event (of {total} produced)");
+
+    lock.commit().await.unwrap();
+    let client = e.connect(&e.target_db).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let applied: i64 = client.query_one("SELECT count(*) FROM customer_materialized", &[]).await.unwrap().get(0);
+        if applied == EVENTS as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {applied} of {EVENTS} applied after the target came back");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("peak held: {peak} bytes of {total} produced (limit {LIMIT})");
 }

@@ -33,6 +33,11 @@ pub struct TestPostgres {
 }
 
 impl TestPostgres {
+    /// The postmaster's pid (its backends are its children): tests freeze the server with it.
+    pub fn pid(&self) -> i32 {
+        self.handle.pid
+    }
+
     pub async fn start(name: &str) -> anyhow::Result<Self> {
         let dir = run_dir(name);
         std::fs::create_dir_all(dir.join("logs"))?;

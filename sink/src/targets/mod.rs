@@ -22,6 +22,10 @@ pub enum TargetError {
     Mongo(#[from] ::mongodb::error::Error),
     #[error("mongodb write error {code}: {message}")]
     MongoWrite { code: i32, message: String },
+    /// A call that missed the sink's client-side deadline: the target (or the link to it)
+    /// is not answering. Retried on a fresh connection.
+    #[error("{operation}: no answer from the target within {after:?}")]
+    Timeout { operation: &'static str, after: std::time::Duration },
 }
 
 /// A server error with its SQLSTATE, message and detail (what a DLQ reason must carry);
@@ -45,6 +49,7 @@ impl TargetError {
             Self::Postgres(e) => postgres::is_retriable(e),
             Self::Mongo(e) => mongodb::is_retriable(e),
             Self::MongoWrite { code, .. } => mongodb::is_retriable_code(*code),
+            Self::Timeout { .. } => true,
         }
     }
 }

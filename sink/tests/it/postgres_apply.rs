@@ -211,3 +211,62 @@ async fn commit_position_orders_snapshot_and_stream() {
     let r = target.apply(Entity::Customer, &[at(Version::streamed(Some(9000), 9000), "old-cluster@x.io", 4)]).await.unwrap();
     assert_eq!(r.stale, vec![id], "the old epoch's higher LSNs no longer win");
 }
+
+/// Sends `signal` to a process and its children (a postmaster and its backends).
+fn signal_tree(pid: i32, signal: nix::sys::signal::Signal) {
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // Field 4, after the parenthesised command name.
+        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)).and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            pids.push(child);
+        }
+    }
+    for p in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), signal);
+    }
+}
+
+/// Client-side deadlines and a pool that hands out a free connection: a server that stops
+/// answering (frozen) makes a call fail with a retriable timeout instead of hanging, the
+/// next call after it recovers works on a fresh connection; and a connection stuck behind a
+/// lock does not hold up calls while another connection is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_and_a_free_connection_pool() {
+    use nix::sys::signal::Signal;
+    use std::time::Duration;
+    use sink::targets::{Target, TargetError};
+    let pg = TestPostgres::start("sink-pg-deadlines").await.unwrap();
+    let config = crate::common::sink_config(&pg, "127.0.0.1:1", "[target.postgres]\npool_size = 2\nstatement_timeout = \"5s\"\ncall_timeout = \"6s\"\n");
+    let target = std::sync::Arc::new(Target::connect(&config.target, false).await.unwrap());
+    let id = key(20);
+    target.apply(Entity::Customer, &[customer(id, Op::Create, 10, "a@x.io", "active", 0)]).await.unwrap();
+
+    signal_tree(pg.pid(), Signal::SIGSTOP);
+    let frozen = tokio::time::timeout(Duration::from_secs(30), target.apply(Entity::Customer, &[customer(id, Op::Update, 20, "b@x.io", "active", 1)])).await;
+    signal_tree(pg.pid(), Signal::SIGCONT);
+    let error = frozen.expect("the client deadline ends the call").expect_err("a frozen server cannot answer");
+    assert!(matches!(error, TargetError::Timeout { .. }) && error.is_retriable(), "{error}");
+    let r = target.apply(Entity::Customer, &[customer(id, Op::Update, 20, "b@x.io", "active", 1)]).await.unwrap();
+    assert_eq!(r.applied, vec![id], "after the server is back the retried call works");
+
+    // One connection waits on a lock; the other serves every other call meanwhile.
+    let mut blocker = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE customer_materialized IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let stuck = tokio::spawn({
+        let target = std::sync::Arc::clone(&target);
+        async move { target.apply(Entity::Customer, &[customer(id, Op::Update, 30, "c@x.io", "active", 2)]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stuck.is_finished(), "the customer write waits on the lock");
+    for n in 0..4u8 {
+        let address = key(40 + n);
+        let found = tokio::time::timeout(Duration::from_secs(2), target.existing(Entity::Address, &[address])).await;
+        assert!(matches!(found, Ok(Ok(_))), "call {n} waited behind the stuck connection: {found:?}");
+    }
+    lock.commit().await.unwrap();
+    assert_eq!(stuck.await.unwrap().unwrap().applied, vec![id]);
+}

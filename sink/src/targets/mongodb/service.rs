@@ -39,6 +39,7 @@ pub async fn connect(target: &TargetConfig, settings: &MongoConfig) -> Result<Da
         credential.password = Some(password.expose().to_string());
     }
     options.server_selection_timeout = Some(settings.server_selection_timeout);
+    options.connect_timeout = Some(settings.connect_timeout);
     options.app_name = Some("cdc-sink".into());
     Ok(Client::with_options(options)?.database(&settings.database))
 }

@@ -41,6 +41,16 @@ pub const APPLY_LOG_COLLECTION: &str = "cdc_apply_log";
 pub struct MongoSink {
     db: Database,
     pub audit: bool,
+    /// Client-side deadline of every operation (also sent as `maxTimeMS`).
+    call_timeout: Duration,
+}
+
+/// `future` within `after`: a target that does not answer is a retriable timeout.
+async fn within<T>(operation: &'static str, after: Duration, future: impl std::future::Future<Output = Result<T, mongodb::error::Error>>) -> Result<T, TargetError> {
+    match tokio::time::timeout(after, future).await {
+        Ok(result) => result.map_err(TargetError::from),
+        Err(_) => Err(TargetError::Timeout { operation, after }),
+    }
 }
 
 fn bson_ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Bson {
@@ -199,10 +209,16 @@ impl MongoSink {
     pub async fn connect(target: &TargetConfig, audit: bool) -> Result<Self, TargetError> {
         let settings: &MongoConfig = &target.mongodb;
         let db = connect(target, settings).await?;
-        let sink = Self { db, audit };
+        let sink = Self { db, audit, call_timeout: settings.operation_timeout };
         sink.ping().await?;
         sink.prepare().await?;
         Ok(sink)
+    }
+
+    /// A command under the deadline, with the server told the same limit.
+    async fn command(&self, operation: &'static str, mut command: Document) -> Result<Document, TargetError> {
+        command.insert("maxTimeMS", i64::try_from(self.call_timeout.as_millis()).unwrap_or(i64::MAX));
+        within(operation, self.call_timeout, async { self.db.run_command(command).await }).await
     }
 
     async fn prepare(&self) -> Result<(), TargetError> {
@@ -234,7 +250,7 @@ impl MongoSink {
             "ordered": true,
             "writeConcern": { "w": "majority", "j": true },
         };
-        let reply = self.db.run_command(command).await?;
+        let reply = self.command("apply_log", command).await?;
         if let Some(e) = reply.get_array("writeErrors").ok().and_then(|a| a.first()).and_then(Bson::as_document) {
             return Err(TargetError::MongoWrite { code: e.get_i32("code").unwrap_or(0), message: e.get_str("errmsg").unwrap_or_default().into() });
         }
@@ -291,7 +307,7 @@ impl MongoSink {
             "ordered": false,
             "writeConcern": { "w": "majority", "j": true },
         };
-        let reply = self.db.run_command(command).await?;
+        let reply = self.command("apply", command).await?;
         let mut failed: HashSet<usize> = HashSet::new();
         if let Ok(errors) = reply.get_array("writeErrors") {
             for e in errors.iter().filter_map(Bson::as_document) {
@@ -340,18 +356,21 @@ impl MongoSink {
         // A placeholder order (items only) is not an order yet.
         let filter = doc! { "_id": { "$in": ids }, "_cdc": { "$exists": true } };
         let collection = self.db.collection::<Document>(collection_name(entity));
-        let mut cursor = collection.find(filter).projection(doc! { "_id": 1 }).await?;
-        let mut out = HashSet::new();
-        while cursor.advance().await? {
-            if let Ok(Some(id)) = cursor.current().get_str("_id").map(|s| Uuid::parse_str(s).ok()) {
-                out.insert(id);
+        within("lookup", self.call_timeout, async {
+            let mut cursor = collection.find(filter).projection(doc! { "_id": 1 }).max_time(self.call_timeout).await?;
+            let mut out = HashSet::new();
+            while cursor.advance().await? {
+                if let Ok(Some(id)) = cursor.current().get_str("_id").map(|s| Uuid::parse_str(s).ok()) {
+                    out.insert(id);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn ping(&self) -> Result<(), TargetError> {
-        self.db.run_command(doc! { "ping": 1 }).await?;
+        within("ping", self.call_timeout, async { self.db.run_command(doc! { "ping": 1 }).await }).await?;
         Ok(())
     }
 

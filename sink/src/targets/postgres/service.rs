@@ -1,11 +1,13 @@
-//! Connections to PostgreSQL: a small fixed pool, reconnect on loss, prepared statements
-//! cached per connection, and the retriable decision.
+//! Connections to PostgreSQL: a small pool that hands out a free connection, reconnects
+//! on loss, caches prepared statements per connection, and bounds every call with a
+//! client-side deadline; and the retriable decision.
 
 use std::collections::HashMap;
 use std::error::Error as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, Semaphore, SemaphorePermit};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 
@@ -64,17 +66,29 @@ impl Conn {
 pub struct Pool {
     config: tokio_postgres::Config,
     slots: Vec<Mutex<Option<Conn>>>,
+    /// One permit per slot: a caller waits here only while every connection is busy.
+    free: Semaphore,
+    /// Where the search for a free slot starts, so connections are used evenly.
     next: AtomicUsize,
+    /// Client-side deadline of one call (connect, prepare, statement).
+    pub call_timeout: Duration,
 }
 
 /// A connection checked out of the pool; put back (unlocked) on drop.
 pub struct Lease<'a> {
     guard: MutexGuard<'a, Option<Conn>>,
+    _permit: SemaphorePermit<'a>,
 }
 
 impl Lease<'_> {
     pub fn conn(&mut self) -> &mut Conn {
         self.guard.as_mut().expect("leases always hold a connection")
+    }
+
+    /// Drops the connection (its state is unknown after a missed deadline); the slot
+    /// reconnects on its next lease.
+    pub fn discard(&mut self) {
+        *self.guard = None;
     }
 }
 
@@ -89,18 +103,35 @@ impl Pool {
         // Never write to a standby: with several hosts in the URL, libpq-style failover
         // picks the primary.
         config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        // A peer that vanished (a blackholed link, a host gone) is noticed by TCP instead of
+        // a write waiting forever: unacknowledged data fails after tcp_user_timeout, an
+        // idle connection is probed by keepalives.
+        config.tcp_user_timeout(settings.tcp_user_timeout);
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
         config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
-        let slots = (0..settings.pool_size.max(1)).map(|_| Mutex::new(None)).collect();
-        Ok(Self { config, slots, next: AtomicUsize::new(0) })
+        let size = settings.pool_size.max(1);
+        let slots = (0..size).map(|_| Mutex::new(None)).collect();
+        Ok(Self { config, slots, free: Semaphore::new(size), next: AtomicUsize::new(0), call_timeout: settings.call_timeout })
     }
 
-    /// A live connection: the next slot round-robin, reconnected if it was lost.
-    pub async fn get(&self) -> Result<Lease<'_>, tokio_postgres::Error> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut guard = self.slots[i].lock().await;
+    /// A free live connection, reconnected if it was lost. Waits only while every
+    /// connection is in use: one stuck connection never blocks a caller while another is free.
+    pub async fn get(&self) -> Result<Lease<'_>, super::super::TargetError> {
+        let permit = self.free.acquire().await.expect("the pool's semaphore is never closed");
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // A permit guarantees a slot nobody holds.
+        let mut guard = (0..self.slots.len())
+            .find_map(|i| self.slots[(start + i) % self.slots.len()].try_lock().ok())
+            .expect("a permit always leaves a slot unlocked");
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = None;
-            let (client, connection) = self.config.connect(NoTls).await?;
+            let (client, connection) = match tokio::time::timeout(self.call_timeout, self.config.connect(NoTls)).await {
+                Ok(connected) => connected?,
+                Err(_) => return Err(super::super::TargetError::Timeout { operation: "connect", after: self.call_timeout }),
+            };
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::warn!(message = "postgres connection closed", %error);
@@ -108,6 +139,6 @@ impl Pool {
             });
             *guard = Some(Conn { client, statements: HashMap::new() });
         }
-        Ok(Lease { guard })
+        Ok(Lease { guard, _permit: permit })
     }
 }

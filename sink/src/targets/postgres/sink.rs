@@ -23,6 +23,20 @@ use crate::config::TargetConfig;
 use crate::model::{Change, ColumnType, Entity, Field, Value};
 use crate::targets::{ApplyReport, LogEntry, TargetError};
 
+/// Runs `body` (which uses `lease`) within the pool's client-side deadline; a missed
+/// deadline drops the connection and is a retriable `TargetError::Timeout`.
+macro_rules! within_deadline {
+    ($pool:expr, $lease:ident, $operation:literal, $body:expr) => {{
+        match tokio::time::timeout($pool.call_timeout, async { $body }).await {
+            Ok(result) => result.map_err(TargetError::from),
+            Err(_) => {
+                $lease.discard();
+                Err(TargetError::Timeout { operation: $operation, after: $pool.call_timeout })
+            }
+        }
+    }};
+}
+
 pub fn table_name(entity: Entity) -> String {
     format!("{}_materialized", entity.table())
 }
@@ -324,7 +338,7 @@ impl PostgresSink {
             // Added columns are stored as text: every JSON value has a text form, so a later
             // type change in the source never makes a row unstorable.
             let sql = format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text", table_name(entity), ident(column));
-            lease.conn().client.batch_execute(&sql).await?;
+            within_deadline!(self.pool, lease, "add_column", lease.conn().client.batch_execute(&sql).await)?;
             have.insert(column.clone());
         }
         Ok(())
@@ -406,9 +420,11 @@ impl PostgresSink {
 
         let sql = upsert_sql(entity, shape, self.audit);
         let mut lease = self.pool.get().await?;
-        let conn = lease.conn();
-        let statement = conn.statement(&sql).await?;
-        let returned = conn.client.query(&statement, &params).await?;
+        let returned = within_deadline!(self.pool, lease, "apply", {
+            let conn = lease.conn();
+            let statement = conn.statement(&sql).await?;
+            conn.client.query(&statement, &params).await
+        })?;
         Ok(returned.iter().map(|r| r.get::<_, Uuid>(0)).collect())
     }
 
@@ -432,33 +448,37 @@ impl PostgresSink {
         let source_ts: Vec<Option<DateTime<Utc>>> = entries.iter().map(|e| e.source_ts).collect();
         let rule: Vec<Option<&str>> = entries.iter().map(|e| e.rule.as_deref()).collect();
         let mut lease = self.pool.get().await?;
-        let conn = lease.conn();
-        let statement = conn.statement(&sql).await?;
-        conn.client
-            .execute(&statement, &[&entity.table(), &key, &version, &op, &outcome, &partition, &offset, &kafka_ts, &source_ts, &rule, &commit, &epoch, &snapshot])
-            .await?;
+        within_deadline!(self.pool, lease, "apply_log", {
+            let conn = lease.conn();
+            let statement = conn.statement(&sql).await?;
+            conn.client
+                .execute(&statement, &[&entity.table(), &key, &version, &op, &outcome, &partition, &offset, &kafka_ts, &source_ts, &rule, &commit, &epoch, &snapshot])
+                .await
+        })?;
         Ok(())
     }
 
     pub async fn existing(&self, entity: Entity, ids: &[Uuid]) -> Result<HashSet<Uuid>, TargetError> {
         let sql = format!("SELECT id FROM {} WHERE id = ANY($1::uuid[])", table_name(entity));
         let mut lease = self.pool.get().await?;
-        let conn = lease.conn();
-        let statement = conn.statement(&sql).await?;
-        let rows = conn.client.query(&statement, &[&ids]).await?;
+        let rows = within_deadline!(self.pool, lease, "lookup", {
+            let conn = lease.conn();
+            let statement = conn.statement(&sql).await?;
+            conn.client.query(&statement, &[&ids]).await
+        })?;
         Ok(rows.iter().map(|r| r.get::<_, Uuid>(0)).collect())
     }
 
     pub async fn ping(&self) -> Result<(), TargetError> {
         let mut lease = self.pool.get().await?;
-        lease.conn().client.simple_query("SELECT 1").await?;
+        within_deadline!(self.pool, lease, "ping", lease.conn().client.simple_query("SELECT 1").await)?;
         Ok(())
     }
 
     pub async fn purge_tombstones(&self, entity: Entity, older_than: Duration) -> Result<u64, TargetError> {
         let sql = format!("DELETE FROM {} WHERE _cdc_deleted AND _cdc_applied_at < clock_timestamp() - $1::float8 * interval '1 second'", table_name(entity));
         let mut lease = self.pool.get().await?;
-        Ok(lease.conn().client.execute(&sql, &[&older_than.as_secs_f64()]).await?)
+        within_deadline!(self.pool, lease, "purge_tombstones", lease.conn().client.execute(&sql, &[&older_than.as_secs_f64()]).await)
     }
 }
 

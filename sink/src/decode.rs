@@ -448,7 +448,7 @@ fn decode_value(ty: ColumnType, json: &Json) -> Result<Value, String> {
                 Json::String(s) => s.parse::<i64>().ok(),
                 _ => None,
             };
-            n.and_then(|n| i32::try_from(n).ok()).map(Value::Int).ok_or_else(|| format!("expected a 32-bit integer, found {json}"))
+            n.map(Value::Int).ok_or_else(|| format!("expected an integer, found {json}"))
         }
         ColumnType::Numeric { scale } => decode_decimal(json, DecimalEncoding::Base64 { scale }).map(Value::Numeric),
         ColumnType::Timestamptz => decode_timestamp(json, Some(EpochUnit::Micros)).map(Value::Timestamp),

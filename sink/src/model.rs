@@ -154,7 +154,9 @@ pub enum Value {
     Uuid(Uuid),
     Text(String),
     Bool(bool),
-    Int(i32),
+    /// An integer column's value: 64 bits, so a source column widened from `integer` to
+    /// `bigint` keeps decoding (the target column is widened when such a value arrives).
+    Int(i64),
     Numeric(Decimal),
     Timestamp(DateTime<Utc>),
 }

@@ -12,7 +12,7 @@ fn mongo_uri() -> Option<String> {
     Some(std::env::var("MONGODB_URI").expect("MONGODB_URI is set (the test is ignored otherwise)"))
 }
 
-fn item(id: Uuid, order: Uuid, lsn: i64, qty: i32, op: Op) -> Change {
+fn item(id: Uuid, order: Uuid, lsn: i64, qty: i64, op: Op) -> Change {
     let e = Entity::OrderItem;
     let mut row = Row::empty(e);
     row.known[0] = Some(Field::Value(Value::Uuid(id)));

@@ -82,7 +82,7 @@ fn bson_value(value: &Value) -> Bson {
         Value::Uuid(u) => Bson::String(u.to_string()),
         Value::Text(s) => Bson::String(s.clone()),
         Value::Bool(b) => Bson::Boolean(*b),
-        Value::Int(i) => Bson::Int32(*i),
+        Value::Int(i) => i32::try_from(*i).map_or(Bson::Int64(*i), Bson::Int32),
         Value::Numeric(d) => d.to_string().parse().map(Bson::Decimal128).unwrap_or_else(|_| Bson::String(d.to_string())),
         Value::Timestamp(t) => Bson::DateTime(mongodb::bson::DateTime::from_millis(t.timestamp_millis())),
     }

@@ -89,6 +89,8 @@ pub struct PostgresSink {
     pub audit: bool,
     /// Columns added to each table beyond the known ones (so ALTER runs once per column).
     added: Mutex<BTreeMap<Entity, HashSet<String>>>,
+    /// Known columns already widened (source type changes such as integer -> bigint).
+    widened: Mutex<BTreeMap<(Entity, &'static str), Widened>>,
 }
 
 /// One typed parameter array.
@@ -96,7 +98,7 @@ enum Array {
     Uuid(Vec<Option<Uuid>>),
     Text(Vec<Option<String>>),
     Bool(Vec<Option<bool>>),
-    Int(Vec<Option<i32>>),
+    Int(Vec<Option<i64>>),
     Numeric(Vec<Option<Decimal>>),
     Timestamp(Vec<Option<DateTime<Utc>>>),
     Int8(Vec<i64>),
@@ -190,6 +192,58 @@ fn shape_of(change: &Change) -> Shape {
     }
 }
 
+/// The parameter array type of a column: integers travel as int8 and decimals as
+/// unconstrained numeric, so a value the column's declared type cannot hold reaches the
+/// column (widened first, see `PostgresSink::widen`) instead of failing the cast.
+const fn param_type(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Uuid => "uuid[]",
+        ColumnType::Text => "text[]",
+        ColumnType::Bool => "bool[]",
+        ColumnType::Int4 => "int8[]",
+        ColumnType::Numeric { .. } => "numeric[]",
+        ColumnType::Timestamptz => "timestamptz[]",
+    }
+}
+
+/// A column type the target needs because a value does not fit the declared one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Widened {
+    Bigint,
+    /// Unconstrained `numeric`: any precision and scale.
+    Numeric,
+}
+
+impl Widened {
+    const fn sql(self) -> &'static str {
+        match self {
+            Self::Bigint => "bigint",
+            Self::Numeric => "numeric",
+        }
+    }
+
+    /// The widening `value` needs in a column declared `ty` (`numeric(12, scale)`).
+    fn needed(ty: ColumnType, value: &Value) -> Option<Self> {
+        match (ty, value) {
+            (ColumnType::Int4, Value::Int(v)) if i32::try_from(*v).is_err() => Some(Self::Bigint),
+            (ColumnType::Numeric { scale }, Value::Numeric(d)) => {
+                let integer_digits = d.trunc().abs().to_string().trim_start_matches('0').len() as u32;
+                (d.normalize().scale() > scale || integer_digits > 12 - scale).then_some(Self::Numeric)
+            }
+            _ => None,
+        }
+    }
+
+    /// What an `information_schema.columns` row says the column already is.
+    fn of_catalog(data_type: &str, precision: Option<i32>) -> Option<Self> {
+        match (data_type, precision) {
+            ("bigint", _) => Some(Self::Bigint),
+            ("numeric", None) => Some(Self::Numeric),
+            _ => None,
+        }
+    }
+}
+
 /// The upsert of one shape; with `audit`, a data-modifying CTE that also appends every
 /// change of the group to the apply log in the same statement (so the log row is durable
 /// exactly when the change is), its outcome taken from what the upsert returned.
@@ -199,7 +253,7 @@ fn upsert_sql(entity: Entity, shape: &Shape, audit: bool) -> String {
     let mut types: Vec<String> = vec!["uuid[]".into()];
     for &i in &shape.known {
         names.push(ident(columns[i].name));
-        types.push(format!("{}[]", columns[i].ty.sql()));
+        types.push(param_type(columns[i].ty).into());
     }
     for name in &shape.extra {
         names.push(ident(name));
@@ -293,7 +347,7 @@ impl PostgresSink {
     pub async fn connect(target: &TargetConfig, audit: bool) -> Result<Self, TargetError> {
         let settings: &PostgresConfig = &target.postgres;
         let pool = Pool::new(target, settings)?;
-        let sink = Self { pool, audit, added: Mutex::new(BTreeMap::new()) };
+        let sink = Self { pool, audit, added: Mutex::new(BTreeMap::new()), widened: Mutex::new(BTreeMap::new()) };
         sink.prepare().await?;
         Ok(sink)
     }
@@ -312,14 +366,27 @@ impl PostgresSink {
             client.batch_execute(&create_table_sql(entity)).await?;
             client.batch_execute(&format!("ALTER TABLE {table} {VERSION_MIGRATION}")).await?;
             client.batch_execute(&format!("CREATE INDEX IF NOT EXISTS {table}_tombstones ON {table} (_cdc_applied_at) WHERE _cdc_deleted")).await?;
-            let rows =
-                client.query("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1", &[&table]).await?;
-            let known: HashSet<&str> = entity.columns().iter().map(|c| c.name).collect();
+            let rows = client
+                .query(
+                    "SELECT column_name::text, data_type::text, numeric_precision::int FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name = $1",
+                    &[&table],
+                )
+                .await?;
             let extra = added.entry(entity).or_default();
+            let mut widened = self.widened.lock().await;
             for row in rows {
                 let name: String = row.get(0);
-                if !known.contains(name.as_str()) && !name.starts_with("_cdc_") {
-                    extra.insert(name);
+                match entity.columns().iter().find(|c| c.name == name) {
+                    Some(column) => {
+                        if let Some(w) = Widened::of_catalog(&row.get::<_, String>(1), row.get(2)) {
+                            widened.insert((entity, column.name), w);
+                        }
+                    }
+                    None if !name.starts_with("_cdc_") => {
+                        extra.insert(name);
+                    }
+                    None => {}
                 }
             }
         }
@@ -344,8 +411,40 @@ impl PostgresSink {
         Ok(())
     }
 
+    /// Widens known columns whose new values the declared type cannot hold: a compatible
+    /// type change in the source (integer -> bigint, a numeric with more digits or a larger
+    /// scale) is applied to the target, never dead-lettered. Runs once per column.
+    async fn widen(&self, entity: Entity, changes: &[Change]) -> Result<(), TargetError> {
+        let mut needed: BTreeMap<&'static str, Widened> = BTreeMap::new();
+        for row in changes.iter().filter_map(|c| c.after.as_ref()) {
+            for (column, field) in entity.columns().iter().zip(&row.known) {
+                if let Some(Field::Value(value)) = field {
+                    if let Some(w) = Widened::needed(column.ty, value) {
+                        needed.insert(column.name, w);
+                    }
+                }
+            }
+        }
+        if needed.is_empty() {
+            return Ok(());
+        }
+        let mut widened = self.widened.lock().await;
+        for (column, w) in needed {
+            if widened.get(&(entity, column)) == Some(&w) {
+                continue;
+            }
+            let sql = format!("ALTER TABLE {} ALTER COLUMN {} TYPE {}", table_name(entity), ident(column), w.sql());
+            let mut lease = self.pool.get().await?;
+            within_deadline!(self.pool, lease, "widen_column", lease.conn().client.batch_execute(&sql).await)?;
+            tracing::warn!(message = "target column widened for a source type change", entity = %entity, column, to = w.sql());
+            widened.insert((entity, column), w);
+        }
+        Ok(())
+    }
+
     /// `superseded`: in-batch changes subsumed by one of `latest` (logged in audit mode).
     pub async fn apply(&self, entity: Entity, latest: &[Change], superseded: &[Change]) -> Result<ApplyReport, TargetError> {
+        self.widen(entity, latest).await?;
         let mut groups: BTreeMap<Shape, Vec<&Change>> = BTreeMap::new();
         for change in latest {
             groups.entry(shape_of(change)).or_default().push(change);

@@ -1,7 +1,7 @@
 //! The MongoDB target against a real server. There is none on the development machines:
 //! these run when `MONGODB_URI` is set (at build time) and are ignored, with the reason, otherwise.
 
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 use sink::config::SinkConfig;
 use sink::model::{Change, Coords, Entity, Field, Op, Row, Value, Version};
 use sink::targets::Target;
@@ -90,5 +90,46 @@ async fn items_before_their_order_are_embedded_and_versions_guard() {
         }
     }
     assert!(target.existing(Entity::Orders, &[o]).await.unwrap().contains(&o));
+    db.drop().await.unwrap();
+}
+
+/// An item moved from order A to order B lives only in B (tombstoned in A, where an older
+/// replay naming A stays stale); a large batch goes through as several commands under 16 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
+async fn a_moved_item_leaves_its_old_order_and_large_batches_split() {
+    let Some(uri) = mongo_uri() else { return };
+    let database = format!("sink_test_{}", Uuid::new_v4().simple());
+    let toml = format!(
+        "[kafka]\nbrokers=\"x:1\"\ngroup_id=\"g\"\ntopics=[\"cdc.public.orders\"]\ndlq_topic=\"cdc.dlq\"\n\
+         [target]\nkind=\"mongodb\"\nurl=\"{uri}\"\n[target.mongodb]\ndatabase=\"{database}\"\n[http]\nlisten=\"127.0.0.1:0\"\n"
+    );
+    let config = SinkConfig::from_toml(&toml, []).unwrap();
+    let target = Target::connect(&config.target, false).await.unwrap();
+    let (a, b, i) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    target.apply(Entity::OrderItem, &[item(i, a, 10, 1, Op::Create)]).await.unwrap();
+    target.apply(Entity::OrderItem, &[item(i, b, 20, 2, Op::Update)]).await.unwrap();
+    let r = target.apply(Entity::OrderItem, &[item(i, a, 10, 1, Op::Create)]).await.unwrap();
+    assert_eq!(r.stale.len(), 1, "the replayed create naming A is stale");
+
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let db = client.database(&database);
+    let live = |d: &Document| {
+        d.get_array("items").unwrap().iter().filter_map(Bson::as_document).filter(|it| !it.get_document("_cdc").unwrap().get_bool("deleted").unwrap_or(false)).count()
+    };
+    let in_a: Document = db.collection("orders").find_one(doc! { "_id": a.to_string() }).await.unwrap().unwrap();
+    let in_b: Document = db.collection("orders").find_one(doc! { "_id": b.to_string() }).await.unwrap().unwrap();
+    assert_eq!((live(&in_a), live(&in_b)), (0, 1));
+
+    // 24 orders of ~1 MiB each in one batch: over 16 MiB together.
+    let big: Vec<Change> = (0..24)
+        .map(|n| {
+            let mut o = order(Uuid::new_v4(), 100 + n, "pending");
+            o.after.as_mut().unwrap().extra.insert("note".into(), sink::model::Extra { text: Some("x".repeat(1024 * 1024)), kind: sink::model::JsonKind::String });
+            o
+        })
+        .collect();
+    let r = target.apply(Entity::Orders, &big).await.unwrap();
+    assert_eq!(r.applied.len(), 24, "{:?}", r.rejected);
     db.drop().await.unwrap();
 }

@@ -200,6 +200,96 @@ fn item_statement(change: &Change) -> Document {
     doc! { "u": [ { "$set": { "items": new_items } } ] }
 }
 
+/// The statement that tombstones an item in every order but `order_id` where the change is
+/// newer than the item there: it moved.
+fn item_moved_away(change: &Change, order_id: Uuid) -> Document {
+    let id = change.key.to_string();
+    let mut tombstone = cdc(change);
+    tombstone.insert("deleted", true);
+    tombstone.insert("moved_to", order_id.to_string());
+    let moved = doc! {
+        "$cond": [
+            { "$and": [ { "$eq": ["$$this.id", &id] }, newer_than_stored("$$this._cdc", &change.version) ] },
+            { "$mergeObjects": ["$$this", { "_cdc": tombstone }] },
+            "$$this",
+        ]
+    };
+    doc! {
+        "q": { "items.id": &id, "_id": { "$ne": order_id.to_string() } },
+        "u": [ { "$set": { "items": { "$map": { "input": { "$ifNull": ["$items", []] }, "in": moved } } } } ],
+        "multi": true,
+    }
+}
+
+/// A server command may not exceed 16 MiB (`maxBsonObjectSize`) nor hold more than 100,000
+/// statements (`maxWriteBatchSize`): consecutive statements in commands within both, with
+/// room for the command's own fields. A statement over the budget goes alone (the server
+/// then refuses that one statement, which dead-letters its event).
+fn chunks(updates: &[Document]) -> Vec<std::ops::Range<usize>> {
+    const BUDGET: usize = 16 * 1024 * 1024 - 64 * 1024;
+    const MAX_STATEMENTS: usize = 100_000;
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, update) in updates.iter().enumerate() {
+        // Each array element also carries its index key and type byte.
+        let size = mongodb::bson::to_vec(update).map_or(BUDGET, |v| v.len()) + 8;
+        if i > start && (bytes + size > BUDGET || i - start == MAX_STATEMENTS) {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < updates.len() {
+        out.push(start..updates.len());
+    }
+    out
+}
+
+/// What one update command's reply says of its statements (`keys`, in order).
+fn judge_reply(reply: &Document, keys: &[Uuid], report: &mut ApplyReport) -> Result<(), TargetError> {
+    let mut failed: HashSet<usize> = HashSet::new();
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        for e in errors.iter().filter_map(Bson::as_document) {
+            let index = e.get_i32("index").unwrap_or(-1);
+            let code = e.get_i32("code").unwrap_or(0);
+            let message = e.get_str("errmsg").unwrap_or_default().to_string();
+            if is_retriable_code(code) {
+                // Unordered: the other statements were applied; replaying them is a no-op.
+                return Err(TargetError::MongoWrite { code, message });
+            }
+            if let Some(key) = usize::try_from(index).ok().and_then(|i| keys.get(i)) {
+                failed.insert(index as usize);
+                report.rejected.push((*key, format!("write error {code}: {message}")));
+            }
+        }
+    }
+    if let Ok(wce) = reply.get_document("writeConcernError") {
+        let code = wce.get_i32("code").unwrap_or(64);
+        return Err(TargetError::MongoWrite { code, message: wce.get_str("errmsg").unwrap_or_default().into() });
+    }
+    let upserted: HashSet<usize> = reply
+        .get_array("upserted")
+        .map(|a| a.iter().filter_map(Bson::as_document).filter_map(|d| d.get_i32("index").ok()).map(|i| i as usize).collect())
+        .unwrap_or_default();
+    let modified = reply.get_i32("nModified").unwrap_or(0).max(0) as usize;
+    // The update command reports how many matched documents changed, not which: the
+    // counts are exact; which non-upserted keys were the stale ones is not known and only
+    // affects which events feed the e2e latency histogram.
+    let mut unmodified_budget = keys.len().saturating_sub(failed.len() + upserted.len() + modified);
+    for (i, key) in keys.iter().enumerate().rev() {
+        if failed.contains(&i) {
+            continue;
+        }
+        if !upserted.contains(&i) && unmodified_budget > 0 {
+            unmodified_budget -= 1;
+            report.stale.push(*key);
+        } else {
+            report.applied.push(*key);
+        }
+    }
+    Ok(())
+}
+
 /// The order an item belongs to: from the image being written, or for deletes the before image.
 fn item_order(change: &Change) -> Option<Uuid> {
     change.after.as_ref().or(change.before.as_ref()).and_then(|row| row.uuid(Entity::OrderItem, "order_id"))
@@ -283,10 +373,16 @@ impl MongoSink {
         let mut report = ApplyReport::default();
         let mut keys = Vec::with_capacity(latest.len());
         let mut updates = Vec::with_capacity(latest.len());
+        let mut moves = Vec::new();
         for change in latest {
             if entity == Entity::OrderItem {
                 match item_order(change) {
-                    Some(order_id) => updates.push(item_update(change, order_id)),
+                    Some(order_id) => {
+                        updates.push(item_update(change, order_id));
+                        if !change.op.is_delete() {
+                            moves.push(item_moved_away(change, order_id));
+                        }
+                    }
                     None if change.op.is_delete() => updates.push(item_delete_by_id(change)),
                     None => {
                         report.rejected.push((change.key, "order item without order_id cannot be embedded".into()));
@@ -298,57 +394,32 @@ impl MongoSink {
             }
             keys.push(change.key);
         }
-        if updates.is_empty() {
-            return Ok(report);
+        let mut start = 0;
+        for chunk in chunks(&updates) {
+            let reply = self.update_command(entity, &updates[chunk.clone()]).await?;
+            judge_reply(&reply, &keys[chunk.clone()], &mut report)?;
+            start += chunk.len();
         }
+        debug_assert_eq!(start, updates.len());
+        // An item now in another order is tombstoned where it was (its own version guard
+        // applies there too), so it never shows in two orders and an older replay naming the
+        // old order finds the tombstone and stays stale.
+        for chunk in chunks(&moves) {
+            let reply = self.update_command(entity, &moves[chunk]).await?;
+            let mut ignored = ApplyReport::default();
+            judge_reply(&reply, &[], &mut ignored)?;
+        }
+        Ok(report)
+    }
+
+    async fn update_command(&self, entity: Entity, updates: &[Document]) -> Result<Document, TargetError> {
         let command = doc! {
             "update": collection_name(entity),
-            "updates": updates,
+            "updates": updates.to_vec(),
             "ordered": false,
             "writeConcern": { "w": "majority", "j": true },
         };
-        let reply = self.command("apply", command).await?;
-        let mut failed: HashSet<usize> = HashSet::new();
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            for e in errors.iter().filter_map(Bson::as_document) {
-                let index = e.get_i32("index").unwrap_or(-1);
-                let code = e.get_i32("code").unwrap_or(0);
-                let message = e.get_str("errmsg").unwrap_or_default().to_string();
-                if is_retriable_code(code) {
-                    // Unordered: the other statements were applied; replaying them is a no-op.
-                    return Err(TargetError::MongoWrite { code, message });
-                }
-                if let Some(key) = usize::try_from(index).ok().and_then(|i| keys.get(i)) {
-                    failed.insert(index as usize);
-                    report.rejected.push((*key, format!("write error {code}: {message}")));
-                }
-            }
-        }
-        if let Ok(wce) = reply.get_document("writeConcernError") {
-            let code = wce.get_i32("code").unwrap_or(64);
-            return Err(TargetError::MongoWrite { code, message: wce.get_str("errmsg").unwrap_or_default().into() });
-        }
-        let upserted: HashSet<usize> = reply
-            .get_array("upserted")
-            .map(|a| a.iter().filter_map(Bson::as_document).filter_map(|d| d.get_i32("index").ok()).map(|i| i as usize).collect())
-            .unwrap_or_default();
-        let modified = reply.get_i32("nModified").unwrap_or(0).max(0) as usize;
-        // The update command reports how many matched documents changed, not which: the
-        // counts are exact; which non-upserted keys were the stale ones is not known and
-        // only affects which events feed the e2e latency histogram.
-        let mut unmodified_budget = keys.len().saturating_sub(failed.len() + upserted.len() + modified);
-        for (i, key) in keys.iter().enumerate().rev() {
-            if failed.contains(&i) {
-                continue;
-            }
-            if !upserted.contains(&i) && unmodified_budget > 0 {
-                unmodified_budget -= 1;
-                report.stale.push(*key);
-            } else {
-                report.applied.push(*key);
-            }
-        }
-        Ok(report)
+        self.command("apply", command).await
     }
 
     pub async fn existing(&self, entity: Entity, ids: &[Uuid]) -> Result<HashSet<Uuid>, TargetError> {
@@ -389,5 +460,56 @@ impl MongoSink {
         }
         let result = collection.delete_many(doc! { "_cdc.deleted": true, "_cdc.applied_at": { "$lt": cutoff } }).await?;
         Ok(result.deleted_count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement(bytes: usize) -> Document {
+        doc! { "q": { "_id": "x" }, "u": [ { "$set": { "pad": "x".repeat(bytes) } } ] }
+    }
+
+    /// Commands stay under 16 MiB: a batch of 40 statements of 1 MiB goes as 3 commands,
+    /// none over the budget, in order, none lost; an oversized statement goes alone.
+    #[test]
+    fn commands_are_split_below_16_mib() {
+        let updates: Vec<Document> = (0..40).map(|_| statement(1024 * 1024)).collect();
+        let ranges = chunks(&updates);
+        assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), 40);
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start) && ranges[0].start == 0);
+        for r in &ranges {
+            let size: usize = updates[r.clone()].iter().map(|d| mongodb::bson::to_vec(d).unwrap().len()).sum();
+            assert!(size < 16 * 1024 * 1024, "{size}");
+        }
+        assert_eq!(ranges.len(), 3);
+        let mixed = vec![statement(10), statement(17 * 1024 * 1024), statement(10)];
+        assert_eq!(chunks(&mixed), vec![0..1, 1..2, 2..3]);
+        assert_eq!(chunks(&[]), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    /// A moved item is tombstoned, under its version guard, in every order but its new one.
+    #[test]
+    fn a_moved_item_is_tombstoned_in_its_old_order() {
+        let id = Uuid::from_u128(7);
+        let new_order = Uuid::from_u128(9);
+        let change = Change {
+            entity: Entity::OrderItem,
+            key: id,
+            op: crate::model::Op::Update,
+            version: Version::streamed(Some(100), 90),
+            source_ts: None,
+            emitted_ts: None,
+            before: None,
+            after: Some(crate::model::Row::empty(Entity::OrderItem)),
+            coords: crate::model::Coords { topic: "cdc.public.order_item".into(), partition: 0, offset: 1, timestamp: None },
+        };
+        let s = item_moved_away(&change, new_order);
+        assert_eq!(s.get_document("q").unwrap(), &doc! { "items.id": id.to_string(), "_id": { "$ne": new_order.to_string() } });
+        assert_eq!(s.get_bool("multi"), Ok(true));
+        let text = s.to_string();
+        assert!(text.contains("\"deleted\": true") && text.contains(&format!("\"moved_to\": \"{new_order}\"")), "{text}");
+        assert!(text.contains("$$this._cdc.lsn"), "the item's own version guards the tombstone: {text}");
     }
 }

@@ -6,6 +6,7 @@ mod faults;
 mod k6;
 mod observability;
 mod pipeline;
+mod replica_identity;
 mod report;
 mod resilience;
 mod runs;

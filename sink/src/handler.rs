@@ -73,26 +73,6 @@ impl Outcome {
 #[derive(Default)]
 pub struct PartitionState {
     memory: KeyMemory,
-    /// The version this partition last wrote per key (bounded: cleared when full). A
-    /// change not newer than it is stale without asking the target, and, what matters more,
-    /// never takes part in a batch merge: a replayed older image must not fill a TOAST
-    /// placeholder of a newer change (the target holds a newer value than the replay).
-    written: HashMap<Uuid, Version>,
-}
-
-const MAX_WRITTEN_KEYS: usize = 200_000;
-
-impl PartitionState {
-    fn known_stale(&self, change: &Change) -> bool {
-        self.written.get(&change.key).is_some_and(|written| !change.version.is_newer_than(written))
-    }
-
-    fn wrote(&mut self, key: Uuid, version: Version) {
-        if self.written.len() >= MAX_WRITTEN_KEYS {
-            self.written.clear();
-        }
-        self.written.insert(key, version);
-    }
 }
 
 pub struct Handler {
@@ -280,19 +260,6 @@ impl Handler {
         }
         self.metrics.validation(&tally);
 
-        // Changes not newer than what this partition already wrote: stale, and kept out of
-        // the batch merge.
-        let mut known_stale: HashSet<usize> = HashSet::new();
-        changes.retain(|(i, change)| {
-            let stale = state.known_stale(change);
-            if stale {
-                outcomes[*i] = Outcome::Stale;
-                known_stale.insert(*i);
-            }
-            !stale
-        });
-        self.metrics.stale_skipped(entity, known_stale.len() as u64);
-
         if !changes.is_empty() {
             let plain: Vec<Change> = changes.iter().map(|(_, c)| c.clone()).collect();
             let report = self.retry("apply", || self.target.apply(entity, &plain)).await;
@@ -312,7 +279,6 @@ impl Handler {
             let mut latencies = Vec::with_capacity(report.applied.len());
             for key in &report.applied {
                 if let Some(c) = latest.get(key) {
-                    state.wrote(*key, c.version);
                     if c.op.is_delete() {
                         deletes += 1
                     } else {
@@ -364,7 +330,7 @@ impl Handler {
         }
         if audit {
             let rules: HashMap<i64, &str> = letters.iter().map(|l| (l.coords.offset, l.rule.as_str())).collect();
-            self.log_unwritten(batch, &outcomes, &decoded, &rules, &known_stale).await;
+            self.log_unwritten(batch, &outcomes, &decoded, &rules).await;
         }
         outcomes
     }
@@ -428,7 +394,6 @@ impl Handler {
         outcomes: &[Outcome],
         decoded: &HashMap<usize, (Uuid, Version, &'static str, Option<chrono::DateTime<Utc>>)>,
         rules: &HashMap<i64, &str>,
-        known_stale: &HashSet<usize>,
     ) {
         use crate::targets::{LogEntry, LoggedOutcome};
         let entries: Vec<LogEntry> = outcomes
@@ -438,9 +403,6 @@ impl Handler {
                 let logged = match outcome {
                     Outcome::DeadLettered => LoggedOutcome::Dlq,
                     Outcome::Ignored => LoggedOutcome::Ignored,
-                    // Only those the partition knew stale before the apply: the others were
-                    // logged by the apply itself.
-                    Outcome::Stale if known_stale.contains(&i) => LoggedOutcome::Stale,
                     _ => return None,
                 };
                 let change = decoded.get(&i);

@@ -1,14 +1,14 @@
 //! The `sink` binary as the harness runs it: `sink --config <file>`, exit codes, readiness
 //! and a graceful SIGTERM.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::orchestrator::local::process::free_port;
 use harness::testing::{TestPostgres, run_dir};
 
-use crate::common::TestBroker;
+use crate::common::{TestBroker, http_get};
 
 fn sink() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sink"))
@@ -58,15 +58,6 @@ fn config_errors_exit_with_2() {
     assert!(stderr.contains("SINK__TARGET__PASSWORD") && stderr.contains("[http] listen"), "{stderr}");
 }
 
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, response))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_becomes_ready_serves_metrics_and_stops_cleanly_on_sigterm() {

@@ -134,3 +134,15 @@ impl Drop for TestBroker {
         self.handle.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
     }
 }
+
+/// `GET path` against a sink's HTTP endpoint: the status code and the whole response.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, response))
+}

@@ -12,6 +12,18 @@ fn mongo_uri() -> Option<String> {
     Some(std::env::var("MONGODB_URI").expect("MONGODB_URI is set (the test is ignored otherwise)"))
 }
 
+/// A MongoDB target on a fresh database of the server at `uri`.
+async fn mongo_target(uri: &str) -> (String, Target) {
+    let database = format!("sink_test_{}", Uuid::new_v4().simple());
+    let toml = format!(
+        "[kafka]\nbrokers=\"x:1\"\ngroup_id=\"g\"\ntopics=[\"cdc.public.orders\"]\ndlq_topic=\"cdc.dlq\"\n\
+         [target]\nkind=\"mongodb\"\nurl=\"{uri}\"\n[target.mongodb]\ndatabase=\"{database}\"\n[http]\nlisten=\"127.0.0.1:0\"\n"
+    );
+    let config = SinkConfig::from_toml(&toml, []).unwrap();
+    let target = Target::connect(&config.target, false).await.unwrap();
+    (database, target)
+}
+
 fn item(id: Uuid, order: Uuid, lsn: i64, qty: i64, op: Op) -> Change {
     let e = Entity::OrderItem;
     let mut row = Row::empty(e);
@@ -55,13 +67,7 @@ fn order(id: Uuid, lsn: i64, status: &str) -> Change {
 #[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn items_before_their_order_are_embedded_and_versions_guard() {
     let Some(uri) = mongo_uri() else { return };
-    let database = format!("sink_test_{}", Uuid::new_v4().simple());
-    let toml = format!(
-        "[kafka]\nbrokers=\"x:1\"\ngroup_id=\"g\"\ntopics=[\"cdc.public.orders\"]\ndlq_topic=\"cdc.dlq\"\n\
-         [target]\nkind=\"mongodb\"\nurl=\"{uri}\"\n[target.mongodb]\ndatabase=\"{database}\"\n[http]\nlisten=\"127.0.0.1:0\"\n"
-    );
-    let config = SinkConfig::from_toml(&toml, []).unwrap();
-    let target = Target::connect(&config.target, false).await.unwrap();
+    let (database, target) = mongo_target(&uri).await;
     let (o, i1, i2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
 
     target.apply(Entity::OrderItem, &[item(i1, o, 10, 1, Op::Create), item(i2, o, 11, 2, Op::Create)]).await.unwrap();
@@ -99,13 +105,7 @@ async fn items_before_their_order_are_embedded_and_versions_guard() {
 #[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
 async fn a_moved_item_leaves_its_old_order_and_large_batches_split() {
     let Some(uri) = mongo_uri() else { return };
-    let database = format!("sink_test_{}", Uuid::new_v4().simple());
-    let toml = format!(
-        "[kafka]\nbrokers=\"x:1\"\ngroup_id=\"g\"\ntopics=[\"cdc.public.orders\"]\ndlq_topic=\"cdc.dlq\"\n\
-         [target]\nkind=\"mongodb\"\nurl=\"{uri}\"\n[target.mongodb]\ndatabase=\"{database}\"\n[http]\nlisten=\"127.0.0.1:0\"\n"
-    );
-    let config = SinkConfig::from_toml(&toml, []).unwrap();
-    let target = Target::connect(&config.target, false).await.unwrap();
+    let (database, target) = mongo_target(&uri).await;
     let (a, b, i) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     target.apply(Entity::OrderItem, &[item(i, a, 10, 1, Op::Create)]).await.unwrap();
     target.apply(Entity::OrderItem, &[item(i, b, 20, 2, Op::Update)]).await.unwrap();

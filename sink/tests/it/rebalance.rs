@@ -53,7 +53,7 @@ async fn partitions_revoked_mid_stream_lose_nothing() {
     };
     let (config_a, config_b) = (listen(&config), listen(&config));
     let assigned = |listen: &str| -> Option<i64> {
-        let response = http_get(listen, "/metrics")?;
+        let (_, response) = crate::common::http_get(listen, "/metrics")?;
         response.lines().find(|l| l.starts_with("sink_assigned_partitions ")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
     };
 
@@ -101,15 +101,4 @@ async fn partitions_revoked_mid_stream_lose_nothing() {
     let b = tokio::time::timeout(Duration::from_secs(60), b).await.unwrap().unwrap();
     let a = tokio::time::timeout(Duration::from_secs(60), a).await.unwrap().unwrap();
     assert!(a.is_ok() && b.is_ok(), "unclean shutdown: {a:?} {b:?}");
-}
-
-/// A plain HTTP GET of the sink's own endpoint (no client library needed for one line).
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
 }

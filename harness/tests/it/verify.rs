@@ -206,7 +206,7 @@ async fn online_mode_waits_for_a_late_change_and_reports_time_to_converge() -> a
 /// The apply log as the sink's audit mode creates it (sink/README.md, "Audit mode").
 const APPLY_LOG: &str = "CREATE TABLE IF NOT EXISTS _cdc_apply_log (id bigserial PRIMARY KEY, entity text NOT NULL, key uuid, version bigint, \
      op char(1), outcome text NOT NULL, kafka_partition int NOT NULL, kafka_offset bigint NOT NULL, kafka_ts timestamptz, source_ts timestamptz, \
-     applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), rule text)";
+     applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), rule text, version_commit bigint, epoch int, snapshot boolean)";
 
 /// Appends one apply log row for `key` of `entity`.
 async fn log(f: &Fixture, entity: &str, key: &str, version: i64, outcome: &str, offset: i64, rule: Option<&str>) -> anyhow::Result<()> {

@@ -269,17 +269,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&result)?);
             } else {
                 println!(
-                    "sink {} events: {:.0} events/s ({:.2}s); with the apply log (audit) {:.0} events/s ({:.2}s, ratio {:.2}); raw baseline {:.0} rows/s ({:.2}s); ratio {:.2}; bare broker read {:.0} msg/s",
+                    "sink {} events: {:.0} events/s ({:.2}s), {:.2}x a bare consumer's {:.0} msg/s; with the apply log (audit) {:.0} events/s ({:.2}s, ratio {:.2}); apply path from memory {:.0} events/s ({:.2}s), {:.2}x the raw baseline's {:.0} rows/s ({:.2}s)",
                     result.events,
                     result.events_per_sec,
                     result.sink_seconds,
+                    result.ratio_to_consumer_read,
+                    result.consumer_read_per_sec,
                     result.audit_events_per_sec,
                     result.audit_seconds,
                     result.audit_ratio,
+                    result.apply_events_per_sec,
+                    result.apply_seconds,
+                    result.apply_ratio_to_baseline,
                     result.baseline_events_per_sec,
                     result.baseline_seconds,
-                    result.ratio_to_baseline,
-                    result.broker_read_events_per_sec
                 );
             }
             Ok(exit::SUCCESS)

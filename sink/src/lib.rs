@@ -3,6 +3,7 @@
 //! dead-letter topic. See README.md for configuration, table layout and metrics.
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod decode;
 pub mod dlq;

@@ -1,5 +1,5 @@
-//! `sink --config <path.toml>`. Exit codes: 0 clean shutdown, 2 configuration error,
-//! 1 runtime failure.
+//! `sink --config <path.toml>`. Exit codes: 0 clean shutdown, 2 configuration error (or an
+//! unreadable `bench-apply` events file), 1 runtime failure.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,20 @@ struct Args {
     /// TOML configuration; any key can be overridden by SINK__<SECTION>__<KEY>.
     #[arg(long)]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Apply the events of a file through the sink's handler, no consumer, and print
+    /// `{"events": n, "seconds": s}` (what `harness bench sink` reports as apply_events_per_sec).
+    BenchApply {
+        /// One `{"key": .., "value": ..}` JSON object per line, applied on partition 0 of the
+        /// first `[kafka] topics` entry.
+        #[arg(long)]
+        events: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -34,12 +48,38 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::BenchApply { events }) = args.command {
+        return bench_apply(config, &events);
+    }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(message = "sink failed", error = format!("{error:#}"));
             eprintln!("sink: {error:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn bench_apply(config: SinkConfig, events: &std::path::Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(error) => {
+            eprintln!("sink: starting the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(sink::bench::apply_from_memory(config, events)) {
+        Ok(run) => {
+            println!("{}", serde_json::to_string(&run).expect("serializable"));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sink: {error}");
+            ExitCode::from(match error {
+                sink::bench::BenchError::Read { .. } | sink::bench::BenchError::Line { .. } | sink::bench::BenchError::NoEntity => 2,
+                sink::bench::BenchError::Run(_) => 1,
+            })
         }
     }
 }

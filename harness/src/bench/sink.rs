@@ -1,7 +1,13 @@
 //! `harness bench sink --target postgres --events N`: N Debezium change events preloaded
-//! into the broker, the real sink binary applying them from offset zero, and in the same
-//! run the raw baseline: the same rows upserted straight into PostgreSQL by one stream of
-//! batched `INSERT ... SELECT FROM unnest(...) ON CONFLICT` statements.
+//! into the broker, and from one run:
+//! - `events_per_sec`: the real sink binary applying them from offset zero (and again in
+//!   audit mode, for the apply log's cost);
+//! - `consumer_read_per_sec`: a bare consumer reading the same topic from the same broker,
+//!   the ceiling of any consumer of this broker;
+//! - `apply_events_per_sec`: the sink's handler fed the same events from memory
+//!   (`sink bench-apply`), no broker: the sink's own share;
+//! - `baseline_events_per_sec`: the same rows upserted straight into PostgreSQL by one
+//!   stream of batched `INSERT ... SELECT FROM unnest(...) ON CONFLICT` statements.
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +36,13 @@ pub struct SinkBench {
     pub baseline_events_per_sec: f64,
     pub baseline_seconds: f64,
     pub ratio_to_baseline: f64,
+    /// events_per_sec / consumer_read_per_sec: 1.0 means the sink keeps up with the broker.
+    pub ratio_to_consumer_read: f64,
+    /// The sink's handler fed from memory into the same target (no broker).
+    pub apply_events_per_sec: f64,
+    pub apply_seconds: f64,
+    /// apply_events_per_sec / baseline_events_per_sec.
+    pub apply_ratio_to_baseline: f64,
     /// The same events applied by the sink in audit mode (one apply log row per event).
     pub audit_events_per_sec: f64,
     pub audit_seconds: f64,
@@ -37,7 +50,7 @@ pub struct SinkBench {
     pub audit_ratio: f64,
     /// Messages per second a bare consumer reads from the broker: the ceiling any
     /// consumer of this broker has.
-    pub broker_read_events_per_sec: f64,
+    pub consumer_read_per_sec: f64,
     pub partitions: u32,
 }
 
@@ -95,6 +108,8 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     let ts_ms = chrono::Utc::now().timestamp_millis();
+    let events_file = run_dir("bench-sink-events").join("events.ndjson");
+    write_events(&events_file, &changes, ts_ms)?;
     let producer = &producer;
     let mut pending = Vec::with_capacity(changes.len());
     for c in &changes {
@@ -124,10 +139,18 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
     let logged: i64 = target.query_one("SELECT count(*) FROM _cdc_apply_log", &[]).await?.get(0);
     anyhow::ensure!(logged as u64 == events, "audit mode logged {logged} of {events} events");
 
+    target.batch_execute("TRUNCATE customer_materialized; DROP TABLE IF EXISTS _cdc_apply_log").await?;
+    let apply_seconds = apply_pass(&bin, &pg, &broker, &events_file).await?;
+    let keys = changes.iter().map(|c| c.id).collect::<std::collections::HashSet<_>>().len() as i64;
+    let rows: i64 = target.query_one("SELECT count(*) FROM customer_materialized", &[]).await?.get(0);
+    anyhow::ensure!(rows == keys, "the apply pass left {rows} rows for {keys} keys");
+
     let baseline_seconds = baseline(&pg, &changes).await?;
     let events_per_sec = events as f64 / sink_seconds;
     let audit_events_per_sec = events as f64 / audit_seconds;
     let baseline_events_per_sec = events as f64 / baseline_seconds;
+    let consumer_read_per_sec = events as f64 / broker_read_seconds;
+    let apply_events_per_sec = events as f64 / apply_seconds;
     Ok(SinkBench {
         events,
         events_per_sec,
@@ -135,10 +158,14 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
         baseline_events_per_sec,
         baseline_seconds,
         ratio_to_baseline: events_per_sec / baseline_events_per_sec,
+        ratio_to_consumer_read: events_per_sec / consumer_read_per_sec,
+        apply_events_per_sec,
+        apply_seconds,
+        apply_ratio_to_baseline: apply_events_per_sec / baseline_events_per_sec,
         audit_events_per_sec,
         audit_seconds,
         audit_ratio: audit_events_per_sec / events_per_sec,
-        broker_read_events_per_sec: events as f64 / broker_read_seconds,
+        consumer_read_per_sec,
         partitions,
     })
 }
@@ -148,21 +175,8 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
 async fn sink_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, events: u64, audit: bool) -> anyhow::Result<f64> {
     let dir = run_dir(if audit { "bench-sink-process-audit" } else { "bench-sink-process" });
     let http_port = free_port()?;
-    let config = dir.join("sink.toml");
+    let config = write_config(&dir, pg, broker, http_port, audit)?;
     let e = &pg.endpoint;
-    std::fs::write(
-        &config,
-        format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-{}\"\ntopics = [\"{TOPIC}\"]\ndlq_topic = \"{}\"\nauto_offset_reset = \"earliest\"\n\n[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[source]\ndecimal_handling = \"string\"\n\n[audit]\nenabled = {audit}\n",
-            broker.bootstrap,
-            Uuid::new_v4().simple(),
-            crate::config::DLQ_TOPIC,
-            e.host,
-            e.port,
-            e.user,
-            e.target_db
-        ),
-    )?;
     let mut cmd = std::process::Command::new(&bin);
     cmd.arg("--config").arg(&config).env("SINK__TARGET__PASSWORD", e.password.expose()).env("RUST_LOG", "warn");
     let handle = process::OwnedProcess(process::spawn(cmd, &dir.join("sink.log"))?);
@@ -183,6 +197,64 @@ async fn sink_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker
     };
     drop(handle);
     Ok(last.duration_since(first.unwrap_or(last)).as_secs_f64().max(1e-3))
+}
+
+fn write_config(dir: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, http_port: u16, audit: bool) -> anyhow::Result<std::path::PathBuf> {
+    let config = dir.join("sink.toml");
+    let e = &pg.endpoint;
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-{}\"\ntopics = [\"{TOPIC}\"]\ndlq_topic = \"{}\"\nauto_offset_reset = \"earliest\"\n\n[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[source]\ndecimal_handling = \"string\"\n\n[audit]\nenabled = {audit}\n",
+            broker.bootstrap,
+            Uuid::new_v4().simple(),
+            crate::config::DLQ_TOPIC,
+            e.host,
+            e.port,
+            e.user,
+            e.target_db
+        ),
+    )?;
+    Ok(config)
+}
+
+/// The events as `sink bench-apply` reads them: one `{"key", "value"}` object per line.
+fn write_events(path: &std::path::Path, changes: &[Change], ts_ms: i64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for c in changes {
+        writeln!(out, "{{\"key\":{{\"id\":\"{}\"}},\"value\":{}}}", c.id, envelope(c, ts_ms))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `sink bench-apply`: the handler over the events file, timed by the sink itself
+/// (target connection excluded).
+async fn apply_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, events: &std::path::Path) -> anyhow::Result<f64> {
+    let dir = run_dir("bench-sink-apply");
+    let config = write_config(&dir, pg, broker, free_port()?, false)?;
+    let output = tokio::process::Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .arg("bench-apply")
+        .arg("--events")
+        .arg(events)
+        .env("SINK__TARGET__PASSWORD", pg.endpoint.password.expose())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    anyhow::ensure!(output.status.success(), "sink bench-apply failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+    #[derive(serde::Deserialize)]
+    struct ApplyRun {
+        events: u64,
+        seconds: f64,
+    }
+    let run: ApplyRun = serde_json::from_slice(&output.stdout)
+        .map_err(|e| anyhow::anyhow!("sink bench-apply printed no result ({e}): {}", String::from_utf8_lossy(&output.stdout)))?;
+    anyhow::ensure!(run.events as usize == std::fs::read_to_string(events)?.lines().count(), "sink bench-apply read {} events", run.events);
+    Ok(run.seconds.max(1e-3))
 }
 
 /// Seconds a bare consumer (no processing) takes to read `events` messages.

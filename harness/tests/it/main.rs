@@ -1,5 +1,6 @@
 //! Integration tests on the real local stack (PostgreSQL, tansu, Debezium, sink).
 
+mod bench;
 mod chaos;
 mod docker;
 mod faults;

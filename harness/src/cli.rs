@@ -269,7 +269,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&result)?);
             } else {
                 println!(
-                    "sink {} events: {:.0} events/s ({:.2}s), {:.2}x a bare consumer's {:.0} msg/s; with the apply log (audit) {:.0} events/s ({:.2}s, ratio {:.2}); apply path from memory {:.0} events/s ({:.2}s), {:.2}x the raw baseline's {:.0} rows/s ({:.2}s)",
+                    "sink {} events: {:.0} events/s ({:.2}s), {:.2}x a bare consumer's {:.0} msg/s; with the apply log (audit) {:.0} events/s ({:.2}s, ratio {:.2}); apply path from memory {:.0} events/s ({:.2}s, decoding {:.2}s; audited {:.0} events/s, ratio {:.2}), {:.2}x the raw baseline's {:.0} rows/s ({:.2}s)",
                     result.events,
                     result.events_per_sec,
                     result.sink_seconds,
@@ -280,6 +280,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     result.audit_ratio,
                     result.apply_events_per_sec,
                     result.apply_seconds,
+                    result.decode_seconds,
+                    result.apply_audit_events_per_sec,
+                    result.apply_audit_ratio,
                     result.apply_ratio_to_baseline,
                     result.baseline_events_per_sec,
                     result.baseline_seconds,

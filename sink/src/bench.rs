@@ -1,7 +1,8 @@
 //! The sink's apply path fed from memory, no consumer: `sink --config C bench-apply --events F`.
 //! The same `Handler` the partition tasks run (decode, validate, referential checks, batch
-//! plan, guarded write, DLQ), over batches of `[apply] max_batch_size` records on
-//! partition 0 of the first configured topic. `harness bench sink` reports the rate as
+//! plan, guarded write, DLQ), over batches of `[apply] max_batch_size` records of the first
+//! configured topic, spread over `--partitions` partitions by key (one key, one partition,
+//! as a keyed topic is) and run as concurrent partition tasks, as the sink runs them. `harness bench sink` reports the rate as
 //! `apply_events_per_sec`, so the broker's share and the sink's own share of the end-to-end
 //! rate can be told apart.
 
@@ -14,6 +15,8 @@ use serde::Serialize;
 
 use crate::app::RunError;
 use crate::config::SinkConfig;
+use crate::decode::{DecodeOptions, Decoded, decode};
+use crate::validation::{KeyMemory, Tally, Validator};
 use crate::dlq::DlqProducer;
 use crate::handler::{Handler, PartitionState, Record};
 use crate::metrics::Metrics;
@@ -24,7 +27,10 @@ use crate::targets::Target;
 #[derive(Debug, Serialize)]
 pub struct ApplyRun {
     pub events: usize,
+    pub partitions: u32,
     pub seconds: f64,
+    /// The same records decoded and validated only (no write): the sink's CPU share.
+    pub decode_seconds: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +43,16 @@ pub enum BenchError {
     NoEntity,
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error("a partition task failed: {0}")]
+    Task(String),
 }
 
-/// Each line of `path` is `{"key": <json or null>, "value": <json or null>}`.
-pub fn read_records(path: &Path, topic: &str) -> Result<Vec<Record>, BenchError> {
+/// Each line of `path` is `{"key": <json or null>, "value": <json or null>}`; records go to
+/// `partitions` partitions by a hash of the key, in file order within each.
+pub fn read_records(path: &Path, topic: &str, partitions: u32) -> Result<Vec<Vec<Record>>, BenchError> {
     let shown = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| BenchError::Read { path: shown.clone(), source })?;
-    let mut records = Vec::new();
+    let mut records: Vec<Vec<Record>> = (0..partitions.max(1)).map(|_| Vec::new()).collect();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|source| BenchError::Read { path: shown.clone(), source })?;
         if line.trim().is_empty() {
@@ -56,22 +65,33 @@ pub fn read_records(path: &Path, topic: &str) -> Result<Vec<Record>, BenchError>
             Some(serde_json::Value::Null) => Ok(None),
             Some(v) => Ok(Some(v.to_string().into_bytes())),
         };
-        let coords = Coords { topic: topic.to_string(), partition: 0, offset: records.len() as i64, timestamp: None };
-        records.push(Record { coords, key: part("key")?, value: part("value")?, trace: None });
+        let key = part("key")?;
+        let partition = partition_of(key.as_deref(), records.len());
+        let into = &mut records[partition];
+        let coords = Coords { topic: topic.to_string(), partition: partition as i32, offset: into.len() as i64, timestamp: None };
+        into.push(Record { coords, key, value: part("value")?, trace: None });
     }
     Ok(records)
 }
 
-/// Applies `records` through one handler, batch after batch, and times it (connect excluded).
-pub async fn apply_from_memory(config: SinkConfig, events: &Path) -> Result<ApplyRun, BenchError> {
+fn partition_of(key: Option<&[u8]>, partitions: usize) -> usize {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % partitions as u64) as usize
+}
+
+/// Applies the records through one handler, a task per partition, batch after batch, and
+/// times it (connecting excluded).
+pub async fn apply_from_memory(config: SinkConfig, events: &Path, partitions: u32) -> Result<ApplyRun, BenchError> {
     let topic = config.kafka.topics.first().cloned().ok_or(BenchError::NoEntity)?;
     let entity = Entity::from_topic(&topic).ok_or(BenchError::NoEntity)?;
-    let records = read_records(events, &topic)?;
+    let records = read_records(events, &topic, partitions)?;
     let config = Arc::new(config);
     let target = Target::connect(&config.target, config.audit.enabled).await.map_err(RunError::from)?;
     // Only used if an event is refused; the bench's events are all valid.
     let dlq = DlqProducer::new(&config.kafka).map_err(RunError::from)?;
-    let handler = Handler {
+    let handler = Arc::new(Handler {
         entity,
         target: Arc::new(target),
         dlq: Arc::new(dlq),
@@ -79,12 +99,41 @@ pub async fn apply_from_memory(config: SinkConfig, events: &Path) -> Result<Appl
         schema: Arc::new(SchemaTracker::new()),
         config: Arc::clone(&config),
         stalls: Arc::default(),
-    };
-    let mut state = PartitionState::default();
+    });
+    let decode_seconds = decode_only(&config, records.iter().flatten())?;
+    let events = records.iter().map(Vec::len).sum();
+    let batch_size = config.apply.max_batch_size.max(1);
     let started = Instant::now();
-    for batch in records.chunks(config.apply.max_batch_size.max(1)) {
-        handler.process(batch, &mut state).await;
+    let tasks: Vec<_> = records
+        .into_iter()
+        .map(|partition| {
+            let handler = Arc::clone(&handler);
+            tokio::spawn(async move {
+                let mut state = PartitionState::default();
+                for batch in partition.chunks(batch_size) {
+                    handler.process(batch, &mut state).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.map_err(|e| BenchError::Task(e.to_string()))?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok(ApplyRun { events: records.len(), seconds })
+    Ok(ApplyRun { events, partitions: partitions.max(1), seconds, decode_seconds })
+}
+
+fn decode_only<'a>(config: &SinkConfig, records: impl Iterator<Item = &'a Record>) -> Result<f64, BenchError> {
+    let options = DecodeOptions::of(config);
+    let validator = Validator { config: &config.validation, now: chrono::Utc::now() };
+    let (mut memory, mut tally) = (KeyMemory::default(), Tally::default());
+    let started = Instant::now();
+    for record in records {
+        let decoded = decode(&record.coords, record.key.as_deref(), record.value.as_deref(), &options)
+            .map_err(|e| BenchError::Line { path: "events".into(), line: record.coords.offset as usize + 1, why: e.to_string() })?;
+        if let Decoded::Change(change) = decoded {
+            std::hint::black_box(validator.check(&change, &mut memory, &mut tally));
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
 }

@@ -27,6 +27,9 @@ enum Command {
         /// first `[kafka] topics` entry.
         #[arg(long)]
         events: PathBuf,
+        /// Partitions the records are spread over by key, each applied by its own task.
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
     },
 }
 
@@ -48,8 +51,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::BenchApply { events }) = args.command {
-        return bench_apply(config, &events);
+    if let Some(Command::BenchApply { events, partitions }) = args.command {
+        return bench_apply(config, &events, partitions);
     }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,7 +64,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn bench_apply(config: SinkConfig, events: &std::path::Path) -> ExitCode {
+fn bench_apply(config: SinkConfig, events: &std::path::Path, partitions: u32) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(error) => {
@@ -69,7 +72,7 @@ fn bench_apply(config: SinkConfig, events: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(sink::bench::apply_from_memory(config, events)) {
+    match runtime.block_on(sink::bench::apply_from_memory(config, events, partitions)) {
         Ok(run) => {
             println!("{}", serde_json::to_string(&run).expect("serializable"));
             ExitCode::SUCCESS
@@ -78,7 +81,7 @@ fn bench_apply(config: SinkConfig, events: &std::path::Path) -> ExitCode {
             eprintln!("sink: {error}");
             ExitCode::from(match error {
                 sink::bench::BenchError::Read { .. } | sink::bench::BenchError::Line { .. } | sink::bench::BenchError::NoEntity => 2,
-                sink::bench::BenchError::Run(_) => 1,
+                sink::bench::BenchError::Run(_) | sink::bench::BenchError::Task(_) => 1,
             })
         }
     }

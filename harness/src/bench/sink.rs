@@ -38,9 +38,17 @@ pub struct SinkBench {
     pub ratio_to_baseline: f64,
     /// events_per_sec / consumer_read_per_sec: 1.0 means the sink keeps up with the broker.
     pub ratio_to_consumer_read: f64,
-    /// The sink's handler fed from memory into the same target (no broker).
+    /// The sink's handler fed from memory into the same target (no broker), the events
+    /// spread by key over `partitions` concurrent partition tasks as the topic spreads them.
     pub apply_events_per_sec: f64,
     pub apply_seconds: f64,
+    /// Of the apply path, decoding and validating only (no write, no target).
+    pub decode_seconds: f64,
+    /// The apply path from memory in audit mode (one apply log row per event, written in
+    /// the same statement): where the apply log's cost shows, the broker being out of it.
+    pub apply_audit_events_per_sec: f64,
+    /// apply_audit_events_per_sec / apply_events_per_sec.
+    pub apply_audit_ratio: f64,
     /// apply_events_per_sec / baseline_events_per_sec.
     pub apply_ratio_to_baseline: f64,
     /// The same events applied by the sink in audit mode (one apply log row per event).
@@ -140,10 +148,14 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
     anyhow::ensure!(logged as u64 == events, "audit mode logged {logged} of {events} events");
 
     target.batch_execute("TRUNCATE customer_materialized; DROP TABLE IF EXISTS _cdc_apply_log").await?;
-    let apply_seconds = apply_pass(&bin, &pg, &broker, &events_file).await?;
+    let (apply_seconds, decode_seconds) = apply_pass(&bin, &pg, &broker, &events_file, partitions, false).await?;
     let keys = changes.iter().map(|c| c.id).collect::<std::collections::HashSet<_>>().len() as i64;
     let rows: i64 = target.query_one("SELECT count(*) FROM customer_materialized", &[]).await?.get(0);
     anyhow::ensure!(rows == keys, "the apply pass left {rows} rows for {keys} keys");
+    target.batch_execute("TRUNCATE customer_materialized").await?;
+    let (apply_audit_seconds, _) = apply_pass(&bin, &pg, &broker, &events_file, partitions, true).await?;
+    let logged: i64 = target.query_one("SELECT count(*) FROM _cdc_apply_log", &[]).await?.get(0);
+    anyhow::ensure!(logged as u64 == events, "the audited apply pass logged {logged} of {events} events");
 
     let baseline_seconds = baseline(&pg, &changes).await?;
     let events_per_sec = events as f64 / sink_seconds;
@@ -161,6 +173,9 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
         ratio_to_consumer_read: events_per_sec / consumer_read_per_sec,
         apply_events_per_sec,
         apply_seconds,
+        decode_seconds,
+        apply_audit_events_per_sec: events as f64 / apply_audit_seconds,
+        apply_audit_ratio: apply_seconds / apply_audit_seconds,
         apply_ratio_to_baseline: apply_events_per_sec / baseline_events_per_sec,
         audit_events_per_sec,
         audit_seconds,
@@ -231,15 +246,17 @@ fn write_events(path: &std::path::Path, changes: &[Change], ts_ms: i64) -> anyho
 
 /// `sink bench-apply`: the handler over the events file, timed by the sink itself
 /// (target connection excluded).
-async fn apply_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, events: &std::path::Path) -> anyhow::Result<f64> {
-    let dir = run_dir("bench-sink-apply");
-    let config = write_config(&dir, pg, broker, free_port()?, false)?;
+async fn apply_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, events: &std::path::Path, partitions: u32, audit: bool) -> anyhow::Result<(f64, f64)> {
+    let dir = run_dir(if audit { "bench-sink-apply-audit" } else { "bench-sink-apply" });
+    let config = write_config(&dir, pg, broker, free_port()?, audit)?;
     let output = tokio::process::Command::new(bin)
         .arg("--config")
         .arg(&config)
         .arg("bench-apply")
         .arg("--events")
         .arg(events)
+        .arg("--partitions")
+        .arg(partitions.to_string())
         .env("SINK__TARGET__PASSWORD", pg.endpoint.password.expose())
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
@@ -250,11 +267,12 @@ async fn apply_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroke
     struct ApplyRun {
         events: u64,
         seconds: f64,
+        decode_seconds: f64,
     }
     let run: ApplyRun = serde_json::from_slice(&output.stdout)
         .map_err(|e| anyhow::anyhow!("sink bench-apply printed no result ({e}): {}", String::from_utf8_lossy(&output.stdout)))?;
     anyhow::ensure!(run.events as usize == std::fs::read_to_string(events)?.lines().count(), "sink bench-apply read {} events", run.events);
-    Ok(run.seconds.max(1e-3))
+    Ok((run.seconds.max(1e-3), run.decode_seconds))
 }
 
 /// Seconds a bare consumer (no processing) takes to read `events` messages.

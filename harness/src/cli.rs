@@ -52,8 +52,14 @@ enum Command {
     },
     /// Stop every service of the stack.
     Down,
-    /// Install what the local backend needs into the cache (also done by `up` on demand).
-    Provision,
+    /// Install what the local backend needs into the cache (also done by `up` on demand);
+    /// with `--images local`, also build the Docker backend's local image set.
+    Provision {
+        /// Docker images to make ready: `local` builds them here (debootstrap base, then
+        /// PostgreSQL, tansu, Debezium and the sink FROM it); `upstream` needs nothing here.
+        #[arg(long, value_enum)]
+        images: Option<harness::orchestrator::docker::images::ImageSet>,
+    },
     /// Compare the source with the target of the running stack, key by key.
     Verify {
         #[arg(long, value_enum, default_value = "postgres")]
@@ -226,7 +232,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(if statuses.iter().all(|s| s.state == ServiceState::Healthy) { exit::SUCCESS } else { exit::ERROR })
         }
-        Command::Provision => {
+        Command::Provision { images } => {
             let tools = tokio::task::spawn_blocking(|| harness::provision::Provisioned::provision(true)).await??;
             println!("postgres  {}", tools.pg_bin.display());
             println!("java      {}", tools.java.display());
@@ -235,6 +241,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             println!("k6        {}", tools.k6.display());
             if let Some(sink) = &tools.sink {
                 println!("sink      {}", sink.display());
+            }
+            if images == Some(harness::orchestrator::docker::images::ImageSet::Local) {
+                use harness::orchestrator::docker::images;
+                let docker = harness::orchestrator::docker::connect().await?;
+                let inputs = images::LocalInputs {
+                    tansu: tools.tansu.clone(),
+                    debezium_libs: tools.debezium_libs.clone(),
+                    sink: tools.sink.clone().expect("provisioned with the sink"),
+                };
+                let built = images::ensure_local(&docker, &harness::provision::Cache::locate()?, &inputs).await?;
+                for (role, tag) in
+                    [("base", &built.base), ("postgres", &built.postgres), ("broker", &built.broker), ("debezium", &built.debezium), ("sink", &built.sink)]
+                {
+                    println!("image {role:<9} {tag}");
+                }
             }
             Ok(exit::SUCCESS)
         }

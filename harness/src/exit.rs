@@ -25,6 +25,16 @@ pub fn code_for(error: &anyhow::Error) -> i32 {
         if cause.downcast_ref::<crate::provision::ProvisionError>().is_some() {
             return USAGE;
         }
+        // Provisioning the Docker images: a missing daemon, root or debootstrap is set-up.
+        use crate::orchestrator::docker::{DockerError, images::ImageError};
+        match cause.downcast_ref::<ImageError>() {
+            Some(ImageError::BaseUnavailable { .. } | ImageError::Docker(DockerError::Unreachable { .. })) => return USAGE,
+            Some(_) => return ERROR,
+            None => {}
+        }
+        if let Some(DockerError::Unreachable { .. }) = cause.downcast_ref::<DockerError>() {
+            return USAGE;
+        }
         if let Some(e) = cause.downcast_ref::<ServiceError>() {
             return if usage(e) { USAGE } else { ERROR };
         }
@@ -49,6 +59,12 @@ mod tests {
         assert_eq!(code_for(&anyhow::Error::new(RunError::Stack(ServiceError::Provision(provision())))), USAGE);
         assert_eq!(code_for(&anyhow::Error::new(RunError::Stack(ServiceError::BackendUnavailable("docker", "no daemon".into())))), USAGE);
         assert_eq!(code_for(&anyhow::Error::new(ServiceError::Teardown { left: vec!["sink (pid 1)".into()] })), ERROR);
+        use crate::orchestrator::docker::{DockerError, images::ImageError};
+        let no_root = ImageError::BaseUnavailable { what: "root", hint: "sudo".into() };
+        assert_eq!(code_for(&anyhow::Error::new(no_root)), USAGE);
+        assert_eq!(code_for(&anyhow::Error::new(DockerError::Unreachable { reason: "no socket".into() })), USAGE);
+        let failed = ImageError::Build { image: "cdc-harness/sink:x".into(), reason: "apt".into(), log: "/tmp/l".into() };
+        assert_eq!(code_for(&anyhow::Error::new(failed)), ERROR);
         assert_eq!(code_for(&anyhow::anyhow!("anything else")), ERROR);
     }
 }

@@ -16,13 +16,13 @@ use serde::Serialize;
 use crate::app::RunError;
 use crate::config::SinkConfig;
 use crate::decode::{DecodeOptions, Decoded, decode};
-use crate::validation::{KeyMemory, Tally, Validator};
 use crate::dlq::DlqProducer;
 use crate::handler::{Handler, PartitionState, Record};
 use crate::metrics::Metrics;
 use crate::model::{Coords, Entity};
 use crate::schema::SchemaTracker;
 use crate::targets::Target;
+use crate::validation::{KeyMemory, Tally, Validator};
 
 #[derive(Debug, Serialize)]
 pub struct ApplyRun {
@@ -129,8 +129,11 @@ fn decode_only<'a>(config: &SinkConfig, records: impl Iterator<Item = &'a Record
     let (mut memory, mut tally) = (KeyMemory::default(), Tally::default());
     let started = Instant::now();
     for record in records {
-        let decoded = decode(&record.coords, record.key.as_deref(), record.value.as_deref(), &options)
-            .map_err(|e| BenchError::Line { path: "events".into(), line: record.coords.offset as usize + 1, why: e.to_string() })?;
+        let decoded = decode(&record.coords, record.key.as_deref(), record.value.as_deref(), &options).map_err(|e| BenchError::Line {
+            path: "events".into(),
+            line: record.coords.offset as usize + 1,
+            why: e.to_string(),
+        })?;
         if let Decoded::Change(change) = decoded {
             std::hint::black_box(validator.check(&change, &mut memory, &mut tally));
         }

@@ -260,7 +260,6 @@ pub enum TimePrecision {
     Isostring,
 }
 
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyConfig {

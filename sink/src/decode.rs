@@ -72,7 +72,10 @@ fn declared_columns(schema: &Json) -> HashMap<String, Declared> {
             let logical = f.get("name").and_then(Json::as_str).unwrap_or_default();
             let declared = match (logical, ty) {
                 ("org.apache.kafka.connect.data.Decimal", _) => Declared::DecimalBytes {
-                    scale: f.pointer("/parameters/scale").and_then(|s| s.as_str().and_then(|s| s.parse().ok()).or_else(|| s.as_u64().and_then(|n| u32::try_from(n).ok()))).unwrap_or(0),
+                    scale: f
+                        .pointer("/parameters/scale")
+                        .and_then(|s| s.as_str().and_then(|s| s.parse().ok()).or_else(|| s.as_u64().and_then(|n| u32::try_from(n).ok())))
+                        .unwrap_or(0),
                 },
                 ("io.debezium.data.VariableScaleDecimal", _) => Declared::VariableScaleDecimal,
                 ("io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp", _) => Declared::EpochMillis,
@@ -726,7 +729,10 @@ mod tests {
         let expected = Some(Value::Timestamp(DateTime::from_timestamp_micros(micros).unwrap()));
         assert_eq!(updated(dec("customer", None, customer(json!(micros))).unwrap()), expected, "adaptive: microseconds");
         let connect = DecodeOptions { time_precision: TimePrecision::Connect, ..options() };
-        assert_eq!(updated(dec_with(&connect, "customer", None, customer(json!(micros / 1000))).unwrap()).map(|v| format!("{v:?}")), Some(format!("{:?}", Value::Timestamp(DateTime::from_timestamp_millis(micros / 1000).unwrap()))));
+        assert_eq!(
+            updated(dec_with(&connect, "customer", None, customer(json!(micros / 1000))).unwrap()).map(|v| format!("{v:?}")),
+            Some(format!("{:?}", Value::Timestamp(DateTime::from_timestamp_millis(micros / 1000).unwrap())))
+        );
         let iso = DecodeOptions { time_precision: TimePrecision::Isostring, ..options() };
         assert_eq!(dec_with(&iso, "customer", None, customer(json!(micros))).unwrap_err().kind(), "bad_column");
         let nanos = json!({"schema": {"type": "struct", "fields": [{"field": "after", "type": "struct", "fields": [

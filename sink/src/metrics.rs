@@ -196,7 +196,9 @@ impl Metrics {
     }
 
     pub fn buffered_bytes(&self, topic: &str, partition: i32, bytes: usize) {
-        self.buffered_bytes.get_or_create(&vec![("topic", topic.to_string()), ("partition", partition.to_string())]).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.buffered_bytes
+            .get_or_create(&vec![("topic", topic.to_string()), ("partition", partition.to_string())])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn dependency_up(&self, dependency: &'static str, up: bool) {

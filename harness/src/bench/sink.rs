@@ -192,7 +192,7 @@ async fn sink_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker
     let http_port = free_port()?;
     let config = write_config(&dir, pg, broker, http_port, audit)?;
     let e = &pg.endpoint;
-    let mut cmd = std::process::Command::new(&bin);
+    let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config").arg(&config).env("SINK__TARGET__PASSWORD", e.password.expose()).env("RUST_LOG", "warn");
     let handle = process::OwnedProcess(process::spawn(cmd, &dir.join("sink.log"))?);
     let http = format!("http://127.0.0.1:{http_port}");
@@ -246,7 +246,14 @@ fn write_events(path: &std::path::Path, changes: &[Change], ts_ms: i64) -> anyho
 
 /// `sink bench-apply`: the handler over the events file, timed by the sink itself
 /// (target connection excluded).
-async fn apply_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, events: &std::path::Path, partitions: u32, audit: bool) -> anyhow::Result<(f64, f64)> {
+async fn apply_pass(
+    bin: &std::path::Path,
+    pg: &TestPostgres,
+    broker: &TestBroker,
+    events: &std::path::Path,
+    partitions: u32,
+    audit: bool,
+) -> anyhow::Result<(f64, f64)> {
     let dir = run_dir(if audit { "bench-sink-apply-audit" } else { "bench-sink-apply" });
     let config = write_config(&dir, pg, broker, free_port()?, audit)?;
     let output = tokio::process::Command::new(bin)

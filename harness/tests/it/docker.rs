@@ -1,21 +1,19 @@
 //! The Docker backend against a real daemon: up with declared readiness, status, faults,
-//! teardown by label (also of a crashed run's leftovers). They need a daemon that has the
-//! upstream images (Kafka, Debezium Connect, MongoDB) and the sink image, which machines
-//! without an image registry cannot have: ignored, with the reason, unless run with
-//! `--ignored` where they are available.
+//! teardown by label (also of a crashed run's leftovers). The local image set's tests need
+//! only a daemon (`.ci/run` starts one when none answers) and build the images on first use;
+//! the upstream set's test needs a registry for Kafka, Debezium Connect and MongoDB: ignored,
+//! with the reason, unless run with `--ignored` where they are available.
 
 use std::time::Duration;
 
 use harness::config::StackConfig;
 use harness::orchestrator::docker::spec::Role;
-use harness::orchestrator::docker::{self, DockerConfig, DockerStack, Fault, TargetKind};
+use harness::orchestrator::docker::{self, DockerConfig, DockerStack, Fault, Images, TargetKind, images};
 use harness::orchestrator::{Orchestrator, ServiceKind, ServiceState};
 use harness::testing::run_dir;
 
-const NEEDS_DOCKER: &str = "needs a Docker daemon with the upstream images and the sink image";
-
 async fn daemon() -> anyhow::Result<bollard::Docker> {
-    docker::connect().await.map_err(|e| anyhow::anyhow!("{NEEDS_DOCKER}: {e}"))
+    docker::connect().await.map_err(|e| anyhow::anyhow!("these tests need a Docker daemon (`bash .ci/run` starts one): {e}"))
 }
 
 async fn require_sink_image(docker: &bollard::Docker, config: &DockerConfig) -> anyhow::Result<()> {
@@ -82,26 +80,88 @@ async fn docker_stack_comes_up_survives_faults_and_goes_down_by_label() -> anyho
     outcome
 }
 
+/// The local image set (built once per content hash, here or by `.ci/run`), as the stack's
+/// images, with the PostgreSQL target.
+async fn local_config(client: &bollard::Docker) -> anyhow::Result<DockerConfig> {
+    let tools = tokio::task::spawn_blocking(|| harness::provision::Provisioned::provision(true)).await??;
+    let inputs = images::LocalInputs { tansu: tools.tansu, debezium_libs: tools.debezium_libs, sink: tools.sink.expect("sink provisioned") };
+    let local = images::ensure_local(client, &harness::provision::Cache::locate()?, &inputs).await?;
+    Ok(DockerConfig { images: Images::with_local(&local), image_set: images::ImageSet::Local, target: TargetKind::Postgres, ..DockerConfig::default() })
+}
+
+async fn labelled_networks(client: &bollard::Docker, run_id: &str) -> anyhow::Result<Vec<String>> {
+    let filters = harness::orchestrator::docker::spec::label_filter(Some(run_id));
+    let networks = client.list_networks(Some(bollard::query_parameters::ListNetworksOptions { filters: Some(filters) })).await?;
+    Ok(networks.into_iter().filter_map(|n| n.name).collect())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a Docker daemon with the upstream PostgreSQL image (none can be pulled here): run with --ignored"]
+async fn local_images_run_postgres_and_the_broker_on_docker() -> anyhow::Result<()> {
+    let client = daemon().await?;
+    let config = local_config(&client).await?;
+    let mut stack = DockerStack::new(stack_config("docker-local"), config).await?;
+    let run_id = stack.run_id().to_string();
+    let outcome = async {
+        stack.start_service(ServiceKind::Postgres).await?;
+        stack.start_service(ServiceKind::Broker).await?;
+        let endpoints = stack.endpoints();
+        anyhow::ensure!(endpoints.postgres.host == "127.0.0.1", "PostgreSQL reached through {}", endpoints.postgres.host);
+        let source = endpoints.postgres.connect(&endpoints.postgres.source_db).await?;
+        let wal_level: String = source.query_one("SHOW wal_level", &[]).await?.get(0);
+        anyhow::ensure!(wal_level == "logical", "wal_level {wal_level}");
+        let customers: i64 = source.query_one("select count(*) from customer", &[]).await?.get(0);
+        anyhow::ensure!(customers == 20, "seeded {customers} customers");
+
+        // The broker answers at its published address: a record goes in and comes back.
+        use rdkafka::Message as _;
+        use rdkafka::consumer::{Consumer as _, StreamConsumer};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let topic = harness::config::topic_for("customer");
+        let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &endpoints.kafka).create()?;
+        producer.send(FutureRecord::to(&topic).key("k").payload("on docker"), Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
+        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &endpoints.kafka)
+            .set("group.id", format!("docker-local-{run_id}"))
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[&topic])?;
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
+        anyhow::ensure!(message.payload() == Some(b"on docker".as_slice()), "read back {:?}", message.payload());
+
+        for s in stack.status().await?.into_iter().filter(|s| matches!(s.service, ServiceKind::Postgres | ServiceKind::Broker)) {
+            anyhow::ensure!(s.state == ServiceState::Healthy, "{} not healthy: {:?}", s.service, s.detail);
+            anyhow::ensure!(s.container.is_some(), "{} status names no container", s.service);
+        }
+        anyhow::ensure!(stack.run_dir().join("logs/postgres.log").is_file(), "postgres log not captured");
+        Ok(())
+    }
+    .await;
+    stack.down().await?;
+    let left = docker::run_containers(&client, &run_id).await?;
+    anyhow::ensure!(left.is_empty(), "containers left after down: {left:?}");
+    let networks = labelled_networks(&client, &run_id).await?;
+    anyhow::ensure!(networks.is_empty(), "networks left after down: {networks:?}");
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_of_a_crashed_run_are_removed_by_label() -> anyhow::Result<()> {
     let client = daemon().await?;
     let config = stack_config("docker-crash");
     let dir = config.run_dir.clone();
-    let mut stack = DockerStack::new(config, DockerConfig { target: TargetKind::Postgres, ..DockerConfig::default() }).await?;
+    let mut stack = DockerStack::new(config, local_config(&client).await?).await?;
     let run_id = stack.run_id().to_string();
-    let started = stack.start_service(ServiceKind::Postgres).await;
+    stack.start_service(ServiceKind::Postgres).await?;
     // The harness "crashes": the value is gone, the labelled container and network stay.
     drop(stack);
     let left = docker::run_containers(&client, &run_id).await?;
-    if started.is_ok() {
-        anyhow::ensure!(left.contains_key(&Role::Postgres), "postgres container missing before the sweep: {left:?}");
-    }
+    anyhow::ensure!(left.contains_key(&Role::Postgres), "postgres container missing before the sweep: {left:?}");
     // `harness down` in a later process: the state file names the run, the label finds the rest.
     let mut reopened = DockerStack::open(&dir).await?.expect("state file of the crashed run");
     reopened.down().await?;
     let left = docker::run_containers(&client, &run_id).await?;
     anyhow::ensure!(left.is_empty(), "containers left after down: {left:?}");
-    started?;
+    let networks = labelled_networks(&client, &run_id).await?;
+    anyhow::ensure!(networks.is_empty(), "networks left after down: {networks:?}");
     Ok(())
 }

@@ -58,7 +58,6 @@ fn config_errors_exit_with_2() {
     assert!(stderr.contains("SINK__TARGET__PASSWORD") && stderr.contains("[http] listen"), "{stderr}");
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_becomes_ready_serves_metrics_and_stops_cleanly_on_sigterm() {
     let topics: Vec<String> = ["customer", "address", "orders", "order_item", "dlq"]
@@ -136,7 +135,11 @@ async fn a_flattened_topic_without_deletes_stops_its_partition_and_says_why() {
     let id = "12121212-1212-4212-8212-121212121212";
     let flat = serde_json::json!({"id": id, "email": "a@x.io", "status": "active", "updated_at": "2024-05-01T10:00:00Z", "__op": "u", "__lsn": 7});
     let key = serde_json::json!({ "id": id }).to_string();
-    producer.send(FutureRecord::to("cdc.public.customer").partition(0).key(&key).payload(&flat.to_string()), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    producer
+        .send(FutureRecord::to("cdc.public.customer").partition(0).key(&key).payload(&flat.to_string()), Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
 
     let mut child = Running::start(sink().arg("--config").arg(dir.join("sink.toml")).env("SINK__TARGET__PASSWORD", e.password.expose()).stdout(Stdio::piped()));
     let addr = format!("127.0.0.1:{port}");
@@ -202,7 +205,13 @@ async fn large_events_are_held_within_max_buffered_bytes() {
         kafka.bootstrap, e.host, e.port, e.user, e.target_db
     );
     std::fs::write(dir.join("sink.toml"), config).unwrap();
-    let mut child = Running::start(sink().arg("--config").arg(dir.join("sink.toml")).env("SINK__TARGET__PASSWORD", e.password.expose()).stdout(std::fs::File::create(dir.join("sink.log")).unwrap()));
+    let mut child = Running::start(
+        sink()
+            .arg("--config")
+            .arg(dir.join("sink.toml"))
+            .env("SINK__TARGET__PASSWORD", e.password.expose())
+            .stdout(std::fs::File::create(dir.join("sink.log")).unwrap()),
+    );
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !matches!(http_get(&addr, "/readyz"), Some((200, _))) {
@@ -219,7 +228,11 @@ async fn large_events_are_held_within_max_buffered_bytes() {
         let value = serde_json::json!({"before": null, "after": {"id": id, "email": format!("big{i}@x.io"), "status": "active",
             "updated_at": "2024-05-01T10:00:00Z", "bio": "x".repeat(PADDING)}, "source": {"lsn": 100 + i, "ts_ms": 1714557600000i64}, "op": "c"});
         let key = serde_json::json!({ "id": id }).to_string();
-        producer.send(FutureRecord::to("cdc.public.customer").partition(0).key(&key).payload(&value.to_string()), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        producer
+            .send(FutureRecord::to("cdc.public.customer").partition(0).key(&key).payload(&value.to_string()), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
     }
     // While the target is blocked, what the partition holds is sampled for a while.
     let gauge = |metrics: &str| -> Option<usize> {

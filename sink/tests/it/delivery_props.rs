@@ -162,7 +162,13 @@ fn any_delivery_converges_to_the_final_source_state() {
                         Some((email, status)) => Some((Some(email.clone()), Some(status.clone()), e.change.version.lsn, false)),
                         None => row.clone().map(|(email, status, _, _)| (email, status, e.change.version.lsn, true)),
                     };
-                    prop_assert_eq!(row, expected, "key {} after batches {:?}", id, batches.iter().map(|p| p.iter().map(|b| b.iter().map(|c| c.coords.offset).collect::<Vec<_>>()).collect::<Vec<_>>()).collect::<Vec<_>>());
+                    prop_assert_eq!(
+                        row,
+                        expected,
+                        "key {} after batches {:?}",
+                        id,
+                        batches.iter().map(|p| p.iter().map(|b| b.iter().map(|c| c.coords.offset).collect::<Vec<_>>()).collect::<Vec<_>>()).collect::<Vec<_>>()
+                    );
                 }
                 Ok(())
             })

@@ -115,7 +115,12 @@ async fn a_moved_item_leaves_its_old_order_and_large_batches_split() {
     let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
     let db = client.database(&database);
     let live = |d: &Document| {
-        d.get_array("items").unwrap().iter().filter_map(Bson::as_document).filter(|it| !it.get_document("_cdc").unwrap().get_bool("deleted").unwrap_or(false)).count()
+        d.get_array("items")
+            .unwrap()
+            .iter()
+            .filter_map(Bson::as_document)
+            .filter(|it| !it.get_document("_cdc").unwrap().get_bool("deleted").unwrap_or(false))
+            .count()
     };
     let in_a: Document = db.collection("orders").find_one(doc! { "_id": a.to_string() }).await.unwrap().unwrap();
     let in_b: Document = db.collection("orders").find_one(doc! { "_id": b.to_string() }).await.unwrap().unwrap();
@@ -125,7 +130,11 @@ async fn a_moved_item_leaves_its_old_order_and_large_batches_split() {
     let big: Vec<Change> = (0..24)
         .map(|n| {
             let mut o = order(Uuid::new_v4(), 100 + n, "pending");
-            o.after.as_mut().unwrap().extra.insert("note".into(), sink::model::Extra { text: Some("x".repeat(1024 * 1024)), kind: sink::model::JsonKind::String });
+            o.after
+                .as_mut()
+                .unwrap()
+                .extra
+                .insert("note".into(), sink::model::Extra { text: Some("x".repeat(1024 * 1024)), kind: sink::model::JsonKind::String });
             o
         })
         .collect();

@@ -173,7 +173,11 @@ async fn toast_placeholder_never_takes_a_replayed_older_value() {
     toasted.after.as_mut().unwrap().known[2] = Some(Field::Unavailable);
     let r = target.apply(Entity::Customer, &[replay.clone(), toasted.clone()]).await.unwrap();
     assert_eq!(r.applied, vec![id]);
-    assert_eq!(customer_row(&client, id).await, Some((Some("v10@x.io".into()), Some("blocked".into()), 100, false)), "status kept from v9, not the replayed v5");
+    assert_eq!(
+        customer_row(&client, id).await,
+        Some((Some("v10@x.io".into()), Some("blocked".into()), 100, false)),
+        "status kept from v9, not the replayed v5"
+    );
 
     let fresh = key(9);
     let mut toasted = customer(fresh, Op::Update, 100, "v10@x.io", "ignored", 10);
@@ -236,8 +240,8 @@ fn signal_tree(pid: i32, signal: nix::sys::signal::Signal) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_and_a_free_connection_pool() {
     use nix::sys::signal::Signal;
-    use std::time::Duration;
     use sink::targets::{Target, TargetError};
+    use std::time::Duration;
     let pg = TestPostgres::start("sink-pg-deadlines").await.unwrap();
     let config = crate::common::sink_config(&pg, "127.0.0.1:1", "[target.postgres]\npool_size = 2\nstatement_timeout = \"5s\"\ncall_timeout = \"6s\"\n");
     let target = std::sync::Arc::new(Target::connect(&config.target, false).await.unwrap());

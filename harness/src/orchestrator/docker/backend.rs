@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
+use super::images::ImageSet;
 use super::spec::{self, ConnectorHealth, ContainerSpec, HostPorts, Role, RunNames, SpecInputs};
 use super::{DockerConfig, DockerError, SINK_IMAGE, TargetKind};
 use crate::config::StackConfig;
@@ -159,6 +160,12 @@ fn unavailable(e: DockerError) -> ServiceError {
 impl DockerStack {
     /// Opens (or prepares) the stack in `config.run_dir`; fails when no daemon answers.
     pub async fn new(config: StackConfig, docker_config: DockerConfig) -> Result<Self, ServiceError> {
+        if docker_config.image_set == ImageSet::Local && docker_config.target == TargetKind::Mongodb {
+            return Err(ServiceError::BackendUnavailable(
+                "docker",
+                "the local image set has no MongoDB image (none can be built without a registry): use --target postgres".into(),
+            ));
+        }
         let docker = connect().await.map_err(unavailable)?;
         let run_dir = absolute(&config.run_dir);
         let state = match read_state(&run_dir)? {
@@ -282,8 +289,12 @@ impl DockerStack {
                 other => return Err(other),
             },
         }
+        // Built here, never pulled.
+        if self.state.docker.image_set == ImageSet::Local {
+            return Err(DockerError::ImageMissing { image: image.to_string(), build: "harness provision --images local".into() });
+        }
         if image == self.state.docker.images.sink || image == SINK_IMAGE {
-            return Err(DockerError::ImageMissing { image: image.to_string() });
+            return Err(DockerError::ImageMissing { image: image.to_string(), build: format!("docker build -t {image} .") });
         }
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_prefix(format!("pull {image}"));
@@ -437,6 +448,9 @@ impl DockerStack {
             ServiceKind::Broker => {
                 let bootstrap = endpoints.kafka.clone();
                 wait_until(service, Duration::from_secs(60), self.log_path(Role::Kafka), || kafka_metadata(bootstrap.clone())).await?;
+                if self.state.docker.image_set == ImageSet::Local {
+                    self.index_tansu_headers().await?;
+                }
                 broker::create_topics(&endpoints.kafka, &spec::topics(), self.state.config.partitions).await?;
             }
             ServiceKind::Debezium => {
@@ -459,6 +473,26 @@ impl DockerStack {
             }
         }
         Ok(())
+    }
+
+    /// tansu's fetch scans its `header` table without an index; the local backend adds one
+    /// to the storage file, here through the broker image's sqlite3 once the table exists.
+    async fn index_tansu_headers(&self) -> Result<(), ServiceError> {
+        let container = self.names.container(Role::Kafka);
+        let sql = format!("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'header'; {};", broker::HEADER_INDEX_SQL);
+        let command = vec!["sqlite3".to_string(), "-cmd".into(), ".timeout 5000".into(), "/data/tansu.db".into(), sql];
+        wait_until(ServiceKind::Broker, Duration::from_secs(60), self.log_path(Role::Kafka), || {
+            let command = command.clone();
+            let container = container.clone();
+            async move {
+                match self.exec(&container, command).await {
+                    Ok((0, out)) if out.trim_start().starts_with('1') => Ok(()),
+                    Ok((code, out)) => Err(format!("sqlite3 exited {code}: {}", out.trim())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
     }
 
     /// `POST /connectors`; 409 (registered by an earlier `up`) keeps the stored config,

@@ -5,6 +5,7 @@
 //! faults.
 
 pub mod backend;
+pub mod images;
 pub mod spec;
 
 use std::path::PathBuf;
@@ -67,6 +68,14 @@ impl Default for Images {
     }
 }
 
+impl Images {
+    /// The upstream references with every role the local set builds replaced by its image
+    /// (MongoDB and the observability stack have none).
+    pub fn with_local(local: &images::LocalImages) -> Self {
+        Self { postgres: local.postgres.clone(), kafka: local.broker.clone(), connect: local.debezium.clone(), sink: local.sink.clone(), ..Self::default() }
+    }
+}
+
 /// The tag `docker build` gives the sink image; it is built, not pulled.
 pub const SINK_IMAGE: &str = "cdc-sink:local";
 
@@ -74,6 +83,9 @@ pub const SINK_IMAGE: &str = "cdc-sink:local";
 #[serde(default, deny_unknown_fields)]
 pub struct DockerConfig {
     pub images: Images,
+    /// Which images `images` names: `upstream` (pulled) or `local` (built here by
+    /// `harness provision --images local`; tansu instead of Kafka, PostgreSQL target).
+    pub image_set: images::ImageSet,
     /// Default `mongodb`: the production shape. `postgres` matches the local backend.
     pub target: TargetKind,
     /// Also start the OTel Collector, Tempo, Loki, Prometheus and Grafana (default off:
@@ -88,6 +100,7 @@ impl Default for DockerConfig {
     fn default() -> Self {
         Self {
             images: Images::default(),
+            image_set: images::ImageSet::Upstream,
             target: TargetKind::Mongodb,
             observability: false,
             assets_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
@@ -103,8 +116,8 @@ pub enum DockerError {
     Unreachable { reason: String },
     #[error("pulling {image} failed: {reason}")]
     Pull { image: String, reason: String },
-    #[error("image {image} is not present; build it with `docker build -t {image} .` in the workspace")]
-    ImageMissing { image: String },
+    #[error("image {image} is not present; build it with `{build}`")]
+    ImageMissing { image: String, build: String },
     #[error("{op} {target}: not found")]
     NotFound { op: &'static str, target: String },
     #[error("{op} {target}: conflict: {message}")]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bollard::models::{ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding};
 use serde_json::{Value, json};
 
+use super::images::ImageSet;
 use super::{DockerConfig, Images, TargetKind};
 use crate::config::{DLQ_TOPIC, TABLES, TOPIC_PREFIX, topic_for};
 use crate::orchestrator::ServiceKind;
@@ -285,6 +286,21 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
             spec.health = Some(HealthCheck::shell("pg_isready -U postgres -d postgres -h 127.0.0.1"));
             spec.ports = vec![(POSTGRES_PORT, ports.postgres)];
             spec.net_admin = true;
+            spec
+        }
+        Role::Kafka if inputs.config.image_set == ImageSet::Local => {
+            // tansu advertises one listener: the published one, as the local backend's
+            // broker advertises its proxy.
+            let mut spec = base.env("RUST_LOG", "warn");
+            spec.cmd = vec![
+                "broker".into(),
+                "--cluster-id=cdc-harness".into(),
+                format!("--listener-url=tcp://0.0.0.0:{KAFKA_EXTERNAL_PORT}"),
+                format!("--advertised-listener-url=tcp://127.0.0.1:{}", ports.kafka),
+                "--storage-engine=sqlite://tansu.db".into(),
+            ];
+            spec.health = Some(HealthCheck::shell(&format!("bash -c '</dev/tcp/127.0.0.1/{KAFKA_EXTERNAL_PORT}'")));
+            spec.ports = vec![(KAFKA_EXTERNAL_PORT, ports.kafka)];
             spec
         }
         Role::Kafka => {
@@ -583,6 +599,27 @@ mod tests {
         assert!(env.contains(&"KAFKA_PROCESS_ROLES=broker,controller".to_string()));
         assert!(env.contains(&"KAFKA_ADVERTISED_LISTENERS=INTERNAL://kafka:19092,EXTERNAL://127.0.0.1:19092".to_string()));
         assert!(env.contains(&"KAFKA_AUTO_CREATE_TOPICS_ENABLE=false".to_string()));
+    }
+
+    #[test]
+    fn the_local_set_runs_tansu_advertising_the_published_port() {
+        let local = super::super::images::LocalImages {
+            base: "b".into(),
+            postgres: "cdc-harness/postgres:1".into(),
+            broker: "cdc-harness/broker:2".into(),
+            debezium: "cdc-harness/debezium:3".into(),
+            sink: "cdc-harness/sink:4".into(),
+        };
+        let config = DockerConfig { images: Images::with_local(&local), image_set: ImageSet::Local, ..DockerConfig::default() };
+        let ports = ports();
+        let body = container_spec(Role::Kafka, &inputs_with(&config, &ports)).create_body(&RunNames::new("r"));
+        assert_eq!(body.image.as_deref(), Some("cdc-harness/broker:2"));
+        let cmd = body.cmd.clone().unwrap();
+        assert!(cmd.contains(&format!("--advertised-listener-url=tcp://127.0.0.1:{}", ports.kafka)), "{cmd:?}");
+        assert!(!env_of(&body).iter().any(|e| e.starts_with("KAFKA_")), "no Kafka settings for tansu");
+        let pg = container_spec(Role::Postgres, &inputs_with(&config, &ports)).create_body(&RunNames::new("r"));
+        assert_eq!(pg.image.as_deref(), Some("cdc-harness/postgres:1"));
+        assert_eq!(config.images.mongo, Images::default().mongo, "no local MongoDB image");
     }
 
     #[test]

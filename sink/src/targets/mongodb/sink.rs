@@ -46,7 +46,11 @@ pub struct MongoSink {
 }
 
 /// `future` within `after`: a target that does not answer is a retriable timeout.
-async fn within<T>(operation: &'static str, after: Duration, future: impl std::future::Future<Output = Result<T, mongodb::error::Error>>) -> Result<T, TargetError> {
+async fn within<T>(
+    operation: &'static str,
+    after: Duration,
+    future: impl std::future::Future<Output = Result<T, mongodb::error::Error>>,
+) -> Result<T, TargetError> {
     match tokio::time::timeout(after, future).await {
         Ok(result) => result.map_err(TargetError::from),
         Err(_) => Err(TargetError::Timeout { operation, after }),

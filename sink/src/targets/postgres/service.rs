@@ -123,9 +123,8 @@ impl Pool {
         let permit = self.free.acquire().await.expect("the pool's semaphore is never closed");
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         // A permit guarantees a slot nobody holds.
-        let mut guard = (0..self.slots.len())
-            .find_map(|i| self.slots[(start + i) % self.slots.len()].try_lock().ok())
-            .expect("a permit always leaves a slot unlocked");
+        let mut guard =
+            (0..self.slots.len()).find_map(|i| self.slots[(start + i) % self.slots.len()].try_lock().ok()).expect("a permit always leaves a slot unlocked");
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = None;
             let (client, connection) = match tokio::time::timeout(self.call_timeout, self.config.connect(NoTls)).await {

@@ -551,7 +551,10 @@ impl PostgresSink {
             let conn = lease.conn();
             let statement = conn.statement(&sql).await?;
             conn.client
-                .execute(&statement, &[&entity.table(), &key, &version, &op, &outcome, &partition, &offset, &kafka_ts, &source_ts, &rule, &commit, &epoch, &snapshot])
+                .execute(
+                    &statement,
+                    &[&entity.table(), &key, &version, &op, &outcome, &partition, &offset, &kafka_ts, &source_ts, &rule, &commit, &epoch, &snapshot],
+                )
                 .await
         })?;
         Ok(())

@@ -46,6 +46,25 @@ impl Drop for Running {
 }
 
 #[test]
+fn bench_apply_refuses_a_bad_events_file_with_2_naming_the_line() {
+    let dir = run_dir("sink-bin-bench-apply");
+    let config = dir.join("sink.toml");
+    std::fs::write(
+        &config,
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\ngroup_id = \"g\"\ntopics = [\"cdc.public.customer\"]\ndlq_topic = \"cdc.dlq\"\n[target]\nkind = \"postgres\"\nurl = \"host=127.0.0.1 port=1 user=u dbname=d\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let events = dir.join("events.ndjson");
+    std::fs::write(&events, "{\"key\": {\"id\": \"a\"}, \"value\": null}\n{\"value\": {}}\n").unwrap();
+    let out = sink().arg("--config").arg(&config).arg("bench-apply").arg("--events").arg(&events).env("SINK__TARGET__PASSWORD", "p").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2") && stderr.contains("no \"key\" field"), "{stderr}");
+    let missing = sink().arg("--config").arg(&config).arg("bench-apply").arg("--events").arg(dir.join("absent")).env("SINK__TARGET__PASSWORD", "p").output().unwrap();
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+}
+
+#[test]
 fn config_errors_exit_with_2() {
     let dir = run_dir("sink-bin-config");
     let missing = sink().arg("--config").arg(dir.join("absent.toml")).stderr(Stdio::piped()).output().unwrap();

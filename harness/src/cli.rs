@@ -51,7 +51,12 @@ enum Command {
         json: bool,
     },
     /// Stop every service of the stack.
-    Down,
+    Down {
+        /// Also remove every container and network any run of the Docker backend left
+        /// (labelled `io.cdc-harness.run`), e.g. after a crashed run whose folder is gone.
+        #[arg(long)]
+        all: bool,
+    },
     /// Install what the local backend needs into the cache (also done by `up` on demand);
     /// with `--images local`, also build the Docker backend's local image set.
     Provision {
@@ -330,7 +335,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(if result.converged { exit::SUCCESS } else { exit::GATE_FAILED })
         }
-        Command::Down => {
+        Command::Down { all } => {
+            if all {
+                let docker = harness::orchestrator::docker::connect().await?;
+                let (containers, networks) = harness::orchestrator::docker::remove_all_labelled(&docker).await?;
+                eprintln!("down --all: removed {containers} labelled container(s) and {networks} network(s)");
+            }
             if stack_backend(&cli.run_dir) == Some(BackendKind::Docker) {
                 if let Some(mut stack) = DockerStack::open(&cli.run_dir).await? {
                     stack.down().await?;

@@ -12,6 +12,10 @@ use harness::orchestrator::docker::{self, DockerConfig, DockerStack, Fault, Imag
 use harness::orchestrator::{Orchestrator, ServiceKind, ServiceState};
 use harness::testing::run_dir;
 
+/// One Docker test at a time: `down --all` sweeps every run's containers, and two stacks at
+/// once would only load the 2 cores twice.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn daemon() -> anyhow::Result<bollard::Docker> {
     docker::connect().await.map_err(|e| anyhow::anyhow!("these tests need a Docker daemon (`bash .ci/run` starts one): {e}"))
 }
@@ -33,6 +37,7 @@ fn stack_config(name: &str) -> StackConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Docker daemon with the upstream images and the sink image (none can be pulled here): run with --ignored"]
 async fn docker_stack_comes_up_survives_faults_and_goes_down_by_label() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let client = daemon().await?;
     let config = DockerConfig { target: TargetKind::Mongodb, ..DockerConfig::default() };
     require_sink_image(&client, &config).await?;
@@ -97,6 +102,7 @@ async fn labelled_networks(client: &bollard::Docker, run_id: &str) -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_images_run_postgres_and_the_broker_on_docker() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let client = daemon().await?;
     let config = local_config(&client).await?;
     let mut stack = DockerStack::new(stack_config("docker-local"), config).await?;
@@ -146,6 +152,7 @@ async fn local_images_run_postgres_and_the_broker_on_docker() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_of_a_crashed_run_are_removed_by_label() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let client = daemon().await?;
     let config = stack_config("docker-crash");
     let dir = config.run_dir.clone();
@@ -163,5 +170,27 @@ async fn leftovers_of_a_crashed_run_are_removed_by_label() -> anyhow::Result<()>
     anyhow::ensure!(left.is_empty(), "containers left after down: {left:?}");
     let networks = labelled_networks(&client, &run_id).await?;
     anyhow::ensure!(networks.is_empty(), "networks left after down: {networks:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_all_sweeps_a_run_whose_folder_is_gone() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let client = daemon().await?;
+    let config = stack_config("docker-sweep");
+    let dir = config.run_dir.clone();
+    let mut stack = DockerStack::new(config, local_config(&client).await?).await?;
+    let run_id = stack.run_id().to_string();
+    stack.start_service(ServiceKind::Postgres).await?;
+    drop(stack);
+    std::fs::remove_dir_all(&dir)?;
+    anyhow::ensure!(!docker::run_containers(&client, &run_id).await?.is_empty(), "nothing to sweep");
+    let elsewhere = run_dir("docker-sweep-elsewhere");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness")).arg("--run-dir").arg(&elsewhere).args(["down", "--all"]).output()?;
+    anyhow::ensure!(out.status.success(), "down --all failed: {}", String::from_utf8_lossy(&out.stderr));
+    let left = docker::run_containers(&client, &run_id).await?;
+    anyhow::ensure!(left.is_empty(), "containers left after down --all: {left:?}");
+    let networks = labelled_networks(&client, &run_id).await?;
+    anyhow::ensure!(networks.is_empty(), "networks left after down --all: {networks:?}");
     Ok(())
 }

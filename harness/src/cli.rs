@@ -181,7 +181,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Baseline(args) => run_scenario("baseline", args, &cli.run_dir).await,
         Command::Run { scenario, args } => run_scenario(&scenario, args, &cli.run_dir).await,
         Command::Up { backend, seed_customers, partitions } => {
-            let backend = resolve_backend(backend)?;
+            let backend = resolve_backend(backend).await?;
             let mut config = StackConfig::new(&cli.run_dir);
             config.seed.customers = seed_customers;
             config.partitions = partitions;

@@ -174,19 +174,14 @@ pub enum BackendKind {
 }
 
 /// Resolves `auto` (Docker when a daemon answers) and refuses `docker` without a daemon.
-pub fn resolve_backend(requested: BackendKind) -> Result<BackendKind, ServiceError> {
+/// The daemon is the one `DOCKER_HOST` names (unix or tcp), asked with a ping.
+pub async fn resolve_backend(requested: BackendKind) -> Result<BackendKind, ServiceError> {
     match requested {
         BackendKind::Local => Ok(BackendKind::Local),
-        BackendKind::Auto => Ok(if docker_daemon_answers() { BackendKind::Docker } else { BackendKind::Local }),
-        BackendKind::Docker if docker_daemon_answers() => Ok(BackendKind::Docker),
-        BackendKind::Docker => Err(ServiceError::BackendUnavailable(
-            "docker",
-            "no Docker daemon answers (DOCKER_HOST or /var/run/docker.sock); start one or use --backend local".into(),
-        )),
+        BackendKind::Auto => Ok(if docker::connect().await.is_ok() { BackendKind::Docker } else { BackendKind::Local }),
+        BackendKind::Docker => match docker::connect().await {
+            Ok(_) => Ok(BackendKind::Docker),
+            Err(e) => Err(ServiceError::BackendUnavailable("docker", format!("{e} (DOCKER_HOST or /var/run/docker.sock)"))),
+        },
     }
-}
-
-fn docker_daemon_answers() -> bool {
-    let socket = std::env::var("DOCKER_HOST").ok().and_then(|h| h.strip_prefix("unix://").map(str::to_owned)).unwrap_or_else(|| "/var/run/docker.sock".into());
-    std::os::unix::net::UnixStream::connect(socket).is_ok()
 }

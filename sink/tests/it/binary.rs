@@ -60,7 +60,8 @@ fn bench_apply_refuses_a_bad_events_file_with_2_naming_the_line() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 2") && stderr.contains("no \"key\" field"), "{stderr}");
-    let missing = sink().arg("--config").arg(&config).arg("bench-apply").arg("--events").arg(dir.join("absent")).env("SINK__TARGET__PASSWORD", "p").output().unwrap();
+    let missing =
+        sink().arg("--config").arg(&config).arg("bench-apply").arg("--events").arg(dir.join("absent")).env("SINK__TARGET__PASSWORD", "p").output().unwrap();
     assert_eq!(missing.status.code(), Some(2), "{missing:?}");
 }
 

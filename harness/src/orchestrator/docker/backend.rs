@@ -30,13 +30,21 @@ use crate::orchestrator::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceEr
 const STATE_FILE: &str = "docker-stack.json";
 const POLL: Duration = Duration::from_millis(500);
 
-/// Connects to the daemon named by DOCKER_HOST (default: the local socket) and pings it.
+/// Connects to the daemon named by DOCKER_HOST (`unix://` or `tcp://`; default: the local
+/// socket), settles on the API version both sides speak (20.10's 1.41 here, newer
+/// elsewhere) and pings it.
 pub async fn connect() -> Result<Docker, DockerError> {
-    let docker = Docker::connect_with_defaults().map_err(|e| DockerError::Unreachable { reason: e.to_string() })?;
+    let unreachable = |reason: String| DockerError::Unreachable { reason };
+    let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
+    let docker = match tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version()).await {
+        Ok(Ok(docker)) => docker,
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => return Err(unreachable("no answer to GET /version within 5s".into())),
+    };
     match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
         Ok(Ok(_)) => Ok(docker),
-        Ok(Err(e)) => Err(DockerError::Unreachable { reason: e.to_string() }),
-        Err(_) => Err(DockerError::Unreachable { reason: "ping timed out after 5s".into() }),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable("ping timed out after 5s".into())),
     }
 }
 
@@ -302,7 +310,8 @@ impl DockerStack {
             bar.set_style(style);
         }
         bar.enable_steady_tick(Duration::from_millis(200));
-        let mut stream = self.docker.create_image(Some(CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() }), None, None);
+        let credentials = super::registry::credentials_for(image);
+        let mut stream = self.docker.create_image(Some(CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() }), None, credentials);
         // Per layer: latest status; the message sums them up.
         let mut layers: BTreeMap<String, String> = BTreeMap::new();
         while let Some(item) = stream.next().await {

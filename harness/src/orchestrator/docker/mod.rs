@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod images;
+mod registry;
 pub mod spec;
 
 use std::path::PathBuf;

@@ -6,6 +6,7 @@
 pub mod inject;
 pub mod poison;
 pub mod proxy;
+pub mod proxy_server;
 
 use std::time::Duration;
 

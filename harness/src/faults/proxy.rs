@@ -38,7 +38,9 @@ pub enum LinkFault {
 /// A running proxy: dropping it stops it and cuts its connections.
 pub struct FaultProxy {
     pub listen: SocketAddr,
-    pub upstream: SocketAddr,
+    /// `host:port`, resolved for every connection (a container's address can change when
+    /// it restarts; its name does not).
+    pub upstream: String,
     fault: watch::Sender<LinkFault>,
     /// Bumped to cut every open connection (connection reset).
     generation: watch::Sender<u64>,
@@ -47,12 +49,15 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     /// `exempt_own`: relay this process's own connections untouched (see the module doc).
-    pub async fn start(listen_port: u16, upstream: SocketAddr, exempt_own: bool) -> std::io::Result<Self> {
+    pub async fn start(listen_port: u16, upstream: impl Into<String>, exempt_own: bool) -> std::io::Result<Self> {
+        let upstream: String = upstream.into();
         let listener = TcpListener::bind(("127.0.0.1", listen_port)).await?;
         let listen = listener.local_addr()?;
         let (fault, fault_rx) = watch::channel(LinkFault::Healthy);
         let (generation, generation_rx) = watch::channel(0u64);
+        let target = upstream.clone();
         let task = tokio::spawn(async move {
+            let upstream = target;
             loop {
                 let Ok((client, peer)) = listener.accept().await else { continue };
                 let observer = exempt_own && is_own_socket(peer);
@@ -61,8 +66,9 @@ impl FaultProxy {
                     continue;
                 }
                 let (fault_rx, generation_rx) = (fault_rx.clone(), generation_rx.clone());
+                let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    let Ok(server) = TcpStream::connect(upstream.as_str()).await else { return };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
                     if observer {
@@ -209,7 +215,7 @@ mod tests {
     #[tokio::test]
     async fn faults_change_what_passes_and_healing_restores_it() {
         let upstream = echo_server().await;
-        let proxy = FaultProxy::start(0, upstream, false).await.unwrap();
+        let proxy = FaultProxy::start(0, upstream.to_string(), false).await.unwrap();
         assert!(round_trip(proxy.listen).await.unwrap() < Duration::from_millis(100));
 
         proxy.set(LinkFault::Latency { delay: Duration::from_millis(100), jitter: Duration::ZERO });
@@ -232,7 +238,7 @@ mod tests {
     #[tokio::test]
     async fn the_harness_own_connections_are_never_faulted() {
         let upstream = echo_server().await;
-        let proxy = FaultProxy::start(0, upstream, true).await.unwrap();
+        let proxy = FaultProxy::start(0, upstream.to_string(), true).await.unwrap();
         proxy.set(LinkFault::Blackhole);
         let own = tokio::time::timeout(Duration::from_secs(2), round_trip(proxy.listen)).await;
         assert!(own.is_ok_and(|r| r.is_ok()), "this process's connection is relayed through a blackhole");
@@ -256,7 +262,7 @@ mod tests {
     #[tokio::test]
     async fn reset_cuts_open_connections() {
         let upstream = echo_server().await;
-        let proxy = FaultProxy::start(0, upstream, false).await.unwrap();
+        let proxy = FaultProxy::start(0, upstream.to_string(), false).await.unwrap();
         let mut s = TcpStream::connect(proxy.listen).await.unwrap();
         s.write_all(b"x").await.unwrap();
         let mut b = [0u8; 1];

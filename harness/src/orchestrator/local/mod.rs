@@ -173,7 +173,7 @@ impl LocalStack {
                 Link::DebeziumPostgres | Link::SinkTarget => ports.postgres,
             };
             let listen = ports.proxies.get(&link).copied().unwrap_or(0);
-            let proxy = FaultProxy::start(listen, ([127, 0, 0, 1], upstream).into(), true)
+            let proxy = FaultProxy::start(listen, format!("127.0.0.1:{upstream}"), true)
                 .await
                 .map_err(|e| ServiceError::Setup { service: ServiceKind::Broker, reason: format!("fault proxy for {}: {e}", link.name()) })?;
             self.proxies.insert(link, proxy);

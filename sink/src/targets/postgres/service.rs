@@ -122,9 +122,17 @@ impl Pool {
     pub async fn get(&self) -> Result<Lease<'_>, super::super::TargetError> {
         let permit = self.free.acquire().await.expect("the pool's semaphore is never closed");
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        // A permit guarantees a slot nobody holds.
-        let mut guard =
-            (0..self.slots.len()).find_map(|i| self.slots[(start + i) % self.slots.len()].try_lock().ok()).expect("a permit always leaves a slot unlocked");
+        let n = self.slots.len();
+        // A permit per slot means one is free. A baseline run still found none once (a
+        // panic, `try_lock` on every slot failing, cause not found): then wait for the
+        // slot this lease would have started at instead of failing the batch.
+        let mut guard = match (0..n).find_map(|i| self.slots[(start + i) % n].try_lock().ok()) {
+            Some(guard) => guard,
+            None => {
+                tracing::warn!(message = "no free pool slot despite a permit; waiting for one");
+                self.slots[start % n].lock().await
+            }
+        };
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = None;
             let (client, connection) = match tokio::time::timeout(self.call_timeout, self.config.connect(NoTls)).await {

@@ -94,10 +94,15 @@ async fn local_config(client: &bollard::Docker) -> anyhow::Result<DockerConfig> 
     Ok(DockerConfig { images: Images::with_local(&local), image_set: images::ImageSet::Local, target: TargetKind::Postgres, ..DockerConfig::default() })
 }
 
-async fn labelled_networks(client: &bollard::Docker, run_id: &str) -> anyhow::Result<Vec<String>> {
+/// No container and no network of `run_id` remains after `when`.
+async fn nothing_left(client: &bollard::Docker, run_id: &str, when: &str) -> anyhow::Result<()> {
+    let left = docker::run_containers(client, run_id).await?;
+    anyhow::ensure!(left.is_empty(), "containers left after {when}: {left:?}");
     let filters = harness::orchestrator::docker::spec::label_filter(Some(run_id));
     let networks = client.list_networks(Some(bollard::query_parameters::ListNetworksOptions { filters: Some(filters) })).await?;
-    Ok(networks.into_iter().filter_map(|n| n.name).collect())
+    let names: Vec<String> = networks.into_iter().filter_map(|n| n.name).collect();
+    anyhow::ensure!(names.is_empty(), "networks left after {when}: {names:?}");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,10 +148,7 @@ async fn local_images_run_postgres_and_the_broker_on_docker() -> anyhow::Result<
     }
     .await;
     stack.down().await?;
-    let left = docker::run_containers(&client, &run_id).await?;
-    anyhow::ensure!(left.is_empty(), "containers left after down: {left:?}");
-    let networks = labelled_networks(&client, &run_id).await?;
-    anyhow::ensure!(networks.is_empty(), "networks left after down: {networks:?}");
+    nothing_left(&client, &run_id, "down").await?;
     outcome
 }
 
@@ -166,10 +168,7 @@ async fn leftovers_of_a_crashed_run_are_removed_by_label() -> anyhow::Result<()>
     // `harness down` in a later process: the state file names the run, the label finds the rest.
     let mut reopened = DockerStack::open(&dir).await?.expect("state file of the crashed run");
     reopened.down().await?;
-    let left = docker::run_containers(&client, &run_id).await?;
-    anyhow::ensure!(left.is_empty(), "containers left after down: {left:?}");
-    let networks = labelled_networks(&client, &run_id).await?;
-    anyhow::ensure!(networks.is_empty(), "networks left after down: {networks:?}");
+    nothing_left(&client, &run_id, "down").await?;
     Ok(())
 }
 
@@ -188,9 +187,6 @@ async fn down_all_sweeps_a_run_whose_folder_is_gone() -> anyhow::Result<()> {
     let elsewhere = run_dir("docker-sweep-elsewhere");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness")).arg("--run-dir").arg(&elsewhere).args(["down", "--all"]).output()?;
     anyhow::ensure!(out.status.success(), "down --all failed: {}", String::from_utf8_lossy(&out.stderr));
-    let left = docker::run_containers(&client, &run_id).await?;
-    anyhow::ensure!(left.is_empty(), "containers left after down --all: {left:?}");
-    let networks = labelled_networks(&client, &run_id).await?;
-    anyhow::ensure!(networks.is_empty(), "networks left after down --all: {networks:?}");
+    nothing_left(&client, &run_id, "down --all").await?;
     Ok(())
 }

@@ -174,21 +174,16 @@ fn hash_tree(path: &Path, hasher: &mut Sha256) -> Result<(), ImageError> {
 }
 
 fn contexts(inputs: &LocalInputs, base: &str) -> Vec<Context> {
-    let docker = |file: &str| -> &'static str {
-        match file {
-            "postgres" => include_str!("../../../../docker/local/postgres/Dockerfile"),
-            "broker" => include_str!("../../../../docker/local/broker/Dockerfile"),
-            "debezium" => include_str!("../../../../docker/local/debezium/Dockerfile"),
-            _ => include_str!("../../../../docker/local/sink/Dockerfile"),
-        }
-    };
     vec![
-        Context::new("postgres", docker("postgres"), base).bytes("entrypoint.sh", include_str!("../../../../docker/local/postgres/entrypoint.sh")),
-        Context::new("broker", docker("broker"), base).path("tansu", &inputs.tansu),
-        Context::new("debezium", docker("debezium"), base)
+        Context::new("postgres", include_str!("../../../../docker/local/postgres/Dockerfile"), base)
+            .bytes("entrypoint.sh", include_str!("../../../../docker/local/postgres/entrypoint.sh")),
+        Context::new("broker", include_str!("../../../../docker/local/broker/Dockerfile"), base).path("tansu", &inputs.tansu),
+        Context::new("debezium", include_str!("../../../../docker/local/debezium/Dockerfile"), base)
             .path("libs", &inputs.debezium_libs)
             .bytes("DebeziumLauncher.java", include_str!("../../../launcher/DebeziumLauncher.java")),
-        Context::new("sink", docker("sink"), base).path("sink", &inputs.sink).bytes("sink.toml", include_str!("../../../../docker/sink/sink.toml")),
+        Context::new("sink", include_str!("../../../../docker/local/sink/Dockerfile"), base)
+            .path("sink", &inputs.sink)
+            .bytes("sink.toml", include_str!("../../../../docker/sink/sink.toml")),
     ]
 }
 

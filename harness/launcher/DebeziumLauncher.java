@@ -7,7 +7,8 @@
  * Properties:
  *   debezium.*  -> embedded engine / connector config (prefix stripped)
  *   kafka.*     -> KafkaProducer<String,String> config (prefix stripped)
- *   launcher.*  -> this program: status.port, status.file, log.level
+ *   launcher.*  -> this program: status.port, status.address (default loopback; a
+ *                  container publishing the port needs 0.0.0.0), status.file, log.level
  * A value written exactly as ${env:NAME} is replaced by the environment variable NAME.
  *
  * Exit codes: 0 = clean stop (SIGTERM/SIGINT, or engine finished normally),
@@ -162,7 +163,7 @@ public class DebeziumLauncher {
         // ---- status endpoint first, so the supervisor can see "starting" ----
         try {
             int port = Integer.parseInt(launcher.getProperty("status.port", "0").trim());
-            startStatusServer(port, launcher.getProperty("status.file"));
+            startStatusServer(launcher.getProperty("status.address"), port, launcher.getProperty("status.file"));
         }
         catch (Exception e) {
             log.error("Cannot start status endpoint: {}", e.toString());
@@ -533,8 +534,9 @@ public class DebeziumLauncher {
     // =====================================================================================
     // Status endpoint
     // =====================================================================================
-    static void startStatusServer(int port, String statusFile) throws IOException {
-        statusServer = HttpServer.create(new InetSocketAddress(InetAddress.getLoopbackAddress(), port), 16);
+    static void startStatusServer(String address, int port, String statusFile) throws IOException {
+        InetAddress bind = address == null || address.isBlank() ? InetAddress.getLoopbackAddress() : InetAddress.getByName(address.trim());
+        statusServer = HttpServer.create(new InetSocketAddress(bind, port), 16);
         statusServer.setExecutor(Executors.newSingleThreadExecutor(r -> {
             Thread t = new Thread(r, "launcher-status-http");
             t.setDaemon(true);

@@ -7,9 +7,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use harness::config::StackConfig;
 use harness::exit;
-use harness::orchestrator::docker::{DockerConfig, DockerStack};
-use harness::orchestrator::local::LocalStack;
-use harness::orchestrator::{BackendKind, Orchestrator, ServiceError, ServiceState, resolve_backend};
+use harness::orchestrator::docker::TargetKind;
+use harness::orchestrator::docker::images::ImageSet;
+use harness::orchestrator::stack::{Stack, StackChoice};
+use harness::orchestrator::{ServiceError, ServiceState};
 use harness::verify::{VerifyOptions, VerifyReport};
 
 #[derive(Parser)]
@@ -36,8 +37,8 @@ enum Command {
     },
     /// Start the pipeline (PostgreSQL, broker, Debezium, sink) and leave it running.
     Up {
-        #[arg(long, value_enum, default_value = "auto")]
-        backend: BackendKind,
+        #[command(flatten)]
+        stack: StackArgs,
         /// Customers in the seed data (addresses, orders and items follow from it).
         #[arg(long, default_value_t = 3000)]
         seed_customers: u32,
@@ -77,7 +78,8 @@ enum Command {
     },
     /// Compare the source with the target of the running stack, key by key.
     Verify {
-        #[arg(long, value_enum, default_value = "postgres")]
+        /// `stack`: the target the running stack's sink writes to.
+        #[arg(long, value_enum, default_value = "stack")]
         target: VerifyTarget,
         /// Print the report as JSON.
         #[arg(long)]
@@ -105,8 +107,32 @@ enum Command {
     Report(harness::report::cli::ReportArgs),
 }
 
+/// Where the services run.
+#[derive(clap::Args, Clone, Copy)]
+struct StackArgs {
+    /// `auto`: Docker when a daemon answers and the images are there, else local processes.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: harness::orchestrator::BackendKind,
+    /// The Docker backend's images: `upstream` (pulled, the default) or `local` (built
+    /// here by `harness provision --images local`; no registry needed).
+    #[arg(long, value_enum)]
+    images: Option<ImageSet>,
+    /// The sink's target on Docker (default: MongoDB with upstream images, PostgreSQL
+    /// with local ones; the local backend always writes to PostgreSQL).
+    #[arg(long, value_enum)]
+    target: Option<TargetKind>,
+}
+
+impl StackArgs {
+    fn choice(self) -> StackChoice {
+        StackChoice { backend: Some(self.backend), images: self.images, target: self.target }
+    }
+}
+
 #[derive(clap::Args, Clone)]
 struct RunArgs {
+    #[command(flatten)]
+    stack: StackArgs,
     /// Load tool (default: the scenario's).
     #[arg(long, value_enum)]
     driver: Option<harness::load::DriverKind>,
@@ -135,6 +161,7 @@ struct RunArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum VerifyTarget {
+    Stack,
     Postgres,
     Mongo,
 }
@@ -190,17 +217,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Baseline(args) => run_scenario("baseline", args, &cli.run_dir).await,
         Command::Run { scenario, args } => run_scenario(&scenario, args, &cli.run_dir).await,
-        Command::Up { backend, seed_customers, partitions } => {
-            let backend = resolve_backend(backend).await?;
+        Command::Up { stack, seed_customers, partitions } => {
             let mut config = StackConfig::new(&cli.run_dir);
             config.seed.customers = seed_customers;
             config.partitions = partitions;
             let started = std::time::Instant::now();
-            if backend == BackendKind::Docker {
-                let mut stack = DockerStack::new(config, DockerConfig::default()).await?;
-                return finish_up(stack.up().await, &mut stack, started).await;
-            }
-            let mut stack = LocalStack::new(config)?;
+            let mut stack = Stack::create(config, stack.choice()).await?;
             let outcome = tokio::select! {
                 outcome = stack.up() => Some(outcome),
                 _ = tokio::signal::ctrl_c() => None,
@@ -221,20 +243,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Status { json } => {
-            let statuses = match stack_backend(&cli.run_dir) {
-                Some(BackendKind::Docker) => match DockerStack::open(&cli.run_dir).await? {
-                    Some(stack) => stack.status().await?,
-                    None => anyhow::bail!("no stack in {} (start one with `harness up`)", cli.run_dir.display()),
-                },
-                _ => {
-                    let Some(stack) = LocalStack::open(&cli.run_dir)? else {
-                        anyhow::bail!("no stack in {} (start one with `harness up`)", cli.run_dir.display());
-                    };
-                    let statuses = stack.status().await?;
-                    stack.detach();
-                    statuses
-                }
+            let Some(stack) = Stack::open(&cli.run_dir).await? else {
+                anyhow::bail!("no stack in {} (start one with `harness up`)", cli.run_dir.display());
             };
+            let statuses = stack.status().await;
+            stack.detach();
+            let statuses = statuses?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&statuses)?);
             } else {
@@ -257,35 +271,36 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if let Some(sink) = &tools.sink {
                 println!("sink      {}", sink.display());
             }
-            if images == Some(harness::orchestrator::docker::images::ImageSet::Local) {
+            if images == Some(ImageSet::Local) {
                 use harness::orchestrator::docker::images;
                 let docker = harness::orchestrator::docker::connect().await?;
-                let inputs = images::LocalInputs {
-                    tansu: tools.tansu.clone(),
-                    debezium_libs: tools.debezium_libs.clone(),
-                    sink: tools.sink.clone().expect("provisioned with the sink"),
-                };
+                let inputs = images::LocalInputs::provision().await?;
                 let built = images::ensure_local(&docker, &harness::provision::Cache::locate()?, &inputs).await?;
-                for (role, tag) in
-                    [("base", &built.base), ("postgres", &built.postgres), ("broker", &built.broker), ("debezium", &built.debezium), ("sink", &built.sink)]
-                {
+                for (role, tag) in built.all() {
                     println!("image {role:<9} {tag}");
                 }
             }
             Ok(exit::SUCCESS)
         }
         Command::Verify { target, json, max_examples, settle, mongo_uri, mongo_db } => {
-            let Some(stack) = LocalStack::open(&cli.run_dir)? else {
+            let Some(stack) = Stack::open(&cli.run_dir).await? else {
                 anyhow::bail!("no stack in {} (start one with `harness up`)", cli.run_dir.display());
             };
             let endpoints = stack.endpoints();
+            // A Docker stack that materializes into MongoDB is verified there by default.
+            let stack_mongo = stack.mongo_uri();
             stack.detach();
             let options = VerifyOptions { max_examples, settle, ..Default::default() };
+            let (target, mongo_uri) = match (target, mongo_uri, stack_mongo) {
+                (VerifyTarget::Stack, given, Some(uri)) => (VerifyTarget::Mongo, given.or(Some(uri))),
+                (VerifyTarget::Stack, given, None) => (VerifyTarget::Postgres, given),
+                (target, given, stack_uri) => (target, given.or(stack_uri)),
+            };
             let report = match (target, mongo_uri) {
                 (VerifyTarget::Mongo, Some(uri)) => harness::verify::verify_mongo(&endpoints.postgres, &uri, &mongo_db, &options).await?,
                 // clap requires --mongo-uri with --target mongo.
                 (VerifyTarget::Mongo, None) => anyhow::bail!("--target mongo needs --mongo-uri"),
-                (VerifyTarget::Postgres, _) => harness::verify::verify_postgres(&endpoints.postgres, &options).await?,
+                (VerifyTarget::Postgres | VerifyTarget::Stack, _) => harness::verify::verify_postgres(&endpoints.postgres, &options).await?,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -362,18 +377,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 let (containers, networks) = harness::orchestrator::docker::remove_all_labelled(&docker).await?;
                 eprintln!("down --all: removed {containers} labelled container(s) and {networks} network(s)");
             }
-            if stack_backend(&cli.run_dir) == Some(BackendKind::Docker) {
-                if let Some(mut stack) = DockerStack::open(&cli.run_dir).await? {
-                    stack.down().await?;
-                }
-                eprintln!("down: every container of the run removed");
-                return Ok(exit::SUCCESS);
-            }
-            let Some(mut stack) = LocalStack::open(&cli.run_dir).context("reading the stack state")? else {
+            let Some(mut stack) = Stack::open(&cli.run_dir).await.context("reading the stack state")? else {
                 eprintln!("down: no stack in {}", cli.run_dir.display());
                 return Ok(exit::SUCCESS);
             };
             stack.down().await?;
+            stack.detach();
             eprintln!("down: every service stopped");
             Ok(exit::SUCCESS)
         }
@@ -383,7 +392,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 /// Prints the endpoints of a stack that came up, or stops what was started.
 async fn finish_up(
     outcome: Result<harness::orchestrator::Endpoints, ServiceError>,
-    stack: &mut impl Orchestrator,
+    stack: &mut Stack,
     started: std::time::Instant,
 ) -> anyhow::Result<i32> {
     match outcome {
@@ -400,17 +409,6 @@ async fn finish_up(
             stack.down().await?;
             Err(e.into())
         }
-    }
-}
-
-/// Which backend started the stack in `run_dir` (each keeps its own state file).
-fn stack_backend(run_dir: &std::path::Path) -> Option<BackendKind> {
-    if run_dir.join("docker-stack.json").is_file() {
-        Some(BackendKind::Docker)
-    } else if run_dir.join("stack.json").is_file() {
-        Some(BackendKind::Local)
-    } else {
-        None
     }
 }
 
@@ -435,6 +433,7 @@ async fn run_scenario(name: &str, args: RunArgs, run_dir: &std::path::Path) -> a
         reuse: args.reuse.then(|| run_dir.to_path_buf()),
         keep: args.keep,
         reports_dir: args.reports_dir,
+        stack: args.stack.choice(),
     };
     let outcome = tokio::select! {
         outcome = harness::run::run(options) => outcome?,

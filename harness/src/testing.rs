@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::StackConfig;
 use crate::orchestrator::local::LocalStack;
+use crate::orchestrator::stack::Stack;
 use crate::orchestrator::local::postgres::{self, PostgresLayout};
 use crate::orchestrator::local::process::{ProcessHandle, free_port};
 use crate::orchestrator::{Endpoints, Orchestrator, PgEndpoint, Secret};
@@ -102,7 +103,7 @@ pub async fn stack_turn() -> tokio::sync::SemaphorePermit<'static> {
 
 /// The whole local pipeline, torn down on drop.
 pub struct TestStack {
-    pub stack: LocalStack,
+    pub stack: Stack,
     pub endpoints: Endpoints,
     _turn: tokio::sync::SemaphorePermit<'static>,
 }
@@ -116,6 +117,6 @@ impl TestStack {
         configure(&mut config);
         let mut stack = LocalStack::new(config)?;
         let endpoints = stack.up().await?;
-        Ok(Self { stack, endpoints, _turn: turn })
+        Ok(Self { stack: Stack::Local(stack), endpoints, _turn: turn })
     }
 }

@@ -1,11 +1,11 @@
-//! Carrying out a fault schedule against the local stack while load runs.
+//! Carrying out a fault schedule against the stack (any backend) while load runs.
 
 use std::time::{Duration, Instant};
 
 use super::proxy::LinkFault;
 use super::{FaultKind, FaultSpec, Link};
 use crate::orchestrator::ServiceKind;
-use crate::orchestrator::local::LocalStack;
+use crate::orchestrator::stack::Stack;
 use crate::report::model::FaultRecord;
 
 /// Longest wait for a service to be healthy again after a fault.
@@ -17,7 +17,7 @@ fn service(name: &str) -> Option<ServiceKind> {
 
 /// Runs `faults` in order (each starting at its `at` after `started`, or right after the
 /// previous one if that ran late) and records each one.
-pub async fn run_schedule(stack: &mut LocalStack, faults: &[FaultSpec], started: Instant) -> Vec<FaultRecord> {
+pub async fn run_schedule(stack: &mut Stack, faults: &[FaultSpec], started: Instant) -> Vec<FaultRecord> {
     let mut records = Vec::new();
     for fault in faults {
         tokio::time::sleep_until((started + fault.at).into()).await;
@@ -28,7 +28,7 @@ pub async fn run_schedule(stack: &mut LocalStack, faults: &[FaultSpec], started:
 }
 
 /// Applies one fault, waits its duration, reverts it, and measures the service's recovery.
-pub async fn apply(stack: &mut LocalStack, fault: &FaultSpec, started: Instant) -> FaultRecord {
+pub async fn apply(stack: &mut Stack, fault: &FaultSpec, started: Instant) -> FaultRecord {
     let start_s = started.elapsed().as_secs_f64();
     let mut parameters = fault.parameters();
     // The service and when it was started again (or resumed): recovery is measured from there.
@@ -37,23 +37,20 @@ pub async fn apply(stack: &mut LocalStack, fault: &FaultSpec, started: Instant) 
         match fault.fault {
             FaultKind::Kill | FaultKind::Stop | FaultKind::Pause | FaultKind::Restart => {
                 let svc = service(&fault.target).ok_or("unknown service")?;
+                let failed = |e: crate::orchestrator::ServiceError| e.to_string();
                 match fault.fault {
-                    FaultKind::Kill => stack.kill(svc),
-                    FaultKind::Stop => {
-                        stack.stop(svc);
-                    }
-                    FaultKind::Pause => stack.pause(svc),
+                    FaultKind::Kill => stack.kill(svc).await.map_err(failed)?,
+                    FaultKind::Stop | FaultKind::Restart => stack.stop(svc).await.map_err(failed)?,
+                    FaultKind::Pause => stack.pause(svc).await.map_err(failed)?,
                     _ => {}
                 }
-                if fault.fault == FaultKind::Restart {
-                    stack.stop(svc);
-                } else {
+                if fault.fault != FaultKind::Restart {
                     tokio::time::sleep(fault.duration).await;
                 }
                 let restarted = Instant::now();
                 recovered_service = Some((svc, restarted));
                 if fault.fault == FaultKind::Pause {
-                    stack.resume(svc);
+                    stack.resume(svc).await.map_err(failed)?;
                 } else {
                     stack.start_service(svc).await.map_err(|e| e.to_string())?;
                 }
@@ -70,13 +67,13 @@ pub async fn apply(stack: &mut LocalStack, fault: &FaultSpec, started: Instant) 
                     FaultKind::Blackhole => LinkFault::Blackhole,
                     _ => LinkFault::Down,
                 };
-                stack.set_link(link, link_fault).map_err(|e| e.to_string())?;
+                stack.set_link(link, link_fault).await.map_err(|e| e.to_string())?;
                 tokio::time::sleep(fault.duration).await;
-                stack.set_link(link, LinkFault::Healthy).map_err(|e| e.to_string())
+                stack.set_link(link, LinkFault::Healthy).await.map_err(|e| e.to_string())
             }
             FaultKind::Reset => {
                 let link = Link::parse(&fault.target).ok_or("unknown link")?;
-                stack.reset_link(link).map_err(|e| e.to_string())
+                stack.reset_link(link).await.map_err(|e| e.to_string())
             }
             FaultKind::Poison => {
                 let sent = super::poison::inject(&stack.endpoints().kafka, &fault.target, fault.count.unwrap_or(1)).await.map_err(|e| e.to_string())?;

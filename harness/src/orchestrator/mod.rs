@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod local;
+pub mod stack;
 pub mod state;
 
 use std::fmt;
@@ -171,6 +172,16 @@ pub enum BackendKind {
     Auto,
     Local,
     Docker,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Local => "local",
+            Self::Docker => "docker",
+        }
+    }
 }
 
 /// Resolves `auto` (Docker when a daemon answers) and refuses `docker` without a daemon.

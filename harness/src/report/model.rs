@@ -37,6 +37,9 @@ pub struct RunMeta {
     pub driver: String,
     /// `local`, `docker` or `external`.
     pub backend: String,
+    /// The Docker backend's image set (`upstream` or `local`); absent on other backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_set: Option<String>,
     /// Component -> version (postgres, debezium, broker, sink, harness, ...).
     pub versions: BTreeMap<String, String>,
     pub machine: Machine,
@@ -249,6 +252,7 @@ impl Report {
                 git_sha: None,
                 driver: String::new(),
                 backend: String::new(),
+                image_set: None,
                 versions: BTreeMap::new(),
                 machine: Machine { cores: 0, memory_mb: 0, os: String::new() },
                 started_at: String::new(),

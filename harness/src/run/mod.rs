@@ -20,8 +20,8 @@ use tokio::sync::Mutex;
 
 use crate::config::{StackConfig, TABLES, topic_for};
 use crate::load::{self, DriverKind, DriverResult, LoadPlan, Segment};
-use crate::orchestrator::local::LocalStack;
-use crate::orchestrator::{Endpoints, Orchestrator, ServiceError};
+use crate::orchestrator::stack::{Stack, StackChoice};
+use crate::orchestrator::{Endpoints, ServiceError};
 use crate::report::model::{FaultRecord, LatencyTriple, LoadStats, Machine, PipelineStats, Report, RunMeta, SCHEMA_VERSION, Sample, Summary, ValidationStats};
 use crate::scenario::{Breakpoint, Scenario};
 use crate::verify::{Percentiles, VerifyOptions};
@@ -55,6 +55,8 @@ pub struct RunOptions {
     /// Leave the stack running (and its data on disk) after the run.
     pub keep: bool,
     pub reports_dir: PathBuf,
+    /// Backend, image set and target of a stack this run starts.
+    pub stack: StackChoice,
 }
 
 pub struct RunOutcome {
@@ -104,7 +106,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let mut snapshot_record = None;
     let mut stack = match &options.reuse {
         Some(run_dir) => {
-            let mut stack = LocalStack::open(run_dir)?.ok_or_else(|| RunError::NoStackToReuse(run_dir.clone()))?;
+            let mut stack = Stack::open(run_dir).await?.ok_or_else(|| RunError::NoStackToReuse(run_dir.clone()))?;
             // Not ours: never torn down, also when this run is interrupted or panics.
             stack.borrow_only();
             let statuses = stack.status().await?;
@@ -121,7 +123,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             config.partitions = scenario.stack.partitions;
             config.debezium_poll_interval_ms = scenario.stack.debezium_poll_interval_ms;
             config.fault_proxies = scenario.needs_link_faults();
-            let mut stack = LocalStack::new(config)?;
+            let mut stack = Stack::create(config, options.stack).await?;
             match &scenario.snapshot_fault {
                 Some(fault) => {
                     let record = stack.up_with_snapshot_kill(fault.after, fault.downtime).await?;
@@ -149,7 +151,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
 
 async fn measure(
     options: &RunOptions,
-    stack: &mut LocalStack,
+    stack: &mut Stack,
     driver: DriverKind,
     run_id: &str,
     dir: &Path,
@@ -299,7 +301,8 @@ async fn measure(
             seed: options.seed,
             git_sha: git_sha(),
             driver: driver.name().to_string(),
-            backend: "local".into(),
+            backend: stack.backend().name().into(),
+            image_set: stack.image_set().map(|s| s.name().to_string()),
             versions: versions(),
             machine: machine(),
             started_at: started_at.to_rfc3339(),
@@ -440,7 +443,7 @@ async fn warm_up(workload: &Workload, duration: Duration) {
     }
 }
 
-async fn observe(stack: &LocalStack, endpoints: &Endpoints, workload: &Arc<Workload>, started: Instant, partitions: u32) -> Observers {
+async fn observe(stack: &Stack, endpoints: &Endpoints, workload: &Arc<Workload>, started: Instant, partitions: u32) -> Observers {
     let samples = Arc::new(Mutex::new(Vec::new()));
     let probes = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -450,7 +453,7 @@ async fn observe(stack: &LocalStack, endpoints: &Endpoints, workload: &Arc<Workl
         endpoints: endpoints.clone(),
         workload: workload.clone(),
         lag: lag::LagMeter::new(&endpoints.kafka, crate::orchestrator::local::sink::GROUP_ID, topics, partitions).ok(),
-        leaders: Box::new(stack.leader_resolver()),
+        leaders: stack.leader_resolver(),
         started,
         slot: crate::orchestrator::local::debezium::SLOT_NAME.to_string(),
     };

@@ -46,6 +46,7 @@ async fn converge_in_short_form(names: &[String]) -> anyhow::Result<()> {
             reuse: None,
             keep: false,
             reports_dir: reports.clone(),
+            stack: harness::orchestrator::stack::StackChoice::local(),
         };
         let outcome = run(options).await?;
         let r = &outcome.report;

@@ -89,7 +89,12 @@ async fn docker_stack_comes_up_survives_faults_and_goes_down_by_label() -> anyho
 /// images, with the PostgreSQL target.
 async fn local_config(client: &bollard::Docker) -> anyhow::Result<DockerConfig> {
     let tools = tokio::task::spawn_blocking(|| harness::provision::Provisioned::provision(true)).await??;
-    let inputs = images::LocalInputs { tansu: tools.tansu, debezium_libs: tools.debezium_libs, sink: tools.sink.expect("sink provisioned") };
+    let inputs = images::LocalInputs {
+        tansu: tools.tansu,
+        debezium_libs: tools.debezium_libs,
+        sink: tools.sink.expect("sink provisioned"),
+        harness: env!("CARGO_BIN_EXE_harness").into(),
+    };
     let local = images::ensure_local(client, &harness::provision::Cache::locate()?, &inputs).await?;
     Ok(DockerConfig { images: Images::with_local(&local), image_set: images::ImageSet::Local, target: TargetKind::Postgres, ..DockerConfig::default() })
 }
@@ -161,8 +166,9 @@ async fn leftovers_of_a_crashed_run_are_removed_by_label() -> anyhow::Result<()>
     let mut stack = DockerStack::new(config, local_config(&client).await?).await?;
     let run_id = stack.run_id().to_string();
     stack.start_service(ServiceKind::Postgres).await?;
-    // The harness "crashes": the value is gone, the labelled container and network stay.
-    drop(stack);
+    // The harness "crashes" (SIGKILL runs no destructor): the labelled container and
+    // network stay.
+    std::mem::forget(stack);
     let left = docker::run_containers(&client, &run_id).await?;
     anyhow::ensure!(left.contains_key(&Role::Postgres), "postgres container missing before the sweep: {left:?}");
     // `harness down` in a later process: the state file names the run, the label finds the rest.
@@ -181,12 +187,102 @@ async fn down_all_sweeps_a_run_whose_folder_is_gone() -> anyhow::Result<()> {
     let mut stack = DockerStack::new(config, local_config(&client).await?).await?;
     let run_id = stack.run_id().to_string();
     stack.start_service(ServiceKind::Postgres).await?;
-    drop(stack);
+    std::mem::forget(stack);
     std::fs::remove_dir_all(&dir)?;
     anyhow::ensure!(!docker::run_containers(&client, &run_id).await?.is_empty(), "nothing to sweep");
     let elsewhere = run_dir("docker-sweep-elsewhere");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness")).arg("--run-dir").arg(&elsewhere).args(["down", "--all"]).output()?;
     anyhow::ensure!(out.status.success(), "down --all failed: {}", String::from_utf8_lossy(&out.stderr));
     nothing_left(&client, &run_id, "down --all").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_mid_run_leaves_no_container() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let client = daemon().await?;
+    let config = local_config(&client).await?;
+    let (run_id_tx, run_id_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut stack = DockerStack::new(stack_config("docker-panic"), config).await.expect("stack");
+        let _ = run_id_tx.send(stack.run_id().to_string());
+        stack.start_service(ServiceKind::Postgres).await.expect("postgres up");
+        panic!("a test fails mid-run with its stack up");
+    });
+    let outcome = task.await;
+    anyhow::ensure!(outcome.as_ref().is_err_and(|e| e.is_panic()), "the task was meant to panic: {outcome:?}");
+    let run_id = run_id_rx.await?;
+    nothing_left(&client, &run_id, "a panic").await
+}
+
+/// `harness <args>` as a user runs it; returns the report the run printed with `--json`.
+fn harness_run(name: &str, args: &[&str]) -> anyhow::Result<(std::process::Output, serde_json::Value, std::path::PathBuf)> {
+    let dir = run_dir(name);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+        .arg("--run-dir")
+        .arg(dir.join("stack"))
+        .args(args)
+        .args(["--backend", "docker", "--images", "local", "--json", "--reports-dir"])
+        .arg(dir.join("reports"))
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    Ok((out, report, dir))
+}
+
+/// The run's containers are gone once the harness exited (the run id is in the report).
+async fn run_left_nothing(client: &bollard::Docker, dir: &std::path::Path) -> anyhow::Result<()> {
+    let left = client
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(harness::orchestrator::docker::spec::label_filter(None)),
+            ..Default::default()
+        }))
+        .await?;
+    anyhow::ensure!(left.is_empty(), "containers left after the run in {}: {:?}", dir.display(), left.iter().map(|c| c.names.clone()).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_baseline_converges_on_docker_with_the_local_images() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _turn = harness::testing::stack_turn().await;
+    let client = daemon().await?;
+    let (out, report, dir) = harness_run("docker-baseline", &["baseline", "--duration", "30s"])?;
+    run_left_nothing(&client, &dir).await?;
+    anyhow::ensure!(out.status.code() == Some(0), "baseline on docker exited {:?}", out.status.code());
+    anyhow::ensure!(report["run"]["backend"] == "docker", "report says backend {}", report["run"]["backend"]);
+    anyhow::ensure!(report["run"]["image_set"] == "local", "report says image set {}", report["run"]["image_set"]);
+    anyhow::ensure!(report["summary"]["converged"] == true, "not converged: {}", report["convergence"]);
+    anyhow::ensure!(report["convergence"]["rows_compared"].as_u64().unwrap_or(0) > 0, "nothing compared");
+    // The sink in its container keeps the apply log: per-hop latency is measured.
+    anyhow::ensure!(report["pipeline"]["e2e_latency_ms"]["count"].as_u64().unwrap_or(0) > 0, "no end-to-end latency: {}", report["pipeline"]["e2e_latency_ms"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_kind_recovers_on_docker() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _turn = harness::testing::stack_turn().await;
+    let client = daemon().await?;
+    let (out, report, dir) = harness_run("docker-faults", &["run", "faults-mix", "--duration", "100s"])?;
+    run_left_nothing(&client, &dir).await?;
+    let faults = report["faults"].as_array().cloned().unwrap_or_default();
+    for fault in &faults {
+        eprintln!(
+            "fault {} {}: service recovery {} s, pipeline recovery {} s",
+            fault["kind"], fault["target"], fault["service_recovery_s"], fault["pipeline_recovery_s"]
+        );
+        anyhow::ensure!(fault["parameters"].get("error").is_none(), "fault {} {} not injected: {}", fault["kind"], fault["target"], fault["parameters"]);
+        if ["kill", "stop", "pause", "restart"].contains(&fault["kind"].as_str().unwrap_or_default()) {
+            anyhow::ensure!(fault["service_recovery_s"].is_number(), "{} {} never recovered", fault["kind"], fault["target"]);
+        }
+    }
+    let kinds: std::collections::BTreeSet<&str> = faults.iter().filter_map(|f| f["kind"].as_str()).collect();
+    for kind in ["pause", "kill", "restart", "latency", "bandwidth", "blackhole", "reset", "down", "stop", "poison"] {
+        anyhow::ensure!(kinds.contains(kind), "no {kind} fault in the report: {kinds:?}");
+    }
+    anyhow::ensure!(out.status.code() == Some(0), "faults-mix on docker exited {:?}", out.status.code());
+    anyhow::ensure!(report["summary"]["converged"] == true, "not converged: {}", report["convergence"]);
     Ok(())
 }

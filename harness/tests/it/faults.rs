@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use harness::faults::inject::apply;
 use harness::faults::{FaultKind, FaultSpec};
-use harness::orchestrator::local::LocalStack;
+use harness::orchestrator::stack::Stack;
 use harness::run::sink_metrics;
 use harness::testing::TestStack;
 use harness::verify::{VerifyOptions, verify_postgres};
@@ -38,7 +38,7 @@ fn writer(workload: Arc<Workload>, stop: Arc<AtomicBool>) -> tokio::task::JoinHa
     })
 }
 
-async fn converges(stack: &LocalStack) -> anyhow::Result<()> {
+async fn converges(stack: &Stack) -> anyhow::Result<()> {
     let options = VerifyOptions { settle: Some(Duration::from_secs(180)), load_ended: Some(Instant::now()), ..Default::default() };
     let report = verify_postgres(&stack.endpoints().postgres, &options).await?;
     assert!(report.converged, "did not converge: {:?} {:#?}", report.anomaly_counts, report.anomalies);

@@ -181,6 +181,7 @@ fn base_report() -> Report {
             git_sha: Some("3212144".into()),
             driver: "goose".into(),
             backend: "local".into(),
+            image_set: None,
             versions: BTreeMap::from([
                 ("debezium".to_string(), "3.1.2.Final".to_string()),
                 ("harness".to_string(), "0.1.0".to_string()),

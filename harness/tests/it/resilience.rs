@@ -38,11 +38,11 @@ async fn changes_survive_kill_9_of_broker_and_debezium() -> anyhow::Result<()> {
     };
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stack.stack.kill(ServiceKind::Broker);
+    stack.stack.kill(ServiceKind::Broker).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.stack.start_service(ServiceKind::Broker).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stack.stack.kill(ServiceKind::Debezium);
+    stack.stack.kill(ServiceKind::Debezium).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.stack.start_service(ServiceKind::Debezium).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;

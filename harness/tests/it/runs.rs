@@ -16,6 +16,7 @@ async fn short_baseline(reports: &std::path::Path, seed: u64) -> anyhow::Result<
         reuse: None,
         keep: false,
         reports_dir: reports.to_path_buf(),
+        stack: harness::orchestrator::stack::StackChoice::local(),
     };
     Ok(run(options).await?)
 }

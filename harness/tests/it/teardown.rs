@@ -17,7 +17,7 @@ fn assert_all_dead(handles: &[ProcessHandle]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_leaves_no_process_running() -> anyhow::Result<()> {
     let mut stack = TestStack::start("teardown", |c| c.seed.customers = 10).await?;
-    let handles: Vec<ProcessHandle> = ServiceKind::ALL.iter().filter_map(|s| stack.stack.handle(*s).cloned()).collect();
+    let handles: Vec<ProcessHandle> = ServiceKind::ALL.iter().filter_map(|s| stack.stack.as_local().expect("a local stack").handle(*s).cloned()).collect();
     assert_eq!(handles.len(), 4, "postgres, broker, debezium and sink were started");
     assert!(handles.iter().all(ProcessHandle::is_alive));
     let statuses = stack.stack.status().await?;

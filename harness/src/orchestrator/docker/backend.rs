@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -23,7 +24,10 @@ use super::images::ImageSet;
 use super::spec::{self, ConnectorHealth, ContainerSpec, HostPorts, Role, RunNames, SpecInputs};
 use super::{DockerConfig, DockerError, SINK_IMAGE, TargetKind};
 use crate::config::StackConfig;
-use crate::orchestrator::local::{broker, postgres as local_pg, sink as local_sink};
+use crate::faults::Link;
+use crate::faults::proxy::LinkFault;
+use crate::faults::proxy_server::FaultBody;
+use crate::orchestrator::local::{broker, debezium as local_debezium, postgres as local_pg, sink as local_sink};
 use crate::orchestrator::state::{self, absolute, free_port, state_err};
 use crate::orchestrator::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 
@@ -61,8 +65,13 @@ async fn remove_labelled(docker: &Docker, run_id: Option<&str>) -> Result<(usize
         .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() }))
         .await
         .map_err(|e| DockerError::from_bollard("list containers", &target, e))?;
+    // Pod members first: their proxy holds the network namespace they joined.
+    let is_proxy = |c: &bollard::models::ContainerSummary| {
+        c.labels.as_ref().and_then(|l| l.get(spec::LABEL_ROLE)).and_then(|r| Role::from_alias(r)).is_some_and(Role::is_proxy)
+    };
+    let (proxies, members): (Vec<_>, Vec<_>) = containers.into_iter().partition(is_proxy);
     let mut removed = 0;
-    for container in containers {
+    for container in members.into_iter().chain(proxies) {
         let Some(id) = container.id else { continue };
         match docker.remove_container(&id, Some(RemoveContainerOptions { force: true, v: true, ..Default::default() })).await {
             Ok(()) => removed += 1,
@@ -159,6 +168,34 @@ pub struct DockerStack {
     state: DockerState,
     /// Log followers of containers started by this process, by role.
     followers: BTreeMap<Role, JoinHandle<()>>,
+    /// Host pid of each service's main container, refreshed at every start (CPU and
+    /// memory sampling reads /proc by it).
+    pids: Arc<std::sync::Mutex<BTreeMap<ServiceKind, i32>>>,
+    /// Left running when dropped (`up`, `--keep`, a reused stack); otherwise a drop
+    /// without `down` (an error, a panic, Ctrl-C) removes the run's containers.
+    detached: bool,
+}
+
+impl Drop for DockerStack {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        // Async daemon calls cannot run in drop: a thread with its own runtime does them.
+        let run_id = self.state.run_id.clone();
+        let removal = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let docker = connect().await.ok()?;
+                remove_labelled(&docker, Some(&run_id)).await.ok()
+            })
+        });
+        match removal.join() {
+            Ok(Some((containers, _))) if containers > 0 => eprintln!("docker: removed the {containers} containers of run {}", self.state.run_id),
+            Ok(Some(_)) => {}
+            _ => eprintln!("docker: could not remove the containers of run {}; `harness down --all` sweeps them", self.state.run_id),
+        }
+    }
 }
 
 fn unavailable(e: DockerError) -> ServiceError {
@@ -191,12 +228,18 @@ impl DockerStack {
                     sink_http: free_port()?,
                     prometheus: free_port()?,
                     grafana: free_port()?,
+                    connect_proxy: free_port()?,
+                    sink_proxy: free_port()?,
                 },
                 password: Secret::generate(),
                 snapshot_done: false,
             },
         };
-        Ok(Self { docker, names: RunNames::new(state.run_id.clone()), run_dir, state, followers: BTreeMap::new() })
+        Ok(Self::with_state(docker, run_dir, state))
+    }
+
+    fn with_state(docker: Docker, run_dir: PathBuf, state: DockerState) -> Self {
+        Self { docker, names: RunNames::new(state.run_id.clone()), run_dir, state, followers: BTreeMap::new(), pids: Arc::default(), detached: false }
     }
 
     /// The stack a previous `up` left in `run_dir`, if any.
@@ -206,7 +249,43 @@ impl DockerStack {
             return Ok(None);
         };
         let docker = connect().await.map_err(unavailable)?;
-        Ok(Some(Self { docker, names: RunNames::new(state.run_id.clone()), run_dir, state, followers: BTreeMap::new() }))
+        Ok(Some(Self::with_state(docker, run_dir, state)))
+    }
+
+    /// Leaves the containers running when this value is dropped.
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
+
+    /// Never removes the containers, whatever happens to this value (`--reuse`).
+    pub fn borrow_only(&mut self) {
+        self.detached = true;
+    }
+
+    /// The container that is `service` itself (not its pod proxy or MongoDB).
+    fn main_role(&self, service: ServiceKind) -> Role {
+        Role::for_service(service, &self.state.docker).last().copied().unwrap_or(Role::Sink)
+    }
+
+    pub async fn kill(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        self.inject(self.main_role(service), &Fault::Kill).await
+    }
+
+    pub async fn stop(&mut self, service: ServiceKind, grace: Duration) -> Result<(), ServiceError> {
+        self.inject(self.main_role(service), &Fault::Stop { grace }).await
+    }
+
+    pub async fn pause(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        self.inject(self.main_role(service), &Fault::Pause).await
+    }
+
+    pub async fn resume(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        self.inject(self.main_role(service), &Fault::Unpause).await
+    }
+
+    /// Which images the stack runs (`upstream` or `local`), for the report.
+    pub fn image_set(&self) -> ImageSet {
+        self.state.docker.image_set
     }
 
     pub fn run_id(&self) -> &str {
@@ -229,7 +308,10 @@ impl DockerStack {
                 target_db: local_pg::TARGET_DB.into(),
             },
             kafka: format!("127.0.0.1:{}", p.kafka),
-            debezium_status: format!("http://127.0.0.1:{}/connectors/{}/status", p.connect, spec::CONNECTOR_NAME),
+            debezium_status: match self.state.docker.image_set {
+                ImageSet::Local => format!("http://127.0.0.1:{}/status", p.connect),
+                ImageSet::Upstream => format!("http://127.0.0.1:{}/connectors/{}/status", p.connect, spec::CONNECTOR_NAME),
+            },
             sink_http: format!("http://127.0.0.1:{}", p.sink_http),
         }
     }
@@ -256,7 +338,7 @@ impl DockerStack {
     }
 
     fn roles(&self) -> Vec<Role> {
-        let mut roles: Vec<Role> = self.services().into_iter().flat_map(|s| Role::for_service(s, self.state.docker.target)).collect();
+        let mut roles: Vec<Role> = self.services().into_iter().flat_map(|s| Role::for_service(s, &self.state.docker)).collect();
         if self.state.docker.observability {
             roles.extend(Role::OBSERVABILITY);
         }
@@ -264,7 +346,11 @@ impl DockerStack {
     }
 
     fn spec(&self, role: Role) -> ContainerSpec {
-        spec::container_spec(role, &SpecInputs { config: &self.state.docker, ports: &self.state.ports, pg_password: self.state.password.expose() })
+        let user = format!("{}:{}", nix::unistd::geteuid(), nix::unistd::getegid());
+        spec::container_spec(
+            role,
+            &SpecInputs { config: &self.state.docker, ports: &self.state.ports, pg_password: self.state.password.expose(), run_dir: &self.run_dir, user },
+        )
     }
 
     fn save(&self) -> Result<(), ServiceError> {
@@ -435,7 +521,11 @@ impl DockerStack {
         self.save()?;
         self.ensure_network().await.map_err(start_err)?;
         let endpoints = self.endpoints();
-        for role in Role::for_service(service, self.state.docker.target) {
+        let pods = self.state.docker.image_set == ImageSet::Local;
+        if pods {
+            self.configure_pod_service(service)?;
+        }
+        for role in Role::for_service(service, &self.state.docker) {
             self.start_container(role).await.map_err(start_err)?;
             let timeout = match role {
                 Role::Connect => Duration::from_secs(180),
@@ -462,6 +552,13 @@ impl DockerStack {
                 }
                 broker::create_topics(&endpoints.kafka, &spec::topics(), self.state.config.partitions).await?;
             }
+            ServiceKind::Debezium if pods => {
+                let require_snapshot = !self.state.snapshot_done && self.state.config.seed.customers > 0;
+                let url = endpoints.debezium_status.clone();
+                wait_until(service, Duration::from_secs(180), self.log_path(Role::Connect), || launcher_ready(url.clone(), require_snapshot)).await?;
+                self.state.snapshot_done = true;
+                self.save()?;
+            }
             ServiceKind::Debezium => {
                 self.register_connector().await?;
                 let require_snapshot = !self.state.snapshot_done && self.state.config.seed.customers > 0;
@@ -480,6 +577,96 @@ impl DockerStack {
                 })
                 .await?;
             }
+        }
+        self.record_pid(service).await;
+        Ok(())
+    }
+
+    /// The local set's Debezium and sink read the same files the local backend writes,
+    /// from the run folder: the launcher's properties (offsets beside them, so a restart
+    /// resumes) and sink.toml. Inside the pod, the broker is at its advertised address and
+    /// PostgreSQL at 127.0.0.1:5432, both through the pod's fault proxy.
+    fn configure_pod_service(&self, service: ServiceKind) -> Result<(), ServiceError> {
+        let kafka = format!("127.0.0.1:{}", self.state.ports.kafka);
+        let pg = PgEndpoint { host: "127.0.0.1".into(), port: spec::POSTGRES_PORT, ..self.endpoints().postgres };
+        match service {
+            ServiceKind::Debezium => {
+                let host_dir = self.run_dir.join("debezium");
+                let layout = local_debezium::DebeziumLayout {
+                    properties: host_dir.join("launcher.properties"),
+                    offsets: Path::new(spec::DEBEZIUM_DIR).join("offsets.dat"),
+                    log: self.log_path(Role::Connect),
+                    dir: host_dir,
+                };
+                let settings = local_debezium::DebeziumSettings {
+                    poll_interval_ms: self.state.config.debezium_poll_interval_ms,
+                    status_port: spec::CONNECT_PORT,
+                    status_address: "0.0.0.0",
+                };
+                local_debezium::configure(&layout, &pg, &kafka, &settings)
+            }
+            ServiceKind::Sink => {
+                let layout = local_sink::SinkLayout::new(&self.run_dir);
+                local_sink::configure(&layout, &pg, &kafka, &format!("0.0.0.0:{}", spec::SINK_HTTP_PORT))
+            }
+            ServiceKind::Postgres | ServiceKind::Broker => Ok(()),
+        }
+    }
+
+    /// Notes the host pid of the service's main container for the sampler.
+    async fn record_pid(&self, service: ServiceKind) {
+        let Some(main) = Role::for_service(service, &self.state.docker).last().copied() else { return };
+        let name = self.names.container(main);
+        let pid = self.docker.inspect_container(&name, None::<InspectContainerOptions>).await.ok().and_then(|i| i.state?.pid).filter(|p| *p > 0);
+        let mut pids = self.pids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match pid.and_then(|p| i32::try_from(p).ok()) {
+            Some(pid) => pids.insert(service, pid),
+            None => pids.remove(&service),
+        };
+    }
+
+    /// Each service's main container pid as the sampler asks for it every second.
+    pub fn leader_resolver(&self) -> impl Fn() -> Vec<(String, i32)> + Send + Sync + 'static {
+        let pids = self.pids.clone();
+        move || pids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().map(|(s, p)| (s.name().to_string(), *p)).collect()
+    }
+
+    /// Healthy: running and passing its readiness probe.
+    pub async fn is_healthy(&self, service: ServiceKind) -> bool {
+        self.check(service).await.state == ServiceState::Healthy
+    }
+
+    /// The control URLs of the pod proxies that carry `link`.
+    fn link_controls(&self, link: Link) -> Result<Vec<String>, ServiceError> {
+        if self.state.docker.image_set != ImageSet::Local {
+            return Err(ServiceError::Start {
+                service: ServiceKind::Broker,
+                reason: format!("link faults ({}) run through the local image set's pod proxies: use --images local", link.name()),
+            });
+        }
+        let url = |port: u16| format!("http://127.0.0.1:{port}/links/{}", link.name());
+        let p = &self.state.ports;
+        Ok(match link {
+            Link::Broker => vec![url(p.connect_proxy), url(p.sink_proxy)],
+            Link::DebeziumPostgres => vec![url(p.connect_proxy)],
+            Link::SinkTarget => vec![url(p.sink_proxy)],
+        })
+    }
+
+    /// Sets `fault` on `link` in every pod proxy that carries it.
+    pub async fn set_link(&self, link: Link, fault: LinkFault) -> Result<(), ServiceError> {
+        let body = FaultBody::from(fault);
+        for url in self.link_controls(link)? {
+            control_call(reqwest::Client::new().put(&url).json(&body), &url).await?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the open connections of `link` once.
+    pub async fn reset_link(&self, link: Link) -> Result<(), ServiceError> {
+        for url in self.link_controls(link)? {
+            let url = format!("{url}/reset");
+            control_call(reqwest::Client::new().post(&url), &url).await?;
         }
         Ok(())
     }
@@ -534,7 +721,7 @@ impl DockerStack {
 
     async fn check(&self, service: ServiceKind) -> ServiceStatus {
         let endpoints = self.endpoints();
-        let roles = Role::for_service(service, self.state.docker.target);
+        let roles = Role::for_service(service, &self.state.docker);
         let main = *roles.last().unwrap_or(&Role::Sink);
         let endpoint = match service {
             ServiceKind::Postgres => endpoints.postgres.display(&endpoints.postgres.source_db),
@@ -570,6 +757,7 @@ impl DockerStack {
                 Err(e) => Err(e.to_string()),
             },
             ServiceKind::Broker => kafka_metadata(endpoints.kafka.clone()).await,
+            ServiceKind::Debezium if self.state.docker.image_set == ImageSet::Local => launcher_ready(endpoints.debezium_status.clone(), false).await,
             ServiceKind::Debezium => connector_ready(format!("http://127.0.0.1:{}", self.state.ports.connect), endpoints.postgres.clone(), false).await,
             ServiceKind::Sink => local_sink::is_ready(&endpoints.sink_http).await,
         };
@@ -688,6 +876,26 @@ fn service_of(role: Role) -> ServiceKind {
         Role::Kafka => ServiceKind::Broker,
         Role::Connect => ServiceKind::Debezium,
         _ => ServiceKind::Sink,
+    }
+}
+
+/// One call to a pod proxy's control API.
+async fn control_call(request: reqwest::RequestBuilder, url: &str) -> Result<(), ServiceError> {
+    let fail = |reason: String| ServiceError::Start { service: ServiceKind::Broker, reason: format!("fault proxy {url}: {reason}") };
+    let response = request.timeout(Duration::from_secs(5)).send().await.map_err(|e| fail(e.to_string()))?;
+    if response.status().is_success() { Ok(()) } else { Err(fail(format!("answered {}", response.status()))) }
+}
+
+/// The launcher streams and, on the first start, finished its snapshot.
+async fn launcher_ready(url: String, require_snapshot: bool) -> Result<(), String> {
+    let status = local_debezium::fetch_status(&url).await?;
+    if status.state == "failed" {
+        return Err(format!("launcher failed: {}", status.last_error.unwrap_or_default()));
+    }
+    if status.streaming_connected && (status.snapshot_completed || status.snapshot_skipped || !require_snapshot) {
+        Ok(())
+    } else {
+        Err(format!("state {}, snapshot_completed {}, streaming_connected {}", status.state, status.snapshot_completed, status.streaming_connected))
     }
 }
 

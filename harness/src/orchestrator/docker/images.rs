@@ -48,6 +48,15 @@ pub struct LocalImages {
     pub broker: String,
     pub debezium: String,
     pub sink: String,
+    /// The pods' fault proxy: the harness binary running `fault-proxy`.
+    pub proxy: String,
+}
+
+impl LocalImages {
+    /// (role, tag) of every image, base first.
+    pub fn all(&self) -> [(&'static str, &str); 6] {
+        [("base", &self.base), ("postgres", &self.postgres), ("broker", &self.broker), ("debezium", &self.debezium), ("sink", &self.sink), ("proxy", &self.proxy)]
+    }
 }
 
 /// Where the inputs of the local images come from (all provisioned by the harness).
@@ -56,10 +65,41 @@ pub struct LocalInputs {
     pub tansu: PathBuf,
     pub debezium_libs: PathBuf,
     pub sink: PathBuf,
+    /// The harness binary (the proxy image runs its `fault-proxy`).
+    pub harness: PathBuf,
+}
+
+impl LocalInputs {
+    /// Provisions what the images are built from (tansu, the Debezium jars, the sink) and
+    /// names the harness binary: `HARNESS_BIN`, else this executable when it is the harness.
+    pub async fn provision() -> Result<Self, ImageError> {
+        let tools = tokio::task::spawn_blocking(|| crate::provision::Provisioned::provision(true))
+            .await
+            .map_err(|e| ImageError::Io { path: PathBuf::from("provision"), source: std::io::Error::other(e.to_string()) })?
+            .map_err(|e| ImageError::Provision(e.to_string()))?;
+        let harness = match std::env::var_os("HARNESS_BIN") {
+            Some(bin) => PathBuf::from(bin),
+            None => {
+                let exe = std::env::current_exe().map_err(io_err(Path::new("current executable")))?;
+                if exe.file_stem().is_some_and(|s| s == "harness") {
+                    exe
+                } else {
+                    return Err(ImageError::Provision(format!(
+                        "the proxy image is built from the harness binary, and {} is not it: set HARNESS_BIN",
+                        exe.display()
+                    )));
+                }
+            }
+        };
+        let sink = tools.sink.ok_or_else(|| ImageError::Provision("the sink binary was not provisioned".into()))?;
+        Ok(Self { tansu: tools.tansu, debezium_libs: tools.debezium_libs, sink, harness })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    #[error("provisioning the local images' inputs: {0}")]
+    Provision(String),
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error("the local base image needs {what}: {hint}")]
@@ -90,6 +130,9 @@ struct Context {
 enum ContextFile {
     Bytes(Vec<u8>),
     Path(PathBuf),
+    /// An executable sent without its debug info (`strip --strip-debug`, when present):
+    /// a debug harness binary is mostly DWARF. The tag hashes the file as given.
+    Stripped(PathBuf),
 }
 
 impl Context {
@@ -107,6 +150,11 @@ impl Context {
         self
     }
 
+    fn stripped(mut self, name: &str, path: &Path) -> Self {
+        self.files.insert(name.into(), ContextFile::Stripped(path.to_path_buf()));
+        self
+    }
+
     /// Hash of the Dockerfile and every file's name and content: the image's tag.
     fn digest(&self) -> Result<String, ImageError> {
         let mut hasher = Sha256::new();
@@ -115,7 +163,7 @@ impl Context {
             hasher.update(name.as_bytes());
             match file {
                 ContextFile::Bytes(b) => hasher.update(b),
-                ContextFile::Path(p) => hash_tree(p, &mut hasher)?,
+                ContextFile::Path(p) | ContextFile::Stripped(p) => hash_tree(p, &mut hasher)?,
             }
         }
         Ok(hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect())
@@ -145,10 +193,23 @@ impl Context {
                 ContextFile::Bytes(b) => add_bytes(&mut builder, name, b, 0o755)?,
                 ContextFile::Path(p) if p.is_dir() => builder.append_dir_all(name, p).map_err(io_err(p))?,
                 ContextFile::Path(p) => builder.append_path_with_name(p, name).map_err(io_err(p))?,
+                ContextFile::Stripped(p) => match strip_debug(p) {
+                    Some(bytes) => add_bytes(&mut builder, name, &bytes, 0o755)?,
+                    None => builder.append_path_with_name(p, name).map_err(io_err(p))?,
+                },
             }
         }
         builder.into_inner().map_err(io_err(Path::new("context")))
     }
+}
+
+/// `path` without debug info, or None when `strip` is missing or fails.
+fn strip_debug(path: &Path) -> Option<Vec<u8>> {
+    let out = std::env::temp_dir().join(format!("cdc-harness-strip-{}", std::process::id()));
+    let status = Command::new("strip").arg("--strip-debug").arg("-o").arg(&out).arg(path).stderr(Stdio::null()).status().ok()?;
+    let bytes = status.success().then(|| std::fs::read(&out).ok()).flatten();
+    let _ = std::fs::remove_file(&out);
+    bytes
 }
 
 /// Feeds `path` (a file, or a directory's files in name order) into the hash.
@@ -184,13 +245,21 @@ fn contexts(inputs: &LocalInputs, base: &str) -> Vec<Context> {
         Context::new("sink", include_str!("../../../../docker/local/sink/Dockerfile"), base)
             .path("sink", &inputs.sink)
             .bytes("sink.toml", include_str!("../../../../docker/sink/sink.toml")),
+        Context::new("proxy", include_str!("../../../../docker/local/proxy/Dockerfile"), base).stripped("harness", &inputs.harness),
     ]
 }
 
 /// The tags the local set has for these inputs (whether built or not).
 pub fn local_tags(inputs: &LocalInputs) -> Result<LocalImages, ImageError> {
     let tags: Vec<String> = contexts(inputs, BASE_IMAGE).iter().map(Context::tag).collect::<Result<_, _>>()?;
-    Ok(LocalImages { base: BASE_IMAGE.into(), postgres: tags[0].clone(), broker: tags[1].clone(), debezium: tags[2].clone(), sink: tags[3].clone() })
+    Ok(LocalImages {
+        base: BASE_IMAGE.into(),
+        postgres: tags[0].clone(),
+        broker: tags[1].clone(),
+        debezium: tags[2].clone(),
+        sink: tags[3].clone(),
+        proxy: tags[4].clone(),
+    })
 }
 
 async fn exists(docker: &Docker, image: &str) -> Result<bool, DockerError> {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use backend::{DockerStack, Fault, connect, remove_all_labelled, run_containers};
 
 /// Which database the sink materializes into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     /// The `sink` database of the PostgreSQL container (what `harness verify` compares by default).
@@ -40,6 +40,9 @@ pub struct Images {
     /// `cdc-sink:local`, built from this workspace's Dockerfile (`docker build -t cdc-sink:local .`);
     /// never pulled.
     pub sink: String,
+    /// The local set's pod proxy (`harness fault-proxy`), built by `harness provision
+    /// --images local`; never pulled.
+    pub proxy: String,
     /// `otel/opentelemetry-collector-contrib:0.139.0` (contrib: filelog receiver and Loki-bound OTLP).
     pub otel_collector: String,
     /// `grafana/tempo:2.9.0`.
@@ -60,6 +63,7 @@ impl Default for Images {
             connect: "quay.io/debezium/connect:3.3".into(),
             mongo: "mongo:8".into(),
             sink: SINK_IMAGE.into(),
+            proxy: "cdc-harness/proxy:local".into(),
             otel_collector: "otel/opentelemetry-collector-contrib:0.139.0".into(),
             tempo: "grafana/tempo:2.9.0".into(),
             loki: "grafana/loki:3.5.7".into(),
@@ -73,7 +77,14 @@ impl Images {
     /// The upstream references with every role the local set builds replaced by its image
     /// (MongoDB and the observability stack have none).
     pub fn with_local(local: &images::LocalImages) -> Self {
-        Self { postgres: local.postgres.clone(), kafka: local.broker.clone(), connect: local.debezium.clone(), sink: local.sink.clone(), ..Self::default() }
+        Self {
+            postgres: local.postgres.clone(),
+            kafka: local.broker.clone(),
+            connect: local.debezium.clone(),
+            sink: local.sink.clone(),
+            proxy: local.proxy.clone(),
+            ..Self::default()
+        }
     }
 }
 

@@ -33,6 +33,10 @@ pub const MONGO_PORT: u16 = 27017;
 pub const SINK_HTTP_PORT: u16 = 9095;
 pub const PROMETHEUS_PORT: u16 = 9090;
 pub const GRAFANA_PORT: u16 = 3000;
+/// The control API of a pod's fault proxy (`harness fault-proxy --control`).
+pub const PROXY_CONTROL_PORT: u16 = 7070;
+/// Where the local set's Debezium container mounts its folder of the run.
+pub const DEBEZIUM_DIR: &str = "/var/lib/debezium";
 
 /// One container of the stack. `alias` is its DNS name on the run's network, the same
 /// names docker-compose.yml uses, so the observability configs work in both.
@@ -43,6 +47,10 @@ pub enum Role {
     Connect,
     Mongo,
     Sink,
+    /// The local set's pods: the fault proxy owning Debezium's (the sink's) network
+    /// namespace, its published ports and its links to the broker and PostgreSQL.
+    ConnectProxy,
+    SinkProxy,
     OtelCollector,
     Tempo,
     Loki,
@@ -60,6 +68,8 @@ impl Role {
             Self::Connect => "connect",
             Self::Mongo => "mongo",
             Self::Sink => "sink",
+            Self::ConnectProxy => "connect-proxy",
+            Self::SinkProxy => "sink-proxy",
             Self::OtelCollector => "otel-collector",
             Self::Tempo => "tempo",
             Self::Loki => "loki",
@@ -69,21 +79,52 @@ impl Role {
     }
 
     pub fn from_alias(alias: &str) -> Option<Self> {
-        [Self::Postgres, Self::Kafka, Self::Connect, Self::Mongo, Self::Sink, Self::OtelCollector, Self::Tempo, Self::Loki, Self::Prometheus, Self::Grafana]
-            .into_iter()
+        [
+            Self::Postgres,
+            Self::Kafka,
+            Self::Connect,
+            Self::Mongo,
+            Self::Sink,
+            Self::ConnectProxy,
+            Self::SinkProxy,
+            Self::OtelCollector,
+            Self::Tempo,
+            Self::Loki,
+            Self::Prometheus,
+            Self::Grafana,
+        ]
+        .into_iter()
             .find(|r| r.alias() == alias)
     }
 
-    /// The roles that make up a pipeline service, in start order (`ServiceKind` has no
-    /// MongoDB: it belongs to the sink's side of the pipeline).
-    pub fn for_service(service: ServiceKind, target: TargetKind) -> Vec<Role> {
+    /// The roles that make up a pipeline service, in start order; the last one is the
+    /// service itself (`ServiceKind` has no MongoDB: it belongs to the sink's side). On the
+    /// local set Debezium and the sink run as pods behind their fault proxy.
+    pub fn for_service(service: ServiceKind, config: &DockerConfig) -> Vec<Role> {
+        let pods = config.image_set == ImageSet::Local;
         match service {
             ServiceKind::Postgres => vec![Self::Postgres],
             ServiceKind::Broker => vec![Self::Kafka],
+            ServiceKind::Debezium if pods => vec![Self::ConnectProxy, Self::Connect],
             ServiceKind::Debezium => vec![Self::Connect],
-            ServiceKind::Sink if target == TargetKind::Mongodb => vec![Self::Mongo, Self::Sink],
+            ServiceKind::Sink if config.target == TargetKind::Mongodb => vec![Self::Mongo, Self::Sink],
+            ServiceKind::Sink if pods => vec![Self::SinkProxy, Self::Sink],
             ServiceKind::Sink => vec![Self::Sink],
         }
+    }
+
+    /// The container whose network namespace this role joins, when it runs in a pod.
+    pub fn pod(self, config: &DockerConfig) -> Option<Role> {
+        match self {
+            Self::Connect if config.image_set == ImageSet::Local => Some(Self::ConnectProxy),
+            Self::Sink if config.image_set == ImageSet::Local => Some(Self::SinkProxy),
+            _ => None,
+        }
+    }
+
+    /// Removed after every other container: pod members hold their namespace.
+    pub fn is_proxy(self) -> bool {
+        matches!(self, Self::ConnectProxy | Self::SinkProxy)
     }
 
     /// This role's image, from the config.
@@ -94,6 +135,7 @@ impl Role {
             Self::Connect => &images.connect,
             Self::Mongo => &images.mongo,
             Self::Sink => &images.sink,
+            Self::ConnectProxy | Self::SinkProxy => &images.proxy,
             Self::OtelCollector => &images.otel_collector,
             Self::Tempo => &images.tempo,
             Self::Loki => &images.loki,
@@ -190,6 +232,11 @@ pub struct ContainerSpec {
     pub binds: Vec<String>,
     /// NET_ADMIN lets `tc netem` shape the container's interface for latency faults.
     pub net_admin: bool,
+    /// Joins this container's network namespace (`network_mode: container:<name>`): no
+    /// network, alias, hostname or ports of its own.
+    pub pod: Option<Role>,
+    /// `uid:gid` to run as (files it writes into a bind mount belong to the user).
+    pub user: Option<String>,
 }
 
 impl ContainerSpec {
@@ -203,6 +250,8 @@ impl ContainerSpec {
             ports: Vec::new(),
             binds: Vec::new(),
             net_admin: false,
+            pod: None,
+            user: None,
         }
     }
 
@@ -218,6 +267,22 @@ impl ContainerSpec {
             .iter()
             .map(|(container, host)| (port_key(*container), Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(host.to_string()) }])))
             .collect();
+        if let Some(pod) = self.pod {
+            return ContainerCreateBody {
+                image: Some(self.image.clone()),
+                env: Some(self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+                cmd: (!self.cmd.is_empty()).then(|| self.cmd.clone()),
+                healthcheck: self.health.as_ref().map(HealthCheck::to_config),
+                labels: Some(names.labels(Some(self.role))),
+                user: self.user.clone(),
+                host_config: Some(HostConfig {
+                    network_mode: Some(format!("container:{}", names.container(pod))),
+                    binds: (!self.binds.is_empty()).then(|| self.binds.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+        }
         let endpoint = EndpointSettings { aliases: Some(vec![self.role.alias().to_string()]), ..Default::default() };
         ContainerCreateBody {
             image: Some(self.image.clone()),
@@ -227,6 +292,7 @@ impl ContainerSpec {
             healthcheck: self.health.as_ref().map(HealthCheck::to_config),
             exposed_ports: Some(self.ports.iter().map(|(c, _)| port_key(*c)).collect()),
             labels: Some(names.labels(Some(self.role))),
+            user: self.user.clone(),
             host_config: Some(HostConfig {
                 network_mode: Some(names.network()),
                 port_bindings: Some(port_bindings),
@@ -250,6 +316,11 @@ pub struct HostPorts {
     pub sink_http: u16,
     pub prometheus: u16,
     pub grafana: u16,
+    /// Control APIs of the local set's pod proxies.
+    #[serde(default)]
+    pub connect_proxy: u16,
+    #[serde(default)]
+    pub sink_proxy: u16,
 }
 
 /// Inputs of the container specs that vary per run.
@@ -259,6 +330,11 @@ pub struct SpecInputs<'a> {
     pub ports: &'a HostPorts,
     /// PostgreSQL superuser password (the sink and Connect receive it via env/config).
     pub pg_password: &'a str,
+    /// The run folder on the host: the local set's Debezium and sink mount their
+    /// configuration (and Debezium its offsets) from it.
+    pub run_dir: &'a std::path::Path,
+    /// `uid:gid` of the harness, for containers that write into the run folder.
+    pub user: String,
 }
 
 pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
@@ -325,6 +401,45 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
             )));
             spec.ports = vec![(KAFKA_EXTERNAL_PORT, ports.kafka)];
             spec.net_admin = true;
+            spec
+        }
+        Role::ConnectProxy | Role::SinkProxy => {
+            // Inside the pod the service reaches the broker at the address tansu
+            // advertises (127.0.0.1:<published port>) and PostgreSQL at 127.0.0.1:5432.
+            let (link, service_port, host_port, control) = match role {
+                Role::ConnectProxy => ("debezium-postgres", CONNECT_PORT, ports.connect, ports.connect_proxy),
+                _ => ("sink-target", SINK_HTTP_PORT, ports.sink_http, ports.sink_proxy),
+            };
+            let mut spec = base.env("HARNESS_LOG", "warn");
+            spec.cmd = vec![
+                "--link".into(),
+                format!("broker={}=kafka:{KAFKA_EXTERNAL_PORT}", ports.kafka),
+                "--link".into(),
+                format!("{link}={POSTGRES_PORT}=postgres:{POSTGRES_PORT}"),
+                "--control".into(),
+                format!("0.0.0.0:{PROXY_CONTROL_PORT}"),
+            ];
+            spec.health = Some(HealthCheck::shell(&format!("bash -c '</dev/tcp/127.0.0.1/{PROXY_CONTROL_PORT}'")));
+            spec.ports = vec![(PROXY_CONTROL_PORT, control), (service_port, host_port)];
+            spec
+        }
+        Role::Connect if inputs.config.image_set == ImageSet::Local => {
+            // The embedded-engine launcher; its properties and offsets live in the run
+            // folder (written by the backend before the start), so a restart resumes.
+            let mut spec = base.env(crate::orchestrator::local::debezium::PASSWORD_ENV, inputs.pg_password);
+            spec.cmd = vec![format!("{DEBEZIUM_DIR}/launcher.properties")];
+            spec.binds = vec![format!("{}:{DEBEZIUM_DIR}", inputs.run_dir.join("debezium").display())];
+            spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://127.0.0.1:{CONNECT_PORT}/status >/dev/null")));
+            spec.pod = Some(Role::ConnectProxy);
+            spec.user = Some(inputs.user.clone());
+            spec
+        }
+        Role::Sink if inputs.config.image_set == ImageSet::Local => {
+            // The same sink.toml the local backend writes, mounted over the image's.
+            let mut spec = base.env("SINK__TARGET__PASSWORD", inputs.pg_password);
+            spec.binds = vec![format!("{}:/etc/sink/sink.toml:ro", inputs.run_dir.join("sink").join("sink.toml").display())];
+            spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://127.0.0.1:{SINK_HTTP_PORT}/readyz >/dev/null")));
+            spec.pod = Some(Role::SinkProxy);
             spec
         }
         Role::Connect => {
@@ -532,11 +647,21 @@ mod tests {
     use super::*;
 
     fn inputs_with<'a>(config: &'a DockerConfig, ports: &'a HostPorts) -> SpecInputs<'a> {
-        SpecInputs { config, ports, pg_password: "pw" }
+        SpecInputs { config, ports, pg_password: "pw", run_dir: std::path::Path::new("/runs/r1"), user: "1000:1000".into() }
     }
 
     fn ports() -> HostPorts {
-        HostPorts { postgres: 15432, kafka: 19092, connect: 18083, mongo: 27018, sink_http: 19095, prometheus: 19090, grafana: 13000 }
+        HostPorts {
+            postgres: 15432,
+            kafka: 19092,
+            connect: 18083,
+            mongo: 27018,
+            sink_http: 19095,
+            prometheus: 19090,
+            grafana: 13000,
+            connect_proxy: 17070,
+            sink_proxy: 17071,
+        }
     }
 
     fn env_of(body: &ContainerCreateBody) -> Vec<String> {
@@ -609,6 +734,7 @@ mod tests {
             broker: "cdc-harness/broker:2".into(),
             debezium: "cdc-harness/debezium:3".into(),
             sink: "cdc-harness/sink:4".into(),
+            proxy: "cdc-harness/proxy:5".into(),
         };
         let config = DockerConfig { images: Images::with_local(&local), image_set: ImageSet::Local, ..DockerConfig::default() };
         let ports = ports();
@@ -620,6 +746,61 @@ mod tests {
         let pg = container_spec(Role::Postgres, &inputs_with(&config, &ports)).create_body(&RunNames::new("r"));
         assert_eq!(pg.image.as_deref(), Some("cdc-harness/postgres:1"));
         assert_eq!(config.images.mongo, Images::default().mongo, "no local MongoDB image");
+    }
+
+    fn local_set() -> DockerConfig {
+        let mut images = Images::default();
+        images.proxy = "cdc-harness/proxy:5".into();
+        DockerConfig { images, image_set: ImageSet::Local, target: TargetKind::Postgres, ..DockerConfig::default() }
+    }
+
+    #[test]
+    fn on_the_local_set_debezium_and_the_sink_run_as_pods_behind_their_fault_proxy() {
+        let config = local_set();
+        let ports = ports();
+        let names = RunNames::new("r1");
+        assert_eq!(Role::for_service(ServiceKind::Debezium, &config), vec![Role::ConnectProxy, Role::Connect]);
+        assert_eq!(Role::for_service(ServiceKind::Sink, &config), vec![Role::SinkProxy, Role::Sink]);
+        for (member, proxy, link, service_port, host_port, control) in [
+            (Role::Connect, Role::ConnectProxy, "debezium-postgres", CONNECT_PORT, ports.connect, ports.connect_proxy),
+            (Role::Sink, Role::SinkProxy, "sink-target", SINK_HTTP_PORT, ports.sink_http, ports.sink_proxy),
+        ] {
+            let body = container_spec(member, &inputs_with(&config, &ports)).create_body(&names);
+            let host = body.host_config.clone().unwrap();
+            assert_eq!(host.network_mode.as_deref(), Some(format!("container:cdc-r1-{}", proxy.alias()).as_str()), "{member:?}");
+            assert!(host.port_bindings.is_none() && body.networking_config.is_none() && body.hostname.is_none(), "{member:?} owns no network");
+            assert_eq!(body.labels.unwrap()[LABEL_ROLE], member.alias());
+
+            let proxy_body = container_spec(proxy, &inputs_with(&config, &ports)).create_body(&names);
+            assert_eq!(proxy_body.image.as_deref(), Some("cdc-harness/proxy:5"));
+            let cmd = proxy_body.cmd.clone().unwrap().join(" ");
+            // The broker at the address tansu advertises, PostgreSQL at its usual port.
+            assert!(cmd.contains(&format!("--link broker={}=kafka:9092", ports.kafka)), "{cmd}");
+            assert!(cmd.contains(&format!("--link {link}=5432=postgres:5432")), "{cmd}");
+            let bindings = proxy_body.host_config.unwrap().port_bindings.unwrap();
+            assert_eq!(bindings[&format!("{PROXY_CONTROL_PORT}/tcp")].as_ref().unwrap()[0].host_port, Some(control.to_string()));
+            assert_eq!(bindings[&format!("{service_port}/tcp")].as_ref().unwrap()[0].host_port, Some(host_port.to_string()));
+            assert!(proxy.is_proxy() && !member.is_proxy());
+        }
+        let debezium = container_spec(Role::Connect, &inputs_with(&config, &ports)).create_body(&names);
+        assert_eq!(debezium.binds().first().map(String::as_str), Some("/runs/r1/debezium:/var/lib/debezium"));
+        assert_eq!(debezium.user.as_deref(), Some("1000:1000"), "offsets written as the harness's user");
+        assert!(env_of(&debezium).contains(&"CDC_PG_PASSWORD=pw".to_string()));
+        let sink = container_spec(Role::Sink, &inputs_with(&config, &ports)).create_body(&names);
+        assert_eq!(sink.binds().first().map(String::as_str), Some("/runs/r1/sink/sink.toml:/etc/sink/sink.toml:ro"));
+        // Upstream images keep Kafka's internal listener: no pods there.
+        assert_eq!(Role::for_service(ServiceKind::Debezium, &DockerConfig::default()), vec![Role::Connect]);
+        assert_eq!(Role::Connect.pod(&DockerConfig::default()), None);
+    }
+
+    trait Binds {
+        fn binds(&self) -> Vec<String>;
+    }
+
+    impl Binds for ContainerCreateBody {
+        fn binds(&self) -> Vec<String> {
+            self.host_config.as_ref().and_then(|h| h.binds.clone()).unwrap_or_default()
+        }
     }
 
     #[test]
@@ -635,8 +816,8 @@ mod tests {
         assert!(env.contains(&"SINK__TARGET__KIND=postgres".to_string()));
         assert!(env.contains(&"SINK__TARGET__PASSWORD=pw".to_string()));
         assert!(env.contains(&"SINK__KAFKA__BROKERS=kafka:19092".to_string()));
-        assert_eq!(Role::for_service(ServiceKind::Sink, TargetKind::Postgres), vec![Role::Sink]);
-        assert_eq!(Role::for_service(ServiceKind::Sink, TargetKind::Mongodb), vec![Role::Mongo, Role::Sink]);
+        assert_eq!(Role::for_service(ServiceKind::Sink, &DockerConfig { target: TargetKind::Postgres, ..DockerConfig::default() }), vec![Role::Sink]);
+        assert_eq!(Role::for_service(ServiceKind::Sink, &DockerConfig { target: TargetKind::Mongodb, ..DockerConfig::default() }), vec![Role::Mongo, Role::Sink]);
     }
 
     #[test]
@@ -701,7 +882,7 @@ mod tests {
 
     #[test]
     fn roles_round_trip_through_their_alias() {
-        for role in [Role::Postgres, Role::Kafka, Role::Connect, Role::Mongo, Role::Sink].into_iter().chain(Role::OBSERVABILITY) {
+        for role in [Role::Postgres, Role::Kafka, Role::Connect, Role::Mongo, Role::Sink, Role::ConnectProxy, Role::SinkProxy].into_iter().chain(Role::OBSERVABILITY) {
             assert_eq!(Role::from_alias(role.alias()), Some(role));
         }
         assert_eq!(Role::from_alias("nope"), None);

@@ -42,10 +42,13 @@ fn err(reason: impl Into<String>) -> ServiceError {
 pub struct DebeziumSettings {
     pub poll_interval_ms: u32,
     pub status_port: u16,
+    /// Where the status endpoint listens: loopback for a child process, `0.0.0.0` in a
+    /// container whose port is published.
+    pub status_address: &'static str,
 }
 
 /// Environment variable through which the launcher receives the database password.
-const PASSWORD_ENV: &str = "CDC_PG_PASSWORD";
+pub const PASSWORD_ENV: &str = "CDC_PG_PASSWORD";
 
 /// Writes the launcher and its properties.
 pub fn configure(layout: &DebeziumLayout, pg: &PgEndpoint, kafka: &str, settings: &DebeziumSettings) -> Result<(), ServiceError> {
@@ -97,6 +100,7 @@ pub fn configure(layout: &DebeziumLayout, pg: &PgEndpoint, kafka: &str, settings
     set("kafka.max.block.ms", "60000");
     set("kafka.enable.metrics.push", "false");
     set("launcher.status.port", &settings.status_port.to_string());
+    set("launcher.status.address", settings.status_address);
     fs::write(&layout.properties, props).map_err(|e| err(e.to_string()))?;
     Ok(())
 }

@@ -249,7 +249,7 @@ impl LocalStack {
             }
             ServiceKind::Debezium => {
                 let layout = debezium::DebeziumLayout::new(&run_dir);
-                let settings = debezium::DebeziumSettings { poll_interval_ms: config.debezium_poll_interval_ms, status_port: ports.debezium_status };
+                let settings = debezium::DebeziumSettings { poll_interval_ms: config.debezium_poll_interval_ms, status_port: ports.debezium_status, status_address: "127.0.0.1" };
                 let pg = PgEndpoint { port: self.port_via(Link::DebeziumPostgres, ports.postgres), ..endpoints.postgres.clone() };
                 debezium::configure(&layout, &pg, &endpoints.kafka, &settings)?;
                 let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres)?;
@@ -262,7 +262,7 @@ impl LocalStack {
                 let layout = sink::SinkLayout::new(&run_dir);
                 let bin = tools.sink.clone().ok_or_else(|| ServiceError::Setup { service, reason: "the stack was configured without a sink".into() })?;
                 let pg = PgEndpoint { port: self.port_via(Link::SinkTarget, ports.postgres), ..endpoints.postgres.clone() };
-                sink::configure(&layout, &pg, &endpoints.kafka, ports.sink_http)?;
+                sink::configure(&layout, &pg, &endpoints.kafka, &format!("127.0.0.1:{}", ports.sink_http))?;
                 let handle = sink::start(&bin, &layout, &endpoints.postgres)?;
                 self.record(service, handle.clone())?;
                 sink::wait_ready(&endpoints.sink_http, &handle, ready_timeout).await?;
@@ -289,7 +289,7 @@ impl LocalStack {
         let endpoints = self.endpoints();
         let layout = debezium::DebeziumLayout::new(&self.run_dir);
         let settings =
-            debezium::DebeziumSettings { poll_interval_ms: self.state.config.debezium_poll_interval_ms, status_port: self.state.ports.debezium_status };
+            debezium::DebeziumSettings { poll_interval_ms: self.state.config.debezium_poll_interval_ms, status_port: self.state.ports.debezium_status, status_address: "127.0.0.1" };
         let pg = PgEndpoint { port: self.port_via(Link::DebeziumPostgres, self.state.ports.postgres), ..endpoints.postgres.clone() };
         debezium::configure(&layout, &pg, &endpoints.kafka, &settings)?;
         let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres)?;

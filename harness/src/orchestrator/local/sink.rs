@@ -26,7 +26,8 @@ impl SinkLayout {
     }
 }
 
-pub fn configure(layout: &SinkLayout, pg: &PgEndpoint, kafka: &str, http_port: u16) -> Result<(), ServiceError> {
+/// `listen`: the HTTP address (`127.0.0.1:<port>` for a child process, `0.0.0.0:<port>` in a container).
+pub fn configure(layout: &SinkLayout, pg: &PgEndpoint, kafka: &str, listen: &str) -> Result<(), ServiceError> {
     let err = |e: std::io::Error| ServiceError::Setup { service: ServiceKind::Sink, reason: e.to_string() };
     fs::create_dir_all(&layout.dir).map_err(err)?;
     let topics: Vec<String> = TABLES.iter().map(|t| format!("\"{}\"", topic_for(t))).collect();
@@ -37,7 +38,7 @@ pub fn configure(layout: &SinkLayout, pg: &PgEndpoint, kafka: &str, http_port: u
         topics.join(", ")
     );
     let _ = writeln!(toml, "[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n", pg.host, pg.port, pg.user, pg.target_db);
-    let _ = writeln!(toml, "[http]\nlisten = \"127.0.0.1:{http_port}\"");
+    let _ = writeln!(toml, "[http]\nlisten = \"{listen}\"");
     // What the harness's Debezium is configured with (decimal.handling.mode, time.precision.mode).
     let _ = writeln!(toml, "\n[source]\ndecimal_handling = \"string\"\ntime_precision = \"isostring\"");
     // The apply log is the run's evidence: per-hop latency and duplicate/out-of-order applies.

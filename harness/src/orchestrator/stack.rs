@@ -1,0 +1,273 @@
+//! The one stack type every command drives (`run`, fault schedules, `verify`, `status`,
+//! `down`), whichever backend runs the services. Each operation means the same on every
+//! backend; one a backend cannot do is an error that says so, never a silent no-op.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::docker::images::{self, ImageSet};
+use super::docker::{DockerConfig, DockerStack, Images, TargetKind};
+use super::local::LocalStack;
+use super::{BackendKind, Endpoints, Orchestrator, ServiceError, ServiceKind, ServiceStatus};
+use crate::config::StackConfig;
+use crate::faults::Link;
+use crate::faults::proxy::LinkFault;
+
+pub enum Stack {
+    Local(LocalStack),
+    Docker(DockerStack),
+}
+
+/// Grace of a graceful stop before SIGKILL, as the local backend gives.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// What the user asked for: `--backend`, `--images`, `--target`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StackChoice {
+    pub backend: Option<BackendKind>,
+    pub images: Option<ImageSet>,
+    pub target: Option<TargetKind>,
+}
+
+impl StackChoice {
+    /// The local backend, as every command ran before `--backend` existed.
+    pub fn local() -> Self {
+        Self { backend: Some(BackendKind::Local), ..Self::default() }
+    }
+}
+
+fn refused(reason: String) -> ServiceError {
+    ServiceError::BackendUnavailable("chosen", reason)
+}
+
+impl Stack {
+    /// A new stack (not started) in `config.run_dir`, on the backend `choice` resolves to:
+    /// `auto` takes Docker when a daemon answers and the chosen image set is there (the
+    /// local set is built when asked for with `--images local`), the local backend otherwise,
+    /// and says why.
+    pub async fn create(config: StackConfig, choice: StackChoice) -> Result<Self, ServiceError> {
+        let requested = choice.backend.unwrap_or(BackendKind::Auto);
+        let mut backend = super::resolve_backend(requested).await?;
+        if requested == BackendKind::Auto && backend == BackendKind::Docker && choice.images != Some(ImageSet::Local) {
+            if let Some(missing) = missing_upstream_images(choice.target).await {
+                eprintln!("backend auto: a Docker daemon answers but {missing} is not present: running on the local backend (pull it, or pass --backend docker / --images local)");
+                backend = BackendKind::Local;
+            }
+        }
+        match backend {
+            BackendKind::Docker => {
+                let image_set = choice.images.unwrap_or_default();
+                let target = choice.target.unwrap_or(match image_set {
+                    ImageSet::Local => TargetKind::Postgres,
+                    ImageSet::Upstream => TargetKind::Mongodb,
+                });
+                let mut docker = DockerConfig { image_set, target, ..DockerConfig::default() };
+                if image_set == ImageSet::Local && target == TargetKind::Postgres {
+                    let client = super::docker::connect().await.map_err(|e| ServiceError::BackendUnavailable("docker", e.to_string()))?;
+                    let cache = crate::provision::Cache::locate()?;
+                    let inputs = images::LocalInputs::provision().await.map_err(|e| refused(e.to_string()))?;
+                    let built = images::ensure_local(&client, &cache, &inputs).await.map_err(|e| refused(e.to_string()))?;
+                    docker.images = Images::with_local(&built);
+                }
+                Ok(Self::Docker(DockerStack::new(config, docker).await?))
+            }
+            _ => {
+                if choice.images.is_some() {
+                    return Err(refused("--images chooses the Docker backend's images: add --backend docker".into()));
+                }
+                if choice.target == Some(TargetKind::Mongodb) {
+                    return Err(refused("the local backend's sink writes to PostgreSQL; a MongoDB target needs --backend docker".into()));
+                }
+                Ok(Self::Local(LocalStack::new(config)?))
+            }
+        }
+    }
+
+    /// The stack a previous `up` left in `run_dir`, of whichever backend made it.
+    pub async fn open(run_dir: &Path) -> Result<Option<Self>, ServiceError> {
+        if let Some(stack) = DockerStack::open(run_dir).await? {
+            return Ok(Some(Self::Docker(stack)));
+        }
+        Ok(LocalStack::open(run_dir)?.map(Self::Local))
+    }
+
+    /// The local backend's stack, for what only it has (process handles).
+    pub fn as_local(&self) -> Option<&LocalStack> {
+        match self {
+            Self::Local(stack) => Some(stack),
+            Self::Docker(_) => None,
+        }
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            Self::Local(_) => BackendKind::Local,
+            Self::Docker(_) => BackendKind::Docker,
+        }
+    }
+
+    /// The image set of a Docker stack.
+    pub fn image_set(&self) -> Option<ImageSet> {
+        match self {
+            Self::Local(_) => None,
+            Self::Docker(stack) => Some(stack.image_set()),
+        }
+    }
+
+    /// MongoDB on the host, when the stack's sink materializes into it.
+    pub fn mongo_uri(&self) -> Option<String> {
+        match self {
+            Self::Local(_) => None,
+            Self::Docker(stack) => stack.mongo_uri(),
+        }
+    }
+
+    pub fn endpoints(&self) -> Endpoints {
+        match self {
+            Self::Local(stack) => stack.endpoints(),
+            Self::Docker(stack) => stack.endpoints(),
+        }
+    }
+
+    pub async fn up(&mut self) -> Result<Endpoints, ServiceError> {
+        match self {
+            Self::Local(stack) => stack.up().await,
+            Self::Docker(stack) => stack.up().await,
+        }
+    }
+
+    pub async fn status(&self) -> Result<Vec<ServiceStatus>, ServiceError> {
+        match self {
+            Self::Local(stack) => stack.status().await,
+            Self::Docker(stack) => stack.status().await,
+        }
+    }
+
+    pub async fn down(&mut self) -> Result<(), ServiceError> {
+        match self {
+            Self::Local(stack) => stack.down().await,
+            Self::Docker(stack) => stack.down().await,
+        }
+    }
+
+    /// Leaves the services running when this value is dropped.
+    pub fn detach(self) {
+        match self {
+            Self::Local(stack) => stack.detach(),
+            Self::Docker(stack) => stack.detach(),
+        }
+    }
+
+    /// Never tears the services down, whatever happens to this value (`--reuse`).
+    pub fn borrow_only(&mut self) {
+        match self {
+            Self::Local(stack) => stack.borrow_only(),
+            Self::Docker(stack) => stack.borrow_only(),
+        }
+    }
+
+    /// Each running service's leader pid, asked again every second by the sampler.
+    pub fn leader_resolver(&self) -> Box<dyn Fn() -> Vec<(String, i32)> + Send + Sync> {
+        match self {
+            Self::Local(stack) => Box::new(stack.leader_resolver()),
+            Self::Docker(stack) => Box::new(stack.leader_resolver()),
+        }
+    }
+
+    /// SIGKILL: no chance to flush or commit.
+    pub async fn kill(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        match self {
+            Self::Local(stack) => {
+                stack.kill(service);
+                Ok(())
+            }
+            Self::Docker(stack) => stack.kill(service).await,
+        }
+    }
+
+    /// The service's own shutdown signal, SIGKILL after the grace period.
+    pub async fn stop(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        match self {
+            Self::Local(stack) => {
+                stack.stop(service);
+                Ok(())
+            }
+            Self::Docker(stack) => stack.stop(service, STOP_GRACE).await,
+        }
+    }
+
+    /// Freezes every process of the service (SIGSTOP / cgroup freezer).
+    pub async fn pause(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        match self {
+            Self::Local(stack) => {
+                stack.pause(service);
+                Ok(())
+            }
+            Self::Docker(stack) => stack.pause(service).await,
+        }
+    }
+
+    pub async fn resume(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        match self {
+            Self::Local(stack) => {
+                stack.resume(service);
+                Ok(())
+            }
+            Self::Docker(stack) => stack.resume(service).await,
+        }
+    }
+
+    /// Starts the service if it is not running and waits for its readiness.
+    pub async fn start_service(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        match self {
+            Self::Local(stack) => stack.start_service(service).await,
+            Self::Docker(stack) => stack.start_service(service).await,
+        }
+    }
+
+    pub async fn is_healthy(&self, service: ServiceKind) -> bool {
+        match self {
+            Self::Local(stack) => stack.is_healthy(service).await,
+            Self::Docker(stack) => stack.is_healthy(service).await,
+        }
+    }
+
+    pub async fn set_link(&self, link: Link, fault: LinkFault) -> Result<(), ServiceError> {
+        match self {
+            Self::Local(stack) => stack.set_link(link, fault),
+            Self::Docker(stack) => stack.set_link(link, fault).await,
+        }
+    }
+
+    pub async fn reset_link(&self, link: Link) -> Result<(), ServiceError> {
+        match self {
+            Self::Local(stack) => stack.reset_link(link),
+            Self::Docker(stack) => stack.reset_link(link).await,
+        }
+    }
+
+    /// Starts the stack, killing Debezium `after` into its initial snapshot for
+    /// `downtime` (the `snapshot_fault` of a scenario).
+    pub async fn up_with_snapshot_kill(&mut self, after: Duration, downtime: Duration) -> Result<crate::report::model::FaultRecord, ServiceError> {
+        match self {
+            Self::Local(stack) => stack.up_with_snapshot_kill(after, downtime).await,
+            Self::Docker(_) => Err(ServiceError::BackendUnavailable("docker", "a snapshot fault (kill during the initial snapshot) runs on the local backend only".into())),
+        }
+    }
+}
+
+/// The first upstream image of the pipeline that is not present on the daemon, if any.
+async fn missing_upstream_images(target: Option<TargetKind>) -> Option<String> {
+    let docker = super::docker::connect().await.ok()?;
+    let images = Images::default();
+    let mut wanted = vec![images.postgres, images.kafka, images.connect, images.sink];
+    if target.unwrap_or(TargetKind::Mongodb) == TargetKind::Mongodb {
+        wanted.push(images.mongo);
+    }
+    for image in wanted {
+        if docker.inspect_image(&image).await.is_err() {
+            return Some(image);
+        }
+    }
+    None
+}

@@ -390,11 +390,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// Prints the endpoints of a stack that came up, or stops what was started.
-async fn finish_up(
-    outcome: Result<harness::orchestrator::Endpoints, ServiceError>,
-    stack: &mut Stack,
-    started: std::time::Instant,
-) -> anyhow::Result<i32> {
+async fn finish_up(outcome: Result<harness::orchestrator::Endpoints, ServiceError>, stack: &mut Stack, started: std::time::Instant) -> anyhow::Result<i32> {
     match outcome {
         Ok(endpoints) => {
             eprintln!("up: stack ready in {:.1}s", started.elapsed().as_secs_f64());

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::StackConfig;
 use crate::orchestrator::local::LocalStack;
-use crate::orchestrator::stack::Stack;
 use crate::orchestrator::local::postgres::{self, PostgresLayout};
 use crate::orchestrator::local::process::{ProcessHandle, free_port};
+use crate::orchestrator::stack::Stack;
 use crate::orchestrator::{Endpoints, Orchestrator, PgEndpoint, Secret};
 
 /// A fresh folder under `<workspace>/target/test-runs/` (searchable by the unprivileged

@@ -6,6 +6,7 @@ pub mod docker;
 pub mod local;
 pub mod stack;
 pub mod state;
+pub mod wait;
 
 use std::fmt;
 use std::path::PathBuf;

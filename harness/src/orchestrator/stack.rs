@@ -50,7 +50,9 @@ impl Stack {
         let mut backend = super::resolve_backend(requested).await?;
         if requested == BackendKind::Auto && backend == BackendKind::Docker && choice.images != Some(ImageSet::Local) {
             if let Some(missing) = missing_upstream_images(choice.target).await {
-                eprintln!("backend auto: a Docker daemon answers but {missing} is not present: running on the local backend (pull it, or pass --backend docker / --images local)");
+                eprintln!(
+                    "backend auto: a Docker daemon answers but {missing} is not present: running on the local backend (pull it, or pass --backend docker / --images local)"
+                );
                 backend = BackendKind::Local;
             }
         }
@@ -251,7 +253,9 @@ impl Stack {
     pub async fn up_with_snapshot_kill(&mut self, after: Duration, downtime: Duration) -> Result<crate::report::model::FaultRecord, ServiceError> {
         match self {
             Self::Local(stack) => stack.up_with_snapshot_kill(after, downtime).await,
-            Self::Docker(_) => Err(ServiceError::BackendUnavailable("docker", "a snapshot fault (kill during the initial snapshot) runs on the local backend only".into())),
+            Self::Docker(_) => {
+                Err(ServiceError::BackendUnavailable("docker", "a snapshot fault (kill during the initial snapshot) runs on the local backend only".into()))
+            }
         }
     }
 }

@@ -29,6 +29,7 @@ use crate::faults::proxy::LinkFault;
 use crate::faults::proxy_server::FaultBody;
 use crate::orchestrator::local::{broker, debezium as local_debezium, postgres as local_pg, sink as local_sink};
 use crate::orchestrator::state::{self, absolute, free_port, state_err};
+use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 
 const STATE_FILE: &str = "docker-stack.json";
@@ -478,30 +479,23 @@ impl DockerStack {
     /// Waits for the container's own health check to report healthy.
     async fn wait_healthy(&self, role: Role, service: ServiceKind, timeout: Duration) -> Result<(), ServiceError> {
         let name = self.names.container(role);
-        let deadline = Instant::now() + timeout;
-        let mut last = String::from("no health report yet");
-        while Instant::now() < deadline {
-            let inspect = self.docker.inspect_container(&name, None::<InspectContainerOptions>).await;
-            match inspect.map(|i| i.state.unwrap_or_default()) {
-                Ok(state) => {
-                    let running = state.running.unwrap_or(false);
-                    if !running && state.status == Some(ContainerStateStatusEnum::EXITED) {
-                        return Err(ServiceError::Exited { service, log: self.log_path(role), tail: self.log_tail(role, 25).await });
-                    }
-                    match state.health.and_then(|h| h.status) {
-                        Some(HealthStatusEnum::HEALTHY) => return Ok(()),
-                        // No health check declared: running is all the daemon can tell.
-                        None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) if running => {
-                            return Ok(());
-                        }
-                        other => last = format!("{}: health {}", name, other.map(|s| s.to_string()).unwrap_or_else(|| "none".into())),
-                    }
+        WaitFor::new(service, timeout, self.log_path(role))
+            .poll(POLL)
+            .until(|| async {
+                let inspect = self.docker.inspect_container(&name, None::<InspectContainerOptions>).await;
+                let state = inspect.map_err(|e| DockerError::from_bollard("inspect container", &name, e).to_string())?.state.unwrap_or_default();
+                let running = state.running.unwrap_or(false);
+                if !running && state.status == Some(ContainerStateStatusEnum::EXITED) {
+                    return Err(NotReady::Never(ServiceError::Exited { service, log: self.log_path(role), tail: self.log_tail(role, 25).await }));
                 }
-                Err(e) => last = DockerError::from_bollard("inspect container", &name, e).to_string(),
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        Err(ServiceError::NotReady { service, waited: timeout, reason: last, log: self.log_path(role) })
+                match state.health.and_then(|h| h.status) {
+                    Some(HealthStatusEnum::HEALTHY) => Ok(()),
+                    // No health check declared: running is all the daemon can tell.
+                    None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) if running => Ok(()),
+                    other => Err(NotReady::Yet(format!("{name}: health {}", other.map(|s| s.to_string()).unwrap_or_else(|| "none".into())))),
+                }
+            })
+            .await
     }
 
     async fn log_tail(&self, role: Role, lines: usize) -> String {
@@ -899,22 +893,19 @@ async fn launcher_ready(url: String, require_snapshot: bool) -> Result<(), Strin
     }
 }
 
-/// Polls `probe` until it succeeds or `timeout` passes.
+/// Waits for `probe` (an answer or the reason there is none yet) with the one readiness helper.
 async fn wait_until<F, Fut>(service: ServiceKind, timeout: Duration, log: PathBuf, mut probe: F) -> Result<(), ServiceError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("no answer yet");
-    while Instant::now() < deadline {
-        match probe().await {
-            Ok(()) => return Ok(()),
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    Err(ServiceError::NotReady { service, waited: timeout, reason: last, log })
+    WaitFor::new(service, timeout, log)
+        .poll(POLL)
+        .until(|| {
+            let attempt = probe();
+            async move { attempt.await.map_err(NotReady::Yet) }
+        })
+        .await
 }
 
 /// The broker answers a metadata request naming at least one broker.

@@ -55,7 +55,14 @@ pub struct LocalImages {
 impl LocalImages {
     /// (role, tag) of every image, base first.
     pub fn all(&self) -> [(&'static str, &str); 6] {
-        [("base", &self.base), ("postgres", &self.postgres), ("broker", &self.broker), ("debezium", &self.debezium), ("sink", &self.sink), ("proxy", &self.proxy)]
+        [
+            ("base", &self.base),
+            ("postgres", &self.postgres),
+            ("broker", &self.broker),
+            ("debezium", &self.debezium),
+            ("sink", &self.sink),
+            ("proxy", &self.proxy),
+        ]
     }
 }
 

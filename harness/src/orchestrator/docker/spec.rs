@@ -94,7 +94,7 @@ impl Role {
             Self::Grafana,
         ]
         .into_iter()
-            .find(|r| r.alias() == alias)
+        .find(|r| r.alias() == alias)
     }
 
     /// The roles that make up a pipeline service, in start order; the last one is the
@@ -817,7 +817,10 @@ mod tests {
         assert!(env.contains(&"SINK__TARGET__PASSWORD=pw".to_string()));
         assert!(env.contains(&"SINK__KAFKA__BROKERS=kafka:19092".to_string()));
         assert_eq!(Role::for_service(ServiceKind::Sink, &DockerConfig { target: TargetKind::Postgres, ..DockerConfig::default() }), vec![Role::Sink]);
-        assert_eq!(Role::for_service(ServiceKind::Sink, &DockerConfig { target: TargetKind::Mongodb, ..DockerConfig::default() }), vec![Role::Mongo, Role::Sink]);
+        assert_eq!(
+            Role::for_service(ServiceKind::Sink, &DockerConfig { target: TargetKind::Mongodb, ..DockerConfig::default() }),
+            vec![Role::Mongo, Role::Sink]
+        );
     }
 
     #[test]
@@ -882,7 +885,9 @@ mod tests {
 
     #[test]
     fn roles_round_trip_through_their_alias() {
-        for role in [Role::Postgres, Role::Kafka, Role::Connect, Role::Mongo, Role::Sink, Role::ConnectProxy, Role::SinkProxy].into_iter().chain(Role::OBSERVABILITY) {
+        for role in
+            [Role::Postgres, Role::Kafka, Role::Connect, Role::Mongo, Role::Sink, Role::ConnectProxy, Role::SinkProxy].into_iter().chain(Role::OBSERVABILITY)
+        {
             assert_eq!(Role::from_alias(role.alias()), Some(role));
         }
         assert_eq!(Role::from_alias("nope"), None);

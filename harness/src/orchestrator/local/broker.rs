@@ -12,6 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::process::{self, ProcessHandle};
+use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{ServiceError, ServiceKind};
 
 pub struct BrokerLayout {
@@ -62,7 +63,7 @@ pub fn client_config(bootstrap: &str) -> ClientConfig {
 /// (see `index_headers`).
 pub async fn wait_ready(bootstrap: &str, handle: &ProcessHandle, layout: &BrokerLayout, timeout: Duration) -> Result<(), ServiceError> {
     let deadline = Instant::now() + timeout;
-    answers_metadata(bootstrap, handle, deadline, timeout).await?;
+    answers_metadata(bootstrap, handle, timeout).await?;
     let storage = layout.storage();
     let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
     tokio::task::spawn_blocking(move || index_headers(&storage, remaining))
@@ -105,22 +106,17 @@ pub fn index_headers(storage: &Path, timeout: Duration) -> Result<(), String> {
     }
 }
 
-async fn answers_metadata(bootstrap: &str, handle: &ProcessHandle, deadline: Instant, timeout: Duration) -> Result<(), ServiceError> {
+async fn answers_metadata(bootstrap: &str, handle: &ProcessHandle, timeout: Duration) -> Result<(), ServiceError> {
     let consumer: BaseConsumer = client_config(bootstrap).create().map_err(|e| err(e.to_string()))?;
-    let mut last_error = String::new();
-    while Instant::now() < deadline {
-        if !handle.is_alive() {
-            return Err(ServiceError::Exited { service: ServiceKind::Broker, log: handle.log.clone(), tail: handle.log_tail(15) });
-        }
-        let result = tokio::task::block_in_place(|| consumer.fetch_metadata(None, Duration::from_secs(2)));
-        match result {
-            Ok(metadata) if !metadata.brokers().is_empty() => return Ok(()),
-            Ok(_) => last_error = "metadata lists no broker".into(),
-            Err(e) => last_error = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(ServiceError::NotReady { service: ServiceKind::Broker, waited: timeout, reason: last_error, log: handle.log.clone() })
+    WaitFor::new(ServiceKind::Broker, timeout, handle.log.clone())
+        .until(|| async {
+            if !handle.is_alive() {
+                return Err(NotReady::Never(ServiceError::Exited { service: ServiceKind::Broker, log: handle.log.clone(), tail: handle.log_tail(15) }));
+            }
+            let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(None, Duration::from_secs(2))).map_err(|e| e.to_string())?;
+            if metadata.brokers().is_empty() { Err(NotReady::Yet("metadata lists no broker".into())) } else { Ok(()) }
+        })
+        .await
 }
 
 /// Creates the topics (existing ones are left as they are).

@@ -7,12 +7,13 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::process::{self, ProcessHandle};
 use crate::config::{TABLES, TOPIC_PREFIX};
+use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{PgEndpoint, ServiceError, ServiceKind};
 
 pub const SLOT_NAME: &str = "cdc_slot";
@@ -165,6 +166,13 @@ pub struct LauncherStatus {
     pub last_error: Option<String>,
 }
 
+impl LauncherStatus {
+    /// Where the launcher is on its way to ready, for a timeout's message.
+    pub fn progress(&self) -> String {
+        format!("state {}, snapshot_completed {}, streaming_connected {}", self.state, self.snapshot_completed, self.streaming_connected)
+    }
+}
+
 pub async fn fetch_status(url: &str) -> Result<LauncherStatus, String> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|e| e.to_string())?;
     let response = client.get(url).send().await.map_err(|e| e.to_string())?;
@@ -174,23 +182,21 @@ pub async fn fetch_status(url: &str) -> Result<LauncherStatus, String> {
 /// Waits until streaming is connected and, on the first start, the initial snapshot is
 /// complete (a restart resumes from its offsets and takes no snapshot).
 pub async fn wait_ready(status_url: &str, handle: &ProcessHandle, require_snapshot: bool, timeout: Duration) -> Result<LauncherStatus, ServiceError> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("no answer yet");
-    while Instant::now() < deadline {
-        if !handle.is_alive() {
-            return Err(ServiceError::Exited { service: ServiceKind::Debezium, log: handle.log.clone(), tail: handle.log_tail(25) });
-        }
-        match fetch_status(status_url).await {
-            Ok(status) if status.streaming_connected && (status.snapshot_completed || status.snapshot_skipped || !require_snapshot) => return Ok(status),
-            Ok(status) if status.state == "failed" => {
-                return Err(ServiceError::Exited { service: ServiceKind::Debezium, log: handle.log.clone(), tail: status.last_error.unwrap_or_default() });
+    let exited = |tail: String| NotReady::Never(ServiceError::Exited { service: ServiceKind::Debezium, log: handle.log.clone(), tail });
+    WaitFor::new(ServiceKind::Debezium, timeout, handle.log.clone())
+        .poll(Duration::from_millis(250))
+        .until(|| async {
+            if !handle.is_alive() {
+                return Err(exited(handle.log_tail(25)));
             }
-            Ok(status) => {
-                last = format!("state {}, snapshot_completed {}, streaming_connected {}", status.state, status.snapshot_completed, status.streaming_connected)
+            let status = fetch_status(status_url).await?;
+            if status.state == "failed" {
+                return Err(exited(status.last_error.unwrap_or_default()));
             }
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Err(ServiceError::NotReady { service: ServiceKind::Debezium, waited: timeout, reason: last, log: handle.log.clone() })
+            if status.streaming_connected && (status.snapshot_completed || status.snapshot_skipped || !require_snapshot) {
+                return Ok(status);
+            }
+            Err(NotReady::Yet(status.progress()))
+        })
+        .await
 }

@@ -249,7 +249,11 @@ impl LocalStack {
             }
             ServiceKind::Debezium => {
                 let layout = debezium::DebeziumLayout::new(&run_dir);
-                let settings = debezium::DebeziumSettings { poll_interval_ms: config.debezium_poll_interval_ms, status_port: ports.debezium_status, status_address: "127.0.0.1" };
+                let settings = debezium::DebeziumSettings {
+                    poll_interval_ms: config.debezium_poll_interval_ms,
+                    status_port: ports.debezium_status,
+                    status_address: "127.0.0.1",
+                };
                 let pg = PgEndpoint { port: self.port_via(Link::DebeziumPostgres, ports.postgres), ..endpoints.postgres.clone() };
                 debezium::configure(&layout, &pg, &endpoints.kafka, &settings)?;
                 let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres)?;
@@ -288,8 +292,11 @@ impl LocalStack {
         let tools = self.tools()?;
         let endpoints = self.endpoints();
         let layout = debezium::DebeziumLayout::new(&self.run_dir);
-        let settings =
-            debezium::DebeziumSettings { poll_interval_ms: self.state.config.debezium_poll_interval_ms, status_port: self.state.ports.debezium_status, status_address: "127.0.0.1" };
+        let settings = debezium::DebeziumSettings {
+            poll_interval_ms: self.state.config.debezium_poll_interval_ms,
+            status_port: self.state.ports.debezium_status,
+            status_address: "127.0.0.1",
+        };
         let pg = PgEndpoint { port: self.port_via(Link::DebeziumPostgres, self.state.ports.postgres), ..endpoints.postgres.clone() };
         debezium::configure(&layout, &pg, &endpoints.kafka, &settings)?;
         let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres)?;

@@ -6,11 +6,12 @@ use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::unistd::{Uid, User};
 
 use super::process::{self, ProcessHandle};
+use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{PgEndpoint, Secret, ServiceError, ServiceKind};
 
 /// Databases created in the cluster: the application's (captured by Debezium) and the
@@ -141,22 +142,16 @@ pub fn start(bin_dir: &Path, layout: &PostgresLayout) -> Result<ProcessHandle, S
 
 /// Waits until `select 1` succeeds on the source database's server.
 pub async fn wait_ready(endpoint: &PgEndpoint, handle: &ProcessHandle, timeout: Duration) -> Result<(), ServiceError> {
-    let deadline = Instant::now() + timeout;
-    let mut last_error = String::new();
-    while Instant::now() < deadline {
-        if !handle.is_alive() {
-            return Err(ServiceError::Exited { service: ServiceKind::Postgres, log: handle.log.clone(), tail: handle.log_tail(15) });
-        }
-        match endpoint.connect("postgres").await {
-            Ok(client) => match client.simple_query("select 1").await {
-                Ok(_) => return Ok(()),
-                Err(e) => last_error = e.to_string(),
-            },
-            Err(e) => last_error = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(ServiceError::NotReady { service: ServiceKind::Postgres, waited: timeout, reason: last_error, log: handle.log.clone() })
+    WaitFor::new(ServiceKind::Postgres, timeout, handle.log.clone())
+        .poll(Duration::from_millis(100))
+        .until(|| async {
+            if !handle.is_alive() {
+                return Err(NotReady::Never(ServiceError::Exited { service: ServiceKind::Postgres, log: handle.log.clone(), tail: handle.log_tail(15) }));
+            }
+            let client = endpoint.connect("postgres").await.map_err(|e| e.to_string())?;
+            client.simple_query("select 1").await.map(|_| ()).map_err(|e| NotReady::Yet(e.to_string()))
+        })
+        .await
 }
 
 /// Creates the two databases, the source schema and the seed data (idempotent: skipped

@@ -5,10 +5,11 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::process::{self, ProcessHandle};
 use crate::config::{DLQ_TOPIC, TABLES, topic_for};
+use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{PgEndpoint, ServiceError, ServiceKind};
 
 pub const GROUP_ID: &str = "cdc-sink";
@@ -60,17 +61,12 @@ pub async fn is_ready(http: &str) -> Result<(), String> {
 }
 
 pub async fn wait_ready(http: &str, handle: &ProcessHandle, timeout: Duration) -> Result<(), ServiceError> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        if !handle.is_alive() {
-            return Err(ServiceError::Exited { service: ServiceKind::Sink, log: handle.log.clone(), tail: handle.log_tail(20) });
-        }
-        match is_ready(http).await {
-            Ok(()) => return Ok(()),
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(ServiceError::NotReady { service: ServiceKind::Sink, waited: timeout, reason: last, log: handle.log.clone() })
+    WaitFor::new(ServiceKind::Sink, timeout, handle.log.clone())
+        .until(|| async {
+            if !handle.is_alive() {
+                return Err(NotReady::Never(ServiceError::Exited { service: ServiceKind::Sink, log: handle.log.clone(), tail: handle.log_tail(20) }));
+            }
+            is_ready(http).await.map_err(NotReady::Yet)
+        })
+        .await
 }

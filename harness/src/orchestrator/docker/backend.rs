@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
 use super::images::ImageSet;
-use super::spec::{self, ConnectorHealth, ContainerSpec, HostPorts, Role, RunNames, SpecInputs};
+use super::spec::{self, ConnectorHealth, ContainerSpec, HostPorts, Registration, Role, RunNames, SpecInputs};
 use super::{DockerConfig, DockerError, SINK_IMAGE, TargetKind};
 use crate::config::StackConfig;
 use crate::faults::Link;
@@ -692,14 +692,21 @@ impl DockerStack {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| err(e.to_string()))?;
         let url = format!("http://127.0.0.1:{}/connectors", self.state.ports.connect);
         let body = spec::connector_request(self.state.password.expose(), self.state.config.debezium_poll_interval_ms);
-        let response = client.post(&url).json(&body).send().await.map_err(|e| err(format!("POST {url}: {e}")))?;
-        let status = response.status();
-        if status.is_success() || status == reqwest::StatusCode::CONFLICT {
-            return Ok(());
-        }
-        // The body echoes the request on some errors: never surface the password.
-        let text = response.text().await.unwrap_or_default().replace(self.state.password.expose(), "***");
-        Err(err(format!("POST {url} answered {status}: {text}")))
+        let password = self.state.password.expose();
+        WaitFor::new(ServiceKind::Debezium, Duration::from_secs(60), self.log_path(Role::Connect))
+            .poll(Duration::from_secs(1))
+            .until(|| async {
+                let response = client.post(&url).json(&body).send().await.map_err(|e| format!("POST {url}: {e}"))?;
+                let status = response.status().as_u16();
+                // The body echoes the request on some errors: never surface the password.
+                let text = response.text().await.unwrap_or_default().replace(password, "***");
+                match spec::registration_outcome(status, &text) {
+                    Registration::Registered => Ok(()),
+                    Registration::Retry => Err(NotReady::Yet(format!("POST {url} answered {status} (rebalance): {text}"))),
+                    Registration::Failed => Err(NotReady::Never(err(format!("POST {url} answered {status}: {text}")))),
+                }
+            })
+            .await
     }
 
     async fn container_state(&self, role: Role) -> Result<Option<ContainerStateStatusEnum>, DockerError> {

@@ -576,6 +576,26 @@ pub fn connector_request(pg_password: &str, poll_interval_ms: u32) -> Value {
     })
 }
 
+/// What an answer to `POST /connectors` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Created, or registered by an earlier `up` (its stored offsets make it resume).
+    Registered,
+    /// The workers are rebalancing (409 without "already exists", or 503 while the
+    /// herder starts): ask again.
+    Retry,
+    Failed,
+}
+
+pub fn registration_outcome(status: u16, body: &str) -> Registration {
+    match status {
+        200..=299 => Registration::Registered,
+        409 if body.contains("already exists") => Registration::Registered,
+        409 | 503 => Registration::Retry,
+        _ => Registration::Failed,
+    }
+}
+
 /// The topics created before the connector starts.
 pub fn topics() -> Vec<String> {
     let mut topics: Vec<String> = TABLES.iter().map(|t| topic_for(t)).collect();
@@ -846,6 +866,16 @@ mod tests {
             assert_eq!(c[key], value, "{key}");
         }
         assert_eq!(topics().len(), 5);
+    }
+
+    #[test]
+    fn a_rebalance_conflict_is_retried_and_an_existing_connector_is_kept() {
+        assert_eq!(registration_outcome(201, "{}"), Registration::Registered);
+        assert_eq!(registration_outcome(409, r#"{"error_code":409,"message":"Connector cdc-harness already exists"}"#), Registration::Registered);
+        let rebalance = r#"{"error_code":409,"message":"Cannot complete request because of a conflicting operation (e.g. worker rebalance)"}"#;
+        assert_eq!(registration_outcome(409, rebalance), Registration::Retry);
+        assert_eq!(registration_outcome(503, "starting"), Registration::Retry);
+        assert_eq!(registration_outcome(400, "Connector configuration is invalid"), Registration::Failed);
     }
 
     #[test]

@@ -20,17 +20,20 @@ pub const INTERRUPTED: i32 = 130;
 /// there) is a usage error, also inside a run; everything else is a runtime error.
 pub fn code_for(error: &anyhow::Error) -> i32 {
     use crate::orchestrator::ServiceError;
-    let usage = |e: &ServiceError| matches!(e, ServiceError::Provision(_) | ServiceError::BackendUnavailable(..));
+    use crate::orchestrator::docker::{DockerError, images::ImageError};
+    let image_usage = |e: &ImageError| matches!(e, ImageError::BaseUnavailable { .. } | ImageError::Provision(_) | ImageError::Docker(DockerError::Unreachable { .. }));
+    let usage = |e: &ServiceError| match e {
+        ServiceError::Provision(_) | ServiceError::BackendUnavailable(..) | ServiceError::Unsupported(_) => true,
+        ServiceError::Images(e) => image_usage(e),
+        _ => false,
+    };
     for cause in error.chain() {
         if cause.downcast_ref::<crate::provision::ProvisionError>().is_some() {
             return USAGE;
         }
         // Provisioning the Docker images: a missing daemon, root or debootstrap is set-up.
-        use crate::orchestrator::docker::{DockerError, images::ImageError};
-        match cause.downcast_ref::<ImageError>() {
-            Some(ImageError::BaseUnavailable { .. } | ImageError::Docker(DockerError::Unreachable { .. })) => return USAGE,
-            Some(_) => return ERROR,
-            None => {}
+        if let Some(e) = cause.downcast_ref::<ImageError>() {
+            return if image_usage(e) { USAGE } else { ERROR };
         }
         if let Some(DockerError::Unreachable { .. }) = cause.downcast_ref::<DockerError>() {
             return USAGE;
@@ -65,6 +68,11 @@ mod tests {
         assert_eq!(code_for(&anyhow::Error::new(DockerError::Unreachable { reason: "no socket".into() })), USAGE);
         let failed = ImageError::Build { image: "cdc-harness/sink:x".into(), reason: "apt".into(), log: "/tmp/l".into() };
         assert_eq!(code_for(&anyhow::Error::new(failed)), ERROR);
+        // Inside a run: a build that failed is a runtime error, a missing prerequisite set-up.
+        let in_run = |e: ImageError| anyhow::Error::new(RunError::Stack(ServiceError::Images(e)));
+        assert_eq!(code_for(&in_run(ImageError::Build { image: "i".into(), reason: "apt".into(), log: "/l".into() })), ERROR);
+        assert_eq!(code_for(&in_run(ImageError::BaseUnavailable { what: "debootstrap", hint: "apt-get".into() })), USAGE);
+        assert_eq!(code_for(&anyhow::Error::new(ServiceError::Unsupported("--images needs --backend docker".into()))), USAGE);
         assert_eq!(code_for(&anyhow::anyhow!("anything else")), ERROR);
     }
 }

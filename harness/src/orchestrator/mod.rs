@@ -60,6 +60,11 @@ pub enum ServiceError {
     State { path: PathBuf, reason: String },
     #[error("the {0} backend is not available: {1}")]
     BackendUnavailable(&'static str, String),
+    /// The options ask for something this backend cannot do (a usage error).
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Images(#[from] docker::images::ImageError),
     #[error("teardown left running: {}", left.join(", "))]
     Teardown { left: Vec<String> },
 }

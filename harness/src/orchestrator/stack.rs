@@ -36,8 +36,8 @@ impl StackChoice {
     }
 }
 
-fn refused(reason: String) -> ServiceError {
-    ServiceError::BackendUnavailable("chosen", reason)
+fn refused(reason: &str) -> ServiceError {
+    ServiceError::Unsupported(reason.to_string())
 }
 
 impl Stack {
@@ -67,18 +67,18 @@ impl Stack {
                 if image_set == ImageSet::Local && target == TargetKind::Postgres {
                     let client = super::docker::connect().await.map_err(|e| ServiceError::BackendUnavailable("docker", e.to_string()))?;
                     let cache = crate::provision::Cache::locate()?;
-                    let inputs = images::LocalInputs::provision().await.map_err(|e| refused(e.to_string()))?;
-                    let built = images::ensure_local(&client, &cache, &inputs).await.map_err(|e| refused(e.to_string()))?;
+                    let inputs = images::LocalInputs::provision().await?;
+                    let built = images::ensure_local(&client, &cache, &inputs).await?;
                     docker.images = Images::with_local(&built);
                 }
                 Ok(Self::Docker(DockerStack::new(config, docker).await?))
             }
             _ => {
                 if choice.images.is_some() {
-                    return Err(refused("--images chooses the Docker backend's images: add --backend docker".into()));
+                    return Err(refused("--images chooses the Docker backend's images: add --backend docker"));
                 }
                 if choice.target == Some(TargetKind::Mongodb) {
-                    return Err(refused("the local backend's sink writes to PostgreSQL; a MongoDB target needs --backend docker".into()));
+                    return Err(refused("the local backend's sink writes to PostgreSQL; a MongoDB target needs --backend docker"));
                 }
                 Ok(Self::Local(LocalStack::new(config)?))
             }
@@ -274,4 +274,21 @@ async fn missing_upstream_images(target: Option<TargetKind>) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_local_backend_refuses_docker_only_options_with_a_usage_error() {
+        let config = || StackConfig::new(std::env::temp_dir().join(format!("stack-choice-{}", std::process::id())));
+        let images = StackChoice { images: Some(ImageSet::Local), ..StackChoice::local() };
+        let err = Stack::create(config(), images).await.err().expect("refused");
+        assert!(matches!(&err, ServiceError::Unsupported(m) if m.contains("--backend docker")), "{err}");
+        let mongo = StackChoice { target: Some(TargetKind::Mongodb), ..StackChoice::local() };
+        let err = Stack::create(config(), mongo).await.err().expect("refused");
+        assert!(matches!(&err, ServiceError::Unsupported(m) if m.contains("MongoDB")), "{err}");
+        assert_eq!(crate::exit::code_for(&anyhow::Error::new(err)), crate::exit::USAGE);
+    }
 }

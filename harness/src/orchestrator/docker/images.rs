@@ -53,6 +53,11 @@ pub struct LocalImages {
 }
 
 impl LocalImages {
+    /// `CDC_LOCAL_<ROLE>=<tag>` lines, the variables docker-compose.local.yml reads.
+    pub fn compose_env(&self) -> String {
+        self.all().iter().map(|(role, tag)| format!("CDC_LOCAL_{}={tag}\n", role.to_uppercase())).collect()
+    }
+
     /// (role, tag) of every image, base first.
     pub fn all(&self) -> [(&'static str, &str); 6] {
         [
@@ -88,6 +93,12 @@ impl LocalInputs {
             Some(bin) => PathBuf::from(bin),
             None => {
                 let exe = std::env::current_exe().map_err(io_err(Path::new("current executable")))?;
+                // Rebuilt while running (`cargo build` beside a long run): Linux names the
+                // old inode "<path> (deleted)"; the new binary at the path is the one to use.
+                let exe = match exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+                    Some(path) => PathBuf::from(path),
+                    None => exe,
+                };
                 if exe.file_stem().is_some_and(|s| s == "harness") {
                     exe
                 } else {
@@ -250,7 +261,7 @@ fn contexts(inputs: &LocalInputs, base: &str) -> Vec<Context> {
             .path("libs", &inputs.debezium_libs)
             .bytes("DebeziumLauncher.java", include_str!("../../../launcher/DebeziumLauncher.java")),
         Context::new("sink", include_str!("../../../../docker/local/sink/Dockerfile"), base)
-            .path("sink", &inputs.sink)
+            .stripped("sink", &inputs.sink)
             .bytes("sink.toml", include_str!("../../../../docker/sink/sink.toml")),
         Context::new("proxy", include_str!("../../../../docker/local/proxy/Dockerfile"), base).stripped("harness", &inputs.harness),
     ]
@@ -296,7 +307,11 @@ pub async fn ensure_local(docker: &Docker, cache: &Cache, inputs: &LocalInputs) 
         }
         build(docker, &context, &tag, &logs.join(format!("{}.log", context.name))).await?;
     }
-    local_tags(inputs)
+    let built = local_tags(inputs)?;
+    // docker-compose.local.yml names the images through these variables (`--env-file`).
+    let env = logs.join("local.env");
+    std::fs::write(&env, built.compose_env()).map_err(io_err(&env))?;
+    Ok(built)
 }
 
 /// The Debian mirror apt uses here (`CDC_HARNESS_DEBIAN_MIRROR` overrides it).

@@ -166,8 +166,8 @@ async fn measure(
 
     warm_up(&workload, scenario.load.warmup).await;
     drain_before_load(&endpoints, scenario.stack.partitions).await;
-    let target = endpoints.postgres.connect(&endpoints.postgres.target_db).await.map_err(|e| crate::verify::VerifyError::Target(e.to_string()))?;
-    let log_start = apply_log::position(&target).await;
+    let connect_target = || async { endpoints.postgres.connect(&endpoints.postgres.target_db).await.map_err(|e| crate::verify::VerifyError::Target(e.to_string())) };
+    let log_start = apply_log::position(&connect_target().await?).await;
     if log_start.is_none() {
         eprintln!("run: the sink keeps no apply log (audit mode off): per-hop latency will be absent");
     }
@@ -219,6 +219,9 @@ async fn measure(
     let (mut samples, probes) = observers.stop().await;
     let hops = match log_start {
         Some(after) => {
+            // A connection of its own: one opened before the load may not have survived a
+            // fault that stopped PostgreSQL.
+            let target = connect_target().await?;
             let rows = apply_log::read(&target, after).await.map_err(|e| crate::verify::VerifyError::Target(format!("apply log: {e}")))?;
             crate::faults::reconcile_poison(&mut fault_records, &rows);
             Some(apply_log::hop_latency(&rows, load_started_wall))

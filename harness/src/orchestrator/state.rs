@@ -20,9 +20,42 @@ pub fn absolute(path: &Path) -> PathBuf {
     if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(path) }
 }
 
-/// A free loopback port.
-pub fn free_port() -> Result<u16, ServiceError> {
-    super::local::process::free_port().map_err(|e| state_err(Path::new("127.0.0.1"), format!("no free port: {e}")))
+/// Distinct free loopback ports for one stack, below the kernel's ephemeral range: a port
+/// from `bind(:0)` is in that range, so between choosing it and the service (or Docker's
+/// port publishing) binding it, any outgoing connection may take it as its local port.
+#[derive(Debug, Default)]
+pub struct PortPicker {
+    taken: std::collections::BTreeSet<u16>,
+}
+
+impl PortPicker {
+    pub fn next(&mut self) -> Result<u16, ServiceError> {
+        use rand::Rng as _;
+        let (low, high) = ephemeral_range().map(|(start, _)| (start.saturating_sub(12_000).max(10_000), start)).unwrap_or((20_000, 32_768));
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            let port = rng.random_range(low..high);
+            if !self.taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                self.taken.insert(port);
+                return Ok(port);
+            }
+        }
+        // Nothing free below the range (unlikely): the kernel's choice, still distinct.
+        for _ in 0..20 {
+            let port = super::local::process::free_port().map_err(|e| state_err(Path::new("127.0.0.1"), format!("no free port: {e}")))?;
+            if self.taken.insert(port) {
+                return Ok(port);
+            }
+        }
+        Err(state_err(Path::new("127.0.0.1"), "no free port"))
+    }
+}
+
+/// `net.ipv4.ip_local_port_range`: where the kernel picks the local ports of connections.
+fn ephemeral_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut parts = text.split_whitespace().filter_map(|p| p.parse().ok());
+    Some((parts.next()?, parts.next()?))
 }
 
 /// Reads `<run_dir>/<file>`; None when there is none.
@@ -44,4 +77,23 @@ pub fn write<T: Serialize>(run_dir: &Path, file: &str, state: &T) -> Result<(), 
     fs::write(&tmp, text).map_err(|e| state_err(&tmp, e))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(|e| state_err(&tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| state_err(&path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picked_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let mut picker = PortPicker::default();
+        let ports: Vec<u16> = (0..30).map(|_| picker.next().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        if let Some((start, _)) = ephemeral_range() {
+            assert!(ports.iter().all(|p| *p < start), "{ports:?} vs ephemeral start {start}");
+        }
+        for port in ports {
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("still free");
+        }
+    }
 }

@@ -28,7 +28,7 @@ use crate::faults::Link;
 use crate::faults::proxy::LinkFault;
 use crate::faults::proxy_server::FaultBody;
 use crate::orchestrator::local::{broker, debezium as local_debezium, postgres as local_pg, sink as local_sink};
-use crate::orchestrator::state::{self, absolute, free_port, state_err};
+use crate::orchestrator::state::{self, PortPicker, absolute, state_err};
 use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 
@@ -214,6 +214,7 @@ impl DockerStack {
         }
         let docker = connect().await.map_err(unavailable)?;
         let run_dir = absolute(&config.run_dir);
+        let mut picker = PortPicker::default();
         let state = match read_state(&run_dir)? {
             Some(state) => state,
             None => DockerState {
@@ -222,15 +223,15 @@ impl DockerStack {
                 config: StackConfig { run_dir: run_dir.clone(), ..config },
                 docker: docker_config,
                 ports: HostPorts {
-                    postgres: free_port()?,
-                    kafka: free_port()?,
-                    connect: free_port()?,
-                    mongo: free_port()?,
-                    sink_http: free_port()?,
-                    prometheus: free_port()?,
-                    grafana: free_port()?,
-                    connect_proxy: free_port()?,
-                    sink_proxy: free_port()?,
+                    postgres: picker.next()?,
+                    kafka: picker.next()?,
+                    connect: picker.next()?,
+                    mongo: picker.next()?,
+                    sink_http: picker.next()?,
+                    prometheus: picker.next()?,
+                    grafana: picker.next()?,
+                    connect_proxy: picker.next()?,
+                    sink_proxy: picker.next()?,
                 },
                 password: Secret::generate(),
                 snapshot_done: false,

@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use self::process::ProcessHandle;
-use super::state::{self, absolute, free_port, state_err};
+use super::state::{self, PortPicker, absolute, state_err};
 use super::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 use crate::config::{DLQ_TOPIC, StackConfig, TABLES, topic_for};
 use crate::faults::Link;
@@ -85,17 +85,18 @@ impl LocalStack {
     /// services) when a previous `up` left one.
     pub fn new(config: StackConfig) -> Result<Self, ServiceError> {
         let run_dir = absolute(&config.run_dir);
+        let mut picker = PortPicker::default();
         let state = match read_state(&run_dir)? {
             Some(state) => state,
             None => StackState {
                 backend: "local".into(),
                 config: StackConfig { run_dir: run_dir.clone(), ..config },
                 ports: Ports {
-                    postgres: free_port()?,
-                    broker: free_port()?,
-                    debezium_status: free_port()?,
-                    sink_http: free_port()?,
-                    proxies: Link::ALL.iter().map(|l| Ok((*l, free_port()?))).collect::<Result<_, ServiceError>>()?,
+                    postgres: picker.next()?,
+                    broker: picker.next()?,
+                    debezium_status: picker.next()?,
+                    sink_http: picker.next()?,
+                    proxies: Link::ALL.iter().map(|l| Ok((*l, picker.next()?))).collect::<Result<_, ServiceError>>()?,
                 },
                 password: Secret::generate(),
                 services: BTreeMap::new(),

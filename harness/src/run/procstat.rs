@@ -93,6 +93,11 @@ impl ProcTable {
     }
 }
 
+/// Every process of the tree led by `leader` (its process group and every descendant), now.
+pub fn process_tree(leader: i32) -> Vec<i32> {
+    ProcTable::scan().service(leader)
+}
+
 /// Seconds since boot, in clock ticks (the unit of /proc's start times).
 fn uptime_ticks() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/uptime").ok()?;

@@ -222,11 +222,21 @@ fn harness_run(name: &str, args: &[&str]) -> anyhow::Result<(std::process::Outpu
         .arg("--run-dir")
         .arg(dir.join("stack"))
         .args(args)
-        .args(["--backend", "docker", "--images", "local", "--json", "--reports-dir"])
+        .args(["--backend", "docker", "--images", "local", "--reports-dir"])
         .arg(dir.join("reports"))
         .stderr(std::process::Stdio::inherit())
         .output()?;
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    // The report on disk (stdout also carries the load driver's own output).
+    let report = std::fs::read_dir(dir.join("reports"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("report.json"))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(serde_json::Value::Null);
     Ok((out, report, dir))
 }
 

@@ -172,6 +172,8 @@ pub struct DockerStack {
     /// Host pid of each service's main container, refreshed at every start (CPU and
     /// memory sampling reads /proc by it).
     pids: Arc<std::sync::Mutex<BTreeMap<ServiceKind, i32>>>,
+    /// Containers paused with SIGSTOP (no cgroup freezer here): resumed with SIGCONT.
+    signal_paused: std::collections::BTreeSet<Role>,
     /// Left running when dropped (`up`, `--keep`, a reused stack); otherwise a drop
     /// without `down` (an error, a panic, Ctrl-C) removes the run's containers.
     detached: bool,
@@ -241,7 +243,7 @@ impl DockerStack {
     }
 
     fn with_state(docker: Docker, run_dir: PathBuf, state: DockerState) -> Self {
-        Self { docker, names: RunNames::new(state.run_id.clone()), run_dir, state, followers: BTreeMap::new(), pids: Arc::default(), detached: false }
+        Self { docker, names: RunNames::new(state.run_id.clone()), run_dir, state, followers: BTreeMap::new(), pids: Arc::default(), signal_paused: Default::default(), detached: false }
     }
 
     /// The stack a previous `up` left in `run_dir`, if any.
@@ -277,12 +279,41 @@ impl DockerStack {
         self.inject(self.main_role(service), &Fault::Stop { grace }).await
     }
 
+    /// The daemon's pause (cgroup freezer); where the kernel has no freezer ("unable to
+    /// freeze", as on this machine), SIGSTOP to every process of the container, seen from
+    /// the host.
     pub async fn pause(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
-        self.inject(self.main_role(service), &Fault::Pause).await
+        let role = self.main_role(service);
+        match self.inject(role, &Fault::Pause).await {
+            Err(e) if e.to_string().contains("unable to freeze") => {
+                self.signal_container(role, nix::sys::signal::Signal::SIGSTOP).await?;
+                tracing::info!(message = "no cgroup freezer: container stopped with SIGSTOP", container = %self.names.container(role));
+                self.signal_paused.insert(role);
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     pub async fn resume(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
-        self.inject(self.main_role(service), &Fault::Unpause).await
+        let role = self.main_role(service);
+        if self.signal_paused.remove(&role) {
+            return self.signal_container(role, nix::sys::signal::Signal::SIGCONT).await;
+        }
+        self.inject(role, &Fault::Unpause).await
+    }
+
+    /// `signal` to every process of the container of `role` (its init's tree on the host).
+    async fn signal_container(&self, role: Role, signal: nix::sys::signal::Signal) -> Result<(), ServiceError> {
+        let name = self.names.container(role);
+        let fail = |reason: String| ServiceError::Start { service: service_of(role), reason: format!("{signal} to {name}: {reason}") };
+        let inspect = self.docker.inspect_container(&name, None::<InspectContainerOptions>).await.map_err(|e| fail(e.to_string()))?;
+        let pid = inspect.state.and_then(|s| s.pid).filter(|p| *p > 0).ok_or_else(|| fail("not running".into()))?;
+        let pids = crate::run::procstat::process_tree(i32::try_from(pid).map_err(|e| fail(e.to_string()))?);
+        for pid in &pids {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal).map_err(|e| fail(format!("pid {pid}: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Which images the stack runs (`upstream` or `local`), for the report.

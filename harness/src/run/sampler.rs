@@ -65,7 +65,7 @@ pub fn applied_changes(series: &[sink_metrics::Series]) -> f64 {
 
 /// Samples once per second into `samples` until `stop` is set.
 pub async fn run(inputs: SamplerInputs, samples: Arc<Mutex<Vec<Sample>>>, stop: Arc<AtomicBool>) {
-    let source = inputs.endpoints.postgres.connect(&inputs.endpoints.postgres.source_db).await.ok();
+    let mut source = connect_source(&inputs.endpoints).await;
     let lag = inputs.lag.map(Arc::new);
     let mut cpu = CpuMeter::default();
     let mut last_ops = inputs.workload.total();
@@ -97,6 +97,11 @@ pub async fn run(inputs: SamplerInputs, samples: Arc<Mutex<Vec<Sample>>>, stop: 
                 sample.lag_per_partition = per_partition;
             }
         }
+        // A fault that stopped PostgreSQL closed the connection: open another, or the slot's
+        // backlog stays unmeasured for the rest of the run.
+        if source.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            source = connect_source(&inputs.endpoints).await;
+        }
         if let Some(source) = &source {
             sample.slot_lag_bytes = slot_lag(source, &inputs.slot).await;
         }
@@ -113,6 +118,11 @@ pub async fn run(inputs: SamplerInputs, samples: Arc<Mutex<Vec<Sample>>>, stop: 
         sample.rss_mb = rss;
         samples.lock().await.push(sample);
     }
+}
+
+/// The source, or None when it does not answer within a sampling tick.
+async fn connect_source(endpoints: &Endpoints) -> Option<tokio_postgres::Client> {
+    tokio::time::timeout(Duration::from_millis(800), endpoints.postgres.connect(&endpoints.postgres.source_db)).await.ok()?.ok()
 }
 
 async fn scrape_applied(http: &str) -> Option<f64> {

@@ -21,7 +21,8 @@ pub const INTERRUPTED: i32 = 130;
 pub fn code_for(error: &anyhow::Error) -> i32 {
     use crate::orchestrator::ServiceError;
     use crate::orchestrator::docker::{DockerError, images::ImageError};
-    let image_usage = |e: &ImageError| matches!(e, ImageError::BaseUnavailable { .. } | ImageError::Provision(_) | ImageError::Docker(DockerError::Unreachable { .. }));
+    let image_usage =
+        |e: &ImageError| matches!(e, ImageError::BaseUnavailable { .. } | ImageError::Provision(_) | ImageError::Docker(DockerError::Unreachable { .. }));
     let usage = |e: &ServiceError| match e {
         ServiceError::Provision(_) | ServiceError::BackendUnavailable(..) | ServiceError::Unsupported(_) => true,
         ServiceError::Images(e) => image_usage(e),

@@ -166,7 +166,8 @@ async fn measure(
 
     warm_up(&workload, scenario.load.warmup).await;
     drain_before_load(&endpoints, scenario.stack.partitions).await;
-    let connect_target = || async { endpoints.postgres.connect(&endpoints.postgres.target_db).await.map_err(|e| crate::verify::VerifyError::Target(e.to_string())) };
+    let connect_target =
+        || async { endpoints.postgres.connect(&endpoints.postgres.target_db).await.map_err(|e| crate::verify::VerifyError::Target(e.to_string())) };
     let log_start = apply_log::position(&connect_target().await?).await;
     if log_start.is_none() {
         eprintln!("run: the sink keeps no apply log (audit mode off): per-hop latency will be absent");

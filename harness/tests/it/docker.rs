@@ -345,10 +345,8 @@ async fn the_compose_stack_runs_on_the_local_images() -> anyhow::Result<()> {
     let client = daemon().await?;
     // Builds what is missing and writes the tags the override reads.
     local_config(&client).await?;
-    let project = ComposeProject {
-        name: format!("cdc-compose-{}", std::process::id()),
-        env_file: harness::provision::Cache::locate()?.dir("images").join("local.env"),
-    };
+    let project =
+        ComposeProject { name: format!("cdc-compose-{}", std::process::id()), env_file: harness::provision::Cache::locate()?.dir("images").join("local.env") };
     let config = project.run(&["config", "-q"])?;
     anyhow::ensure!(config.status.success(), "compose config: {}", String::from_utf8_lossy(&config.stderr));
     let services = String::from_utf8(project.run(&["config", "--services"])?.stdout)?;
@@ -369,13 +367,14 @@ async fn the_compose_stack_runs_on_the_local_images() -> anyhow::Result<()> {
         source_db: "app".into(),
         target_db: "sink".into(),
     };
-    let wait = harness::orchestrator::wait::WaitFor::new(ServiceKind::Sink, Duration::from_secs(240), "docker-compose logs".into()).poll(Duration::from_secs(2));
+    let wait =
+        harness::orchestrator::wait::WaitFor::new(ServiceKind::Sink, Duration::from_secs(240), "docker-compose logs".into()).poll(Duration::from_secs(2));
     let (source_count, target_count) = wait
         .until(|| async {
             let source = pg.connect("app").await.map_err(|e| e.to_string())?;
             let target = pg.connect("sink").await.map_err(|e| e.to_string())?;
             let n: i64 = source.query_one("select count(*) from customer", &[]).await.map_err(|e| e.to_string())?.get(0);
-            let m: i64 = target.query_one("select count(*) from customer", &[]).await.map_err(|e| e.to_string())?.get(0);
+            let m: i64 = target.query_one("select count(*) from customer_materialized", &[]).await.map_err(|e| e.to_string())?.get(0);
             if n > 0 && n == m { Ok((n, m)) } else { Err(harness::orchestrator::wait::NotReady::Yet(format!("source {n} customers, target {m}"))) }
         })
         .await

@@ -243,7 +243,16 @@ impl DockerStack {
     }
 
     fn with_state(docker: Docker, run_dir: PathBuf, state: DockerState) -> Self {
-        Self { docker, names: RunNames::new(state.run_id.clone()), run_dir, state, followers: BTreeMap::new(), pids: Arc::default(), signal_paused: Default::default(), detached: false }
+        Self {
+            docker,
+            names: RunNames::new(state.run_id.clone()),
+            run_dir,
+            state,
+            followers: BTreeMap::new(),
+            pids: Arc::default(),
+            signal_paused: Default::default(),
+            detached: false,
+        }
     }
 
     /// The stack a previous `up` left in `run_dir`, if any.

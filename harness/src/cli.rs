@@ -51,16 +51,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the fault proxies of one service's links, controlled over HTTP (what the
-    /// Docker backend's proxy container runs; see `faults::proxy_server`).
-    FaultProxy {
-        /// `NAME=LISTEN_PORT=UPSTREAM_HOST:PORT`; the proxy listens on 127.0.0.1.
-        #[arg(long = "link", required = true)]
-        links: Vec<harness::faults::proxy_server::LinkSpec>,
-        /// Address of the control API.
-        #[arg(long, default_value = "0.0.0.0:7070")]
-        control: std::net::SocketAddr,
-    },
     /// Stop every service of the stack.
     Down {
         /// Also remove every container and network any run of the Docker backend left
@@ -359,17 +349,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
             Ok(if result.converged { exit::SUCCESS } else { exit::GATE_FAILED })
-        }
-        Command::FaultProxy { links, control } => {
-            let shutdown = async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            };
-            harness::faults::proxy_server::serve(links, control, shutdown).await?;
-            Ok(exit::SUCCESS)
         }
         Command::Down { all } => {
             if all {

@@ -138,7 +138,7 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
 
     let broker_read_seconds = read_all(&broker.bootstrap, events).await?;
 
-    let bin = tokio::task::spawn_blocking(crate::provision::sink::ensure).await??;
+    let bin = tokio::task::spawn_blocking(|| crate::provision::workspace_bin::SINK.ensure()).await??;
     let sink_seconds = sink_pass(&bin, &pg, &broker, events, false).await?;
     // Audit mode on an emptied target (the same events would all be stale otherwise).
     let target = pg.endpoint.connect(&pg.endpoint.target_db).await?;

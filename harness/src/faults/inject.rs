@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::proxy::LinkFault;
+use fault_proxy::LinkFault;
 use super::{FaultKind, FaultSpec, Link};
 use crate::orchestrator::ServiceKind;
 use crate::orchestrator::stack::Stack;

@@ -5,8 +5,6 @@
 
 pub mod inject;
 pub mod poison;
-pub mod proxy;
-pub mod proxy_server;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@ use super::local::LocalStack;
 use super::{BackendKind, Endpoints, Orchestrator, ServiceError, ServiceKind, ServiceStatus};
 use crate::config::StackConfig;
 use crate::faults::Link;
-use crate::faults::proxy::LinkFault;
+use fault_proxy::LinkFault;
 
 pub enum Stack {
     Local(LocalStack),

@@ -9,8 +9,8 @@ pub mod debezium;
 pub mod java;
 pub mod k6;
 pub mod postgres;
-pub mod sink;
 pub mod tansu;
+pub mod workspace_bin;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -55,7 +55,7 @@ impl Provisioned {
             java: java::ensure()?,
             tansu: tansu::ensure(&cache)?,
             debezium_libs: debezium::ensure(&cache)?,
-            sink: if with_sink { Some(sink::ensure()?) } else { None },
+            sink: if with_sink { Some(workspace_bin::SINK.ensure()?) } else { None },
             k6: k6::ensure(&cache)?,
         })
     }

@@ -67,11 +67,6 @@ async fn docker_stack_comes_up_survives_faults_and_goes_down_by_label() -> anyho
         stack.inject(Role::Connect, &Fault::Restart { grace: Duration::from_secs(10) }).await?;
         stack.inject(Role::Sink, &Fault::Disconnect).await?;
         stack.inject(Role::Sink, &Fault::Reconnect).await?;
-        // The stock images have no `tc`: the latency fault must say so, not fail obscurely.
-        match stack.inject(Role::Postgres, &Fault::Latency { delay: Duration::from_millis(50), jitter: Duration::ZERO }).await {
-            Ok(()) => stack.inject(Role::Postgres, &Fault::ClearLatency).await?,
-            Err(e) => anyhow::ensure!(e.to_string().contains("toxiproxy") || e.to_string().contains("tc"), "unexpected latency error: {e}"),
-        }
         let statuses = stack.status().await?;
         for s in &statuses {
             anyhow::ensure!(s.state == ServiceState::Healthy, "{} not healthy after the faults: {:?}", s.service, s.detail);
@@ -93,7 +88,7 @@ async fn local_config(client: &bollard::Docker) -> anyhow::Result<DockerConfig> 
         tansu: tools.tansu,
         debezium_libs: tools.debezium_libs,
         sink: tools.sink.expect("sink provisioned"),
-        harness: env!("CARGO_BIN_EXE_harness").into(),
+        fault_proxy: harness::provision::workspace_bin::FAULT_PROXY.ensure()?,
     };
     let local = images::ensure_local(client, &harness::provision::Cache::locate()?, &inputs).await?;
     Ok(DockerConfig { images: Images::with_local(&local), image_set: images::ImageSet::Local, target: TargetKind::Postgres, ..DockerConfig::default() })

@@ -3,7 +3,6 @@
 mod bench;
 mod chaos;
 mod docker;
-mod fault_proxy;
 mod faults;
 mod k6;
 mod observability;

@@ -25,8 +25,8 @@ use super::spec::{self, ConnectorHealth, ContainerSpec, HostPorts, Registration,
 use super::{DockerConfig, DockerError, SINK_IMAGE, TargetKind};
 use crate::config::StackConfig;
 use crate::faults::Link;
-use crate::faults::proxy::LinkFault;
-use crate::faults::proxy_server::FaultBody;
+use fault_proxy::LinkFault;
+use fault_proxy::FaultBody;
 use crate::orchestrator::local::{broker, debezium as local_debezium, postgres as local_pg, sink as local_sink};
 use crate::orchestrator::state::{self, PortPicker, absolute, state_err};
 use crate::orchestrator::wait::{NotReady, WaitFor};
@@ -119,15 +119,6 @@ pub enum Fault {
     /// Takes the container off the run network (peers see timeouts / resets).
     Disconnect,
     Reconnect,
-    /// `tc netem` delay on the container's interface. Needs `tc` (iproute2) in the image;
-    /// the stock postgres/kafka/connect/mongo images lack it, so this fails with
-    /// `FaultUnsupported` there: put a toxiproxy container on the link instead (the
-    /// service's peers then connect through the proxy alias).
-    Latency {
-        delay: Duration,
-        jitter: Duration,
-    },
-    ClearLatency,
 }
 
 impl std::fmt::Display for Fault {
@@ -141,8 +132,6 @@ impl std::fmt::Display for Fault {
             Self::Restart { .. } => f.write_str("restart"),
             Self::Disconnect => f.write_str("network disconnect"),
             Self::Reconnect => f.write_str("network connect"),
-            Self::Latency { delay, jitter } => write!(f, "latency {}ms ±{}ms", delay.as_millis(), jitter.as_millis()),
-            Self::ClearLatency => f.write_str("clear latency"),
         }
     }
 }
@@ -859,22 +848,6 @@ impl DockerStack {
                     .await
                     .map_err(|e| fail(DockerError::from_bollard("connect network", &name, e)))
             }
-            Fault::Latency { delay, jitter } => self.exec_fault(&name, fault, spec::netem_add(*delay, *jitter)).await.map_err(fail),
-            Fault::ClearLatency => self.exec_fault(&name, fault, spec::netem_clear()).await.map_err(fail),
-        }
-    }
-
-    async fn exec_fault(&self, container: &str, fault: &Fault, cmd: Vec<String>) -> Result<(), DockerError> {
-        let (code, output) = self.exec(container, cmd.clone()).await?;
-        match code {
-            0 => Ok(()),
-            // 126/127: the shell could not find or run `tc` in this image.
-            126 | 127 => Err(DockerError::FaultUnsupported {
-                fault: fault.to_string(),
-                container: container.to_string(),
-                reason: "the image has no `tc` (iproute2); route the link through a toxiproxy container to add latency".into(),
-            }),
-            code => Err(DockerError::Exec { container: container.to_string(), command: cmd, code, output }),
         }
     }
 

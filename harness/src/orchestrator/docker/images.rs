@@ -48,7 +48,7 @@ pub struct LocalImages {
     pub broker: String,
     pub debezium: String,
     pub sink: String,
-    /// The pods' fault proxy: the harness binary running `fault-proxy`.
+    /// The pods' fault proxy: the workspace's `fault-proxy` binary.
     pub proxy: String,
 }
 
@@ -77,40 +77,24 @@ pub struct LocalInputs {
     pub tansu: PathBuf,
     pub debezium_libs: PathBuf,
     pub sink: PathBuf,
-    /// The harness binary (the proxy image runs its `fault-proxy`).
-    pub harness: PathBuf,
+    /// The pods' proxy (`fault-proxy`, release-built).
+    pub fault_proxy: PathBuf,
 }
 
 impl LocalInputs {
-    /// Provisions what the images are built from (tansu, the Debezium jars, the sink) and
-    /// names the harness binary: `HARNESS_BIN`, else this executable when it is the harness.
+    /// Provisions what the images are built from: tansu, the Debezium jars, the sink and the
+    /// fault proxy.
     pub async fn provision() -> Result<Self, ImageError> {
         let tools = tokio::task::spawn_blocking(|| crate::provision::Provisioned::provision(true))
             .await
             .map_err(|e| ImageError::Io { path: PathBuf::from("provision"), source: std::io::Error::other(e.to_string()) })?
             .map_err(|e| ImageError::Provision(e.to_string()))?;
-        let harness = match std::env::var_os("HARNESS_BIN") {
-            Some(bin) => PathBuf::from(bin),
-            None => {
-                let exe = std::env::current_exe().map_err(io_err(Path::new("current executable")))?;
-                // Rebuilt while running (`cargo build` beside a long run): Linux names the
-                // old inode "<path> (deleted)"; the new binary at the path is the one to use.
-                let exe = match exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
-                    Some(path) => PathBuf::from(path),
-                    None => exe,
-                };
-                if exe.file_stem().is_some_and(|s| s == "harness") {
-                    exe
-                } else {
-                    return Err(ImageError::Provision(format!(
-                        "the proxy image is built from the harness binary, and {} is not it: set HARNESS_BIN",
-                        exe.display()
-                    )));
-                }
-            }
-        };
+        let fault_proxy = tokio::task::spawn_blocking(|| crate::provision::workspace_bin::FAULT_PROXY.ensure())
+            .await
+            .map_err(|e| ImageError::Io { path: PathBuf::from("provision"), source: std::io::Error::other(e.to_string()) })?
+            .map_err(|e| ImageError::Provision(e.to_string()))?;
         let sink = tools.sink.ok_or_else(|| ImageError::Provision("the sink binary was not provisioned".into()))?;
-        Ok(Self { tansu: tools.tansu, debezium_libs: tools.debezium_libs, sink, harness })
+        Ok(Self { tansu: tools.tansu, debezium_libs: tools.debezium_libs, sink, fault_proxy })
     }
 }
 
@@ -263,7 +247,7 @@ fn contexts(inputs: &LocalInputs, base: &str) -> Vec<Context> {
         Context::new("sink", include_str!("../../../../docker/local/sink/Dockerfile"), base)
             .stripped("sink", &inputs.sink)
             .bytes("sink.toml", include_str!("../../../../docker/sink/sink.toml")),
-        Context::new("proxy", include_str!("../../../../docker/local/proxy/Dockerfile"), base).stripped("harness", &inputs.harness),
+        Context::new("proxy", include_str!("../../../../docker/local/proxy/Dockerfile"), base).stripped("fault-proxy", &inputs.fault_proxy),
     ]
 }
 

@@ -40,7 +40,7 @@ pub struct Images {
     /// `cdc-sink:local`, built from this workspace's Dockerfile (`docker build -t cdc-sink:local .`);
     /// never pulled.
     pub sink: String,
-    /// The local set's pod proxy (`harness fault-proxy`), built by `harness provision
+    /// The local set's pod proxy (`fault-proxy`), built by `harness provision
     /// --images local`; never pulled.
     pub proxy: String,
     /// `otel/opentelemetry-collector-contrib:0.139.0` (contrib: filelog receiver and Loki-bound OTLP).
@@ -140,8 +140,6 @@ pub enum DockerError {
     Transport { op: &'static str, target: String, reason: String },
     #[error("{command:?} in {container} exited with {code}: {output}")]
     Exec { container: String, command: Vec<String>, code: i64, output: String },
-    #[error("fault {fault} on {container} is not possible: {reason}")]
-    FaultUnsupported { fault: String, container: String, reason: String },
     #[error("{container}: container is not running ({state})")]
     NotRunning { container: String, state: String },
 }

@@ -33,7 +33,7 @@ pub const MONGO_PORT: u16 = 27017;
 pub const SINK_HTTP_PORT: u16 = 9095;
 pub const PROMETHEUS_PORT: u16 = 9090;
 pub const GRAFANA_PORT: u16 = 3000;
-/// The control API of a pod's fault proxy (`harness fault-proxy --control`).
+/// The control API of a pod's fault proxy (`fault-proxy --control`).
 pub const PROXY_CONTROL_PORT: u16 = 7070;
 /// Where the local set's Debezium container mounts its folder of the run.
 pub const DEBEZIUM_DIR: &str = "/var/lib/debezium";
@@ -230,8 +230,6 @@ pub struct ContainerSpec {
     pub ports: Vec<(u16, u16)>,
     /// `host path:container path[:ro]`.
     pub binds: Vec<String>,
-    /// NET_ADMIN lets `tc netem` shape the container's interface for latency faults.
-    pub net_admin: bool,
     /// Joins this container's network namespace (`network_mode: container:<name>`): no
     /// network, alias, hostname or ports of its own.
     pub pod: Option<Role>,
@@ -249,7 +247,6 @@ impl ContainerSpec {
             health: None,
             ports: Vec::new(),
             binds: Vec::new(),
-            net_admin: false,
             pod: None,
             user: None,
         }
@@ -297,7 +294,6 @@ impl ContainerSpec {
                 network_mode: Some(names.network()),
                 port_bindings: Some(port_bindings),
                 binds: (!self.binds.is_empty()).then(|| self.binds.clone()),
-                cap_add: self.net_admin.then(|| vec!["NET_ADMIN".to_string()]),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig { endpoints_config: Some(HashMap::from([(names.network(), endpoint)])) }),
@@ -361,7 +357,6 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
             .to_vec();
             spec.health = Some(HealthCheck::shell("pg_isready -U postgres -d postgres -h 127.0.0.1"));
             spec.ports = vec![(POSTGRES_PORT, ports.postgres)];
-            spec.net_admin = true;
             spec
         }
         Role::Kafka if inputs.config.image_set == ImageSet::Local => {
@@ -400,7 +395,6 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
                 "/opt/kafka/bin/kafka-broker-api-versions.sh --bootstrap-server localhost:{KAFKA_INTERNAL_PORT} >/dev/null 2>&1"
             )));
             spec.ports = vec![(KAFKA_EXTERNAL_PORT, ports.kafka)];
-            spec.net_admin = true;
             spec
         }
         Role::ConnectProxy | Role::SinkProxy => {
@@ -410,7 +404,7 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
                 Role::ConnectProxy => ("debezium-postgres", CONNECT_PORT, ports.connect, ports.connect_proxy),
                 _ => ("sink-target", SINK_HTTP_PORT, ports.sink_http, ports.sink_proxy),
             };
-            let mut spec = base.env("HARNESS_LOG", "warn");
+            let mut spec = base;
             spec.cmd = vec![
                 "--link".into(),
                 format!("broker={}=kafka:{KAFKA_EXTERNAL_PORT}", ports.kafka),
@@ -460,14 +454,12 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
                 .env("OFFSET_FLUSH_INTERVAL_MS", "1000");
             spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://localhost:{CONNECT_PORT}/ >/dev/null")));
             spec.ports = vec![(CONNECT_PORT, ports.connect)];
-            spec.net_admin = true;
             spec
         }
         Role::Mongo => {
             let mut spec = base;
             spec.health = Some(HealthCheck::shell("mongosh --quiet --eval 'quit(db.adminCommand({ping: 1}).ok ? 0 : 1)'"));
             spec.ports = vec![(MONGO_PORT, ports.mongo)];
-            spec.net_admin = true;
             spec
         }
         Role::Sink => {
@@ -490,7 +482,6 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
             }
             spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://127.0.0.1:{SINK_HTTP_PORT}/readyz >/dev/null")));
             spec.ports = vec![(SINK_HTTP_PORT, ports.sink_http)];
-            spec.net_admin = true;
             spec
         }
         Role::OtelCollector => {
@@ -647,20 +638,6 @@ pub fn snapshot_finished(offsets: &Value) -> Option<bool> {
     Some(!in_snapshot || last)
 }
 
-/// `tc netem` on the container's eth0 for a latency fault (needs NET_ADMIN and `tc` in
-/// the image; images without iproute2 need a proxy in front instead, see `Fault`).
-pub fn netem_add(delay: Duration, jitter: Duration) -> Vec<String> {
-    let mut cmd: Vec<String> = ["tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay"].map(String::from).to_vec();
-    cmd.push(format!("{}ms", delay.as_millis()));
-    if !jitter.is_zero() {
-        cmd.push(format!("{}ms", jitter.as_millis()));
-    }
-    cmd
-}
-
-pub fn netem_clear() -> Vec<String> {
-    ["tc", "qdisc", "del", "dev", "eth0", "root"].map(String::from).to_vec()
-}
 
 #[cfg(test)]
 mod tests {
@@ -904,13 +881,6 @@ mod tests {
         assert_eq!(snapshot_finished(&last), Some(true));
         let streaming = json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 9, "txId": 3}}]});
         assert_eq!(snapshot_finished(&streaming), Some(true));
-    }
-
-    #[test]
-    fn netem_commands() {
-        assert_eq!(netem_add(Duration::from_millis(200), Duration::from_millis(50)).join(" "), "tc qdisc replace dev eth0 root netem delay 200ms 50ms");
-        assert_eq!(netem_add(Duration::from_millis(200), Duration::ZERO).join(" "), "tc qdisc replace dev eth0 root netem delay 200ms");
-        assert_eq!(netem_clear().join(" "), "tc qdisc del dev eth0 root");
     }
 
     #[test]

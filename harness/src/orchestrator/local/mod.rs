@@ -23,7 +23,7 @@ use super::state::{self, PortPicker, absolute, state_err};
 use super::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 use crate::config::{DLQ_TOPIC, StackConfig, TABLES, topic_for};
 use crate::faults::Link;
-use crate::faults::proxy::{FaultProxy, LinkFault};
+use fault_proxy::{FaultProxy, LinkFault};
 use crate::provision::Provisioned as Tools;
 
 const STATE_FILE: &str = "stack.json";

@@ -1,4 +1,4 @@
-//! `harness fault-proxy`: the fault proxies of one service's links as their own process, for
+//! `fault-proxy`: the fault proxies of one service's links as their own process, for
 //! the Docker backend, where the proxy runs in a small container whose network namespace the
 //! service joins (a pod): the service reaches each upstream at `127.0.0.1:<port>`, the proxy
 //! forwards to the upstream's name on the run's network, and the harness sets each link's
@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::proxy::{FaultProxy, LinkFault};
+use crate::link::{FaultProxy, LinkFault};
 
 /// `NAME=LISTEN_PORT=UPSTREAM_HOST:PORT`, as given to `--link`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! A TCP fault proxy on one link: clients connect to the proxy, the proxy forwards to the
 //! real service and applies the link's current fault (latency with jitter, bandwidth
 //! limit, connection reset, blackhole, down). The local backend puts one on each link it
-//! may break; the Docker backend does the same with `tc netem` and network disconnects.
+//! may break; the Docker backend runs one per pod (the `fault-proxy` binary), controlled
+//! over HTTP (`control.rs`).
 //!
 //! Connections made by the harness itself (its lag meter, broker health checks, poison
 //! producer) are relayed untouched: a client reaches tansu only at the one address it

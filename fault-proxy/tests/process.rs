@@ -1,10 +1,14 @@
-//! `harness fault-proxy` as a process, as the Docker backend's proxy container runs it: a
+//! `fault-proxy` as a process, as the Docker backend's proxy container runs it: a
 //! link forwards to its upstream, and the control API sets and reports the link's fault.
 
 use std::time::Duration;
 
-use harness::orchestrator::local::process::free_port;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
 
 struct Killed(std::process::Child);
 
@@ -50,8 +54,8 @@ async fn fault_proxy_process_forwards_and_takes_faults_over_http() -> anyhow::Re
     let upstream = echo_server().await;
     let (link_port, control_port) = (free_port()?, free_port()?);
     let _proxy = Killed(
-        std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
-            .args(["fault-proxy", "--link", &format!("echo={link_port}={upstream}"), "--control", &format!("127.0.0.1:{control_port}")])
+        std::process::Command::new(env!("CARGO_BIN_EXE_fault-proxy"))
+            .args(["--link", &format!("echo={link_port}={upstream}"), "--control", &format!("127.0.0.1:{control_port}")])
             .spawn()?,
     );
     let control = format!("http://127.0.0.1:{control_port}");

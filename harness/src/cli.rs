@@ -39,6 +39,11 @@ enum Command {
     Up {
         #[command(flatten)]
         stack: StackArgs,
+        /// Also write an endpoints file for the started stack (`--backend external
+        /// --endpoints FILE` then verifies it as a stack the run did not start); the
+        /// PostgreSQL password goes to a 0600 file in the run folder, which it names.
+        #[arg(long, value_name = "FILE")]
+        write_endpoints: Option<PathBuf>,
         /// Customers in the seed data (addresses, orders and items follow from it).
         #[arg(long, default_value_t = 3000)]
         seed_customers: u32,
@@ -50,6 +55,8 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        external: ExternalArgs,
     },
     /// Stop every service of the stack.
     Down {
@@ -86,6 +93,12 @@ enum Command {
         /// The MongoDB target's database.
         #[arg(long, default_value = "cdc")]
         mongo_db: String,
+        #[command(flatten)]
+        external: ExternalArgs,
+        /// The table -> target mapping to verify (a team's own tables); default: the
+        /// harness's workload tables (`harness/mapping.toml`).
+        #[arg(long, value_name = "FILE")]
+        mapping: Option<PathBuf>,
     },
     /// Benchmarks, each against a raw baseline measured in the same run.
     #[command(subcommand)]
@@ -97,8 +110,34 @@ enum Command {
     Report(harness::report::cli::ReportArgs),
 }
 
+/// A stack the harness did not start.
+#[derive(clap::Args, Clone)]
+struct ExternalArgs {
+    /// `external`: the stack the endpoints file names (the only backend these commands
+    /// take besides the run folder's own stack).
+    #[arg(long, value_enum)]
+    backend: Option<harness::orchestrator::BackendKind>,
+    /// Endpoints file of an external stack (see README, External stacks).
+    #[arg(long, value_name = "FILE")]
+    endpoints: Option<PathBuf>,
+}
+
+impl ExternalArgs {
+    /// The external stack named, or the one a previous `up` left in `run_dir`.
+    async fn open(&self, run_dir: &std::path::Path) -> anyhow::Result<Stack> {
+        let choice = StackChoice { backend: self.backend, endpoints: self.endpoints.clone(), ..StackChoice::default() };
+        if let Some(stack) = Stack::external(&choice)? {
+            return Ok(stack);
+        }
+        if let Some(other) = self.backend.filter(|b| *b != harness::orchestrator::BackendKind::Auto) {
+            return Err(ServiceError::Unsupported(format!("--backend {} is for commands that start a stack; this one reads the stack in --run-dir or --endpoints", other.name())).into());
+        }
+        Stack::open(run_dir).await?.ok_or_else(|| anyhow::anyhow!("no stack in {} (start one with `harness up`, or name one with --backend external --endpoints FILE)", run_dir.display()))
+    }
+}
+
 /// Where the services run.
-#[derive(clap::Args, Clone, Copy)]
+#[derive(clap::Args, Clone)]
 struct StackArgs {
     /// `auto`: Docker when a daemon answers and the images are there, else local processes.
     #[arg(long, value_enum, default_value = "auto")]
@@ -111,11 +150,14 @@ struct StackArgs {
     /// with local ones; the local backend always writes to PostgreSQL).
     #[arg(long, value_enum)]
     target: Option<TargetKind>,
+    /// Endpoints file of a stack the harness did not start (`--backend external`).
+    #[arg(long, value_name = "FILE")]
+    endpoints: Option<PathBuf>,
 }
 
 impl StackArgs {
     fn choice(self) -> StackChoice {
-        StackChoice { backend: Some(self.backend), images: self.images, target: self.target }
+        StackChoice { backend: Some(self.backend), images: self.images, target: self.target, endpoints: self.endpoints }
     }
 }
 
@@ -207,7 +249,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Baseline(args) => run_scenario("baseline", args, &cli.run_dir).await,
         Command::Run { scenario, args } => run_scenario(&scenario, args, &cli.run_dir).await,
-        Command::Up { stack, seed_customers, partitions } => {
+        Command::Up { stack, write_endpoints, seed_customers, partitions } => {
             let mut config = StackConfig::new(&cli.run_dir);
             config.seed.customers = seed_customers;
             config.partitions = partitions;
@@ -221,6 +263,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 Some(outcome) => {
                     let code = finish_up(outcome, &mut stack, started).await?;
                     if code == exit::SUCCESS {
+                        if let Some(file) = &write_endpoints {
+                            if let Err(e) = write_endpoints_file(&stack, &cli.run_dir, file) {
+                                stack.detach();
+                                return Err(e);
+                            }
+                        }
                         stack.detach();
                     }
                     Ok(code)
@@ -232,10 +280,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
         }
-        Command::Status { json } => {
-            let Some(stack) = Stack::open(&cli.run_dir).await? else {
-                anyhow::bail!("no stack in {} (start one with `harness up`)", cli.run_dir.display());
-            };
+        Command::Status { json, external } => {
+            let stack = external.open(&cli.run_dir).await?;
             let statuses = stack.status().await;
             stack.detach();
             let statuses = statuses?;
@@ -272,15 +318,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit::SUCCESS)
         }
-        Command::Verify { target, json, max_examples, settle, mongo_uri, mongo_db } => {
-            let Some(stack) = Stack::open(&cli.run_dir).await? else {
-                anyhow::bail!("no stack in {} (start one with `harness up`)", cli.run_dir.display());
-            };
+        Command::Verify { target, json, max_examples, settle, mongo_uri, mongo_db, external, mapping } => {
+            let stack = external.open(&cli.run_dir).await?;
             let endpoints = stack.endpoints();
-            // A Docker stack that materializes into MongoDB is verified there by default.
+            // A stack that materializes into MongoDB is verified there by default.
             let stack_mongo = stack.mongo_uri();
+            let mongo_db = match &stack {
+                Stack::External(ext) => ext.mongo().map(|(_, db)| db).unwrap_or(mongo_db),
+                _ => mongo_db,
+            };
             stack.detach();
-            let options = VerifyOptions { max_examples, settle, ..Default::default() };
+            let mapping = match &mapping {
+                Some(path) => Some(harness::verify::mapping::Mapping::load(path).map_err(ServiceError::Unsupported)?),
+                None => None,
+            };
+            let options = VerifyOptions { max_examples, settle, mapping, ..Default::default() };
             let (target, mongo_uri) = match (target, mongo_uri, stack_mongo) {
                 (VerifyTarget::Stack, given, Some(uri)) => (VerifyTarget::Mongo, given.or(Some(uri))),
                 (VerifyTarget::Stack, given, None) => (VerifyTarget::Postgres, given),
@@ -368,6 +420,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// Writes the endpoints file of a started stack; its PostgreSQL password goes to a file
+/// of its own (mode 0600) that the endpoints file names.
+fn write_endpoints_file(stack: &Stack, run_dir: &std::path::Path, file: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let endpoints = stack.endpoints();
+    let run_dir = std::path::absolute(run_dir)?;
+    let password_file = run_dir.join("postgres.password");
+    let mut out = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&password_file).with_context(|| format!("{}", password_file.display()))?;
+    std::io::Write::write_all(&mut out, format!("{}\n", endpoints.postgres.password.expose()).as_bytes())?;
+    let publication = harness::orchestrator::local::debezium::PUBLICATION_NAME;
+    let text = harness::orchestrator::external::file::EndpointsFile::for_started(&endpoints, publication, &password_file).to_toml();
+    std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?;
+    eprintln!("up: endpoints written to {} (password in {})", file.display(), password_file.display());
+    Ok(())
+}
+
 /// Prints the endpoints of a stack that came up, or stops what was started.
 async fn finish_up(outcome: Result<harness::orchestrator::Endpoints, ServiceError>, stack: &mut Stack, started: std::time::Instant) -> anyhow::Result<i32> {
     match outcome {
@@ -395,6 +463,10 @@ async fn run_scenario(name: &str, args: RunArgs, run_dir: &std::path::Path) -> a
             return Ok(exit::USAGE);
         }
     };
+    if args.reuse && args.stack.endpoints.is_some() {
+        eprintln!("error: --reuse takes the stack of --run-dir; an external stack (--endpoints) is always used as it stands");
+        return Ok(exit::USAGE);
+    }
     if args.reuse && scenario.needs_link_faults() {
         eprintln!("error: scenario {} injects link faults, which need the fault proxies of a stack this run starts; run it without --reuse", scenario.name);
         return Ok(exit::USAGE);

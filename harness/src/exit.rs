@@ -24,7 +24,8 @@ pub fn code_for(error: &anyhow::Error) -> i32 {
     let image_usage =
         |e: &ImageError| matches!(e, ImageError::BaseUnavailable { .. } | ImageError::Provision(_) | ImageError::Docker(DockerError::Unreachable { .. }));
     let usage = |e: &ServiceError| match e {
-        ServiceError::Provision(_) | ServiceError::BackendUnavailable(..) | ServiceError::Unsupported(_) => true,
+        // An external stack that fails its pre-flight is a set-up problem of that stack.
+        ServiceError::Provision(_) | ServiceError::BackendUnavailable(..) | ServiceError::Unsupported(_) | ServiceError::Preflight { .. } => true,
         ServiceError::Images(e) => image_usage(e),
         _ => false,
     };
@@ -74,6 +75,8 @@ mod tests {
         assert_eq!(code_for(&in_run(ImageError::Build { image: "i".into(), reason: "apt".into(), log: "/l".into() })), ERROR);
         assert_eq!(code_for(&in_run(ImageError::BaseUnavailable { what: "debootstrap", hint: "apt-get".into() })), USAGE);
         assert_eq!(code_for(&anyhow::Error::new(ServiceError::Unsupported("--images needs --backend docker".into()))), USAGE);
+        let preflight = ServiceError::Preflight { hop: "source", reason: "password authentication failed".into() };
+        assert_eq!(code_for(&anyhow::Error::new(RunError::Stack(preflight))), USAGE);
         assert_eq!(code_for(&anyhow::anyhow!("anything else")), ERROR);
     }
 }

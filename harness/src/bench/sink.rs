@@ -141,7 +141,7 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
     let bin = tokio::task::spawn_blocking(|| crate::provision::workspace_bin::SINK.ensure()).await??;
     let sink_seconds = sink_pass(&bin, &pg, &broker, events, false).await?;
     // Audit mode on an emptied target (the same events would all be stale otherwise).
-    let target = pg.endpoint.connect(&pg.endpoint.target_db).await?;
+    let target = pg.endpoint.connect_target().await?;
     target.batch_execute("TRUNCATE customer_materialized; DROP TABLE IF EXISTS _cdc_apply_log").await?;
     let audit_seconds = sink_pass(&bin, &pg, &broker, events, true).await?;
     let logged: i64 = target.query_one("SELECT count(*) FROM _cdc_apply_log", &[]).await?.get(0);
@@ -311,7 +311,7 @@ async fn read_all(bootstrap: &str, events: u64) -> anyhow::Result<f64> {
 /// The same rows upserted by one connection, one statement per batch, with the same
 /// version guard the sink uses.
 async fn baseline(pg: &TestPostgres, changes: &[Change]) -> anyhow::Result<f64> {
-    let client = pg.endpoint.connect(&pg.endpoint.target_db).await?;
+    let client = pg.endpoint.connect_target().await?;
     client
         .batch_execute(
             "CREATE TABLE baseline_customer (id uuid PRIMARY KEY, email text, status text, updated_at timestamptz,

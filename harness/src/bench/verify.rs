@@ -62,7 +62,7 @@ pub async fn run(rows: u64) -> anyhow::Result<VerifyBench> {
 /// target copied from the source through COPY with CDC metadata appended.
 async fn load(pg: &PgEndpoint, rows: u64) -> anyhow::Result<()> {
     let per = (rows / 4).max(1) as i64;
-    let source = pg.connect(&pg.source_db).await?;
+    let source = pg.connect_source().await?;
     source
         .execute(
             "INSERT INTO customer SELECT gen_random_uuid(), 'c'||g||'@example.com', (ARRAY['active','inactive','blocked'])[1 + g % 3], now() - g * interval '1 second' FROM generate_series(1, $1::int8) g",
@@ -78,7 +78,7 @@ async fn load(pg: &PgEndpoint, rows: u64) -> anyhow::Result<()> {
     source.execute("INSERT INTO orders SELECT gen_random_uuid(), c.id, 'paid', 123.45, now(), now() FROM customer c", &[]).await?;
     source.execute("INSERT INTO order_item SELECT gen_random_uuid(), o.id, 'SKU-1', 'Thing', 3, 41.15, 123.45 FROM orders o", &[]).await?;
     source.batch_execute("ANALYZE").await?;
-    let target = pg.connect(&pg.target_db).await?;
+    let target = pg.connect_target().await?;
     target.batch_execute(include_str!("../../sql/target_layout.sql")).await?;
     for entity in &Mapping::builtin().entity {
         let columns = entity.columns.iter().map(|c| format!("\"{}\"", c.name)).collect::<Vec<_>>().join(", ");
@@ -107,8 +107,8 @@ async fn load(pg: &PgEndpoint, rows: u64) -> anyhow::Result<()> {
 
 /// Reads every table of both sides ordered by key, concurrently, discarding the rows.
 async fn raw_read(pg: &PgEndpoint) -> anyhow::Result<()> {
-    let source = pg.connect(&pg.source_db).await?;
-    let target = pg.connect(&pg.target_db).await?;
+    let source = pg.connect_source().await?;
+    let target = pg.connect_target().await?;
     for entity in &Mapping::builtin().entity {
         let columns = entity.columns.iter().map(|c| format!("\"{}\"", c.name)).collect::<Vec<_>>().join(", ");
         let s = drain(&source, format!("COPY (SELECT {columns} FROM public.{} ORDER BY id) TO STDOUT", entity.source_table));

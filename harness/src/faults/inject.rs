@@ -33,7 +33,24 @@ pub async fn apply(stack: &mut Stack, fault: &FaultSpec, started: Instant) -> Fa
     let mut parameters = fault.parameters();
     // The service and when it was started again (or resumed): recovery is measured from there.
     let mut recovered_service: Option<(ServiceKind, Instant)> = None;
+    // Connector faults recover when Connect reports the connector and its tasks running.
+    let mut recovered_connector: Option<Instant> = None;
     let outcome: Result<(), String> = async {
+        if fault.on_connector() {
+            let connect = stack.connector().map_err(|e| e.to_string())?;
+            let failed = |e: crate::orchestrator::external::connect::ConnectError| e.to_string();
+            match (fault.target.as_str(), fault.fault) {
+                (super::CONNECTOR, FaultKind::Pause) => {
+                    connect.pause().await.map_err(failed)?;
+                    tokio::time::sleep(fault.duration).await;
+                    connect.resume().await.map_err(failed)?;
+                }
+                (super::CONNECTOR, _) => connect.restart().await.map_err(failed)?,
+                _ => connect.restart_task(0).await.map_err(failed)?,
+            }
+            recovered_connector = Some(Instant::now());
+            return Ok(());
+        }
         match fault.fault {
             FaultKind::Kill | FaultKind::Stop | FaultKind::Pause | FaultKind::Restart => {
                 let svc = service(&fault.target).ok_or("unknown service")?;
@@ -76,7 +93,7 @@ pub async fn apply(stack: &mut Stack, fault: &FaultSpec, started: Instant) -> Fa
                 stack.reset_link(link).await.map_err(|e| e.to_string())
             }
             FaultKind::Poison => {
-                let sent = super::poison::inject(&stack.endpoints().kafka, &fault.target, fault.count.unwrap_or(1)).await.map_err(|e| e.to_string())?;
+                let sent = super::poison::inject(&stack.endpoints(), &fault.target, fault.count.unwrap_or(1)).await.map_err(|e| e.to_string())?;
                 parameters.insert("sent".into(), sent.len().to_string());
                 parameters.insert(super::POISON_OFFSETS.into(), super::format_offsets(&sent));
                 Ok(())
@@ -88,7 +105,39 @@ pub async fn apply(stack: &mut Stack, fault: &FaultSpec, started: Instant) -> Fa
         parameters.insert("error".into(), e);
     }
     let end_s = started.elapsed().as_secs_f64();
-    let service_recovery_s = match recovered_service {
+    let service_recovery_s = match (recovered_service, recovered_connector) {
+        (None, Some(resumed)) => connector_recovery(stack, resumed).await,
+        (recovered, _) => service_recovery(stack, recovered).await,
+    };
+    FaultRecord {
+        kind: fault.fault.name().into(),
+        target: fault.target.clone(),
+        parameters,
+        start_s,
+        end_s: Some(end_s),
+        service_recovery_s,
+        pipeline_recovery_s: None,
+    }
+}
+
+/// Seconds from the resume (or restart request) until Connect reports the connector and
+/// its tasks running again.
+async fn connector_recovery(stack: &Stack, resumed: Instant) -> Option<f64> {
+    let connect = stack.connector().ok()?;
+    let deadline = Instant::now() + RECOVERY_LIMIT;
+    // A restart is asynchronous: the status may still say RUNNING for the old task at first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while Instant::now() < deadline {
+        if connect.is_running().await {
+            return Some(resumed.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+async fn service_recovery(stack: &Stack, recovered_service: Option<(ServiceKind, Instant)>) -> Option<f64> {
+    match recovered_service {
         Some((svc, restarted)) => {
             let deadline = Instant::now() + RECOVERY_LIMIT;
             let mut recovered = None;
@@ -102,14 +151,5 @@ pub async fn apply(stack: &mut Stack, fault: &FaultSpec, started: Instant) -> Fa
             recovered
         }
         None => None,
-    };
-    FaultRecord {
-        kind: fault.fault.name().into(),
-        target: fault.target.clone(),
-        parameters,
-        start_s,
-        end_s: Some(end_s),
-        service_recovery_s,
-        pipeline_recovery_s: None,
     }
 }

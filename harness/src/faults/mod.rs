@@ -87,6 +87,11 @@ impl Link {
     }
 }
 
+/// Fault target: the CDC connector, paused/resumed or restarted over Kafka Connect's REST API.
+pub const CONNECTOR: &str = "connector";
+/// Fault target: the connector's task 0, restarted over Kafka Connect's REST API.
+pub const CONNECTOR_TASK: &str = "connector-task";
+
 /// One scheduled fault, as written in a scenario's `[[faults]]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +102,8 @@ pub struct FaultSpec {
     /// How long the fault lasts (downtime for kill/stop, pause length, link fault length).
     #[serde(default = "default_duration", with = "humantime_serde")]
     pub duration: Duration,
-    /// A service (`postgres`, `broker`, `debezium`, `sink`) or a link (`broker`,
+    /// A service (`postgres`, `broker`, `debezium`, `sink`), the connector (`connector`,
+    /// `connector-task`: through Kafka Connect's REST API), a link (`broker`,
     /// `debezium-postgres`, `sink-target`) for link faults, or a table for poison.
     pub target: String,
     pub fault: FaultKind,
@@ -119,7 +125,13 @@ const fn default_duration() -> Duration {
 impl FaultSpec {
     pub fn validate(&self) -> Result<(), String> {
         let services = ["postgres", "broker", "debezium", "sink"];
-        if self.fault.on_link() {
+        if self.target == CONNECTOR || self.target == CONNECTOR_TASK {
+            let allowed = if self.target == CONNECTOR { &[FaultKind::Pause, FaultKind::Restart][..] } else { &[FaultKind::Restart][..] };
+            if !allowed.contains(&self.fault) {
+                let names: Vec<&str> = allowed.iter().map(|k| k.name()).collect();
+                return Err(format!("`{}` takes {} (through Kafka Connect's REST API), not {}", self.target, names.join(" or "), self.fault.name()));
+            }
+        } else if self.fault.on_link() {
             if Link::parse(&self.target).is_none() {
                 return Err(format!(
                     "`{}` is not a link; links: broker, debezium-postgres, sink-target (locally the broker link is shared by every Kafka client)",
@@ -140,6 +152,11 @@ impl FaultSpec {
             return Err("a bandwidth fault needs bandwidth_kbps".into());
         }
         Ok(())
+    }
+
+    /// A fault done through Kafka Connect's REST API (`connector`, `connector-task`).
+    pub fn on_connector(&self) -> bool {
+        self.target == CONNECTOR || self.target == CONNECTOR_TASK
     }
 
     pub fn parameters(&self) -> std::collections::BTreeMap<String, String> {
@@ -270,6 +287,14 @@ mod tests {
         f.fault = FaultKind::Kill;
         f.target = "kafka".into();
         assert!(f.validate().unwrap_err().contains("not a service"));
+        f.target = CONNECTOR.into();
+        assert!(f.validate().unwrap_err().contains("takes pause or restart"));
+        f.fault = FaultKind::Pause;
+        f.validate().unwrap();
+        f.target = CONNECTOR_TASK.into();
+        assert!(f.validate().unwrap_err().contains("takes restart"));
+        f.fault = FaultKind::Restart;
+        f.validate().unwrap();
     }
 }
 

@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Produces `count` bad events to the topic of `table`, cycling through the kinds of
 /// poison: malformed JSON, an unknown op, a rule-breaking value (bad email/uuid). Returns
 /// where each landed (partition, offset), to reconcile them one by one with the DLQ.
-pub async fn inject(bootstrap: &str, table: &str, count: u32) -> Result<Vec<(i32, i64)>, rdkafka::error::KafkaError> {
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("message.timeout.ms", "30000").create()?;
-    let topic = crate::config::topic_for(table);
+pub async fn inject(endpoints: &crate::orchestrator::Endpoints, table: &str, count: u32) -> Result<Vec<(i32, i64)>, rdkafka::error::KafkaError> {
+    let producer: FutureProducer = endpoints.kafka_config().set("message.timeout.ms", "30000").create()?;
+    let topic = endpoints.topic(table);
     let mut sent = Vec::new();
     for i in 0..count {
         let id = uuid::Uuid::new_v4();

@@ -3,11 +3,13 @@
 //! (real images through bollard), selected by `--backend docker|local|auto`.
 
 pub mod docker;
+pub mod external;
 pub mod local;
 pub mod stack;
 pub mod state;
 pub mod wait;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,6 +67,9 @@ pub enum ServiceError {
     Unsupported(String),
     #[error(transparent)]
     Images(#[from] docker::images::ImageError),
+    /// An external stack's pre-flight found a hop that does not answer or is not set up.
+    #[error("pre-flight: {hop}: {reason}")]
+    Preflight { hop: &'static str, reason: String },
     #[error("teardown left running: {}", left.join(", "))]
     Teardown { left: Vec<String> },
 }
@@ -101,9 +106,49 @@ pub struct PgEndpoint {
     pub password: Secret,
     pub source_db: String,
     pub target_db: String,
+    /// The server of `target_db` when it is not the source's (an external stack's
+    /// separate target); `None`: both databases live on this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_server: Option<PgServer>,
+}
+
+/// A PostgreSQL server and the role to log in with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PgServer {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+}
+
+impl PgServer {
+    fn conn_string(&self, db: &str) -> String {
+        format!("host={} port={} user={} password={} dbname={db} connect_timeout=5", self.host, self.port, self.user, self.password.expose())
+    }
 }
 
 impl PgEndpoint {
+    /// The source database.
+    pub async fn connect_source(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        self.connect(&self.source_db).await
+    }
+
+    /// The target database, on its own server when it has one.
+    pub async fn connect_target(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        match &self.target_server {
+            Some(server) => connect_with(&server.conn_string(&self.target_db)).await,
+            None => self.connect(&self.target_db).await,
+        }
+    }
+
+    /// The target database without the password: for logs and reports.
+    pub fn display_target(&self) -> String {
+        match &self.target_server {
+            Some(s) => format!("postgres://{}@{}:{}/{}", s.user, s.host, s.port, self.target_db),
+            None => self.display(&self.target_db),
+        }
+    }
+
     /// libpq-style connection string for `db`, password included (never log it).
     pub fn conn_string(&self, db: &str) -> String {
         format!("host={} port={} user={} password={} dbname={db} connect_timeout=5", self.host, self.port, self.user, self.password.expose())
@@ -114,13 +159,18 @@ impl PgEndpoint {
         format!("postgres://{}@{}:{}/{db}", self.user, self.host, self.port)
     }
 
+    /// `db` on this server (the source's).
     pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::connect(&self.conn_string(db), tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        connect_with(&self.conn_string(db)).await
     }
+}
+
+async fn connect_with(conn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
 }
 
 /// Where the running stack can be reached.
@@ -129,10 +179,77 @@ pub struct Endpoints {
     pub postgres: PgEndpoint,
     /// Kafka bootstrap servers.
     pub kafka: String,
-    /// Debezium launcher status URL (`GET /status`).
+    /// librdkafka settings of every client the harness makes (TLS, SASL), as given; the
+    /// values may be credentials, so none is ever printed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kafka_client: BTreeMap<String, Secret>,
+    /// Topics are `<prefix>.public.<table>`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// The sink's consumer group (its lag is measured at the broker).
+    #[serde(default = "default_group")]
+    pub consumer_group: String,
+    /// The connector's replication slot (its backlog is sampled); `None`: not sampled.
+    #[serde(default = "default_slot")]
+    pub slot: Option<String>,
+    /// Debezium launcher status URL (`GET /status`); empty when there is none.
     pub debezium_status: String,
-    /// Sink HTTP (`/healthz`, `/readyz`, `/metrics`).
+    /// Sink HTTP (`/healthz`, `/readyz`, `/metrics`); empty when there is none.
     pub sink_http: String,
+    /// Kafka Connect's REST API and the connector's name, where one serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<ConnectEndpoint>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnectEndpoint {
+    /// Base URL (`http://host:8083`).
+    pub url: String,
+    pub connector: String,
+}
+
+fn default_topic_prefix() -> String {
+    crate::config::TOPIC_PREFIX.to_string()
+}
+
+fn default_group() -> String {
+    local::sink::GROUP_ID.to_string()
+}
+
+fn default_slot() -> Option<String> {
+    Some(local::debezium::SLOT_NAME.to_string())
+}
+
+impl Endpoints {
+    /// The endpoints of a stack this harness started: its topic prefix, group and slot.
+    pub fn started(postgres: PgEndpoint, kafka: String, debezium_status: String, sink_http: String, connect: Option<ConnectEndpoint>) -> Self {
+        Self {
+            postgres,
+            kafka,
+            kafka_client: BTreeMap::new(),
+            topic_prefix: default_topic_prefix(),
+            consumer_group: default_group(),
+            slot: default_slot(),
+            debezium_status,
+            sink_http,
+            connect,
+        }
+    }
+
+    /// A Kafka client configuration with the bootstrap servers and the stack's client settings.
+    pub fn kafka_config(&self) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &self.kafka);
+        for (key, value) in &self.kafka_client {
+            config.set(key, value.expose());
+        }
+        config
+    }
+
+    /// The CDC topic of `table`.
+    pub fn topic(&self, table: &str) -> String {
+        format!("{}.public.{table}", self.topic_prefix)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +295,8 @@ pub enum BackendKind {
     Auto,
     Local,
     Docker,
+    /// A stack the harness did not start, named by an endpoints file (`--endpoints`).
+    External,
 }
 
 impl BackendKind {
@@ -186,6 +305,7 @@ impl BackendKind {
             Self::Auto => "auto",
             Self::Local => "local",
             Self::Docker => "docker",
+            Self::External => "external",
         }
     }
 }
@@ -195,6 +315,7 @@ impl BackendKind {
 pub async fn resolve_backend(requested: BackendKind) -> Result<BackendKind, ServiceError> {
     match requested {
         BackendKind::Local => Ok(BackendKind::Local),
+        BackendKind::External => Err(ServiceError::Unsupported("--backend external needs --endpoints FILE".into())),
         BackendKind::Auto => Ok(if docker::connect().await.is_ok() { BackendKind::Docker } else { BackendKind::Local }),
         BackendKind::Docker => match docker::connect().await {
             Ok(_) => Ok(BackendKind::Docker),

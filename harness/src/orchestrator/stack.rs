@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use super::docker::images::{self, ImageSet};
 use super::docker::{DockerConfig, DockerStack, Images, TargetKind};
+use super::external::ExternalStack;
+use super::external::connect::ConnectClient;
 use super::local::LocalStack;
 use super::{BackendKind, Endpoints, Orchestrator, ServiceError, ServiceKind, ServiceStatus};
 use crate::config::StackConfig;
@@ -16,17 +18,20 @@ use fault_proxy::LinkFault;
 pub enum Stack {
     Local(LocalStack),
     Docker(DockerStack),
+    External(ExternalStack),
 }
 
 /// Grace of a graceful stop before SIGKILL, as the local backend gives.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
-/// What the user asked for: `--backend`, `--images`, `--target`.
-#[derive(Debug, Clone, Copy, Default)]
+/// What the user asked for: `--backend`, `--images`, `--target`, `--endpoints`.
+#[derive(Debug, Clone, Default)]
 pub struct StackChoice {
     pub backend: Option<BackendKind>,
     pub images: Option<ImageSet>,
     pub target: Option<TargetKind>,
+    /// The endpoints file of an external stack.
+    pub endpoints: Option<std::path::PathBuf>,
 }
 
 impl StackChoice {
@@ -46,6 +51,9 @@ impl Stack {
     /// local set is built when asked for with `--images local`), the local backend otherwise,
     /// and says why.
     pub async fn create(config: StackConfig, choice: StackChoice) -> Result<Self, ServiceError> {
+        if let Some(stack) = Self::external(&choice)? {
+            return Ok(stack);
+        }
         let requested = choice.backend.unwrap_or(BackendKind::Auto);
         let mut backend = super::resolve_backend(requested).await?;
         if requested == BackendKind::Auto && backend == BackendKind::Docker && choice.images != Some(ImageSet::Local) {
@@ -85,6 +93,22 @@ impl Stack {
         }
     }
 
+    /// The external stack `choice` names (`--endpoints` with `--backend external` or
+    /// `auto`), if it names one; `--endpoints` with another backend is a usage error.
+    pub fn external(choice: &StackChoice) -> Result<Option<Self>, ServiceError> {
+        match (choice.backend, &choice.endpoints) {
+            (Some(BackendKind::External) | None | Some(BackendKind::Auto), Some(file)) => {
+                if choice.images.is_some() || choice.target.is_some() {
+                    return Err(refused("--images and --target choose what the harness starts; an external stack's target is in its endpoints file"));
+                }
+                Ok(Some(Self::External(ExternalStack::load(file)?)))
+            }
+            (Some(BackendKind::External), None) => Err(refused("--backend external needs --endpoints FILE")),
+            (Some(other), Some(_)) => Err(refused(&format!("--endpoints names an external stack: use --backend external, not {}", other.name()))),
+            _ => Ok(None),
+        }
+    }
+
     /// The stack a previous `up` left in `run_dir`, of whichever backend made it.
     pub async fn open(run_dir: &Path) -> Result<Option<Self>, ServiceError> {
         if let Some(stack) = DockerStack::open(run_dir).await? {
@@ -98,6 +122,7 @@ impl Stack {
         match self {
             Self::Local(stack) => Some(stack),
             Self::Docker(_) => None,
+            Self::External(_) => None,
         }
     }
 
@@ -105,6 +130,7 @@ impl Stack {
         match self {
             Self::Local(_) => BackendKind::Local,
             Self::Docker(_) => BackendKind::Docker,
+            Self::External(_) => BackendKind::External,
         }
     }
 
@@ -113,6 +139,7 @@ impl Stack {
         match self {
             Self::Local(_) => None,
             Self::Docker(stack) => Some(stack.image_set()),
+            Self::External(_) => None,
         }
     }
 
@@ -121,6 +148,7 @@ impl Stack {
         match self {
             Self::Local(_) => None,
             Self::Docker(stack) => stack.mongo_uri(),
+            Self::External(stack) => stack.mongo().map(|(uri, _)| uri),
         }
     }
 
@@ -128,6 +156,7 @@ impl Stack {
         match self {
             Self::Local(stack) => stack.endpoints(),
             Self::Docker(stack) => stack.endpoints(),
+            Self::External(stack) => stack.endpoints(),
         }
     }
 
@@ -135,6 +164,7 @@ impl Stack {
         match self {
             Self::Local(stack) => stack.up().await,
             Self::Docker(stack) => stack.up().await,
+            Self::External(stack) => stack.up().await,
         }
     }
 
@@ -142,6 +172,7 @@ impl Stack {
         match self {
             Self::Local(stack) => stack.status().await,
             Self::Docker(stack) => stack.status().await,
+            Self::External(stack) => Ok(stack.status().await),
         }
     }
 
@@ -149,6 +180,8 @@ impl Stack {
         match self {
             Self::Local(stack) => stack.down().await,
             Self::Docker(stack) => stack.down().await,
+            // Nothing was started.
+            Self::External(_) => Ok(()),
         }
     }
 
@@ -157,6 +190,7 @@ impl Stack {
         match self {
             Self::Local(stack) => stack.detach(),
             Self::Docker(stack) => stack.detach(),
+            Self::External(_) => {}
         }
     }
 
@@ -165,6 +199,7 @@ impl Stack {
         match self {
             Self::Local(stack) => stack.borrow_only(),
             Self::Docker(stack) => stack.borrow_only(),
+            Self::External(_) => {}
         }
     }
 
@@ -173,6 +208,8 @@ impl Stack {
         match self {
             Self::Local(stack) => Box::new(stack.leader_resolver()),
             Self::Docker(stack) => Box::new(stack.leader_resolver()),
+            // Its processes run elsewhere: no CPU or memory is sampled.
+            Self::External(_) => Box::new(Vec::new),
         }
     }
 
@@ -184,6 +221,7 @@ impl Stack {
                 Ok(())
             }
             Self::Docker(stack) => stack.kill(service).await,
+            Self::External(_) => Err(external_refuses("killing a service")),
         }
     }
 
@@ -195,6 +233,7 @@ impl Stack {
                 Ok(())
             }
             Self::Docker(stack) => stack.stop(service, STOP_GRACE).await,
+            Self::External(_) => Err(external_refuses("stopping a service")),
         }
     }
 
@@ -206,6 +245,7 @@ impl Stack {
                 Ok(())
             }
             Self::Docker(stack) => stack.pause(service).await,
+            Self::External(_) => Err(external_refuses("freezing a service (pause the connector instead: target `connector`)")),
         }
     }
 
@@ -216,6 +256,7 @@ impl Stack {
                 Ok(())
             }
             Self::Docker(stack) => stack.resume(service).await,
+            Self::External(_) => Err(external_refuses("resuming a frozen service")),
         }
     }
 
@@ -224,6 +265,7 @@ impl Stack {
         match self {
             Self::Local(stack) => stack.start_service(service).await,
             Self::Docker(stack) => stack.start_service(service).await,
+            Self::External(_) => Err(external_refuses("starting a service")),
         }
     }
 
@@ -231,6 +273,7 @@ impl Stack {
         match self {
             Self::Local(stack) => stack.is_healthy(service).await,
             Self::Docker(stack) => stack.is_healthy(service).await,
+            Self::External(stack) => stack.status().await.iter().any(|s| s.service == service && s.state == super::ServiceState::Healthy),
         }
     }
 
@@ -238,6 +281,7 @@ impl Stack {
         match self {
             Self::Local(stack) => stack.set_link(link, fault),
             Self::Docker(stack) => stack.set_link(link, fault).await,
+            Self::External(_) => Err(external_refuses("a link fault")),
         }
     }
 
@@ -245,6 +289,7 @@ impl Stack {
         match self {
             Self::Local(stack) => stack.reset_link(link),
             Self::Docker(stack) => stack.reset_link(link).await,
+            Self::External(_) => Err(external_refuses("a link fault")),
         }
     }
 
@@ -256,8 +301,54 @@ impl Stack {
             Self::Docker(_) => {
                 Err(ServiceError::BackendUnavailable("docker", "a snapshot fault (kill during the initial snapshot) runs on the local backend only".into()))
             }
+            Self::External(_) => Err(external_refuses("a snapshot fault (kill during the initial snapshot)")),
         }
     }
+
+    /// Partitions of the CDC topics, where the stack did not choose them (external).
+    pub fn partitions(&self) -> Option<u32> {
+        match self {
+            Self::External(stack) => stack.partitions(),
+            _ => None,
+        }
+    }
+
+    /// What the report says about the stack's endpoints (never a credential).
+    pub fn describe(&self) -> serde_json::Value {
+        match self {
+            Self::External(stack) => stack.describe(),
+            _ => {
+                let e = self.endpoints();
+                serde_json::json!({ "postgres": e.postgres.display(&e.postgres.source_db), "kafka": e.kafka, "sink": e.sink_http })
+            }
+        }
+    }
+
+    /// Kafka Connect's REST API for the connector faults, where the stack has one.
+    pub fn connector(&self) -> Result<ConnectClient, ServiceError> {
+        match self.endpoints().connect {
+            Some(endpoint) => Ok(ConnectClient::new(&endpoint)),
+            None => Err(refused("connector faults need Kafka Connect's REST API: this stack names none ([connect] in the endpoints file)")),
+        }
+    }
+
+    /// Refuses, before any load, a schedule with a fault this backend cannot inject.
+    pub fn check_faults(&self, faults: &[crate::faults::FaultSpec]) -> Result<(), ServiceError> {
+        for fault in faults {
+            if fault.on_connector() {
+                self.connector()?;
+            } else if matches!(self, Self::External(_)) && fault.fault != crate::faults::FaultKind::Poison {
+                return Err(external_refuses(&format!("fault {} on {}", fault.fault.name(), fault.target)));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn external_refuses(what: &str) -> ServiceError {
+    refused(&format!(
+        "the external backend does only what a client can do from outside: {what} is refused (its faults: pause / restart of target `connector`, restart of `connector-task`, poison)"
+    ))
 }
 
 /// The first upstream image of the pipeline that is not present on the daemon, if any.

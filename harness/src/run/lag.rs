@@ -15,9 +15,8 @@ pub struct LagMeter {
 
 impl LagMeter {
     /// A client that reads the group's committed offsets without joining the group.
-    pub fn new(bootstrap: &str, group: &str, topics: Vec<String>, partitions: u32) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+    pub fn new(mut client: ClientConfig, group: &str, topics: Vec<String>, partitions: u32) -> Result<Self, rdkafka::error::KafkaError> {
+        let consumer = client
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("socket.timeout.ms", "3000")

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::Mutex;
 
-use crate::config::{StackConfig, TABLES, topic_for};
+use crate::config::{StackConfig, TABLES};
 use crate::load::{self, DriverKind, DriverResult, LoadPlan, Segment};
 use crate::orchestrator::stack::{Stack, StackChoice};
 use crate::orchestrator::{Endpoints, ServiceError};
@@ -114,6 +114,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
                 stack.detach();
                 return Err(RunError::NoStackToReuse(run_dir.clone()));
             }
+            check_runnable(&stack, &options)?;
             stack
         }
         None => {
@@ -123,7 +124,8 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             config.partitions = scenario.stack.partitions;
             config.debezium_poll_interval_ms = scenario.stack.debezium_poll_interval_ms;
             config.fault_proxies = scenario.needs_link_faults();
-            let mut stack = Stack::create(config, options.stack).await?;
+            let mut stack = Stack::create(config, options.stack.clone()).await?;
+            check_runnable(&stack, &options)?;
             match &scenario.snapshot_fault {
                 Some(fault) => {
                     let record = stack.up_with_snapshot_kill(fault.after, fault.downtime).await?;
@@ -149,6 +151,26 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     outcome
 }
 
+/// Refuses, before any load, what the stack cannot do for this scenario: a fault its
+/// backend cannot inject, and on an external stack a schema change (DDL on a team's
+/// source) or a MongoDB target (the run reads the sink's apply log in PostgreSQL).
+fn check_runnable(stack: &Stack, options: &RunOptions) -> Result<(), ServiceError> {
+    let scenario = &options.scenario;
+    let planned = scenario.fault_schedule(options.seed, scenario.plan(options.duration, options.rate).duration());
+    stack.check_faults(&planned)?;
+    if stack.backend() == crate::orchestrator::BackendKind::External {
+        if !scenario.schema_changes.is_empty() {
+            return Err(ServiceError::Unsupported(format!("scenario {} changes the source's schema: refused on an external stack", scenario.name)));
+        }
+        if stack.mongo_uri().is_some() {
+            return Err(ServiceError::Unsupported(
+                "a run on an external stack needs a PostgreSQL target (it reads the sink's apply log there); a MongoDB target is verified with `harness verify --backend external`".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn measure(
     options: &RunOptions,
     stack: &mut Stack,
@@ -160,14 +182,15 @@ async fn measure(
 ) -> Result<RunOutcome, RunError> {
     let scenario = &options.scenario;
     let endpoints = stack.endpoints();
+    let partitions = stack.partitions().unwrap_or(scenario.stack.partitions);
     let workload = Workload::new(&endpoints.postgres, scenario.load.mix, options.seed, 16).await?;
     let (addr, api_task) = api::serve(workload.clone()).await.map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
     let api_url = format!("http://{addr}");
 
     warm_up(&workload, scenario.load.warmup).await;
-    drain_before_load(&endpoints, scenario.stack.partitions).await;
+    drain_before_load(&endpoints, partitions).await;
     let connect_target =
-        || async { endpoints.postgres.connect(&endpoints.postgres.target_db).await.map_err(|e| crate::verify::VerifyError::Target(e.to_string())) };
+        || async { endpoints.postgres.connect_target().await.map_err(|e| crate::verify::VerifyError::Target(e.to_string())) };
     let log_start = apply_log::position(&connect_target().await?).await;
     if log_start.is_none() {
         eprintln!("run: the sink keeps no apply log (audit mode off): per-hop latency will be absent");
@@ -176,7 +199,7 @@ async fn measure(
     let stats_before = workload.stats().await;
     let load_started = Instant::now();
     let load_started_wall = Utc::now();
-    let observers = observe(stack, &endpoints, &workload, load_started, scenario.stack.partitions).await;
+    let observers = observe(stack, &endpoints, &workload, load_started, partitions).await;
     let schema_changes = schedule_schema_changes(scenario, &endpoints, load_started);
 
     let mut fault_records = Vec::new();
@@ -212,7 +235,7 @@ async fn measure(
 
     let convergence = crate::verify::verify_postgres(
         &endpoints.postgres,
-        &VerifyOptions { max_examples: 5, settle: Some(scenario.verify.settle), load_ended: Some(load_ended), since: Some(load_started_wall) },
+        &VerifyOptions { max_examples: 5, settle: Some(scenario.verify.settle), load_ended: Some(load_ended), since: Some(load_started_wall), mapping: None },
     )
     .await?;
     // Let the lag series show the drain back to its resting level.
@@ -319,7 +342,7 @@ async fn measure(
             "overrides": { "duration": options.duration.map(|d| d.as_secs_f64()), "rate": options.rate },
             // The planned schedule (fixed and seeded faults): the same seed gives the same one.
             "fault_schedule": fault_schedule,
-            "stack": { "postgres": endpoints.postgres.display(&endpoints.postgres.source_db), "kafka": endpoints.kafka, "sink": endpoints.sink_http },
+            "stack": stack.describe(),
         }),
         load: LoadStats {
             ops_by_kind,
@@ -350,7 +373,7 @@ async fn new_column_rows(scenario: &Scenario, endpoints: &Endpoints) -> Option<u
     if expected.is_empty() {
         return None;
     }
-    let client = endpoints.postgres.connect(&endpoints.postgres.target_db).await.ok()?;
+    let client = endpoints.postgres.connect_target().await.ok()?;
     let mut rows = 0u64;
     for column in expected {
         let Some((table, column)) = column.split_once('.') else { continue };
@@ -376,17 +399,16 @@ async fn compare_new_columns(scenario: &Scenario, endpoints: &Endpoints) -> Vec<
         };
         let source_table = table.strip_suffix("_materialized").unwrap_or(table);
         let q = |t: &str| format!("\"{}\"", t.replace('"', ""));
-        let read = |db: &str, sql: String| {
+        let read = |target: bool, sql: String| {
             let pg = endpoints.postgres.clone();
-            let db = db.to_string();
             async move {
-                let client = pg.connect(&db).await.map_err(|e| e.to_string())?;
+                let client = if target { pg.connect_target().await } else { pg.connect_source().await }.map_err(|e| e.to_string())?;
                 let rows = client.query(sql.as_str(), &[]).await.map_err(|e| e.to_string())?;
                 Ok::<Vec<(uuid::Uuid, Option<String>)>, String>(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
             }
         };
-        let source = read(&endpoints.postgres.source_db, format!("SELECT id, {}::text FROM public.{} ORDER BY id", q(column), q(source_table))).await;
-        let target = read(&endpoints.postgres.target_db, format!("SELECT id, {}::text FROM {} WHERE NOT _cdc_deleted ORDER BY id", q(column), q(table))).await;
+        let source = read(false, format!("SELECT id, {}::text FROM public.{} ORDER BY id", q(column), q(source_table))).await;
+        let target = read(true, format!("SELECT id, {}::text FROM {} WHERE NOT _cdc_deleted ORDER BY id", q(column), q(table))).await;
         match (source, target) {
             (Ok(source), Ok(target)) => {
                 let target: std::collections::HashMap<uuid::Uuid, Option<String>> = target.into_iter().collect();
@@ -416,8 +438,8 @@ async fn compare_new_columns(scenario: &Scenario, endpoints: &Endpoints) -> Vec<
 /// initial snapshot, the warm-up), so the measured window starts from a drained pipeline
 /// and its rates and latencies are the load's, not the snapshot's.
 async fn drain_before_load(endpoints: &Endpoints, partitions: u32) {
-    let topics = TABLES.iter().map(|t| topic_for(t)).collect();
-    let Ok(meter) = lag::LagMeter::new(&endpoints.kafka, crate::orchestrator::local::sink::GROUP_ID, topics, partitions) else { return };
+    let topics = TABLES.iter().map(|t| endpoints.topic(t)).collect();
+    let Ok(meter) = lag::LagMeter::new(endpoints.kafka_config(), &endpoints.consumer_group, topics, partitions) else { return };
     let meter = Arc::new(meter);
     let started = Instant::now();
     let mut said = Instant::now();
@@ -452,14 +474,14 @@ async fn observe(stack: &Stack, endpoints: &Endpoints, workload: &Arc<Workload>,
     let probes = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let stop_probes = Arc::new(AtomicBool::new(false));
-    let topics = TABLES.iter().map(|t| topic_for(t)).collect();
+    let topics = TABLES.iter().map(|t| endpoints.topic(t)).collect();
     let inputs = sampler::SamplerInputs {
         endpoints: endpoints.clone(),
         workload: workload.clone(),
-        lag: lag::LagMeter::new(&endpoints.kafka, crate::orchestrator::local::sink::GROUP_ID, topics, partitions).ok(),
+        lag: lag::LagMeter::new(endpoints.kafka_config(), &endpoints.consumer_group, topics, partitions).ok(),
         leaders: stack.leader_resolver(),
         started,
-        slot: crate::orchestrator::local::debezium::SLOT_NAME.to_string(),
+        slot: endpoints.slot.clone(),
     };
     let tasks = vec![
         tokio::spawn(sampler::run(inputs, samples.clone(), stop.clone())),
@@ -479,7 +501,7 @@ fn schedule_schema_changes(scenario: &Scenario, endpoints: &Endpoints, started: 
             tokio::spawn(async move {
                 tokio::time::sleep_until((started + change.at).into()).await;
                 let start_s = started.elapsed().as_secs_f64();
-                let outcome = match pg.connect(&pg.source_db).await {
+                let outcome = match pg.connect_source().await {
                     Ok(client) => client.batch_execute(&change.sql).await.map_err(|e| e.to_string()),
                     Err(e) => Err(format!("cannot connect to the source: {e}")),
                 };

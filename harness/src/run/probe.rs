@@ -40,7 +40,7 @@ pub async fn settle(results: &Mutex<Vec<ProbeResult>>) {
 
 /// Writes one probe per `interval` until `stop` is set, polling the target for each.
 pub async fn run(pg: PgEndpoint, started: Instant, interval: Duration, stop: Arc<std::sync::atomic::AtomicBool>, results: Arc<Mutex<Vec<ProbeResult>>>) {
-    let (Ok(source), Ok(target)) = (pg.connect(&pg.source_db).await, pg.connect(&pg.target_db).await) else {
+    let (Ok(source), Ok(target)) = (pg.connect_source().await, pg.connect_target().await) else {
         tracing::warn!(message = "probe connections failed; no probe latency this run");
         return;
     };

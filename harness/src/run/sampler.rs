@@ -32,8 +32,8 @@ pub struct SamplerInputs {
     pub lag: Option<LagMeter>,
     pub leaders: LeaderResolver,
     pub started: Instant,
-    /// The connector's replication slot in the source.
-    pub slot: String,
+    /// The connector's replication slot in the source (None: its backlog is not sampled).
+    pub slot: Option<String>,
 }
 
 /// A counter summed over a process's lifetimes: a value below the previous one means the
@@ -102,8 +102,8 @@ pub async fn run(inputs: SamplerInputs, samples: Arc<Mutex<Vec<Sample>>>, stop: 
         if source.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
             source = connect_source(&inputs.endpoints).await;
         }
-        if let Some(source) = &source {
-            sample.slot_lag_bytes = slot_lag(source, &inputs.slot).await;
+        if let (Some(source), Some(slot)) = (&source, &inputs.slot) {
+            sample.slot_lag_bytes = slot_lag(source, slot).await;
         }
         let usage = cpu.sample(&(inputs.leaders)());
         let mut cpu_pct = BTreeMap::new();
@@ -122,7 +122,7 @@ pub async fn run(inputs: SamplerInputs, samples: Arc<Mutex<Vec<Sample>>>, stop: 
 
 /// The source, or None when it does not answer within a sampling tick.
 async fn connect_source(endpoints: &Endpoints) -> Option<tokio_postgres::Client> {
-    tokio::time::timeout(Duration::from_millis(800), endpoints.postgres.connect(&endpoints.postgres.source_db)).await.ok()?.ok()
+    tokio::time::timeout(Duration::from_millis(800), endpoints.postgres.connect_source()).await.ok()?.ok()
 }
 
 async fn scrape_applied(http: &str) -> Option<f64> {

@@ -68,6 +68,21 @@ impl Mapping {
         toml::from_str(include_str!("../../mapping.toml")).expect("harness/mapping.toml is valid (checked by a unit test)")
     }
 
+    /// A mapping file of one's own (`verify --mapping FILE`), strict like the builtin one.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("mapping {}: {e}", path.display()))?;
+        let mapping: Self = toml::from_str(&text).map_err(|e| format!("mapping {}: {e}", path.display()))?;
+        if mapping.entity.is_empty() {
+            return Err(format!("mapping {}: no [[entity]]", path.display()));
+        }
+        for e in &mapping.entity {
+            if e.columns.is_empty() {
+                return Err(format!("mapping {}: entity {} has no columns (the first is the key)", path.display(), e.name));
+            }
+        }
+        Ok(mapping)
+    }
+
     pub fn entity(&self, name: &str) -> Option<&Entity> {
         self.entity.iter().find(|e| e.name == name)
     }

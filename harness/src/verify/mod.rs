@@ -64,11 +64,13 @@ pub struct VerifyOptions {
     pub load_ended: Option<Instant>,
     /// Latency only over changes committed at or after this instant.
     pub since: Option<DateTime<Utc>>,
+    /// The tables to verify and how they map; `None`: the workload's (`harness/mapping.toml`).
+    pub mapping: Option<Mapping>,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        Self { max_examples: 5, settle: None, load_ended: None, since: None }
+        Self { max_examples: 5, settle: None, load_ended: None, since: None, mapping: None }
     }
 }
 
@@ -104,8 +106,8 @@ struct PassResult {
 /// Verifies a PostgreSQL target against the PostgreSQL source.
 pub async fn verify_postgres(pg: &PgEndpoint, options: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
     let started = Instant::now();
-    let source = pg.connect(&pg.source_db).await.map_err(VerifyError::source)?;
-    let target = pg.connect(&pg.target_db).await.map_err(VerifyError::target)?;
+    let source = pg.connect_source().await.map_err(VerifyError::source)?;
+    let target = pg.connect_target().await.map_err(VerifyError::target)?;
     verify(&source, &Target::Postgres(&target), options, started).await
 }
 
@@ -113,7 +115,7 @@ pub async fn verify_postgres(pg: &PgEndpoint, options: &VerifyOptions) -> Result
 /// source. Timestamps are compared at millisecond precision (BSON dates).
 pub async fn verify_mongo(pg: &PgEndpoint, mongo_uri: &str, database: &str, options: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
     let started = Instant::now();
-    let source = pg.connect(&pg.source_db).await.map_err(VerifyError::source)?;
+    let source = pg.connect_source().await.map_err(VerifyError::source)?;
     let client = mongodb::Client::with_uri_str(mongo_uri).await.map_err(VerifyError::target)?;
     let target = client.database(database);
     verify(&source, &Target::Mongo(&target), options, started).await
@@ -179,7 +181,7 @@ impl Target<'_> {
 /// differing keys, then classification of what still differs.
 async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &VerifyOptions, started: Instant) -> Result<VerifyReport, VerifyError> {
     let load_ended = options.load_ended.unwrap_or(started);
-    let mapping = Mapping::builtin();
+    let mapping = options.mapping.clone().unwrap_or_else(Mapping::builtin);
     let deadline = options.settle.map(|s| Instant::now() + s);
 
     let mut report = VerifyReport { target: target.name().into(), ..Default::default() };

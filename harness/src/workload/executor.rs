@@ -145,7 +145,7 @@ async fn insert_item(tx: &tokio_postgres::Transaction<'_>, i: &super::model::New
 
 /// Loads the keys the database holds into a fresh registry (seed data, earlier runs).
 pub async fn load_registry(pg: &PgEndpoint) -> Result<super::model::Registry, ExecError> {
-    let client = pg.connect(&pg.source_db).await?;
+    let client = pg.connect_source().await?;
     let mut registry = super::model::Registry::default();
     for row in client.query("SELECT id FROM customer", &[]).await? {
         registry.customers.insert(row.get(0));

@@ -53,7 +53,7 @@ async fn docker_stack_comes_up_survives_faults_and_goes_down_by_label() -> anyho
         anyhow::ensure!(stack.mongo_uri().is_some());
 
         // The seed reached the source and the snapshot went through Kafka.
-        let source = endpoints.postgres.connect(&endpoints.postgres.source_db).await?;
+        let source = endpoints.postgres.connect_source().await?;
         let customers: i64 = source.query_one("select count(*) from customer", &[]).await?.get(0);
         anyhow::ensure!(customers == 20, "seeded {customers} customers");
 
@@ -117,7 +117,7 @@ async fn local_images_run_postgres_and_the_broker_on_docker() -> anyhow::Result<
         stack.start_service(ServiceKind::Broker).await?;
         let endpoints = stack.endpoints();
         anyhow::ensure!(endpoints.postgres.host == "127.0.0.1", "PostgreSQL reached through {}", endpoints.postgres.host);
-        let source = endpoints.postgres.connect(&endpoints.postgres.source_db).await?;
+        let source = endpoints.postgres.connect_source().await?;
         let wal_level: String = source.query_one("SHOW wal_level", &[]).await?.get(0);
         anyhow::ensure!(wal_level == "logical", "wal_level {wal_level}");
         let customers: i64 = source.query_one("select count(*) from customer", &[]).await?.get(0);
@@ -361,6 +361,7 @@ async fn the_compose_stack_runs_on_the_local_images() -> anyhow::Result<()> {
         password,
         source_db: "app".into(),
         target_db: "sink".into(),
+        target_server: None,
     };
     let wait =
         harness::orchestrator::wait::WaitFor::new(ServiceKind::Sink, Duration::from_secs(240), "docker-compose logs".into()).poll(Duration::from_secs(2));

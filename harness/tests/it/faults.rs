@@ -122,7 +122,7 @@ async fn poison_messages_end_in_the_dlq_and_the_pipeline_goes_on() -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Each poison event, by its offset, is in the sink's apply log as dead-lettered.
-    let target = stack.endpoints.postgres.connect(&stack.endpoints.postgres.target_db).await?;
+    let target = stack.endpoints.postgres.connect_target().await?;
     let log = harness::run::apply_log::read(&target, 0).await?;
     let mut records = vec![record];
     harness::faults::reconcile_poison(&mut records, &log);

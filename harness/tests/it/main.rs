@@ -3,6 +3,7 @@
 mod bench;
 mod chaos;
 mod docker;
+mod external;
 mod faults;
 mod k6;
 mod observability;

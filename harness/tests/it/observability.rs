@@ -351,7 +351,7 @@ async fn dashboards_and_rules_query_only_metrics_the_sink_exports() -> anyhow::R
     .await?;
     // Touch the families a quiet run leaves out: an invalid email (validation failure,
     // dead letter) and a new column (schema change).
-    let source = stack.endpoints.postgres.connect(&stack.endpoints.postgres.source_db).await?;
+    let source = stack.endpoints.postgres.connect_source().await?;
     source
         .batch_execute(
             "ALTER TABLE customer ADD COLUMN IF NOT EXISTS loyalty_tier text;

@@ -26,7 +26,7 @@ async fn deletes_under_replica_identity_default_reach_the_target() -> anyhow::Re
     pg.execute("delete from order_item where id = $1", &[&i]).await?;
     pg.execute("delete from customer where id = $1", &[&lone]).await?;
 
-    let target = stack.endpoints.postgres.connect(&stack.endpoints.postgres.target_db).await?;
+    let target = stack.endpoints.postgres.connect_target().await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let item: Option<bool> = target.query_opt("SELECT _cdc_deleted FROM order_item_materialized WHERE id = $1", &[&i]).await?.map(|r| r.get(0));

@@ -329,22 +329,26 @@ impl DockerStack {
 
     pub fn endpoints(&self) -> Endpoints {
         let p = &self.state.ports;
-        Endpoints {
-            postgres: PgEndpoint {
+        let connect_url = format!("http://127.0.0.1:{}", p.connect);
+        let (debezium_status, connector) = match self.state.docker.image_set {
+            ImageSet::Local => (format!("{connect_url}/status"), local_debezium::CONNECTOR_NAME),
+            ImageSet::Upstream => (format!("{connect_url}/connectors/{}/status", spec::CONNECTOR_NAME), spec::CONNECTOR_NAME),
+        };
+        Endpoints::started(
+            PgEndpoint {
                 host: "127.0.0.1".into(),
                 port: p.postgres,
                 user: "postgres".into(),
                 password: self.state.password.clone(),
                 source_db: local_pg::SOURCE_DB.into(),
                 target_db: local_pg::TARGET_DB.into(),
+                target_server: None,
             },
-            kafka: format!("127.0.0.1:{}", p.kafka),
-            debezium_status: match self.state.docker.image_set {
-                ImageSet::Local => format!("http://127.0.0.1:{}/status", p.connect),
-                ImageSet::Upstream => format!("http://127.0.0.1:{}/connectors/{}/status", p.connect, spec::CONNECTOR_NAME),
-            },
-            sink_http: format!("http://127.0.0.1:{}", p.sink_http),
-        }
+            format!("127.0.0.1:{}", p.kafka),
+            debezium_status,
+            format!("http://127.0.0.1:{}", p.sink_http),
+            Some(crate::orchestrator::ConnectEndpoint { url: connect_url, connector: connector.into() }),
+        )
     }
 
     /// MongoDB on the host, when the sink materializes into it.
@@ -957,7 +961,7 @@ async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool
         ConnectorHealth::Running => {}
         ConnectorHealth::Pending(s) | ConnectorHealth::Failed(s) => return Err(s),
     }
-    let source = pg.connect(&pg.source_db).await.map_err(|e| e.to_string())?;
+    let source = pg.connect_source().await.map_err(|e| e.to_string())?;
     let active = source
         .query_opt("select active from pg_replication_slots where slot_name = $1", &[&crate::orchestrator::local::debezium::SLOT_NAME])
         .await

@@ -18,6 +18,8 @@ use crate::orchestrator::{PgEndpoint, ServiceError, ServiceKind};
 
 pub const SLOT_NAME: &str = "cdc_slot";
 pub const PUBLICATION_NAME: &str = "cdc_publication";
+/// The connector's name (`debezium.name`), under which the launcher serves Connect's REST subset.
+pub const CONNECTOR_NAME: &str = "cdc-harness";
 const LAUNCHER_SOURCE: &str = include_str!("../../../launcher/DebeziumLauncher.java");
 
 pub struct DebeziumLayout {
@@ -60,7 +62,7 @@ pub fn configure(layout: &DebeziumLayout, pg: &PgEndpoint, kafka: &str, settings
     let mut set = |k: &str, v: &str| {
         let _ = writeln!(props, "{k}={v}");
     };
-    set("debezium.name", "cdc-harness");
+    set("debezium.name", CONNECTOR_NAME);
     set("debezium.connector.class", "io.debezium.connector.postgresql.PostgresConnector");
     set("debezium.offset.storage", "org.apache.kafka.connect.storage.FileOffsetBackingStore");
     set("debezium.offset.storage.file.filename", &layout.offsets.display().to_string());

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use self::process::ProcessHandle;
 use super::state::{self, PortPicker, absolute, state_err};
-use super::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
+use super::{ConnectEndpoint, Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 use crate::config::{DLQ_TOPIC, StackConfig, TABLES, topic_for};
 use crate::faults::Link;
 use fault_proxy::{FaultProxy, LinkFault};
@@ -54,19 +54,22 @@ pub struct StackState {
 
 impl StackState {
     fn endpoints(&self) -> Endpoints {
-        Endpoints {
-            postgres: PgEndpoint {
+        Endpoints::started(
+            PgEndpoint {
                 host: "127.0.0.1".into(),
                 port: self.ports.postgres,
                 user: "postgres".into(),
                 password: self.password.clone(),
                 source_db: postgres::SOURCE_DB.into(),
                 target_db: postgres::TARGET_DB.into(),
+                target_server: None,
             },
-            kafka: format!("127.0.0.1:{}", self.ports.broker),
-            debezium_status: format!("http://127.0.0.1:{}/status", self.ports.debezium_status),
-            sink_http: format!("http://127.0.0.1:{}", self.ports.sink_http),
-        }
+            format!("127.0.0.1:{}", self.ports.broker),
+            format!("http://127.0.0.1:{}/status", self.ports.debezium_status),
+            format!("http://127.0.0.1:{}", self.ports.sink_http),
+            // The launcher serves Connect's pause/resume/restart for its one connector.
+            Some(ConnectEndpoint { url: format!("http://127.0.0.1:{}", self.ports.debezium_status), connector: debezium::CONNECTOR_NAME.into() }),
+        )
     }
 }
 

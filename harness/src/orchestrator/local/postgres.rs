@@ -66,6 +66,7 @@ pub fn init(bin_dir: &Path, layout: &PostgresLayout, port: u16, password: &Secre
         password: password.clone(),
         source_db: SOURCE_DB.into(),
         target_db: TARGET_DB.into(),
+        target_server: None,
     };
     if layout.data.join("PG_VERSION").is_file() {
         return Ok(endpoint);

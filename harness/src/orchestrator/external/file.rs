@@ -1,0 +1,326 @@
+//! The endpoints file of an external stack (`--endpoints FILE`): strict TOML naming every
+//! service of a pipeline the harness did not start. Credentials are never in it in clear:
+//! each is a reference, `{ env = "VAR" }` or `{ file = "path" }`, resolved when the file is
+//! read; a DSN or a client setting that carries one in clear is refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::orchestrator::{ConnectEndpoint, Endpoints, PgEndpoint, PgServer, Secret};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointsFileError {
+    #[error("endpoints file {}: {reason}", path.display())]
+    Read { path: PathBuf, reason: String },
+    #[error("endpoints file {}: {field}: {reason}", path.display())]
+    Invalid { path: PathBuf, field: String, reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointsFile {
+    pub source: SourceSection,
+    pub kafka: KafkaSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<ConnectSection>,
+    pub target: TargetSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// `postgres://user@host:port/db` (or `host=... user=... dbname=...`), no password.
+    pub dsn: String,
+    pub password: SecretRef,
+    /// The connector's publication: the workload tables must be in it.
+    pub publication: String,
+    /// The connector's replication slot, when its backlog should be sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    pub bootstrap_servers: String,
+    /// Topics are `<topic_prefix>.public.<table>`.
+    pub topic_prefix: String,
+    /// The sink's consumer group (its lag is measured at the broker).
+    pub consumer_group: String,
+    /// librdkafka settings, passed as they are (`security.protocol`, `sasl.mechanism`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub client: BTreeMap<String, String>,
+    /// librdkafka settings whose values are credentials (`sasl.password`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub client_secrets: BTreeMap<String, SecretRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectSection {
+    /// Kafka Connect's REST API, `http://host:8083`.
+    pub url: String,
+    pub connector: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum TargetSection {
+    Postgres {
+        dsn: String,
+        password: SecretRef,
+    },
+    Mongodb {
+        /// The connection string carries credentials: always a reference.
+        uri: SecretRef,
+        database: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    /// The sink's HTTP base URL (`/metrics` is read from it).
+    pub metrics_url: String,
+}
+
+/// Where a credential is: an environment variable or a file (its first line).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SecretRef {
+    Env { env: String },
+    File { file: PathBuf },
+    /// Only to say why it is refused.
+    Clear(String),
+}
+
+impl SecretRef {
+    fn resolve(&self, path: &Path, field: &str) -> Result<Secret, EndpointsFileError> {
+        let invalid = |reason: String| EndpointsFileError::Invalid { path: path.to_path_buf(), field: field.to_string(), reason };
+        match self {
+            Self::Env { env } => std::env::var(env).map(Secret::new).map_err(|_| invalid(format!("environment variable {env} is not set"))),
+            Self::File { file } => {
+                let file = if file.is_relative() { path.parent().unwrap_or(Path::new(".")).join(file) } else { file.clone() };
+                let text = std::fs::read_to_string(&file).map_err(|e| invalid(format!("secret file {}: {e}", file.display())))?;
+                Ok(Secret::new(text.lines().next().unwrap_or_default().to_string()))
+            }
+            Self::Clear(_) => Err(invalid("a credential in clear is refused: write `{ env = \"VAR\" }` or `{ file = \"path\" }`".into())),
+        }
+    }
+}
+
+/// librdkafka settings whose values are credentials: only in `client_secrets`.
+fn is_secret_setting(key: &str) -> bool {
+    ["password", "secret", "ssl.key.pem", "sasl.jaas.config", "token"].iter().any(|s| key.contains(s))
+}
+
+/// What the file resolves to: the endpoints, and the MongoDB target when there is one.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub endpoints: Endpoints,
+    pub publication: String,
+    pub mongo: Option<(Secret, String)>,
+}
+
+impl EndpointsFile {
+    pub fn read(path: &Path) -> Result<Self, EndpointsFileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| EndpointsFileError::Read { path: path.to_path_buf(), reason: e.to_string() })?;
+        toml::from_str(&text).map_err(|e| EndpointsFileError::Read { path: path.to_path_buf(), reason: e.to_string() })
+    }
+
+    /// Validates the file and resolves every credential reference.
+    pub fn resolve(&self, path: &Path) -> Result<Resolved, EndpointsFileError> {
+        let invalid = |field: &str, reason: String| EndpointsFileError::Invalid { path: path.to_path_buf(), field: field.into(), reason };
+        let source_password = self.source.password.resolve(path, "source.password")?;
+        let source = parse_dsn(&self.source.dsn).map_err(|r| invalid("source.dsn", r))?;
+        let mut kafka_client = BTreeMap::new();
+        for (key, value) in &self.kafka.client {
+            if is_secret_setting(key) {
+                return Err(invalid(&format!("kafka.client.\"{key}\""), "a credential in clear is refused: move it to [kafka.client_secrets] as { env = \"VAR\" } or { file = \"path\" }".into()));
+            }
+            if key == "bootstrap.servers" {
+                return Err(invalid(&format!("kafka.client.\"{key}\""), "set kafka.bootstrap_servers instead".into()));
+            }
+            kafka_client.insert(key.clone(), Secret::new(value.clone()));
+        }
+        for (key, value) in &self.kafka.client_secrets {
+            kafka_client.insert(key.clone(), value.resolve(path, &format!("kafka.client_secrets.\"{key}\""))?);
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid("kafka.bootstrap_servers", "is empty".into()));
+        }
+        let (target_db, target_server, mongo) = match &self.target {
+            TargetSection::Postgres { dsn, password } => {
+                let target = parse_dsn(dsn).map_err(|r| invalid("target.dsn", r))?;
+                let password = password.resolve(path, "target.password")?;
+                let server = PgServer { host: target.host, port: target.port, user: target.user, password };
+                (target.db, Some(server), None)
+            }
+            TargetSection::Mongodb { uri, database } => {
+                let uri = uri.resolve(path, "target.uri")?;
+                (String::new(), None, Some((uri, database.clone())))
+            }
+        };
+        let postgres = PgEndpoint {
+            host: source.host,
+            port: source.port,
+            user: source.user,
+            password: source_password,
+            source_db: source.db,
+            target_db,
+            target_server,
+        };
+        for (field, url) in [("connect.url", self.connect.as_ref().map(|c| &c.url)), ("sink.metrics_url", self.sink.as_ref().map(|s| &s.metrics_url))] {
+            let Some(url) = url else { continue };
+            let parsed = reqwest::Url::parse(url).map_err(|e| invalid(field, format!("not a URL: {e}")))?;
+            if parsed.password().is_some() {
+                return Err(invalid(field, "carries a password in clear: the harness calls it without credentials".into()));
+            }
+        }
+        let connect = self.connect.as_ref().map(|c| ConnectEndpoint { url: c.url.trim_end_matches('/').to_string(), connector: c.connector.clone() });
+        let endpoints = Endpoints {
+            postgres,
+            kafka: self.kafka.bootstrap_servers.clone(),
+            kafka_client,
+            topic_prefix: self.kafka.topic_prefix.clone(),
+            consumer_group: self.kafka.consumer_group.clone(),
+            slot: self.source.slot.clone(),
+            debezium_status: connect.as_ref().map(|c| format!("{}/connectors/{}/status", c.url, c.connector)).unwrap_or_default(),
+            sink_http: self.sink.as_ref().map(|s| s.metrics_url.trim_end_matches('/').to_string()).unwrap_or_default(),
+            connect,
+        };
+        Ok(Resolved { endpoints, publication: self.source.publication.clone(), mongo })
+    }
+
+    /// The file for a stack this harness started: the PostgreSQL password goes to
+    /// `password_file` (mode 0600), which the file names.
+    pub fn for_started(endpoints: &Endpoints, publication: &str, password_file: &Path) -> Self {
+        let pg = &endpoints.postgres;
+        let password = SecretRef::File { file: password_file.to_path_buf() };
+        Self {
+            source: SourceSection {
+                dsn: format!("postgres://{}@{}:{}/{}", pg.user, pg.host, pg.port, pg.source_db),
+                password: password.clone(),
+                publication: publication.to_string(),
+                slot: endpoints.slot.clone(),
+            },
+            kafka: KafkaSection {
+                bootstrap_servers: endpoints.kafka.clone(),
+                topic_prefix: endpoints.topic_prefix.clone(),
+                consumer_group: endpoints.consumer_group.clone(),
+                client: BTreeMap::new(),
+                client_secrets: BTreeMap::new(),
+            },
+            connect: endpoints.connect.as_ref().map(|c| ConnectSection { url: c.url.clone(), connector: c.connector.clone() }),
+            target: TargetSection::Postgres { dsn: format!("postgres://{}@{}:{}/{}", pg.user, pg.host, pg.port, pg.target_db), password },
+            sink: (!endpoints.sink_http.is_empty()).then(|| SinkSection { metrics_url: endpoints.sink_http.clone() }),
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).expect("the endpoints file serializes");
+        format!("# Endpoints of a CDC stack for `harness ... --backend external --endpoints FILE`.\n# Credentials are references ({{ env = \"VAR\" }} or {{ file = \"path\" }}), never values.\n\n{body}")
+    }
+}
+
+struct Dsn {
+    host: String,
+    port: u16,
+    user: String,
+    db: String,
+}
+
+/// Host, port, user and database of a libpq DSN (URL or key=value); one with a password is
+/// refused (it would be a credential in clear).
+fn parse_dsn(dsn: &str) -> Result<Dsn, String> {
+    let config: tokio_postgres::Config = dsn.parse().map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+    if config.get_password().is_some() {
+        return Err("carries a password in clear: remove it and name it in `password = { env = \"VAR\" }` or `{ file = \"path\" }`".into());
+    }
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => return Err(format!("a unix socket ({}) cannot be reached from here: name a TCP host", path.display())),
+        None => return Err("names no host".into()),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().ok_or("names no user")?.to_string();
+    let db = config.get_dbname().ok_or("names no database")?.to_string();
+    Ok(Dsn { host, port, user, db })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::write(dir.path().join("pg.secret"), "s3cr3t-pg\n").unwrap();
+        (dir, path)
+    }
+
+    const GOOD: &str = r#"
+[source]
+dsn = "postgres://cdc@db.staging:6543/app"
+password = { file = "pg.secret" }
+publication = "cdc_publication"
+slot = "cdc_slot"
+
+[kafka]
+bootstrap_servers = "k1:9093,k2:9093"
+topic_prefix = "shop"
+consumer_group = "shop-sink"
+client = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "PLAIN" }
+client_secrets = { "sasl.password" = { env = "EFILE_TEST_KAFKA_PW" } }
+
+[connect]
+url = "http://connect:8083/"
+connector = "shop"
+
+[target]
+kind = "postgres"
+dsn = "host=replica port=5433 user=sink dbname=shop"
+password = { file = "pg.secret" }
+"#;
+
+    #[test]
+    fn a_good_file_resolves_every_reference_and_keeps_secrets_out_of_debug() {
+        let (_dir, path) = write(GOOD);
+        // SAFETY: set once by this test only, for a name no other test reads.
+        unsafe { std::env::set_var("EFILE_TEST_KAFKA_PW", "s3cr3t-kafka") };
+        let resolved = EndpointsFile::read(&path).unwrap().resolve(&path).unwrap();
+        let e = &resolved.endpoints;
+        assert_eq!((e.postgres.host.as_str(), e.postgres.port, e.postgres.source_db.as_str()), ("db.staging", 6543, "app"));
+        assert_eq!(e.postgres.password.expose(), "s3cr3t-pg");
+        let target = e.postgres.target_server.as_ref().unwrap();
+        assert_eq!((target.host.as_str(), target.port, e.postgres.target_db.as_str()), ("replica", 5433, "shop"));
+        assert_eq!(e.kafka_client["sasl.password"].expose(), "s3cr3t-kafka");
+        assert_eq!(e.topic("customer"), "shop.public.customer");
+        assert_eq!(e.connect.as_ref().unwrap().url, "http://connect:8083");
+        assert_eq!(resolved.publication, "cdc_publication");
+        let shown = format!("{resolved:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
+    fn credentials_in_clear_and_unknown_fields_are_refused_by_name() {
+        let refused = |text: &str, want: &str| {
+            let (_dir, path) = write(text);
+            let err = EndpointsFile::read(&path).and_then(|f| f.resolve(&path)).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        };
+        refused(&GOOD.replace("postgres://cdc@db.staging", "postgres://cdc:hunter2@db.staging"), "source.dsn: carries a password in clear");
+        refused(&GOOD.replace(r#"password = { file = "pg.secret" }
+publication"#, r#"password = "hunter2"
+publication"#), "source.password: a credential in clear is refused");
+        refused(&GOOD.replace(r#""sasl.mechanism" = "PLAIN""#, r#""sasl.password" = "hunter2""#), "kafka.client.\"sasl.password\"");
+        refused(&GOOD.replace("[connect]", "[connect]\ntimeout = 3"), "unknown field `timeout`");
+        refused(&GOOD.replace("http://connect:8083/", "http://admin:hunter2@connect:8083/"), "connect.url: carries a password in clear");
+        refused(&GOOD.replace("EFILE_TEST_KAFKA_PW", "EFILE_TEST_UNSET_VAR"), "EFILE_TEST_UNSET_VAR is not set");
+    }
+}

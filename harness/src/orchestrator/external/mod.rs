@@ -1,0 +1,324 @@
+//! The `external` backend: a pipeline the harness did not start (a team's staging
+//! cluster, or a stack `harness up --write-endpoints` described), named by an endpoints
+//! file. The harness only does what a client can do from outside: it loads the source,
+//! observes, verifies, and injects the faults Kafka Connect's REST API and a producer
+//! allow (connector pause/resume/restart, task restart, poison events). It starts and
+//! stops nothing; service kills and link faults are refused.
+
+pub mod connect;
+pub mod file;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use self::connect::ConnectClient;
+use self::file::EndpointsFile;
+use super::{Endpoints, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
+use crate::config::TABLES;
+use crate::verify::mapping::Mapping;
+
+/// How long the canary write may take from the source to the target.
+const CANARY_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub struct ExternalStack {
+    file: PathBuf,
+    endpoints: Endpoints,
+    publication: String,
+    mongo: Option<(Secret, String)>,
+    /// Partitions of the CDC topics, learnt by the pre-flight.
+    partitions: Option<u32>,
+}
+
+fn preflight(hop: &'static str, reason: impl Into<String>) -> ServiceError {
+    ServiceError::Preflight { hop, reason: reason.into() }
+}
+
+impl ExternalStack {
+    /// Reads and resolves the endpoints file (every credential reference included).
+    pub fn load(path: &Path) -> Result<Self, ServiceError> {
+        let usage = |e: file::EndpointsFileError| ServiceError::Unsupported(e.to_string());
+        let resolved = EndpointsFile::read(path).and_then(|f| f.resolve(path)).map_err(usage)?;
+        Ok(Self { file: path.to_path_buf(), endpoints: resolved.endpoints, publication: resolved.publication, mongo: resolved.mongo, partitions: None })
+    }
+
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints.clone()
+    }
+
+    /// MongoDB target: its URI and database.
+    pub fn mongo(&self) -> Option<(String, String)> {
+        self.mongo.as_ref().map(|(uri, db)| (uri.expose().to_string(), db.clone()))
+    }
+
+    pub fn partitions(&self) -> Option<u32> {
+        self.partitions
+    }
+
+    /// What the report says about the stack: every endpoint, no credential.
+    pub fn describe(&self) -> serde_json::Value {
+        let e = &self.endpoints;
+        serde_json::json!({
+            "endpoints_file": self.file.display().to_string(),
+            "source": e.postgres.display(&e.postgres.source_db),
+            "publication": self.publication,
+            "slot": e.slot,
+            "kafka": e.kafka,
+            "kafka_client_settings": e.kafka_client.keys().collect::<Vec<_>>(),
+            "topic_prefix": e.topic_prefix,
+            "consumer_group": e.consumer_group,
+            "connect": e.connect.as_ref().map(|c| format!("{} (connector {})", c.url, c.connector)),
+            "target": match &self.mongo {
+                Some((_, db)) => format!("mongodb (database {db})"),
+                None => e.postgres.display_target(),
+            },
+            "sink_metrics": (!e.sink_http.is_empty()).then(|| e.sink_http.clone()),
+        })
+    }
+
+    /// The pre-flight: every endpoint answers, the workload tables are there and in the
+    /// publication, and a canary write reaches the target. Any failure names its hop.
+    pub async fn up(&mut self) -> Result<Endpoints, ServiceError> {
+        let e = self.endpoints.clone();
+        eprintln!("external: pre-flight of {} (nothing is started or stopped on this backend)", self.file.display());
+        let source = e.postgres.connect_source().await.map_err(|err| preflight("source", format!("{}: {err}", e.postgres.display(&e.postgres.source_db))))?;
+        let partitions = topic_partitions(&e).await?;
+        self.partitions = Some(partitions);
+        let connect = e.connect.as_ref().map(ConnectClient::new);
+        if let Some(client) = &connect {
+            let status = client.status().await.map_err(|err| preflight("Connect", err.to_string()))?;
+            if !status.running() {
+                return Err(preflight("Connect", format!("connector {} is not running: {}", e.connect.as_ref().unwrap().connector, status.describe())));
+            }
+        }
+        self.check_target().await?;
+        if !e.sink_http.is_empty() {
+            crate::run::sink_metrics::scrape(&e.sink_http).await.map_err(|err| preflight("sink", format!("metrics {}/metrics: {err}", e.sink_http)))?;
+        }
+        ensure_tables(&source).await?;
+        check_publication(&source, &self.publication).await?;
+        self.canary(&source).await?;
+        eprintln!("external: pre-flight passed ({partitions} partitions per topic)");
+        Ok(e)
+    }
+
+    async fn check_target(&self) -> Result<(), ServiceError> {
+        match &self.mongo {
+            Some((uri, db)) => {
+                let client = mongodb::Client::with_uri_str(uri.expose()).await.map_err(|err| preflight("target", format!("MongoDB: {}", redact(&err.to_string(), uri))))?;
+                client
+                    .database(db)
+                    .run_command(mongodb::bson::doc! { "ping": 1 })
+                    .await
+                    .map_err(|err| preflight("target", format!("MongoDB database {db}: {}", redact(&err.to_string(), uri))))?;
+            }
+            None => {
+                self.endpoints.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {err}", self.endpoints.postgres.display_target())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One row written to the source, followed to its topic and into the target.
+    async fn canary(&self, source: &tokio_postgres::Client) -> Result<(), ServiceError> {
+        let e = &self.endpoints;
+        let topic = e.topic("customer");
+        let consumer = canary_consumer(e, &topic).await?;
+        let id = uuid::Uuid::new_v4();
+        let email = format!("canary-{}@canary.invalid", id.simple());
+        source
+            .execute("INSERT INTO public.customer (id, email, status) VALUES ($1, $2, 'active')", &[&id, &email])
+            .await
+            .map_err(|err| preflight("source", format!("the canary write into public.customer failed: {err}")))?;
+        let started = Instant::now();
+        let needle = id.to_string();
+        let found = tokio::task::spawn_blocking(move || {
+            while started.elapsed() < CANARY_TIMEOUT {
+                match consumer.poll(Duration::from_millis(500)) {
+                    Some(Ok(m)) => {
+                        let hit = |b: Option<&[u8]>| b.is_some_and(|b| String::from_utf8_lossy(b).contains(&needle));
+                        if hit(m.key()) || hit(m.payload()) {
+                            return true;
+                        }
+                    }
+                    Some(Err(_)) | None => {}
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !found {
+            let connector = match e.connect.as_ref().map(ConnectClient::new) {
+                Some(client) => match client.status().await {
+                    Ok(s) => format!(" (connector: {})", s.describe()),
+                    Err(err) => format!(" ({err})"),
+                },
+                None => String::new(),
+            };
+            return Err(preflight(
+                "Connect",
+                format!("the canary row {id} committed in the source but did not reach topic {topic} within {}s{connector}", CANARY_TIMEOUT.as_secs()),
+            ));
+        }
+        eprintln!("external: canary on {topic} after {:.1}s", started.elapsed().as_secs_f64());
+        let mapping = Mapping::builtin();
+        let entity = mapping.entity("customer").expect("the builtin mapping has customer");
+        loop {
+            let arrived = match &self.mongo {
+                Some((uri, db)) => {
+                    let client = mongodb::Client::with_uri_str(uri.expose()).await.map_err(|err| preflight("target", redact(&err.to_string(), uri)))?;
+                    let docs = client.database(db).collection::<mongodb::bson::Document>(&entity.mongo.collection);
+                    docs.find_one(mongodb::bson::doc! { "_id": id.to_string() }).await.map_err(|err| preflight("target", redact(&err.to_string(), uri)))?.is_some()
+                }
+                None => {
+                    let target =
+                        e.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {err}", e.postgres.display_target())))?;
+                    let sql = format!("SELECT 1 FROM \"{}\" WHERE id = $1", entity.postgres.table.replace('"', ""));
+                    target.query_opt(sql.as_str(), &[&id]).await.map_err(|err| preflight("target", format!("reading {}: {err}", entity.postgres.table)))?.is_some()
+                }
+            };
+            if arrived {
+                eprintln!("external: canary in the target after {:.1}s", started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            if started.elapsed() >= CANARY_TIMEOUT {
+                return Err(preflight(
+                    "sink",
+                    format!("the canary row {id} reached topic {topic} but not the target table {} within {}s", entity.postgres.table, CANARY_TIMEOUT.as_secs()),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Each hop as a service: source (and target), broker, connector, sink.
+    pub async fn status(&self) -> Vec<ServiceStatus> {
+        let e = &self.endpoints;
+        let line = |service, ok: Result<(), String>, endpoint: String| ServiceStatus {
+            service,
+            state: if ok.is_ok() { ServiceState::Healthy } else { ServiceState::Unhealthy },
+            pid: None,
+            container: None,
+            endpoint,
+            log: PathBuf::new(),
+            detail: ok.err(),
+        };
+        let source = e.postgres.connect_source().await.map(drop).map_err(|err| err.to_string());
+        let target = self.check_target().await.map_err(|err| err.to_string());
+        let postgres = source.map_err(|s| format!("source: {s}")).and(target);
+        let broker = topic_partitions(e).await.map(drop).map_err(|err| err.to_string());
+        let connector = match e.connect.as_ref().map(ConnectClient::new) {
+            Some(client) => client.status().await.map_err(|err| err.to_string()).and_then(|s| if s.running() { Ok(()) } else { Err(s.describe()) }),
+            None => Err("no [connect] in the endpoints file: not observed".into()),
+        };
+        let sink = if e.sink_http.is_empty() {
+            Err("no [sink] in the endpoints file: not observed".into())
+        } else {
+            crate::run::sink_metrics::scrape(&e.sink_http).await.map(drop).map_err(|err| err.to_string())
+        };
+        vec![
+            line(ServiceKind::Postgres, postgres, e.postgres.display(&e.postgres.source_db)),
+            line(ServiceKind::Broker, broker, e.kafka.clone()),
+            line(ServiceKind::Debezium, connector, e.connect.as_ref().map(|c| format!("{}/connectors/{}", c.url, c.connector)).unwrap_or_default()),
+            line(ServiceKind::Sink, sink, e.sink_http.clone()),
+        ]
+    }
+}
+
+/// A MongoDB error may quote its connection string.
+fn redact(text: &str, uri: &Secret) -> String {
+    text.replace(uri.expose(), "<mongodb uri>")
+}
+
+/// The partition count of the CDC topics (every one must exist).
+async fn topic_partitions(e: &Endpoints) -> Result<u32, ServiceError> {
+    let config = e.kafka_config();
+    let kafka = e.kafka.clone();
+    let topics: Vec<String> = TABLES.iter().map(|t| e.topic(t)).collect();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.clone().set("socket.timeout.ms", "5000").create().map_err(|err| preflight("broker", format!("Kafka client for {kafka}: {err}")))?;
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(|err| preflight("broker", format!("Kafka bootstrap servers {kafka} do not answer: {err}")))?;
+        let mut partitions = None;
+        for topic in &topics {
+            match metadata.topics().iter().find(|t| t.name() == topic) {
+                Some(t) if !t.partitions().is_empty() => partitions = partitions.or(Some(t.partitions().len() as u32)),
+                _ => return Err(preflight("topic", format!("topic {topic} does not exist on {kafka} (topics are <topic_prefix>.public.<table>)"))),
+            }
+        }
+        Ok(partitions.unwrap_or(1))
+    })
+    .await
+    .map_err(|err| preflight("broker", err.to_string()))?
+}
+
+/// A consumer of `topic` positioned at its end, to see the canary arrive.
+async fn canary_consumer(e: &Endpoints, topic: &str) -> Result<BaseConsumer, ServiceError> {
+    let mut config = e.kafka_config();
+    config.set("group.id", format!("cdc-harness-preflight-{}", uuid::Uuid::new_v4().simple())).set("enable.auto.commit", "false");
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().map_err(|err| preflight("broker", err.to_string()))?;
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).map_err(|err| preflight("broker", err.to_string()))?;
+        let mut assignment = TopicPartitionList::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (_, high) = consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(10)).map_err(|err| preflight("broker", err.to_string()))?;
+            assignment.add_partition_offset(&topic, p.id(), Offset::Offset(high)).map_err(|err| preflight("broker", err.to_string()))?;
+        }
+        consumer.assign(&assignment).map_err(|err| preflight("broker", err.to_string()))?;
+        Ok(consumer)
+    })
+    .await
+    .map_err(|err| preflight("broker", err.to_string()))?
+}
+
+/// The workload's tables in the source: all there, or none (then created, the DDL printed).
+async fn ensure_tables(source: &tokio_postgres::Client) -> Result<(), ServiceError> {
+    let rows = source
+        .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' AND table_name = ANY($1)", &[&TABLES.to_vec()])
+        .await
+        .map_err(|err| preflight("source", err.to_string()))?;
+    let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let missing: Vec<&str> = TABLES.iter().copied().filter(|t| !present.iter().any(|p| p == t)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if missing.len() < TABLES.len() {
+        return Err(preflight("source", format!("the workload tables are partly there: missing public.{} (the harness needs all of {})", missing.join(", public."), TABLES.join(", "))));
+    }
+    let ddl = include_str!("../../../sql/source_schema.sql");
+    eprintln!("external: the workload tables are not in the source; creating them:\n{ddl}");
+    source.batch_execute(ddl).await.map_err(|err| preflight("source", format!("creating the workload tables: {err}")))
+}
+
+/// Every workload table must be in the connector's publication.
+async fn check_publication(source: &tokio_postgres::Client, publication: &str) -> Result<(), ServiceError> {
+    let exists = source
+        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(|err| preflight("source", err.to_string()))?;
+    if exists.is_none() {
+        return Err(preflight("source", format!("publication {publication} does not exist in the source")));
+    }
+    let rows = source
+        .query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'public'", &[&publication])
+        .await
+        .map_err(|err| preflight("source", err.to_string()))?;
+    let published: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let missing: Vec<&str> = TABLES.iter().copied().filter(|t| !published.iter().any(|p| p == t)).collect();
+    if let Some(first) = missing.first() {
+        return Err(preflight(
+            "source",
+            format!(
+                "table public.{first} is not in publication {publication}{} (ALTER PUBLICATION {publication} ADD TABLE public.{})",
+                if missing.len() > 1 { format!(" (nor public.{})", missing[1..].join(", public.")) } else { String::new() },
+                missing.join(", public.")
+            ),
+        ));
+    }
+    Ok(())
+}

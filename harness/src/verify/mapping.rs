@@ -16,6 +16,7 @@ pub struct Mapping {
 #[serde(deny_unknown_fields)]
 pub struct Entity {
     pub name: String,
+    /// `table` (in `public`) or `schema.table`.
     pub source_table: String,
     /// The first column is the key.
     pub columns: Vec<Column>,

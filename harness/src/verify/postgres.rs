@@ -16,6 +16,14 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The source table, quoted: `schema.table` as written in the mapping, else in `public`.
+fn source_relation(entity: &Entity) -> String {
+    match entity.source_table.split_once('.') {
+        Some((schema, table)) => format!("{}.{}", ident(schema), ident(table)),
+        None => format!("public.{}", ident(&entity.source_table)),
+    }
+}
+
 fn column_list(entity: &Entity) -> String {
     entity.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>().join(", ")
 }
@@ -26,7 +34,7 @@ fn text_column_list(entity: &Entity, alias: &str) -> String {
 
 /// Rows of the source table ordered by key: `key \t col... ` in COPY text format.
 pub async fn scan_source(client: &Client, entity: &Entity) -> Result<CopyLines, VerifyError> {
-    let sql = format!("COPY (SELECT {} FROM public.{} ORDER BY {}) TO STDOUT", column_list(entity), ident(&entity.source_table), ident(&entity.key().name));
+    let sql = format!("COPY (SELECT {} FROM {} ORDER BY {}) TO STDOUT", column_list(entity), source_relation(entity), ident(&entity.key().name));
     Ok(CopyLines::new(client.copy_out(sql.as_str()).await.map_err(VerifyError::source)?))
 }
 
@@ -42,10 +50,10 @@ pub async fn fetch_source(client: &Client, entity: &Entity, keys: &[String]) -> 
     let commit_ts = "pg_xact_commit_timestamp(s.xmin)";
     let build = |with_commit: bool| {
         format!(
-            "SELECT {}, {}, to_jsonb(s) FROM public.{} s WHERE s.{} = ANY($1::text[]::uuid[])",
+            "SELECT {}, {}, to_jsonb(s) FROM {} s WHERE s.{} = ANY($1::text[]::uuid[])",
             text_column_list(entity, "s"),
             if with_commit { commit_ts } else { "NULL::timestamptz" },
-            ident(&entity.source_table),
+            source_relation(entity),
             ident(&entity.key().name)
         )
     };

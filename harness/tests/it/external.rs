@@ -145,6 +145,15 @@ async fn an_external_stack_passes_preflight_baseline_and_connector_faults_and_na
     // Verify and status on the external stack, without load.
     let out = harness(&["verify", "--backend", "external", "--endpoints", file], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // A mapping of one's own: only the tables it names are verified.
+    let builtin = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mapping.toml"))?;
+    let customer_only: String = builtin.split("[[entity]]").take(2).collect::<Vec<_>>().join("[[entity]]").replace("source_table = \"customer\"", "source_table = \"public.customer\"");
+    let mapping = variant("customer-mapping.toml", customer_only);
+    let out = harness(&["verify", "--backend", "external", "--endpoints", file, "--mapping", mapping.to_str().unwrap(), "--json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let verified: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let entities: Vec<&str> = verified["entities"].as_array().unwrap().iter().filter_map(|e| e["entity"].as_str()).collect();
+    assert_eq!(entities, ["customer"]);
     let out = harness(&["status", "--backend", "external", "--endpoints", file, "--json"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!text(&out).contains(&password) && !text(&out).contains(&kafka_secret));

@@ -8,7 +8,8 @@
  *   debezium.*  -> embedded engine / connector config (prefix stripped)
  *   kafka.*     -> KafkaProducer<String,String> config (prefix stripped)
  *   launcher.*  -> this program: status.port, status.address (default loopback; a
- *                  container publishing the port needs 0.0.0.0), status.file, log.level
+ *                  container publishing the port needs 0.0.0.0), status.file, log.level,
+ *                  connector.name (name on the Connect REST subset; default: debezium.name)
  * A value written exactly as ${env:NAME} is replaced by the environment variable NAME.
  *
  * Exit codes: 0 = clean stop (SIGTERM/SIGINT, or engine finished normally),
@@ -19,6 +20,11 @@
  *   SELECT pg_logical_emit_message(true, 'traceparent', '<W3C traceparent>')
  * gets that value as a `traceparent` Kafka header on every change event it produced; the
  * message event itself is consumed here (it has no topic of its own on the broker).
+ *
+ * The status server also answers the subset of Kafka Connect's REST API needed to pause,
+ * resume and restart the connector (GET /connectors, GET /connectors/<name>/status,
+ * PUT .../pause, PUT .../resume, POST .../restart, POST .../tasks/0/restart). A restart closes
+ * the engine and starts a new one in the same JVM; the process keeps running.
  *
  * See README.md next to this file.
  */
@@ -74,6 +80,7 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Base64;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 import java.util.Properties;
 import java.util.Set;
@@ -103,13 +110,34 @@ public class DebeziumLauncher {
     static final AtomicLong batchesCommitted = new AtomicLong();
     static volatile String lastError = null;
     static volatile boolean engineFailed = false;
+    /** The engine finished for good (failure, normal end, shutdown): not set when it is closed for a restart. */
     static volatile boolean engineFinished = false;
+    /** The current engine has called pollingStarted (false again from a restart request until the new one has). */
     static volatile boolean pollingStarted = false;
     static volatile boolean shuttingDown = false;
     static final long startNanos = System.nanoTime();
     static volatile long snapshotCompletedAfterMs = -1;
-    static final CountDownLatch engineDone = new CountDownLatch(1);
     static final AtomicBoolean exitingFromMain = new AtomicBoolean(false);
+
+    // ---- connector lifecycle (pause / resume / restart through the Connect REST subset) ----
+    /** Guards current, restarting, the restart flag of a run, and the shutdown flag's hand-over. */
+    static final Object lifecycle = new Object();
+    /** The engine the process runs now; replaced by a restart. */
+    static volatile EngineRun current;
+    /** From an accepted restart request until the new engine's pollingStarted. */
+    static volatile boolean restarting = false;
+    /** A restart closed the engine but could not build a new one: main exits with EXIT_FAILURE. */
+    static volatile boolean restartGaveUp = false;
+    static volatile long restartRequestedNanos = 0;
+    static final AtomicLong restarts = new AtomicLong();
+    /** Paused: handleBatch holds every batch (before sending anything of it) until resume. */
+    static volatile boolean paused = false;
+    static final Object pauseLock = new Object();
+    /** How long engine.close() is retried while the engine's tasks are starting (task start timeout is 180 s). */
+    static final long RESTART_CLOSE_TIMEOUT_MS = 200_000;
+    /** Debezium settings after defaults: every engine (first one and restarts) is built from a copy. */
+    static volatile Properties debeziumProps;
+    static volatile String connectorName = "debezium";
 
     static String topicPrefix = "";
     static volatile KafkaProducer<String, String> producer;
@@ -117,8 +145,22 @@ public class DebeziumLauncher {
     static volatile Properties kafkaProps;
     /** How long a batch is re-sent (fresh producer, backoff) before the launcher gives up. */
     static final long SEND_RETRY_MS = 120_000;
-    static volatile DebeziumEngine<ChangeEvent<String, String>> engine;
     static HttpServer statusServer;
+
+    /** One engine instance: the first one, or the one a restart built. */
+    static final class EngineRun {
+        final long number; // 0 = the first engine, n = built by restart #n
+        final CountDownLatch done = new CountDownLatch(1);
+        volatile DebeziumEngine<ChangeEvent<String, String>> engine;
+        volatile boolean polling;
+        volatile boolean finished;
+        /** Closed on purpose by a restart: its end is not the end of the process. */
+        volatile boolean restartRequested;
+
+        EngineRun(long number) {
+            this.number = number;
+        }
+    }
 
     public static void main(String[] args) {
         configureLogging(System.getProperty("launcher.log.level", "INFO"));
@@ -144,9 +186,18 @@ public class DebeziumLauncher {
             Configurator.setRootLevel(Level.toLevel(level, Level.INFO));
         }
 
+        // Name on the Connect REST subset: launcher.connector.name, else the configured
+        // debezium.name (read before the defaults fill it in), else "debezium".
+        String configuredName = launcher.getProperty("connector.name", "").trim();
+        if (configuredName.isEmpty()) {
+            configuredName = debezium.getProperty("name", "").trim();
+        }
+        connectorName = configuredName.isEmpty() ? "debezium" : configuredName;
+
         applyDebeziumDefaults(debezium);
         applyProducerDefaults(kafka);
         topicPrefix = debezium.getProperty("topic.prefix", "");
+        debeziumProps = debezium;
         logConfig("debezium.", debezium);
         logConfig("kafka.", kafka);
         logConfig("launcher.", launcher);
@@ -181,35 +232,9 @@ public class DebeziumLauncher {
         }
 
         // ---- engine ----
+        EngineRun run = new EngineRun(0);
         try {
-            engine = DebeziumEngine.create(Json.class)
-                    .using(debezium)
-                    // our class loader (source-file mode) so that the engine can instantiate
-                    // DebeziumLauncher$AtomicFileOffsetBackingStore by name; it delegates to the classpath
-                    .using(DebeziumLauncher.class.getClassLoader())
-                    .using(new DebeziumEngine.ConnectorCallback() {
-                        @Override
-                        public void pollingStarted() {
-                            pollingStarted = true;
-                            log.info("Launcher: engine polling started");
-                        }
-                    })
-                    .using((boolean success, String message, Throwable error) -> {
-                        if (!success) {
-                            engineFailed = true;
-                            Throwable root = error;
-                            lastError = (message != null ? message : "engine failed")
-                                    + (root != null ? " :: " + describe(root) : "");
-                            log.error("Launcher: engine FAILED: {}", lastError, error);
-                        }
-                        else {
-                            log.info("Launcher: engine completed: {}", message);
-                        }
-                        engineFinished = true;
-                        engineDone.countDown();
-                    })
-                    .notifying(new ProducingChangeConsumer())
-                    .build();
+            run.engine = buildEngine(run);
         }
         catch (Exception e) {
             lastError = describe(e);
@@ -218,15 +243,33 @@ public class DebeziumLauncher {
             closeProducer();
             exitFromMain(EXIT_FAILURE);
         }
-
-
-        Thread engineThread = new Thread(engine, "debezium-engine");
-        engineThread.start();
+        synchronized (lifecycle) {
+            if (shuttingDown) {
+                return; // a signal came during the build; the shutdown hook owns the exit
+            }
+            current = run;
+            new Thread(run.engine, "debezium-engine").start();
+        }
         startMonitor();
 
-        // Wait for the engine to finish (failure, or stop triggered by the shutdown hook).
+        // Wait for the current engine to finish (failure, or stop triggered by the shutdown hook).
+        // An engine closed by a restart is followed by the one the restart thread starts.
         try {
-            engineDone.await();
+            while (true) {
+                run.done.await();
+                if (shuttingDown || !run.restartRequested) {
+                    break;
+                }
+                synchronized (lifecycle) {
+                    while (current == run && !restartGaveUp && !shuttingDown) {
+                        lifecycle.wait(1_000);
+                    }
+                }
+                if (shuttingDown || current == run) {
+                    break; // shutdown, or the restart could not build a new engine (engineFailed is set)
+                }
+                run = current;
+            }
         }
         catch (InterruptedException ignored) {
             Thread.currentThread().interrupt();
@@ -243,14 +286,98 @@ public class DebeziumLauncher {
         exitFromMain(code);
     }
 
+    /**
+     * Builds (does not start) an engine from a copy of the Debezium settings, with callbacks
+     * bound to its run. Used for the first engine and for every restart.
+     */
+    static DebeziumEngine<ChangeEvent<String, String>> buildEngine(EngineRun run) {
+        Properties config = new Properties();
+        config.putAll(debeziumProps);
+        return DebeziumEngine.create(Json.class)
+                .using(config)
+                // our class loader (source-file mode) so that the engine can instantiate
+                // DebeziumLauncher$AtomicFileOffsetBackingStore by name; it delegates to the classpath
+                .using(DebeziumLauncher.class.getClassLoader())
+                .using(new DebeziumEngine.ConnectorCallback() {
+                    @Override
+                    public void pollingStarted() {
+                        run.polling = true;
+                        boolean afterRestart;
+                        synchronized (lifecycle) {
+                            if (current != run || run.restartRequested) {
+                                return; // an engine a restart is closing (it was still starting its tasks)
+                            }
+                            pollingStarted = true;
+                            afterRestart = restarting;
+                            restarting = false;
+                        }
+                        if (afterRestart) {
+                            log.info("Launcher: engine polling started (restart #{} done, {} ms after the request{})",
+                                    run.number, (System.nanoTime() - restartRequestedNanos) / 1_000_000,
+                                    paused ? "; connector still paused" : "");
+                        }
+                        else {
+                            log.info("Launcher: engine polling started");
+                        }
+                    }
+                })
+                .using((boolean success, String message, Throwable error) -> {
+                    boolean closedForRestart;
+                    synchronized (lifecycle) {
+                        closedForRestart = run.restartRequested && !shuttingDown;
+                        if (!closedForRestart) {
+                            if (!success) {
+                                engineFailed = true;
+                                lastError = (message != null ? message : "engine failed")
+                                        + (error != null ? " :: " + describe(error) : "");
+                            }
+                            engineFinished = true;
+                        }
+                        run.finished = true;
+                    }
+                    if (closedForRestart) {
+                        if (success) {
+                            log.info("Launcher: engine closed for restart #{}: {}", restarts.get(), message);
+                        }
+                        else {
+                            log.warn("Launcher: engine closed for restart #{} reported: {}{}", restarts.get(), message,
+                                    error != null ? " :: " + describe(error) : "");
+                        }
+                    }
+                    else if (!success) {
+                        log.error("Launcher: engine FAILED: {}", lastError, error);
+                    }
+                    else if (run.restartRequested) {
+                        log.info("Launcher: engine completed (a restart was under way, but the launcher is shutting down): {}", message);
+                    }
+                    else {
+                        log.info("Launcher: engine completed: {}", message);
+                    }
+                    run.done.countDown();
+                })
+                .notifying(new ProducingChangeConsumer(run))
+                .build();
+    }
+
     // =====================================================================================
     // Change consumer: send whole batch, wait for broker acks, only then mark processed.
     // =====================================================================================
     static final class ProducingChangeConsumer implements DebeziumEngine.ChangeConsumer<ChangeEvent<String, String>> {
+        /** How long a held batch waits for the engine's interrupt once its engine is being closed. */
+        private static final long CLOSE_INTERRUPT_GRACE_MS = 5_000;
+        private final EngineRun run;
+
+        ProducingChangeConsumer(EngineRun run) {
+            this.run = run;
+        }
+
         @Override
         public void handleBatch(List<ChangeEvent<String, String>> records,
                                 DebeziumEngine.RecordCommitter<ChangeEvent<String, String>> committer)
                 throws InterruptedException {
+            // Paused: hold the whole batch here, before anything of it is sent (or walks the trace
+            // state). Nothing of it is marked, so a restart or shutdown meanwhile re-sends it.
+            awaitResumed(records.size());
             // A broker that is restarting answers with errors the producer treats as fatal
             // (tansu: UnknownServerException while its storage shuts down). Nothing of the
             // batch is committed yet, so re-sending it whole with a fresh producer is safe
@@ -297,6 +424,39 @@ public class DebeziumLauncher {
             committer.markBatchFinished();
             recordsSent.addAndGet(outgoing.size());
             batchesCommitted.incrementAndGet();
+        }
+
+        /**
+         * Returns at once unless paused; else waits until resume. engine.close() (restart or
+         * SIGTERM) cancels the polling task, which interrupts this wait: the InterruptedException
+         * leaves the batch unmarked, and the engine treats the cancelled task as a clean stop.
+         * Throwing before that interrupt would make the engine report a failure, so on seeing
+         * its engine being closed the wait only gives the interrupt a grace period.
+         */
+        private void awaitResumed(int batchSize) throws InterruptedException {
+            if (!paused) {
+                return;
+            }
+            long closingSince = 0;
+            boolean logged = false;
+            synchronized (pauseLock) {
+                while (paused) {
+                    if (!logged) {
+                        log.debug("Launcher: connector paused, holding a batch of {} record(s) until resume", batchSize);
+                        logged = true;
+                    }
+                    if (shuttingDown || run.restartRequested) {
+                        long now = System.nanoTime();
+                        if (closingSince == 0) {
+                            closingSince = now;
+                        }
+                        else if (now - closingSince > TimeUnit.MILLISECONDS.toNanos(CLOSE_INTERRUPT_GRACE_MS)) {
+                            throw new InterruptedException("engine is being closed while paused; batch not sent, not marked");
+                        }
+                    }
+                    pauseLock.wait(100);
+                }
+            }
         }
 
         /** The batch as producer records: trace messages left out, trace headers added. */
@@ -469,37 +629,24 @@ public class DebeziumLauncher {
         if (exitingFromMain.get()) {
             return; // System.exit from main: everything is already closed
         }
-        shuttingDown = true;
+        EngineRun run;
+        synchronized (lifecycle) {
+            // Under the lock: a restart either installed its engine before (we close that one)
+            // or sees shuttingDown and starts none.
+            shuttingDown = true;
+            run = current;
+        }
         log.info("Launcher: shutdown requested (signal), stopping engine");
-        if (engine == null) {
+        if (run == null || run.engine == null) {
             closeProducer();
             flushLogs();
             Runtime.getRuntime().halt(EXIT_OK);
         }
-        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
-        boolean closed = false;
-        while (!closed && !engineFinished && System.nanoTime() < deadline) {
-            try {
-                engine.close(); // stops tasks, commits offsets of records marked processed
-                closed = true;
-            }
-            catch (IllegalStateException e) {
-                // "tasks are starting" (retry shortly) or "already stopping/stopped" (just wait)
-                String m = String.valueOf(e.getMessage());
-                if (m.contains("already")) {
-                    closed = true;
-                }
-                else {
-                    sleepQuietly(100);
-                }
-            }
-            catch (Exception e) {
-                log.warn("Launcher: error while closing engine: {}", describe(e));
-                closed = true;
-            }
-        }
+        // stops tasks, commits offsets of records marked processed; "already stopping" when a
+        // restart is closing it right now
+        closeEngine(run, 60_000);
         try {
-            engineDone.await(30, TimeUnit.SECONDS);
+            run.done.await(30, TimeUnit.SECONDS);
         }
         catch (InterruptedException ignored) {
         }
@@ -510,6 +657,298 @@ public class DebeziumLauncher {
         flushLogs();
         // log4j's own shutdown hook is disabled (see configureLogging), so logging worked until here.
         Runtime.getRuntime().halt(code);
+    }
+
+    /**
+     * engine.close() (stops the tasks and commits the offsets of records marked processed), retried
+     * while the async engine refuses because its tasks are starting. True once closed, already
+     * stopping/stopped, or finished; false if it still refused at the timeout.
+     */
+    static boolean closeEngine(EngineRun run, long timeoutMs) {
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        while (!run.finished && System.nanoTime() < deadline) {
+            try {
+                run.engine.close();
+                return true;
+            }
+            catch (IllegalStateException e) {
+                // "tasks are starting" (retry shortly) or "already stopping/stopped" (just wait)
+                String m = String.valueOf(e.getMessage());
+                if (m.contains("already")) {
+                    return true;
+                }
+                sleepQuietly(100);
+            }
+            catch (Exception e) {
+                log.warn("Launcher: error while closing engine: {}", describe(e));
+                return true;
+            }
+        }
+        return run.finished;
+    }
+
+    // =====================================================================================
+    // Pause / resume / restart (Kafka Connect REST subset)
+    // =====================================================================================
+    static void pauseConnector() {
+        boolean was;
+        synchronized (pauseLock) {
+            was = paused;
+            paused = true;
+        }
+        log.info("Launcher: pause requested on the REST API: {}", was
+                ? "already paused"
+                : "change events are held in the change consumer until resume (the engine keeps its replication connection)");
+    }
+
+    static void resumeConnector() {
+        boolean was;
+        synchronized (pauseLock) {
+            was = paused;
+            paused = false;
+            pauseLock.notifyAll();
+        }
+        log.info("Launcher: resume requested on the REST API: {}", was ? "held batches are sent now" : "was not paused");
+    }
+
+    /** Accepts a restart and runs it on its own thread; returns null, or why it was refused (409). */
+    static String requestRestart(String what) {
+        EngineRun old;
+        long n;
+        synchronized (lifecycle) {
+            if (shuttingDown) {
+                return "Connector " + connectorName + " cannot be restarted: the launcher is shutting down";
+            }
+            if (restarting) {
+                return "Connector " + connectorName + " is already being restarted";
+            }
+            old = current;
+            if (old == null) {
+                return "Connector " + connectorName + " cannot be restarted: its engine is still being created";
+            }
+            if (engineFinished) {
+                return "Connector " + connectorName + " cannot be restarted: its engine has stopped and the launcher is exiting";
+            }
+            restarting = true;
+            pollingStarted = false;
+            old.restartRequested = true;
+            restartRequestedNanos = System.nanoTime();
+            n = restarts.incrementAndGet();
+        }
+        log.info("Launcher: restart #{} requested on the REST API ({}): closing the engine, then starting a new one{}",
+                n, what, paused ? " (the connector stays paused)" : "");
+        Thread t = new Thread(() -> restartEngine(old, n), "launcher-restart-" + n);
+        t.setDaemon(true);
+        t.start();
+        return null;
+    }
+
+    /** Closes the engine (commits the processed offsets), then builds and starts a new one with the same settings. */
+    static void restartEngine(EngineRun old, long n) {
+        try {
+            if (!closeEngine(old, RESTART_CLOSE_TIMEOUT_MS)) {
+                synchronized (lifecycle) {
+                    if (!old.finished) {
+                        old.restartRequested = false;
+                        restarting = false;
+                        pollingStarted = old.polling;
+                        log.error("Launcher: restart #{} abandoned: the engine refused to close for {} ms (tasks starting)",
+                                n, RESTART_CLOSE_TIMEOUT_MS);
+                        return;
+                    }
+                }
+            }
+            while (!old.done.await(1, TimeUnit.SECONDS)) {
+                if (shuttingDown) {
+                    return;
+                }
+            }
+            if (shuttingDown) {
+                return;
+            }
+            ensureProducer();
+            EngineRun next = new EngineRun(n);
+            next.engine = buildEngine(next);
+            synchronized (lifecycle) {
+                if (shuttingDown) {
+                    return; // never started: nothing to close
+                }
+                snapshotCompletedThisRun = false;
+                current = next;
+                new Thread(next.engine, "debezium-engine-" + n).start();
+                lifecycle.notifyAll();
+            }
+            log.info("Launcher: restart #{}: new engine started ({} ms after the request)",
+                    n, (System.nanoTime() - restartRequestedNanos) / 1_000_000);
+        }
+        catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        catch (Exception e) {
+            synchronized (lifecycle) {
+                lastError = "restart #" + n + ": cannot build Debezium engine: " + describe(e);
+                engineFailed = true;
+                engineFinished = true;
+                restartGaveUp = true;
+                lifecycle.notifyAll();
+            }
+            log.error("Launcher: {}", lastError, e);
+        }
+    }
+
+    /** A restart keeps the producer; only one that was closed is replaced. */
+    static void ensureProducer() {
+        synchronized (ProducingChangeConsumer.class) { // the lock of replaceProducer
+            if (producer == null && !shuttingDown) {
+                producer = new KafkaProducer<>(kafkaProps, new StringSerializer(), new StringSerializer());
+                log.info("Launcher: the producer was closed; created a new one for the restarted engine");
+            }
+        }
+    }
+
+    /** Kafka Connect's connector/task state of the one connector and its one task. */
+    static String connectState() {
+        if (engineFailed) {
+            return "FAILED";
+        }
+        if (shuttingDown || engineFinished || restarting || !pollingStarted) {
+            return "UNASSIGNED";
+        }
+        return paused ? "PAUSED" : "RUNNING";
+    }
+
+    static String taskStatusJson(String state) {
+        StringBuilder sb = new StringBuilder(128);
+        sb.append("{\"id\":0,\"state\":\"").append(state).append("\",\"worker_id\":\"launcher\"");
+        if ("FAILED".equals(state)) {
+            String trace = lastError;
+            sb.append(",\"trace\":").append(jsonString(trace != null ? trace : "engine failed"));
+        }
+        return sb.append('}').toString();
+    }
+
+    static String connectorStatusJson() {
+        String state = connectState();
+        return "{\"name\":" + jsonString(connectorName)
+                + ",\"connector\":{\"state\":\"" + state + "\",\"worker_id\":\"launcher\"}"
+                + ",\"tasks\":[" + taskStatusJson(state) + "],\"type\":\"source\"}";
+    }
+
+    static String connectError(int code, String message) {
+        return "{\"error_code\":" + code + ",\"message\":" + jsonString(message) + "}";
+    }
+
+    /**
+     * /connectors...: the paths and methods of Connect's REST API that pause, resume and restart
+     * a connector. Path first, then method (405), then connector name (404), as Connect answers.
+     */
+    static void handleConnect(HttpExchange ex) throws IOException {
+        try (InputStream in = ex.getRequestBody()) {
+            in.readAllBytes();
+        }
+        String method = ex.getRequestMethod().toUpperCase(Locale.ROOT);
+        String path = ex.getRequestURI().getPath();
+        if (!path.equals("/connectors") && !path.startsWith("/connectors/")) {
+            send(ex, 404, connectError(404, "HTTP 404 Not Found"));
+            return;
+        }
+        List<String> seg = new ArrayList<>();
+        for (String part : path.substring("/connectors".length()).split("/")) {
+            if (!part.isEmpty()) {
+                seg.add(part);
+            }
+        }
+        String action;
+        String allowed;
+        if (seg.isEmpty()) {
+            action = "list";
+            allowed = "GET";
+        }
+        else if (seg.size() == 2 && seg.get(1).equals("status")) {
+            action = "status";
+            allowed = "GET";
+        }
+        else if (seg.size() == 2 && seg.get(1).equals("pause")) {
+            action = "pause";
+            allowed = "PUT";
+        }
+        else if (seg.size() == 2 && seg.get(1).equals("resume")) {
+            action = "resume";
+            allowed = "PUT";
+        }
+        else if (seg.size() == 2 && seg.get(1).equals("restart")) {
+            action = "restart";
+            allowed = "POST";
+        }
+        else if (seg.size() == 4 && seg.get(1).equals("tasks") && seg.get(3).equals("restart")) {
+            action = "task-restart";
+            allowed = "POST";
+        }
+        else if (seg.size() == 4 && seg.get(1).equals("tasks") && seg.get(3).equals("status")) {
+            action = "task-status";
+            allowed = "GET";
+        }
+        else {
+            send(ex, 404, connectError(404, "HTTP 404 Not Found"));
+            return;
+        }
+        if (!method.equals(allowed)) {
+            ex.getResponseHeaders().set("Allow", allowed);
+            send(ex, 405, connectError(405, "HTTP 405 Method Not Allowed"));
+            return;
+        }
+        if (!seg.isEmpty() && !seg.get(0).equals(connectorName)) {
+            send(ex, 404, connectError(404, "Connector " + seg.get(0) + " not found"));
+            return;
+        }
+        if (action.startsWith("task-") && !seg.get(2).equals("0")) {
+            send(ex, 404, connectError(404, "Unknown task: " + connectorName + "-" + seg.get(2)));
+            return;
+        }
+        switch (action) {
+            case "list":
+                send(ex, 200, "[" + jsonString(connectorName) + "]");
+                break;
+            case "status":
+                send(ex, 200, connectorStatusJson());
+                break;
+            case "task-status":
+                send(ex, 200, taskStatusJson(connectState()));
+                break;
+            case "pause":
+                pauseConnector();
+                send(ex, 202, null);
+                break;
+            case "resume":
+                resumeConnector();
+                send(ex, 202, null);
+                break;
+            default: { // restart, task-restart
+                String refused = requestRestart(method + " " + path);
+                if (refused != null) {
+                    log.info("Launcher: restart refused (409): {}", refused);
+                    send(ex, 409, connectError(409, refused));
+                }
+                else {
+                    send(ex, 204, null);
+                }
+            }
+        }
+    }
+
+    /** Sends code with a JSON body, or with no body at all when body is null (202, 204). */
+    static void send(HttpExchange ex, int code, String body) throws IOException {
+        if (body == null) {
+            ex.sendResponseHeaders(code, -1);
+            ex.close();
+            return;
+        }
+        byte[] bytes = body.getBytes(StandardCharsets.UTF_8);
+        ex.getResponseHeaders().set("Content-Type", "application/json");
+        ex.sendResponseHeaders(code, bytes.length);
+        try (OutputStream os = ex.getResponseBody()) {
+            os.write(bytes);
+        }
     }
 
     /**
@@ -548,11 +987,13 @@ public class DebeziumLauncher {
             respond(ex, ok ? 200 : 503, ok ? "{\"ok\":true}" : "{\"ok\":false}");
         });
         statusServer.createContext("/mbeans", ex -> respond(ex, 200, mbeansJson()));
+        statusServer.createContext("/connectors", DebeziumLauncher::handleConnect);
         statusServer.start();
         int actual = statusServer.getAddress().getPort();
         System.out.println("LAUNCHER_STATUS_PORT=" + actual);
         System.out.flush();
-        log.info("Launcher: status endpoint on http://127.0.0.1:{}/status", actual);
+        log.info("Launcher: status endpoint on http://127.0.0.1:{}/status, Connect REST subset on /connectors (connector {})",
+                actual, connectorName);
         if (statusFile != null && !statusFile.isBlank()) {
             Path target = Paths.get(statusFile);
             Path tmp = target.resolveSibling(target.getFileName() + ".tmp");
@@ -582,6 +1023,8 @@ public class DebeziumLauncher {
 
     // Sticky observations (MBeans disappear when the engine stops).
     static volatile boolean snapshotCompletedSeen = false;
+    /** As snapshotCompletedSeen, but for the current engine only (reset by a restart). */
+    static volatile boolean snapshotCompletedThisRun = false;
     static volatile String lastLoggedState = "";
 
     static synchronized String computeState(boolean[] flags) {
@@ -594,6 +1037,9 @@ public class DebeziumLauncher {
             snapshotCompletedAfterMs = (System.nanoTime() - startNanos) / 1_000_000;
             log.info("Launcher: snapshot completed ({} ms after launch)", snapshotCompletedAfterMs);
         }
+        if (Boolean.TRUE.equals(snapCompleted)) {
+            snapshotCompletedThisRun = true;
+        }
         boolean streaming = Boolean.TRUE.equals(connected);
         String state;
         if (engineFailed) {
@@ -602,10 +1048,14 @@ public class DebeziumLauncher {
         else if (engineFinished || shuttingDown) {
             state = "stopped";
         }
+        else if (restarting) {
+            // old engine being closed, or the new one not polling yet (old MBeans may linger)
+            state = "starting";
+        }
         else if (streaming) {
             state = "streaming";
         }
-        else if (Boolean.TRUE.equals(snapRunning) || (snapshotCompletedSeen && !Boolean.TRUE.equals(connected))) {
+        else if (Boolean.TRUE.equals(snapRunning) || (snapshotCompletedThisRun && !Boolean.TRUE.equals(connected))) {
             // (snapshot finished, streaming not connected yet: still the snapshot phase)
             state = "snapshotting";
         }
@@ -638,6 +1088,8 @@ public class DebeziumLauncher {
         sb.append("\"records_traced\":").append(tracedRecords.get()).append(',');
         sb.append("\"batches_committed\":").append(batchesCommitted.get()).append(',');
         sb.append("\"uptime_ms\":").append((System.nanoTime() - startNanos) / 1_000_000).append(',');
+        sb.append("\"paused\":").append(paused).append(',');
+        sb.append("\"restarts\":").append(restarts.get()).append(',');
         sb.append("\"last_error\":").append(lastError == null ? "null" : jsonString(lastError));
         sb.append('}');
         return sb.toString();

@@ -14,7 +14,7 @@ use harness::testing::run_dir;
 
 /// One Docker test at a time: `down --all` sweeps every run's containers, and two stacks at
 /// once would only load the 2 cores twice.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn daemon() -> anyhow::Result<bollard::Docker> {
     docker::connect().await.map_err(|e| anyhow::anyhow!("these tests need a Docker daemon (`bash .ci/run` starts one): {e}"))

@@ -48,10 +48,27 @@ fn assert_no_secret(out: &Output, dir: &Path, secrets: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_external_stack_passes_preflight_baseline_and_connector_faults_and_names_each_preflight_error() -> anyhow::Result<()> {
     let _turn = harness::testing::stack_turn().await;
-    let root = harness::testing::run_dir("external");
+    external_flow("external", &["--backend", "local"]).await
+}
+
+/// The same flow over a stack of the Docker backend (local image set), where a daemon answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_stack_over_docker_passes_the_same_flow() -> anyhow::Result<()> {
+    let _one = crate::docker::ONE_AT_A_TIME.lock().await;
+    let _turn = harness::testing::stack_turn().await;
+    harness::orchestrator::docker::connect().await.map_err(|e| anyhow::anyhow!("this test needs a Docker daemon (`bash .ci/run` starts one): {e}"))?;
+    external_flow("external-docker", &["--backend", "docker", "--images", "local"]).await
+}
+
+/// `up --write-endpoints`, then every command through the endpoints file only.
+async fn external_flow(name: &str, backend: &[&str]) -> anyhow::Result<()> {
+    let root = harness::testing::run_dir(name);
     let run_dir = root.join("stack");
     let endpoints = root.join("e.toml");
-    let up = harness(&["--run-dir", run_dir.to_str().unwrap(), "up", "--backend", "local", "--write-endpoints", endpoints.to_str().unwrap()], &[]);
+    let mut up_args = vec!["--run-dir", run_dir.to_str().unwrap(), "up"];
+    up_args.extend_from_slice(backend);
+    up_args.extend(["--write-endpoints", endpoints.to_str().unwrap()]);
+    let up = harness(&up_args, &[]);
     let _stack = UpStack { run_dir: run_dir.clone() };
     assert!(up.status.success(), "up: {}", text(&up));
     let written = std::fs::read_to_string(&endpoints)?;

@@ -447,6 +447,10 @@ async fn finish_up(outcome: Result<harness::orchestrator::Endpoints, ServiceErro
             eprintln!("  sink      {}", endpoints.sink_http);
             Ok(exit::SUCCESS)
         }
+        Err(e) if stack.backend() == harness::orchestrator::BackendKind::External => {
+            eprintln!("up: the external stack failed its pre-flight (nothing was started)");
+            Err(e.into())
+        }
         Err(e) => {
             eprintln!("up: failed, stopping what was started");
             stack.down().await?;

@@ -83,7 +83,7 @@ impl ExternalStack {
     pub async fn up(&mut self) -> Result<Endpoints, ServiceError> {
         let e = self.endpoints.clone();
         eprintln!("external: pre-flight of {} (nothing is started or stopped on this backend)", self.file.display());
-        let source = e.postgres.connect_source().await.map_err(|err| preflight("source", format!("{}: {err}", e.postgres.display(&e.postgres.source_db))))?;
+        let source = e.postgres.connect_source().await.map_err(|err| preflight("source", format!("{}: {}", e.postgres.display(&e.postgres.source_db), pg_error(&err))))?;
         let partitions = topic_partitions(&e).await?;
         self.partitions = Some(partitions);
         let connect = e.connect.as_ref().map(ConnectClient::new);
@@ -115,7 +115,7 @@ impl ExternalStack {
                     .map_err(|err| preflight("target", format!("MongoDB database {db}: {}", redact(&err.to_string(), uri))))?;
             }
             None => {
-                self.endpoints.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {err}", self.endpoints.postgres.display_target())))?;
+                self.endpoints.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {}", self.endpoints.postgres.display_target(), pg_error(&err))))?;
             }
         }
         Ok(())
@@ -131,7 +131,7 @@ impl ExternalStack {
         source
             .execute("INSERT INTO public.customer (id, email, status) VALUES ($1, $2, 'active')", &[&id, &email])
             .await
-            .map_err(|err| preflight("source", format!("the canary write into public.customer failed: {err}")))?;
+            .map_err(|err| preflight("source", format!("the canary write into public.customer failed: {}", pg_error(&err))))?;
         let started = Instant::now();
         let needle = id.to_string();
         let found = tokio::task::spawn_blocking(move || {
@@ -175,9 +175,9 @@ impl ExternalStack {
                 }
                 None => {
                     let target =
-                        e.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {err}", e.postgres.display_target())))?;
+                        e.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {}", e.postgres.display_target(), pg_error(&err))))?;
                     let sql = format!("SELECT 1 FROM \"{}\" WHERE id = $1", entity.postgres.table.replace('"', ""));
-                    target.query_opt(sql.as_str(), &[&id]).await.map_err(|err| preflight("target", format!("reading {}: {err}", entity.postgres.table)))?.is_some()
+                    target.query_opt(sql.as_str(), &[&id]).await.map_err(|err| preflight("target", format!("reading {}: {}", entity.postgres.table, pg_error(&err))))?.is_some()
                 }
             };
             if arrived {
@@ -206,7 +206,7 @@ impl ExternalStack {
             log: PathBuf::new(),
             detail: ok.err(),
         };
-        let source = e.postgres.connect_source().await.map(drop).map_err(|err| err.to_string());
+        let source = e.postgres.connect_source().await.map(drop).map_err(|err| pg_error(&err));
         let target = self.check_target().await.map_err(|err| err.to_string());
         let postgres = source.map_err(|s| format!("source: {s}")).and(target);
         let broker = topic_partitions(e).await.map(drop).map_err(|err| err.to_string());
@@ -225,6 +225,17 @@ impl ExternalStack {
             line(ServiceKind::Debezium, connector, e.connect.as_ref().map(|c| format!("{}/connectors/{}", c.url, c.connector)).unwrap_or_default()),
             line(ServiceKind::Sink, sink, e.sink_http.clone()),
         ]
+    }
+}
+
+/// A PostgreSQL error with the server's own message (its `Display` says only "db error").
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
@@ -281,7 +292,7 @@ async fn ensure_tables(source: &tokio_postgres::Client) -> Result<(), ServiceErr
     let rows = source
         .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' AND table_name = ANY($1)", &[&TABLES.to_vec()])
         .await
-        .map_err(|err| preflight("source", err.to_string()))?;
+        .map_err(|err| preflight("source", pg_error(&err)))?;
     let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let missing: Vec<&str> = TABLES.iter().copied().filter(|t| !present.iter().any(|p| p == t)).collect();
     if missing.is_empty() {
@@ -292,7 +303,7 @@ async fn ensure_tables(source: &tokio_postgres::Client) -> Result<(), ServiceErr
     }
     let ddl = include_str!("../../../sql/source_schema.sql");
     eprintln!("external: the workload tables are not in the source; creating them:\n{ddl}");
-    source.batch_execute(ddl).await.map_err(|err| preflight("source", format!("creating the workload tables: {err}")))
+    source.batch_execute(ddl).await.map_err(|err| preflight("source", format!("creating the workload tables: {}", pg_error(&err))))
 }
 
 /// Every workload table must be in the connector's publication.
@@ -300,14 +311,14 @@ async fn check_publication(source: &tokio_postgres::Client, publication: &str) -
     let exists = source
         .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
-        .map_err(|err| preflight("source", err.to_string()))?;
+        .map_err(|err| preflight("source", pg_error(&err)))?;
     if exists.is_none() {
         return Err(preflight("source", format!("publication {publication} does not exist in the source")));
     }
     let rows = source
         .query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'public'", &[&publication])
         .await
-        .map_err(|err| preflight("source", err.to_string()))?;
+        .map_err(|err| preflight("source", pg_error(&err)))?;
     let published: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let missing: Vec<&str> = TABLES.iter().copied().filter(|t| !published.iter().any(|p| p == t)).collect();
     if let Some(first) = missing.first() {

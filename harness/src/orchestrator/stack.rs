@@ -406,7 +406,7 @@ mod tests {
         };
         stack.check_faults(&[fault(FaultKind::Poison, "customer")]).unwrap();
         for refused in [fault(FaultKind::Kill, "sink"), fault(FaultKind::Latency, "broker"), fault(FaultKind::Pause, "debezium")] {
-            let err = stack.check_faults(&[refused.clone()]).unwrap_err();
+            let err = stack.check_faults(std::slice::from_ref(&refused)).unwrap_err();
             assert!(err.to_string().contains("is refused"), "{err}");
             assert_eq!(crate::exit::code_for(&anyhow::Error::new(err)), crate::exit::USAGE);
         }

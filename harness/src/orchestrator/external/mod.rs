@@ -136,14 +136,11 @@ impl ExternalStack {
         let needle = id.to_string();
         let found = tokio::task::spawn_blocking(move || {
             while started.elapsed() < CANARY_TIMEOUT {
-                match consumer.poll(Duration::from_millis(500)) {
-                    Some(Ok(m)) => {
-                        let hit = |b: Option<&[u8]>| b.is_some_and(|b| String::from_utf8_lossy(b).contains(&needle));
-                        if hit(m.key()) || hit(m.payload()) {
-                            return true;
-                        }
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+                    let hit = |b: Option<&[u8]>| b.is_some_and(|b| String::from_utf8_lossy(b).contains(&needle));
+                    if hit(m.key()) || hit(m.payload()) {
+                        return true;
                     }
-                    Some(Err(_)) | None => {}
                 }
             }
             false

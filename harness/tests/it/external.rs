@@ -152,21 +152,29 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
     assert_no_secret(&out, &dir, &[&password, &kafka_secret]);
 
     // Connector pause/resume and restarts over the (launcher's) Connect REST API: nothing lost.
-    let scenario = variant(
-        "connector.toml",
-        baseline.replace("name = \"baseline\"", "name = \"connector-faults\"")
-            + "\n[[faults]]\nat = \"15s\"\nduration = \"8s\"\ntarget = \"connector\"\nfault = \"pause\"\n\n[[faults]]\nat = \"35s\"\ntarget = \"connector-task\"\nfault = \"restart\"\n",
-    );
-    let out = harness(&["run", scenario.to_str().unwrap(), "--backend", "external", "--endpoints", file, "--duration", "60s", "--reports-dir", reports.to_str().unwrap()], &env);
+    let out = harness(&["run", "chaos-connector", "--backend", "external", "--endpoints", file, "--reports-dir", reports.to_str().unwrap()], &env);
     let dir = report_dir(&out);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json"))?)?;
     assert_passed(&out, &report, gates, "connector faults on the external stack");
     let faults = report["faults"].as_array().expect("faults");
-    assert_eq!(faults.len(), 2, "{faults:?}");
+    let kinds: Vec<String> = faults.iter().map(|f| format!("{} {}", f["kind"].as_str().unwrap(), f["target"].as_str().unwrap())).collect();
+    assert_eq!(kinds, ["pause connector", "restart connector", "restart connector-task", "poison customer"]);
+    assert_eq!((faults[0]["start_s"].as_f64().map(f64::round), faults[0]["parameters"]["duration_s"].as_str()), (Some(10.0), Some("8")), "{}", faults[0]);
+    // The pause held the changes back: the slot's backlog grew while it lasted.
+    let series = report["series"].as_array().expect("series");
+    let slot = |from: f64, to: f64| -> Vec<u64> {
+        series.iter().filter(|s| s["t"].as_f64().is_some_and(|t| t >= from && t < to)).filter_map(|s| s["slot_lag_bytes"].as_u64()).collect()
+    };
+    let before = slot(2.0, 10.0).into_iter().max().expect("slot backlog sampled before the pause");
+    let during = slot(13.0, 18.0).into_iter().max().expect("slot backlog sampled during the pause");
+    assert!(during > 2 * before, "the pause held nothing back: slot backlog {before} B before, {during} B during");
     for fault in faults {
         assert!(fault["parameters"].get("error").is_none(), "injected: {fault}");
-        assert!(fault["service_recovery_s"].as_f64().is_some(), "the connector ran again: {fault}");
+        if fault["kind"] != "poison" {
+            assert!(fault["service_recovery_s"].as_f64().is_some(), "the connector ran again: {fault}");
+        }
     }
+    assert_eq!(faults[3]["parameters"]["unreconciled"], "0", "every poison event dead-lettered: {}", faults[3]);
     assert_eq!(report["convergence"]["converged"], true);
     for kind in ["missing", "extra", "mismatched"] {
         let n: u64 = report["convergence"]["entities"].as_array().unwrap().iter().map(|e| e[match kind {

@@ -123,8 +123,13 @@ pub struct PgServer {
 
 impl PgServer {
     fn conn_string(&self, db: &str) -> String {
-        format!("host={} port={} user={} password={} dbname={db} connect_timeout=5", self.host, self.port, self.user, self.password.expose())
+        libpq_conn_string(&self.host, self.port, &self.user, &self.password, db)
     }
+}
+
+/// libpq-style connection string, password included (never log it).
+fn libpq_conn_string(host: &str, port: u16, user: &str, password: &Secret, db: &str) -> String {
+    format!("host={host} port={port} user={user} password={} dbname={db} connect_timeout=5", password.expose())
 }
 
 impl PgEndpoint {
@@ -151,7 +156,7 @@ impl PgEndpoint {
 
     /// libpq-style connection string for `db`, password included (never log it).
     pub fn conn_string(&self, db: &str) -> String {
-        format!("host={} port={} user={} password={} dbname={db} connect_timeout=5", self.host, self.port, self.user, self.password.expose())
+        libpq_conn_string(&self.host, self.port, &self.user, &self.password, db)
     }
 
     /// Same, without the password: for logs and reports.

@@ -163,18 +163,29 @@ impl ExternalStack {
         eprintln!("external: canary on {topic} after {:.1}s", started.elapsed().as_secs_f64());
         let mapping = Mapping::builtin();
         let entity = mapping.entity("customer").expect("the builtin mapping has customer");
+        // One connection for the whole wait, not one per look.
+        enum Reader {
+            Mongo(mongodb::Collection<mongodb::bson::Document>, Secret),
+            Postgres(tokio_postgres::Client, String),
+        }
+        let (reader, where_) = match &self.mongo {
+            Some((uri, db)) => {
+                let client = mongodb::Client::with_uri_str(uri.expose()).await.map_err(|err| preflight("target", redact(&err.to_string(), uri)))?;
+                (Reader::Mongo(client.database(db).collection(&entity.mongo.collection), uri.clone()), format!("collection {}", entity.mongo.collection))
+            }
+            None => {
+                let target = e.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {}", e.postgres.display_target(), pg_error(&err))))?;
+                let sql = format!("SELECT 1 FROM \"{}\" WHERE id = $1", entity.postgres.table.replace('"', ""));
+                (Reader::Postgres(target, sql), format!("table {}", entity.postgres.table))
+            }
+        };
         loop {
-            let arrived = match &self.mongo {
-                Some((uri, db)) => {
-                    let client = mongodb::Client::with_uri_str(uri.expose()).await.map_err(|err| preflight("target", redact(&err.to_string(), uri)))?;
-                    let docs = client.database(db).collection::<mongodb::bson::Document>(&entity.mongo.collection);
+            let arrived = match &reader {
+                Reader::Mongo(docs, uri) => {
                     docs.find_one(mongodb::bson::doc! { "_id": id.to_string() }).await.map_err(|err| preflight("target", redact(&err.to_string(), uri)))?.is_some()
                 }
-                None => {
-                    let target =
-                        e.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {}", e.postgres.display_target(), pg_error(&err))))?;
-                    let sql = format!("SELECT 1 FROM \"{}\" WHERE id = $1", entity.postgres.table.replace('"', ""));
-                    target.query_opt(sql.as_str(), &[&id]).await.map_err(|err| preflight("target", format!("reading {}: {}", entity.postgres.table, pg_error(&err))))?.is_some()
+                Reader::Postgres(target, sql) => {
+                    target.query_opt(sql.as_str(), &[&id]).await.map_err(|err| preflight("target", format!("reading {where_}: {}", pg_error(&err))))?.is_some()
                 }
             };
             if arrived {
@@ -182,10 +193,7 @@ impl ExternalStack {
                 return Ok(());
             }
             if started.elapsed() >= CANARY_TIMEOUT {
-                return Err(preflight(
-                    "sink",
-                    format!("the canary row {id} reached topic {topic} but not the target table {} within {}s", entity.postgres.table, CANARY_TIMEOUT.as_secs()),
-                ));
+                return Err(preflight("sink", format!("the canary row {id} reached topic {topic} but not the target {where_} within {}s", CANARY_TIMEOUT.as_secs())));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

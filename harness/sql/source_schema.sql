@@ -53,14 +53,14 @@ ALTER TABLE order_item REPLICA IDENTITY FULL;
 -- The verifier's delete ledger: which keys the source deleted and in which transaction
 -- (its commit time comes from track_commit_timestamp). It tells a resurrected delete from
 -- an extra row and a lost delete. Not in the publication: the pipeline never sees it.
-CREATE SCHEMA harness;
-CREATE TABLE harness.deleted_keys (
+CREATE SCHEMA IF NOT EXISTS harness;
+CREATE TABLE IF NOT EXISTS harness.deleted_keys (
     table_name  text NOT NULL,
     id          uuid NOT NULL,
     xid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
     PRIMARY KEY (table_name, id)
 );
-CREATE FUNCTION harness.record_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION harness.record_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO harness.deleted_keys (table_name, id) VALUES (TG_TABLE_NAME, OLD.id)
     ON CONFLICT (table_name, id) DO UPDATE SET xid = excluded.xid;
@@ -73,7 +73,7 @@ CREATE TRIGGER order_item_deleted AFTER DELETE ON order_item FOR EACH ROW EXECUT
 
 -- W3C traceparent of the request that made each write (recorded by the workload API), so a
 -- trace can be followed from the HTTP write to the sink's apply.
-CREATE TABLE harness.write_trace (
+CREATE TABLE IF NOT EXISTS harness.write_trace (
     xid          xid8 PRIMARY KEY DEFAULT pg_current_xact_id(),
     traceparent  text NOT NULL,
     recorded_at  timestamptz NOT NULL DEFAULT now()

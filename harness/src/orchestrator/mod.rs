@@ -110,6 +110,16 @@ pub struct PgEndpoint {
     /// separate target); `None`: both databases live on this server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_server: Option<PgServer>,
+    /// Schema of the workload's tables in the source: `public` on the stacks the harness
+    /// starts; on an external stack one of their own unless the endpoints file says otherwise.
+    #[serde(default = "default_source_schema")]
+    pub source_schema: String,
+}
+
+pub const PUBLIC_SCHEMA: &str = "public";
+
+fn default_source_schema() -> String {
+    PUBLIC_SCHEMA.to_string()
 }
 
 /// A PostgreSQL server and the role to log in with.
@@ -133,9 +143,20 @@ fn libpq_conn_string(host: &str, port: u16, user: &str, password: &Secret, db: &
 }
 
 impl PgEndpoint {
-    /// The source database.
+    /// The source database, its workload schema first on the search path (the workload's
+    /// SQL names its tables unqualified).
     pub async fn connect_source(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        self.connect(&self.source_db).await
+        connect_with(&self.source_conn_string()).await
+    }
+
+    /// libpq-style connection string of the source, password included (never log it).
+    pub fn source_conn_string(&self) -> String {
+        let conn = self.conn_string(&self.source_db);
+        if self.source_schema == PUBLIC_SCHEMA {
+            return conn;
+        }
+        // Only this schema: a table missing from it must fail, never fall back to `public`.
+        format!("{conn} options='-c search_path={}'", self.source_schema)
     }
 
     /// The target database, on its own server when it has one.
@@ -188,7 +209,7 @@ pub struct Endpoints {
     /// values may be credentials, so none is ever printed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub kafka_client: BTreeMap<String, Secret>,
-    /// Topics are `<prefix>.public.<table>`.
+    /// Topics are `<prefix>.<source schema>.<table>`.
     #[serde(default = "default_topic_prefix")]
     pub topic_prefix: String,
     /// The sink's consumer group (its lag is measured at the broker).
@@ -253,7 +274,7 @@ impl Endpoints {
 
     /// The CDC topic of `table`.
     pub fn topic(&self, table: &str) -> String {
-        format!("{}.public.{table}", self.topic_prefix)
+        format!("{}.{}.{table}", self.topic_prefix, self.postgres.source_schema)
     }
 }
 

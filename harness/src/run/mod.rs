@@ -407,7 +407,7 @@ async fn compare_new_columns(scenario: &Scenario, endpoints: &Endpoints) -> Vec<
                 Ok::<Vec<(uuid::Uuid, Option<String>)>, String>(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
             }
         };
-        let source = read(false, format!("SELECT id, {}::text FROM public.{} ORDER BY id", q(column), q(source_table))).await;
+        let source = read(false, format!("SELECT id, {}::text FROM {} ORDER BY id", q(column), q(source_table))).await;
         let target = read(true, format!("SELECT id, {}::text FROM {} WHERE NOT _cdc_deleted ORDER BY id", q(column), q(table))).await;
         match (source, target) {
             (Ok(source), Ok(target)) => {

@@ -16,7 +16,8 @@ pub struct Mapping {
 #[serde(deny_unknown_fields)]
 pub struct Entity {
     pub name: String,
-    /// `table` (in `public`) or `schema.table`.
+    /// `schema.table`, or `table`: in a mapping file of one's own, in `public`; in the
+    /// builtin mapping, in the stack's workload schema (the source connection's search path).
     pub source_table: String,
     /// The first column is the key.
     pub columns: Vec<Column>,
@@ -72,13 +73,19 @@ impl Mapping {
     /// A mapping file of one's own (`verify --mapping FILE`), strict like the builtin one.
     pub fn load(path: &std::path::Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("mapping {}: {e}", path.display()))?;
-        let mapping: Self = toml::from_str(&text).map_err(|e| format!("mapping {}: {e}", path.display()))?;
+        let mut mapping: Self = toml::from_str(&text).map_err(|e| format!("mapping {}: {e}", path.display()))?;
         if mapping.entity.is_empty() {
             return Err(format!("mapping {}: no [[entity]]", path.display()));
         }
         for e in &mapping.entity {
             if e.columns.is_empty() {
                 return Err(format!("mapping {}: entity {} has no columns (the first is the key)", path.display(), e.name));
+            }
+        }
+        // A team's own tables: unqualified means `public`, whatever schema the harness's use.
+        for e in &mut mapping.entity {
+            if !e.source_table.contains('.') {
+                e.source_table = format!("{}.{}", crate::orchestrator::PUBLIC_SCHEMA, e.source_table);
             }
         }
         Ok(mapping)
@@ -116,5 +123,17 @@ mod tests {
             let parent = e.mongo.parent_key.as_deref().unwrap();
             assert!(e.columns.iter().any(|c| c.name == parent), "{}", e.name);
         }
+    }
+
+    #[test]
+    fn a_mapping_of_ones_own_puts_unqualified_tables_in_public() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        let builtin = include_str!("../../mapping.toml");
+        std::fs::write(&path, builtin.replacen("source_table = \"address\"", "source_table = \"crm.address\"", 1)).unwrap();
+        let m = Mapping::load(&path).unwrap();
+        assert_eq!(m.entity("customer").unwrap().source_table, "public.customer");
+        assert_eq!(m.entity("address").unwrap().source_table, "crm.address");
+        assert_eq!(Mapping::builtin().entity("customer").unwrap().source_table, "customer", "the builtin one follows the stack's schema");
     }
 }

@@ -16,11 +16,12 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The source table, quoted: `schema.table` as written in the mapping, else in `public`.
+/// The source table, quoted: `schema.table` as written in the mapping, else found through
+/// the source connection's search path (the stack's workload schema).
 fn source_relation(entity: &Entity) -> String {
     match entity.source_table.split_once('.') {
         Some((schema, table)) => format!("{}.{}", ident(schema), ident(table)),
-        None => format!("public.{}", ident(&entity.source_table)),
+        None => ident(&entity.source_table),
     }
 }
 
@@ -78,7 +79,9 @@ pub async fn fetch_source(client: &Client, entity: &Entity, keys: &[String]) -> 
 pub async fn fetch_deletions(client: &Client, entity: &Entity, keys: &[String]) -> HashMap<String, Option<DateTime<Utc>>> {
     let sql = "SELECT id::text, pg_xact_commit_timestamp(((xid::text::numeric % 4294967296)::bigint)::text::xid) \
                FROM harness.deleted_keys WHERE table_name = $1 AND id = ANY($2::text[]::uuid[])";
-    match client.query(sql, &[&entity.source_table, &keys]).await {
+    // The ledger names tables as the trigger sees them (`TG_TABLE_NAME`): without a schema.
+    let table = entity.source_table.rsplit('.').next().unwrap_or_default();
+    match client.query(sql, &[&table, &keys]).await {
         Ok(rows) => rows.into_iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<DateTime<Utc>>>(1))).collect(),
         // A source without the ledger (an external stack): deletes cannot be told apart.
         Err(_) => HashMap::new(),

@@ -21,7 +21,7 @@ pub enum ExecError {
 }
 
 pub fn pool(pg: &PgEndpoint, size: usize) -> Result<Pool, ExecError> {
-    let config: tokio_postgres::Config = pg.conn_string(&pg.source_db).parse().map_err(ExecError::Database)?;
+    let config: tokio_postgres::Config = pg.source_conn_string().parse().map_err(ExecError::Database)?;
     let manager = Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager).max_size(size).build().map_err(|e| ExecError::Pool(e.to_string()))
 }

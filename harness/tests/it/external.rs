@@ -201,5 +201,29 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
     let out = harness(&["status", "--backend", "external", "--endpoints", file, "--json"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!text(&out).contains(&password) && !text(&out).contains(&kafka_secret));
+
+    // A file that names no schema: the workload gets one of its own, `cdc_harness`, created
+    // with its DDL printed, never mixed into `public`; then the publication must take it.
+    assert!(with_secret.contains("schema = \"public\"\n"), "up writes the schema of the stack it started: {with_secret}");
+    let own_schema = variant("own-schema.toml", with_secret.replace("schema = \"public\"\n", ""));
+    let public_before: i64 = client.query_one("SELECT count(*) FROM public.customer", &[]).await?.get(0);
+    for (attempt, creates) in [(1, true), (2, false)] {
+        let out = harness(&["up", "--backend", "external", "--endpoints", own_schema.to_str().unwrap()], &env);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "attempt {attempt}: {all}");
+        assert_eq!(all.contains("creating them in schema cdc_harness") && all.contains("CREATE SCHEMA IF NOT EXISTS cdc_harness;"), creates, "attempt {attempt}: {all}");
+        assert!(
+            all.contains("pre-flight: source: table cdc_harness.customer is not in publication cdc_publication")
+                && all.contains("ADD TABLE cdc_harness.customer, cdc_harness.address, cdc_harness.orders, cdc_harness.order_item"),
+            "attempt {attempt}: {all}"
+        );
+    }
+    let created: i64 = client
+        .query_one("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'cdc_harness' AND table_name IN ('customer', 'address', 'orders', 'order_item')", &[])
+        .await?
+        .get(0);
+    assert_eq!(created, 4, "the four workload tables in cdc_harness");
+    let public_after: i64 = client.query_one("SELECT count(*) FROM public.customer", &[]).await?.get(0);
+    assert_eq!(public_after, public_before, "public untouched");
     Ok(())
 }

@@ -343,6 +343,7 @@ impl DockerStack {
                 source_db: local_pg::SOURCE_DB.into(),
                 target_db: local_pg::TARGET_DB.into(),
                 target_server: None,
+                source_schema: crate::orchestrator::PUBLIC_SCHEMA.into(),
             },
             format!("127.0.0.1:{}", p.kafka),
             debezium_status,

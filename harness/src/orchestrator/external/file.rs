@@ -41,13 +41,20 @@ pub struct SourceSection {
     /// The connector's replication slot, when its backlog should be sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
+    /// Schema of the harness's workload tables (created there if absent, so that they
+    /// never mix with a team's own tables); `cdc_harness` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
 }
+
+/// The workload's schema on an external stack whose file names none.
+pub const DEFAULT_SCHEMA: &str = "cdc_harness";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSection {
     pub bootstrap_servers: String,
-    /// Topics are `<topic_prefix>.public.<table>`.
+    /// Topics are `<topic_prefix>.<source.schema>.<table>`.
     pub topic_prefix: String,
     /// The sink's consumer group (its lag is measured at the broker).
     pub consumer_group: String,
@@ -113,6 +120,14 @@ impl SecretRef {
     }
 }
 
+/// A schema name that needs no quoting anywhere: in SQL, in `search_path`, in topic names.
+fn is_plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 63
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
 /// librdkafka settings whose values are credentials: only in `client_secrets`.
 fn is_secret_setting(key: &str) -> bool {
     ["password", "secret", "ssl.key.pem", "sasl.jaas.config", "token"].iter().any(|s| key.contains(s))
@@ -137,6 +152,10 @@ impl EndpointsFile {
         let invalid = |field: &str, reason: String| EndpointsFileError::Invalid { path: path.to_path_buf(), field: field.into(), reason };
         let source_password = self.source.password.resolve(path, "source.password")?;
         let source = parse_dsn(&self.source.dsn).map_err(|r| invalid("source.dsn", r))?;
+        let schema = self.source.schema.clone().unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
+        if !is_plain_identifier(&schema) {
+            return Err(invalid("source.schema", format!("{schema:?} is not a plain lower-case identifier ([a-z_][a-z0-9_]*, at most 63 bytes)")));
+        }
         let mut kafka_client = BTreeMap::new();
         for (key, value) in &self.kafka.client {
             if is_secret_setting(key) {
@@ -173,6 +192,7 @@ impl EndpointsFile {
             source_db: source.db,
             target_db,
             target_server,
+            source_schema: schema,
         };
         for (field, url) in [("connect.url", self.connect.as_ref().map(|c| &c.url)), ("sink.metrics_url", self.sink.as_ref().map(|s| &s.metrics_url))] {
             let Some(url) = url else { continue };
@@ -207,6 +227,7 @@ impl EndpointsFile {
                 password: password.clone(),
                 publication: publication.to_string(),
                 slot: endpoints.slot.clone(),
+                schema: Some(pg.source_schema.clone()),
             },
             kafka: KafkaSection {
                 bootstrap_servers: endpoints.kafka.clone(),
@@ -300,7 +321,9 @@ password = { file = "pg.secret" }
         let target = e.postgres.target_server.as_ref().unwrap();
         assert_eq!((target.host.as_str(), target.port, e.postgres.target_db.as_str()), ("replica", 5433, "shop"));
         assert_eq!(e.kafka_client["sasl.password"].expose(), "s3cr3t-kafka");
-        assert_eq!(e.topic("customer"), "shop.public.customer");
+        // No schema named: the workload has one of its own, the only one on the search path.
+        assert_eq!(e.topic("customer"), "shop.cdc_harness.customer");
+        assert!(e.postgres.source_conn_string().ends_with("options='-c search_path=cdc_harness'"));
         assert_eq!(e.connect.as_ref().unwrap().url, "http://connect:8083");
         assert_eq!(resolved.publication, "cdc_publication");
         let shown = format!("{resolved:?}");
@@ -322,5 +345,15 @@ publication"#), "source.password: a credential in clear is refused");
         refused(&GOOD.replace("[connect]", "[connect]\ntimeout = 3"), "unknown field `timeout`");
         refused(&GOOD.replace("http://connect:8083/", "http://admin:hunter2@connect:8083/"), "connect.url: carries a password in clear");
         refused(&GOOD.replace("EFILE_TEST_KAFKA_PW", "EFILE_TEST_UNSET_VAR"), "EFILE_TEST_UNSET_VAR is not set");
+        refused(&GOOD.replace("slot = \"cdc_slot\"", "schema = \"Shop; DROP\""), "source.schema: \"Shop; DROP\" is not a plain lower-case identifier");
+    }
+
+    #[test]
+    fn a_named_schema_picks_the_topics_and_public_keeps_the_default_search_path() {
+        let (_dir, path) = write(&GOOD.replace("slot = \"cdc_slot\"", "schema = \"public\""));
+        unsafe { std::env::set_var("EFILE_TEST_KAFKA_PW", "s3cr3t-kafka") };
+        let e = EndpointsFile::read(&path).unwrap().resolve(&path).unwrap().endpoints;
+        assert_eq!(e.topic("orders"), "shop.public.orders");
+        assert!(!e.postgres.source_conn_string().contains("search_path"));
     }
 }

@@ -63,6 +63,7 @@ impl ExternalStack {
         serde_json::json!({
             "endpoints_file": self.file.display().to_string(),
             "source": e.postgres.display(&e.postgres.source_db),
+            "source_schema": e.postgres.source_schema,
             "publication": self.publication,
             "slot": e.slot,
             "kafka": e.kafka,
@@ -84,6 +85,10 @@ impl ExternalStack {
         let e = self.endpoints.clone();
         eprintln!("external: pre-flight of {} (nothing is started or stopped on this backend)", self.file.display());
         let source = e.postgres.connect_source().await.map_err(|err| preflight("source", format!("{}: {}", e.postgres.display(&e.postgres.source_db), pg_error(&err))))?;
+        // The source hop first: its tables are the first thing a team sets up.
+        let schema = &e.postgres.source_schema;
+        ensure_tables(&source, schema).await?;
+        check_publication(&source, schema, &self.publication).await?;
         let partitions = topic_partitions(&e).await?;
         self.partitions = Some(partitions);
         let connect = e.connect.as_ref().map(ConnectClient::new);
@@ -97,8 +102,6 @@ impl ExternalStack {
         if !e.sink_http.is_empty() {
             crate::run::sink_metrics::scrape(&e.sink_http).await.map_err(|err| preflight("sink", format!("metrics {}/metrics: {err}", e.sink_http)))?;
         }
-        ensure_tables(&source).await?;
-        check_publication(&source, &self.publication).await?;
         self.canary(&source).await?;
         eprintln!("external: pre-flight passed ({partitions} partitions per topic)");
         Ok(e)
@@ -129,9 +132,9 @@ impl ExternalStack {
         let id = uuid::Uuid::new_v4();
         let email = format!("canary-{}@canary.invalid", id.simple());
         source
-            .execute("INSERT INTO public.customer (id, email, status) VALUES ($1, $2, 'active')", &[&id, &email])
+            .execute("INSERT INTO customer (id, email, status) VALUES ($1, $2, 'active')", &[&id, &email])
             .await
-            .map_err(|err| preflight("source", format!("the canary write into public.customer failed: {}", pg_error(&err))))?;
+            .map_err(|err| preflight("source", format!("the canary write into {}.customer failed: {}", e.postgres.source_schema, pg_error(&err))))?;
         let started = Instant::now();
         let needle = id.to_string();
         let found = tokio::task::spawn_blocking(move || {
@@ -263,7 +266,7 @@ async fn topic_partitions(e: &Endpoints) -> Result<u32, ServiceError> {
         for topic in &topics {
             match metadata.topics().iter().find(|t| t.name() == topic) {
                 Some(t) if !t.partitions().is_empty() => partitions = partitions.or(Some(t.partitions().len() as u32)),
-                _ => return Err(preflight("topic", format!("topic {topic} does not exist on {kafka} (topics are <topic_prefix>.public.<table>)"))),
+                _ => return Err(preflight("topic", format!("topic {topic} does not exist on {kafka} (topics are <topic_prefix>.<source schema>.<table>)"))),
             }
         }
         Ok(partitions.unwrap_or(1))
@@ -292,10 +295,10 @@ async fn canary_consumer(e: &Endpoints, topic: &str) -> Result<BaseConsumer, Ser
     .map_err(|err| preflight("broker", err.to_string()))?
 }
 
-/// The workload's tables in the source: all there, or none (then created, the DDL printed).
-async fn ensure_tables(source: &tokio_postgres::Client) -> Result<(), ServiceError> {
+/// The workload's tables in `schema`: all there, or none (then created there, the DDL printed).
+async fn ensure_tables(source: &tokio_postgres::Client, schema: &str) -> Result<(), ServiceError> {
     let rows = source
-        .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' AND table_name = ANY($1)", &[&TABLES.to_vec()])
+        .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 AND table_name = ANY($2)", &[&schema, &TABLES.to_vec()])
         .await
         .map_err(|err| preflight("source", pg_error(&err)))?;
     let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -304,15 +307,17 @@ async fn ensure_tables(source: &tokio_postgres::Client) -> Result<(), ServiceErr
         return Ok(());
     }
     if missing.len() < TABLES.len() {
-        return Err(preflight("source", format!("the workload tables are partly there: missing public.{} (the harness needs all of {})", missing.join(", public."), TABLES.join(", "))));
+        let missing: Vec<String> = missing.iter().map(|t| format!("{schema}.{t}")).collect();
+        return Err(preflight("source", format!("the workload tables are partly there: missing {} (the harness needs all of {})", missing.join(", "), TABLES.join(", "))));
     }
-    let ddl = include_str!("../../../sql/source_schema.sql");
-    eprintln!("external: the workload tables are not in the source; creating them:\n{ddl}");
-    source.batch_execute(ddl).await.map_err(|err| preflight("source", format!("creating the workload tables: {}", pg_error(&err))))
+    // `schema` is a plain identifier (checked when the file was read): no quoting needed.
+    let ddl = format!("CREATE SCHEMA IF NOT EXISTS {schema};\nSET search_path TO {schema};\n{}", include_str!("../../../sql/source_schema.sql"));
+    eprintln!("external: the workload tables are not in the source; creating them in schema {schema}:\n{ddl}");
+    source.batch_execute(&ddl).await.map_err(|err| preflight("source", format!("creating the workload tables: {}", pg_error(&err))))
 }
 
 /// Every workload table must be in the connector's publication.
-async fn check_publication(source: &tokio_postgres::Client, publication: &str) -> Result<(), ServiceError> {
+async fn check_publication(source: &tokio_postgres::Client, schema: &str, publication: &str) -> Result<(), ServiceError> {
     let exists = source
         .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
@@ -321,18 +326,18 @@ async fn check_publication(source: &tokio_postgres::Client, publication: &str) -
         return Err(preflight("source", format!("publication {publication} does not exist in the source")));
     }
     let rows = source
-        .query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'public'", &[&publication])
+        .query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2", &[&publication, &schema])
         .await
         .map_err(|err| preflight("source", pg_error(&err)))?;
     let published: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    let missing: Vec<&str> = TABLES.iter().copied().filter(|t| !published.iter().any(|p| p == t)).collect();
+    let missing: Vec<String> = TABLES.iter().filter(|t| !published.iter().any(|p| p == *t)).map(|t| format!("{schema}.{t}")).collect();
     if let Some(first) = missing.first() {
         return Err(preflight(
             "source",
             format!(
-                "table public.{first} is not in publication {publication}{} (ALTER PUBLICATION {publication} ADD TABLE public.{})",
-                if missing.len() > 1 { format!(" (nor public.{})", missing[1..].join(", public.")) } else { String::new() },
-                missing.join(", public.")
+                "table {first} is not in publication {publication}{} (ALTER PUBLICATION {publication} ADD TABLE {})",
+                if missing.len() > 1 { format!(" (nor {})", missing[1..].join(", ")) } else { String::new() },
+                missing.join(", ")
             ),
         ));
     }

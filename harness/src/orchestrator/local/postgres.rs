@@ -67,6 +67,7 @@ pub fn init(bin_dir: &Path, layout: &PostgresLayout, port: u16, password: &Secre
         source_db: SOURCE_DB.into(),
         target_db: TARGET_DB.into(),
         target_server: None,
+        source_schema: crate::orchestrator::PUBLIC_SCHEMA.into(),
     };
     if layout.data.join("PG_VERSION").is_file() {
         return Ok(endpoint);

@@ -225,5 +225,12 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
     assert_eq!(created, 4, "the four workload tables in cdc_harness");
     let public_after: i64 = client.query_one("SELECT count(*) FROM public.customer", &[]).await?.get(0);
     assert_eq!(public_after, public_before, "public untouched");
+    // Its connections see only that schema: an unqualified name is the workload's table there.
+    let own = harness::orchestrator::stack::StackChoice { endpoints: Some(own_schema.clone()), ..Default::default() };
+    let own_client = harness::orchestrator::stack::Stack::external(&own)?.expect("an external stack").endpoints().postgres.connect_source().await?;
+    let search_path: String = own_client.query_one("SHOW search_path", &[]).await?.get(0);
+    assert_eq!(search_path, "cdc_harness");
+    let own_rows: i64 = own_client.query_one("SELECT count(*) FROM customer", &[]).await?.get(0);
+    assert_eq!(own_rows, 0, "customer is cdc_harness.customer (empty), not public.customer ({public_after} rows)");
     Ok(())
 }

@@ -143,8 +143,8 @@ fn libpq_conn_string(host: &str, port: u16, user: &str, password: &Secret, db: &
 }
 
 impl PgEndpoint {
-    /// The source database, its workload schema first on the search path (the workload's
-    /// SQL names its tables unqualified).
+    /// The source database, with only its workload schema on the search path (the workload's
+    /// SQL names its tables unqualified); `public` keeps the server's default path.
     pub async fn connect_source(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         connect_with(&self.source_conn_string()).await
     }

@@ -48,7 +48,7 @@ pub struct SourceSection {
 }
 
 /// The workload's schema on an external stack whose file names none.
-pub const DEFAULT_SCHEMA: &str = "cdc_harness";
+const DEFAULT_SCHEMA: &str = "cdc_harness";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

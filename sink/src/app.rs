@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::model::Entity;
 use crate::retry::Backoff;
 use crate::schema::SchemaTracker;
-use crate::source::{GroupState, Source, SourceError, create_consumer};
+use crate::source::{ConsumerShared, GroupState, Source, SourceError, create_consumer};
 use crate::targets::{Target, TargetError};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,8 @@ pub async fn run(config: SinkConfig, shutdown: impl std::future::Future<Output =
     info!(message = "target ready", kind = target.kind());
 
     let dlq = Arc::new(DlqProducer::new(&config.kafka)?);
-    let consumer = create_consumer(&config.kafka, Arc::clone(&metrics), Arc::clone(&group), 0)?;
+    let shared = ConsumerShared { metrics: Arc::clone(&metrics), group: Arc::clone(&group), stalls: Arc::clone(&readiness.stalls) };
+    let consumer = create_consumer(&config.kafka, &shared, 0)?;
     let metadata_probe = metadata_client(&config.kafka)?;
     let schema = Arc::new(SchemaTracker::new());
     let handlers: HashMap<String, Arc<Handler>> = config
@@ -102,7 +103,16 @@ pub async fn run(config: SinkConfig, shutdown: impl std::future::Future<Output =
         .map(|retention| tokio::spawn(purge_loop(Arc::clone(&target), Arc::clone(&metrics), retention, config.tombstones.purge_interval)));
 
     info!(message = "consuming", topics = ?config.kafka.topics, group = %config.kafka.group_id);
-    let source = Source { consumer, handlers, apply: config.apply.clone(), kafka: config.kafka.clone(), metrics: Arc::clone(&metrics), group, generation: 0 };
+    let source = Source {
+        consumer,
+        handlers,
+        apply: config.apply.clone(),
+        kafka: config.kafka.clone(),
+        metrics: Arc::clone(&metrics),
+        group,
+        stalls: Arc::clone(&readiness.stalls),
+        generation: 0,
+    };
     let result = source.run(shutdown).await;
     probe.abort();
     if let Some(purge) = purge {

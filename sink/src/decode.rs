@@ -11,7 +11,7 @@ use uuid::Uuid;
 use std::collections::HashMap;
 
 use crate::config::{DecimalHandling, SinkConfig, TimePrecision};
-use crate::model::{Change, ColumnType, Coords, Entity, Extra, Field, JsonKind, Op, Row, Value, Version};
+use crate::model::{Change, ColumnType, Coords, Entity, Extra, Field, JsonKind, Op, Row, Value, Version, stored_name};
 
 /// What decoding needs from the configuration: how the connector encoded values that carry
 /// no schema, the source epoch, the size limit.
@@ -44,7 +44,9 @@ impl Default for DecodeOptions {
 /// `schemas.enable=true`): the schema, not the value's look, says how to read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Declared {
-    DecimalBytes { scale: u32 },
+    DecimalBytes {
+        scale: u32,
+    },
     VariableScaleDecimal,
     DecimalString,
     Double,
@@ -52,6 +54,9 @@ enum Declared {
     EpochMicros,
     EpochNanos,
     IsoString,
+    /// `bytes` without a logical type (bytea): where a TOAST placeholder arrives as the
+    /// marker's bytes.
+    Bytes,
     Other,
 }
 
@@ -83,6 +88,7 @@ fn declared_columns(schema: &Json) -> HashMap<String, Declared> {
                 ("io.debezium.time.NanoTimestamp", _) => Declared::EpochNanos,
                 ("io.debezium.time.ZonedTimestamp" | "io.debezium.time.IsoTimestamp", _) => Declared::IsoString,
                 (_, "double" | "float") => Declared::Double,
+                (_, "bytes") => Declared::Bytes,
                 (_, "string") => Declared::DecimalString,
                 _ => Declared::Other,
             };
@@ -100,6 +106,35 @@ struct Decoding<'a> {
 
 /// Debezium's placeholder for an unchanged TOASTed column.
 pub const TOAST_PLACEHOLDER: &str = "__debezium_unavailable_value";
+
+/// Whether `json` is Debezium's TOAST placeholder in any form the connector sends it: the
+/// string itself (text, enums, `io.debezium.data.Json`, also JSON-quoted), a one-element
+/// array of it (array columns), or, where the column may be bytes (`bytes_possible`), the
+/// marker's own bytes as `binary.handling.mode` encodes them (base64, base64-url-safe, hex).
+/// Never data: a placeholder is "unchanged, not sent".
+pub fn is_placeholder(json: &Json, bytes_possible: bool) -> bool {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    match json {
+        Json::String(s) if s == TOAST_PLACEHOLDER => true,
+        // The byte forms are longer than the marker, the quoted form is 2 longer: skip the
+        // work for ordinary values.
+        Json::String(s) if s.len() < TOAST_PLACEHOLDER.len() + 2 => false,
+        Json::String(s) if s.len() == TOAST_PLACEHOLDER.len() + 2 => s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) == Some(TOAST_PLACEHOLDER),
+        Json::String(s) if bytes_possible => {
+            let marker = TOAST_PLACEHOLDER.as_bytes();
+            [STANDARD.decode(s).ok(), URL_SAFE.decode(s).ok(), hex_bytes(s)].into_iter().flatten().any(|b| b == marker)
+        }
+        Json::Array(items) if items.len() == 1 => is_placeholder(&items[0], bytes_possible),
+        _ => false,
+    }
+}
+
+fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
 
 /// What one Kafka record turned out to be.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +159,8 @@ pub enum DecodeError {
     MalformedKey(String),
     #[error("value is not a JSON object")]
     NotAnObject,
+    #[error("neither a Debezium envelope (op with source or after) nor a flattened event (ExtractNewRecordState fields)")]
+    NotAnEvent,
     #[error("unknown op {0:?}")]
     UnknownOp(String),
     #[error("topic {0:?} does not name a known table")]
@@ -155,6 +192,7 @@ impl DecodeError {
     pub const fn kind(&self) -> &'static str {
         match self {
             Self::MalformedValue(_) | Self::NotAnObject => "malformed_value",
+            Self::NotAnEvent => "not_an_event",
             Self::MalformedKey(_) => "malformed_key",
             Self::UnknownOp(_) => "unknown_op",
             Self::UnknownTable(_) | Self::TableMismatch { .. } => "unknown_table",
@@ -291,7 +329,12 @@ fn decode_flattened(entity: Entity, obj: &Map<String, Json>, coords: &Coords, ho
     let deleted = match obj.get("__deleted") {
         Some(Json::Bool(b)) => *b,
         Some(Json::String(s)) => s == "true",
-        _ => return Err(DecodeError::DeletesNotCarried),
+        // Only a record that shows ExtractNewRecordState's metadata fields (`__op`, `__lsn`,
+        // `__source_*`, `__table`, ...) says the connector flattens without deletes, which
+        // stops the partition. Anything else (`{}`, an envelope without `op`) is this one
+        // record's fault: dead-lettered, and the partition moves on.
+        _ if obj.keys().any(|k| k.starts_with("__")) => return Err(DecodeError::DeletesNotCarried),
+        _ => return Err(DecodeError::NotAnEvent),
     };
     let op = match obj.get("__op").and_then(Json::as_str) {
         Some(op) => parse_op(op)?,
@@ -350,7 +393,7 @@ fn decode_delete_image(entity: Entity, obj: &Map<String, Json>, how: Decoding<'_
         .filter(|(name, json)| {
             *name == "id"
                 || match entity.column_index(name) {
-                    Some(i) => json.as_str() == Some(TOAST_PLACEHOLDER) || how.value(name, entity.columns()[i].ty, json).is_ok(),
+                    Some(i) => how.is_placeholder(name, Some(entity.columns()[i].ty), json) || how.value(name, entity.columns()[i].ty, json).is_ok(),
                     None => true,
                 }
         })
@@ -360,6 +403,20 @@ fn decode_delete_image(entity: Entity, obj: &Map<String, Json>, how: Decoding<'_
 }
 
 impl Decoding<'_> {
+    /// Whether a column's value is the TOAST placeholder. The byte forms count only where
+    /// the column may hold bytes: declared so by the schema, a `precise` decimal, or an
+    /// added column of an event without a schema (its type is unknown).
+    fn is_placeholder(&self, column: &str, known: Option<ColumnType>, json: &Json) -> bool {
+        let declared = self.declared.get(column).copied();
+        let bytes_possible = match (declared, known) {
+            (Some(Declared::Bytes | Declared::DecimalBytes { .. }), _) => true,
+            (None, None) => true,
+            (None, Some(ColumnType::Numeric { .. })) => self.options.decimals == DecimalHandling::Precise,
+            _ => false,
+        };
+        is_placeholder(json, bytes_possible)
+    }
+
     /// A column's value, read as the schema declares it, else as the connector settings say.
     fn value(&self, column: &str, ty: ColumnType, json: &Json) -> Result<Value, String> {
         let declared = self.declared.get(column).copied();
@@ -404,7 +461,7 @@ fn decode_row(entity: Entity, obj: &Map<String, Json>, how: Decoding<'_>) -> Res
         match entity.column_index(name) {
             Some(i) => {
                 let column = &entity.columns()[i];
-                let field = if json.as_str() == Some(TOAST_PLACEHOLDER) {
+                let field = if how.is_placeholder(name, Some(column.ty), json) {
                     Field::Unavailable
                 } else {
                     Field::Value(how.value(name, column.ty, json).map_err(|reason| DecodeError::BadColumn { column: name.clone(), reason })?)
@@ -412,13 +469,19 @@ fn decode_row(entity: Entity, obj: &Map<String, Json>, how: Decoding<'_>) -> Res
                 row.known[i] = Some(field);
             }
             None => {
+                let stored = stored_name(name);
+                // Kept (not dropped): a placeholder makes the image incomplete, so an older
+                // image of the key in the same batch is still written first.
+                if how.is_placeholder(name, None, json) {
+                    row.unavailable.insert(stored.into_owned());
+                    continue;
+                }
                 let text = match json {
                     Json::Null => None,
-                    Json::String(s) if s == TOAST_PLACEHOLDER => continue,
                     Json::String(s) => Some(s.clone()),
                     other => Some(other.to_string()),
                 };
-                row.extra.insert(name.clone(), Extra { text, kind: JsonKind::of(json) });
+                row.extra.insert(stored.into_owned(), Extra { text, kind: JsonKind::of(json) });
             }
         }
     }
@@ -684,6 +747,78 @@ mod tests {
         let row = c.after.unwrap();
         assert_eq!(row.known[Entity::Orders.column_index("status").unwrap()], Some(Field::Unavailable));
         assert!(!row.is_complete());
+    }
+
+    /// An added column sent as the placeholder is named unavailable, never stored as data,
+    /// and makes the image incomplete (so an older image of the key is not discarded).
+    #[test]
+    fn placeholders_on_added_columns_in_every_form() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        let marker = TOAST_PLACEHOLDER.as_bytes();
+        let hex: String = marker.iter().map(|b| format!("{b:02x}")).collect();
+        let forms = [
+            json!(TOAST_PLACEHOLDER),
+            json!([TOAST_PLACEHOLDER]),
+            json!(format!("\"{TOAST_PLACEHOLDER}\"")),
+            json!(STANDARD.encode(marker)),
+            json!(URL_SAFE.encode(marker)),
+            json!(hex),
+            json!([STANDARD.encode(marker)]),
+        ];
+        for form in forms {
+            let mut after = order("paid", json!("1.00"));
+            after["notes"] = form.clone();
+            let c = change(dec("orders", None, json!({"after": after, "source": {"lsn": 5}, "op": "u"})).unwrap());
+            let row = c.after.unwrap();
+            assert!(row.extra.is_empty(), "{form}: never data: {:?}", row.extra);
+            assert!(row.unavailable.contains("notes") && !row.is_complete(), "{form}");
+        }
+        // Declared by the schema as a string, a base64-looking value is data.
+        let schema = json!({"type": "struct", "fields": [{"field": "after", "type": "struct", "fields": [{"field": "notes", "type": "string"}]}]});
+        let mut after = order("paid", json!("1.00"));
+        after["notes"] = json!(STANDARD.encode(marker));
+        let c = change(dec("orders", None, json!({"schema": schema, "payload": {"after": after, "source": {"lsn": 5}, "op": "u"}})).unwrap());
+        assert_eq!(c.after.unwrap().extra["notes"].text.as_deref(), Some(STANDARD.encode(marker).as_str()));
+        // Ordinary values are not placeholders.
+        assert!(!is_placeholder(&json!("x"), true) && !is_placeholder(&json!(["a", "b"]), true) && !is_placeholder(&json!([]), true));
+        // A known column as a one-element array or JSON-quoted placeholder is unavailable too.
+        let mut after = order("paid", json!("1.00"));
+        after["status"] = json!([TOAST_PLACEHOLDER]);
+        let row = change(dec("orders", None, json!({"after": after, "source": {"lsn": 5}, "op": "u"})).unwrap()).after.unwrap();
+        assert_eq!(row.known[Entity::Orders.column_index("status").unwrap()], Some(Field::Unavailable));
+    }
+
+    /// Only a record with ExtractNewRecordState's fields stops its partition; anything else
+    /// that is no event is a decode error of its own.
+    #[test]
+    fn records_that_are_no_event_are_decode_errors() {
+        for value in [json!({}), json!({"before": null, "after": order("paid", json!("1")), "source": {"lsn": 5}}), json!({"id": ID})] {
+            let err = dec("orders", None, value.clone()).unwrap_err();
+            assert_eq!(err, DecodeError::NotAnEvent, "{value}");
+            assert_eq!(err.kind(), "not_an_event");
+        }
+        for marker in ["__op", "__lsn", "__source_ts_ms", "__table"] {
+            let mut flat = order("paid", json!("1"));
+            flat[marker] = json!("u");
+            assert_eq!(dec("orders", None, flat).unwrap_err(), DecodeError::DeletesNotCarried, "{marker}");
+        }
+    }
+
+    /// Added columns named like the sink's own or MongoDB's reserved fields are stored under
+    /// the documented rename; everything else keeps its name.
+    #[test]
+    fn reserved_added_column_names_are_renamed() {
+        let mut after = order("paid", json!("1.00"));
+        for name in ["_cdc_lsn", "_cdc", "_id", "items", "a.b", "$x", "_source_y", "loyalty"] {
+            after[name] = json!(name);
+        }
+        let row = change(dec("orders", None, json!({"after": after, "source": {"lsn": 5}, "op": "u"})).unwrap()).after.unwrap();
+        let names: Vec<&str> = row.extra.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            ["_source_%24x", "_source__cdc", "_source__cdc_lsn", "_source__id", "_source__source_y", "_source_a%2Eb", "_source_items", "loyalty"]
+        );
+        assert_eq!(row.extra["_source__cdc_lsn"].text.as_deref(), Some("_cdc_lsn"), "the value travels under the new name");
     }
 
     #[test]

@@ -193,6 +193,7 @@ impl Metrics {
         let labels = vec![("topic", topic.to_string()), ("partition", partition.to_string())];
         self.consumer_lag.remove(&labels);
         self.buffered_bytes.remove(&labels);
+        self.stalled.remove(&labels);
     }
 
     pub fn buffered_bytes(&self, topic: &str, partition: i32, bytes: usize) {

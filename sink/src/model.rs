@@ -1,6 +1,6 @@
 //! The entities the sink materializes and the decoded form of one change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -172,11 +172,14 @@ pub enum Field {
 
 /// A row image. Known columns are indexed like `Entity::columns()`; `None` means the
 /// column was absent (dropped in the source, or not sent), which keeps the target value.
-/// Columns the sink does not know (added in the source) travel as text in `extra`.
+/// Columns the sink does not know (added in the source) travel as text in `extra`; those
+/// sent as Debezium's TOAST placeholder are named in `unavailable` instead (the target keeps
+/// what it has, exactly as for a known column's `Field::Unavailable`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub known: Vec<Option<Field>>,
     pub extra: BTreeMap<String, Extra>,
+    pub unavailable: BTreeSet<String>,
 }
 
 /// The JSON kind of an added column's value, for classifying type changes.
@@ -203,6 +206,30 @@ impl JsonKind {
     }
 }
 
+/// What an added source column whose name a target reserves is stored under: this prefix
+/// and the name with `%`, `.` and `$` percent-encoded (`_cdc_lsn` -> `_source__cdc_lsn`,
+/// `a.b` -> `_source_a%2Eb`).
+pub const RENAMED_PREFIX: &str = "_source_";
+
+/// The name an added source column is stored under, the same in every target. Reserved, so
+/// renamed: the sink's own columns and fields (`_cdc`, `_cdc_*`), MongoDB's `_id` and the
+/// orders' embedded `items`, names MongoDB reads as paths or operators (containing `.`,
+/// starting with `$`), and names that already start with the prefix (so the rule is
+/// one-to-one: two source columns never share a stored name). Anything else is kept as is.
+pub fn stored_name(source: &str) -> std::borrow::Cow<'_, str> {
+    let reserved = source.starts_with("_cdc")
+        || source == "_id"
+        || source == "items"
+        || source.contains('.')
+        || source.starts_with('$')
+        || source.starts_with(RENAMED_PREFIX);
+    if !reserved {
+        return std::borrow::Cow::Borrowed(source);
+    }
+    let escaped = source.replace('%', "%25").replace('.', "%2E").replace('$', "%24");
+    std::borrow::Cow::Owned(format!("{RENAMED_PREFIX}{escaped}"))
+}
+
 /// A value of a column the sink does not know: stored as text (JSON text for non-strings).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Extra {
@@ -212,7 +239,7 @@ pub struct Extra {
 
 impl Row {
     pub fn empty(entity: Entity) -> Self {
-        Self { known: vec![None; entity.columns().len()], extra: BTreeMap::new() }
+        Self { known: vec![None; entity.columns().len()], extra: BTreeMap::new(), unavailable: BTreeSet::new() }
     }
 
     pub fn value(&self, entity: Entity, name: &str) -> Option<&Value> {
@@ -236,9 +263,11 @@ impl Row {
         }
     }
 
-    /// True when every known column carries a value (the fast path of the targets).
+    /// True when every known column carries a value and no added column is a TOAST
+    /// placeholder: only then does this image subsume older images of its key in a batch
+    /// (an added column left out would otherwise lose the value an older image set).
     pub fn is_complete(&self) -> bool {
-        self.known.iter().all(|f| matches!(f, Some(Field::Value(_))))
+        self.unavailable.is_empty() && self.known.iter().all(|f| matches!(f, Some(Field::Value(_))))
     }
 }
 

@@ -117,6 +117,8 @@ pub struct SinkContext {
     /// Set when the watchdog replaced this consumer: its closing callbacks no longer
     /// speak for the group membership.
     retired: AtomicBool,
+    /// Where partition tasks report that they cannot make progress (readiness).
+    stalls: Arc<crate::http::Stalls>,
 }
 
 impl SinkContext {
@@ -131,10 +133,10 @@ impl SinkContext {
         if drained.is_empty() {
             return true;
         }
+        let keys: Vec<Key> = drained.iter().map(|(k, _)| k.clone()).collect();
         let tasks: Vec<JoinHandle<()>> = drained
             .into_iter()
-            .map(|((topic, partition), p)| {
-                self.metrics.forget_partition(&topic, partition);
+            .map(|(_, p)| {
                 drop(p.tx);
                 p.task
             })
@@ -158,10 +160,18 @@ impl SinkContext {
         };
         // Callbacks run inside `recv()` on a runtime worker: block_in_place lets the
         // partition tasks progress on the other workers while we wait for them.
-        match tokio::runtime::Handle::try_current() {
+        let finished = match tokio::runtime::Handle::try_current() {
             Ok(handle) => tokio::task::block_in_place(|| handle.block_on(wait)),
             Err(_) => false,
+        };
+        // Once its task is gone, a partition that is no longer ours says nothing about this
+        // sink: a stall it marked (an aborted task never clears its own) must not keep
+        // readiness red, nor its series linger. Its new owner reports it again if it must.
+        for (topic, partition) in &keys {
+            self.stalls.clear(topic, *partition);
+            self.metrics.forget_partition(topic, *partition);
         }
+        finished
     }
 }
 
@@ -262,14 +272,22 @@ pub fn keeps_static_membership(generation: u32) -> bool {
     generation == 0
 }
 
-pub fn create_consumer(config: &KafkaConfig, metrics: Arc<Metrics>, group: Arc<GroupState>, generation: u32) -> Result<Arc<SinkConsumer>, KafkaError> {
+/// Shared state a consumer reports into; it outlives any one consumer.
+pub struct ConsumerShared {
+    pub metrics: Arc<Metrics>,
+    pub group: Arc<GroupState>,
+    pub stalls: Arc<crate::http::Stalls>,
+}
+
+pub fn create_consumer(config: &KafkaConfig, shared: &ConsumerShared, generation: u32) -> Result<Arc<SinkConsumer>, KafkaError> {
     let context = SinkContext {
         partitions: Mutex::new(HashMap::new()),
-        metrics,
+        metrics: Arc::clone(&shared.metrics),
         drain_timeout: config.drain_timeout,
-        group,
+        group: Arc::clone(&shared.group),
         broker_up: AtomicBool::new(true),
         retired: AtomicBool::new(false),
+        stalls: Arc::clone(&shared.stalls),
     };
     let mut client = ClientConfig::new();
     client
@@ -309,6 +327,7 @@ pub struct Source {
     pub kafka: KafkaConfig,
     pub metrics: Arc<Metrics>,
     pub group: Arc<GroupState>,
+    pub stalls: Arc<crate::http::Stalls>,
     /// Consumers created so far after the first (those join as dynamic members).
     pub generation: u32,
 }
@@ -407,7 +426,8 @@ impl Source {
         }
         *last_restart = Some(Instant::now());
         warn!(message = "no partition assignment while the broker answers; recreating the consumer", unassigned_s = unassigned.as_secs());
-        let fresh = match create_consumer(&self.kafka, Arc::clone(&self.metrics), Arc::clone(&self.group), self.generation + 1) {
+        let shared = ConsumerShared { metrics: Arc::clone(&self.metrics), group: Arc::clone(&self.group), stalls: Arc::clone(&self.stalls) };
+        let fresh = match create_consumer(&self.kafka, &shared, self.generation + 1) {
             Ok(c) => c,
             Err(error) => {
                 self.metrics.error("kafka");
@@ -567,5 +587,46 @@ async fn run_partition(handler: Option<Arc<Handler>>, consumer: Arc<SinkConsumer
             warn!(message = "storing offset failed (partition no longer assigned?)", %error, topic, partition, offset = last);
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partition whose task is stuck (it marked itself stalled and never returns) is
+    /// revoked: the drain gives up on the task and the stall mark goes with the partition, so
+    /// readiness no longer reports a partition this sink does not hold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoked_partition_takes_its_stall_mark_with_it() {
+        let metrics = Arc::new(Metrics::new());
+        let stalls = Arc::new(crate::http::Stalls::default());
+        let context = SinkContext {
+            partitions: Mutex::new(HashMap::new()),
+            metrics: Arc::clone(&metrics),
+            drain_timeout: Duration::from_millis(50),
+            group: Arc::new(GroupState::default()),
+            broker_up: AtomicBool::new(true),
+            retired: AtomicBool::new(false),
+            stalls: Arc::clone(&stalls),
+        };
+        let key: Key = ("cdc.public.customer".into(), 3);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn({
+            let (stalls, metrics) = (Arc::clone(&stalls), Arc::clone(&metrics));
+            async move {
+                stalls.mark("cdc.public.customer", 3, "stuck on purpose");
+                metrics.partition_stalled("cdc.public.customer", 3, true);
+                std::future::pending::<()>().await;
+            }
+        });
+        while stalls.describe().is_none() {
+            tokio::task::yield_now().await;
+        }
+        let partition = Partition { tx, depth: Arc::default(), bytes: Arc::default(), task, paused: false };
+        context.partitions.lock().unwrap().insert(key.clone(), partition);
+        assert!(!context.drain(Some(&[key])), "the stuck task is given up on");
+        assert_eq!(stalls.describe(), None, "the stall mark left with the partition");
+        assert!(!metrics.render().contains("sink_partition_stalled{"), "{}", metrics.render());
     }
 }

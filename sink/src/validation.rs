@@ -304,11 +304,12 @@ impl Tally {
 }
 
 /// What the validator remembers per key (per partition task; keys do not move between
-/// partitions), for transitions when there is no `before` image and for out-of-order
-/// detection. Bounded: cleared when it grows past `MAX_KEYS`, which only loses checks.
+/// partitions): the newest version seen, for out-of-order detection, and every status the
+/// key has reached in the source since it was created, for transitions when there is no
+/// `before` image. Bounded: cleared when it grows past `MAX_KEYS`, which only loses checks.
 #[derive(Debug, Default)]
 pub struct KeyMemory {
-    keys: HashMap<Uuid, (Version, Option<String>)>,
+    keys: HashMap<Uuid, (Version, Vec<String>)>,
 }
 
 const MAX_KEYS: usize = 200_000;
@@ -373,17 +374,25 @@ impl Validator<'_> {
             }
 
             if let Some(to) = after.text(entity, "status").filter(|_| entity == Entity::Orders) {
-                // Compare with the event's own before image when it has one (replays then
-                // check the same pair again); otherwise with the last status we applied, but
-                // only for events newer than it (older ones are stale and skipped anyway).
-                let from = match (&change.before, &previous) {
-                    (Some(before), _) => before.text(entity, "status").map(str::to_owned),
-                    (None, Some((seen, status))) if change.version.is_newer_than(seen) => status.clone(),
-                    _ => None,
+                // The source's previous status when the event carries it (a `before` image:
+                // REPLICA IDENTITY FULL; replays then check the same pair again). Without
+                // it (REPLICA IDENTITY DEFAULT, flattened events) the previous status is not
+                // known: the transition is accepted when it is valid from any status the key
+                // has reached in the source, rejected changes included (the source did reach
+                // them), so one rejected change never makes every later valid one fail.
+                // Only for events newer than what was seen (older ones are stale anyway).
+                let from: Vec<String> = match (change.before.as_ref().and_then(|b| b.text(entity, "status")), &previous) {
+                    (Some(before), _) => vec![before.to_owned()],
+                    (None, Some((seen, reached))) if change.version.is_newer_than(seen) => reached.clone(),
+                    _ => Vec::new(),
                 };
-                if let Some(from) = from.filter(|_| change.op == Op::Update) {
-                    let failure = (!self.config.business.order_transition_allowed(&from, to))
-                        .then(|| format!("orders.status transition {from} -> {to} is not allowed ([validation.business] order_transitions)"));
+                if !from.is_empty() && change.op == Op::Update {
+                    let failure = (!from.iter().any(|f| self.config.business.order_transition_allowed(f, to))).then(|| {
+                        format!(
+                            "orders.status transition {} -> {to} is not allowed ([validation.business] order_transitions)",
+                            if from.len() == 1 { from[0].clone() } else { format!("from any of {from:?}") }
+                        )
+                    });
                     verdict(Rule::StatusTransition, failure, &mut out, tally);
                 }
             }
@@ -410,15 +419,22 @@ impl Validator<'_> {
             verdict(Rule::TimestampRange, ts_failure, &mut out, tally);
         }
 
-        // Only an accepted change may become what the next one is compared with: a rejected
-        // status is not the key's status.
-        let rejected = out.iter().any(|v| v.severity == Severity::Reject);
-        if !rejected && previous.as_ref().is_none_or(|(seen, _)| change.version.is_newer_than(seen)) {
+        // Every newer change is what the source reached, accepted or not. A create (or a
+        // snapshot read) starts the key's history again; a delete ends it.
+        if previous.as_ref().is_none_or(|(seen, _)| change.version.is_newer_than(seen)) {
             if memory.keys.len() >= MAX_KEYS {
                 memory.keys.clear();
             }
-            let status = change.after.as_ref().and_then(|a| a.text(entity, "status")).map(str::to_owned);
-            memory.keys.insert(change.key, (change.version, status));
+            let mut reached = match (change.op, previous) {
+                (Op::Update, Some((_, reached))) => reached,
+                _ => Vec::new(),
+            };
+            if let Some(status) = change.after.as_ref().and_then(|a| a.text(entity, "status")) {
+                if !reached.iter().any(|s| s == status) {
+                    reached.push(status.to_owned());
+                }
+            }
+            memory.keys.insert(change.key, (change.version, reached));
         }
         out
     }
@@ -572,6 +588,31 @@ mod tests {
         let out = run(&config, &[flat("pending", 1), flat("delivered", 2), flat("paid", 3)]);
         assert_eq!(rules(&out[1]), vec![Rule::StatusTransition]);
         assert!(out[2].is_empty(), "paid follows the accepted pending, not the rejected delivered: {:?}", out[2]);
+    }
+
+    /// REPLICA IDENTITY DEFAULT (no before image): a change rejected by another rule does
+    /// not make every later valid transition fail; it is checked against every status the key
+    /// reached. An invalid transition is still caught.
+    #[test]
+    fn without_a_before_image_any_reached_status_may_precede() {
+        let config = ValidationConfig::default();
+        let update = |status: &str, lsn: i64, updated_at: &str| {
+            let mut o = order(status);
+            o["updated_at"] = json!(updated_at);
+            change("orders", json!({"before": null, "after": o, "source": {"lsn": lsn}, "op": "u"}))
+        };
+        let ok = "2024-05-01T10:00:00Z";
+        // paid is rejected (its timestamp is in the future); shipped is valid from paid.
+        let out = run(&config, &[update("pending", 1, ok), update("paid", 2, "2024-05-01T13:00:00Z"), update("shipped", 3, ok)]);
+        assert!(out[0].is_empty());
+        assert_eq!(rules(&out[1]), vec![Rule::TimestampRange]);
+        assert!(out[2].is_empty(), "paid was reached in the source: {:?}", out[2]);
+        let out = run(&config, &[update("pending", 1, ok), update("delivered", 2, ok)]);
+        assert_eq!(rules(&out[1]), vec![Rule::StatusTransition]);
+        // A create starts the history again: a new order's first update is checked from it alone.
+        let create = change("orders", json!({"before": null, "after": order("cancelled"), "source": {"lsn": 4}, "op": "c"}));
+        let out = run(&config, &[update("paid", 1, ok), create, update("shipped", 5, ok)]);
+        assert_eq!(rules(&out[2]), vec![Rule::StatusTransition], "cancelled is final");
     }
 
     /// A source clock an hour ahead of the sink's: rows stamped by it are not "in the

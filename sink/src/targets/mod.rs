@@ -290,3 +290,48 @@ impl Target {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Coords, Extra, Field, JsonKind, Op, Row, Value};
+
+    fn change(lsn: i64, notes: Option<&str>) -> Change {
+        let mut row = Row::empty(Entity::Customer);
+        for f in row.known.iter_mut() {
+            *f = Some(Field::Value(Value::Null));
+        }
+        match notes {
+            Some(text) => {
+                row.extra.insert("notes".into(), Extra { text: Some(text.into()), kind: JsonKind::String });
+            }
+            None => {
+                row.unavailable.insert("notes".into());
+            }
+        }
+        Change {
+            entity: Entity::Customer,
+            key: Uuid::from_u128(1),
+            op: Op::Update,
+            version: Version::streamed(None, lsn),
+            source_ts: None,
+            emitted_ts: None,
+            before: None,
+            after: Some(row),
+            coords: Coords { topic: "cdc.public.customer".into(), partition: 0, offset: lsn, timestamp: None },
+        }
+    }
+
+    /// The newest change of a key sends an added column as the TOAST placeholder: the older
+    /// change that set it is written first (its own round), never discarded as superseded.
+    #[test]
+    fn a_placeholder_on_an_added_column_keeps_the_older_image() {
+        let plan = plan(&[change(10, Some("long text")), change(11, None)]);
+        assert!(plan.superseded.is_empty());
+        assert_eq!(plan.rounds.len(), 1);
+        assert_eq!(plan.rounds[0][0].version.lsn, 10);
+        assert_eq!(plan.latest[0].version.lsn, 11);
+        let complete = super::plan(&[change(10, Some("a")), change(11, Some("b"))]);
+        assert!(complete.rounds.is_empty() && complete.superseded.len() == 1, "a complete newest image subsumes the older one");
+    }
+}

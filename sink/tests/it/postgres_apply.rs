@@ -274,3 +274,64 @@ async fn deadlines_and_a_free_connection_pool() {
     lock.commit().await.unwrap();
     assert_eq!(stuck.await.unwrap().unwrap().applied, vec![id]);
 }
+
+/// Decodes one Debezium JSON event (decimals as strings) into its change.
+fn decoded(table: &str, offset: i64, value: serde_json::Value) -> sink::model::Change {
+    use sink::decode::{DecodeOptions, Decoded, decode};
+    let coords = sink::model::Coords { topic: format!("cdc.public.{table}"), partition: 0, offset, timestamp: None };
+    let options = DecodeOptions { decimals: sink::config::DecimalHandling::String, ..DecodeOptions::default() };
+    match decode(&coords, None, Some(value.to_string().as_bytes()), &options) {
+        Ok(Decoded::Change(c)) => *c,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// REPLICA IDENTITY DEFAULT: a column added in the source (unknown to the sink) is set by
+/// one change and sent as the TOAST placeholder by the next change of the key in the same
+/// batch (the same transaction): the target holds the value the first one set, and a later
+/// placeholder alone leaves it as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toast_placeholder_on_an_added_column_keeps_the_value_an_older_change_set() {
+    let pg = TestPostgres::start("sink-pg-toast-added").await.unwrap();
+    let target = postgres_target(&pg).await;
+    let client = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
+    let id = key(11).to_string();
+    let notes = "n".repeat(12_800);
+    let event = |lsn: i64, email: &str, notes: &str| {
+        serde_json::json!({"before": null, "after": {"id": id, "email": email, "status": "active", "updated_at": "2024-05-01T10:00:00Z", "notes": notes},
+            "source": {"lsn": lsn}, "op": "u"})
+    };
+    let batch = [decoded("customer", 0, event(10, "a@x.io", &notes)), decoded("customer", 1, event(11, "b@x.io", sink::decode::TOAST_PLACEHOLDER))];
+    target.ensure_columns(Entity::Customer, &["notes".into()]).await.unwrap();
+    let r = target.apply(Entity::Customer, &batch).await.unwrap();
+    assert_eq!(r.applied, vec![key(11)]);
+    const STORED: &str = "SELECT email, notes FROM customer_materialized WHERE id = $1";
+    let got = client.query_one(STORED, &[&key(11)]).await.unwrap();
+    assert_eq!((got.get::<_, String>(0), got.get::<_, Option<String>>(1)), ("b@x.io".to_string(), Some(notes.clone())), "the older change's value is kept");
+    target.apply(Entity::Customer, &[decoded("customer", 2, event(12, "c@x.io", sink::decode::TOAST_PLACEHOLDER))]).await.unwrap();
+    let got = client.query_one(STORED, &[&key(11)]).await.unwrap();
+    assert_eq!((got.get::<_, String>(0), got.get::<_, Option<String>>(1)), ("c@x.io".to_string(), Some(notes)), "a placeholder is never data");
+}
+
+/// Added source columns named like the sink's own columns (or MongoDB's reserved fields)
+/// are stored under the documented rename: never a duplicate column in the INSERT, and the
+/// sink's own `_cdc_lsn` still holds the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_columns_named_like_the_sinks_own_are_renamed() {
+    let pg = TestPostgres::start("sink-pg-reserved-names").await.unwrap();
+    let target = postgres_target(&pg).await;
+    let client = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
+    let id = key(12).to_string();
+    let change = decoded(
+        "customer",
+        0,
+        serde_json::json!({"after": {"id": id, "email": "a@x.io", "status": "active", "updated_at": "2024-05-01T10:00:00Z",
+            "_cdc_lsn": "source value", "_id": "x", "a.b": 1}, "source": {"lsn": 77}, "op": "c"}),
+    );
+    let added: Vec<String> = change.after.as_ref().unwrap().extra.keys().cloned().collect();
+    assert_eq!(added, ["_source__cdc_lsn", "_source__id", "_source_a%2Eb"]);
+    target.ensure_columns(Entity::Customer, &added).await.unwrap();
+    assert_eq!(target.apply(Entity::Customer, &[change]).await.unwrap().applied, vec![key(12)]);
+    let row = client.query_one("SELECT _cdc_lsn, \"_source__cdc_lsn\", \"_source_a%2Eb\" FROM customer_materialized WHERE id = $1", &[&key(12)]).await.unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, String>(1), row.get::<_, String>(2)), (77, "source value".to_string(), "1".to_string()));
+}

@@ -111,7 +111,11 @@ impl Pool {
         config.keepalives_idle(Duration::from_secs(10));
         config.keepalives_interval(Duration::from_secs(5));
         config.keepalives_retries(3);
-        config.options(format!("-c statement_timeout={}", settings.statement_timeout.as_millis()));
+        // synchronous_commit=on whatever the server, database or role default: an offset is
+        // stored once a write returns, so the write must be on disk (WAL flushed, and on a
+        // synchronous standby where one is configured) when it does. `off` or `local` would
+        // let a server crash lose writes whose offsets are already committed.
+        config.options(format!("-c statement_timeout={} -c synchronous_commit=on", settings.statement_timeout.as_millis()));
         let size = settings.pool_size.max(1);
         let slots = (0..size).map(|_| Mutex::new(None)).collect();
         Ok(Self { config, slots, free: Semaphore::new(size), next: AtomicUsize::new(0), call_timeout: settings.call_timeout })
@@ -147,5 +151,25 @@ impl Pool {
             *guard = Some(Conn { client, statements: HashMap::new() });
         }
         Ok(Lease { guard, _permit: permit })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every session the pool opens asks for synchronous_commit=on, so a write that returned
+    /// (and whose offset is then stored) is durable.
+    #[test]
+    fn sessions_commit_synchronously() {
+        let config: crate::config::SinkConfig = crate::config::SinkConfig::from_toml(
+            "[kafka]\nbrokers=\"x:1\"\ngroup_id=\"g\"\ntopics=[\"cdc.public.orders\"]\ndlq_topic=\"cdc.dlq\"\n\
+             [target]\nkind=\"postgres\"\nurl=\"host=127.0.0.1 user=u dbname=d\"\n[http]\nlisten=\"127.0.0.1:0\"\n",
+            [("SINK__TARGET__PASSWORD".to_string(), "p".to_string())],
+        )
+        .unwrap();
+        let pool = Pool::new(&config.target, &config.target.postgres).unwrap();
+        let options = pool.config.get_options().unwrap_or_default();
+        assert!(options.contains("-c synchronous_commit=on"), "{options}");
     }
 }

@@ -130,9 +130,15 @@ impl ExternalArgs {
             return Ok(stack);
         }
         if let Some(other) = self.backend.filter(|b| *b != harness::orchestrator::BackendKind::Auto) {
-            return Err(ServiceError::Unsupported(format!("--backend {} is for commands that start a stack; this one reads the stack in --run-dir or --endpoints", other.name())).into());
+            return Err(ServiceError::Unsupported(format!(
+                "--backend {} is for commands that start a stack; this one reads the stack in --run-dir or --endpoints",
+                other.name()
+            ))
+            .into());
         }
-        Stack::open(run_dir).await?.ok_or_else(|| anyhow::anyhow!("no stack in {} (start one with `harness up`, or name one with --backend external --endpoints FILE)", run_dir.display()))
+        Stack::open(run_dir).await?.ok_or_else(|| {
+            anyhow::anyhow!("no stack in {} (start one with `harness up`, or name one with --backend external --endpoints FILE)", run_dir.display())
+        })
     }
 }
 
@@ -427,7 +433,13 @@ fn write_endpoints_file(stack: &Stack, run_dir: &std::path::Path, file: &std::pa
     let endpoints = stack.endpoints();
     let run_dir = std::path::absolute(run_dir)?;
     let password_file = run_dir.join("postgres.password");
-    let mut out = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&password_file).with_context(|| format!("{}", password_file.display()))?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&password_file)
+        .with_context(|| format!("{}", password_file.display()))?;
     std::io::Write::write_all(&mut out, format!("{}\n", endpoints.postgres.password.expose()).as_bytes())?;
     let publication = harness::orchestrator::local::debezium::PUBLICATION_NAME;
     let text = harness::orchestrator::external::file::EndpointsFile::for_started(&endpoints, publication, &password_file).to_toml();

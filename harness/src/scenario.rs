@@ -118,11 +118,15 @@ pub struct VerifySection {
     /// How long the pipeline may take to converge after load stops.
     #[serde(default = "default_settle", with = "humantime_serde")]
     pub settle: Duration,
+    /// Business rules of the sink (`email`, `status_transition`, ...) whose dead letters
+    /// are expected: they excuse the change they rejected. Every other letter fails the run.
+    #[serde(default)]
+    pub expected_rejections: Vec<String>,
 }
 
 impl Default for VerifySection {
     fn default() -> Self {
-        Self { settle: default_settle() }
+        Self { settle: default_settle(), expected_rejections: Vec::new() }
     }
 }
 
@@ -276,10 +280,23 @@ impl Scenario {
         self.faults.iter().any(|f| f.fault.on_link()) || self.random_faults.as_ref().is_some_and(|r| r.kinds.iter().any(|k| k.on_link()))
     }
 
+    /// The scenario's thresholds, and the gates every run has whatever its file says: no
+    /// dead letter the scenario does not expect, and the DLQ topic agreeing with the sink's
+    /// apply log (a file can tighten them, never drop them).
     pub fn thresholds(&self) -> Vec<Threshold> {
-        self.thresholds.iter().filter_map(|t| Threshold::parse(t).ok()).collect()
+        let mut out: Vec<Threshold> = self.thresholds.iter().filter_map(|t| Threshold::parse(t).ok()).collect();
+        for gate in ALWAYS_GATED {
+            let metric = gate.split_whitespace().next().unwrap_or_default();
+            if !out.iter().any(|t| t.metric == metric) {
+                out.extend(Threshold::parse(gate).ok());
+            }
+        }
+        out
     }
 }
+
+/// Gates of every scenario (see `Scenario::thresholds`).
+pub const ALWAYS_GATED: [&str; 3] = ["dlq.unexpected == 0", "dlq.unreconciled == 0", "dlq.poison_missing == 0"];
 
 impl Stage {
     fn segment(&self) -> Result<Segment, String> {

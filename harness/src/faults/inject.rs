@@ -2,11 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use fault_proxy::LinkFault;
 use super::{FaultKind, FaultSpec, Link};
 use crate::orchestrator::ServiceKind;
 use crate::orchestrator::stack::Stack;
 use crate::report::model::FaultRecord;
+use fault_proxy::LinkFault;
 
 /// Longest wait for a service to be healthy again after a fault.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(180);

@@ -23,13 +23,8 @@ pub struct WorkspaceBin {
     built: OnceLock<Result<PathBuf, String>>,
 }
 
-pub static SINK: WorkspaceBin = WorkspaceBin {
-    package: "sink",
-    env: "SINK_BIN",
-    what: "sink binary",
-    label: "sink binary (cargo build --release -p sink)",
-    built: OnceLock::new(),
-};
+pub static SINK: WorkspaceBin =
+    WorkspaceBin { package: "sink", env: "SINK_BIN", what: "sink binary", label: "sink binary (cargo build --release -p sink)", built: OnceLock::new() };
 pub static FAULT_PROXY: WorkspaceBin = WorkspaceBin {
     package: "fault-proxy",
     env: "FAULT_PROXY_BIN",

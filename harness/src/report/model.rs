@@ -343,6 +343,22 @@ impl Report {
         for (rule, n) in &c.dlq_rejected {
             push(&format!("convergence.dlq_rejected.{rule}"), *n as f64, LowerIsBetter, false);
         }
+        push("convergence.excused", c.total(|e| e.excused) as f64, LowerIsBetter, false);
+        // Read back from the topic; absent when it was not read (a gate on it then fails).
+        if let Some(d) = &c.dlq {
+            push("dlq.letters", d.letters as f64, LowerIsBetter, false);
+            push("dlq.unexpected", d.unexpected as f64, LowerIsBetter, true);
+            push("dlq.unreconciled", d.unreconciled as f64, LowerIsBetter, true);
+            push("dlq.poison_missing", d.poison_missing as f64, LowerIsBetter, true);
+            for class in crate::verify::dlq::FIXED_CLASSES {
+                push(&format!("dlq.{class}"), d.by_class.get(class).copied().unwrap_or(0) as f64, LowerIsBetter, false);
+            }
+            for (class, n) in &d.by_class {
+                if let Some(rule) = class.strip_prefix("rule:") {
+                    push(&format!("dlq.rule.{rule}"), *n as f64, LowerIsBetter, false);
+                }
+            }
+        }
         let poison: Vec<u64> = self.faults.iter().filter_map(|f| f.parameters.get(crate::faults::POISON_UNRECONCILED)).filter_map(|v| v.parse().ok()).collect();
         if !poison.is_empty() {
             push("faults.poison_unreconciled", poison.iter().sum::<u64>() as f64, LowerIsBetter, true);

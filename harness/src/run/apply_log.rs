@@ -43,14 +43,15 @@ pub struct LogRow {
     pub rule: Option<String>,
 }
 
-/// Where the log stands now (the highest id; 0 when empty); None when the target has no
-/// apply log (the sink does not run in audit mode).
-pub async fn position(target: &tokio_postgres::Client) -> Option<i64> {
-    let exists: bool = target.query_one("SELECT to_regclass($1) IS NOT NULL", &[&TABLE]).await.ok()?.get(0);
+/// Where the log stands now (the highest id; 0 when empty); `Ok(None)` when the target has
+/// no apply log (the sink does not run in audit mode). A failed query is an error, never
+/// "no log": a run must not lose its history check to a passing fault.
+pub async fn position(target: &tokio_postgres::Client) -> Result<Option<i64>, tokio_postgres::Error> {
+    let exists: bool = target.query_one("SELECT to_regclass($1) IS NOT NULL", &[&TABLE]).await?.get(0);
     if !exists {
-        return None;
+        return Ok(None);
     }
-    target.query_one(&format!("SELECT coalesce(max(id), 0) FROM {TABLE}"), &[]).await.ok().map(|r| r.get(0))
+    Ok(Some(target.query_one(&format!("SELECT coalesce(max(id), 0) FROM {TABLE}"), &[]).await?.get(0)))
 }
 
 /// Every row after `after`, in id order (the order the sink wrote them).

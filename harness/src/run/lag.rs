@@ -16,11 +16,7 @@ pub struct LagMeter {
 impl LagMeter {
     /// A client that reads the group's committed offsets without joining the group.
     pub fn new(mut client: ClientConfig, group: &str, topics: Vec<String>, partitions: u32) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer = client
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("socket.timeout.ms", "3000")
-            .create()?;
+        let consumer = client.set("group.id", group).set("enable.auto.commit", "false").set("socket.timeout.ms", "3000").create()?;
         Ok(Self { consumer, topics, partitions: partitions as i32 })
     }
 

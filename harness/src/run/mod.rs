@@ -189,9 +189,8 @@ async fn measure(
 
     warm_up(&workload, scenario.load.warmup).await;
     drain_before_load(&endpoints, partitions).await;
-    let connect_target =
-        || async { endpoints.postgres.connect_target().await.map_err(|e| crate::verify::VerifyError::Target(e.to_string())) };
-    let log_start = apply_log::position(&connect_target().await?).await;
+    let connect_target = || async { endpoints.postgres.connect_target().await.map_err(|e| crate::verify::VerifyError::Target(e.to_string())) };
+    let log_start = apply_log::position(&connect_target().await?).await.map_err(|e| crate::verify::VerifyError::Target(format!("apply log: {e}")))?;
     if log_start.is_none() {
         eprintln!("run: the sink keeps no apply log (audit mode off): per-hop latency will be absent");
     }
@@ -233,9 +232,23 @@ async fn measure(
     eprintln!("\nrun: load done ({load_secs:.0}s); waiting for the last probes, then verifying convergence (up to {:?})", scenario.verify.settle);
     observers.stop_probes().await;
 
+    let dlq = crate::verify::dlq::DlqSource {
+        config: endpoints.kafka_config(),
+        topic: crate::config::DLQ_TOPIC.to_string(),
+        poison: poison_records(&fault_records, &endpoints),
+        since: Some(started_at),
+    };
     let convergence = crate::verify::verify_postgres(
         &endpoints.postgres,
-        &VerifyOptions { max_examples: 5, settle: Some(scenario.verify.settle), load_ended: Some(load_ended), since: Some(load_started_wall), mapping: None },
+        &VerifyOptions {
+            max_examples: 5,
+            settle: Some(scenario.verify.settle),
+            load_ended: Some(load_ended),
+            since: Some(load_started_wall),
+            mapping: None,
+            expected_rejections: scenario.verify.expected_rejections.clone(),
+            dlq: Some(dlq),
+        },
     )
     .await?;
     // Let the lag series show the drain back to its resting level.
@@ -364,6 +377,23 @@ async fn measure(
     report.summary.thresholds_passed = report.thresholds.iter().all(|t| t.passed);
     let files = crate::report::write_all(&report, dir).map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
     Ok(RunOutcome { report, dir: dir.to_path_buf(), files })
+}
+
+/// Where every poison record of the run landed: (topic, partition, offset).
+fn poison_records(records: &[FaultRecord], endpoints: &Endpoints) -> std::collections::HashSet<(String, i32, i64)> {
+    records
+        .iter()
+        .filter(|r| r.kind == "poison")
+        .flat_map(|r| {
+            let topic = endpoints.topic(&r.target);
+            r.parameters
+                .get(crate::faults::POISON_OFFSETS)
+                .map(|t| crate::faults::parse_offsets(t))
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |(p, o)| (topic.clone(), p, o))
+        })
+        .collect()
 }
 
 /// Rows of the target holding a value in the column a schema change added (None when the

@@ -23,6 +23,8 @@ pub enum ColumnType {
     Timestamptz,
     Bool,
     Int,
+    /// json/jsonb: compared as parsed JSON (key order and white space do not matter).
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,7 +64,8 @@ pub fn canonicalize_at(ty: ColumnType, raw: &str, precision: TimestampPrecision)
     match ty {
         ColumnType::Text => Ok(raw.to_string()),
         ColumnType::Uuid => uuid::Uuid::parse_str(raw.trim()).map(|u| u.hyphenated().to_string()).map_err(|_| bad()),
-        ColumnType::Numeric => canonical_numeric(raw.trim()).ok_or_else(bad),
+        // Floats print with an exponent when very large or small (`1e-07`).
+        ColumnType::Numeric => canonical_numeric(raw.trim()).or_else(|| without_exponent(raw.trim()).and_then(|t| canonical_numeric(&t))).ok_or_else(bad),
         ColumnType::Timestamptz => timestamp_micros(raw.trim()).map(|m| precision.truncate(m).to_string()).ok_or_else(bad),
         ColumnType::Bool => match raw.trim() {
             "t" | "true" | "TRUE" | "True" | "1" => Ok("true".into()),
@@ -70,6 +73,22 @@ pub fn canonicalize_at(ty: ColumnType, raw: &str, precision: TimestampPrecision)
             _ => Err(bad()),
         },
         ColumnType::Int => raw.trim().parse::<i64>().map(|v| v.to_string()).map_err(|_| bad()),
+        ColumnType::Json => serde_json::from_str::<serde_json::Value>(raw).map(|v| canonical_json(&v)).map_err(|_| bad()),
+    }
+}
+
+/// JSON text with object keys sorted at every level, whatever order the map type keeps.
+fn canonical_json(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{}:{}", Value::String((*k).clone()), canonical_json(v))).collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
     }
 }
 
@@ -204,6 +223,9 @@ mod tests {
         same(ColumnType::Timestamptz, "2024-01-02 05:04:05+02", "2024-01-02T03:04:05Z");
         same(ColumnType::Bool, "t", "true");
         same(ColumnType::Int, "+42", "42");
+        same(ColumnType::Numeric, "1e-07", "0.0000001");
+        same(ColumnType::Json, r#"{"b": [1, {"y": 2, "x": 1}], "a": null}"#, r#"{"a":null,"b":[1,{"x":1,"y":2}]}"#);
+        assert_ne!(canonicalize(ColumnType::Json, r#"{"a": 1}"#).unwrap(), canonicalize(ColumnType::Json, r#"{"a": 2}"#).unwrap());
     }
 
     #[test]

@@ -88,89 +88,54 @@ pub fn analyze(rows: &[LogRow], max_examples: usize) -> HistoryFindings {
     findings
 }
 
-/// The hop at which a wrongly materialized key went wrong, from its log rows and the
-/// source's newest commit time for it (None: the source no longer holds the key).
-pub fn hop_of(rows: &[&LogRow], source_committed_ms: Option<i64>) -> String {
-    let newest_applied = rows.iter().filter(|r| r.outcome == "applied").max_by_key(|r| r.id);
-    let Some(committed) = source_committed_ms else {
-        return match newest_applied {
-            Some(r) => format!("the delete never reached the sink as applied; the last applied change is version {:?} (log row {})", r.version, r.id),
-            None => "no change of this key is in the apply log".into(),
-        };
-    };
-    let of_newest: Vec<&&LogRow> = rows.iter().filter(|r| r.source_ts.is_some_and(|t| t.timestamp_millis() >= committed)).collect();
-    if of_newest.is_empty() {
-        return "never reached the sink: the newest source change is not in the apply log (not produced, or not consumed)".into();
-    }
-    if of_newest.iter().any(|r| r.outcome == "applied" || r.outcome == "superseded") {
-        return match newest_applied {
-            Some(r) if r.source_ts.is_some_and(|t| t.timestamp_millis() < committed) => {
-                format!("applied, then overwritten by an older version (log row {}, version {:?})", r.id, r.version)
-            }
-            _ => "applied (the apply log has it); the target lost it afterwards".into(),
-        };
-    }
-    let outcomes: Vec<&str> = of_newest.iter().map(|r| r.outcome.as_str()).collect();
-    format!("reached the sink but was not applied (outcome {})", outcomes.join(", "))
-}
-
-/// The log indexed by key, to judge the keys the state comparison found wrong.
+/// The log indexed by key (to judge the keys the state comparison found wrong) and by
+/// partition (to tell whether it accounts for every record of a range).
 pub struct History {
     rows: Vec<LogRow>,
     by_key: HashMap<(String, uuid::Uuid), Vec<usize>>,
-}
-
-/// What the log says of one wrongly materialized key.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Judgement {
-    /// The newest change was dead-lettered on purpose (the rule named): not lost.
-    Rejected { rule: String },
-    /// An anomaly; the hop where it went wrong.
-    Anomaly { hop: String },
+    /// (entity, partition) -> the offsets the log has, sorted.
+    offsets: HashMap<(String, i32), Vec<i64>>,
 }
 
 impl History {
     pub fn new(rows: Vec<LogRow>) -> Self {
         let mut by_key: HashMap<(String, uuid::Uuid), Vec<usize>> = HashMap::new();
+        let mut offsets: HashMap<(String, i32), Vec<i64>> = HashMap::new();
         for (i, r) in rows.iter().enumerate() {
             if let Some(k) = r.key {
                 by_key.entry((r.entity.clone(), k)).or_default().push(i);
             }
+            offsets.entry((r.entity.clone(), r.partition)).or_default().push(r.offset);
         }
-        Self { rows, by_key }
+        for list in offsets.values_mut() {
+            list.sort_unstable();
+            list.dedup();
+        }
+        Self { rows, by_key, offsets }
     }
 
     pub fn rows(&self) -> &[LogRow] {
         &self.rows
     }
 
-    /// Judges a key of `entity` whose target state differs from the source, given when the
-    /// source committed the row it holds (None: the source holds none).
-    pub fn judge(&self, entity: &str, key: &str, source_committed: Option<chrono::DateTime<chrono::Utc>>, source_holds_row: bool) -> Judgement {
-        let rows: Vec<&LogRow> = uuid::Uuid::parse_str(key)
+    /// The rows of one key of `entity`, in log order.
+    pub fn rows_of(&self, entity: &str, key: &str) -> Vec<&LogRow> {
+        uuid::Uuid::parse_str(key)
             .ok()
             .and_then(|k| self.by_key.get(&(entity.to_string(), k)))
             .map(|idx| idx.iter().map(|i| &self.rows[*i]).collect())
-            .unwrap_or_default();
-        if rows.is_empty() {
-            return Judgement::Anomaly { hop: "no change of this key is in the apply log (never produced, or not consumed)".into() };
-        }
-        let committed = source_committed.map(|t| t.timestamp_millis());
-        // The newest change the sink saw: for a live source row the one at its commit time,
-        // for a deleted one the last in the log.
-        let newest: Vec<&&LogRow> = match committed {
-            Some(c) => rows.iter().filter(|r| r.source_ts.is_some_and(|t| t.timestamp_millis() >= c)).collect(),
-            None => rows.last().into_iter().collect(),
-        };
-        if !newest.is_empty() && newest.iter().all(|r| r.outcome == "dlq") {
-            let rule = newest.iter().find_map(|r| r.rule.clone()).unwrap_or_else(|| "unknown".into());
-            return Judgement::Rejected { rule };
-        }
-        if source_holds_row && committed.is_none() {
-            let seen: Vec<String> = rows.iter().map(|r| format!("v{} {}", r.version.map(|v| v.to_string()).unwrap_or_default(), r.outcome)).collect();
-            return Judgement::Anomaly { hop: format!("source commit time unknown; apply log: {}", seen.join(", ")) };
-        }
-        Judgement::Anomaly { hop: hop_of(&rows, committed) }
+            .unwrap_or_default()
+    }
+
+    /// Whether the log has a row for every offset from `from` to `to` (inclusive) of the
+    /// entity's partition: the sink logs every record it handles, so a gap is a record it
+    /// never accounted for.
+    pub fn offsets_complete(&self, entity: &str, partition: i32, from: i64, to: i64) -> bool {
+        let Some(list) = self.offsets.get(&(entity.to_string(), partition)) else { return false };
+        let (lo, hi) = (from.min(to), from.max(to));
+        let start = list.partition_point(|o| *o < lo);
+        let end = list.partition_point(|o| *o <= hi);
+        (end - start) as i64 == hi - lo + 1
     }
 }
 
@@ -239,28 +204,14 @@ mod tests {
     }
 
     #[test]
-    fn a_key_whose_newest_change_was_dead_lettered_is_rejected_not_lost() {
-        let mut dlq = row(2, 11, "dlq");
-        dlq.rule = Some("email_format".into());
-        let history = History::new(vec![row(1, 10, "applied"), dlq]);
-        let key = uuid::Uuid::from_u128(1).to_string();
-        let committed = DateTime::from_timestamp_millis(11_000);
-        assert_eq!(history.judge("customer", &key, committed, true), Judgement::Rejected { rule: "email_format".into() });
-        // A newer change that never reached the sink is an anomaly with its hop.
-        let later = DateTime::from_timestamp_millis(12_000);
-        assert!(matches!(history.judge("customer", &key, later, true), Judgement::Anomaly { hop } if hop.starts_with("never reached the sink")));
-        let other = uuid::Uuid::from_u128(2).to_string();
-        assert!(matches!(history.judge("customer", &other, committed, true), Judgement::Anomaly { hop } if hop.starts_with("no change of this key")));
-    }
-
-    #[test]
-    fn the_hop_is_named_from_the_log() {
-        let applied = row(1, 10, "applied");
-        let dlq = row(2, 11, "dlq");
-        assert!(hop_of(&[&applied], Some(11_000)).starts_with("never reached the sink"));
-        assert!(hop_of(&[&applied, &dlq], Some(11_000)).contains("not applied (outcome dlq)"));
-        let newer = row(2, 11, "applied");
-        let older_again = row(3, 10, "applied");
-        assert!(hop_of(&[&applied, &newer, &older_again], Some(11_000)).starts_with("applied, then overwritten by an older version (log row 3"));
+    fn a_gap_in_a_partitions_offsets_is_found() {
+        let history = History::new(vec![row(1, 10, "applied"), row(2, 11, "stale"), row(4, 12, "applied")]);
+        // Offsets are id * 10: 10, 20, 40.
+        assert!(history.offsets_complete("customer", 0, 10, 10));
+        assert!(!history.offsets_complete("customer", 0, 10, 20), "offsets 11..19 are not in the log");
+        assert!(!history.offsets_complete("customer", 1, 0, 0), "a partition the log never saw");
+        let contiguous = History::new((0..5).map(|i| LogRow { offset: i, ..row(i, 10 + i, "applied") }).collect());
+        assert!(contiguous.offsets_complete("customer", 0, 1, 4));
+        assert_eq!(contiguous.rows_of("customer", &uuid::Uuid::from_u128(1).to_string()).len(), 5);
     }
 }

@@ -31,6 +31,10 @@ pub struct Column {
     pub name: String,
     #[serde(rename = "type")]
     pub ty: ColumnType,
+    /// Set when the verifier found the column in the source but not in the target (it is
+    /// then compared against null there). Never read from a mapping file.
+    #[serde(skip)]
+    pub absent_in_target: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

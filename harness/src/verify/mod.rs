@@ -14,7 +14,10 @@
 //! MongoDB holds timestamps in milliseconds, so they are compared at that precision there.
 
 pub mod canonical;
+mod classify;
+pub mod columns;
 pub mod copy_stream;
+pub mod dlq;
 pub mod history;
 pub mod mapping;
 pub mod mongo;
@@ -29,6 +32,7 @@ use serde_json::Value;
 
 use self::canonical::{CanonicalError, ColumnType, TimestampPrecision, canonical_text};
 use self::copy_stream::{CopyLines, fields, unescape};
+use self::history::History;
 use self::mapping::{Entity, Mapping};
 pub use self::report::{Anomaly, AnomalyKind, EntityOutcome, FieldDiff, LatencySummary, Percentiles, VerifyReport};
 use crate::orchestrator::PgEndpoint;
@@ -43,6 +47,8 @@ pub enum VerifyError {
     Source(String),
     #[error("reading the target: {0}")]
     Target(String),
+    #[error(transparent)]
+    Dlq(#[from] dlq::DlqError),
 }
 
 impl VerifyError {
@@ -66,11 +72,17 @@ pub struct VerifyOptions {
     pub since: Option<DateTime<Utc>>,
     /// The tables to verify and how they map; `None`: the workload's (`harness/mapping.toml`).
     pub mapping: Option<Mapping>,
+    /// Business rules whose dead letters excuse the key they rejected (a scenario's
+    /// `[verify] expected_rejections`); every other letter is a failure.
+    pub expected_rejections: Vec<String>,
+    /// The dead-letter topic to read back and reconcile; `None`: not read (the DLQ
+    /// figures are then absent, and a gate on them fails).
+    pub dlq: Option<dlq::DlqSource>,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        Self { max_examples: 5, settle: None, load_ended: None, since: None, mapping: None }
+        Self { max_examples: 5, settle: None, load_ended: None, since: None, mapping: None, expected_rejections: Vec::new(), dlq: None }
     }
 }
 
@@ -78,6 +90,8 @@ pub struct SourceRecord {
     /// Text of each mapped column, key first.
     pub values: Vec<Option<String>>,
     pub committed_at: Option<DateTime<Utc>>,
+    /// The transaction that last wrote the row (`xmin`).
+    pub xid: Option<String>,
     pub row: Value,
 }
 
@@ -86,6 +100,10 @@ pub struct TargetRecord {
     pub deleted: bool,
     pub source_ts: Option<DateTime<Utc>>,
     pub applied_at: Option<DateTime<Utc>>,
+    /// Where the change it holds was read (Kafka partition, offset): its apply-log row.
+    pub position: Option<(i32, i64)>,
+    /// The LSN of the version it holds.
+    pub lsn: Option<i64>,
     pub record: Value,
 }
 
@@ -142,6 +160,15 @@ impl Target<'_> {
         }
     }
 
+    /// The target's column names where it has a catalog; `None` for MongoDB, where a
+    /// field that is not there reads as null.
+    async fn column_names(&self, entity: &Entity) -> Result<Option<Vec<String>>, VerifyError> {
+        match self {
+            Self::Postgres(target) => postgres::target_columns(target, entity).await.map(Some),
+            Self::Mongo(_) => Ok(None),
+        }
+    }
+
     async fn full_compare(&self, source: &tokio_postgres::Client, entity: &Entity) -> Result<PassResult, VerifyError> {
         match self {
             Self::Postgres(target) => full_compare(source, target, entity).await,
@@ -160,7 +187,7 @@ impl Target<'_> {
     /// The sink's apply log, when it keeps one (audit mode).
     async fn history(&self) -> Result<Option<history::History>, VerifyError> {
         let rows = match self {
-            Self::Postgres(target) => match crate::run::apply_log::position(target).await {
+            Self::Postgres(target) => match crate::run::apply_log::position(target).await.map_err(|e| VerifyError::Target(format!("apply log: {e}")))? {
                 Some(_) => Some(crate::run::apply_log::read(target, 0).await.map_err(VerifyError::target)?),
                 None => None,
             },
@@ -181,10 +208,18 @@ impl Target<'_> {
 /// differing keys, then classification of what still differs.
 async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &VerifyOptions, started: Instant) -> Result<VerifyReport, VerifyError> {
     let load_ended = options.load_ended.unwrap_or(started);
-    let mapping = options.mapping.clone().unwrap_or_else(Mapping::builtin);
+    let mut report = VerifyReport { target: target.name().into(), ..Default::default() };
+    // The source as it is now decides what is compared, not the mapping as written.
+    let mut mapping = options.mapping.clone().unwrap_or_else(Mapping::builtin);
+    for entity in &mut mapping.entity {
+        let source_columns = postgres::source_columns(source, entity).await?;
+        let target_columns = target.column_names(entity).await?;
+        let (resolved, findings) = columns::resolve(entity, &source_columns, target_columns.as_deref()).map_err(VerifyError::Source)?;
+        *entity = resolved;
+        report.columns.extend(findings);
+    }
     let deadline = options.settle.map(|s| Instant::now() + s);
 
-    let mut report = VerifyReport { target: target.name().into(), ..Default::default() };
     let mut pending: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut untracked = 0u64;
     let mut outcomes = BTreeMap::new();
@@ -238,31 +273,61 @@ async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &
         }
     }
 
-    // What is still different gets classified with its evidence, and judged by the sink's
-    // apply log where there is one: a key whose newest change was dead-lettered is
-    // rejected (not lost); every other anomaly gets the hop where it went wrong.
+    // What still differs is judged from the order of versions in the sink's apply log and
+    // from the dead letters read back from their topic (see `classify`).
     let history = target.history().await?;
     report.history_checked = history.is_some();
+    let letters = match &options.dlq {
+        Some(source) => {
+            let reader = source.clone();
+            let letters = tokio::task::spawn_blocking(move || dlq::read_letters(&reader.config, &reader.topic, reader.since, Duration::from_secs(60)))
+                .await
+                .map_err(|e| VerifyError::Target(format!("dead-letter reader: {e}")))??;
+            let (found, index) = dlq::reconcile(source, letters, history.as_ref().map(History::rows), &options.expected_rejections, options.max_examples);
+            report.dlq = Some(found);
+            Some(index)
+        }
+        None => None,
+    };
+    let rejections = classify::Rejections { expected_rules: &options.expected_rejections, letters: letters.as_ref() };
     let mut examples: BTreeMap<AnomalyKind, Vec<Anomaly>> = BTreeMap::new();
     let mut unexplained = 0u64;
+    let mut excused = 0u64;
     for entity in &mapping.entity {
         let keys = pending.get(&entity.name).cloned().unwrap_or_default();
         for chunk in keys.chunks(KEY_BATCH) {
-            for mut anomaly in classify_keys(source, target, entity, chunk).await? {
-                if let Some(h) = &history {
-                    match h.judge(&anomaly.entity, &anomaly.key, anomaly.source_committed_at, anomaly.source_row.is_some()) {
-                        history::Judgement::Rejected { rule } => {
-                            *report.dlq_rejected.entry(rule).or_default() += 1;
-                            continue;
+            let known = source_keys(entity, chunk);
+            let src = postgres::fetch_source(source, entity, &known).await?;
+            let tgt = target.fetch(entity, chunk).await?;
+            let deleted = postgres::fetch_deletions(source, entity, &known).await;
+            for key in chunk {
+                let records = tgt.get(key).map(Vec::as_slice).unwrap_or_default();
+                let case = classify::KeyCase {
+                    entity,
+                    key,
+                    source: src.get(key),
+                    records,
+                    deleted_at: deleted.get(key).copied().flatten(),
+                    precision: target.precision(),
+                };
+                match classify::classify(&case, history.as_ref(), &rejections) {
+                    classify::Judged::Agrees => {}
+                    classify::Judged::Excused { rule } => {
+                        // Counted as excused, by rule, and no longer as missing or mismatched.
+                        excused += 1;
+                        *report.dlq_rejected.entry(rule).or_default() += 1;
+                        if let Some(outcome) = outcomes.get_mut(&entity.name) {
+                            outcome.excuse(case.source.is_some(), records.iter().any(|r| !r.deleted));
                         }
-                        history::Judgement::Anomaly { hop } => anomaly.hop = Some(hop),
                     }
-                }
-                unexplained += 1;
-                *report.anomaly_counts.entry(anomaly.kind).or_default() += 1;
-                let list = examples.entry(anomaly.kind).or_default();
-                if list.len() < options.max_examples {
-                    list.push(anomaly);
+                    classify::Judged::Anomaly(anomaly) => {
+                        unexplained += 1;
+                        *report.anomaly_counts.entry(anomaly.kind).or_default() += 1;
+                        let list = examples.entry(anomaly.kind).or_default();
+                        if list.len() < options.max_examples {
+                            list.push(*anomaly);
+                        }
+                    }
                 }
             }
         }
@@ -270,10 +335,10 @@ async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &
             report.never_converged.extend(keys.iter().take(options.max_examples).map(|k| format!("{}:{k}", entity.name)));
         }
     }
-    // Differences that are all rejections on purpose leave the target converged with the
+    // Differences that are all excused rejections leave the target converged with the
     // source's accepted changes.
-    if !report.converged && unexplained == 0 && untracked == 0 && !report.dlq_rejected.is_empty() {
-        report.converged = true;
+    if !report.converged && unexplained == 0 && untracked == 0 && excused > 0 {
+        report.converged = outcomes.values().all(|o| o.missing_in_target + o.extra_in_target + o.mismatched + o.duplicates == 0);
     }
     report.anomalies = examples.into_values().flatten().collect();
     if let Some(h) = &history {
@@ -285,6 +350,11 @@ async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &
             report.converged = false;
         }
         report.anomalies.extend(findings.examples);
+    }
+    // A letter of no expected rule (a decode failure, a permanent target error, a panic) is
+    // a change the target does not hold: never convergence.
+    if report.dlq.as_ref().is_some_and(|d| d.unexpected > 0 || d.unreconciled > 0) {
+        report.converged = false;
     }
     report.untracked_differences = untracked;
     report.entities = mapping.entity.iter().filter_map(|e| outcomes.remove(&e.name)).collect();
@@ -468,7 +538,12 @@ fn same_canonical(a: Result<Option<String>, CanonicalError>, b: Result<Option<St
     matches!((a, b), (Ok(a), Ok(b)) if a == b)
 }
 
-fn field_diffs(entity: &Entity, source: Option<&[Option<String>]>, target: Option<&[Option<String>]>, precision: TimestampPrecision) -> Vec<FieldDiff> {
+pub(crate) fn field_diffs(
+    entity: &Entity,
+    source: Option<&[Option<String>]>,
+    target: Option<&[Option<String>]>,
+    precision: TimestampPrecision,
+) -> Vec<FieldDiff> {
     let mut out = Vec::new();
     for (i, column) in entity.columns.iter().enumerate() {
         let s = source.and_then(|v| v.get(i).cloned().flatten());
@@ -511,112 +586,7 @@ async fn recheck(source: &tokio_postgres::Client, target: &Target<'_>, entity: &
     Ok(still)
 }
 
-fn millis(ts: DateTime<Utc>) -> i64 {
-    ts.timestamp_millis()
-}
-
-/// Classifies each differing key from its evidence (see `AnomalyKind`).
-async fn classify_keys(source: &tokio_postgres::Client, target: &Target<'_>, entity: &Entity, keys: &[String]) -> Result<Vec<Anomaly>, VerifyError> {
-    let known = source_keys(entity, keys);
-    let src = postgres::fetch_source(source, entity, &known).await?;
-    let tgt = target.fetch(entity, keys).await?;
-    let deleted = postgres::fetch_deletions(source, entity, &known).await;
-    let mut out = Vec::new();
-    for key in keys {
-        let s = src.get(key);
-        let records = tgt.get(key).map(Vec::as_slice).unwrap_or_default();
-        if let Some(anomaly) = classify(entity, key, s, records, deleted.get(key).copied().flatten(), target.precision()) {
-            out.push(anomaly);
-        }
-    }
-    Ok(out)
-}
-
-pub(crate) fn classify(
-    entity: &Entity,
-    key: &str,
-    source: Option<&SourceRecord>,
-    records: &[TargetRecord],
-    deleted_at: Option<DateTime<Utc>>,
-    precision: TimestampPrecision,
-) -> Option<Anomaly> {
-    let live: Vec<&TargetRecord> = records.iter().filter(|r| !r.deleted).collect();
-    let shown = live.first().copied().or(records.first());
-    let anomaly = |kind, evidence: String, fields| Anomaly {
-        kind,
-        entity: entity.name.clone(),
-        key: key.to_string(),
-        fields,
-        source_row: source.map(|s| s.row.clone()),
-        target_record: shown.map(|t| t.record.clone()),
-        evidence,
-        source_committed_at: source.and_then(|s| s.committed_at),
-        hop: None,
-    };
-    if live.len() > 1 {
-        return Some(anomaly(AnomalyKind::DuplicateApply, format!("the target holds {} live records for this key", live.len()), vec![]));
-    }
-    let t = live.first().copied();
-    match (source, t) {
-        (None, None) => None,
-        (Some(s), None) => {
-            let what = if records.is_empty() { "no record" } else { "only a tombstone" };
-            Some(anomaly(
-                AnomalyKind::LostChange,
-                format!("the source holds the row, the target {what}"),
-                field_diffs(entity, Some(&s.values), None, precision),
-            ))
-        }
-        (None, Some(t)) => match deleted_at {
-            Some(d) if t.applied_at.is_some_and(|a| a > d) => Some(anomaly(
-                AnomalyKind::ResurrectedDelete,
-                format!("the source deleted the key at {d}; the target re-applied a live version at {}", fmt_ts(t.applied_at)),
-                vec![],
-            )),
-            Some(d) => Some(anomaly(
-                AnomalyKind::LostChange,
-                format!("the source deleted the key at {d}; the target still holds the version applied at {} (delete not applied)", fmt_ts(t.applied_at)),
-                vec![],
-            )),
-            None => Some(anomaly(
-                AnomalyKind::ExtraRow,
-                "the source never deleted this key and does not hold it".into(),
-                field_diffs(entity, None, Some(&t.values), precision),
-            )),
-        },
-        (Some(s), Some(t)) => {
-            let fields = field_diffs(entity, Some(&s.values), Some(&t.values), precision);
-            if fields.is_empty() {
-                return None;
-            }
-            let (Some(committed), Some(version)) = (s.committed_at, t.source_ts) else {
-                return Some(anomaly(AnomalyKind::ValueMismatch, "values differ; commit times unknown (track_commit_timestamp off?)".into(), fields));
-            };
-            if millis(version) < millis(committed) {
-                if t.applied_at.is_some_and(|a| a >= committed) {
-                    Some(anomaly(
-                        AnomalyKind::StaleOverwrite,
-                        format!(
-                            "the target holds the version committed at {version}, applied at {} after the newer version committed at {committed}",
-                            fmt_ts(t.applied_at)
-                        ),
-                        fields,
-                    ))
-                } else {
-                    Some(anomaly(
-                        AnomalyKind::LostChange,
-                        format!("the target holds the version committed at {version}; the change committed at {committed} never arrived"),
-                        fields,
-                    ))
-                }
-            } else {
-                Some(anomaly(AnomalyKind::ValueMismatch, format!("both sides are at the version committed at {committed} but values differ"), fields))
-            }
-        }
-    }
-}
-
-fn fmt_ts(ts: Option<DateTime<Utc>>) -> String {
+pub(crate) fn fmt_ts(ts: Option<DateTime<Utc>>) -> String {
     ts.map(|t| t.to_string()).unwrap_or_else(|| "an unknown time".into())
 }
 

@@ -210,7 +210,21 @@ fn target_record(entity: &Entity, record: &Document, parent: Option<&Bson>, evid
         let millis = cdc?.get_datetime(name).ok()?.timestamp_millis();
         DateTime::<Utc>::from_timestamp_millis(millis)
     };
-    TargetRecord { values, deleted: is_absent(entity, record), source_ts: date("source_ts"), applied_at: date("applied_at"), record: evidence }
+    let int = |name: &str| match cdc?.get(name)? {
+        Bson::Int32(i) => Some(i64::from(*i)),
+        Bson::Int64(i) => Some(*i),
+        _ => None,
+    };
+    let position = int("partition").and_then(|p| i32::try_from(p).ok()).zip(int("offset"));
+    TargetRecord {
+        values,
+        deleted: is_absent(entity, record),
+        source_ts: date("source_ts"),
+        applied_at: date("applied_at"),
+        position,
+        lsn: int("lsn"),
+        record: evidence,
+    }
 }
 
 /// Every record (duplicates and tombstones included) the target holds for `keys`.

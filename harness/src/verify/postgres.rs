@@ -18,7 +18,7 @@ fn ident(name: &str) -> String {
 
 /// The source table, quoted: `schema.table` as written in the mapping, else found through
 /// the source connection's search path (the stack's workload schema).
-fn source_relation(entity: &Entity) -> String {
+pub(super) fn source_relation(entity: &Entity) -> String {
     match entity.source_table.split_once('.') {
         Some((schema, table)) => format!("{}.{}", ident(schema), ident(table)),
         None => ident(&entity.source_table),
@@ -29,8 +29,35 @@ fn column_list(entity: &Entity) -> String {
     entity.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>().join(", ")
 }
 
-fn text_column_list(entity: &Entity, alias: &str) -> String {
-    entity.columns.iter().map(|c| format!("{alias}.{}::text", ident(&c.name))).collect::<Vec<_>>().join(", ")
+/// The target's columns in the source's order; a column the target lacks reads as null.
+fn target_column_list(entity: &Entity) -> String {
+    entity.columns.iter().map(|c| if c.absent_in_target { "NULL::text".to_string() } else { ident(&c.name) }).collect::<Vec<_>>().join(", ")
+}
+
+fn text_column_list(entity: &Entity, alias: &str, target: bool) -> String {
+    entity
+        .columns
+        .iter()
+        .map(|c| if target && c.absent_in_target { "NULL::text".to_string() } else { format!("{alias}.{}::text", ident(&c.name)) })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The source table's live columns in attribute order: name, type name (a domain's base
+/// type), and the type as written (`numeric(10,2)`). Empty when the table does not exist.
+pub(super) async fn source_columns(client: &Client, entity: &Entity) -> Result<Vec<super::columns::SourceColumn>, VerifyError> {
+    let sql = "SELECT a.attname::text, coalesce(b.typname, t.typname)::text, format_type(a.atttypid, a.atttypmod) \
+               FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type b ON b.oid = t.typbasetype \
+               WHERE a.attrelid = to_regclass($1)::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+    let rows = client.query(sql, &[&source_relation(entity)]).await.map_err(VerifyError::source)?;
+    Ok(rows.iter().map(|r| super::columns::SourceColumn { name: r.get(0), typname: r.get(1), declared: r.get(2) }).collect())
+}
+
+/// The names of the target table's live columns (empty when it does not exist).
+pub(super) async fn target_columns(client: &Client, entity: &Entity) -> Result<Vec<String>, VerifyError> {
+    let sql = "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1)::oid AND attnum > 0 AND NOT attisdropped";
+    let rows = client.query(sql, &[&ident(&entity.postgres.table)]).await.map_err(VerifyError::target)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Rows of the source table ordered by key: `key \t col... ` in COPY text format.
@@ -41,8 +68,12 @@ pub async fn scan_source(client: &Client, entity: &Entity) -> Result<CopyLines, 
 
 /// Rows of the target table ordered by key, tombstones included, with `_cdc_deleted` last.
 pub async fn scan_target(client: &Client, entity: &Entity) -> Result<CopyLines, VerifyError> {
-    let sql =
-        format!("COPY (SELECT {}, _cdc_deleted FROM {} ORDER BY {}) TO STDOUT", column_list(entity), ident(&entity.postgres.table), ident(&entity.key().name));
+    let sql = format!(
+        "COPY (SELECT {}, _cdc_deleted FROM {} ORDER BY {}) TO STDOUT",
+        target_column_list(entity),
+        ident(&entity.postgres.table),
+        ident(&entity.key().name)
+    );
     Ok(CopyLines::new(client.copy_out(sql.as_str()).await.map_err(VerifyError::target)?))
 }
 
@@ -51,8 +82,8 @@ pub async fn fetch_source(client: &Client, entity: &Entity, keys: &[String]) -> 
     let commit_ts = "pg_xact_commit_timestamp(s.xmin)";
     let build = |with_commit: bool| {
         format!(
-            "SELECT {}, {}, to_jsonb(s) FROM {} s WHERE s.{} = ANY($1::text[]::uuid[])",
-            text_column_list(entity, "s"),
+            "SELECT {}, {}, to_jsonb(s), s.xmin::text FROM {} s WHERE s.{} = ANY($1::text[]::uuid[])",
+            text_column_list(entity, "s", false),
             if with_commit { commit_ts } else { "NULL::timestamptz" },
             source_relation(entity),
             ident(&entity.key().name)
@@ -70,7 +101,7 @@ pub async fn fetch_source(client: &Client, entity: &Entity, keys: &[String]) -> 
         let committed: Option<DateTime<Utc>> = row.get(n);
         let json: Value = row.get(n + 1);
         let key = values[0].clone().unwrap_or_default();
-        out.insert(key, SourceRecord { values, committed_at: committed, row: json });
+        out.insert(key, SourceRecord { values, committed_at: committed, xid: row.get(n + 2), row: json });
     }
     Ok(out)
 }
@@ -92,7 +123,7 @@ pub async fn fetch_deletions(client: &Client, entity: &Entity, keys: &[String]) 
 pub async fn fetch_target(client: &Client, entity: &Entity, keys: &[String]) -> Result<HashMap<String, Vec<TargetRecord>>, VerifyError> {
     let sql = format!(
         "SELECT {}, t._cdc_deleted, t._cdc_source_ts, t._cdc_applied_at, to_jsonb(t) FROM {} t WHERE t.{} = ANY($1::text[]::uuid[])",
-        text_column_list(entity, "t"),
+        text_column_list(entity, "t", true),
         ident(&entity.postgres.table),
         ident(&entity.key().name)
     );
@@ -102,12 +133,18 @@ pub async fn fetch_target(client: &Client, entity: &Entity, keys: &[String]) -> 
     for row in rows {
         let values: Vec<Option<String>> = (0..n).map(|i| row.get(i)).collect();
         let key = values[0].clone().unwrap_or_default();
+        let record: Value = row.get(n + 3);
+        let int = |name: &str| record.get(name).and_then(Value::as_i64);
+        let position = int("_cdc_partition").and_then(|p| i32::try_from(p).ok()).zip(int("_cdc_offset"));
+        let lsn = int("_cdc_lsn");
         out.entry(key).or_default().push(TargetRecord {
             values,
             deleted: row.get(n),
             source_ts: row.get(n + 1),
             applied_at: row.get(n + 2),
-            record: row.get(n + 3),
+            position,
+            lsn,
+            record,
         });
     }
     Ok(out)

@@ -75,6 +75,23 @@ pub struct EntityOutcome {
     pub extra_in_target: u64,
     pub mismatched: u64,
     pub duplicates: u64,
+    /// Keys that differ only by changes dead-lettered under an expected rule.
+    #[serde(default)]
+    pub excused: u64,
+}
+
+impl EntityOutcome {
+    /// Moves one differing key to `excused`: it was missing (the source holds it, the
+    /// target not), extra (the other way round) or mismatched.
+    pub fn excuse(&mut self, in_source: bool, in_target: bool) {
+        let counter = match (in_source, in_target) {
+            (true, false) => &mut self.missing_in_target,
+            (false, true) => &mut self.extra_in_target,
+            _ => &mut self.mismatched,
+        };
+        *counter = counter.saturating_sub(1);
+        self.excused += 1;
+    }
 }
 
 /// Percentiles of a set of samples, computed exactly (nearest rank over every sample:
@@ -163,6 +180,13 @@ pub struct VerifyReport {
     /// out-of-order applies need it).
     #[serde(default)]
     pub history_checked: bool,
+    /// Columns the source's catalog has other than the mapping says: added, dropped,
+    /// retyped, or absent in the target (see `verify::columns`).
+    #[serde(default)]
+    pub columns: Vec<super::columns::ColumnFinding>,
+    /// The dead letters read back from their topic; `None`: not read.
+    #[serde(default)]
+    pub dlq: Option<super::dlq::DlqReport>,
 }
 
 impl VerifyReport {

@@ -328,8 +328,7 @@ fn evidence(report: &serde_json::Value, dir: &std::path::Path) -> String {
         .collect();
     for log in logs {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let notable: Vec<&str> =
-            text.lines().filter(|l| [" ERROR ", " WARN ", "Launcher: ", "Caused by"].iter().any(|m| l.contains(m))).collect();
+        let notable: Vec<&str> = text.lines().filter(|l| [" ERROR ", " WARN ", "Launcher: ", "Caused by"].iter().any(|m| l.contains(m))).collect();
         out.push_str(&format!("{} ({} notable lines, the last 60):\n", log.display(), notable.len()));
         for line in &notable[notable.len().saturating_sub(60)..] {
             out.push_str(&line.chars().take(300).collect::<String>());

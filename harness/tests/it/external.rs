@@ -113,7 +113,9 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
     let bad_password = variant("bad-password.toml", with_secret.replace(run_dir.join("postgres.password").to_str().unwrap(), wrong_password.to_str().unwrap()));
     let kafka_line = with_secret.lines().find(|l| l.starts_with("bootstrap_servers")).unwrap().to_string();
     let bad_broker = variant("bad-broker.toml", with_secret.replace(&kafka_line, "bootstrap_servers = \"127.0.0.1:1\""));
-    for (file, hop, says) in [(&bad_password, "pre-flight: source", "password authentication failed"), (&bad_broker, "pre-flight: broker", "127.0.0.1:1 do not answer")] {
+    for (file, hop, says) in
+        [(&bad_password, "pre-flight: source", "password authentication failed"), (&bad_broker, "pre-flight: broker", "127.0.0.1:1 do not answer")]
+    {
         let out = harness(&["up", "--backend", "external", "--endpoints", file.to_str().unwrap()], &env);
         let all = text(&out);
         assert_eq!(out.status.code(), Some(2), "{all}");
@@ -134,7 +136,10 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
 
     // Kills and link faults are refused up front, before any load.
     let baseline = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/baseline.toml"))?;
-    let kill = variant("kill.toml", baseline.replace("name = \"baseline\"", "name = \"kill-on-external\"") + "\n[[faults]]\nat = \"5s\"\ntarget = \"sink\"\nfault = \"kill\"\n");
+    let kill = variant(
+        "kill.toml",
+        baseline.replace("name = \"baseline\"", "name = \"kill-on-external\"") + "\n[[faults]]\nat = \"5s\"\ntarget = \"sink\"\nfault = \"kill\"\n",
+    );
     let out = harness(&["run", kill.to_str().unwrap(), "--backend", "external", "--endpoints", file], &env);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("kill on sink is refused"), "{}", text(&out));
@@ -177,11 +182,20 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
     assert_eq!(faults[3]["parameters"]["unreconciled"], "0", "every poison event dead-lettered: {}", faults[3]);
     assert_eq!(report["convergence"]["converged"], true);
     for kind in ["missing", "extra", "mismatched"] {
-        let n: u64 = report["convergence"]["entities"].as_array().unwrap().iter().map(|e| e[match kind {
-            "missing" => "missing_in_target",
-            "extra" => "extra_in_target",
-            _ => "mismatched",
-        }].as_u64().unwrap_or(0)).sum();
+        let n: u64 = report["convergence"]["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e[match kind {
+                    "missing" => "missing_in_target",
+                    "extra" => "extra_in_target",
+                    _ => "mismatched",
+                }]
+                .as_u64()
+                .unwrap_or(0)
+            })
+            .sum();
         assert_eq!(n, 0, "{kind}");
     }
     assert_no_secret(&out, &dir, &[&password, &kafka_secret]);
@@ -191,7 +205,8 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // A mapping of one's own: only the tables it names are verified.
     let builtin = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mapping.toml"))?;
-    let customer_only: String = builtin.split("[[entity]]").take(2).collect::<Vec<_>>().join("[[entity]]").replace("source_table = \"customer\"", "source_table = \"public.customer\"");
+    let customer_only: String =
+        builtin.split("[[entity]]").take(2).collect::<Vec<_>>().join("[[entity]]").replace("source_table = \"customer\"", "source_table = \"public.customer\"");
     let mapping = variant("customer-mapping.toml", customer_only);
     let out = harness(&["verify", "--backend", "external", "--endpoints", file, "--mapping", mapping.to_str().unwrap(), "--json"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -211,7 +226,11 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
         let out = harness(&["up", "--backend", "external", "--endpoints", own_schema.to_str().unwrap()], &env);
         let all = text(&out);
         assert_eq!(out.status.code(), Some(2), "attempt {attempt}: {all}");
-        assert_eq!(all.contains("creating them in schema cdc_harness") && all.contains("CREATE SCHEMA IF NOT EXISTS cdc_harness;"), creates, "attempt {attempt}: {all}");
+        assert_eq!(
+            all.contains("creating them in schema cdc_harness") && all.contains("CREATE SCHEMA IF NOT EXISTS cdc_harness;"),
+            creates,
+            "attempt {attempt}: {all}"
+        );
         assert!(
             all.contains("pre-flight: source: table cdc_harness.customer is not in publication cdc_publication")
                 && all.contains("ADD TABLE cdc_harness.customer, cdc_harness.address, cdc_harness.orders, cdc_harness.order_item"),

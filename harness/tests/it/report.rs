@@ -283,6 +283,8 @@ fn base_report() -> Report {
             full_pass_ms: vec![180, 232],
             dlq_rejected: BTreeMap::from([("email_format".to_string(), 2)]),
             history_checked: true,
+            columns: Vec::new(),
+            dlq: None,
         },
         validation: ValidationStats {
             passed: 11_950,

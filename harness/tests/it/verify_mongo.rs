@@ -95,7 +95,7 @@ async fn sink_rows(f: &Fixture, table: &str) -> anyhow::Result<Vec<SinkRow>> {
             // As the sink's `bson_value`: uuid/text strings, Decimal128, int32, bool, and
             // dates floored to the millisecond.
             let value = match c.ty {
-                ColumnType::Uuid | ColumnType::Text => row.get::<_, Option<String>>(i).map_or(Bson::Null, Bson::String),
+                ColumnType::Uuid | ColumnType::Text | ColumnType::Json => row.get::<_, Option<String>>(i).map_or(Bson::Null, Bson::String),
                 ColumnType::Numeric => row.get::<_, Option<String>>(i).map_or(Ok(Bson::Null), |d| d.parse().map(Bson::Decimal128))?,
                 ColumnType::Timestamptz => {
                     row.get::<_, Option<DateTime<Utc>>>(i).map_or(Bson::Null, |t| Bson::DateTime(mongodb::bson::DateTime::from_millis(t.timestamp_millis())))

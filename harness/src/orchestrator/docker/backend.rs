@@ -25,12 +25,12 @@ use super::spec::{self, ConnectorHealth, ContainerSpec, HostPorts, Registration,
 use super::{DockerConfig, DockerError, SINK_IMAGE, TargetKind};
 use crate::config::StackConfig;
 use crate::faults::Link;
-use fault_proxy::LinkFault;
-use fault_proxy::FaultBody;
 use crate::orchestrator::local::{broker, debezium as local_debezium, postgres as local_pg, sink as local_sink};
 use crate::orchestrator::state::{self, PortPicker, absolute, state_err};
 use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
+use fault_proxy::FaultBody;
+use fault_proxy::LinkFault;
 
 const STATE_FILE: &str = "docker-stack.json";
 const POLL: Duration = Duration::from_millis(500);

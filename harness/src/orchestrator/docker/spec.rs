@@ -638,7 +638,6 @@ pub fn snapshot_finished(offsets: &Value) -> Option<bool> {
     Some(!in_snapshot || last)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,8 +99,12 @@ pub struct SinkSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum SecretRef {
-    Env { env: String },
-    File { file: PathBuf },
+    Env {
+        env: String,
+    },
+    File {
+        file: PathBuf,
+    },
     /// Only to say why it is refused.
     Clear(String),
 }
@@ -159,7 +163,10 @@ impl EndpointsFile {
         let mut kafka_client = BTreeMap::new();
         for (key, value) in &self.kafka.client {
             if is_secret_setting(key) {
-                return Err(invalid(&format!("kafka.client.\"{key}\""), "a credential in clear is refused: move it to [kafka.client_secrets] as { env = \"VAR\" } or { file = \"path\" }".into()));
+                return Err(invalid(
+                    &format!("kafka.client.\"{key}\""),
+                    "a credential in clear is refused: move it to [kafka.client_secrets] as { env = \"VAR\" } or { file = \"path\" }".into(),
+                ));
             }
             if key == "bootstrap.servers" {
                 return Err(invalid(&format!("kafka.client.\"{key}\""), "set kafka.bootstrap_servers instead".into()));
@@ -244,7 +251,9 @@ impl EndpointsFile {
 
     pub fn to_toml(&self) -> String {
         let body = toml::to_string_pretty(self).expect("the endpoints file serializes");
-        format!("# Endpoints of a CDC stack for `harness ... --backend external --endpoints FILE`.\n# Credentials are references ({{ env = \"VAR\" }} or {{ file = \"path\" }}), never values.\n\n{body}")
+        format!(
+            "# Endpoints of a CDC stack for `harness ... --backend external --endpoints FILE`.\n# Credentials are references ({{ env = \"VAR\" }} or {{ file = \"path\" }}), never values.\n\n{body}"
+        )
     }
 }
 
@@ -264,7 +273,9 @@ fn parse_dsn(dsn: &str) -> Result<Dsn, String> {
     }
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        Some(tokio_postgres::config::Host::Unix(path)) => return Err(format!("a unix socket ({}) cannot be reached from here: name a TCP host", path.display())),
+        Some(tokio_postgres::config::Host::Unix(path)) => {
+            return Err(format!("a unix socket ({}) cannot be reached from here: name a TCP host", path.display()));
+        }
         None => return Err("names no host".into()),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
@@ -338,9 +349,15 @@ password = { file = "pg.secret" }
             assert!(err.contains(want), "{want}: {err}");
         };
         refused(&GOOD.replace("postgres://cdc@db.staging", "postgres://cdc:hunter2@db.staging"), "source.dsn: carries a password in clear");
-        refused(&GOOD.replace(r#"password = { file = "pg.secret" }
-publication"#, r#"password = "hunter2"
-publication"#), "source.password: a credential in clear is refused");
+        refused(
+            &GOOD.replace(
+                r#"password = { file = "pg.secret" }
+publication"#,
+                r#"password = "hunter2"
+publication"#,
+            ),
+            "source.password: a credential in clear is refused",
+        );
         refused(&GOOD.replace(r#""sasl.mechanism" = "PLAIN""#, r#""sasl.password" = "hunter2""#), "kafka.client.\"sasl.password\"");
         refused(&GOOD.replace("[connect]", "[connect]\ntimeout = 3"), "unknown field `timeout`");
         refused(&GOOD.replace("http://connect:8083/", "http://admin:hunter2@connect:8083/"), "connect.url: carries a password in clear");

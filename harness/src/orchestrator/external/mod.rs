@@ -84,7 +84,11 @@ impl ExternalStack {
     pub async fn up(&mut self) -> Result<Endpoints, ServiceError> {
         let e = self.endpoints.clone();
         eprintln!("external: pre-flight of {} (nothing is started or stopped on this backend)", self.file.display());
-        let source = e.postgres.connect_source().await.map_err(|err| preflight("source", format!("{}: {}", e.postgres.display(&e.postgres.source_db), pg_error(&err))))?;
+        let source = e
+            .postgres
+            .connect_source()
+            .await
+            .map_err(|err| preflight("source", format!("{}: {}", e.postgres.display(&e.postgres.source_db), pg_error(&err))))?;
         // The source hop first: its tables are the first thing a team sets up.
         let schema = &e.postgres.source_schema;
         ensure_tables(&source, schema).await?;
@@ -110,7 +114,9 @@ impl ExternalStack {
     async fn check_target(&self) -> Result<(), ServiceError> {
         match &self.mongo {
             Some((uri, db)) => {
-                let client = mongodb::Client::with_uri_str(uri.expose()).await.map_err(|err| preflight("target", format!("MongoDB: {}", redact(&err.to_string(), uri))))?;
+                let client = mongodb::Client::with_uri_str(uri.expose())
+                    .await
+                    .map_err(|err| preflight("target", format!("MongoDB: {}", redact(&err.to_string(), uri))))?;
                 client
                     .database(db)
                     .run_command(mongodb::bson::doc! { "ping": 1 })
@@ -118,7 +124,11 @@ impl ExternalStack {
                     .map_err(|err| preflight("target", format!("MongoDB database {db}: {}", redact(&err.to_string(), uri))))?;
             }
             None => {
-                self.endpoints.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {}", self.endpoints.postgres.display_target(), pg_error(&err))))?;
+                self.endpoints
+                    .postgres
+                    .connect_target()
+                    .await
+                    .map_err(|err| preflight("target", format!("{}: {}", self.endpoints.postgres.display_target(), pg_error(&err))))?;
             }
         }
         Ok(())
@@ -177,16 +187,19 @@ impl ExternalStack {
                 (Reader::Mongo(client.database(db).collection(&entity.mongo.collection), uri.clone()), format!("collection {}", entity.mongo.collection))
             }
             None => {
-                let target = e.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {}", e.postgres.display_target(), pg_error(&err))))?;
+                let target =
+                    e.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {}", e.postgres.display_target(), pg_error(&err))))?;
                 let sql = format!("SELECT 1 FROM \"{}\" WHERE id = $1", entity.postgres.table.replace('"', ""));
                 (Reader::Postgres(target, sql), format!("table {}", entity.postgres.table))
             }
         };
         loop {
             let arrived = match &reader {
-                Reader::Mongo(docs, uri) => {
-                    docs.find_one(mongodb::bson::doc! { "_id": id.to_string() }).await.map_err(|err| preflight("target", redact(&err.to_string(), uri)))?.is_some()
-                }
+                Reader::Mongo(docs, uri) => docs
+                    .find_one(mongodb::bson::doc! { "_id": id.to_string() })
+                    .await
+                    .map_err(|err| preflight("target", redact(&err.to_string(), uri)))?
+                    .is_some(),
                 Reader::Postgres(target, sql) => {
                     target.query_opt(sql.as_str(), &[&id]).await.map_err(|err| preflight("target", format!("reading {where_}: {}", pg_error(&err))))?.is_some()
                 }
@@ -196,7 +209,10 @@ impl ExternalStack {
                 return Ok(());
             }
             if started.elapsed() >= CANARY_TIMEOUT {
-                return Err(preflight("sink", format!("the canary row {id} reached topic {topic} but not the target {where_} within {}s", CANARY_TIMEOUT.as_secs())));
+                return Err(preflight(
+                    "sink",
+                    format!("the canary row {id} reached topic {topic} but not the target {where_} within {}s", CANARY_TIMEOUT.as_secs()),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -258,7 +274,8 @@ async fn topic_partitions(e: &Endpoints) -> Result<u32, ServiceError> {
     let kafka = e.kafka.clone();
     let topics: Vec<String> = TABLES.iter().map(|t| e.topic(t)).collect();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config.clone().set("socket.timeout.ms", "5000").create().map_err(|err| preflight("broker", format!("Kafka client for {kafka}: {err}")))?;
+        let consumer: BaseConsumer =
+            config.clone().set("socket.timeout.ms", "5000").create().map_err(|err| preflight("broker", format!("Kafka client for {kafka}: {err}")))?;
         let metadata = consumer
             .fetch_metadata(None, Duration::from_secs(10))
             .map_err(|err| preflight("broker", format!("Kafka bootstrap servers {kafka} do not answer: {err}")))?;
@@ -308,7 +325,10 @@ async fn ensure_tables(source: &tokio_postgres::Client, schema: &str) -> Result<
     }
     if missing.len() < TABLES.len() {
         let missing: Vec<String> = missing.iter().map(|t| format!("{schema}.{t}")).collect();
-        return Err(preflight("source", format!("the workload tables are partly there: missing {} (the harness needs all of {})", missing.join(", "), TABLES.join(", "))));
+        return Err(preflight(
+            "source",
+            format!("the workload tables are partly there: missing {} (the harness needs all of {})", missing.join(", "), TABLES.join(", ")),
+        ));
     }
     // `schema` is a plain identifier (checked when the file was read): no quoting needed.
     let ddl = format!("CREATE SCHEMA IF NOT EXISTS {schema};\nSET search_path TO {schema};\n{}", include_str!("../../../sql/source_schema.sql"));

@@ -23,8 +23,8 @@ use super::state::{self, PortPicker, absolute, state_err};
 use super::{ConnectEndpoint, Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 use crate::config::{DLQ_TOPIC, StackConfig, TABLES, topic_for};
 use crate::faults::Link;
-use fault_proxy::{FaultProxy, LinkFault};
 use crate::provision::Provisioned as Tools;
+use fault_proxy::{FaultProxy, LinkFault};
 
 const STATE_FILE: &str = "stack.json";
 

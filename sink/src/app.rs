@@ -19,13 +19,15 @@ use crate::model::Entity;
 use crate::retry::Backoff;
 use crate::schema::SchemaTracker;
 use crate::source::{ConsumerShared, GroupState, Source, SourceError, create_consumer};
-use crate::targets::{Target, TargetError};
+use crate::targets::{ErrorClass, Target, TargetError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
-    #[error("target: {0}")]
+    /// Only errors that waiting does not fix (bad credentials, permissions, a missing
+    /// database): transient ones are waited out.
+    #[error("the target refused the sink at start-up ({0}); fix the target settings or grants and restart")]
     Target(#[from] TargetError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -34,13 +36,14 @@ pub enum RunError {
 }
 
 /// Connects the target, waiting while it is unreachable (a transient error) and failing
-/// on anything else (bad credentials, bad database).
+/// on anything else (bad credentials, permissions, a missing database): those would fail
+/// every write, and an operator learns of them at once from the exit status.
 async fn connect_target(config: &SinkConfig, metrics: &Metrics) -> Result<Target, TargetError> {
     let mut backoff = Backoff::new(&config.apply);
     loop {
         match Target::connect(&config.target, config.audit.enabled).await {
             Ok(t) => return Ok(t),
-            Err(error) if error.is_retriable() => {
+            Err(error) if error.class() == ErrorClass::Transient => {
                 metrics.dependency_up("target", false);
                 warn!(message = "target not reachable yet, waiting", %error);
                 backoff.wait().await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::config::SinkConfig;
@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::model::{Change, Coords, Entity, Version};
 use crate::retry::Backoff;
 use crate::schema::SchemaTracker;
-use crate::targets::Target;
+use crate::targets::{ErrorClass, Target, TargetError};
 use crate::validation::{KeyMemory, Rule, Severity, Tally, Validator};
 
 /// A Kafka record, detached from the consumer.
@@ -176,6 +176,7 @@ impl Handler {
 
     async fn process_inner(&self, batch: &[Record], state: &mut PartitionState) -> Vec<Outcome> {
         let entity = self.entity;
+        let Some(first) = batch.first() else { return Vec::new() };
         let mut outcomes = vec![Outcome::Ignored; batch.len()];
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut changes: Vec<(usize, Change)> = Vec::with_capacity(batch.len());
@@ -244,9 +245,13 @@ impl Handler {
             changes.iter().filter_map(|(_, c)| c.after.as_ref()).flat_map(|row| self.schema.observe(entity, row, &self.metrics)).collect();
         if !added.is_empty() {
             let added: Vec<String> = added.into_iter().collect();
-            // A refused ALTER is already logged and counted; the rows then fail the apply
-            // and go to the DLQ with the target's reason.
-            let _ = self.retry("ensure_columns", || self.target.ensure_columns(entity, &added)).await;
+            // A refusal about the target (not owner, no privilege) stalls the partition in
+            // `retry` until fixed. One about the column itself (a name the server refuses)
+            // is logged; the rows carrying it then fail the apply on the missing column,
+            // which stalls the partition with that reason: never skipped silently.
+            if let Err(error) = self.retry("ensure_columns", &first.coords, || self.target.ensure_columns(entity, &added)).await {
+                error!(message = "added columns refused by the target", entity = %entity, columns = ?added, %error);
+            }
         }
 
         let validated: Vec<(Uuid, Version)> = changes.iter().map(|(_, c)| (c.key, c.version)).collect();
@@ -262,10 +267,13 @@ impl Handler {
 
         if !changes.is_empty() {
             let plain: Vec<Change> = changes.iter().map(|(_, c)| c.clone()).collect();
-            let report = self.retry("apply", || self.target.apply(entity, &plain)).await;
+            let report = self.retry("apply", &first.coords, || self.target.apply(entity, &plain)).await;
             let report = match report {
                 Ok(r) => r,
-                Err(reason) => crate::targets::ApplyReport { rejected: plain.iter().map(|c| (c.key, reason.clone())).collect(), ..Default::default() },
+                Err(reason) => {
+                    let reason = reason.to_string();
+                    crate::targets::ApplyReport { rejected: plain.iter().map(|c| (c.key, reason.clone())).collect(), ..Default::default() }
+                }
             };
             let mut latest: HashMap<Uuid, &Change> = HashMap::with_capacity(plain.len());
             for c in &plain {
@@ -424,9 +432,9 @@ impl Handler {
         }
         // A log the target refuses is reported and counted; the events' effects (none, or
         // the DLQ record) are durable, so the offset may still move on.
-        if let Err(reason) = self.retry("apply_log", || self.target.log(self.entity, &entries)).await {
+        if let Err(reason) = self.retry("apply_log", &batch[0].coords, || self.target.log(self.entity, &entries)).await {
             self.metrics.error("apply_log");
-            warn!(message = "apply log rows refused by the target", entity = %self.entity, reason);
+            warn!(message = "apply log rows refused by the target", entity = %self.entity, %reason);
         }
     }
 
@@ -442,30 +450,53 @@ impl Handler {
         }
     }
 
-    /// Runs `op` until it succeeds or fails for a non-retriable reason (returned as text).
-    async fn retry<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, String>
+    /// Runs `op` until it succeeds or fails for a reason of the row's own (returned, the
+    /// event is then dead-lettered). Transient errors are retried quietly; an error about
+    /// the target (see `ErrorClass::Target`) stalls the partition at `at` visibly (readiness,
+    /// gauge, ERROR log) while retrying, and the stall is cleared once the target accepts.
+    async fn retry<T, F, Fut>(&self, what: &'static str, at: &Coords, mut op: F) -> Result<T, TargetError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, crate::targets::TargetError>>,
+        Fut: std::future::Future<Output = Result<T, TargetError>>,
     {
         let mut backoff = Backoff::new(&self.config.apply);
+        let mut stalled = false;
         loop {
             match op().await {
                 Ok(v) => {
                     self.metrics.dependency_up("target", true);
+                    if stalled {
+                        self.stalls.clear(&at.topic, at.partition);
+                        self.metrics.partition_stalled(&at.topic, at.partition, false);
+                        info!(message = "target accepts the writes again; partition resumed", operation = what, entity = %self.entity,
+                            topic = %at.topic, partition = at.partition);
+                    }
                     return Ok(v);
                 }
-                Err(error) if error.is_retriable() => {
-                    self.metrics.error("target_transient");
-                    self.metrics.dependency_up("target", false);
-                    warn!(message = "target unavailable, retrying", operation = what, entity = %self.entity, %error);
-                    backoff.wait().await;
-                }
-                Err(error) => {
-                    self.metrics.error("target_permanent");
-                    warn!(message = "target refused the operation", operation = what, entity = %self.entity, %error);
-                    return Err(error.to_string());
-                }
+                Err(error) => match error.class() {
+                    ErrorClass::Transient => {
+                        self.metrics.error("target_transient");
+                        self.metrics.dependency_up("target", false);
+                        warn!(message = "target unavailable, retrying", operation = what, entity = %self.entity, %error);
+                        backoff.wait().await;
+                    }
+                    ErrorClass::Target => {
+                        self.metrics.error("target_refused");
+                        if !stalled {
+                            stalled = true;
+                            self.stalls.mark(&at.topic, at.partition, format!("the target refuses {what} for {}: {error}", self.entity));
+                            self.metrics.partition_stalled(&at.topic, at.partition, true);
+                        }
+                        error!(message = "the target refuses the writes of this entity until an operator acts; partition stalled, retrying",
+                            operation = what, entity = %self.entity, %error, topic = %at.topic, partition = at.partition, offset = at.offset);
+                        backoff.wait().await;
+                    }
+                    ErrorClass::Record => {
+                        self.metrics.error("target_permanent");
+                        warn!(message = "target refused the operation", operation = what, entity = %self.entity, %error);
+                        return Err(error);
+                    }
+                },
             }
         }
     }
@@ -495,13 +526,14 @@ impl Handler {
         let mut ids: Vec<Uuid> = refs.iter().map(|(_, p)| *p).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut missing = self.missing(parent, &ids).await;
+        let at = &batch[0].coords;
+        let mut missing = self.missing(parent, &ids, at).await;
         if setting.severity == Severity::Reject {
             let deadline = Instant::now() + self.config.validation.referential_grace;
             while !missing.is_empty() && Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 let still: Vec<Uuid> = missing.iter().copied().collect();
-                missing = self.missing(parent, &still).await;
+                missing = self.missing(parent, &still, at).await;
             }
         }
         for _ in refs.iter().filter(|(_, p)| !missing.contains(p)) {
@@ -548,8 +580,8 @@ impl Handler {
         });
     }
 
-    async fn missing(&self, parent: Entity, ids: &[Uuid]) -> HashSet<Uuid> {
-        match self.retry("referential_lookup", || self.target.existing(parent, ids)).await {
+    async fn missing(&self, parent: Entity, ids: &[Uuid], at: &Coords) -> HashSet<Uuid> {
+        match self.retry("referential_lookup", at, || self.target.existing(parent, ids)).await {
             Ok(found) => ids.iter().filter(|id| !found.contains(id)).copied().collect(),
             // A lookup the target refuses is not evidence of a missing parent.
             Err(_) => HashSet::new(),

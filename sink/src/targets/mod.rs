@@ -40,17 +40,37 @@ fn postgres_reason(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whom an error is about, which decides what the sink does with the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The target, or the link to it, is briefly unavailable (connection loss, timeouts,
+    /// failover, lock or serialization conflicts): retried with backoff, without limit.
+    Transient,
+    /// The target refuses this row (a value out of range, a constraint): its event is
+    /// dead-lettered with the reason and the partition moves on.
+    Record,
+    /// The target refuses every write until an operator acts (credentials, permissions, a
+    /// table or column that is missing, a read-only node): never the row's fault, so never
+    /// dead-lettered. The partition stalls and says so (`/readyz` 503 with the reason,
+    /// `sink_partition_stalled`, an ERROR log) while it retries at the backoff, and resumes by
+    /// itself once fixed. At start-up the sink exits 1 instead.
+    Target,
+}
+
 impl TargetError {
-    /// Transient errors (connection loss, timeouts, failover, lock/serialization
-    /// conflicts) are retried with backoff forever: a target that is down makes the sink
-    /// wait, never skip. Anything else is a property of the data and is not retried.
-    pub fn is_retriable(&self) -> bool {
+    pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Postgres(e) => postgres::is_retriable(e),
-            Self::Mongo(e) => mongodb::is_retriable(e),
-            Self::MongoWrite { code, .. } => mongodb::is_retriable_code(*code),
-            Self::Timeout { .. } => true,
+            Self::Postgres(e) => postgres::class_of(e),
+            Self::Mongo(e) => mongodb::class_of(e),
+            Self::MongoWrite { code, .. } => mongodb::class_of_code(*code),
+            Self::Timeout { .. } => ErrorClass::Transient,
         }
+    }
+
+    /// Whether the write must be tried again (transient, or the target's fault): a batch
+    /// that failed so is never split up to find a bad row.
+    pub fn is_retriable(&self) -> bool {
+        self.class() != ErrorClass::Record
     }
 }
 

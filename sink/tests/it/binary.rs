@@ -283,3 +283,35 @@ async fn large_events_are_held_within_max_buffered_bytes() {
     }
     println!("peak held: {peak} bytes of {total} produced (limit {LIMIT})");
 }
+
+/// A wrong password is not a target that is down: the sink exits 1 at once with the server's
+/// reason instead of retrying forever, and the password is not in its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_at_start_up_exits_1_with_the_reason() {
+    let pg = TestPostgres::start("sink-bin-badpw-pg").await.unwrap();
+    let dir = run_dir("sink-bin-badpw");
+    let e = &pg.endpoint;
+    let config = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\ngroup_id = \"g\"\ntopics = [\"cdc.public.customer\"]\ndlq_topic = \"cdc.dlq\"\n\n[target]\nkind = \"postgres\"\n\
+         url = \"host={} port={} user={} dbname={}\"\n[target.postgres]\nconnect_timeout = \"2s\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        e.host, e.port, e.user, e.target_db
+    );
+    std::fs::write(dir.join("sink.toml"), config).unwrap();
+    let mut child = Running::start(
+        sink().arg("--config").arg(dir.join("sink.toml")).env("SINK__TARGET__PASSWORD", "not-the-password").stdout(Stdio::piped()).stderr(Stdio::piped()),
+    );
+    // A hang guard only: the exit comes with the server's first answer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the sink kept retrying a wrong password");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("28P01") && stderr.contains("password authentication failed") && stderr.contains("refused the sink at start-up"), "{stderr}");
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+}

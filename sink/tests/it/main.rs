@@ -9,5 +9,6 @@ mod fixtures;
 mod mongo;
 mod postgres_apply;
 mod rebalance;
+mod target_refusal;
 mod telemetry;
 mod throughput;

@@ -335,3 +335,44 @@ async fn added_columns_named_like_the_sinks_own_are_renamed() {
     let row = client.query_one("SELECT _cdc_lsn, \"_source__cdc_lsn\", \"_source_a%2Eb\" FROM customer_materialized WHERE id = $1", &[&key(12)]).await.unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, String>(1), row.get::<_, String>(2)), (77, "source value".to_string(), "1".to_string()));
 }
+
+/// A table made by a sink version without commit positions: on upgrade its rows get their
+/// LSN as commit position, so a later snapshot row replaces them (and an older one still
+/// does not), while a NULL commit written after the upgrade still means an unknown commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_upgrade_rows_can_be_replaced_by_a_later_snapshot_row() {
+    use sink::model::Version;
+    let pg = TestPostgres::start("sink-pg-upgrade").await.unwrap();
+    let client = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE customer_materialized (id uuid PRIMARY KEY, email text, status text, updated_at timestamptz, \
+             _cdc_lsn bigint not null, _cdc_source_ts timestamptz, _cdc_op char(1) not null, _cdc_partition int, _cdc_offset bigint, \
+             _cdc_applied_at timestamptz not null default clock_timestamp(), _cdc_deleted boolean not null default false);
+             INSERT INTO customer_materialized (id, email, status, _cdc_lsn, _cdc_op) VALUES ('0d0d0d0d-0d0d-0d0d-0d0d-0d0d0d0d0d0d', 'old@x.io', 'active', 100, 'u');",
+        )
+        .await
+        .unwrap();
+    let target = postgres_target(&pg).await;
+    let id = key(13);
+    let snapshot = |lsn: i64, email: &str| {
+        let mut c = customer(id, Op::Read, lsn, email, "active", 0);
+        c.version = Version { epoch: 0, commit: Some(lsn), lsn, snapshot: true };
+        c
+    };
+    let r = target.apply(Entity::Customer, &[snapshot(50, "older-snapshot@x.io")]).await.unwrap();
+    assert_eq!(r.stale, vec![id], "a snapshot before the stored change stays stale");
+    let r = target.apply(Entity::Customer, &[snapshot(500, "re-snapshot@x.io")]).await.unwrap();
+    assert_eq!(r.applied, vec![id], "a later snapshot replaces the pre-upgrade row");
+    assert_eq!(customer_row(&client, id).await.map(|r| r.0), Some(Some("re-snapshot@x.io".into())));
+    // Restarting the sink does not touch NULL commits written since (first transactions).
+    let first = key(14);
+    let mut c = customer(first, Op::Update, 900, "first@x.io", "active", 1);
+    c.version = Version::streamed(None, 900);
+    target.apply(Entity::Customer, &[c]).await.unwrap();
+    drop(target);
+    let target = postgres_target(&pg).await;
+    let mut replayed = customer(first, Op::Read, 1000, "snapshot@x.io", "active", 0);
+    replayed.version = Version { epoch: 0, commit: Some(1000), lsn: 1000, snapshot: true };
+    assert_eq!(target.apply(Entity::Customer, &[replayed]).await.unwrap().stale, vec![first], "an unknown commit still outranks the snapshot");
+}

@@ -5,5 +5,5 @@ mod service;
 mod sink;
 
 pub use config::MongoConfig;
-pub use service::{is_retriable, is_retriable_code};
+pub use service::{class_of, class_of_code};
 pub use sink::{MongoSink, collection_name};

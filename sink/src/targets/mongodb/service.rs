@@ -6,30 +6,35 @@ use mongodb::{Client, Database};
 
 use super::MongoConfig;
 use crate::config::TargetConfig;
+use crate::targets::ErrorClass;
 
-/// Server error codes worth retrying: elections, shutdowns, network, time limits, write
-/// conflicts, and duplicate key (two upserts racing to create the same document: the
-/// retry then matches it).
-/// Infrastructure, not data, is also retried: Unauthorized (13) and AuthenticationFailed
-/// (18) are fixed by an operator, after which the same write succeeds; a write-concern
-/// failure (64, also what a write-concern error without a code is taken as) says the write
-/// is not yet durable, never that the row is bad.
-pub fn is_retriable_code(code: i32) -> bool {
-    matches!(code, 6 | 7 | 13 | 18 | 50 | 64 | 89 | 91 | 112 | 189 | 262 | 9001 | 10107 | 11000 | 11600 | 11602 | 13435 | 13436)
+/// By server error code. The target's fault: Unauthorized (13) and AuthenticationFailed
+/// (18), fixed by an operator, after which the same write succeeds. Transient: elections,
+/// shutdowns, network, time limits, write conflicts, a write-concern failure (64: not yet
+/// durable, never a bad row), and duplicate key (two upserts racing to create the same
+/// document: the retry then matches it). Anything else is the row's.
+pub fn class_of_code(code: i32) -> ErrorClass {
+    match code {
+        13 | 18 => ErrorClass::Target,
+        6 | 7 | 50 | 64 | 89 | 91 | 112 | 189 | 262 | 9001 | 10107 | 11000 | 11600 | 11602 | 13435 | 13436 => ErrorClass::Transient,
+        _ => ErrorClass::Record,
+    }
 }
 
-pub fn is_retriable(e: &Error) -> bool {
+pub fn class_of(e: &Error) -> ErrorClass {
     if e.contains_label("RetryableWriteError") || e.contains_label("TransientTransactionError") {
-        return true;
+        return ErrorClass::Transient;
     }
     match &*e.kind {
         ErrorKind::Io(_) | ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. } | ErrorKind::DnsResolve { .. } | ErrorKind::Shutdown => {
-            true
+            ErrorClass::Transient
         }
-        ErrorKind::Authentication { .. } | ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
-        ErrorKind::Command(c) => is_retriable_code(c.code),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => is_retriable_code(w.code),
-        _ => false,
+        // A write-concern error without a code is taken as 64.
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => ErrorClass::Transient,
+        ErrorKind::Authentication { .. } => ErrorClass::Target,
+        ErrorKind::Command(c) => class_of_code(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => class_of_code(w.code),
+        _ => ErrorClass::Record,
     }
 }
 
@@ -42,4 +47,16 @@ pub async fn connect(target: &TargetConfig, settings: &MongoConfig) -> Result<Da
     options.connect_timeout = Some(settings.connect_timeout);
     options.app_name = Some("cdc-sink".into());
     Ok(Client::with_options(options)?.database(&settings.database))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_classified_by_whom_they_are_about() {
+        assert_eq!((class_of_code(13), class_of_code(18)), (ErrorClass::Target, ErrorClass::Target));
+        assert_eq!((class_of_code(64), class_of_code(11000), class_of_code(91)), (ErrorClass::Transient, ErrorClass::Transient, ErrorClass::Transient));
+        assert_eq!((class_of_code(2), class_of_code(121)), (ErrorClass::Record, ErrorClass::Record));
+    }
 }

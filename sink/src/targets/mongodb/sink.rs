@@ -22,7 +22,7 @@ use mongodb::options::IndexOptions;
 use uuid::Uuid;
 
 use super::MongoConfig;
-use super::service::{connect, is_retriable_code};
+use super::service::{class_of_code, connect};
 use crate::config::TargetConfig;
 use crate::model::{Change, Entity, Field, Value, Version};
 use crate::targets::{ApplyReport, LogEntry, LoggedOutcome, TargetError};
@@ -132,7 +132,10 @@ fn newer_than_stored(stored: &str, v: &Version) -> Document {
         branches.push(Bson::Document(doc! { "case": snapshot.clone(), "then": true }));
     }
     if v.snapshot {
-        let unknown_commit = doc! { "$and": [ { "$not": [snapshot] }, { "$eq": [ { "$ifNull": [field("commit"), Bson::Null] }, Bson::Null ] }, { "$ne": [lsn.clone(), -1_i64] } ] };
+        // An explicit null commit is a first transaction of a session; a document written
+        // before versions had a commit position has no `commit` field at all and compares by
+        // its LSN (`$ifNull` below), so a later re-snapshot can replace it.
+        let unknown_commit = doc! { "$and": [ { "$not": [snapshot] }, { "$eq": [ { "$type": field("commit") }, "null" ] }, { "$ne": [lsn.clone(), -1_i64] } ] };
         branches.push(Bson::Document(doc! { "case": unknown_commit, "then": false }));
     }
     let lexicographic = doc! { "$or": [ { "$lt": [commit.clone(), mine] }, { "$and": [ { "$eq": [commit, mine] }, { "$lt": [lsn, v.lsn] } ] } ] };
@@ -257,7 +260,7 @@ fn judge_reply(reply: &Document, keys: &[Uuid], report: &mut ApplyReport) -> Res
             let index = e.get_i32("index").unwrap_or(-1);
             let code = e.get_i32("code").unwrap_or(0);
             let message = e.get_str("errmsg").unwrap_or_default().to_string();
-            if is_retriable_code(code) {
+            if class_of_code(code) != crate::targets::ErrorClass::Record {
                 // Unordered: the other statements were applied; replaying them is a no-op.
                 return Err(TargetError::MongoWrite { code, message });
             }

@@ -5,5 +5,5 @@ mod service;
 mod sink;
 
 pub use config::PostgresConfig;
-pub use service::is_retriable;
+pub use service::class_of;
 pub use sink::{PostgresSink, table_name};

@@ -13,37 +13,64 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::PostgresConfig;
 use crate::config::TargetConfig;
+use crate::targets::ErrorClass;
 
-/// Transient: the connection is gone or never came (no SQLSTATE, I/O source, timeout),
-/// or the server says retry (connection exceptions 08, transaction rollbacks 40 such as
-/// serialization failure and deadlock, insufficient resources 53, operator intervention
-/// 57 such as admin shutdown or "cannot connect now", lock not available 55P03).
-/// SQLSTATEs that say something about the target, not the row: retried until an operator
-/// (or a failover) fixes it, never dead-lettered. Lock not available; a read-only node
-/// (25006: connected to a standby); authentication and permissions (28P01, 28000, 42501);
-/// a table or column that is missing (42P01, 42703: dropped, or an `ADD COLUMN` that
-/// failed); I/O errors on the server (58030).
-const INFRASTRUCTURE: [SqlState; 8] = [
-    SqlState::LOCK_NOT_AVAILABLE,
-    SqlState::READ_ONLY_SQL_TRANSACTION,
-    SqlState::INVALID_PASSWORD,
+/// Server errors about the target, not the row: nothing but an operator (or a failover)
+/// fixes them. Credentials (28000, 28P01), permissions (42501: also "must be owner" of a
+/// refused `ALTER TABLE`), a missing database, schema, table or column (3D000, 3F000,
+/// 42P01, 42703: dropped, or an `ADD COLUMN` that failed), a read-only node (25006: a
+/// standby, or a demoted primary after a failover; the connection is dropped so the retry
+/// looks for the primary again).
+const TARGET: [SqlState; 8] = [
     SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+    SqlState::INVALID_PASSWORD,
     SqlState::INSUFFICIENT_PRIVILEGE,
+    SqlState::INVALID_CATALOG_NAME,
+    SqlState::INVALID_SCHEMA_NAME,
     SqlState::UNDEFINED_TABLE,
     SqlState::UNDEFINED_COLUMN,
-    SqlState::IO_ERROR,
+    SqlState::READ_ONLY_SQL_TRANSACTION,
 ];
 
-pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
+/// Transient server errors: connection exceptions (08), transaction rollbacks (40:
+/// serialization failure, deadlock), insufficient resources (53), operator intervention
+/// (57: admin shutdown, "cannot connect now", statement timeout), lock not available
+/// (55P03), I/O and system errors of the server (58030, 58000).
+fn transient(code: &SqlState) -> bool {
+    let c = code.code();
+    c.starts_with("08")
+        || c.starts_with("40")
+        || c.starts_with("53")
+        || c.starts_with("57")
+        || [SqlState::LOCK_NOT_AVAILABLE, SqlState::IO_ERROR, SqlState::SYSTEM_ERROR].contains(code)
+}
+
+pub(crate) fn class_of_sqlstate(code: &SqlState) -> ErrorClass {
+    if TARGET.contains(code) {
+        ErrorClass::Target
+    } else if transient(code) {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Record
+    }
+}
+
+/// A server error by its SQLSTATE; without one, a lost or never-made connection (closed,
+/// an I/O source, a timeout) is transient and anything else (a value the client could not
+/// encode) is the row's.
+pub fn class_of(e: &tokio_postgres::Error) -> ErrorClass {
     if e.is_closed() {
-        return true;
+        return ErrorClass::Transient;
     }
     if let Some(code) = e.code() {
-        let c = code.code();
-        return c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57") || INFRASTRUCTURE.contains(code);
+        return class_of_sqlstate(code);
     }
-    let io = e.source().is_some_and(|s| s.is::<std::io::Error>());
-    io || e.to_string().contains("timeout") || e.to_string().contains("connection")
+    let text = e.to_string();
+    if e.source().is_some_and(|s| s.is::<std::io::Error>()) || text.contains("timeout") || text.contains("connection") {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Record
+    }
 }
 
 pub struct Conn {
@@ -171,5 +198,21 @@ mod tests {
         let pool = Pool::new(&config.target, &config.target.postgres).unwrap();
         let options = pool.config.get_options().unwrap_or_default();
         assert!(options.contains("-c synchronous_commit=on"), "{options}");
+    }
+
+    /// Credentials, permissions, missing objects and read-only nodes are the target's fault
+    /// (stall, never dead-letter); connection, rollback and resource errors are transient;
+    /// what is left is the row's.
+    #[test]
+    fn sqlstates_are_classified_by_whom_they_are_about() {
+        for code in ["28P01", "28000", "42501", "42P01", "42703", "25006", "3D000", "3F000"] {
+            assert_eq!(class_of_sqlstate(&SqlState::from_code(code)), ErrorClass::Target, "{code}");
+        }
+        for code in ["08006", "08001", "40001", "40P01", "53300", "57P01", "57P03", "57014", "55P03", "58030"] {
+            assert_eq!(class_of_sqlstate(&SqlState::from_code(code)), ErrorClass::Transient, "{code}");
+        }
+        for code in ["22003", "23502", "23505", "22P02", "54000"] {
+            assert_eq!(class_of_sqlstate(&SqlState::from_code(code)), ErrorClass::Record, "{code}");
+        }
     }
 }

@@ -28,7 +28,14 @@ use crate::targets::{ApplyReport, LogEntry, TargetError};
 macro_rules! within_deadline {
     ($pool:expr, $lease:ident, $operation:literal, $body:expr) => {{
         match tokio::time::timeout($pool.call_timeout, async { $body }).await {
-            Ok(result) => result.map_err(TargetError::from),
+            Ok(result) => result.map_err(|e: tokio_postgres::Error| {
+                // A node that turned read-only (a demoted primary) stays so: reconnect, so
+                // the retry finds the primary (`target_session_attrs = read-write`).
+                if e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
+                    $lease.discard();
+                }
+                TargetError::from(e)
+            }),
             Err(_) => {
                 $lease.discard();
                 Err(TargetError::Timeout { operation: $operation, after: $pool.call_timeout })
@@ -51,10 +58,27 @@ const CDC_COLUMNS: &str = "_cdc_lsn bigint not null, _cdc_source_ts timestamptz,
      _cdc_deleted boolean not null default false, _cdc_commit bigint, _cdc_epoch int not null default 0, \
      _cdc_snapshot boolean not null default false";
 
-/// Columns of the version added after the first release: tables made before get them
-/// (rows without a commit position compare by their LSN, as they were written).
+/// Columns of the version added after the first release: tables made before get them.
 const VERSION_MIGRATION: &str = "ADD COLUMN IF NOT EXISTS _cdc_commit bigint, \
      ADD COLUMN IF NOT EXISTS _cdc_epoch int NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS _cdc_snapshot boolean NOT NULL DEFAULT false";
+
+/// The commit position of rows written before versions had one. Such a row was ordered by
+/// its LSN alone, so that LSN is its commit position; left NULL it would read as "the first
+/// transaction of a connector session", which no snapshot row may replace, and a later
+/// re-snapshot could never refresh it. Set once, when the column is added (under a lock,
+/// so two sinks starting together do it once): later NULLs are real unknown commits.
+fn commit_migration_sql(table: &str) -> String {
+    format!(
+        "DO $$ BEGIN \
+           LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE; \
+           IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() \
+                          AND table_name = '{table}' AND column_name = '_cdc_commit') THEN \
+             ALTER TABLE {table} ADD COLUMN _cdc_commit bigint; \
+             UPDATE {table} SET _cdc_commit = _cdc_lsn; \
+           END IF; \
+         END $$"
+    )
+}
 
 /// `model::Version::is_newer_than` in SQL: `excluded` (the event) against `t` (stored).
 const VERSION_GUARD: &str = "CASE WHEN t._cdc_epoch <> excluded._cdc_epoch THEN t._cdc_epoch < excluded._cdc_epoch \
@@ -364,6 +388,7 @@ impl PostgresSink {
         for entity in Entity::ALL {
             let table = table_name(entity);
             client.batch_execute(&create_table_sql(entity)).await?;
+            client.batch_execute(&commit_migration_sql(&table)).await?;
             client.batch_execute(&format!("ALTER TABLE {table} {VERSION_MIGRATION}")).await?;
             client.batch_execute(&format!("CREATE INDEX IF NOT EXISTS {table}_tombstones ON {table} (_cdc_applied_at) WHERE _cdc_deleted")).await?;
             let rows = client

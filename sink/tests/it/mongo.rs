@@ -142,3 +142,56 @@ async fn a_moved_item_leaves_its_old_order_and_large_batches_split() {
     assert_eq!(r.applied.len(), 24, "{:?}", r.rejected);
     db.drop().await.unwrap();
 }
+
+/// REPLICA IDENTITY DEFAULT: a key-only delete of an item no document holds leaves a
+/// tombstone, so a re-sent (older) create does not embed the item again; outcomes are per
+/// document (applied and stale in one batch told apart exactly, not by count); a TOAST
+/// placeholder on an added field keeps the value an older change of the batch set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
+async fn key_only_item_deletes_leave_a_tombstone_and_outcomes_are_per_document() {
+    let Some(uri) = mongo_uri() else { return };
+    let (database, target) = mongo_target(&uri).await;
+    let (o, i) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut delete = item(i, o, 30, 1, Op::Delete);
+    delete.before.as_mut().unwrap().known[1] = None;
+    let r = target.apply(Entity::OrderItem, &[delete]).await.unwrap();
+    assert_eq!(r.applied, vec![i], "the tombstone is the delete's effect");
+    let r = target.apply(Entity::OrderItem, &[item(i, o, 20, 1, Op::Create)]).await.unwrap();
+    assert_eq!(r.stale, vec![i], "the older create stays deleted");
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let db = client.database(&database);
+    assert!(db.collection::<Document>("orders").find_one(doc! { "items.id": i.to_string() }).await.unwrap().is_none());
+    assert_eq!(target.apply(Entity::OrderItem, &[item(i, o, 40, 1, Op::Create)]).await.unwrap().applied, vec![i], "a newer create revives the key");
+
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    target.apply(Entity::Orders, &[order(a, 10, "pending"), order(b, 10, "pending")]).await.unwrap();
+    let r = target.apply(Entity::Orders, &[order(a, 11, "paid"), order(b, 9, "paid")]).await.unwrap();
+    assert_eq!((r.applied, r.stale), (vec![a], vec![b]));
+
+    let mut first = order(Uuid::new_v4(), 50, "pending");
+    first.after.as_mut().unwrap().extra.insert("notes".into(), sink::model::Extra { text: Some("long".into()), kind: sink::model::JsonKind::String });
+    let mut second = first.clone();
+    second.version = Version::streamed(None, 51);
+    second.after.as_mut().unwrap().extra.clear();
+    second.after.as_mut().unwrap().unavailable.insert("notes".into());
+    target.apply(Entity::Orders, &[first.clone(), second]).await.unwrap();
+    let doc: Document = db.collection("orders").find_one(doc! { "_id": first.key.to_string() }).await.unwrap().unwrap();
+    assert_eq!(doc.get_str("notes").unwrap(), "long");
+    db.drop().await.unwrap();
+}
+
+/// A wrong password is the target's fault, not a transient one: the sink exits at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mongodb), ignore = "needs a MongoDB server: set MONGODB_URI (at build time too) to run it")]
+async fn a_wrong_password_is_refused_at_connect() {
+    let Some(uri) = mongo_uri() else { return };
+    let wrong = uri.replacen("mongodb://", "mongodb://nobody:wrong@", 1);
+    let toml = format!(
+        "[kafka]\nbrokers=\"x:1\"\ngroup_id=\"g\"\ntopics=[\"cdc.public.orders\"]\ndlq_topic=\"cdc.dlq\"\n\
+         [target]\nkind=\"mongodb\"\nurl=\"{wrong}\"\n[http]\nlisten=\"127.0.0.1:0\"\n"
+    );
+    let config = SinkConfig::from_toml(&toml, []).unwrap();
+    let error = Target::connect(&config.target, false).await.err().expect("refused");
+    assert_eq!(error.class(), sink::targets::ErrorClass::Target, "{error}");
+}

@@ -142,9 +142,13 @@ fn newer_than_stored(stored: &str, v: &Version) -> Document {
     doc! { "$switch": { "branches": branches, "default": lexicographic } }
 }
 
-fn cdc(change: &Change) -> Document {
+/// `write`: the token of the command that wrote it, so which statements took effect can be
+/// read back exactly (an `update` reply only counts modified documents, and a `multi`
+/// statement can modify two).
+fn cdc(change: &Change, write: &str) -> Document {
     let v = &change.version;
     doc! {
+        "write": write,
         "lsn": v.lsn,
         "commit": v.commit.map_or(Bson::Null, Bson::Int64),
         "epoch": v.epoch,
@@ -159,19 +163,19 @@ fn cdc(change: &Change) -> Document {
 }
 
 /// Update statement for a top-level document (customer, address, order).
-fn document_update(change: &Change) -> Document {
+fn document_update(change: &Change, write: &str) -> Document {
     let guard = newer_than_stored("$_cdc", &change.version);
     let mut set = Document::new();
     for (name, expr) in fields(change) {
         set.insert(name.clone(), doc! { "$cond": [guard.clone(), expr, format!("${name}")] });
     }
-    set.insert("_cdc", doc! { "$cond": [guard, cdc(change), "$_cdc"] });
+    set.insert("_cdc", doc! { "$cond": [guard, cdc(change, write), "$_cdc"] });
     doc! { "q": { "_id": change.key.to_string() }, "u": [ { "$set": set } ], "upsert": true }
 }
 
 /// Update statement for an order item inside its order document's `items`.
-fn item_update(change: &Change, order_id: Uuid) -> Document {
-    let mut statement = item_statement(change);
+fn item_update(change: &Change, order_id: Uuid, write: &str) -> Document {
+    let mut statement = item_statement(change, write);
     statement.insert("q", doc! { "_id": order_id.to_string() });
     statement.insert("upsert", true);
     statement
@@ -179,23 +183,23 @@ fn item_update(change: &Change, order_id: Uuid) -> Document {
 
 /// A delete whose before image has no `order_id` (REPLICA IDENTITY DEFAULT sends the key
 /// only): the item is found by its own id (indexed `items.id`) in whichever order holds it
-/// and tombstoned there. No document holds it: nothing to delete.
-fn item_delete_by_id(change: &Change) -> Document {
-    let mut statement = item_statement(change);
+/// and tombstoned there. Whether or not one holds it, `item_tombstone` records the delete.
+fn item_delete_by_id(change: &Change, write: &str) -> Document {
+    let mut statement = item_statement(change, write);
     statement.insert("q", doc! { "items.id": change.key.to_string() });
     statement.insert("multi", true);
     statement
 }
 
 /// The guarded update pipeline of an item (without `q`).
-fn item_statement(change: &Change) -> Document {
+fn item_statement(change: &Change, write: &str) -> Document {
     let id = change.key.to_string();
     let items = doc! { "$ifNull": ["$items", []] };
     let current = doc! { "$filter": { "input": items.clone(), "cond": { "$eq": ["$$this.id", &id] } } };
     let others = doc! { "$filter": { "input": items.clone(), "cond": { "$ne": ["$$this.id", &id] } } };
     let mut new_fields = fields(change);
     new_fields.insert("id", literal(Bson::String(id.clone())));
-    new_fields.insert("_cdc", cdc(change));
+    new_fields.insert("_cdc", cdc(change, write));
     let merged = doc! { "$mergeObjects": [ { "$ifNull": [ { "$arrayElemAt": ["$$cur", 0] }, {} ] }, new_fields ] };
     let guarded = doc! {
         "$let": {
@@ -207,11 +211,29 @@ fn item_statement(change: &Change) -> Document {
     doc! { "u": [ { "$set": { "items": new_items } } ] }
 }
 
+/// Key-only item deletes (REPLICA IDENTITY DEFAULT) name no order, so their tombstone may
+/// find no document to live in: it is kept in this collection, by item id, and item upserts
+/// check it first. Without it a re-sent create would embed the deleted item again.
+pub const ITEM_TOMBSTONES_COLLECTION: &str = "order_item_tombstones";
+
+/// The guarded upsert of a key-only item delete's tombstone (`ITEM_TOMBSTONES_COLLECTION`).
+fn item_tombstone(change: &Change, write: &str) -> Document {
+    let guard = newer_than_stored("$_cdc", &change.version);
+    doc! { "q": { "_id": change.key.to_string() }, "u": [ { "$set": { "_cdc": { "$cond": [guard, cdc(change, write), "$_cdc"] } } } ], "upsert": true }
+}
+
+/// A stored `_cdc` as a version (absent fields as written before they existed).
+fn stored_version(cdc: &Document) -> Option<Version> {
+    let int = |name: &str| cdc.get_i64(name).ok().or_else(|| cdc.get_i32(name).ok().map(i64::from));
+    Some(Version { epoch: cdc.get_i32("epoch").unwrap_or(0), commit: int("commit"), lsn: int("lsn")?, snapshot: cdc.get_bool("snapshot").unwrap_or(false) })
+}
+
 /// The statement that tombstones an item in every order but `order_id` where the change is
 /// newer than the item there: it moved.
 fn item_moved_away(change: &Change, order_id: Uuid) -> Document {
     let id = change.key.to_string();
-    let mut tombstone = cdc(change);
+    // No write token: this tombstone is a side effect, not the change's own outcome.
+    let mut tombstone = cdc(change, "");
     tombstone.insert("deleted", true);
     tombstone.insert("moved_to", order_id.to_string());
     let moved = doc! {
@@ -252,47 +274,27 @@ fn chunks(updates: &[Document]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// What one update command's reply says of its statements (`keys`, in order).
-fn judge_reply(reply: &Document, keys: &[Uuid], report: &mut ApplyReport) -> Result<(), TargetError> {
-    let mut failed: HashSet<usize> = HashSet::new();
+/// The statements of one update command's reply (`keys`, in order) that the target refused
+/// for the row's own reason (into `rejected`); an error about the target or a transient one
+/// fails the whole call (unordered: the other statements were applied, and replaying them
+/// is a no-op). Which of the others took effect is read back by their write token.
+fn judge_reply(reply: &Document, keys: &[Uuid], rejected: &mut Vec<(Uuid, String)>) -> Result<(), TargetError> {
     if let Ok(errors) = reply.get_array("writeErrors") {
         for e in errors.iter().filter_map(Bson::as_document) {
             let index = e.get_i32("index").unwrap_or(-1);
             let code = e.get_i32("code").unwrap_or(0);
             let message = e.get_str("errmsg").unwrap_or_default().to_string();
             if class_of_code(code) != crate::targets::ErrorClass::Record {
-                // Unordered: the other statements were applied; replaying them is a no-op.
                 return Err(TargetError::MongoWrite { code, message });
             }
             if let Some(key) = usize::try_from(index).ok().and_then(|i| keys.get(i)) {
-                failed.insert(index as usize);
-                report.rejected.push((*key, format!("write error {code}: {message}")));
+                rejected.push((*key, format!("write error {code}: {message}")));
             }
         }
     }
     if let Ok(wce) = reply.get_document("writeConcernError") {
         let code = wce.get_i32("code").unwrap_or(64);
         return Err(TargetError::MongoWrite { code, message: wce.get_str("errmsg").unwrap_or_default().into() });
-    }
-    let upserted: HashSet<usize> = reply
-        .get_array("upserted")
-        .map(|a| a.iter().filter_map(Bson::as_document).filter_map(|d| d.get_i32("index").ok()).map(|i| i as usize).collect())
-        .unwrap_or_default();
-    let modified = reply.get_i32("nModified").unwrap_or(0).max(0) as usize;
-    // The update command reports how many matched documents changed, not which: the
-    // counts are exact; which non-upserted keys were the stale ones is not known and only
-    // affects which events feed the e2e latency histogram.
-    let mut unmodified_budget = keys.len().saturating_sub(failed.len() + upserted.len() + modified);
-    for (i, key) in keys.iter().enumerate().rev() {
-        if failed.contains(&i) {
-            continue;
-        }
-        if !upserted.contains(&i) && unmodified_budget > 0 {
-            unmodified_budget -= 1;
-            report.stale.push(*key);
-        } else {
-            report.applied.push(*key);
-        }
     }
     Ok(())
 }
@@ -377,51 +379,133 @@ impl MongoSink {
     }
 
     async fn apply_latest(&self, entity: Entity, latest: &[Change]) -> Result<ApplyReport, TargetError> {
+        let write = mongodb::bson::oid::ObjectId::new().to_hex();
         let mut report = ApplyReport::default();
         let mut keys = Vec::with_capacity(latest.len());
         let mut updates = Vec::with_capacity(latest.len());
         let mut moves = Vec::new();
+        let mut tombstones = Vec::new();
+        let shadowed = if entity == Entity::OrderItem { self.tombstoned_items(latest).await? } else { HashSet::new() };
         for change in latest {
             if entity == Entity::OrderItem {
                 match item_order(change) {
+                    // Not newer than a key-only delete's tombstone: stale, never embedded again.
+                    Some(_) if shadowed.contains(&change.key) => {
+                        report.stale.push(change.key);
+                        continue;
+                    }
                     Some(order_id) => {
-                        updates.push(item_update(change, order_id));
+                        updates.push(item_update(change, order_id, &write));
                         if !change.op.is_delete() {
                             moves.push(item_moved_away(change, order_id));
                         }
                     }
-                    None if change.op.is_delete() => updates.push(item_delete_by_id(change)),
+                    None if change.op.is_delete() => {
+                        updates.push(item_delete_by_id(change, &write));
+                        tombstones.push(item_tombstone(change, &write));
+                    }
                     None => {
                         report.rejected.push((change.key, "order item without order_id cannot be embedded".into()));
                         continue;
                     }
                 }
             } else {
-                updates.push(document_update(change));
+                updates.push(document_update(change, &write));
             }
             keys.push(change.key);
         }
-        let mut start = 0;
         for chunk in chunks(&updates) {
-            let reply = self.update_command(entity, &updates[chunk.clone()]).await?;
-            judge_reply(&reply, &keys[chunk.clone()], &mut report)?;
-            start += chunk.len();
+            let reply = self.update_command(collection_name(entity), &updates[chunk.clone()]).await?;
+            judge_reply(&reply, &keys[chunk], &mut report.rejected)?;
         }
-        debug_assert_eq!(start, updates.len());
+        for chunk in chunks(&tombstones) {
+            let reply = self.update_command(ITEM_TOMBSTONES_COLLECTION, &tombstones[chunk]).await?;
+            judge_reply(&reply, &[], &mut Vec::new())?;
+        }
         // An item now in another order is tombstoned where it was (its own version guard
         // applies there too), so it never shows in two orders and an older replay naming the
         // old order finds the tombstone and stays stale.
         for chunk in chunks(&moves) {
-            let reply = self.update_command(entity, &moves[chunk]).await?;
-            let mut ignored = ApplyReport::default();
-            judge_reply(&reply, &[], &mut ignored)?;
+            let reply = self.update_command(collection_name(entity), &moves[chunk]).await?;
+            judge_reply(&reply, &[], &mut Vec::new())?;
+        }
+        // Per document, not by count: what holds this command's token was written.
+        let written = if keys.is_empty() { HashSet::new() } else { self.written_by(entity, &write, &keys).await? };
+        let refused: HashSet<Uuid> = report.rejected.iter().map(|(k, _)| *k).collect();
+        for key in keys.into_iter().filter(|k| !refused.contains(k)) {
+            if written.contains(&key) {
+                report.applied.push(key);
+            } else {
+                report.stale.push(key);
+            }
         }
         Ok(report)
     }
 
-    async fn update_command(&self, entity: Entity, updates: &[Document]) -> Result<Document, TargetError> {
+    /// Item upserts of `latest` that are not newer than the tombstone a key-only delete left
+    /// for their key.
+    async fn tombstoned_items(&self, latest: &[Change]) -> Result<HashSet<Uuid>, TargetError> {
+        let ids: Vec<String> = latest.iter().filter(|c| !c.op.is_delete()).map(|c| c.key.to_string()).collect();
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let collection = self.db.collection::<Document>(ITEM_TOMBSTONES_COLLECTION);
+        let stored: Vec<(Uuid, Version)> = within("lookup", self.call_timeout, async {
+            let mut cursor = collection.find(doc! { "_id": { "$in": ids } }).max_time(self.call_timeout).await?;
+            let mut out = Vec::new();
+            while cursor.advance().await? {
+                let doc: Document = cursor.deserialize_current()?;
+                let id = doc.get_str("_id").ok().and_then(|s| Uuid::parse_str(s).ok());
+                let version = doc.get_document("_cdc").ok().and_then(stored_version);
+                if let (Some(id), Some(version)) = (id, version) {
+                    out.push((id, version));
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(latest.iter().filter(|c| !c.op.is_delete() && stored.iter().any(|(id, v)| *id == c.key && !c.version.is_newer_than(v))).map(|c| c.key).collect())
+    }
+
+    /// Keys of `keys` whose document (or item, or item tombstone) now holds `write`.
+    async fn written_by(&self, entity: Entity, write: &str, keys: &[Uuid]) -> Result<HashSet<Uuid>, TargetError> {
+        let ids: Vec<String> = keys.iter().map(Uuid::to_string).collect();
+        let find = |collection: &'static str, filter: Document, projection: Document| {
+            let collection = self.db.collection::<Document>(collection);
+            within("read_back", self.call_timeout, async move {
+                let mut cursor = collection.find(filter).projection(projection).max_time(self.call_timeout).await?;
+                let mut out = Vec::new();
+                while cursor.advance().await? {
+                    out.push(cursor.deserialize_current()?);
+                }
+                Ok(out)
+            })
+        };
+        let uuid = |s: &str| Uuid::parse_str(s).ok();
+        let mut written = HashSet::new();
+        if entity != Entity::OrderItem {
+            for doc in find(collection_name(entity), doc! { "_id": { "$in": &ids }, "_cdc.write": write }, doc! { "_id": 1 }).await? {
+                written.extend(doc.get_str("_id").ok().and_then(uuid));
+            }
+            return Ok(written);
+        }
+        let orders = find("orders", doc! { "items.id": { "$in": &ids }, "items._cdc.write": write }, doc! { "items.id": 1, "items._cdc.write": 1 }).await?;
+        for order in orders {
+            for item in order.get_array("items").map(|a| a.iter().filter_map(Bson::as_document).collect::<Vec<_>>()).unwrap_or_default() {
+                if item.get_document("_cdc").ok().and_then(|c| c.get_str("write").ok()) == Some(write) {
+                    written.extend(item.get_str("id").ok().and_then(uuid));
+                }
+            }
+        }
+        for doc in find(ITEM_TOMBSTONES_COLLECTION, doc! { "_id": { "$in": &ids }, "_cdc.write": write }, doc! { "_id": 1 }).await? {
+            written.extend(doc.get_str("_id").ok().and_then(uuid));
+        }
+        Ok(written)
+    }
+
+    async fn update_command(&self, collection: &str, updates: &[Document]) -> Result<Document, TargetError> {
         let command = doc! {
-            "update": collection_name(entity),
+            "update": collection,
             "updates": updates.to_vec(),
             "ordered": false,
             "writeConcern": { "w": "majority", "j": true },
@@ -463,7 +547,12 @@ impl MongoSink {
                     doc! { "$pull": { "items": { "_cdc.deleted": true, "_cdc.applied_at": { "$lt": cutoff } } } },
                 )
                 .await?;
-            return Ok(result.modified_count);
+            let loose = self
+                .db
+                .collection::<Document>(ITEM_TOMBSTONES_COLLECTION)
+                .delete_many(doc! { "_cdc.deleted": true, "_cdc.applied_at": { "$lt": cutoff } })
+                .await?;
+            return Ok(result.modified_count + loose.deleted_count);
         }
         let result = collection.delete_many(doc! { "_cdc.deleted": true, "_cdc.applied_at": { "$lt": cutoff } }).await?;
         Ok(result.deleted_count)
@@ -496,6 +585,32 @@ mod tests {
         assert_eq!(chunks(&[]), Vec::<std::ops::Range<usize>>::new());
     }
 
+    /// A key-only item delete's tombstone is a guarded upsert by item id carrying the write
+    /// token; a stored `_cdc` reads back as the version it holds (pre-upgrade fields absent).
+    #[test]
+    fn item_tombstones_and_stored_versions() {
+        let change = Change {
+            entity: Entity::OrderItem,
+            key: Uuid::from_u128(7),
+            op: crate::model::Op::Delete,
+            version: Version::streamed(Some(100), 90),
+            source_ts: None,
+            emitted_ts: None,
+            before: Some(crate::model::Row::empty(Entity::OrderItem)),
+            after: None,
+            coords: crate::model::Coords { topic: "cdc.public.order_item".into(), partition: 0, offset: 1, timestamp: None },
+        };
+        let t = item_tombstone(&change, "w1");
+        assert_eq!(t.get_document("q").unwrap(), &doc! { "_id": Uuid::from_u128(7).to_string() });
+        assert_eq!(t.get_bool("upsert"), Ok(true));
+        let text = t.to_string();
+        assert!(text.contains("\"write\": \"w1\"") && text.contains("\"deleted\": true") && text.contains("$_cdc.lsn"), "{text}");
+        let stored = stored_version(&doc! { "lsn": 90_i64, "commit": 100_i64, "epoch": 0, "snapshot": false }).unwrap();
+        assert_eq!(stored, change.version);
+        assert!(!change.version.is_newer_than(&stored), "a replay of the delete is not newer");
+        assert_eq!(stored_version(&doc! { "lsn": 5_i64 }), Some(Version { epoch: 0, commit: None, lsn: 5, snapshot: false }));
+    }
+
     /// A moved item is tombstoned, under its version guard, in every order but its new one.
     #[test]
     fn a_moved_item_is_tombstoned_in_its_old_order() {
@@ -513,6 +628,7 @@ mod tests {
             coords: crate::model::Coords { topic: "cdc.public.order_item".into(), partition: 0, offset: 1, timestamp: None },
         };
         let s = item_moved_away(&change, new_order);
+        assert!(s.to_string().contains("\"write\": \"\""), "a side effect carries no write token");
         assert_eq!(s.get_document("q").unwrap(), &doc! { "items.id": id.to_string(), "_id": { "$ne": new_order.to_string() } });
         assert_eq!(s.get_bool("multi"), Ok(true));
         let text = s.to_string();

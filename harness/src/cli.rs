@@ -511,15 +511,10 @@ async fn run_scenario(name: &str, args: RunArgs, run_dir: &std::path::Path) -> a
         println!("{}", serde_json::to_string_pretty(report)?);
     }
     print_run_summary(report, &outcome.dir);
-    let not_injected = harness::faults::not_injected(&report.faults);
-    if !not_injected.is_empty() {
-        // The run did not test what it was asked to: no verdict, whatever the numbers say.
-        for failure in &not_injected {
-            eprintln!("error: {failure}");
-        }
-        return Ok(exit::ERROR);
+    for reason in &report.summary.no_verdict {
+        eprintln!("no verdict: {reason}");
     }
-    Ok(if report.summary.converged && report.summary.thresholds_passed { exit::SUCCESS } else { exit::GATE_FAILED })
+    Ok(exit::code_for_verdict(harness::report::verdict(report)))
 }
 
 fn print_run_summary(report: &harness::report::model::Report, dir: &std::path::Path) {
@@ -540,6 +535,7 @@ fn print_run_summary(report: &harness::report::model::Report, dir: &std::path::P
         );
     }
     eprintln!("{:<46} {}", "thresholds", if s.thresholds_passed { "passed" } else { "FAILED" });
+    eprintln!("{:<46} {}", "verdict", harness::report::verdict(report).label());
     eprintln!("{:<46} {}", "report", dir.join("report.html").display());
 }
 

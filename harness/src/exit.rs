@@ -12,8 +12,21 @@ pub const USAGE: i32 = 2;
 pub const GATE_FAILED: i32 = 3;
 /// `harness diff` found a regression in a gated metric.
 pub const REGRESSION: i32 = 4;
+/// The run has no verdict: its load was not delivered, a fault did not inject, or the
+/// evidence a verdict needs could not be read. Neither a pass nor a failed gate.
+pub const NO_VERDICT: i32 = 5;
 /// Interrupted (Ctrl-C); everything started was torn down.
 pub const INTERRUPTED: i32 = 130;
+
+/// The exit code of a finished run: its verdict, as every report file tells it.
+pub fn code_for_verdict(verdict: crate::report::model::Verdict) -> i32 {
+    use crate::report::model::Verdict;
+    match verdict {
+        Verdict::Pass => SUCCESS,
+        Verdict::Fail => GATE_FAILED,
+        Verdict::NoVerdict => NO_VERDICT,
+    }
+}
 
 /// The exit code of a command that failed with `error`: the one place errors map to codes.
 /// Set-up that could not provide a prerequisite (provisioning, a backend that is not

@@ -74,7 +74,7 @@ pub fn render(report: &Report) -> String {
     let _ = write!(
         o,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{} {} – {}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n",
-        if ok { "PASS" } else { "FAIL" },
+        super::verdict(report).label(),
         esc(&run.scenario),
         esc(&run.run_id)
     );
@@ -96,7 +96,7 @@ fn header(o: &mut String, report: &Report, ok: bool) {
     let c = &report.convergence;
     let failed = report.thresholds.iter().filter(|t| !t.passed).count();
     let class = if ok { "pass" } else { "fail" };
-    let mut reasons = Vec::new();
+    let mut reasons: Vec<String> = report.summary.no_verdict.iter().map(|r| format!("no verdict: {}", esc(r))).collect();
     if failed > 0 {
         reasons.push(format!("{failed} of {} thresholds failed", report.thresholds.len()));
     }
@@ -110,7 +110,7 @@ fn header(o: &mut String, report: &Report, ok: bool) {
     let _ = write!(
         o,
         "<header class=\"top {class}\">\n<span id=\"verdict\" class=\"badge {class}\">{}</span>\n<div><h1>{} <span class=\"muted\">· CDC run report</span></h1>\n<p class=\"reasons\">{}</p>\n<p>run <code>{}</code> · {} · {} s · {} driver · {} backend</p></div>\n<div class=\"spacer\"></div>\n<span id=\"converged\" class=\"badge outline {}\">{}</span>\n</header>\n",
-        if ok { "PASS" } else { "FAIL" },
+        super::verdict(report).label(),
         esc(&run.scenario),
         reasons.join("; "),
         esc(&run.run_id),

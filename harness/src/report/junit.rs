@@ -27,6 +27,9 @@ pub fn render(report: &Report) -> String {
         format!("target {} diverged from the source: {}", c.target, parts.join(", "))
     });
     cases.push(("convergence", format!("{} converges to the source", c.target), convergence_failure));
+    // A run without a verdict must not read as green in a CI system.
+    let no_verdict = (!report.summary.no_verdict.is_empty()).then(|| format!("NO VERDICT: {}", report.summary.no_verdict.join("; ")));
+    cases.push(("verdict", "the run delivered what it was asked to (load, faults, evidence)".to_string(), no_verdict));
 
     let failures = cases.iter().filter(|(_, _, f)| f.is_some()).count();
     let suite = format!("harness.{}", report.run.scenario);
@@ -88,7 +91,7 @@ mod tests {
     use crate::report::thresholds::representative_report;
 
     #[test]
-    fn one_case_per_threshold_plus_convergence() {
+    fn one_case_per_threshold_plus_convergence_and_verdict() {
         let mut report = representative_report();
         report.run.scenario = "chaos".into();
         report.convergence.target = "postgres".into();
@@ -98,8 +101,8 @@ mod tests {
             ThresholdResult { expression: "events_per_sec > 500".into(), metric: "events_per_sec".into(), observed: Some(12.5), passed: false, reason: None },
         ];
         let xml = render(&report);
-        assert_eq!(xml.matches("<testcase ").count(), 3);
-        assert!(xml.contains("tests=\"3\" failures=\"1\""), "{xml}");
+        assert_eq!(xml.matches("<testcase ").count(), 4);
+        assert!(xml.contains("tests=\"4\" failures=\"1\""), "{xml}");
         assert!(xml.contains("name=\"max_lag &lt; 5\"/>"), "{xml}");
         assert!(xml.contains("observed 12.5 does not satisfy events_per_sec &gt; 500"), "{xml}");
         assert!(xml.contains("name=\"postgres converges to the source\"/>"), "{xml}");

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::model::Report;
-use super::{fmt_num, fmt_opt, passed};
+use super::{fmt_num, fmt_opt};
 
 /// Anomaly examples listed; the HTML report has all of them.
 const TOP_ANOMALIES: usize = 5;
@@ -16,8 +16,18 @@ pub fn render(report: &Report) -> String {
     // `write!` into a String cannot fail; the results are discarded on purpose.
     let o = &mut out;
     let run = &report.run;
-    let verdict = if passed(report) { "✅ PASS" } else { "❌ FAIL" };
+    let verdict = match super::verdict(report) {
+        super::model::Verdict::Pass => "✅ PASS",
+        super::model::Verdict::Fail => "❌ FAIL",
+        super::model::Verdict::NoVerdict => "⚠️ NO VERDICT",
+    };
     let _ = writeln!(o, "## {verdict}: {} (run {})\n", text(&run.scenario), code(&run.run_id));
+    for reason in &report.summary.no_verdict {
+        let _ = writeln!(o, "- **No verdict**: {}", text(reason));
+    }
+    if !report.summary.no_verdict.is_empty() {
+        let _ = writeln!(o);
+    }
     let failed = report.thresholds.iter().filter(|t| !t.passed).count();
     let _ = writeln!(
         o,

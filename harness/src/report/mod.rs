@@ -18,7 +18,12 @@ use model::Report;
 
 /// The run passed when the target converged and every threshold held.
 pub fn passed(report: &Report) -> bool {
-    report.summary.converged && report.summary.thresholds_passed
+    verdict(report) == model::Verdict::Pass
+}
+
+/// The run's verdict (see `model::Verdict`).
+pub fn verdict(report: &Report) -> model::Verdict {
+    model::Verdict::of(&report.summary)
 }
 
 /// Writes `report.json`, `report.html`, `summary.md` and `junit.xml` into `dir` (created

@@ -71,6 +71,27 @@ pub struct LoadStats {
     /// a driver that starts every request (late if need be: the delay is in its latency).
     #[serde(default)]
     pub dropped_iterations: Option<u64>,
+    /// What each stage of the plan got, outside fault windows (empty: not measured, as in
+    /// breakpoint runs, which raise the rate until something gives).
+    #[serde(default)]
+    pub stages: Vec<StageDelivery>,
+}
+
+/// One load stage: the rate it asked for and the rate the driver delivered, over the
+/// seconds of the stage that no fault window covers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StageDelivery {
+    pub stage: usize,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub target_rate: f64,
+    pub achieved_rate: f64,
+    /// achieved / target.
+    pub ratio: f64,
+    pub seconds: u64,
+    /// The harness's own CPU (percent of one core) in the stage: a driver that falls
+    /// behind while this is high was limited by the machine it runs on.
+    pub harness_cpu_pct: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -163,7 +184,7 @@ pub struct Sample {
     pub rss_mb: BTreeMap<String, f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct FaultRecord {
     /// e.g. `kill`, `stop`, `pause`, `restart`, `latency`, `partition`, `poison`.
     pub kind: String,
@@ -212,6 +233,39 @@ pub struct Summary {
     /// Write errors + sink errors + anomalies.
     pub errors: u64,
     pub thresholds_passed: bool,
+    /// Why the run has no verdict (its load was not delivered, a fault did not inject, the
+    /// apply log could not be read, ...): when any, it neither passes nor fails.
+    #[serde(default)]
+    pub no_verdict: Vec<String>,
+}
+
+/// The one verdict of a run, which every report file and the exit code tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    NoVerdict,
+}
+
+impl Verdict {
+    pub fn of(summary: &Summary) -> Self {
+        if !summary.no_verdict.is_empty() {
+            Self::NoVerdict
+        } else if summary.converged && summary.thresholds_passed {
+            Self::Pass
+        } else {
+            Self::Fail
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pass => "PASS",
+            Self::Fail => "FAIL",
+            Self::NoVerdict => "NO VERDICT",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -319,10 +373,16 @@ impl Report {
             // A column that could not be compared counts as differing everywhere it exists.
             let differing: u64 = p.new_columns.iter().map(|c| if c.error.is_some() { c.rows.max(1) } else { c.differing }).sum();
             push("schema_change.differing_rows", differing as f64, LowerIsBetter, true);
+            // Rows whose new column holds a value in the source and nothing in the target.
+            let missing: u64 = p.new_columns.iter().map(|c| if c.error.is_some() { c.rows.max(1) } else { c.missing_in_target }).sum();
+            push("schema_change.missing_rows", missing as f64, LowerIsBetter, true);
         }
         let l = &self.load;
         push("load.achieved_rate", l.achieved_rate, HigherIsBetter, false);
         push("load.errors", l.errors as f64, LowerIsBetter, true);
+        if let Some(min) = l.stages.iter().map(|s| s.ratio).min_by(f64::total_cmp) {
+            push("load.delivered_ratio", min, HigherIsBetter, true);
+        }
         if let Some(v) = l.dropped_iterations {
             push("load.dropped_iterations", v as f64, LowerIsBetter, true);
         }

@@ -228,7 +228,12 @@ pub(crate) fn representative_report() -> Report {
         ..VerifyReport::default()
     };
     Report {
-        load: LoadStats { write_latency_ms: one(), dropped_iterations: Some(0), ..LoadStats::default() },
+        load: LoadStats {
+            write_latency_ms: one(),
+            dropped_iterations: Some(0),
+            stages: vec![crate::report::model::StageDelivery::default()],
+            ..LoadStats::default()
+        },
         pipeline: PipelineStats {
             events_per_sec: Some(0.0),
             e2e_latency_ms: one(),

@@ -3,6 +3,7 @@
 //! and probe writes measure end-to-end latency from outside.
 
 pub mod apply_log;
+pub mod delivery;
 pub mod lag;
 pub mod probe;
 pub mod procstat;
@@ -331,7 +332,10 @@ async fn measure(
         lag_recovery_s,
         errors: load_errors + sink_errors.max(0.0) as u64 + anomalies + lost_probes,
         thresholds_passed: false,
+        no_verdict: Vec::new(),
     };
+    // Breakpoint runs raise the rate until something gives: falling behind is their finding.
+    let stages = if scenario.breakpoint.is_some() { Vec::new() } else { delivery::stages(&plan, &samples, &faults) };
     let ended_at = Utc::now();
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
@@ -364,6 +368,7 @@ async fn measure(
             write_latency_ms: driver_result.latency_ms.clone(),
             errors: load_errors,
             dropped_iterations: driver_result.dropped,
+            stages,
         },
         pipeline,
         series: samples,
@@ -375,6 +380,7 @@ async fn measure(
     };
     report.thresholds = crate::report::thresholds::evaluate(&report, &scenario.thresholds());
     report.summary.thresholds_passed = report.thresholds.iter().all(|t| t.passed);
+    report.summary.no_verdict = delivery::no_verdict_reasons(&report.load.stages, &report.faults, log_start.is_some(), report.convergence.history_checked);
     let files = crate::report::write_all(&report, dir).map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
     Ok(RunOutcome { report, dir: dir.to_path_buf(), files })
 }

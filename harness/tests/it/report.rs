@@ -156,6 +156,7 @@ fn finish(mut report: Report) -> Report {
         lag_recovery_s: p.lag_recovery_s,
         errors: report.load.errors + report.convergence.anomaly_counts.values().sum::<u64>(),
         thresholds_passed: report.thresholds.iter().all(|t| t.passed),
+        no_verdict: Vec::new(),
     };
     report
 }
@@ -215,6 +216,7 @@ fn base_report() -> Report {
             write_latency_ms: pct(5975, 2.1, 4.8, 6.3, 11.7, 48.2),
             errors: 0,
             dropped_iterations: None,
+            stages: Vec::new(),
         },
         pipeline: PipelineStats {
             events_per_sec: Some(98.7),
@@ -383,7 +385,7 @@ fn markdown_rendering_is_golden() {
 #[test]
 fn junit_rendering_is_golden() {
     let xml = junit::render(&load_fixture("report-base.json"));
-    assert_eq!(xml.matches("<testcase ").count(), THRESHOLDS.len() + 1);
+    assert_eq!(xml.matches("<testcase ").count(), THRESHOLDS.len() + 2, "every threshold, convergence and the verdict");
     assert_eq!(xml.matches("<failure ").count(), 3, "two thresholds and convergence fail");
     golden("junit.golden.xml", &xml);
 }
@@ -393,6 +395,30 @@ fn diff_markdown_is_golden() {
     let d = diff::diff(&[load_fixture("report-base.json")], &load_fixture("report-new.json"), &[]).expect("diff");
     assert!(d.failed);
     golden("diff.golden.md", &diff::render_markdown(&d));
+}
+
+/// A run whose load was not delivered, or whose fault did not inject, says NO VERDICT in
+/// every file, and the CLI maps it to its own exit code: never a PASS, never a gate failure.
+#[test]
+fn a_run_without_a_verdict_says_so_in_every_file() {
+    let mut report = base_report();
+    report.convergence.converged = true;
+    report.thresholds.clear();
+    report.summary.converged = true;
+    report.summary.thresholds_passed = true;
+    assert_eq!(harness::report::verdict(&report), harness::report::model::Verdict::Pass);
+    report.summary.no_verdict = vec!["load not delivered: stage 1 (0-180 s) asked for 550.0 ops/s and got 308.5 (56%)".into()];
+    assert_eq!(harness::report::verdict(&report), harness::report::model::Verdict::NoVerdict);
+    assert_eq!(exit::code_for_verdict(harness::report::verdict(&report)), exit::NO_VERDICT);
+    assert!(!harness::report::passed(&report));
+    let md = markdown::render(&report);
+    assert!(md.starts_with("## ⚠️ NO VERDICT") && md.contains("load not delivered"), "{md}");
+    let junit = junit::render(&report);
+    assert!(junit.contains("NO VERDICT: load not delivered") && junit.contains("<failure"), "{junit}");
+    let page = html::render(&report);
+    assert!(page.contains("<title>NO VERDICT") && page.contains("no verdict: load not delivered"));
+    let back: Report = serde_json::from_str(&json::render(&report).expect("json")).expect("parses");
+    assert_eq!(back.summary.no_verdict, report.summary.no_verdict, "report.json tells the same");
 }
 
 #[test]

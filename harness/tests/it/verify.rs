@@ -114,7 +114,10 @@ async fn apply(f: &Fixture, table: &str, key: &str, lsn: i64, offset: i64, op: &
         f.target.execute(&format!("DELETE FROM {table}_materialized WHERE id = $1::text::uuid"), &[&key]).await?;
         materialize(f, table, Some(key)).await?;
         f.target
-            .execute(&format!("UPDATE {table}_materialized SET _cdc_lsn = $2, _cdc_op = $4, _cdc_partition = 0, _cdc_offset = $3 WHERE id = $1::text::uuid"), &[&key, &lsn, &offset, &op])
+            .execute(
+                &format!("UPDATE {table}_materialized SET _cdc_lsn = $2, _cdc_op = $4, _cdc_partition = 0, _cdc_offset = $3 WHERE id = $1::text::uuid"),
+                &[&key, &lsn, &offset, &op],
+            )
             .await?;
     }
     log_op(f, table, key, lsn, op, "applied", offset, None).await
@@ -165,7 +168,9 @@ async fn a_deleted_key_made_live_again_is_a_resurrected_delete() -> anyhow::Resu
     let clean = verify(&f.pg.endpoint).await?;
     assert!(clean.converged, "a tombstone counts as absent: {:?}", clean.anomaly_counts);
     // ... then the old create, replayed at offset 2, brought it back.
-    f.target.execute("UPDATE order_item_materialized SET _cdc_deleted = false, _cdc_lsn = 10, _cdc_op = 'c', _cdc_offset = 2 WHERE id = $1::text::uuid", &[&k]).await?;
+    f.target
+        .execute("UPDATE order_item_materialized SET _cdc_deleted = false, _cdc_lsn = 10, _cdc_op = 'c', _cdc_offset = 2 WHERE id = $1::text::uuid", &[&k])
+        .await?;
     log_op(&f, "order_item", &k, 10, "c", "applied", 2, None).await?;
     let report = verify(&f.pg.endpoint).await?;
     let resurrected = report.anomalies.iter().find(|a| a.kind == AnomalyKind::ResurrectedDelete).expect("a resurrected delete");
@@ -356,10 +361,7 @@ async fn an_added_column_is_compared_and_a_lost_value_in_it_fails() -> anyhow::R
     // 12,800 incompressible characters (TOASTed out of line), then an update that leaves
     // them unchanged, in one transaction.
     f.source
-        .execute(
-            "UPDATE customer SET notes = (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 400)) WHERE id = $1::text::uuid",
-            &[&k],
-        )
+        .execute("UPDATE customer SET notes = (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 400)) WHERE id = $1::text::uuid", &[&k])
         .await?;
     f.source.execute("UPDATE customer SET status = 'inactive' WHERE id = $1::text::uuid", &[&k]).await?;
     let absent = verify(&f.pg.endpoint).await?;

@@ -20,6 +20,10 @@ use crate::schema::SchemaTracker;
 use crate::targets::{ErrorClass, Target, TargetError};
 use crate::validation::{KeyMemory, Rule, Severity, Tally, Validator};
 
+/// Key, version, op and source commit time of a decoded change, by batch index: the apply
+/// log rows of events that write nothing.
+type ChangeMeta = (Uuid, Version, &'static str, Option<chrono::DateTime<Utc>>);
+
 /// A Kafka record, detached from the consumer.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -186,7 +190,7 @@ impl Handler {
         let audit = self.target.audits();
         // Batch index -> (key, version, op, source commit time) of decoded changes, for
         // the apply log rows of events that write nothing.
-        let mut decoded: HashMap<usize, (Uuid, Version, &'static str, Option<chrono::DateTime<Utc>>)> = HashMap::new();
+        let mut decoded: HashMap<usize, ChangeMeta> = HashMap::new();
         let options = DecodeOptions::of(&self.config);
 
         for (i, record) in batch.iter().enumerate() {
@@ -396,13 +400,7 @@ impl Handler {
 
     /// Audit mode: apply log rows for the events that wrote nothing to the target
     /// (dead-lettered once the DLQ write is durable, ignored), before the offset is stored.
-    async fn log_unwritten(
-        &self,
-        batch: &[Record],
-        outcomes: &[Outcome],
-        decoded: &HashMap<usize, (Uuid, Version, &'static str, Option<chrono::DateTime<Utc>>)>,
-        rules: &HashMap<i64, &str>,
-    ) {
+    async fn log_unwritten(&self, batch: &[Record], outcomes: &[Outcome], decoded: &HashMap<usize, ChangeMeta>, rules: &HashMap<i64, &str>) {
         use crate::targets::{LogEntry, LoggedOutcome};
         let entries: Vec<LogEntry> = outcomes
             .iter()

@@ -166,7 +166,7 @@ async fn a_traced_event_continues_its_trace_in_spans_and_logs_and_moves_the_metr
     // The message span arrives as a child of the producer's span, in the producer's trace.
     let deadline = Instant::now() + Duration::from_secs(60);
     let message = loop {
-        if let Some(span) = receiver.spans_of_trace(TRACE_ID).into_iter().find(|s| attributes(s).get("cdc.outcome").is_some()) {
+        if let Some(span) = receiver.spans_of_trace(TRACE_ID).into_iter().find(|s| attributes(s).contains_key("cdc.outcome")) {
             break span;
         }
         assert!(Instant::now() < deadline, "no span of trace {TRACE_ID} exported; got {:?}", receiver.spans.lock().unwrap().len());

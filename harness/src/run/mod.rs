@@ -69,6 +69,8 @@ pub struct RunOutcome {
 /// Shared state of the tasks observing a run.
 struct Observers {
     samples: Arc<Mutex<Vec<Sample>>>,
+    /// The sink's counters, summed over its restarts by the sampler.
+    counters: Arc<Mutex<sampler::CounterTotals>>,
     probes: Arc<Mutex<Vec<probe::ProbeResult>>>,
     stop: Arc<AtomicBool>,
     /// Probes stop with the load (before verification), the sampler goes on through it.
@@ -83,7 +85,7 @@ impl Observers {
         probe::settle(&self.probes).await;
     }
 
-    async fn stop(self) -> (Vec<Sample>, Vec<probe::ProbeResult>) {
+    async fn stop(self) -> (Vec<Sample>, Vec<probe::ProbeResult>, sampler::CounterTotals) {
         self.stop_probes.store(true, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
@@ -91,7 +93,8 @@ impl Observers {
         }
         let samples = self.samples.lock().await.clone();
         let probes = self.probes.lock().await.clone();
-        (samples, probes)
+        let counters = self.counters.lock().await.clone();
+        (samples, probes, counters)
     }
 }
 
@@ -195,7 +198,6 @@ async fn measure(
     if log_start.is_none() {
         eprintln!("run: the sink keeps no apply log (audit mode off): per-hop latency will be absent");
     }
-    let sink_before = sink_metrics::scrape(&endpoints.sink_http).await.unwrap_or_default();
     let stats_before = workload.stats().await;
     let load_started = Instant::now();
     let load_started_wall = Utc::now();
@@ -254,7 +256,7 @@ async fn measure(
     .await?;
     // Let the lag series show the drain back to its resting level.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (mut samples, probes) = observers.stop().await;
+    let (mut samples, probes, counters) = observers.stop().await;
     let hops = match log_start {
         Some(after) => {
             // A connection of its own: one opened before the load may not have survived a
@@ -281,7 +283,6 @@ async fn measure(
     }
     api_task.abort();
     let stats_after = workload.stats().await;
-    let sink_after = sink_metrics::scrape(&endpoints.sink_http).await.unwrap_or_default();
 
     let events_per_sec = applied_per_sec(&samples, load_secs);
     let ops_by_kind: BTreeMap<String, u64> = stats_after
@@ -301,7 +302,8 @@ async fn measure(
     let probe_latency = percentiles(probes.iter().filter_map(|p| p.latency_ms).collect());
     let lost_probes = probes.iter().filter(|p| p.latency_ms.is_none()).count() as u64;
     let anomalies: u64 = convergence.anomaly_counts.values().sum();
-    let sink_errors = sink_metrics::sum(&sink_after, "sink_errors_total") - sink_metrics::sum(&sink_before, "sink_errors_total");
+    // Summed over sink restarts by the sampler (a restart resets the process's counters).
+    let sink_errors = counters.sum("sink_errors_total").unwrap_or(0.0);
 
     let hops = hops.unwrap_or_default();
     let pipeline = PipelineStats {
@@ -374,7 +376,7 @@ async fn measure(
         series: samples,
         faults,
         convergence,
-        validation: validation(&sink_before, &sink_after),
+        validation: validation(&counters),
         thresholds: Vec::new(),
         summary,
     };
@@ -507,6 +509,7 @@ async fn warm_up(workload: &Workload, duration: Duration) {
 
 async fn observe(stack: &Stack, endpoints: &Endpoints, workload: &Arc<Workload>, started: Instant, partitions: u32) -> Observers {
     let samples = Arc::new(Mutex::new(Vec::new()));
+    let counters = Arc::new(Mutex::new(sampler::CounterTotals::default()));
     let probes = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let stop_probes = Arc::new(AtomicBool::new(false));
@@ -518,12 +521,13 @@ async fn observe(stack: &Stack, endpoints: &Endpoints, workload: &Arc<Workload>,
         leaders: stack.leader_resolver(),
         started,
         slot: endpoints.slot.clone(),
+        counters: counters.clone(),
     };
     let tasks = vec![
         tokio::spawn(sampler::run(inputs, samples.clone(), stop.clone())),
         tokio::spawn(probe::run(endpoints.postgres.clone(), started, Duration::from_secs(1), stop_probes.clone(), probes.clone())),
     ];
-    Observers { samples, probes, stop, stop_probes, tasks }
+    Observers { samples, counters, probes, stop, stop_probes, tasks }
 }
 
 /// Runs each scheduled DDL at its time; returns its timeline entry.
@@ -770,21 +774,18 @@ pub fn percentiles(mut values: Vec<f64>) -> Percentiles {
     Percentiles { count: n as u64, p50: at(0.5), p90: at(0.9), p95: at(0.95), p99: at(0.99), max: values[n - 1] }
 }
 
-fn validation(before: &[sink_metrics::Series], after: &[sink_metrics::Series]) -> ValidationStats {
-    let delta = |name: &str| (sink_metrics::sum(after, name) - sink_metrics::sum(before, name)).max(0.0) as u64;
-    let before_rules = sink_metrics::by_label(before, "sink_validation_failed_total", "rule");
+fn validation(counters: &sampler::CounterTotals) -> ValidationStats {
+    let total = |name: &str| counters.sum(name).unwrap_or(0.0) as u64;
     ValidationStats {
-        passed: delta("sink_validation_passed_total"),
-        failed_by_rule: sink_metrics::by_label(after, "sink_validation_failed_total", "rule")
+        passed: total("sink_validation_passed_total"),
+        failed_by_rule: counters
+            .by_label("sink_validation_failed_total", "rule")
             .into_iter()
-            .map(|(rule, v)| {
-                let d = (v - before_rules.get(&rule).copied().unwrap_or(0.0)).max(0.0) as u64;
-                (rule, d)
-            })
+            .map(|(rule, v)| (rule, v as u64))
             .filter(|(_, v)| *v > 0)
             .collect(),
-        dlq: delta("sink_dlq_events_total"),
-        stale_skipped: delta("sink_stale_skips_total"),
+        dlq: total("sink_dlq_events_total"),
+        stale_skipped: total("sink_stale_skips_total"),
     }
 }
 

@@ -34,6 +34,8 @@ pub struct SamplerInputs {
     pub started: Instant,
     /// The connector's replication slot in the source (None: its backlog is not sampled).
     pub slot: Option<String>,
+    /// Every sink counter, summed over restarts (read by the run at its end).
+    pub counters: Arc<Mutex<CounterTotals>>,
 }
 
 /// A counter summed over a process's lifetimes: a value below the previous one means the
@@ -58,6 +60,48 @@ impl ResettingCounter {
     }
 }
 
+/// Every counter (`*_total`) of the sink's `/metrics`, per label set, summed over the
+/// sink's lifetimes: a restart mid-run neither loses what was counted before it nor counts
+/// it twice. A scrape that fails adds nothing (the next one catches up, or, after a
+/// restart, starts from the new process's count).
+#[derive(Debug, Default, Clone)]
+pub struct CounterTotals {
+    counters: BTreeMap<(String, BTreeMap<String, String>), ResettingCounter>,
+    scraped: bool,
+}
+
+impl CounterTotals {
+    pub fn observe(&mut self, series: &[sink_metrics::Series]) {
+        let first = !self.scraped;
+        self.scraped = true;
+        for s in series.iter().filter(|s| s.name.ends_with("_total")) {
+            let counter = self.counters.entry((s.name.clone(), s.labels.clone())).or_insert_with(|| ResettingCounter {
+                // A label set that appears after the first reading counted from zero.
+                last: (!first).then_some(0.0),
+                total: 0.0,
+            });
+            counter.observe(s.value);
+        }
+    }
+
+    /// The increase of `name` (all label sets) since the first reading; None when no reading
+    /// ever succeeded (not measured, never 0).
+    pub fn sum(&self, name: &str) -> Option<f64> {
+        self.scraped.then(|| self.counters.iter().filter(|((n, _), _)| n == name).map(|(_, c)| c.total).sum())
+    }
+
+    /// `sum` split by the value of `label`.
+    pub fn by_label(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for ((n, labels), c) in &self.counters {
+            if n == name {
+                *out.entry(labels.get(label).cloned().unwrap_or_default()).or_default() += c.total;
+            }
+        }
+        out
+    }
+}
+
 /// The sink's applied-change counter: every row it wrote (upserts and deletes).
 pub fn applied_changes(series: &[sink_metrics::Series]) -> f64 {
     sink_metrics::sum(series, "sink_writes_total")
@@ -70,7 +114,7 @@ pub async fn run(inputs: SamplerInputs, samples: Arc<Mutex<Vec<Sample>>>, stop: 
     let mut cpu = CpuMeter::default();
     let mut last_ops = inputs.workload.total();
     let mut applied = ResettingCounter::default();
-    if let Some(v) = scrape_applied(&inputs.endpoints.sink_http).await {
+    if let Some(v) = scrape_applied(&inputs.endpoints.sink_http, &inputs.counters).await {
         applied.observe(v);
     }
     let mut last_at = Instant::now();
@@ -86,7 +130,7 @@ pub async fn run(inputs: SamplerInputs, samples: Arc<Mutex<Vec<Sample>>>, stop: 
         let mut sample = Sample {
             t: now.duration_since(inputs.started).as_secs_f64(),
             write_rate: (ops - last_ops) as f64 / secs,
-            sink_rate: scrape_applied(&inputs.endpoints.sink_http).await.map(|v| applied.observe(v) / secs),
+            sink_rate: scrape_applied(&inputs.endpoints.sink_http, &inputs.counters).await.map(|v| applied.observe(v) / secs),
             ..Default::default()
         };
         last_ops = ops;
@@ -125,8 +169,11 @@ async fn connect_source(endpoints: &Endpoints) -> Option<tokio_postgres::Client>
     tokio::time::timeout(Duration::from_millis(800), endpoints.postgres.connect_source()).await.ok()?.ok()
 }
 
-async fn scrape_applied(http: &str) -> Option<f64> {
-    sink_metrics::scrape(http).await.ok().map(|s| applied_changes(&s))
+/// One scrape: feeds every counter's total and returns the applied-change count.
+async fn scrape_applied(http: &str, counters: &Mutex<CounterTotals>) -> Option<f64> {
+    let series = sink_metrics::scrape(http).await.ok()?;
+    counters.lock().await.observe(&series);
+    Some(applied_changes(&series))
 }
 
 /// Bytes of WAL the slot has not confirmed (None: no such slot, or the query failed).
@@ -159,6 +206,21 @@ mod tests {
 
     #[test]
     fn counter_resets_count_as_increases() {
+        let mut totals = CounterTotals::default();
+        assert_eq!(totals.sum("sink_errors_total"), None, "no reading: not measured");
+        let series = |v: f64, rule: Option<&str>| {
+            let mut out = vec![sink_metrics::Series { name: "sink_errors_total".into(), labels: BTreeMap::new(), value: v }];
+            if let Some(rule) = rule {
+                out.push(sink_metrics::Series { name: "sink_errors_total".into(), labels: BTreeMap::from([("kind".into(), rule.into())]), value: 2.0 });
+            }
+            out
+        };
+        totals.observe(&series(10.0, None));
+        totals.observe(&series(15.0, None));
+        // The sink restarted: 3 since, and a new label set counts from zero.
+        totals.observe(&series(3.0, Some("panic")));
+        assert_eq!(totals.sum("sink_errors_total"), Some(5.0 + 3.0 + 2.0));
+        assert_eq!(totals.by_label("sink_errors_total", "kind").get("panic"), Some(&2.0));
         let mut c = ResettingCounter::default();
         assert_eq!(c.observe(100.0), 0.0);
         assert_eq!(c.observe(150.0), 50.0);

@@ -404,6 +404,12 @@ impl Report {
             push(&format!("convergence.dlq_rejected.{rule}"), *n as f64, LowerIsBetter, false);
         }
         push("convergence.excused", c.total(|e| e.excused) as f64, LowerIsBetter, false);
+        if let Some(w) = &c.watermark {
+            push("convergence.late_applies", w.late_applies as f64, LowerIsBetter, true);
+            if w.quiet {
+                push("convergence.quiet_after_s", w.waited_ms as f64 / 1000.0, LowerIsBetter, false);
+            }
+        }
         // Read back from the topic; absent when it was not read (a gate on it then fails).
         if let Some(d) = &c.dlq {
             push("dlq.letters", d.letters as f64, LowerIsBetter, false);

@@ -223,6 +223,7 @@ pub(crate) fn representative_report() -> Report {
     let convergence = VerifyReport {
         time_to_converge_ms: Some(0),
         dlq_rejected: BTreeMap::from([(ENTITY_PLACEHOLDER.to_string(), 0)]),
+        watermark: Some(crate::run::fence::Watermark { quiet: true, last_lag: Some(0), ..Default::default() }),
         dlq: Some(crate::verify::dlq::DlqReport { by_class: BTreeMap::from([(format!("rule:{ENTITY_PLACEHOLDER}"), 0)]), ..Default::default() }),
         latency: crate::verify::LatencySummary { overall: one(), per_entity: BTreeMap::new() },
         ..VerifyReport::default()

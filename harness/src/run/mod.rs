@@ -4,6 +4,7 @@
 
 pub mod apply_log;
 pub mod delivery;
+pub mod fence;
 pub mod lag;
 pub mod probe;
 pub mod procstat;
@@ -235,13 +236,21 @@ async fn measure(
     eprintln!("\nrun: load done ({load_secs:.0}s); waiting for the last probes, then verifying convergence (up to {:?})", scenario.verify.settle);
     observers.stop_probes().await;
 
+    // Quiet up to a fence before comparing; the apply log's end marks where the comparison
+    // starts, so an apply after it is seen.
+    let topics = TABLES.iter().map(|t| endpoints.topic(t)).collect();
+    let watermark = fence::settle(&endpoints, topics, partitions, scenario.verify.settle).await;
+    let compare_from = match log_start {
+        Some(_) => apply_log::position(&connect_target().await?).await.map_err(|e| crate::verify::VerifyError::Target(format!("apply log: {e}")))?,
+        None => None,
+    };
     let dlq = crate::verify::dlq::DlqSource {
         config: endpoints.kafka_config(),
         topic: crate::config::DLQ_TOPIC.to_string(),
         poison: poison_records(&fault_records, &endpoints),
         since: Some(started_at),
     };
-    let convergence = crate::verify::verify_postgres(
+    let mut convergence = crate::verify::verify_postgres(
         &endpoints.postgres,
         &VerifyOptions {
             max_examples: 5,
@@ -254,6 +263,22 @@ async fn measure(
         },
     )
     .await?;
+    let mut no_watermark = None;
+    match watermark {
+        Ok(mut w) => {
+            if let Some(position) = compare_from {
+                if let Err(e) = fence::late_applies(&endpoints, position, &mut w).await {
+                    no_watermark = Some(e);
+                }
+            }
+            // Not quiet, or written to after the comparison: the comparison proves nothing.
+            if !w.quiet || w.late_applies > 0 {
+                convergence.converged = false;
+            }
+            convergence.watermark = Some(w);
+        }
+        Err(e) => no_watermark = Some(e),
+    }
     // Let the lag series show the drain back to its resting level.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (mut samples, probes, counters) = observers.stop().await;
@@ -383,6 +408,7 @@ async fn measure(
     report.thresholds = crate::report::thresholds::evaluate(&report, &scenario.thresholds());
     report.summary.thresholds_passed = report.thresholds.iter().all(|t| t.passed);
     report.summary.no_verdict = delivery::no_verdict_reasons(&report.load.stages, &report.faults, log_start.is_some(), report.convergence.history_checked);
+    report.summary.no_verdict.extend(no_watermark.map(|e| format!("no watermark to verify against: {e}")));
     let files = crate::report::write_all(&report, dir).map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
     Ok(RunOutcome { report, dir: dir.to_path_buf(), files })
 }

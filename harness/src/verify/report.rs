@@ -187,6 +187,9 @@ pub struct VerifyReport {
     /// The dead letters read back from their topic; `None`: not read.
     #[serde(default)]
     pub dlq: Option<super::dlq::DlqReport>,
+    /// The fence the comparison waited for (a run's verification); `None`: none was taken.
+    #[serde(default)]
+    pub watermark: Option<crate::run::fence::Watermark>,
 }
 
 impl VerifyReport {

@@ -287,6 +287,7 @@ fn base_report() -> Report {
             history_checked: true,
             columns: Vec::new(),
             dlq: None,
+            watermark: None,
         },
         validation: ValidationStats {
             passed: 11_950,

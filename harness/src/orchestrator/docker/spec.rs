@@ -562,6 +562,9 @@ pub fn connector_request(pg_password: &str, poll_interval_ms: u32) -> Value {
             "key.converter.schemas.enable": "false",
             "value.converter": "org.apache.kafka.connect.json.JsonConverter",
             "value.converter.schemas.enable": "false",
+            // Kafka Connect's JsonConverter writes a column's DEFAULT in place of a NULL
+            // unless told not to: a NULL in the source would arrive as the default.
+            "value.converter.replace.null.with.default": "false",
             "errors.max.retries": "10"
         }
     })
@@ -835,6 +838,7 @@ mod tests {
             ("time.precision.mode", "isostring"),
             ("poll.interval.ms", "10"),
             ("value.converter.schemas.enable", "false"),
+            ("value.converter.replace.null.with.default", "false"),
             ("key.converter.schemas.enable", "false"),
             ("database.dbname", "app"),
             ("table.include.list", "public.customer,public.address,public.orders,public.order_item"),

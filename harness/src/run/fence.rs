@@ -28,10 +28,21 @@ pub struct Watermark {
     pub waited_ms: u64,
     /// Consumer lag summed over partitions when last measured (None: never measured).
     pub last_lag: Option<u64>,
-    /// Applies the sink made after the comparison started: each changed a row the
-    /// comparison may have passed (a late replay, a stale overwrite after "converged").
+    /// Applies the sink made after the comparison started of changes at or below the fence
+    /// (versions the comparison covered): a late replay, a stale overwrite after "converged".
     pub late_applies: u64,
     pub late_examples: Vec<String>,
+    /// Applies after the comparison started of changes committed after the fence: the
+    /// source moved on (not a pipeline fault; counted, not gated).
+    #[serde(default)]
+    pub after_fence: u64,
+}
+
+/// `X/Y` (PostgreSQL's `pg_lsn` text) as the number the sink's versions carry.
+pub fn parse_lsn(text: &str) -> Option<i64> {
+    let (hi, lo) = text.split_once('/')?;
+    let value = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
+    i64::try_from(value).ok()
 }
 
 /// Writes the fence and waits, at most `deadline`, until the pipeline is quiet up to it.
@@ -82,7 +93,16 @@ pub async fn late_applies(endpoints: &Endpoints, position: i64, watermark: &mut 
 }
 
 fn record_late(rows: &[LogRow], watermark: &mut Watermark) {
+    let fence = parse_lsn(&watermark.fence_lsn);
     for r in rows.iter().filter(|r| r.outcome == "applied") {
+        // A change written after the fence (its own LSN past it; the commit position is the
+        // previous transaction's commit, so it cannot tell): the comparison never claimed it.
+        if let (Some(fence), Some(version)) = (fence, r.version) {
+            if version > fence {
+                watermark.after_fence += 1;
+                continue;
+            }
+        }
         watermark.late_applies += 1;
         if watermark.late_examples.len() < 5 {
             watermark.late_examples.push(format!(
@@ -122,11 +142,16 @@ mod tests {
             applied_at: chrono::Utc::now(),
             rule: None,
         };
-        let mut w = Watermark::default();
+        assert_eq!(parse_lsn("0/3A5B840"), Some(0x3A5B840));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        let mut w = Watermark { fence_lsn: "0/40".into(), ..Default::default() };
         record_late(&[row(10, "stale"), row(11, "ignored")], &mut w);
         assert_eq!(w.late_applies, 0, "a replay the guard skipped changed nothing");
         record_late(&[row(12, "applied")], &mut w);
-        assert_eq!(w.late_applies, 1);
+        assert_eq!(w.late_applies, 1, "version 40 is at the fence (0x40 = 64): covered by the comparison");
         assert!(w.late_examples[0].contains("version 40 (partition 1 offset 77, apply log row 12)"), "{}", w.late_examples[0]);
+        let newer = LogRow { version: Some(65), commit: Some(65), ..row(13, "applied") };
+        record_late(&[newer], &mut w);
+        assert_eq!((w.late_applies, w.after_fence), (1, 1), "a change committed after the fence is the source moving on");
     }
 }

@@ -49,6 +49,11 @@ pub async fn run(pg: PgEndpoint, started: Instant, interval: Duration, stop: Arc
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         ticker.tick().await;
+        // Stopped while waiting for the tick: no write after the load (the fence after it
+        // must be the last change).
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
         let id = Uuid::new_v4();
         let email = format!("probe-{}@probe.invalid", id.simple());
         if source.execute("INSERT INTO customer (id, email, status) VALUES ($1, $2, 'active')", &[&id, &email]).await.is_err() {

@@ -34,6 +34,18 @@ pub enum ColumnChange {
     AbsentInTarget,
 }
 
+/// The name the sink stores an added source column under (sink/README.md, "Schema
+/// changes"): names the sink or MongoDB reserve (`_cdc*`, `_id`, `items`, dotted, `$...`,
+/// and the prefix itself) become `_source_<name>` with `%`, `.` and `$` percent-encoded.
+/// Written here from the documented rule, not taken from the sink's code: the verifier
+/// checks the sink, it does not share it.
+pub fn stored_name(source: &str) -> Option<String> {
+    const PREFIX: &str = "_source_";
+    let reserved =
+        source.starts_with("_cdc") || source == "_id" || source == "items" || source.contains('.') || source.starts_with('$') || source.starts_with(PREFIX);
+    reserved.then(|| format!("{PREFIX}{}", source.replace('%', "%25").replace('.', "%2E").replace('$', "%24")))
+}
+
 /// The comparison type of a PostgreSQL type (`pg_type.typname`).
 pub(crate) fn column_type(typname: &str) -> ColumnType {
     match typname {
@@ -83,7 +95,7 @@ pub(crate) fn resolve(entity: &Entity, source: &[SourceColumn], target: Option<&
                         ColumnChange::Retyped,
                         format!("mapped as {:?}, the source has {}: compared as {ty:?}", mapped.ty, s.declared),
                     ));
-                    columns.push(Column { name: mapped.name.clone(), ty, absent_in_target: false });
+                    columns.push(Column { name: mapped.name.clone(), ty, absent_in_target: false, target_name: None });
                 } else {
                     columns.push(Column { absent_in_target: false, ..mapped.clone() });
                 }
@@ -91,18 +103,25 @@ pub(crate) fn resolve(entity: &Entity, source: &[SourceColumn], target: Option<&
             None => findings.push(finding(&mapped.name, ColumnChange::Dropped, "in the mapping, no longer in the source: not compared".into())),
         }
     }
+    let mut resolved = entity.clone();
     for s in source.iter().filter(|s| !entity.columns.iter().any(|m| m.name == s.name)) {
         let ty = column_type(&s.typname);
-        findings.push(finding(&s.name, ColumnChange::Added, format!("{} in the source, not in the mapping: compared as {ty:?}", s.declared)));
-        columns.push(Column { name: s.name.clone(), ty, absent_in_target: false });
+        let stored = stored_name(&s.name);
+        let under = stored.as_ref().map(|n| format!(", stored as {n}")).unwrap_or_default();
+        findings.push(finding(&s.name, ColumnChange::Added, format!("{} in the source, not in the mapping: compared as {ty:?}{under}", s.declared)));
+        if let Some(n) = &stored {
+            resolved.mongo.fields.insert(s.name.clone(), n.clone());
+        }
+        columns.push(Column { name: s.name.clone(), ty, absent_in_target: false, target_name: stored });
     }
     if let Some(target) = target.filter(|t| !t.is_empty()) {
-        for c in columns.iter_mut().filter(|c| !target.contains(&c.name)) {
+        for c in columns.iter_mut().filter(|c| !target.iter().any(|t| t == c.target())) {
             c.absent_in_target = true;
             findings.push(finding(&c.name, ColumnChange::AbsentInTarget, format!("not in {}: compared against null", entity.postgres.table)));
         }
     }
-    Ok((Entity { columns, ..entity.clone() }, findings))
+    resolved.columns = columns;
+    Ok((resolved, findings))
 }
 
 #[cfg(test)]
@@ -162,6 +181,25 @@ mod tests {
                 ("notes", ColumnChange::AbsentInTarget)
             ]
         );
+    }
+
+    #[test]
+    fn added_columns_with_reserved_names_are_found_under_the_sinks_documented_name() {
+        assert_eq!(stored_name("notes"), None);
+        assert_eq!(stored_name("_cdc_lsn").as_deref(), Some("_source__cdc_lsn"));
+        assert_eq!(stored_name("a.b").as_deref(), Some("_source_a%2Eb"));
+        let m = Mapping::builtin();
+        let entity = m.entity("order_item").unwrap();
+        let mut source = order_item_source();
+        source.push(col("_cdc_lsn", "text", "text"));
+        let mut target: Vec<String> = source.iter().map(|c| c.name.clone()).filter(|n| n != "_cdc_lsn").collect();
+        target.push("_cdc_lsn".into()); // the sink's own metadata column, not the source's
+        target.push("_source__cdc_lsn".into());
+        let (resolved, findings) = resolve(entity, &source, Some(&target)).unwrap();
+        let added = resolved.columns.iter().find(|c| c.name == "_cdc_lsn").unwrap();
+        assert_eq!((added.target(), added.absent_in_target), ("_source__cdc_lsn", false));
+        assert_eq!(resolved.mongo.field("_cdc_lsn"), "_source__cdc_lsn");
+        assert!(findings.iter().all(|f| f.change != ColumnChange::AbsentInTarget), "{findings:?}");
     }
 
     #[test]

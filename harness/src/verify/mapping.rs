@@ -35,6 +35,17 @@ pub struct Column {
     /// then compared against null there). Never read from a mapping file.
     #[serde(skip)]
     pub absent_in_target: bool,
+    /// The target column it is stored under, when not its own name (an added column the
+    /// sink renames: `verify::columns::stored_name`). Never read from a mapping file.
+    #[serde(skip)]
+    pub target_name: Option<String>,
+}
+
+impl Column {
+    /// The column's name in a PostgreSQL target.
+    pub fn target(&self) -> &str {
+        self.target_name.as_deref().unwrap_or(&self.name)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

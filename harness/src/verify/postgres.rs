@@ -31,14 +31,18 @@ fn column_list(entity: &Entity) -> String {
 
 /// The target's columns in the source's order; a column the target lacks reads as null.
 fn target_column_list(entity: &Entity) -> String {
-    entity.columns.iter().map(|c| if c.absent_in_target { "NULL::text".to_string() } else { ident(&c.name) }).collect::<Vec<_>>().join(", ")
+    entity.columns.iter().map(|c| if c.absent_in_target { "NULL::text".to_string() } else { ident(c.target()) }).collect::<Vec<_>>().join(", ")
 }
 
 fn text_column_list(entity: &Entity, alias: &str, target: bool) -> String {
     entity
         .columns
         .iter()
-        .map(|c| if target && c.absent_in_target { "NULL::text".to_string() } else { format!("{alias}.{}::text", ident(&c.name)) })
+        .map(|c| match (target, c.absent_in_target) {
+            (true, true) => "NULL::text".to_string(),
+            (true, false) => format!("{alias}.{}::text", ident(c.target())),
+            (false, _) => format!("{alias}.{}::text", ident(&c.name)),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -130,7 +130,7 @@ mod tests {
         let samples: Vec<Sample> = (1..=20).map(|t| sample(t as f64, if (5..=12).contains(&t) { 0.0 } else { 100.0 })).collect();
         let fault = FaultRecord { kind: "stop".into(), start_s: 5.0, end_s: Some(10.0), ..Default::default() };
         let plan = LoadPlan { segments: vec![Segment { duration: Duration::from_secs(20), from: 100.0, to: 100.0 }] };
-        let stages = stages(&plan, &samples, &[fault.clone()]);
+        let stages = stages(&plan, &samples, std::slice::from_ref(&fault));
         assert!(stages[0].ratio >= MIN_DELIVERED, "{:?}", stages[0]);
         assert!(no_verdict_reasons(&stages, &[fault], false, false).is_empty());
         let unexcused = super::stages(&plan, &samples, &[]);

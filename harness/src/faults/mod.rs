@@ -349,23 +349,7 @@ mod poison_tests {
     use crate::run::apply_log::LogRow;
 
     fn log(offset: i64, outcome: &str) -> LogRow {
-        LogRow {
-            id: offset,
-            entity: "customer".into(),
-            key: None,
-            version: None,
-            commit: None,
-            epoch: 0,
-            snapshot: false,
-            op: None,
-            outcome: outcome.into(),
-            partition: 0,
-            offset,
-            kafka_ts: None,
-            source_ts: None,
-            applied_at: chrono::DateTime::from_timestamp_millis(0).unwrap(),
-            rule: Some("decode".into()),
-        }
+        LogRow { key: None, rule: Some("decode".into()), ..LogRow::sample(offset, outcome) }
     }
 
     #[test]

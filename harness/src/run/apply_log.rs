@@ -208,6 +208,31 @@ pub fn clocks() -> BTreeMap<String, String> {
 }
 
 #[cfg(test)]
+impl LogRow {
+    /// A row for tests: customer 1, read at partition 0, offset `id`; no version, times at
+    /// the epoch. Tests set what they are about with struct update syntax.
+    pub(crate) fn sample(id: i64, outcome: &str) -> Self {
+        LogRow {
+            id,
+            entity: "customer".into(),
+            key: Some(uuid::Uuid::from_u128(1)),
+            version: None,
+            commit: None,
+            epoch: 0,
+            snapshot: false,
+            op: None,
+            outcome: outcome.into(),
+            partition: 0,
+            offset: id,
+            kafka_ts: None,
+            source_ts: None,
+            applied_at: DateTime::from_timestamp_millis(0).expect("the epoch"),
+            rule: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

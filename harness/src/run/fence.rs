@@ -126,21 +126,13 @@ mod tests {
     #[test]
     fn an_apply_after_the_comparison_is_recorded_with_its_evidence() {
         let row = |id: i64, outcome: &str| LogRow {
-            id,
-            entity: "customer".into(),
             key: Some(uuid::Uuid::from_u128(9)),
             version: Some(40),
             commit: Some(40),
-            epoch: 0,
-            snapshot: false,
             op: Some("u".into()),
-            outcome: outcome.into(),
             partition: 1,
             offset: 77,
-            kafka_ts: None,
-            source_ts: None,
-            applied_at: chrono::Utc::now(),
-            rule: None,
+            ..LogRow::sample(id, outcome)
         };
         assert_eq!(parse_lsn("0/3A5B840"), Some(0x3A5B840));
         assert_eq!(parse_lsn("1/0"), Some(1 << 32));

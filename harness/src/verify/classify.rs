@@ -310,21 +310,14 @@ mod tests {
 
     fn log(id: i64, lsn: i64, op: &str, outcome: &str, offset: i64) -> LogRow {
         LogRow {
-            id,
-            entity: "customer".into(),
-            key: Some(uuid::Uuid::from_u128(1)),
             version: Some(lsn),
             commit: Some(lsn),
-            epoch: 0,
-            snapshot: false,
             op: Some(op.into()),
-            outcome: outcome.into(),
-            partition: 0,
             offset,
-            kafka_ts: None,
             source_ts: DateTime::from_timestamp_millis(lsn * 1000),
             applied_at: DateTime::from_timestamp_millis(lsn * 1000 + 3000).unwrap(),
             rule: (outcome == "dlq").then(|| "email".into()),
+            ..LogRow::sample(id, outcome)
         }
     }
 

@@ -240,23 +240,7 @@ mod tests {
     }
 
     fn log_row(offset: i64) -> LogRow {
-        LogRow {
-            id: offset,
-            entity: "customer".into(),
-            key: None,
-            version: None,
-            commit: None,
-            epoch: 0,
-            snapshot: false,
-            op: None,
-            outcome: "dlq".into(),
-            partition: 0,
-            offset,
-            kafka_ts: None,
-            source_ts: None,
-            applied_at: chrono::Utc::now(),
-            rule: None,
-        }
+        LogRow { key: None, ..LogRow::sample(offset, "dlq") }
     }
 
     #[test]

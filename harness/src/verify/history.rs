@@ -147,21 +147,12 @@ mod tests {
 
     fn row(id: i64, version: i64, outcome: &str) -> LogRow {
         LogRow {
-            id,
-            entity: "customer".into(),
-            key: Some(uuid::Uuid::from_u128(1)),
             version: Some(version),
-            commit: None,
-            epoch: 0,
-            snapshot: false,
             op: Some("u".into()),
-            outcome: outcome.into(),
-            partition: 0,
             offset: id * 10,
-            kafka_ts: None,
             source_ts: DateTime::from_timestamp_millis(version * 1000),
             applied_at: DateTime::from_timestamp_millis(id * 1000).unwrap(),
-            rule: None,
+            ..LogRow::sample(id, outcome)
         }
     }
 

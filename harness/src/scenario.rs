@@ -281,11 +281,23 @@ impl Scenario {
     }
 
     /// The scenario's thresholds, and the gates every run has whatever its file says: no
-    /// dead letter the scenario does not expect, and the DLQ topic agreeing with the sink's
-    /// apply log (a file can tighten them, never drop them).
-    pub fn thresholds(&self) -> Vec<Threshold> {
+    /// dead letter the scenario does not expect, the DLQ topic agreeing with the sink's
+    /// apply log, and (but in a breakpoint search, which raises the rate until something
+    /// gives) the load delivered as planned: no iteration k6 dropped, and the write latency
+    /// outside fault windows bounded where it was measured. A file can tighten them, never
+    /// drop them.
+    pub fn thresholds_for(&self, driver: DriverKind, write_latency_measured: bool) -> Vec<Threshold> {
         let mut out: Vec<Threshold> = self.thresholds.iter().filter_map(|t| Threshold::parse(t).ok()).collect();
-        for gate in ALWAYS_GATED {
+        let mut gates: Vec<&str> = ALWAYS_GATED.to_vec();
+        if self.breakpoint.is_none() {
+            if driver == DriverKind::K6 {
+                gates.push(DROPPED_ITERATIONS_GATE);
+            }
+            if write_latency_measured {
+                gates.push(WRITE_LATENCY_GATE);
+            }
+        }
+        for gate in gates {
             let metric = gate.split_whitespace().next().unwrap_or_default();
             if !out.iter().any(|t| t.metric == metric) {
                 out.extend(Threshold::parse(gate).ok());
@@ -294,6 +306,12 @@ impl Scenario {
         out
     }
 }
+
+/// k6 drops an iteration when no VU is free at its time: the plan was not delivered.
+pub const DROPPED_ITERATIONS_GATE: &str = "load.dropped_iterations == 0";
+/// Writes outside fault windows slower than this (p99, ms, from their intended start) mean
+/// the source or the driver could not keep up.
+pub const WRITE_LATENCY_GATE: &str = "load.write_latency_outside_faults_ms.p99 < 5000";
 
 /// Gates of every scenario (see `Scenario::thresholds`).
 pub const ALWAYS_GATED: [&str; 3] = ["dlq.unexpected == 0", "dlq.unreconciled == 0", "dlq.poison_missing == 0"];
@@ -309,5 +327,29 @@ impl Stage {
             return Err("rates must be >= 0 and the duration > 0".into());
         }
         Ok(Segment { duration: self.duration, from, to })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(s: &Scenario, driver: DriverKind, latency: bool) -> Vec<String> {
+        s.thresholds_for(driver, latency).into_iter().map(|t| t.metric).collect()
+    }
+
+    #[test]
+    fn every_run_gates_its_delivery_where_it_was_measured() {
+        let baseline = Scenario::load("baseline").expect("shipped scenario");
+        let k6 = metrics(&baseline, DriverKind::K6, true);
+        assert!(k6.iter().any(|m| m == "load.dropped_iterations") && k6.iter().any(|m| m == "load.write_latency_outside_faults_ms.p99"), "{k6:?}");
+        // goose never drops an iteration (a late one is in its latency); an unmeasured
+        // latency is not gated (it would fail as absent).
+        let goose = metrics(&baseline, DriverKind::Goose, false);
+        assert!(!goose.iter().any(|m| m == "load.dropped_iterations" || m.starts_with("load.write_latency")), "{goose:?}");
+        assert!(goose.iter().any(|m| m == "dlq.unexpected"), "{goose:?}");
+        // A breakpoint search raises the rate until something gives: no delivery gate.
+        let breakpoint = Scenario::load("breakpoint").expect("shipped scenario");
+        assert!(!metrics(&breakpoint, DriverKind::K6, true).iter().any(|m| m == "load.dropped_iterations" || m.starts_with("load.write_latency")));
     }
 }

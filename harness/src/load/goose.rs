@@ -51,13 +51,14 @@ struct Pace {
     next: Instant,
 }
 
-/// Every request's latency from its intended start, in milliseconds.
-type Latencies = Arc<Mutex<Vec<f64>>>;
+/// Every request's intended start (seconds after the load's start) and its latency from
+/// that start, in milliseconds.
+type Latencies = Arc<Mutex<Vec<(f64, f64)>>>;
 
 /// The interval of each user's schedule: one operation per second.
 const PERIOD: Duration = Duration::from_secs(1);
 
-async fn operation(user: &mut GooseUser, latencies: Latencies) -> TransactionResult {
+async fn operation(user: &mut GooseUser, latencies: Latencies, load_start: Instant) -> TransactionResult {
     // The first request of a user is spread over the first period, so users started
     // together do not fire together.
     let intended = match user.get_session_data_mut::<Pace>() {
@@ -81,7 +82,8 @@ async fn operation(user: &mut GooseUser, latencies: Latencies) -> TransactionRes
     let builder = user.get_request_builder(&GooseMethod::Post, OPS_PATH)?.header("traceparent", traceparent).json(&serde_json::json!({}));
     let request = GooseRequest::builder().set_request_builder(builder).build();
     let mut response = user.request(request).await?;
-    latencies.lock().expect("latency list").push(intended.elapsed().as_secs_f64() * 1000.0);
+    let at = intended.saturating_duration_since(load_start).as_secs_f64();
+    latencies.lock().expect("latency list").push((at, intended.elapsed().as_secs_f64() * 1000.0));
     // 409: every key tried vanished under concurrent deletes; the workload's own choice,
     // not a failure of the system under test.
     if let Ok(r) = &response.response {
@@ -95,11 +97,12 @@ async fn operation(user: &mut GooseUser, latencies: Latencies) -> TransactionRes
 pub async fn run(api: &str, plan: &LoadPlan, out_dir: &Path) -> Result<DriverResult, DriverError> {
     let latencies: Latencies = Arc::new(Mutex::new(Vec::new()));
     let recorder = latencies.clone();
+    let load_start = Instant::now();
     // No wait between transactions: each one sleeps until its own intended start.
     let scenario = Scenario::new("workload").register_transaction(
         Transaction::new(Arc::new(move |user| {
             let recorder = recorder.clone();
-            Box::pin(async move { operation(user, recorder).await })
+            Box::pin(async move { operation(user, recorder, load_start).await })
         }))
         .set_name("op"),
     );
@@ -128,7 +131,8 @@ pub async fn run(api: &str, plan: &LoadPlan, out_dir: &Path) -> Result<DriverRes
         return Err(failed("goose made no request"));
     };
     let total = (requests.success_count + requests.fail_count) as u64;
-    let latency_ms = crate::run::percentiles(std::mem::take(&mut *latencies.lock().expect("latency list")));
+    let timed = std::mem::take(&mut *latencies.lock().expect("latency list"));
+    let latency_ms = crate::run::percentiles(timed.iter().map(|(_, l)| *l).collect());
     Ok(DriverResult {
         driver: "goose".into(),
         requests: total,
@@ -136,6 +140,7 @@ pub async fn run(api: &str, plan: &LoadPlan, out_dir: &Path) -> Result<DriverRes
         latency_ms,
         achieved_rate: total as f64 / plan.duration().as_secs_f64().max(1.0),
         dropped: None,
+        timed_latencies: Some(timed),
     })
 }
 

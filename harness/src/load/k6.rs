@@ -269,6 +269,7 @@ fn parse_summary(text: &str) -> Result<Parsed, String> {
             achieved_rate: metric("http_reqs").and_then(|m| m.rate).unwrap_or(0.0),
             // k6 leaves the metric out when nothing was dropped.
             dropped: Some(count(metric("dropped_iterations"), |m| m.count)),
+            timed_latencies: None,
         },
         conflicts: count(metric("ops_conflicts"), |m| m.count),
         crossed,

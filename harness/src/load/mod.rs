@@ -71,6 +71,11 @@ pub struct DriverResult {
     /// (goose starts every request, late if it must; the delay is in its latency).
     #[serde(default)]
     pub dropped: Option<u64>,
+    /// Every request's intended start (seconds after the load started) with its latency
+    /// (ms), where the driver keeps them (goose), so the latency outside fault windows can
+    /// be told apart. Not part of the report.
+    #[serde(skip)]
+    pub timed_latencies: Option<Vec<(f64, f64)>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -64,6 +64,11 @@ pub struct LoadStats {
     pub achieved_rate: f64,
     /// Latency of the workload API's writes (from intended start: no coordinated omission).
     pub write_latency_ms: Percentiles,
+    /// The same over the requests whose intended start no fault window covers (a stopped
+    /// source holds writes back on purpose). None: not measured (k6 keeps no per-request
+    /// times; without a fault it is `write_latency_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_latency_outside_faults_ms: Option<Percentiles>,
     /// Requests the driver saw fail (transport errors and 5xx: a transaction the workload
     /// could not commit is one of them, counted once).
     pub errors: u64,
@@ -388,6 +393,9 @@ impl Report {
         }
         for (suffix, v) in pct_fields(&l.write_latency_ms) {
             push(&format!("write_latency_ms.{suffix}"), v, LowerIsBetter, false);
+        }
+        if let Some(p) = l.write_latency_outside_faults_ms.as_ref().filter(|p| p.measured()) {
+            push("load.write_latency_outside_faults_ms.p99", p.p99, LowerIsBetter, true);
         }
         let c = &self.convergence;
         push("convergence.missing", c.total(|e| e.missing_in_target) as f64, LowerIsBetter, true);

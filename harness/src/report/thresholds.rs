@@ -231,6 +231,7 @@ pub(crate) fn representative_report() -> Report {
     Report {
         load: LoadStats {
             write_latency_ms: one(),
+            write_latency_outside_faults_ms: Some(one()),
             dropped_iterations: Some(0),
             stages: vec![crate::report::model::StageDelivery::default()],
             ..LoadStats::default()

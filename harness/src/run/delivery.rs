@@ -4,6 +4,7 @@
 
 use crate::load::LoadPlan;
 use crate::report::model::{FaultRecord, Sample, StageDelivery};
+use crate::verify::Percentiles;
 
 /// A stage delivered less than this share of its rate: the run has no verdict.
 pub const MIN_DELIVERED: f64 = 0.95;
@@ -24,6 +25,21 @@ fn fault_windows(faults: &[FaultRecord]) -> Vec<(f64, f64)> {
             (f.start_s, end + FAULT_GRACE_S)
         })
         .collect()
+}
+
+/// The write latency over the requests whose intended start no fault window covers: what
+/// the source's clients saw when nothing was done to the system on purpose. None: the
+/// driver kept no per-request times and there were fault windows to leave out.
+pub fn write_latency_outside_faults(timed: Option<&[(f64, f64)]>, overall: &Percentiles, faults: &[FaultRecord]) -> Option<Percentiles> {
+    let windows = fault_windows(faults);
+    match timed {
+        Some(timed) => {
+            let kept = timed.iter().filter(|(at, _)| !windows.iter().any(|(a, b)| at >= a && at <= b)).map(|(_, ms)| *ms).collect();
+            Some(crate::run::percentiles(kept)).filter(Percentiles::measured)
+        }
+        None if windows.is_empty() => Some(overall.clone()).filter(Percentiles::measured),
+        None => None,
+    }
 }
 
 /// Per stage: the target rate and what the workload committed per second, over the stage's
@@ -135,6 +151,22 @@ mod tests {
         assert!(no_verdict_reasons(&stages, &[fault], false, false).is_empty());
         let unexcused = super::stages(&plan, &samples, &[]);
         assert!(unexcused[0].ratio < MIN_DELIVERED, "the same seconds without the fault are a shortfall");
+    }
+
+    #[test]
+    fn write_latency_leaves_out_the_requests_a_fault_held_back() {
+        // A source stopped from 10 s to 20 s: the writes due then waited seconds.
+        let timed: Vec<(f64, f64)> = (0..300).map(|i| i as f64 / 10.0).map(|at| (at, if (10.0..=22.0).contains(&at) { 8000.0 } else { 20.0 })).collect();
+        let overall = crate::run::percentiles(timed.iter().map(|(_, ms)| *ms).collect());
+        let fault = FaultRecord { kind: "stop".into(), start_s: 10.0, end_s: Some(20.0), ..Default::default() };
+        let outside = write_latency_outside_faults(Some(&timed), &overall, std::slice::from_ref(&fault)).expect("measured");
+        assert_eq!(outside.p99, 20.0, "{outside:?}");
+        assert_eq!(overall.p99, 8000.0);
+        // Without the fault, the same requests are all counted: a slow source is seen.
+        assert_eq!(write_latency_outside_faults(Some(&timed), &overall, &[]).expect("measured").p99, 8000.0);
+        // k6 keeps no per-request times: with a fault there is no such figure, without one it is the overall one.
+        assert_eq!(write_latency_outside_faults(None, &overall, std::slice::from_ref(&fault)), None);
+        assert_eq!(write_latency_outside_faults(None, &overall, &[]), Some(overall));
     }
 
     #[test]

@@ -393,6 +393,7 @@ async fn measure(
             target_rate: plan.total_ops() / plan.duration().as_secs_f64().max(1e-3),
             achieved_rate: (stats_after.total - stats_before.total) as f64 / load_secs.max(1e-3),
             write_latency_ms: driver_result.latency_ms.clone(),
+            write_latency_outside_faults_ms: delivery::write_latency_outside_faults(driver_result.timed_latencies.as_deref(), &driver_result.latency_ms, &faults),
             errors: load_errors,
             dropped_iterations: driver_result.dropped,
             stages,
@@ -405,7 +406,7 @@ async fn measure(
         thresholds: Vec::new(),
         summary,
     };
-    report.thresholds = crate::report::thresholds::evaluate(&report, &scenario.thresholds());
+    report.thresholds = crate::report::thresholds::evaluate(&report, &scenario.thresholds_for(driver, report.load.write_latency_outside_faults_ms.is_some()));
     report.summary.thresholds_passed = report.thresholds.iter().all(|t| t.passed);
     report.summary.no_verdict = delivery::no_verdict_reasons(&report.load.stages, &report.faults, log_start.is_some(), report.convergence.history_checked);
     report.summary.no_verdict.extend(no_watermark.map(|e| format!("no watermark to verify against: {e}")));

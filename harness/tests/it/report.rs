@@ -214,6 +214,7 @@ fn base_report() -> Report {
             target_rate: 100.0,
             achieved_rate: 99.6,
             write_latency_ms: pct(5975, 2.1, 4.8, 6.3, 11.7, 48.2),
+            write_latency_outside_faults_ms: Some(pct(5890, 2.0, 4.6, 6.0, 9.8, 31.5)),
             errors: 0,
             dropped_iterations: None,
             stages: Vec::new(),

@@ -99,6 +99,21 @@ enum Command {
         /// harness's workload tables (`harness/mapping.toml`).
         #[arg(long, value_name = "FILE")]
         mapping: Option<PathBuf>,
+        /// Business rules whose dead letters are expected (comma-separated rule names): only
+        /// those excuse a key; any other dead letter is a failure of convergence.
+        #[arg(long, value_delimiter = ',', value_name = "RULE")]
+        expect_rejections: Vec<String>,
+        /// The sink's dead-letter topic, read back from its start and reconciled with the
+        /// apply log.
+        #[arg(long, default_value = harness::config::DLQ_TOPIC)]
+        dlq_topic: String,
+        /// Only letters written after this point count (an RFC 3339 time, or a duration
+        /// ago such as `30m`): earlier ones belong to earlier runs on the same stack.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Do not read the dead-letter topic (a stack whose sink has none).
+        #[arg(long)]
+        no_dlq: bool,
     },
     /// Benchmarks, each against a raw baseline measured in the same run.
     #[command(subcommand)]
@@ -324,7 +339,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit::SUCCESS)
         }
-        Command::Verify { target, json, max_examples, settle, mongo_uri, mongo_db, external, mapping } => {
+        Command::Verify { target, json, max_examples, settle, mongo_uri, mongo_db, external, mapping, expect_rejections, dlq_topic, since, no_dlq } => {
             let stack = external.open(&cli.run_dir).await?;
             let endpoints = stack.endpoints();
             // A stack that materializes into MongoDB is verified there by default.
@@ -338,7 +353,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 Some(path) => Some(harness::verify::mapping::Mapping::load(path).map_err(ServiceError::Unsupported)?),
                 None => None,
             };
-            let options = VerifyOptions { max_examples, settle, mapping, ..Default::default() };
+            let dlq = (!no_dlq).then(|| harness::verify::dlq::DlqSource { config: endpoints.kafka_config(), topic: dlq_topic, poison: Default::default(), since });
+            let options = VerifyOptions { max_examples, settle, mapping, expected_rejections: expect_rejections, dlq, ..Default::default() };
             let (target, mongo_uri) = match (target, mongo_uri, stack_mongo) {
                 (VerifyTarget::Stack, given, Some(uri)) => (VerifyTarget::Mongo, given.or(Some(uri))),
                 (VerifyTarget::Stack, given, None) => (VerifyTarget::Postgres, given),
@@ -539,6 +555,15 @@ fn print_run_summary(report: &harness::report::model::Report, dir: &std::path::P
     eprintln!("{:<46} {}", "report", dir.join("report.html").display());
 }
 
+/// `--since`: an RFC 3339 instant, or a duration before now (`30m`).
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    let ago = humantime::parse_duration(text).map_err(|e| format!("`{text}` is neither an RFC 3339 time nor a duration ago ({e})"))?;
+    Ok(chrono::Utc::now() - chrono::Duration::from_std(ago).map_err(|e| e.to_string())?)
+}
+
 fn render_verify(report: &VerifyReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -558,6 +583,35 @@ fn render_verify(report: &VerifyReport) -> String {
         let _ = writeln!(out, "  {:?} {} {}: {}", a.kind, a.entity, a.key, a.evidence);
         for f in &a.fields {
             let _ = writeln!(out, "    {}: source {:?} target {:?}", f.field, f.source, f.target);
+        }
+    }
+    for c in &report.columns {
+        let _ = writeln!(out, "column {}.{} {:?}: {}", c.entity, c.column, c.change, c.detail);
+    }
+    for (rule, n) in &report.dlq_rejected {
+        let _ = writeln!(out, "excused by rule {rule}: {n} keys");
+    }
+    match &report.dlq {
+        Some(d) => {
+            let classes: Vec<String> = d.by_class.iter().map(|(class, n)| format!("{class} {n}")).collect();
+            let _ = writeln!(
+                out,
+                "dead letters in {}: {} ({}); unexpected {}, unreconciled {}",
+                d.topic,
+                d.letters,
+                if classes.is_empty() { "none".into() } else { classes.join(", ") },
+                d.unexpected,
+                d.unreconciled
+            );
+            for e in &d.unexpected_examples {
+                let _ = writeln!(out, "  unexpected {} {} partition {} offset {} key {}: {}", e.class, e.entity, e.partition, e.offset, e.key.as_deref().unwrap_or("-"), e.reason);
+            }
+            for e in &d.unreconciled_examples {
+                let _ = writeln!(out, "  unreconciled: {e}");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "dead letters: not read");
         }
     }
     let l = &report.latency.overall;

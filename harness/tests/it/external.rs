@@ -201,8 +201,12 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
     assert_no_secret(&out, &dir, &[&password, &kafka_secret]);
 
     // Verify and status on the external stack, without load.
-    let out = harness(&["verify", "--backend", "external", "--endpoints", file], &env);
+    let out = harness(&["verify", "--backend", "external", "--endpoints", file, "--since", "1h"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The dead-letter topic is read back and reconciled, not taken on trust.
+    assert!(text(&out).contains("dead letters in cdc.dlq: ") && text(&out).contains("unexpected 0, unreconciled 0"), "{}", text(&out));
+    let out = harness(&["verify", "--backend", "external", "--endpoints", file, "--since", "last tuesday"], &env);
+    assert_eq!(out.status.code(), Some(2), "a --since that is neither a time nor a duration is a usage error: {}", text(&out));
     // A mapping of one's own: only the tables it names are verified.
     let builtin = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mapping.toml"))?;
     let customer_only: String =

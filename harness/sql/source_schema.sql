@@ -78,3 +78,12 @@ CREATE TABLE IF NOT EXISTS harness.write_trace (
     traceparent  text NOT NULL,
     recorded_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Debezium's heartbeat writes here (`heartbeat.action.query`, every few seconds). It is
+-- captured (in the publication), so while the workload's tables are idle and the rest of
+-- the database writes, the connector still sees a newer position and confirms it: the slot
+-- releases WAL instead of holding it. Nothing materializes it.
+CREATE TABLE IF NOT EXISTS cdc_heartbeat (
+    id       integer PRIMARY KEY,
+    beat_at  timestamptz NOT NULL
+);

@@ -53,3 +53,32 @@ pub const DLQ_TOPIC: &str = "cdc.dlq";
 pub fn topic_for(table: &str) -> String {
     format!("{TOPIC_PREFIX}.public.{table}")
 }
+
+/// A captured table Debezium's heartbeat writes to (`heartbeat.action.query`): while the
+/// workload's tables are idle and the rest of the database writes, its changes give the
+/// connector a newer position to confirm, so the slot releases WAL instead of holding it.
+pub const HEARTBEAT_TABLE: &str = "cdc_heartbeat";
+/// Where Debezium writes its heartbeat records (`topic.heartbeat.prefix` + `.` + prefix).
+pub const HEARTBEAT_TOPIC: &str = "__debezium-heartbeat.cdc";
+/// How often the heartbeat fires.
+pub const HEARTBEAT_INTERVAL_MS: u32 = 5000;
+
+/// The statement the heartbeat runs in the source (`schema`: where the tables live).
+pub fn heartbeat_action_query(schema: &str) -> String {
+    format!("INSERT INTO {schema}.{HEARTBEAT_TABLE} (id, beat_at) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET beat_at = now()")
+}
+
+/// Debezium's `table.include.list`: the workload's tables and the heartbeat table.
+pub fn captured_tables(schema: &str) -> Vec<String> {
+    TABLES.iter().copied().chain([HEARTBEAT_TABLE]).map(|t| format!("{schema}.{t}")).collect()
+}
+
+/// Every topic a stack's broker needs before Debezium and the sink start (tansu creates
+/// none on first use): the tables', the heartbeat table's and Debezium's heartbeat topic,
+/// and the dead-letter topic.
+pub fn pipeline_topics() -> Vec<String> {
+    let mut topics: Vec<String> = TABLES.iter().chain([&HEARTBEAT_TABLE]).map(|t| topic_for(t)).collect();
+    topics.push(HEARTBEAT_TOPIC.to_string());
+    topics.push(DLQ_TOPIC.to_string());
+    topics
+}

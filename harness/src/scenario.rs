@@ -37,6 +37,26 @@ pub struct Scenario {
     pub random_faults: Option<RandomFaults>,
     /// Kill Debezium while it takes the initial snapshot, then start it again.
     pub snapshot_fault: Option<SnapshotFault>,
+    /// After the load: the captured tables idle while other tables of the database are
+    /// written (the slot must keep releasing WAL).
+    pub idle: Option<IdlePhase>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdlePhase {
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// Rows per second written to a table outside the publication.
+    pub writes_per_sec: u32,
+    /// Bytes of each row's payload (incompressible).
+    #[serde(default = "default_idle_row_bytes")]
+    pub row_bytes: u32,
+}
+
+/// Under PostgreSQL's TOAST threshold: every byte goes to the WAL as it is.
+const fn default_idle_row_bytes() -> u32 {
+    1500
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -351,5 +371,18 @@ mod tests {
         // A breakpoint search raises the rate until something gives: no delivery gate.
         let breakpoint = Scenario::load("breakpoint").expect("shipped scenario");
         assert!(!metrics(&breakpoint, DriverKind::K6, true).iter().any(|m| m == "load.dropped_iterations" || m.starts_with("load.write_latency")));
+    }
+
+    #[test]
+    fn idle_tables_fails_a_slot_that_holds_the_wal_of_other_tables() {
+        let scenario = Scenario::load("idle-tables").expect("shipped scenario");
+        let gate = |after: u64| {
+            let mut report = crate::report::thresholds::representative_report();
+            report.pipeline.slot_lag_bytes_max_after_load = Some(after);
+            let results = crate::report::thresholds::evaluate(&report, &scenario.thresholds_for(DriverKind::Goose, false));
+            results.into_iter().find(|t| t.metric == "slot_lag_bytes.max_after_load").expect("gated").passed
+        };
+        assert!(!gate(50 << 20), "a slot holding the idle phase's 50 MB fails");
+        assert!(gate(1 << 20), "one heartbeat interval's backlog passes");
     }
 }

@@ -349,3 +349,14 @@ pub async fn resolve_backend(requested: BackendKind) -> Result<BackendKind, Serv
         },
     }
 }
+
+/// A PostgreSQL error with the server's own message (its `Display` says only "db error").
+pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}

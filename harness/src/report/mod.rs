@@ -14,7 +14,7 @@ pub mod thresholds;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use model::Report;
+use model::{PipelineStats, Report};
 
 /// The run passed when the target converged and every threshold held.
 pub fn passed(report: &Report) -> bool {
@@ -81,6 +81,16 @@ fn num_or_absent(v: Option<f64>) -> (String, bool) {
     }
 }
 
+/// The slot's backlog while the load ran and after it; the overall maximum for a report
+/// made before the two were told apart.
+fn slot_lag(p: &PipelineStats) -> (String, bool) {
+    let kib = |v: Option<u64>| num_or_absent(v.map(|v| v as f64 / 1024.0)).0;
+    match (p.slot_lag_bytes_max_during_load, p.slot_lag_bytes_max_after_load) {
+        (None, None) => num_or_absent(p.slot_lag_bytes_max.map(|v| v as f64 / 1024.0)),
+        (during, after) => (format!("{} / {}", kib(during), kib(after)), true),
+    }
+}
+
 fn pct_triple(p: &crate::verify::Percentiles) -> Option<String> {
     p.measured().then(|| format!("{} / {} / {}", fmt_num(p.p50), fmt_num(p.p95), fmt_num(p.p99)))
 }
@@ -110,7 +120,7 @@ pub fn summary_rows(report: &Report) -> Vec<SummaryRow> {
         row("Apply hop p50 / p95 / p99 (Kafka → target)", triple(&p.apply_latency_ms), " ms"),
         row("Probe latency p50 / p95 / p99", triple(&p.probe_latency_ms), " ms"),
         row("Max consumer lag", num_or_absent(p.max_lag.map(|v| v as f64)), " events"),
-        row("Max slot lag", num_or_absent(p.slot_lag_bytes_max.map(|v| v as f64 / 1024.0)), " KiB"),
+        row("Max slot lag during load / after", slot_lag(p), " KiB"),
         row("Lag recovery", lag_recovery, " s"),
         row("Time to converge", time_to_converge, " s"),
         row("Errors", (s.errors.to_string(), true), ""),

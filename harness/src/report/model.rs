@@ -121,6 +121,16 @@ pub struct PipelineStats {
     pub max_lag: Option<u64>,
     /// Highest replication slot backlog (bytes of WAL behind the source's current position).
     pub slot_lag_bytes_max: Option<u64>,
+    /// The same while the load ran, and after it (the drain, an idle phase, the
+    /// verification): WAL a slot holds while its tables are idle shows in the second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_lag_bytes_max_during_load: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_lag_bytes_max_after_load: Option<u64>,
+    /// WAL the database wrote during the scenario's idle phase (captured tables idle):
+    /// what a slot that confirmed nothing meanwhile would hold. None: no idle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_wal_bytes: Option<u64>,
     /// Seconds the lag series could not be sampled (gaps in the series).
     #[serde(default)]
     pub lag_unmeasured_s: u64,
@@ -364,6 +374,15 @@ impl Report {
         }
         if let Some(v) = p.slot_lag_bytes_max {
             push("slot_lag_bytes.max", v as f64, LowerIsBetter, false);
+        }
+        if let Some(v) = p.slot_lag_bytes_max_during_load {
+            push("slot_lag_bytes.max_during_load", v as f64, LowerIsBetter, false);
+        }
+        if let Some(v) = p.slot_lag_bytes_max_after_load {
+            push("slot_lag_bytes.max_after_load", v as f64, LowerIsBetter, true);
+        }
+        if let Some(v) = p.idle_wal_bytes {
+            push("idle.wal_bytes", v as f64, LowerIsBetter, false);
         }
         if let Some(v) = p.lag_recovery_s {
             push("lag_recovery_s", v, LowerIsBetter, true);

@@ -5,6 +5,7 @@
 pub mod apply_log;
 pub mod delivery;
 pub mod fence;
+mod idle;
 pub mod lag;
 pub mod probe;
 pub mod procstat;
@@ -235,6 +236,19 @@ async fn measure(
     let load_secs = load_ended.duration_since(load_started).as_secs_f64();
     eprintln!("\nrun: load done ({load_secs:.0}s); waiting for the last probes, then verifying convergence (up to {:?})", scenario.verify.settle);
     observers.stop_probes().await;
+    let (idle_wal_bytes, idle_error) = match &scenario.idle {
+        Some(phase) => {
+            eprintln!("run: idle phase: the captured tables idle for {:?} while another table takes {} rows/s", phase.duration, phase.writes_per_sec);
+            match idle::run(&endpoints.postgres, phase).await {
+                Ok(w) => {
+                    eprintln!("run: idle phase done: {} rows written outside the publication, {} KiB of WAL", w.rows, w.wal_bytes / 1024);
+                    (Some(w.wal_bytes), None)
+                }
+                Err(e) => (None, Some(format!("the idle phase could not write to the source: {}", crate::orchestrator::pg_error_text(&e)))),
+            }
+        }
+        None => (None, None),
+    };
 
     // Quiet up to a fence before comparing; the apply log's end marks where the comparison
     // starts, so an apply after it is seen.
@@ -341,6 +355,9 @@ async fn measure(
         probe_latency_ms: probe_latency,
         max_lag: samples.iter().filter_map(|s| s.lag).max(),
         slot_lag_bytes_max: samples.iter().filter_map(|s| s.slot_lag_bytes).max(),
+        slot_lag_bytes_max_during_load: samples.iter().filter(|s| s.t <= load_secs).filter_map(|s| s.slot_lag_bytes).max(),
+        slot_lag_bytes_max_after_load: samples.iter().filter(|s| s.t > load_secs + 1.0).filter_map(|s| s.slot_lag_bytes).max(),
+        idle_wal_bytes,
         lag_unmeasured_s: samples.iter().filter(|s| s.lag.is_none()).count() as u64,
         lag_recovery_s,
         lag_recovered,
@@ -410,6 +427,7 @@ async fn measure(
     report.summary.thresholds_passed = report.thresholds.iter().all(|t| t.passed);
     report.summary.no_verdict = delivery::no_verdict_reasons(&report.load.stages, &report.faults, log_start.is_some(), report.convergence.history_checked);
     report.summary.no_verdict.extend(no_watermark.map(|e| format!("no watermark to verify against: {e}")));
+    report.summary.no_verdict.extend(idle_error);
     let files = crate::report::write_all(&report, dir).map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
     Ok(RunOutcome { report, dir: dir.to_path_buf(), files })
 }

@@ -77,3 +77,35 @@ async fn short_baselines_pass_converge_and_diff() -> anyhow::Result<()> {
     assert_eq!(verdict(&d, "e2e_latency_ms.p95").as_deref(), Some("regressed"));
     Ok(())
 }
+
+/// The captured tables idle while another table is written: Debezium's heartbeat keeps the
+/// slot confirming newer positions, so its backlog stays a small share of the WAL written
+/// meanwhile (without the heartbeat it would hold all of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tables_keep_the_slot_releasing_wal() -> anyhow::Result<()> {
+    let _turn = harness::testing::stack_turn().await;
+    let mut scenario = Scenario::load("idle-tables")?;
+    let idle = scenario.idle.as_mut().expect("the scenario has an idle phase");
+    // A minute of idling writes enough WAL (~10 MB) to tell holding from releasing.
+    idle.duration = Duration::from_secs(60);
+    let options = RunOptions {
+        scenario,
+        driver: None,
+        duration: Some(Duration::from_secs(20)),
+        rate: None,
+        seed: 1,
+        reuse: None,
+        keep: false,
+        reports_dir: harness::testing::run_dir("reports"),
+        stack: harness::orchestrator::stack::StackChoice::local(),
+    };
+    let r = run(options).await?.report;
+    let p = &r.pipeline;
+    let (wal, after) = (p.idle_wal_bytes.expect("idle phase measured"), p.slot_lag_bytes_max_after_load.expect("slot lag after the load measured"));
+    assert!(wal > 4 * 1024 * 1024, "the idle phase wrote {wal} bytes of WAL");
+    assert!(after * 3 < wal, "the slot held {after} of the {wal} bytes written while its tables were idle");
+    assert!(p.slot_lag_bytes_max_during_load.is_some(), "slot lag during the load measured apart");
+    let failed: Vec<_> = r.thresholds.iter().filter(|t| !t.passed).collect();
+    assert!(failed.is_empty() && r.summary.converged && r.summary.no_verdict.is_empty(), "{failed:?} {:?}", r.summary.no_verdict);
+    Ok(())
+}

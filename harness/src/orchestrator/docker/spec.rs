@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::images::ImageSet;
 use super::{DockerConfig, Images, TargetKind};
-use crate::config::{DLQ_TOPIC, TABLES, TOPIC_PREFIX, topic_for};
+use crate::config::TOPIC_PREFIX;
 use crate::orchestrator::ServiceKind;
 use crate::orchestrator::local::debezium::{PUBLICATION_NAME, SLOT_NAME};
 use crate::orchestrator::local::postgres::SOURCE_DB;
@@ -535,7 +535,7 @@ fn bind(assets: &std::path::Path, relative: &str, target: &str) -> String {
 /// Body of `POST /connectors`: the same Debezium settings as the local launcher
 /// (`local::debezium::configure`), with the database reached by its network alias.
 pub fn connector_request(pg_password: &str, poll_interval_ms: u32) -> Value {
-    let tables: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
+    let tables = crate::config::captured_tables("public");
     json!({
         "name": CONNECTOR_NAME,
         "config": {
@@ -565,7 +565,9 @@ pub fn connector_request(pg_password: &str, poll_interval_ms: u32) -> Value {
             // Kafka Connect's JsonConverter writes a column's DEFAULT in place of a NULL
             // unless told not to: a NULL in the source would arrive as the default.
             "value.converter.replace.null.with.default": "false",
-            "errors.max.retries": "10"
+            "errors.max.retries": "10",
+            "heartbeat.interval.ms": crate::config::HEARTBEAT_INTERVAL_MS.to_string(),
+            "heartbeat.action.query": crate::config::heartbeat_action_query("public")
         }
     })
 }
@@ -592,9 +594,7 @@ pub fn registration_outcome(status: u16, body: &str) -> Registration {
 
 /// The topics created before the connector starts.
 pub fn topics() -> Vec<String> {
-    let mut topics: Vec<String> = TABLES.iter().map(|t| topic_for(t)).collect();
-    topics.push(DLQ_TOPIC.to_string());
-    topics
+    crate::config::pipeline_topics()
 }
 
 /// What `GET /connectors/<name>/status` says, reduced to what readiness needs.
@@ -841,11 +841,13 @@ mod tests {
             ("value.converter.replace.null.with.default", "false"),
             ("key.converter.schemas.enable", "false"),
             ("database.dbname", "app"),
-            ("table.include.list", "public.customer,public.address,public.orders,public.order_item"),
+            ("table.include.list", "public.customer,public.address,public.orders,public.order_item,public.cdc_heartbeat"),
+            ("heartbeat.interval.ms", "5000"),
         ] {
             assert_eq!(c[key], value, "{key}");
         }
-        assert_eq!(topics().len(), 5);
+        assert!(c["heartbeat.action.query"].as_str().is_some_and(|q| q.contains("public.cdc_heartbeat")));
+        assert_eq!(topics().len(), 7, "{:?}", topics());
     }
 
     #[test]

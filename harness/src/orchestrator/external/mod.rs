@@ -252,16 +252,7 @@ impl ExternalStack {
     }
 }
 
-/// A PostgreSQL error with the server's own message (its `Display` says only "db error").
-fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => match std::error::Error::source(e) {
-            Some(cause) => format!("{e}: {cause}"),
-            None => e.to_string(),
-        },
-    }
-}
+use super::pg_error_text as pg_error;
 
 /// A MongoDB error may quote its connection string.
 fn redact(text: &str, uri: &Secret) -> String {

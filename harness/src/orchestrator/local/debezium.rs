@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::process::{self, ProcessHandle};
-use crate::config::{TABLES, TOPIC_PREFIX};
+use crate::config::TOPIC_PREFIX;
 use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{PgEndpoint, ServiceError, ServiceKind};
 
@@ -57,7 +57,7 @@ pub const PASSWORD_ENV: &str = "CDC_PG_PASSWORD";
 pub fn configure(layout: &DebeziumLayout, pg: &PgEndpoint, kafka: &str, settings: &DebeziumSettings) -> Result<(), ServiceError> {
     fs::create_dir_all(&layout.dir).map_err(|e| err(format!("{}: {e}", layout.dir.display())))?;
     fs::write(layout.dir.join("DebeziumLauncher.java"), LAUNCHER_SOURCE).map_err(|e| err(e.to_string()))?;
-    let tables: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
+    let tables = crate::config::captured_tables("public");
     let mut props = String::from("# Written by the harness for DebeziumLauncher.java.\n");
     let mut set = |k: &str, v: &str| {
         let _ = writeln!(props, "{k}={v}");
@@ -87,8 +87,10 @@ pub fn configure(layout: &DebeziumLayout, pg: &PgEndpoint, kafka: &str, settings
     set("debezium.time.precision.mode", "isostring");
     set("debezium.poll.interval.ms", &settings.poll_interval_ms.to_string());
     set("debezium.max.batch.size", "2048");
-    // A heartbeat topic would have to be pre-created on tansu; streaming keeps the slot moving.
-    set("debezium.heartbeat.interval.ms", "0");
+    // Without a heartbeat the slot holds WAL while the captured tables are idle and the
+    // rest of the database writes (its topics are created with the others).
+    set("debezium.heartbeat.interval.ms", &crate::config::HEARTBEAT_INTERVAL_MS.to_string());
+    set("debezium.heartbeat.action.query", &crate::config::heartbeat_action_query("public"));
     set("debezium.errors.max.retries", "10");
     set("debezium.key.converter.schemas.enable", "false");
     set("debezium.value.converter.schemas.enable", "false");

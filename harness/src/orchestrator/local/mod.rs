@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use self::process::ProcessHandle;
 use super::state::{self, PortPicker, absolute, state_err};
 use super::{ConnectEndpoint, Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
-use crate::config::{DLQ_TOPIC, StackConfig, TABLES, topic_for};
+use crate::config::StackConfig;
 use crate::faults::Link;
 use crate::provision::Provisioned as Tools;
 use fault_proxy::{FaultProxy, LinkFault};
@@ -248,9 +248,7 @@ impl LocalStack {
                 let handle = broker::start(&tools.tansu, &layout, ports.broker, advertised)?;
                 self.record(service, handle.clone())?;
                 broker::wait_ready(&endpoints.kafka, &handle, &layout, Duration::from_secs(60)).await?;
-                let mut topics: Vec<String> = TABLES.iter().map(|t| topic_for(t)).collect();
-                topics.push(DLQ_TOPIC.to_string());
-                broker::create_topics(&endpoints.kafka, &topics, config.partitions).await?;
+                broker::create_topics(&endpoints.kafka, &crate::config::pipeline_topics(), config.partitions).await?;
             }
             ServiceKind::Debezium => {
                 let layout = debezium::DebeziumLayout::new(&run_dir);

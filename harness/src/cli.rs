@@ -615,7 +615,7 @@ fn render_verify(report: &VerifyReport) -> String {
         }
     }
     let l = &report.latency.overall;
-    let _ = writeln!(out, "e2e latency (ms, {} changes): p50 {:.1} p95 {:.1} p99 {:.1} max {:.1}", l.count, l.p50, l.p95, l.p99, l.max);
+    let _ = writeln!(out, "latest change per key, commit -> applied (ms, {} keys): p50 {:.1} p95 {:.1} p99 {:.1} max {:.1}", l.count, l.p50, l.p95, l.p99, l.max);
     let _ = writeln!(out, "{} rows compared in {} ms: {}", report.rows_compared, report.elapsed_ms, if report.converged { "CONVERGED" } else { "DIVERGED" });
     out
 }

@@ -176,8 +176,10 @@ pub struct Breakpoint {
     #[serde(with = "humantime_serde")]
     pub step_duration: Duration,
     pub max_rate: f64,
-    /// SLO per step: end-to-end p99 (probe writes) in milliseconds.
-    pub max_e2e_p99_ms: f64,
+    /// SLO per step: the slowest probe write's end-to-end latency, in milliseconds (a step
+    /// holds some thirty probes, too few for a p99 that is not their maximum).
+    #[serde(alias = "max_e2e_p99_ms")]
+    pub max_probe_latency_ms: f64,
     /// SLO per step: consumer lag may not grow by more than this over a step.
     pub max_lag_growth: u64,
 }

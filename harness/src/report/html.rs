@@ -212,7 +212,7 @@ fn charts(o: &mut String, report: &Report) {
             },
         ),
         ("CPU per service", Chart { id: "chart-cpu", unit: "% of one core", series: per_service(&|s| &s.cpu_pct), bands: &bands }),
-        ("Memory per service", Chart { id: "chart-memory", unit: "RSS, MiB", series: per_service(&|s| &s.rss_mb), bands: &bands }),
+        ("Memory per service", Chart { id: "chart-memory", unit: "PSS, MiB", series: per_service(&|s| &s.rss_mb), bands: &bands }),
     ];
     o.push_str("<section id=\"charts\">\n<h2>Over time</h2>\n");
     if !bands.is_empty() {
@@ -404,7 +404,7 @@ fn resources(o: &mut String, series: &[Sample]) {
         o.push_str("<p class=\"muted\">No resource samples.</p>\n</section>\n");
         return;
     }
-    o.push_str("<table>\n<tr><th>Service</th><th class=\"num\">CPU avg (%)</th><th class=\"num\">CPU max (%)</th><th class=\"num\">RSS avg (MiB)</th><th class=\"num\">RSS max (MiB)</th></tr>\n");
+    o.push_str("<table>\n<tr><th>Service</th><th class=\"num\">CPU avg (%)</th><th class=\"num\">CPU max (%)</th><th class=\"num\">PSS avg (MiB)</th><th class=\"num\">PSS max (MiB)</th></tr>\n");
     let stats = |v: Option<&Vec<f64>>| match v {
         Some(v) if !v.is_empty() => (fmt_num(v.iter().sum::<f64>() / v.len() as f64), fmt_num(v.iter().copied().fold(f64::MIN, f64::max))),
         _ => ("—".into(), "—".into()),

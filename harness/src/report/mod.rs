@@ -81,6 +81,15 @@ fn num_or_absent(v: Option<f64>) -> (String, bool) {
     }
 }
 
+/// The total and what it is made of (a transient retry is not a lost change).
+fn errors(s: &model::Summary) -> String {
+    if s.errors_by_kind.is_empty() {
+        return s.errors.to_string();
+    }
+    let kinds: Vec<String> = s.errors_by_kind.iter().map(|(kind, n)| format!("{} {n}", kind.replace('_', " "))).collect();
+    format!("{} ({})", s.errors, kinds.join(", "))
+}
+
 /// The slot's backlog while the load ran and after it; the overall maximum for a report
 /// made before the two were told apart.
 fn slot_lag(p: &PipelineStats) -> (String, bool) {
@@ -123,7 +132,7 @@ pub fn summary_rows(report: &Report) -> Vec<SummaryRow> {
         row("Max slot lag during load / after", slot_lag(p), " KiB"),
         row("Lag recovery", lag_recovery, " s"),
         row("Time to converge", time_to_converge, " s"),
-        row("Errors", (s.errors.to_string(), true), ""),
+        row("Errors", (errors(s), true), ""),
         row("Validation failures / DLQ", (format!("{} / {}", report.validation.failed_by_rule.values().sum::<u64>(), report.validation.dlq), true), ""),
         row("Rows rejected on purpose (DLQ)", (report.convergence.dlq_rejected.values().sum::<u64>().to_string(), true), ""),
     ];

@@ -245,8 +245,14 @@ pub struct Summary {
     /// None: no change latency was measured.
     pub e2e_latency_ms: Option<LatencyTriple>,
     pub lag_recovery_s: Option<f64>,
-    /// Write errors + sink errors + anomalies.
+    /// Write failures + sink errors + lost probes + anomalies (see `errors_by_kind`).
     pub errors: u64,
+    /// `errors` by what they are: `write_failures` (requests the driver saw fail),
+    /// `sink_errors` (transient errors the sink retried; absent when its metrics were never
+    /// read), `lost_probes` (probe writes that never reached the target) and `anomalies`
+    /// (correctness: what the verifier found).
+    #[serde(default)]
+    pub errors_by_kind: BTreeMap<String, u64>,
     pub thresholds_passed: bool,
     /// Why the run has no verdict (its load was not delivered, a fault did not inject, the
     /// apply log could not be read, ...): when any, it neither passes nor fails.
@@ -457,6 +463,9 @@ impl Report {
             push("faults.poison_unreconciled", poison.iter().sum::<u64>() as f64, LowerIsBetter, true);
         }
         push("errors", self.summary.errors as f64, LowerIsBetter, true);
+        for (kind, n) in &self.summary.errors_by_kind {
+            push(&format!("errors.{kind}"), *n as f64, LowerIsBetter, false);
+        }
         out
     }
 }

@@ -342,7 +342,16 @@ async fn measure(
     let lost_probes = probes.iter().filter(|p| p.latency_ms.is_none()).count() as u64;
     let anomalies: u64 = convergence.anomaly_counts.values().sum();
     // Summed over sink restarts by the sampler (a restart resets the process's counters).
-    let sink_errors = counters.sum("sink_errors_total").unwrap_or(0.0);
+    let sink_errors = counters.sum("sink_errors_total").map(|v| v.max(0.0) as u64);
+    let errors_by_kind: std::collections::BTreeMap<String, u64> = [
+        ("write_failures", Some(load_errors)),
+        ("sink_errors", sink_errors),
+        ("lost_probes", Some(lost_probes)),
+        ("anomalies", Some(anomalies)),
+    ]
+    .into_iter()
+    .filter_map(|(kind, n)| n.map(|n| (kind.to_string(), n)))
+    .collect();
 
     let hops = hops.unwrap_or_default();
     let pipeline = PipelineStats {
@@ -374,7 +383,8 @@ async fn measure(
             p99: pipeline.e2e_latency_ms.p99,
         }),
         lag_recovery_s,
-        errors: load_errors + sink_errors.max(0.0) as u64 + anomalies + lost_probes,
+        errors: errors_by_kind.values().sum(),
+        errors_by_kind,
         thresholds_passed: false,
         no_verdict: Vec::new(),
     };
@@ -639,7 +649,7 @@ fn progress_printer(total: Duration, samples: Arc<Mutex<Vec<Sample>>>, started: 
     })
 }
 
-/// The rate is raised step by step; each step must keep the probe p99 and the lag growth
+/// The rate is raised step by step; each step must keep its slowest probe and the lag growth
 /// within the SLOs. Returns the plan that ran and the highest rate that met them.
 async fn breakpoint(
     bp: &Breakpoint,
@@ -662,19 +672,19 @@ async fn breakpoint(
         let step_end = started.elapsed().as_secs_f64();
         segments.extend(step_plan.segments);
         let lag_after = last_lag(&observers.samples).await;
-        let p99 = step_probe_p99(&observers.probes.lock().await, step_start, step_end);
+        let slowest = step_probe_max(&observers.probes.lock().await, step_start, step_end);
         let lag_ok = match (lag_before, lag_after) {
             (Some(before), Some(after)) => after.saturating_sub(before) <= bp.max_lag_growth,
             // Lag that could not be measured cannot show the step was sustained.
             _ => false,
         };
         let achieved_ok = result.achieved_rate >= rate * 0.9;
-        let ok = p99.is_some_and(|p| p <= bp.max_e2e_p99_ms) && lag_ok && result.failures == 0 && achieved_ok;
+        let ok = slowest.is_some_and(|p| p <= bp.max_probe_latency_ms) && lag_ok && result.failures == 0 && achieved_ok;
         let show = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "not measured".into());
         eprintln!(
-            "breakpoint: {rate:.0} ops/s -> achieved {:.0}/s, probe p99 {}, lag {} -> {}, failures {}: {}",
+            "breakpoint: {rate:.0} ops/s -> achieved {:.0}/s, slowest probe {}, lag {} -> {}, failures {}: {}",
             result.achieved_rate,
-            p99.map(|p| if p.is_finite() { format!("{p:.1} ms") } else { "a probe not back by the step's end".into() }).unwrap_or_else(|| "no probes".into()),
+            slowest.map(|p| if p.is_finite() { format!("{p:.1} ms") } else { "a probe not back by the step's end".into() }).unwrap_or_else(|| "no probes".into()),
             show(lag_before),
             show(lag_after),
             result.failures,
@@ -698,9 +708,10 @@ async fn last_lag(samples: &Mutex<Vec<Sample>>) -> Option<u64> {
     samples.lock().await.iter().rev().take(3).find_map(|s| s.lag)
 }
 
-/// The probe p99 of a breakpoint step: probes sent in the step, a probe not back by the
-/// step's end counting as infinitely late (over any SLO). None: no probe in the step.
-pub fn step_probe_p99(probes: &[probe::ProbeResult], step_start: f64, step_end: f64) -> Option<f64> {
+/// The slowest probe of a breakpoint step (a step holds some thirty probes: their p99 is
+/// their maximum, so it is named and computed as one): probes sent in the step, a probe not
+/// back by the step's end counting as infinitely late (over any SLO). None: no probe.
+pub fn step_probe_max(probes: &[probe::ProbeResult], step_start: f64, step_end: f64) -> Option<f64> {
     let latencies: Vec<f64> = probes
         .iter()
         .filter(|p| p.at >= step_start && p.at < step_end)
@@ -709,8 +720,7 @@ pub fn step_probe_p99(probes: &[probe::ProbeResult], step_start: f64, step_end: 
             _ => f64::INFINITY,
         })
         .collect();
-    let p = percentiles(latencies);
-    p.measured().then_some(p.p99)
+    latencies.into_iter().reduce(f64::max)
 }
 
 /// Changes applied per second over the load window: the sum of the per-second increases of
@@ -983,9 +993,9 @@ mod tests {
     fn breakpoint_step_counts_late_probes_and_needs_probes() {
         let probe = |at: f64, latency: Option<f64>| probe::ProbeResult { at, latency_ms: latency, pending: latency.is_none() };
         let probes = vec![probe(1.0, Some(50.0)), probe(2.0, Some(60.0)), probe(9.5, None)];
-        assert_eq!(step_probe_p99(&probes, 0.0, 10.0), Some(f64::INFINITY), "a probe not back by the step's end is over any SLO");
-        assert_eq!(step_probe_p99(&probes[..2], 0.0, 10.0), Some(60.0));
-        assert_eq!(step_probe_p99(&probes, 20.0, 30.0), None, "a step with no probes");
+        assert_eq!(step_probe_max(&probes, 0.0, 10.0), Some(f64::INFINITY), "a probe not back by the step's end is over any SLO");
+        assert_eq!(step_probe_max(&probes[..2], 0.0, 10.0), Some(60.0));
+        assert_eq!(step_probe_max(&probes, 20.0, 30.0), None, "a step with no probes");
     }
 
     #[test]

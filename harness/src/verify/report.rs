@@ -166,6 +166,9 @@ pub struct VerifyReport {
     pub full_pass_ms: Vec<u64>,
     /// Keys still different when the deadline passed (online mode; bounded).
     pub never_converged: Vec<String>,
+    /// Commit -> applied over the latest change of each key (not every change: the run's
+    /// per-hop figures come from the apply log).
+    #[serde(rename = "latest_change_latency", alias = "latency")]
     pub latency: LatencySummary,
     pub rows_compared: u64,
     pub elapsed_ms: u64,

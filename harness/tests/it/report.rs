@@ -155,6 +155,10 @@ fn finish(mut report: Report) -> Report {
         e2e_latency_ms: p.e2e_latency_ms.measured().then(|| LatencyTriple { p50: p.e2e_latency_ms.p50, p95: p.e2e_latency_ms.p95, p99: p.e2e_latency_ms.p99 }),
         lag_recovery_s: p.lag_recovery_s,
         errors: report.load.errors + report.convergence.anomaly_counts.values().sum::<u64>(),
+        errors_by_kind: BTreeMap::from([
+            ("write_failures".to_string(), report.load.errors),
+            ("anomalies".to_string(), report.convergence.anomaly_counts.values().sum::<u64>()),
+        ]),
         thresholds_passed: report.thresholds.iter().all(|t| t.passed),
         no_verdict: Vec::new(),
     };

@@ -221,6 +221,18 @@ public class DebeziumLauncher {
             exitFromMain(EXIT_USAGE);
         }
 
+        // ---- broker acknowledgements (the capture hop's end) ----
+        String ackFile = launcher.getProperty("ack.file", "").trim();
+        if (!ackFile.isEmpty()) {
+            try {
+                ACKS = new AckLog(java.nio.file.Path.of(ackFile));
+            }
+            catch (IOException e) {
+                log.error("Cannot open the acknowledgement log {}: {}", ackFile, e.toString());
+                exitFromMain(EXIT_USAGE);
+            }
+        }
+
         // ---- producer ----
         try {
             kafkaProps = kafka;
@@ -482,8 +494,9 @@ public class DebeziumLauncher {
         private static void sendAll(KafkaProducer<String, String> p, List<ProducerRecord<String, String>> records)
                 throws InterruptedException, ExecutionException {
             List<Future<RecordMetadata>> acks = new ArrayList<>(records.size());
+            AckLog ackLog = ACKS;
             for (ProducerRecord<String, String> r : records) {
-                acks.add(p.send(r));
+                acks.add(ackLog == null ? p.send(r) : p.send(r, ackLog::onAck));
             }
             for (Future<RecordMetadata> f : acks) {
                 f.get(); // blocks until acks=all acknowledged, or delivery.timeout.ms expired
@@ -511,6 +524,57 @@ public class DebeziumLauncher {
     }
 
     static final TransactionTraces TRACES = new TransactionTraces();
+
+    /** Where each record's broker acknowledgement is logged (launcher.ack.file); null: not logged. */
+    static volatile AckLog ACKS;
+
+    /**
+     * One line per record the broker acknowledged (acks=all): topic, partition, offset and
+     * the launcher's clock at the acknowledgement. The harness joins it with the sink's apply
+     * log by (topic, partition, offset), so the capture hop ends when the broker has the
+     * record, not when the producer stamped it (CreateTime): a broker that is down shows in
+     * capture, not in apply. Written from the producer's I/O thread into a buffer, flushed
+     * twice a second.
+     */
+    static final class AckLog {
+        private final java.io.BufferedWriter out;
+
+        AckLog(java.nio.file.Path path) throws IOException {
+            out = java.nio.file.Files.newBufferedWriter(path, StandardCharsets.UTF_8,
+                    java.nio.file.StandardOpenOption.CREATE, java.nio.file.StandardOpenOption.APPEND);
+            java.util.concurrent.ScheduledExecutorService flusher = java.util.concurrent.Executors.newSingleThreadScheduledExecutor(r -> {
+                Thread t = new Thread(r, "launcher-ack-flush");
+                t.setDaemon(true);
+                return t;
+            });
+            flusher.scheduleWithFixedDelay(this::flush, 500, 500, TimeUnit.MILLISECONDS);
+            Runtime.getRuntime().addShutdownHook(new Thread(this::flush, "launcher-ack-flush-exit"));
+        }
+
+        void onAck(RecordMetadata md, Exception e) {
+            if (e != null || md == null || !md.hasOffset()) {
+                return;
+            }
+            String line = md.topic() + ' ' + md.partition() + ' ' + md.offset() + ' ' + System.currentTimeMillis() + '\n';
+            synchronized (this) {
+                try {
+                    out.write(line);
+                }
+                catch (IOException ignored) {
+                    // A full disk costs the capture hop's broker end, never the pipeline.
+                }
+            }
+        }
+
+        synchronized void flush() {
+            try {
+                out.flush();
+            }
+            catch (IOException ignored) {
+                // as above
+            }
+        }
+    }
 
     /**
      * The W3C trace context of the transaction being streamed. pgoutput streams committed

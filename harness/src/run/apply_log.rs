@@ -130,6 +130,9 @@ pub struct HopLatency {
     pub e2e_per_entity: BTreeMap<String, Percentiles>,
     /// Second since `origin` -> latency of the changes applied in it.
     pub per_second: HashMap<i64, SecondLatency>,
+    /// Changes whose capture hop ended at the broker's acknowledgement (the rest: at the
+    /// record's CreateTime).
+    pub broker_acked: u64,
 }
 
 /// A change whose effect became durable: applied, or superseded in its batch by a newer
@@ -143,32 +146,60 @@ fn ms(later: DateTime<Utc>, earlier: DateTime<Utc>) -> f64 {
     (later - earlier).num_microseconds().map(|us| us as f64 / 1000.0).unwrap_or(f64::MAX)
 }
 
+/// When the broker acknowledged each record (acks=all), by (entity, partition, offset): the
+/// Debezium launcher's acknowledgement log, read at the end of a run.
+pub type BrokerAcks = HashMap<(String, i32, i64), DateTime<Utc>>;
+
+/// Reads the launcher's acknowledgement log (`topic partition offset epoch_ms` per line);
+/// topics outside `<prefix>.public.` and lines it cannot parse are skipped. A record
+/// acknowledged twice (a batch re-sent) keeps its first acknowledgement.
+pub fn read_acks(text: &str, prefix: &str) -> BrokerAcks {
+    let tables = format!("{prefix}.public.");
+    let mut acks = BrokerAcks::new();
+    for line in text.lines() {
+        let mut f = line.split(' ');
+        let (Some(topic), Some(partition), Some(offset), Some(at)) = (f.next(), f.next(), f.next(), f.next()) else { continue };
+        let (Some(entity), Ok(partition), Ok(offset), Ok(at)) = (topic.strip_prefix(&tables), partition.parse(), offset.parse(), at.parse::<i64>()) else { continue };
+        if let Some(at) = DateTime::from_timestamp_millis(at) {
+            acks.entry((entity.to_string(), partition, offset)).or_insert(at);
+        }
+    }
+    acks
+}
+
 /// Latency over every delivered change, per hop; `origin` is the load start (the series'
-/// time zero). A replayed change (the same version delivered twice) counts once: at its
-/// first delivery.
-pub fn hop_latency(rows: &[LogRow], origin: DateTime<Utc>) -> HopLatency {
+/// time zero). The capture hop ends when the broker acknowledged the record (`acks`), else
+/// at its CreateTime. A replayed change (the same version delivered twice) counts once: at
+/// its first delivery.
+pub fn hop_latency(rows: &[LogRow], origin: DateTime<Utc>, acks: &BrokerAcks) -> HopLatency {
     let mut seen = std::collections::HashSet::new();
     let (mut e2e, mut capture, mut apply) = (Vec::new(), Vec::new(), Vec::new());
     let mut per_entity: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut seconds: HashMap<i64, (Vec<f64>, Vec<f64>, Vec<f64>)> = HashMap::new();
+    let mut broker_acked = 0u64;
     for row in rows.iter().filter(|r| is_delivered_change(r)) {
         if !seen.insert((row.entity.as_str(), row.key, row.version)) {
             continue;
         }
         let second = (row.applied_at - origin).num_milliseconds().div_euclid(1000);
         let bucket = seconds.entry(second).or_default();
+        let acked = acks.get(&(row.entity.clone(), row.partition, row.offset)).copied();
+        if acked.is_some() {
+            broker_acked += 1;
+        }
+        let at_broker = acked.or(row.kafka_ts);
         if let Some(source) = row.source_ts {
             let v = ms(row.applied_at, source);
             e2e.push(v);
             bucket.0.push(v);
             per_entity.entry(row.entity.clone()).or_default().push(v);
-            if let Some(kafka) = row.kafka_ts {
+            if let Some(kafka) = at_broker {
                 let c = ms(kafka, source);
                 capture.push(c);
                 bucket.1.push(c);
             }
         }
-        if let Some(kafka) = row.kafka_ts {
+        if let Some(kafka) = at_broker {
             let a = ms(row.applied_at, kafka);
             apply.push(a);
             bucket.2.push(a);
@@ -194,14 +225,25 @@ pub fn hop_latency(rows: &[LogRow], origin: DateTime<Utc>) -> HopLatency {
         apply: percentiles(apply),
         e2e_per_entity: per_entity.into_iter().map(|(k, v)| (k, percentiles(v))).collect(),
         per_second,
+        broker_acked,
     }
 }
 
 /// The clocks and method behind `hop_latency`, for the report.
-pub fn clocks() -> BTreeMap<String, String> {
+pub fn clocks(hops: &HopLatency) -> BTreeMap<String, String> {
+    let broker = if hops.broker_acked == 0 {
+        "Kafka record timestamp set by the producer (Debezium, CreateTime), ms: no acknowledgement log".to_string()
+    } else if hops.broker_acked == hops.e2e.count {
+        "the broker's acknowledgement of the record (acks=all), Debezium launcher's clock, ms".to_string()
+    } else {
+        format!(
+            "the broker's acknowledgement of the record (acks=all), Debezium launcher's clock, ms, for {} of {} changes; CreateTime for the rest",
+            hops.broker_acked, hops.e2e.count
+        )
+    };
     BTreeMap::from([
         ("source_commit".to_string(), "source PostgreSQL commit timestamp (track_commit_timestamp), ms".to_string()),
-        ("kafka_record".to_string(), "Kafka record timestamp set by the producer (Debezium, CreateTime), ms".to_string()),
+        ("kafka_record".to_string(), broker),
         ("applied".to_string(), "target clock_timestamp() in the statement that made the change durable".to_string()),
         ("percentiles".to_string(), "exact nearest rank over every change of the load window (replays counted once)".to_string()),
     ])
@@ -270,19 +312,35 @@ mod tests {
             row(6, 13, "dlq", 0, 0, 300),
         ];
         let origin = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
-        let l = hop_latency(&rows, origin);
+        let l = hop_latency(&rows, origin, &BrokerAcks::new());
         assert_eq!(l.e2e.count, 3);
         assert_eq!(l.e2e.max, 150.0);
         assert_eq!(l.capture.max, 20.0);
         assert_eq!(l.apply.max, 140.0);
         assert_eq!(l.per_second.len(), 1, "all three applied within the first second");
         assert_eq!(l.per_second[&0].e2e.len(), 3);
+        assert!(clocks(&l)["kafka_record"].contains("CreateTime"));
+    }
+
+    #[test]
+    fn the_capture_hop_ends_when_the_broker_acknowledged_the_record() {
+        // The producer stamped the record at 20 ms; the broker was down and acknowledged it
+        // at 5 s: the wait is capture's, not apply's.
+        let rows = vec![row(1, 10, "applied", 0, 20, 5_100)];
+        let origin = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+        let acks = read_acks(&format!("cdc.public.customer 0 1 {}\ngarbage\ncdc.public.customer 0 1 1\n", 1_700_000_005_000i64), "cdc");
+        assert_eq!(acks.len(), 1, "{acks:?}");
+        let l = hop_latency(&rows, origin, &acks);
+        assert_eq!((l.capture.max, l.apply.max, l.broker_acked), (5_000.0, 100.0, 1));
+        assert!(clocks(&l)["kafka_record"].starts_with("the broker's acknowledgement"));
+        let unacked = hop_latency(&rows, origin, &BrokerAcks::new());
+        assert_eq!((unacked.capture.max, unacked.apply.max), (20.0, 5_080.0));
     }
 
     #[test]
     fn nothing_delivered_is_absent() {
         let origin = DateTime::from_timestamp_millis(0).unwrap();
-        let l = hop_latency(&[], origin);
+        let l = hop_latency(&[], origin, &BrokerAcks::new());
         assert!(!l.e2e.measured() && !l.capture.measured() && !l.apply.measured());
         assert!(l.per_second.is_empty());
     }

@@ -303,7 +303,14 @@ async fn measure(
             let target = connect_target().await?;
             let rows = apply_log::read(&target, after).await.map_err(|e| crate::verify::VerifyError::Target(format!("apply log: {e}")))?;
             crate::faults::reconcile_poison(&mut fault_records, &rows);
-            Some(apply_log::hop_latency(&rows, load_started_wall))
+            // The launcher's log of broker acknowledgements, where the stack's Debezium is
+            // ours and local; elsewhere the capture hop ends at the record's CreateTime.
+            let acks = stack
+                .as_local()
+                .and_then(|local| std::fs::read_to_string(crate::orchestrator::local::debezium::DebeziumLayout::new(local.run_dir()).acks).ok())
+                .map(|text| apply_log::read_acks(&text, crate::config::TOPIC_PREFIX))
+                .unwrap_or_default();
+            Some(apply_log::hop_latency(&rows, load_started_wall, &acks))
         }
         None => None,
     };
@@ -354,12 +361,13 @@ async fn measure(
     .collect();
 
     let hops = hops.unwrap_or_default();
+    let latency_clocks = apply_log::clocks(&hops);
     let pipeline = PipelineStats {
         events_per_sec,
         e2e_latency_ms: hops.e2e,
         capture_latency_ms: hops.capture,
         apply_latency_ms: hops.apply,
-        latency_clocks: apply_log::clocks(),
+        latency_clocks,
         e2e_latency_ms_per_entity: hops.e2e_per_entity,
         probe_latency_ms: probe_latency,
         max_lag: samples.iter().filter_map(|s| s.lag).max(),

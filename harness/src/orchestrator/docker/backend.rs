@@ -624,6 +624,7 @@ impl DockerStack {
                 let layout = local_debezium::DebeziumLayout {
                     properties: host_dir.join("launcher.properties"),
                     offsets: Path::new(spec::DEBEZIUM_DIR).join("offsets.dat"),
+                    acks: Path::new(spec::DEBEZIUM_DIR).join("acks.log"),
                     log: self.log_path(Role::Connect),
                     dir: host_dir,
                 };

@@ -27,12 +27,20 @@ pub struct DebeziumLayout {
     pub log: PathBuf,
     pub properties: PathBuf,
     pub offsets: PathBuf,
+    /// The launcher's log of broker acknowledgements (see `apply_log::read_acks`).
+    pub acks: PathBuf,
 }
 
 impl DebeziumLayout {
     pub fn new(run_dir: &Path) -> Self {
         let dir = run_dir.join("debezium");
-        Self { properties: dir.join("launcher.properties"), offsets: dir.join("offsets.dat"), log: run_dir.join("logs").join("debezium.log"), dir }
+        Self {
+            properties: dir.join("launcher.properties"),
+            offsets: dir.join("offsets.dat"),
+            acks: dir.join("acks.log"),
+            log: run_dir.join("logs").join("debezium.log"),
+            dir,
+        }
     }
 }
 
@@ -110,6 +118,7 @@ pub fn configure(layout: &DebeziumLayout, pg: &PgEndpoint, kafka: &str, settings
     set("kafka.max.block.ms", "60000");
     set("kafka.enable.metrics.push", "false");
     set("launcher.status.port", &settings.status_port.to_string());
+    set("launcher.ack.file", &layout.acks.display().to_string());
     set("launcher.status.address", settings.status_address);
     fs::write(&layout.properties, props).map_err(|e| err(e.to_string()))?;
     Ok(())

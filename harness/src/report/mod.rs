@@ -128,6 +128,7 @@ pub fn summary_rows(report: &Report) -> Vec<SummaryRow> {
         row("Capture hop p50 / p95 / p99 (commit → Kafka)", triple(&p.capture_latency_ms), " ms"),
         row("Apply hop p50 / p95 / p99 (Kafka → target)", triple(&p.apply_latency_ms), " ms"),
         row("Probe latency p50 / p95 / p99", triple(&p.probe_latency_ms), " ms"),
+        row("Clock skew, target − source (in every e2e figure)", num_or_absent(p.clock_skew_ms), " ms"),
         row("Max consumer lag", num_or_absent(p.max_lag.map(|v| v as f64)), " events"),
         row("Max slot lag during load / after", slot_lag(p), " KiB"),
         row("Lag recovery", lag_recovery, " s"),

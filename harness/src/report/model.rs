@@ -131,6 +131,10 @@ pub struct PipelineStats {
     /// what a slot that confirmed nothing meanwhile would hold. None: no idle phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_wal_bytes: Option<u64>,
+    /// The target's clock minus the source's at the start of the run (ms, fastest of five
+    /// round trips): every end-to-end latency carries it. None: not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<f64>,
     /// Seconds the lag series could not be sampled (gaps in the series).
     #[serde(default)]
     pub lag_unmeasured_s: u64,
@@ -386,6 +390,9 @@ impl Report {
         }
         if let Some(v) = p.slot_lag_bytes_max_after_load {
             push("slot_lag_bytes.max_after_load", v as f64, LowerIsBetter, true);
+        }
+        if let Some(v) = p.clock_skew_ms {
+            push("clock_skew_ms", v.abs(), LowerIsBetter, false);
         }
         if let Some(v) = p.idle_wal_bytes {
             push("idle.wal_bytes", v as f64, LowerIsBetter, false);

@@ -248,6 +248,7 @@ pub(crate) fn representative_report() -> Report {
             slot_lag_bytes_max_during_load: Some(0),
             slot_lag_bytes_max_after_load: Some(0),
             idle_wal_bytes: Some(0),
+            clock_skew_ms: Some(0.0),
             lag_recovery_s: Some(0.0),
             max_sustainable_rate: Some(0.0),
             new_column_rows: Some(0),

@@ -3,6 +3,7 @@
 //! and probe writes measure end-to-end latency from outside.
 
 pub mod apply_log;
+mod clock;
 pub mod delivery;
 pub mod fence;
 mod idle;
@@ -200,6 +201,7 @@ async fn measure(
     if log_start.is_none() {
         eprintln!("run: the sink keeps no apply log (audit mode off): per-hop latency will be absent");
     }
+    let clock_skew_ms = measure_clock_skew(&endpoints).await;
     let stats_before = workload.stats().await;
     let load_started = Instant::now();
     let load_started_wall = Utc::now();
@@ -375,6 +377,7 @@ async fn measure(
         slot_lag_bytes_max_during_load: samples.iter().filter(|s| s.t <= load_secs).filter_map(|s| s.slot_lag_bytes).max(),
         slot_lag_bytes_max_after_load: samples.iter().filter(|s| s.t > load_secs + 1.0).filter_map(|s| s.slot_lag_bytes).max(),
         idle_wal_bytes,
+        clock_skew_ms,
         lag_unmeasured_s: samples.iter().filter(|s| s.lag.is_none()).count() as u64,
         lag_recovery_s,
         lag_recovered,
@@ -448,6 +451,22 @@ async fn measure(
     report.summary.no_verdict.extend(idle_error);
     let files = crate::report::write_all(&report, dir).map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
     Ok(RunOutcome { report, dir: dir.to_path_buf(), files })
+}
+
+/// The target's clock minus the source's (ms), which every end-to-end latency carries;
+/// warned about above `clock::WARN_SKEW_MS`. None: a server did not answer.
+async fn measure_clock_skew(endpoints: &Endpoints) -> Option<f64> {
+    let source = endpoints.postgres.connect(&endpoints.postgres.source_db).await.ok()?;
+    let target = endpoints.postgres.connect_target().await.ok()?;
+    let ((source_offset, _), (target_offset, rtt)) = (clock::offset_ms(&source).await.ok()?, clock::offset_ms(&target).await.ok()?);
+    let skew = clock::skew_ms(source_offset, target_offset);
+    if skew.abs() > clock::WARN_SKEW_MS {
+        eprintln!(
+            "run: warning: the target's clock is {skew:+.0} ms from the source's (±{:.0} ms): every end-to-end latency in this report carries it",
+            rtt / 2.0
+        );
+    }
+    Some(skew)
 }
 
 /// Where every poison record of the run landed: (topic, partition, offset).

@@ -114,6 +114,16 @@ enum Command {
         /// Do not read the dead-letter topic (a stack whose sink has none).
         #[arg(long)]
         no_dlq: bool,
+        /// Live verification while the load runs: compare against a source snapshot fenced
+        /// by its WAL position, once the pipeline covered it (README, Live verification).
+        #[arg(long)]
+        live: bool,
+        /// With --live: a check this often...
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "3m", requires = "live")]
+        every: std::time::Duration,
+        /// ...for this long (default: one check).
+        #[arg(long = "for", value_parser = humantime::parse_duration, requires = "live")]
+        for_: Option<std::time::Duration>,
     },
     /// Benchmarks, each against a raw baseline measured in the same run.
     #[command(subcommand)]
@@ -339,7 +349,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit::SUCCESS)
         }
-        Command::Verify { target, json, max_examples, settle, mongo_uri, mongo_db, external, mapping, expect_rejections, dlq_topic, since, no_dlq } => {
+        Command::Verify { live: true, every, for_, json, external, .. } => {
+            let stack = external.open(&cli.run_dir).await?;
+            let endpoints = stack.endpoints();
+            stack.detach();
+            live_verify(&endpoints, every, for_.unwrap_or_default(), json).await
+        }
+        Command::Verify { target, json, max_examples, settle, mongo_uri, mongo_db, external, mapping, expect_rejections, dlq_topic, since, no_dlq, .. } => {
             let stack = external.open(&cli.run_dir).await?;
             let endpoints = stack.endpoints();
             // A stack that materializes into MongoDB is verified there by default.
@@ -553,6 +569,50 @@ fn print_run_summary(report: &harness::report::model::Report, dir: &std::path::P
     eprintln!("{:<46} {}", "thresholds", if s.thresholds_passed { "passed" } else { "FAILED" });
     eprintln!("{:<46} {}", "verdict", harness::report::verdict(report).label());
     eprintln!("{:<46} {}", "report", dir.join("report.html").display());
+}
+
+/// `harness verify --live`: a check every `every` for `span` (one check when zero); exits
+/// 0 when every check agreed, as a failed gate otherwise.
+async fn live_verify(endpoints: &harness::orchestrator::Endpoints, every: std::time::Duration, span: std::time::Duration, json: bool) -> anyhow::Result<i32> {
+    let topics: Vec<String> = harness::config::TABLES.iter().map(|t| endpoints.topic(t)).collect();
+    let (config, first) = (endpoints.kafka_config(), topics[0].clone());
+    let partitions = tokio::task::spawn_blocking(move || harness::run::lag::LagMeter::partitions_of(&config, &first)).await??;
+    anyhow::ensure!(partitions > 0, "topic {} has no partitions on the broker", topics[0]);
+    let started = std::time::Instant::now();
+    let mut checks = Vec::new();
+    loop {
+        let at_s = started.elapsed().as_secs_f64();
+        let check = harness::verify::live::check(endpoints, topics.clone(), partitions, std::time::Duration::from_secs(120), at_s).await;
+        if !json {
+            println!(
+                "{at_s:>6.0} s  watermark {:<12} {:<8} covered in {} ms, compared {} rows in {} ms; missing {} extra {} mismatched {} anomalies {} newer {}{}",
+                check.lsn,
+                if check.converged { "agrees" } else { "DIFFERS" },
+                check.waited_ms,
+                check.rows_compared,
+                check.compare_ms,
+                check.missing,
+                check.extra,
+                check.mismatched,
+                check.anomalies.values().sum::<u64>(),
+                check.newer_than_watermark,
+                check.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            );
+            for a in &check.examples {
+                println!("        {:?} {} {}: {}", a.kind, a.entity, a.key, a.evidence);
+            }
+        }
+        checks.push(check);
+        let next = every * checks.len() as u32;
+        if next > span {
+            break;
+        }
+        tokio::time::sleep(next.saturating_sub(started.elapsed())).await;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    }
+    Ok(if checks.iter().all(|c| c.converged) { exit::SUCCESS } else { exit::GATE_FAILED })
 }
 
 /// `--since`: an RFC 3339 instant, or a duration before now (`30m`).

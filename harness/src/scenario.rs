@@ -142,11 +142,15 @@ pub struct VerifySection {
     /// are expected: they excuse the change they rejected. Every other letter fails the run.
     #[serde(default)]
     pub expected_rejections: Vec<String>,
+    /// Live verification while the load runs: a check every this often (see
+    /// `verify::live`); every check is gated (`live.failed == 0`).
+    #[serde(default, with = "humantime_serde")]
+    pub live_every: Option<Duration>,
 }
 
 impl Default for VerifySection {
     fn default() -> Self {
-        Self { settle: default_settle(), expected_rejections: Vec::new() }
+        Self { settle: default_settle(), expected_rejections: Vec::new(), live_every: None }
     }
 }
 
@@ -311,6 +315,9 @@ impl Scenario {
     pub fn thresholds_for(&self, driver: DriverKind, write_latency_measured: bool) -> Vec<Threshold> {
         let mut out: Vec<Threshold> = self.thresholds.iter().filter_map(|t| Threshold::parse(t).ok()).collect();
         let mut gates: Vec<&str> = ALWAYS_GATED.to_vec();
+        if self.verify.live_every.is_some() {
+            gates.push(LIVE_GATE);
+        }
         if self.breakpoint.is_none() {
             if driver == DriverKind::K6 {
                 gates.push(DROPPED_ITERATIONS_GATE);
@@ -329,6 +336,9 @@ impl Scenario {
     }
 }
 
+/// Every live check found the target agreeing with the snapshot it was fenced by (a check
+/// without a verdict counts as failed).
+pub const LIVE_GATE: &str = "live.failed == 0";
 /// k6 drops an iteration when no VU is free at its time: the plan was not delivered.
 pub const DROPPED_ITERATIONS_GATE: &str = "load.dropped_iterations == 0";
 /// Writes outside fault windows slower than this (p99, ms, from their intended start) mean

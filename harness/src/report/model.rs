@@ -435,6 +435,16 @@ impl Report {
         push("convergence.mismatched", c.total(|e| e.mismatched) as f64, LowerIsBetter, true);
         push("convergence.duplicates", c.total(|e| e.duplicates) as f64, LowerIsBetter, true);
         push("convergence.anomalies", c.anomaly_counts.values().sum::<u64>() as f64, LowerIsBetter, true);
+        if !c.live_checks.is_empty() {
+            push("live.checks", c.live_checks.len() as f64, HigherIsBetter, false);
+            push("live.failed", c.live_checks.iter().filter(|l| !l.converged).count() as f64, LowerIsBetter, true);
+            if let Some(max) = c.live_checks.iter().map(|l| l.waited_ms).max() {
+                push("live.waited_ms.max", max as f64, LowerIsBetter, false);
+            }
+            if let Some(max) = c.live_checks.iter().map(|l| l.compare_ms).max() {
+                push("live.compare_ms.max", max as f64, LowerIsBetter, false);
+            }
+        }
         if let Some(ms) = c.time_to_converge_ms {
             push("convergence.time_to_converge_s", ms as f64 / 1000.0, LowerIsBetter, false);
         }

@@ -226,6 +226,7 @@ pub(crate) fn representative_report() -> Report {
         watermark: Some(crate::run::fence::Watermark { quiet: true, last_lag: Some(0), ..Default::default() }),
         dlq: Some(crate::verify::dlq::DlqReport { by_class: BTreeMap::from([(format!("rule:{ENTITY_PLACEHOLDER}"), 0)]), ..Default::default() }),
         latency: crate::verify::LatencySummary { overall: one(), per_entity: BTreeMap::new() },
+        live_checks: vec![crate::verify::live::LiveCheck::default()],
         ..VerifyReport::default()
     };
     Report {

@@ -20,8 +20,21 @@ impl LagMeter {
         Ok(Self { consumer, topics, partitions: partitions as i32 })
     }
 
+    /// Partitions of `topic` as the broker's metadata has them (blocking).
+    pub fn partitions_of(client: &ClientConfig, topic: &str) -> Result<u32, rdkafka::error::KafkaError> {
+        let consumer: BaseConsumer = client.create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        Ok(metadata.topics().first().map(|t| t.partitions().len() as u32).unwrap_or(0))
+    }
+
     /// `topic/partition` -> lag (blocking: call from a blocking context).
     pub fn measure(&self) -> Result<BTreeMap<String, u64>, rdkafka::error::KafkaError> {
+        Ok(self.positions()?.into_iter().map(|(tp, (committed, high))| (tp, (high - committed).max(0) as u64)).collect())
+    }
+
+    /// `topic/partition` -> (the group's committed offset, the high watermark); a
+    /// partition with nothing committed counts from its log start (blocking).
+    pub fn positions(&self) -> Result<BTreeMap<String, (i64, i64)>, rdkafka::error::KafkaError> {
         let timeout = Duration::from_secs(3);
         let mut tpl = TopicPartitionList::new();
         for t in &self.topics {
@@ -30,7 +43,7 @@ impl LagMeter {
             }
         }
         let committed = self.consumer.committed_offsets(tpl, timeout)?;
-        let mut lag = BTreeMap::new();
+        let mut out = BTreeMap::new();
         for element in committed.elements() {
             let (low, high) = self.consumer.fetch_watermarks(element.topic(), element.partition(), timeout)?;
             let position = match element.offset() {
@@ -38,8 +51,8 @@ impl LagMeter {
                 // Nothing committed yet: everything from the start of the log is pending.
                 _ => low,
             };
-            lag.insert(format!("{}/{}", element.topic(), element.partition()), (high - position).max(0) as u64);
+            out.insert(format!("{}/{}", element.topic(), element.partition()), (position, high));
         }
-        Ok(lag)
+        Ok(out)
     }
 }

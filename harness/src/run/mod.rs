@@ -207,6 +207,7 @@ async fn measure(
     let load_started_wall = Utc::now();
     let observers = observe(stack, &endpoints, &workload, load_started, partitions).await;
     let schema_changes = schedule_schema_changes(scenario, &endpoints, load_started);
+    let live = scenario.verify.live_every.map(|every| live_checks(every, &endpoints, partitions, load_started));
 
     let mut fault_records = Vec::new();
     let mut fault_schedule = Vec::new();
@@ -237,6 +238,13 @@ async fn measure(
     let load_ended = Instant::now();
     let load_secs = load_ended.duration_since(load_started).as_secs_f64();
     eprintln!("\nrun: load done ({load_secs:.0}s); waiting for the last probes, then verifying convergence (up to {:?})", scenario.verify.settle);
+    let live_results = match live {
+        Some((stop, task)) => {
+            stop.store(true, Ordering::Relaxed);
+            task.await.unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
     observers.stop_probes().await;
     let (idle_wal_bytes, idle_error) = match &scenario.idle {
         Some(phase) => {
@@ -276,9 +284,11 @@ async fn measure(
             mapping: None,
             expected_rejections: scenario.verify.expected_rejections.clone(),
             dlq: Some(dlq),
+            watermark: None,
         },
     )
     .await?;
+    convergence.live_checks = live_results;
     let mut no_watermark = None;
     match watermark {
         Ok(mut w) => {
@@ -452,6 +462,49 @@ async fn measure(
     let files = crate::report::write_all(&report, dir).map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
     Ok(RunOutcome { report, dir: dir.to_path_buf(), files })
 }
+
+/// A live check every `every` while the load runs (see `verify::live`); set the flag to
+/// stop (a check under way finishes), and the task returns the checks made.
+fn live_checks(
+    every: Duration,
+    endpoints: &Endpoints,
+    partitions: u32,
+    load_started: Instant,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<crate::verify::live::LiveCheck>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, endpoints) = (stop.clone(), endpoints.clone());
+    let task = tokio::spawn(async move {
+        let topics: Vec<String> = TABLES.iter().map(|t| endpoints.topic(t)).collect();
+        let mut checks = Vec::new();
+        let mut next = load_started + every;
+        loop {
+            while Instant::now() < next {
+                if flag.load(Ordering::Relaxed) {
+                    return checks;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let at_s = load_started.elapsed().as_secs_f64();
+            let check = crate::verify::live::check(&endpoints, topics.clone(), partitions, LIVE_COVER_DEADLINE, at_s).await;
+            eprintln!(
+                "\nrun: live check at {at_s:.0} s, watermark {}: {} (pipeline covered it in {} ms, compared {} rows in {} ms, {} newer keys set aside){}",
+                check.lsn,
+                if check.converged { "agrees" } else { "DIFFERS" },
+                check.waited_ms,
+                check.rows_compared,
+                check.compare_ms,
+                check.newer_than_watermark,
+                check.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            );
+            checks.push(check);
+            next += every;
+        }
+    });
+    (stop, task)
+}
+
+/// How long a live check waits for the pipeline to cover its snapshot.
+const LIVE_COVER_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The target's clock minus the source's (ms), which every end-to-end latency carries;
 /// warned about above `clock::WARN_SKEW_MS`. None: a server did not answer.

@@ -18,6 +18,7 @@ mod classify;
 pub mod columns;
 pub mod copy_stream;
 pub mod dlq;
+pub mod live;
 pub mod history;
 pub mod mapping;
 pub mod mongo;
@@ -78,11 +79,14 @@ pub struct VerifyOptions {
     /// The dead-letter topic to read back and reconcile; `None`: not read (the DLQ
     /// figures are then absent, and a gate on them fails).
     pub dlq: Option<dlq::DlqSource>,
+    /// Live verification: the source is read in a snapshot taken at this watermark, and a
+    /// key whose target version is newer than it is set aside, not compared.
+    pub watermark: Option<live::SnapshotWatermark>,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        Self { max_examples: 5, settle: None, load_ended: None, since: None, mapping: None, expected_rejections: Vec::new(), dlq: None }
+        Self { max_examples: 5, settle: None, load_ended: None, since: None, mapping: None, expected_rejections: Vec::new(), dlq: None, watermark: None }
     }
 }
 
@@ -293,6 +297,7 @@ async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &
     let mut examples: BTreeMap<AnomalyKind, Vec<Anomaly>> = BTreeMap::new();
     let mut unexplained = 0u64;
     let mut excused = 0u64;
+    let mut newer = 0u64;
     for entity in &mapping.entity {
         let keys = pending.get(&entity.name).cloned().unwrap_or_default();
         for chunk in keys.chunks(KEY_BATCH) {
@@ -302,6 +307,13 @@ async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &
             let deleted = postgres::fetch_deletions(source, entity, &known).await;
             for key in chunk {
                 let records = tgt.get(key).map(Vec::as_slice).unwrap_or_default();
+                if options.watermark.as_ref().is_some_and(|w| w.covers_newer(records)) {
+                    newer += 1;
+                    if let Some(outcome) = outcomes.get_mut(&entity.name) {
+                        outcome.set_aside_newer(src.contains_key(key), records.iter().any(|r| !r.deleted));
+                    }
+                    continue;
+                }
                 let case = classify::KeyCase {
                     entity,
                     key,
@@ -335,9 +347,9 @@ async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &
             report.never_converged.extend(keys.iter().take(options.max_examples).map(|k| format!("{}:{k}", entity.name)));
         }
     }
-    // Differences that are all excused rejections leave the target converged with the
-    // source's accepted changes.
-    if !report.converged && unexplained == 0 && untracked == 0 && excused > 0 {
+    // Differences that are all excused rejections (or, live, versions newer than the
+    // snapshot) leave the target converged with the source's accepted changes.
+    if !report.converged && unexplained == 0 && untracked == 0 && (excused > 0 || newer > 0) {
         report.converged = outcomes.values().all(|o| o.missing_in_target + o.extra_in_target + o.mismatched + o.duplicates == 0);
     }
     report.anomalies = examples.into_values().flatten().collect();

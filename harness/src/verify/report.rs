@@ -78,19 +78,37 @@ pub struct EntityOutcome {
     /// Keys that differ only by changes dead-lettered under an expected rule.
     #[serde(default)]
     pub excused: u64,
+    /// Live verification: keys whose target version is newer than the source snapshot the
+    /// check compared against (the source moved on; not compared).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub newer_than_watermark: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl EntityOutcome {
     /// Moves one differing key to `excused`: it was missing (the source holds it, the
     /// target not), extra (the other way round) or mismatched.
     pub fn excuse(&mut self, in_source: bool, in_target: bool) {
+        self.uncount(in_source, in_target);
+        self.excused += 1;
+    }
+
+    /// Moves one differing key to `newer_than_watermark` (live verification).
+    pub fn set_aside_newer(&mut self, in_source: bool, in_target: bool) {
+        self.uncount(in_source, in_target);
+        self.newer_than_watermark += 1;
+    }
+
+    fn uncount(&mut self, in_source: bool, in_target: bool) {
         let counter = match (in_source, in_target) {
             (true, false) => &mut self.missing_in_target,
             (false, true) => &mut self.extra_in_target,
             _ => &mut self.mismatched,
         };
         *counter = counter.saturating_sub(1);
-        self.excused += 1;
     }
 }
 
@@ -193,6 +211,9 @@ pub struct VerifyReport {
     /// The fence the comparison waited for (a run's verification); `None`: none was taken.
     #[serde(default)]
     pub watermark: Option<crate::run::fence::Watermark>,
+    /// Live checks made while the load ran (`[verify] live_every`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub live_checks: Vec<super::live::LiveCheck>,
 }
 
 impl VerifyReport {

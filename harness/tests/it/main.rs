@@ -6,6 +6,7 @@ mod docker;
 mod external;
 mod faults;
 mod k6;
+mod live;
 mod observability;
 mod pipeline;
 mod replica_identity;

@@ -293,6 +293,7 @@ fn base_report() -> Report {
             columns: Vec::new(),
             dlq: None,
             watermark: None,
+            live_checks: Vec::new(),
         },
         validation: ValidationStats {
             passed: 11_950,

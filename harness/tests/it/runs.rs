@@ -109,3 +109,100 @@ async fn idle_tables_keep_the_slot_releasing_wal() -> anyhow::Result<()> {
     assert!(failed.is_empty() && r.summary.converged && r.summary.no_verdict.is_empty(), "{failed:?} {:?}", r.summary.no_verdict);
     Ok(())
 }
+
+/// A fault that could not be injected leaves the run without a verdict, in every report
+/// file and in its exit code; in the same run the sink is killed and restarted, and its
+/// counters still cover every change (summed over the restart, not reset by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_that_did_not_inject_has_no_verdict_and_a_sink_restart_keeps_its_counters() -> anyhow::Result<()> {
+    use harness::faults::{FaultKind, FaultSpec};
+    let _turn = harness::testing::stack_turn().await;
+    let mut scenario = Scenario::load("baseline")?;
+    let fault = |at: u64, fault: FaultKind, target: &str| FaultSpec {
+        at: Duration::from_secs(at),
+        duration: Duration::from_secs(3),
+        target: target.into(),
+        fault,
+        latency_ms: None,
+        jitter_ms: None,
+        bandwidth_kbps: None,
+        count: Some(2),
+    };
+    // A topic that does not exist (tansu creates none on first use): the poison cannot be
+    // produced. Scenario files refuse such a target; built here, it reaches the injector.
+    scenario.faults = vec![fault(5, FaultKind::Poison, "no_such_table"), fault(10, FaultKind::Kill, "sink")];
+    let options = RunOptions {
+        scenario,
+        driver: None,
+        duration: Some(Duration::from_secs(25)),
+        rate: Some(50.0),
+        seed: 3,
+        reuse: None,
+        keep: false,
+        reports_dir: harness::testing::run_dir("reports"),
+        stack: harness::orchestrator::stack::StackChoice::local(),
+    };
+    let outcome = run(options).await?;
+    let r = &outcome.report;
+    assert!(r.summary.no_verdict.iter().any(|n| n.contains("poison no_such_table") && n.contains("failed to inject")), "{:?}", r.summary.no_verdict);
+    let verdict = harness::report::verdict(r);
+    assert_eq!(verdict, harness::report::model::Verdict::NoVerdict);
+    assert_eq!(harness::exit::code_for_verdict(verdict), harness::exit::NO_VERDICT);
+    for file in ["summary.md", "junit.xml", "report.html"] {
+        let text = std::fs::read_to_string(outcome.dir.join(file))?;
+        assert!(text.contains("NO VERDICT") && text.contains("failed to inject"), "{file} says no verdict, with the reason");
+    }
+    // The kill did inject, and the sink came back.
+    let kill = r.faults.iter().find(|f| f.kind == "kill").expect("the kill is recorded");
+    assert!(!kill.parameters.contains_key("error") && kill.service_recovery_s.is_some(), "{kill:?}");
+    // Every change delivered was validated by one sink process or the other: the counters
+    // of the killed one are kept (without that, only the restarted sink's share is left).
+    let delivered = r.pipeline.e2e_latency_ms.count;
+    assert!(delivered > 500, "{delivered} changes delivered");
+    assert!(r.validation.passed as f64 >= delivered as f64 * 0.95, "validated {} of {delivered} delivered changes", r.validation.passed);
+    assert!(r.summary.errors_by_kind.contains_key("sink_errors"), "the sink's error counter was read: {:?}", r.summary.errors_by_kind);
+    Ok(())
+}
+
+/// Load the system never saw is not a PASS: the source's tables are locked for 8 s of a
+/// 20 s run (the workload's writes wait; no fault the run knows of excuses it), so the
+/// stage delivers well under its rate and the run has no verdict, with that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_load_was_not_delivered_is_not_a_pass() -> anyhow::Result<()> {
+    // A stack of the test's own, reused by the run, so the test can reach its source.
+    let stack = harness::testing::TestStack::start("undelivered", |_| {}).await?;
+    let options = RunOptions {
+        scenario: Scenario::load("baseline")?,
+        driver: None,
+        duration: Some(Duration::from_secs(20)),
+        rate: Some(50.0),
+        seed: 4,
+        reuse: Some(harness::testing::run_dir("undelivered")),
+        keep: false,
+        reports_dir: harness::testing::run_dir("reports"),
+        stack: harness::orchestrator::stack::StackChoice::local(),
+    };
+    let pg = stack.endpoints.postgres.clone();
+    let locked = tokio::spawn(async move {
+        // Into the run's load: the source has taken a few hundred rows of it.
+        let mut client = pg.connect("app").await?;
+        let inserted = "SELECT coalesce(sum(n_tup_ins), 0)::int8 FROM pg_stat_user_tables WHERE schemaname = 'public'";
+        let before: i64 = client.query_one(inserted, &[]).await?.get(0);
+        let until = std::time::Instant::now() + Duration::from_secs(300);
+        while client.query_one(inserted, &[]).await?.get::<_, i64>(0) < before + 300 {
+            anyhow::ensure!(std::time::Instant::now() < until, "the run's load never started");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE").await?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        tx.commit().await?;
+        anyhow::Ok(())
+    });
+    let outcome = run(options).await?;
+    locked.await??;
+    let r = &outcome.report;
+    assert!(r.summary.no_verdict.iter().any(|n| n.starts_with("load not delivered")), "{:?} {:?}", r.summary.no_verdict, r.load.stages);
+    assert_ne!(harness::report::verdict(r), harness::report::model::Verdict::Pass);
+    Ok(())
+}

@@ -319,7 +319,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&statuses)?);
             } else {
-                println!("{:<10} {:<10} {:>8}  {}", "SERVICE", "STATE", "PID", "ENDPOINT");
+                println!("{:<10} {:<10} {:>8}  ENDPOINT", "SERVICE", "STATE", "PID");
                 for s in &statuses {
                     let state = serde_json::to_value(s.state)?.as_str().unwrap_or_default().to_string();
                     let pid = s.pid.map(|p| p.to_string()).or_else(|| s.container.clone()).unwrap_or_else(|| "-".into());
@@ -369,7 +369,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 Some(path) => Some(harness::verify::mapping::Mapping::load(path).map_err(ServiceError::Unsupported)?),
                 None => None,
             };
-            let dlq = (!no_dlq).then(|| harness::verify::dlq::DlqSource { config: endpoints.kafka_config(), topic: dlq_topic, poison: Default::default(), since });
+            let dlq =
+                (!no_dlq).then(|| harness::verify::dlq::DlqSource { config: endpoints.kafka_config(), topic: dlq_topic, poison: Default::default(), since });
             let options = VerifyOptions { max_examples, settle, mapping, expected_rejections: expect_rejections, dlq, ..Default::default() };
             let (target, mongo_uri) = match (target, mongo_uri, stack_mongo) {
                 (VerifyTarget::Stack, given, Some(uri)) => (VerifyTarget::Mongo, given.or(Some(uri))),
@@ -664,7 +665,16 @@ fn render_verify(report: &VerifyReport) -> String {
                 d.unreconciled
             );
             for e in &d.unexpected_examples {
-                let _ = writeln!(out, "  unexpected {} {} partition {} offset {} key {}: {}", e.class, e.entity, e.partition, e.offset, e.key.as_deref().unwrap_or("-"), e.reason);
+                let _ = writeln!(
+                    out,
+                    "  unexpected {} {} partition {} offset {} key {}: {}",
+                    e.class,
+                    e.entity,
+                    e.partition,
+                    e.offset,
+                    e.key.as_deref().unwrap_or("-"),
+                    e.reason
+                );
             }
             for e in &d.unreconciled_examples {
                 let _ = writeln!(out, "  unreconciled: {e}");
@@ -675,7 +685,8 @@ fn render_verify(report: &VerifyReport) -> String {
         }
     }
     let l = &report.latency.overall;
-    let _ = writeln!(out, "latest change per key, commit -> applied (ms, {} keys): p50 {:.1} p95 {:.1} p99 {:.1} max {:.1}", l.count, l.p50, l.p95, l.p99, l.max);
+    let _ =
+        writeln!(out, "latest change per key, commit -> applied (ms, {} keys): p50 {:.1} p95 {:.1} p99 {:.1} max {:.1}", l.count, l.p50, l.p95, l.p99, l.max);
     let _ = writeln!(out, "{} rows compared in {} ms: {}", report.rows_compared, report.elapsed_ms, if report.converged { "CONVERGED" } else { "DIVERGED" });
     out
 }

@@ -29,7 +29,7 @@ pub struct PortPicker {
 }
 
 impl PortPicker {
-    pub fn next(&mut self) -> Result<u16, ServiceError> {
+    pub fn free_port(&mut self) -> Result<u16, ServiceError> {
         use rand::Rng as _;
         let (low, high) = ephemeral_range().map(|(start, _)| (start.saturating_sub(12_000).max(10_000), start)).unwrap_or((20_000, 32_768));
         let mut rng = rand::rng();
@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn picked_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
         let mut picker = PortPicker::default();
-        let ports: Vec<u16> = (0..30).map(|_| picker.next().unwrap()).collect();
+        let ports: Vec<u16> = (0..30).map(|_| picker.free_port().unwrap()).collect();
         let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len(), "{ports:?}");
         if let Some((start, _)) = ephemeral_range() {

@@ -159,7 +159,9 @@ pub fn read_acks(text: &str, prefix: &str) -> BrokerAcks {
     for line in text.lines() {
         let mut f = line.split(' ');
         let (Some(topic), Some(partition), Some(offset), Some(at)) = (f.next(), f.next(), f.next(), f.next()) else { continue };
-        let (Some(entity), Ok(partition), Ok(offset), Ok(at)) = (topic.strip_prefix(&tables), partition.parse(), offset.parse(), at.parse::<i64>()) else { continue };
+        let (Some(entity), Ok(partition), Ok(offset), Ok(at)) = (topic.strip_prefix(&tables), partition.parse(), offset.parse(), at.parse::<i64>()) else {
+            continue;
+        };
         if let Some(at) = DateTime::from_timestamp_millis(at) {
             acks.entry((entity.to_string(), partition, offset)).or_insert(at);
         }
@@ -175,7 +177,9 @@ pub fn hop_latency(rows: &[LogRow], origin: DateTime<Utc>, acks: &BrokerAcks) ->
     let mut seen = std::collections::HashSet::new();
     let (mut e2e, mut capture, mut apply) = (Vec::new(), Vec::new(), Vec::new());
     let mut per_entity: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut seconds: HashMap<i64, (Vec<f64>, Vec<f64>, Vec<f64>)> = HashMap::new();
+    // Per second: e2e, capture and apply samples.
+    type Hops = (Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut seconds: HashMap<i64, Hops> = HashMap::new();
     let mut broker_acked = 0u64;
     for row in rows.iter().filter(|r| is_delivered_change(r)) {
         if !seen.insert((row.entity.as_str(), row.key, row.version)) {

@@ -362,15 +362,11 @@ async fn measure(
     let anomalies: u64 = convergence.anomaly_counts.values().sum();
     // Summed over sink restarts by the sampler (a restart resets the process's counters).
     let sink_errors = counters.sum("sink_errors_total").map(|v| v.max(0.0) as u64);
-    let errors_by_kind: std::collections::BTreeMap<String, u64> = [
-        ("write_failures", Some(load_errors)),
-        ("sink_errors", sink_errors),
-        ("lost_probes", Some(lost_probes)),
-        ("anomalies", Some(anomalies)),
-    ]
-    .into_iter()
-    .filter_map(|(kind, n)| n.map(|n| (kind.to_string(), n)))
-    .collect();
+    let errors_by_kind: std::collections::BTreeMap<String, u64> =
+        [("write_failures", Some(load_errors)), ("sink_errors", sink_errors), ("lost_probes", Some(lost_probes)), ("anomalies", Some(anomalies))]
+            .into_iter()
+            .filter_map(|(kind, n)| n.map(|n| (kind.to_string(), n)))
+            .collect();
 
     let hops = hops.unwrap_or_default();
     let latency_clocks = apply_log::clocks(&hops);
@@ -398,7 +394,7 @@ async fn measure(
     let summary = Summary {
         converged: convergence.converged,
         events_per_sec,
-        e2e_latency_ms: pipeline.e2e_latency_ms.measured().then(|| LatencyTriple {
+        e2e_latency_ms: pipeline.e2e_latency_ms.measured().then_some(LatencyTriple {
             p50: pipeline.e2e_latency_ms.p50,
             p95: pipeline.e2e_latency_ms.p95,
             p99: pipeline.e2e_latency_ms.p99,
@@ -441,7 +437,11 @@ async fn measure(
             target_rate: plan.total_ops() / plan.duration().as_secs_f64().max(1e-3),
             achieved_rate: (stats_after.total - stats_before.total) as f64 / load_secs.max(1e-3),
             write_latency_ms: driver_result.latency_ms.clone(),
-            write_latency_outside_faults_ms: delivery::write_latency_outside_faults(driver_result.timed_latencies.as_deref(), &driver_result.latency_ms, &faults),
+            write_latency_outside_faults_ms: delivery::write_latency_outside_faults(
+                driver_result.timed_latencies.as_deref(),
+                &driver_result.latency_ms,
+                &faults,
+            ),
             errors: load_errors,
             dropped_iterations: driver_result.dropped,
             stages,
@@ -764,7 +764,9 @@ async fn breakpoint(
         eprintln!(
             "breakpoint: {rate:.0} ops/s -> achieved {:.0}/s, slowest probe {}, lag {} -> {}, failures {}: {}",
             result.achieved_rate,
-            slowest.map(|p| if p.is_finite() { format!("{p:.1} ms") } else { "a probe not back by the step's end".into() }).unwrap_or_else(|| "no probes".into()),
+            slowest
+                .map(|p| if p.is_finite() { format!("{p:.1} ms") } else { "a probe not back by the step's end".into() })
+                .unwrap_or_else(|| "no probes".into()),
             show(lag_before),
             show(lag_after),
             result.failures,

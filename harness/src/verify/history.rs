@@ -39,7 +39,9 @@ pub fn analyze(rows: &[LogRow], max_examples: usize) -> HistoryFindings {
     let mut shown: BTreeMap<AnomalyKind, usize> = BTreeMap::new();
     // (entity, key) -> (version -> first applied row, highest applied row so far)
     type VersionKey = (i32, Option<i64>, i64, bool);
-    let mut state: HashMap<(&str, uuid::Uuid), (HashMap<VersionKey, &LogRow>, Option<&LogRow>)> = HashMap::new();
+    // Per key: every version applied (with its row), and the last row applied.
+    type Applied<'a> = (HashMap<VersionKey, &'a LogRow>, Option<&'a LogRow>);
+    let mut state: HashMap<(&str, uuid::Uuid), Applied> = HashMap::new();
     for row in rows.iter().filter(|r| r.outcome == "applied") {
         let (Some(key), Some(identity), Some(version)) = (row.key, row.version_key(), row.version) else { continue };
         let (applied, highest) = state.entry((row.entity.as_str(), key)).or_default();

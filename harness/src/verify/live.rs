@@ -133,7 +133,8 @@ async fn wait_covered(endpoints: &Endpoints, topics: Vec<String>, partitions: u3
     loop {
         let m = meter.clone();
         let now = tokio::task::spawn_blocking(move || m.positions()).await.map_err(|e| e.to_string())?.map_err(|e| format!("broker: {e}"))?;
-        let behind: Vec<&String> = marks.iter().filter(|(tp, (_, high))| now.get(*tp).is_none_or(|(committed, _)| committed < high)).map(|(tp, _)| tp).collect();
+        let behind: Vec<&String> =
+            marks.iter().filter(|(tp, (_, high))| now.get(*tp).is_none_or(|(committed, _)| committed < high)).map(|(tp, _)| tp).collect();
         if behind.is_empty() {
             return Ok(());
         }

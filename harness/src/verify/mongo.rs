@@ -331,6 +331,40 @@ async fn entity_latencies(db: &Database, entity: &Entity, since: Option<DateTime
     Ok(latencies)
 }
 
+/// The sink's apply log (`cdc_apply_log`, audit mode) in insertion order (`_id` is an
+/// ObjectId, increasing per writer); None when the collection does not exist. `id` is the
+/// position in that order.
+pub async fn apply_log(db: &Database) -> Result<Option<Vec<crate::run::apply_log::LogRow>>, VerifyError> {
+    let names = db.list_collection_names().await.map_err(VerifyError::target)?;
+    if !names.iter().any(|n| n == "cdc_apply_log") {
+        return Ok(None);
+    }
+    let mut cursor = db.collection::<Document>("cdc_apply_log").find(doc! {}).sort(doc! { "_id": 1 }).await.map_err(VerifyError::target)?;
+    let date = |d: &Document, k: &str| d.get_datetime(k).ok().and_then(|t| DateTime::<Utc>::from_timestamp_millis(t.timestamp_millis()));
+    let mut rows = Vec::new();
+    while let Some(d) = cursor.try_next().await.map_err(VerifyError::target)? {
+        let Some(applied_at) = date(&d, "applied_at") else { continue };
+        rows.push(crate::run::apply_log::LogRow {
+            id: rows.len() as i64 + 1,
+            entity: d.get_str("entity").unwrap_or_default().to_string(),
+            key: d.get_str("key").ok().and_then(|k| uuid::Uuid::parse_str(k).ok()),
+            version: d.get_i64("version").ok(),
+            commit: d.get_i64("version_commit").ok(),
+            epoch: d.get_i32("epoch").unwrap_or(0),
+            snapshot: d.get_bool("snapshot").unwrap_or(false),
+            op: d.get_str("op").ok().map(str::to_string),
+            outcome: d.get_str("outcome").unwrap_or_default().to_string(),
+            partition: d.get_i32("kafka_partition").unwrap_or(-1),
+            offset: d.get_i64("kafka_offset").unwrap_or(-1),
+            kafka_ts: date(&d, "kafka_ts"),
+            source_ts: date(&d, "source_ts"),
+            applied_at,
+            rule: d.get_str("rule").ok().map(str::to_string),
+        });
+    }
+    Ok(Some(rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,38 +542,4 @@ mod tests {
         let items = projection(m.entity("order_item").unwrap());
         assert!(items.contains_key("items.id") && items.contains_key("items._cdc"));
     }
-}
-
-/// The sink's apply log (`cdc_apply_log`, audit mode) in insertion order (`_id` is an
-/// ObjectId, increasing per writer); None when the collection does not exist. `id` is the
-/// position in that order.
-pub async fn apply_log(db: &Database) -> Result<Option<Vec<crate::run::apply_log::LogRow>>, VerifyError> {
-    let names = db.list_collection_names().await.map_err(VerifyError::target)?;
-    if !names.iter().any(|n| n == "cdc_apply_log") {
-        return Ok(None);
-    }
-    let mut cursor = db.collection::<Document>("cdc_apply_log").find(doc! {}).sort(doc! { "_id": 1 }).await.map_err(VerifyError::target)?;
-    let date = |d: &Document, k: &str| d.get_datetime(k).ok().and_then(|t| DateTime::<Utc>::from_timestamp_millis(t.timestamp_millis()));
-    let mut rows = Vec::new();
-    while let Some(d) = cursor.try_next().await.map_err(VerifyError::target)? {
-        let Some(applied_at) = date(&d, "applied_at") else { continue };
-        rows.push(crate::run::apply_log::LogRow {
-            id: rows.len() as i64 + 1,
-            entity: d.get_str("entity").unwrap_or_default().to_string(),
-            key: d.get_str("key").ok().and_then(|k| uuid::Uuid::parse_str(k).ok()),
-            version: d.get_i64("version").ok(),
-            commit: d.get_i64("version_commit").ok(),
-            epoch: d.get_i32("epoch").unwrap_or(0),
-            snapshot: d.get_bool("snapshot").unwrap_or(false),
-            op: d.get_str("op").ok().map(str::to_string),
-            outcome: d.get_str("outcome").unwrap_or_default().to_string(),
-            partition: d.get_i32("kafka_partition").unwrap_or(-1),
-            offset: d.get_i64("kafka_offset").unwrap_or(-1),
-            kafka_ts: date(&d, "kafka_ts"),
-            source_ts: date(&d, "source_ts"),
-            applied_at,
-            rule: d.get_str("rule").ok().map(str::to_string),
-        });
-    }
-    Ok(Some(rows))
 }

@@ -26,7 +26,12 @@ async fn a_live_check_agrees_under_load_and_finds_a_lost_value() -> anyhow::Resu
             let ids: Vec<uuid::Uuid> = client.query("SELECT id FROM customer ORDER BY id LIMIT 100", &[]).await?.iter().map(|r| r.get(0)).collect();
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                client.execute("UPDATE customer SET status = CASE status WHEN 'active' THEN 'inactive' ELSE 'active' END, updated_at = now() WHERE id = $1", &[&ids[n % ids.len()]]).await?;
+                client
+                    .execute(
+                        "UPDATE customer SET status = CASE status WHEN 'active' THEN 'inactive' ELSE 'active' END, updated_at = now() WHERE id = $1",
+                        &[&ids[n % ids.len()]],
+                    )
+                    .await?;
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -152,7 +152,11 @@ fn finish(mut report: Report) -> Report {
     report.summary = Summary {
         converged: report.convergence.converged,
         events_per_sec: p.events_per_sec,
-        e2e_latency_ms: p.e2e_latency_ms.measured().then(|| LatencyTriple { p50: p.e2e_latency_ms.p50, p95: p.e2e_latency_ms.p95, p99: p.e2e_latency_ms.p99 }),
+        e2e_latency_ms: p.e2e_latency_ms.measured().then_some(LatencyTriple {
+            p50: p.e2e_latency_ms.p50,
+            p95: p.e2e_latency_ms.p95,
+            p99: p.e2e_latency_ms.p99,
+        }),
         lag_recovery_s: p.lag_recovery_s,
         errors: report.load.errors + report.convergence.anomaly_counts.values().sum::<u64>(),
         errors_by_kind: BTreeMap::from([

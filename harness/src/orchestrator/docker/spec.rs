@@ -748,8 +748,7 @@ mod tests {
     }
 
     fn local_set() -> DockerConfig {
-        let mut images = Images::default();
-        images.proxy = "cdc-harness/proxy:5".into();
+        let images = Images { proxy: "cdc-harness/proxy:5".into(), ..Images::default() };
         DockerConfig { images, image_set: ImageSet::Local, target: TargetKind::Postgres, ..DockerConfig::default() }
     }
 

@@ -401,3 +401,35 @@ async fn a_widened_column_compares_by_value_and_reports_only_the_changed_row() -
     assert!(a.evidence.contains("transaction "), "the lost change is named: {}", a.evidence);
     Ok(())
 }
+
+/// After the comparison the apply log is read once more: a stale replay applied after the
+/// comparison started (a version at or below the fence) is caught with its evidence; a
+/// change committed after the fence is the source moving on, counted apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_replay_applied_after_the_comparison_is_caught() -> anyhow::Result<()> {
+    let f = fixture("verify-late-replay").await?;
+    f.target.batch_execute(APPLY_LOG).await?;
+    let k = key(&f, "c", 4).await?;
+    log(&f, "customer", &k, 30, "applied", 1, None).await?;
+    let compared_from = harness::run::apply_log::position(&f.target).await?.expect("the log has rows");
+    // Version 20 (older than the 30 compared) applied again after the comparison started.
+    log(&f, "customer", &k, 20, "applied", 2, None).await?;
+    log(&f, "customer", &k, 100, "applied", 3, None).await?;
+    let endpoints = harness::orchestrator::Endpoints {
+        postgres: f.pg.endpoint.clone(),
+        kafka: String::new(),
+        kafka_client: Default::default(),
+        topic_prefix: "cdc".into(),
+        consumer_group: "unused".into(),
+        slot: None,
+        debezium_status: String::new(),
+        sink_http: String::new(),
+        connect: None,
+    };
+    // The fence at LSN 0x40 = 64: version 20 is below it, version 100 past it.
+    let mut w = harness::run::fence::Watermark { fence_lsn: "0/40".into(), quiet: true, ..Default::default() };
+    harness::run::fence::late_applies(&endpoints, compared_from, &mut w).await.map_err(anyhow::Error::msg)?;
+    assert_eq!((w.late_applies, w.after_fence), (1, 1), "{w:?}");
+    assert!(w.late_examples[0].contains(&format!("customer {k} version 20")), "{:?}", w.late_examples);
+    Ok(())
+}

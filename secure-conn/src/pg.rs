@@ -356,7 +356,8 @@ fn key_value_pairs(text: &str) -> Result<Vec<(String, String)>, DsnError> {
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(DsnError::Syntax(format!("missing \"=\" after {key:?}")));
+            // The name is not echoed: with an unquoted value holding a space, it is a piece of that value.
+            return Err(DsnError::Syntax(format!("missing \"=\" after option {} (quote values that hold spaces: key='a b')", pairs.len() + 1)));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -366,7 +367,7 @@ fn key_value_pairs(text: &str) -> Result<Vec<(String, String)>, DsnError> {
                     Some('\'') => break,
                     Some('\\') => value.push(chars.next().ok_or_else(|| DsnError::Syntax("unterminated quoted value".into()))?),
                     Some(c) => value.push(c),
-                    None => return Err(DsnError::Syntax(format!("unterminated quoted value of {key:?}"))),
+                    None => return Err(DsnError::Syntax(format!("unterminated quoted value of {key}"))),
                 }
             }
         } else {
@@ -420,7 +421,7 @@ fn url_pairs(text: &str) -> Result<Vec<(String, String)>, DsnError> {
         pairs.push(("dbname".into(), decode(db)?));
     }
     for param in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = param.split_once('=').ok_or_else(|| DsnError::Syntax(format!("query parameter {param:?} has no \"=\"")))?;
+        let (key, value) = param.split_once('=').ok_or_else(|| DsnError::Syntax("a query parameter has no \"=\"".into()))?;
         pairs.push((decode(key)?, decode(value)?));
     }
     Ok(pairs)
@@ -432,7 +433,7 @@ fn decode(text: &str) -> Result<String, DsnError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| DsnError::Syntax(format!("bad percent-escape in {text:?}")))?;
+            let hex = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| DsnError::Syntax("a bad percent-escape (% and two hex digits)".into()))?;
             out.push(hex);
             i += 3;
         } else {
@@ -440,7 +441,7 @@ fn decode(text: &str) -> Result<String, DsnError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| DsnError::Syntax(format!("{text:?} is not UTF-8 once decoded")))
+    String::from_utf8(out).map_err(|_| DsnError::Syntax("a part is not UTF-8 once percent-decoded".into()))
 }
 
 #[cfg(test)]
@@ -481,6 +482,11 @@ mod tests {
         assert!(matches!(Dsn::parse("host=a sslcrl=/x"), Err(DsnError::Unknown(k)) if k == "sslcrl"));
         assert!(matches!(Dsn::parse("host=a user='x"), Err(DsnError::Syntax(_))));
         assert!(matches!(Dsn::parse("host"), Err(DsnError::Syntax(_))));
+        // A password with an unquoted space is refused without echoing any of it.
+        let err = Dsn::parse("host=a password=hunter xyz").unwrap_err().to_string();
+        assert!(!err.contains("hunter") && !err.contains("xyz"), "{err}");
+        let err = Dsn::parse("postgres://u:hunter%zz@h/db").unwrap_err().to_string();
+        assert!(!err.contains("hunter"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tracing::{info, warn};
 
@@ -130,8 +129,8 @@ pub async fn run(config: SinkConfig, shutdown: impl std::future::Future<Output =
 /// A plain client (no group) for the broker probe: independent of the group consumer,
 /// which the watchdog may replace.
 fn metadata_client(config: &crate::config::KafkaConfig) -> Result<Arc<BaseConsumer>, rdkafka::error::KafkaError> {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.brokers).set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+    let mut client = config.client_config();
+    client.set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
     for (k, v) in &config.librdkafka {
         // Connection settings (security, timeouts) apply; consumer tuning does no harm.
         client.set(k, v);

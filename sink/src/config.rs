@@ -139,9 +139,120 @@ pub struct KafkaConfig {
     /// data is there. Bounds the latency the consumer adds at low rates.
     #[serde(default = "KafkaConfig::default_fetch_wait_max", with = "humantime_serde")]
     pub fetch_wait_max: Duration,
-    /// Extra librdkafka properties passed through as-is (e.g. security settings).
+    /// TLS and SASL to the brokers (every client: consumer, DLQ producer, probe).
+    #[serde(default)]
+    pub security: KafkaSecurityConfig,
+    /// Extra librdkafka properties passed through as-is. Credentials are refused here (this
+    /// map is not secret): they go in `[kafka.security]`.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+}
+
+/// `[kafka.security]`: librdkafka's `security.protocol` and what it needs. Hostname
+/// verification is on unless `verify_hostname = false`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSecurityConfig {
+    /// `PLAINTEXT` (default), `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// CA certificate(s) of the brokers, PEM; absent: the system's store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for brokers that require one (mTLS).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_password: Option<Secret>,
+    #[serde(default = "KafkaSecurityConfig::default_verify_hostname")]
+    pub verify_hostname: bool,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    /// Best given as `SINK__KAFKA__SECURITY__SASL_PASSWORD`; never logged.
+    #[serde(default)]
+    pub sasl_password: Option<Secret>,
+}
+
+impl KafkaSecurityConfig {
+    const fn default_verify_hostname() -> bool {
+        true
+    }
+}
+
+impl Default for KafkaSecurityConfig {
+    fn default() -> Self {
+        Self {
+            protocol: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            key_password: None,
+            verify_hostname: true,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+        }
+    }
+}
+
+/// librdkafka keys that carry a credential: only through `[kafka.security]`.
+fn is_credential_key(key: &str) -> bool {
+    ["password", "secret", "sasl.jaas.config", "ssl.key.pem", "token"].iter().any(|s| key.contains(s))
+}
+
+/// librdkafka keys about the connection's security, passed through `[kafka.librdkafka]`
+/// too (checked together with `[kafka.security]`).
+fn is_security_key(key: &str) -> bool {
+    key == "security.protocol" || key.starts_with("ssl.") || key.starts_with("sasl.") || key == "enable.ssl.certificate.verification"
+}
+
+impl KafkaConfig {
+    /// The security settings of every Kafka client, as librdkafka keys: `[kafka.security]`
+    /// mapped, security keys of `[kafka.librdkafka]` over it, and the safe defaults
+    /// (`ssl.endpoint.identification.algorithm=https` on TLS). Values may be credentials:
+    /// never log them.
+    pub fn security_settings(&self) -> Result<BTreeMap<String, String>, secure_conn::kafka::KafkaSecurityError> {
+        let s = &self.security;
+        let mut settings = BTreeMap::new();
+        let path = |p: &PathBuf| p.display().to_string();
+        let typed = [
+            ("security.protocol", s.protocol.clone()),
+            ("ssl.ca.location", s.ca_file.as_ref().map(path)),
+            ("ssl.certificate.location", s.cert_file.as_ref().map(path)),
+            ("ssl.key.location", s.key_file.as_ref().map(path)),
+            ("ssl.key.password", s.key_password.as_ref().map(|p| p.expose().to_string())),
+            ("ssl.endpoint.identification.algorithm", (!s.verify_hostname).then(|| "none".to_string())),
+            ("sasl.mechanism", s.sasl_mechanism.clone()),
+            ("sasl.username", s.sasl_username.clone()),
+            ("sasl.password", s.sasl_password.as_ref().map(|p| p.expose().to_string())),
+        ];
+        for (key, value) in typed {
+            if let Some(value) = value {
+                settings.insert(key.to_string(), value);
+            }
+        }
+        for (key, value) in self.librdkafka.iter().filter(|(k, _)| is_security_key(k)) {
+            settings.insert(key.clone(), value.clone());
+        }
+        secure_conn::kafka::check(&mut settings)?;
+        Ok(settings)
+    }
+
+    /// A client configuration with the brokers and the security settings (validated at
+    /// load), before any client-specific setting.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", &self.brokers);
+        for (key, value) in self.security_settings().expect("validated at load") {
+            client.set(key, value);
+        }
+        client
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -202,6 +313,9 @@ pub struct TargetConfig {
     /// Password, best given as `SINK__TARGET__PASSWORD`; never logged.
     #[serde(default)]
     pub password: Option<Secret>,
+    /// User name for MongoDB when the URI names none (the password above then logs in as it).
+    #[serde(default)]
+    pub user: Option<String>,
     #[serde(default)]
     pub postgres: PostgresConfig,
     #[serde(default)]
@@ -416,19 +530,39 @@ impl SinkConfig {
         if k.fetch_wait_max.is_zero() || k.fetch_wait_max > Duration::from_secs(300) {
             problems.push("[kafka] fetch_wait_max must be between 1ms and 300s".into());
         }
+        if let Some(key) = k.librdkafka.keys().find(|k| is_credential_key(k)) {
+            problems.push(format!(
+                "[kafka.librdkafka] {key:?} is a credential: set it in [kafka.security] (e.g. sasl_password, best as SINK__KAFKA__SECURITY__SASL_PASSWORD)"
+            ));
+        } else if let Err(e) = k.security_settings() {
+            problems.push(format!("[kafka.security]: {e}"));
+        }
         match self.target.kind {
             TargetKind::Postgres => {
-                if self.target.url.contains("password=") {
-                    problems.push("[target] url contains password=: remove it and set [target] password or SINK__TARGET__PASSWORD".into());
+                match secure_conn::pg::Dsn::parse(&self.target.url) {
+                    Ok(dsn) if dsn.config.get_password().is_some() => {
+                        problems.push("[target] url contains a password: remove it and set [target] password or SINK__TARGET__PASSWORD".into());
+                    }
+                    Ok(dsn) => {
+                        if let Err(e) = dsn.connector() {
+                            problems.push(format!("[target] url: {e}"));
+                        }
+                    }
+                    // The error names the option, never its value.
+                    Err(e) => problems.push(format!("[target] url: {e}")),
                 }
-                if let Err(e) = self.target.url.parse::<tokio_postgres::Config>() {
-                    problems.push(format!("[target] url is not a libpq key=value string: {e}"));
+                if self.target.user.is_some() {
+                    problems.push("[target] user is for MongoDB: name the PostgreSQL user in the url (user=...)".into());
                 }
                 problems.extend(self.target.postgres.validate());
             }
             TargetKind::Mongodb => {
                 if !(self.target.url.starts_with("mongodb://") || self.target.url.starts_with("mongodb+srv://")) {
                     problems.push("[target] url must be a mongodb:// or mongodb+srv:// URI for kind = \"mongodb\"".into());
+                }
+                let authority = self.target.url.split_once("://").map(|(_, r)| r.split('/').next().unwrap_or_default()).unwrap_or_default();
+                if self.target.password.is_some() && self.target.user.is_none() && !authority.contains('@') {
+                    problems.push("[target] password is set but neither the URI (mongodb://USER@host/...) nor [target] user names a user".into());
                 }
                 problems.extend(self.target.mongodb.validate());
             }
@@ -571,5 +705,53 @@ listen = "127.0.0.1:9095"
         assert_eq!(c.validation.rule(Rule::Referential).severity, Severity::Reject);
         assert!(!c.validation.rule(Rule::Email).enabled);
         assert_eq!(c.validation.rule(Rule::Temporal).severity, Severity::Warn);
+    }
+
+    #[test]
+    fn kafka_security_maps_to_librdkafka_with_host_name_verification_and_hides_the_password() {
+        let text = format!("{MINIMAL}\n[kafka.security]\nprotocol = \"SASL_SSL\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"sink\"\n")
+            .replace("[target]", "[kafka.librdkafka]\n\"client.id\" = \"x\"\n\n[target]");
+        let c = SinkConfig::from_toml(&text, env(&[("SINK__KAFKA__SECURITY__SASL_PASSWORD", "p w'\\=x")])).unwrap();
+        let settings = c.kafka.security_settings().unwrap();
+        assert_eq!(settings["security.protocol"], "SASL_SSL");
+        assert_eq!(settings["sasl.password"], "p w'\\=x");
+        assert_eq!(settings["ssl.endpoint.identification.algorithm"], "https");
+        assert!(!format!("{c:?}").contains("p w'"));
+        // Without the password, or with a mechanism librdkafka is not built with: an error naming it.
+        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text, []) else { panic!("expected invalid") };
+        assert!(problems.iter().any(|p| p.contains("sasl.password")), "{problems:?}");
+        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text.replace("SCRAM-SHA-512", "GSSAPI"), env(&[("SINK__KAFKA__SECURITY__SASL_PASSWORD", "p")]))
+        else {
+            panic!("expected invalid")
+        };
+        assert!(problems.iter().any(|p| p.contains("GSSAPI")), "{problems:?}");
+        // A credential in the pass-through map (not secret, so it would be logged) is refused.
+        let text = MINIMAL.replace("[target]", "[kafka.librdkafka]\n\"sasl.password\" = \"hunter2\"\n\n[target]");
+        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text, []) else { panic!("expected invalid") };
+        assert!(problems.iter().any(|p| p.contains("[kafka.security]") && !p.contains("hunter2")), "{problems:?}");
+    }
+
+    #[test]
+    fn postgres_url_takes_every_sslmode_and_names_a_missing_certificate() {
+        for mode in ["disable", "allow", "prefer", "require"] {
+            SinkConfig::from_toml(&MINIMAL.replace("dbname=sink", &format!("dbname=sink sslmode={mode}")), []).unwrap();
+        }
+        let text = MINIMAL.replace("dbname=sink", "dbname=sink sslmode=verify-full sslrootcert=/nonexistent/ca.pem");
+        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text, []) else { panic!("expected invalid") };
+        assert!(problems.iter().any(|p| p.contains("/nonexistent/ca.pem")), "{problems:?}");
+        let text = MINIMAL.replace("dbname=sink", "dbname=sink password='a b'");
+        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text, []) else { panic!("expected invalid") };
+        assert!(problems.iter().any(|p| p.contains("SINK__TARGET__PASSWORD") && !p.contains("a b")), "{problems:?}");
+    }
+
+    #[test]
+    fn a_mongodb_password_needs_a_user_from_the_uri_or_the_config() {
+        let mongo = MINIMAL.replace("\"postgres\"", "\"mongodb\"").replace("host=127.0.0.1 port=5432 user=postgres dbname=sink", "mongodb://db.example/?tls=true");
+        let password = env(&[("SINK__TARGET__PASSWORD", "p")]);
+        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&mongo, password.clone()) else { panic!("expected invalid") };
+        assert!(problems.iter().any(|p| p.contains("[target] user")), "{problems:?}");
+        let with_user = mongo.replace("kind = \"mongodb\"", "kind = \"mongodb\"\nuser = \"sink\"");
+        SinkConfig::from_toml(&with_user, password.clone()).unwrap();
+        SinkConfig::from_toml(&mongo.replace("mongodb://db", "mongodb://sink@db"), password).unwrap();
     }
 }

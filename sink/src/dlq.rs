@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -53,8 +52,8 @@ pub struct DlqProducer {
 
 impl DlqProducer {
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", &config.brokers).set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "30000");
+        let mut client = config.client_config();
+        client.set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "30000");
         for (k, v) in &config.librdkafka {
             client.set(k, v);
         }

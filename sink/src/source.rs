@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers as _, Message};
@@ -289,9 +289,8 @@ pub fn create_consumer(config: &KafkaConfig, shared: &ConsumerShared, generation
         retired: AtomicBool::new(false),
         stalls: Arc::clone(&shared.stalls),
     };
-    let mut client = ClientConfig::new();
+    let mut client = config.client_config();
     client
-        .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")

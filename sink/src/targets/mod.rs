@@ -18,6 +18,9 @@ use crate::model::{Change, Entity, Version};
 pub enum TargetError {
     #[error("postgres: {}", postgres_reason(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// The URL's TLS settings cannot be used (a certificate file missing or unreadable).
+    #[error("postgres: {0}")]
+    Tls(String),
     #[error("mongodb: {0}")]
     Mongo(#[from] ::mongodb::error::Error),
     #[error("mongodb write error {code}: {message}")]
@@ -64,6 +67,7 @@ impl TargetError {
             Self::Mongo(e) => mongodb::class_of(e),
             Self::MongoWrite { code, .. } => mongodb::class_of_code(*code),
             Self::Timeout { .. } => ErrorClass::Transient,
+            Self::Tls(_) => ErrorClass::Target,
         }
     }
 

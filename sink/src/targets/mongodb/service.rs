@@ -40,7 +40,13 @@ pub fn class_of(e: &Error) -> ErrorClass {
 
 pub async fn connect(target: &TargetConfig, settings: &MongoConfig) -> Result<Database, Error> {
     let mut options = ClientOptions::parse(&target.url).await?;
-    if let (Some(password), Some(credential)) = (&target.password, options.credential.as_mut()) {
+    // The password applies to the URI's user, or to `[target] user` when the URI names
+    // none (validated: one of them does).
+    if let Some(password) = &target.password {
+        let credential = options.credential.get_or_insert_with(Default::default);
+        if credential.username.is_none() {
+            credential.username.clone_from(&target.user);
+        }
         credential.password = Some(password.expose().to_string());
     }
     options.server_selection_timeout = Some(settings.server_selection_timeout);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, MutexGuard, Semaphore, SemaphorePermit};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::PostgresConfig;
 use crate::config::TargetConfig;
@@ -92,6 +92,8 @@ impl Conn {
 
 pub struct Pool {
     config: tokio_postgres::Config,
+    /// Connects with the URL's sslmode (libpq's meaning) and certificates.
+    tls: secure_conn::pg::Connector,
     slots: Vec<Mutex<Option<Conn>>>,
     /// One permit per slot: a caller waits here only while every connection is busy.
     free: Semaphore,
@@ -120,8 +122,12 @@ impl Lease<'_> {
 }
 
 impl Pool {
-    pub fn new(target: &TargetConfig, settings: &PostgresConfig) -> Result<Self, tokio_postgres::Error> {
-        let mut config: tokio_postgres::Config = target.url.parse()?;
+    /// The URL was validated at load (its TLS files too); they are read again here, once:
+    /// a certificate replaced later takes effect at the next start.
+    pub fn new(target: &TargetConfig, settings: &PostgresConfig) -> Result<Self, super::super::TargetError> {
+        let dsn = secure_conn::pg::Dsn::parse(&target.url).map_err(|e| super::super::TargetError::Tls(e.to_string()))?;
+        let tls = dsn.connector().map_err(|e| super::super::TargetError::Tls(e.to_string()))?;
+        let mut config = dsn.config;
         if let Some(password) = &target.password {
             config.password(password.expose());
         }
@@ -145,7 +151,7 @@ impl Pool {
         config.options(format!("-c statement_timeout={} -c synchronous_commit=on", settings.statement_timeout.as_millis()));
         let size = settings.pool_size.max(1);
         let slots = (0..size).map(|_| Mutex::new(None)).collect();
-        Ok(Self { config, slots, free: Semaphore::new(size), next: AtomicUsize::new(0), call_timeout: settings.call_timeout })
+        Ok(Self { config, tls, slots, free: Semaphore::new(size), next: AtomicUsize::new(0), call_timeout: settings.call_timeout })
     }
 
     /// A free live connection, reconnected if it was lost. Waits only while every
@@ -166,7 +172,7 @@ impl Pool {
         };
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = None;
-            let (client, connection) = match tokio::time::timeout(self.call_timeout, self.config.connect(NoTls)).await {
+            let (client, connection) = match tokio::time::timeout(self.call_timeout, self.tls.connect(&self.config)).await {
                 Ok(connected) => connected?,
                 Err(_) => return Err(super::super::TargetError::Timeout { operation: "connect", after: self.call_timeout }),
             };

@@ -215,12 +215,10 @@ impl Connector {
     /// first, TLS if the server refuses it).
     pub async fn connect(&self, config: &tokio_postgres::Config) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
         let mut config = config.clone();
-        let first = match self.mode {
+        config.ssl_mode(match self.mode {
             SslMode::Disable | SslMode::Allow => PgSslMode::Disable,
-            SslMode::Prefer => PgSslMode::Prefer,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
-        };
-        config.ssl_mode(first);
+            mode => wire_mode(mode),
+        });
         match config.connect(self.tls.clone()).await {
             Err(_) if self.mode == SslMode::Allow => {
                 config.ssl_mode(PgSslMode::Require);
@@ -229,10 +227,28 @@ impl Connector {
             other => other,
         }
     }
+
+    /// For a pool that connects by itself (deadpool): the settings with their ssl mode and
+    /// the TLS connector. There `allow` is taken as `prefer` (TLS when the server offers it),
+    /// never weaker than asked.
+    pub fn for_pool(&self, config: &tokio_postgres::Config) -> (tokio_postgres::Config, MakeTlsConnector) {
+        let mut config = config.clone();
+        config.ssl_mode(wire_mode(self.mode));
+        (config, self.tls.clone())
+    }
+}
+
+/// tokio-postgres's mode for ours (certificate checks are the connector's).
+fn wire_mode(mode: SslMode) -> PgSslMode {
+    match mode {
+        SslMode::Disable => PgSslMode::Disable,
+        SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+    }
 }
 
 /// A parsed DSN: the client settings and the TLS options.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Dsn {
     pub config: tokio_postgres::Config,
     pub tls: TlsOptions,
@@ -242,9 +258,8 @@ impl Dsn {
     /// Parses a libpq connection string, `key=value` pairs or a `postgres://` /
     /// `postgresql://` URL. Unknown options are refused, as libpq does.
     pub fn parse(text: &str) -> Result<Self, DsnError> {
-        let pairs = if text.starts_with("postgres://") || text.starts_with("postgresql://") { url_pairs(text)? } else { key_value_pairs(text)? };
         let mut dsn = Dsn { config: tokio_postgres::Config::new(), tls: TlsOptions::default() };
-        for (key, value) in pairs {
+        for (key, value) in pairs(text)? {
             dsn.set(&key, &value)?;
         }
         Ok(dsn)
@@ -339,6 +354,33 @@ impl Dsn {
     pub fn connector(&self) -> Result<Connector, TlsSetupError> {
         self.tls.connector()
     }
+}
+
+/// The settings of a libpq connection string in either form, in order, values decoded
+/// (not checked: `Dsn::parse` does that).
+pub fn pairs(text: &str) -> Result<Vec<(String, String)>, DsnError> {
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") { url_pairs(text) } else { key_value_pairs(text) }
+}
+
+/// A `key=value` connection string for a program that takes one (the sink's `[target]
+/// url`): every value quoted as libpq reads it, so none can carry another option.
+pub fn conninfo(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (key, value) in pairs {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(key);
+        out.push_str("='");
+        for c in value.chars() {
+            if c == '\\' || c == '\'' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('\'');
+    }
+    out
 }
 
 /// libpq's `key = value` form: values may be single-quoted, `\` escapes the next character.
@@ -461,6 +503,15 @@ mod tests {
         // `x host=other` is one value, not an injected option.
         let dsn = Dsn::parse("host=a user='x host=other'").unwrap();
         assert_eq!(dsn.config.get_user(), Some("x host=other"));
+        assert_eq!(dsn.config.get_hosts().len(), 1);
+    }
+
+    #[test]
+    fn conninfo_quotes_so_that_every_value_parses_back_whole() {
+        let text = conninfo(&[("host", "127.0.0.1"), ("user", "x host=evil"), ("dbname", r"a'b\c")]);
+        let dsn = Dsn::parse(&text).unwrap();
+        assert_eq!(dsn.config.get_user(), Some("x host=evil"));
+        assert_eq!(dsn.config.get_dbname(), Some(r"a'b\c"));
         assert_eq!(dsn.config.get_hosts().len(), 1);
     }
 

@@ -220,14 +220,11 @@ fn write_config(dir: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, h
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-{}\"\ntopics = [\"{TOPIC}\"]\ndlq_topic = \"{}\"\nauto_offset_reset = \"earliest\"\n\n[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[source]\ndecimal_handling = \"string\"\n\n[audit]\nenabled = {audit}\n",
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-{}\"\ntopics = [\"{TOPIC}\"]\ndlq_topic = \"{}\"\nauto_offset_reset = \"earliest\"\n\n[target]\nkind = \"postgres\"\nurl = {}\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[source]\ndecimal_handling = \"string\"\n\n[audit]\nenabled = {audit}\n",
             broker.bootstrap,
             Uuid::new_v4().simple(),
             crate::config::DLQ_TOPIC,
-            e.host,
-            e.port,
-            e.user,
-            e.target_db
+            toml::Value::from(e.target_conninfo())
         ),
     )?;
     Ok(config)

@@ -114,6 +114,9 @@ pub struct PgEndpoint {
     /// starts; on an external stack one of their own unless the endpoints file says otherwise.
     #[serde(default = "default_source_schema")]
     pub source_schema: String,
+    /// Every other libpq setting of the source's DSN (`sslmode`, `sslrootcert`, ...), as given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
 }
 
 pub const PUBLIC_SCHEMA: &str = "public";
@@ -129,41 +132,78 @@ pub struct PgServer {
     pub port: u16,
     pub user: String,
     pub password: Secret,
+    /// Every other libpq setting of its DSN, as given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+}
+
+/// A connection that could not be made: the client's or server's error, or TLS settings
+/// that cannot be used (never the password: no message here quotes a connection string).
+#[derive(Debug, thiserror::Error)]
+pub enum PgConnectError {
+    #[error("{}", pg_error_text(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Dsn(#[from] secure_conn::pg::DsnError),
+    #[error(transparent)]
+    Tls(#[from] secure_conn::pg::TlsSetupError),
+}
+
+/// The client settings and TLS of one database: built field by field with
+/// `tokio_postgres::Config` (no connection string is formatted, so no value can inject an
+/// option), `params` first so that the endpoint's own fields win.
+fn pg_dsn(host: &str, port: u16, user: &str, password: &Secret, db: &str, params: &BTreeMap<String, String>) -> Result<secure_conn::pg::Dsn, PgConnectError> {
+    let mut dsn = secure_conn::pg::Dsn::default();
+    for (key, value) in params {
+        dsn.set(key, value)?;
+    }
+    let config = &mut dsn.config;
+    // A multi-host DSN keeps its host and port lists in `params`.
+    if !params.contains_key("host") {
+        config.host(host).port(port);
+    }
+    config.user(user).password(password.expose()).dbname(db);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    Ok(dsn)
 }
 
 impl PgServer {
-    fn conn_string(&self, db: &str) -> String {
-        libpq_conn_string(&self.host, self.port, &self.user, &self.password, db)
+    fn dsn(&self, db: &str) -> Result<secure_conn::pg::Dsn, PgConnectError> {
+        pg_dsn(&self.host, self.port, &self.user, &self.password, db, &self.params)
     }
-}
-
-/// libpq-style connection string, password included (never log it).
-fn libpq_conn_string(host: &str, port: u16, user: &str, password: &Secret, db: &str) -> String {
-    format!("host={host} port={port} user={user} password={} dbname={db} connect_timeout=5", password.expose())
 }
 
 impl PgEndpoint {
     /// The source database, with only its workload schema on the search path (the workload's
     /// SQL names its tables unqualified); `public` keeps the server's default path.
-    pub async fn connect_source(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        connect_with(&self.source_conn_string()).await
+    pub async fn connect_source(&self) -> Result<tokio_postgres::Client, PgConnectError> {
+        connect_with(&self.source_dsn()?).await
     }
 
-    /// libpq-style connection string of the source, password included (never log it).
-    pub fn source_conn_string(&self) -> String {
-        let conn = self.conn_string(&self.source_db);
-        if self.source_schema == PUBLIC_SCHEMA {
-            return conn;
+    /// The source's client settings and TLS, password included (never log them).
+    pub fn source_dsn(&self) -> Result<secure_conn::pg::Dsn, PgConnectError> {
+        let mut dsn = self.dsn(&self.source_db)?;
+        if self.source_schema != PUBLIC_SCHEMA {
+            // Only this schema: a table missing from it must fail, never fall back to `public`.
+            // The schema is a plain identifier (checked when the endpoints file was read).
+            let options = dsn.config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+            dsn.config.options(format!("{options}-c search_path={}", self.source_schema));
         }
-        // Only this schema: a table missing from it must fail, never fall back to `public`.
-        format!("{conn} options='-c search_path={}'", self.source_schema)
+        Ok(dsn)
     }
 
     /// The target database, on its own server when it has one.
-    pub async fn connect_target(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn connect_target(&self) -> Result<tokio_postgres::Client, PgConnectError> {
+        connect_with(&self.target_dsn()?).await
+    }
+
+    /// The target's client settings and TLS, password included (never log them).
+    pub fn target_dsn(&self) -> Result<secure_conn::pg::Dsn, PgConnectError> {
         match &self.target_server {
-            Some(server) => connect_with(&server.conn_string(&self.target_db)).await,
-            None => self.connect(&self.target_db).await,
+            Some(server) => server.dsn(&self.target_db),
+            None => self.dsn(&self.target_db),
         }
     }
 
@@ -175,9 +215,22 @@ impl PgEndpoint {
         }
     }
 
-    /// libpq-style connection string for `db`, password included (never log it).
-    pub fn conn_string(&self, db: &str) -> String {
-        libpq_conn_string(&self.host, self.port, &self.user, &self.password, db)
+    fn dsn(&self, db: &str) -> Result<secure_conn::pg::Dsn, PgConnectError> {
+        pg_dsn(&self.host, self.port, &self.user, &self.password, db, &self.params)
+    }
+
+    /// The target as the sink's `[target] url` (libpq key=value, every value quoted, no
+    /// password: the sink gets it from its environment).
+    pub fn target_conninfo(&self) -> String {
+        let (host, port, user, params) = match &self.target_server {
+            Some(s) => (&s.host, s.port, &s.user, &s.params),
+            None => (&self.host, self.port, &self.user, &self.params),
+        };
+        let port = port.to_string();
+        let mut pairs = vec![("host", host.as_str()), ("port", port.as_str()), ("user", user.as_str()), ("dbname", self.target_db.as_str())];
+        pairs.retain(|(k, _)| !params.contains_key(*k));
+        pairs.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        secure_conn::pg::conninfo(&pairs)
     }
 
     /// Same, without the password: for logs and reports.
@@ -186,13 +239,13 @@ impl PgEndpoint {
     }
 
     /// `db` on this server (the source's).
-    pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        connect_with(&self.conn_string(db)).await
+    pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, PgConnectError> {
+        connect_with(&self.dsn(db)?).await
     }
 }
 
-async fn connect_with(conn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls).await?;
+async fn connect_with(dsn: &secure_conn::pg::Dsn) -> Result<tokio_postgres::Client, PgConnectError> {
+    let (client, connection) = dsn.connector()?.connect(&dsn.config).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });

@@ -21,7 +21,7 @@ pub struct IdleWrites {
 
 /// Writes `phase.writes_per_sec` rows a second to `harness.idle_writes` (outside the
 /// publication) for `phase.duration`.
-pub async fn run(source: &PgEndpoint, phase: &IdlePhase) -> Result<IdleWrites, tokio_postgres::Error> {
+pub async fn run(source: &PgEndpoint, phase: &IdlePhase) -> Result<IdleWrites, crate::orchestrator::PgConnectError> {
     let client = source.connect("app").await?;
     client.batch_execute("CREATE TABLE IF NOT EXISTS harness.idle_writes (id bigserial PRIMARY KEY, payload text NOT NULL)").await?;
     let statement = client

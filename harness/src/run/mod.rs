@@ -254,7 +254,7 @@ async fn measure(
                     eprintln!("run: idle phase done: {} rows written outside the publication, {} KiB of WAL", w.rows, w.wal_bytes / 1024);
                     (Some(w.wal_bytes), None)
                 }
-                Err(e) => (None, Some(format!("the idle phase could not write to the source: {}", crate::orchestrator::pg_error_text(&e)))),
+                Err(e) => (None, Some(format!("the idle phase could not write to the source: {e}"))),
             }
         }
         None => (None, None),

@@ -88,7 +88,7 @@ pub async fn check(endpoints: &Endpoints, topics: Vec<String>, partitions: u32, 
 async fn run_check(endpoints: &Endpoints, topics: Vec<String>, partitions: u32, deadline: Duration, out: &mut LiveCheck) -> Result<(), String> {
     let pg = &endpoints.postgres;
     let text = |e: tokio_postgres::Error| crate::orchestrator::pg_error_text(&e);
-    let source = pg.connect_source().await.map_err(|e| format!("source: {}", text(e)))?;
+    let source = pg.connect_source().await.map_err(|e| format!("source: {e}"))?;
     source.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| format!("source: {}", text(e)))?;
     // The first statement takes the snapshot; X is read in it, after the snapshot.
     let row = source.query_one("SELECT pg_current_wal_lsn()::text, clock_timestamp()", &[]).await.map_err(|e| format!("source: {}", text(e)))?;
@@ -100,7 +100,7 @@ async fn run_check(endpoints: &Endpoints, topics: Vec<String>, partitions: u32, 
     out.waited_ms = started.elapsed().as_millis() as u64;
 
     let compared = Instant::now();
-    let target = pg.connect_target().await.map_err(|e| format!("target: {}", text(e)))?;
+    let target = pg.connect_target().await.map_err(|e| format!("target: {e}"))?;
     let options = VerifyOptions { max_examples: 3, watermark: Some(SnapshotWatermark { lsn, at: at - COMMIT_VISIBILITY_MARGIN }), ..Default::default() };
     let report = super::verify(&source, &super::Target::Postgres(&target), &options, compared).await.map_err(|e: VerifyError| e.to_string())?;
     let _ = source.batch_execute("ROLLBACK").await;
@@ -121,7 +121,7 @@ async fn run_check(endpoints: &Endpoints, topics: Vec<String>, partitions: u32, 
 async fn wait_covered(endpoints: &Endpoints, topics: Vec<String>, partitions: u32, lsn: i64, deadline: Duration) -> Result<(), String> {
     let until = Instant::now() + deadline;
     let slot = endpoints.slot.clone().ok_or("the stack names no replication slot: its confirmed position cannot be read")?;
-    let watcher = endpoints.postgres.connect_source().await.map_err(|e| format!("source: {}", crate::orchestrator::pg_error_text(&e)))?;
+    let watcher = endpoints.postgres.connect_source().await.map_err(|e| format!("source: {e}"))?;
     loop {
         let confirmed: Option<String> = watcher
             .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])

@@ -18,11 +18,15 @@ pub enum ExecError {
     Database(#[from] tokio_postgres::Error),
     #[error("connection pool: {0}")]
     Pool(String),
+    #[error("source: {0}")]
+    Connect(#[from] crate::orchestrator::PgConnectError),
 }
 
 pub fn pool(pg: &PgEndpoint, size: usize) -> Result<Pool, ExecError> {
-    let config: tokio_postgres::Config = pg.source_conn_string().parse().map_err(ExecError::Database)?;
-    let manager = Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let dsn = pg.source_dsn()?;
+    let tls = dsn.connector().map_err(crate::orchestrator::PgConnectError::from)?;
+    let (config, tls) = tls.for_pool(&dsn.config);
+    let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager).max_size(size).build().map_err(|e| ExecError::Pool(e.to_string()))
 }
 

@@ -395,6 +395,7 @@ async fn the_compose_stack_runs_on_the_local_images() -> anyhow::Result<()> {
         target_db: "sink".into(),
         target_server: None,
         source_schema: harness::orchestrator::PUBLIC_SCHEMA.into(),
+        params: Default::default(),
     };
     let wait =
         harness::orchestrator::wait::WaitFor::new(ServiceKind::Sink, Duration::from_secs(240), "docker-compose logs".into()).poll(Duration::from_secs(2));

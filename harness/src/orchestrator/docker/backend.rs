@@ -344,6 +344,7 @@ impl DockerStack {
                 target_db: local_pg::TARGET_DB.into(),
                 target_server: None,
                 source_schema: crate::orchestrator::PUBLIC_SCHEMA.into(),
+                params: Default::default(),
             },
             format!("127.0.0.1:{}", p.kafka),
             debezium_status,

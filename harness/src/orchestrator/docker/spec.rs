@@ -467,7 +467,9 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
             // differs per run is an environment override.
             let (kind, url) = match inputs.config.target {
                 TargetKind::Postgres => {
-                    ("postgres", format!("host=postgres port={POSTGRES_PORT} user=postgres dbname={}", crate::orchestrator::local::postgres::TARGET_DB))
+                    let port = POSTGRES_PORT.to_string();
+                    let pairs = [("host", "postgres"), ("port", port.as_str()), ("user", "postgres"), ("dbname", crate::orchestrator::local::postgres::TARGET_DB)];
+                    ("postgres", secure_conn::pg::conninfo(&pairs))
                 }
                 TargetKind::Mongodb => ("mongodb", format!("mongodb://mongo:{MONGO_PORT}")),
             };

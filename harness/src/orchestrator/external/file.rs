@@ -183,7 +183,7 @@ impl EndpointsFile {
             TargetSection::Postgres { dsn, password } => {
                 let target = parse_dsn(dsn).map_err(|r| invalid("target.dsn", r))?;
                 let password = password.resolve(path, "target.password")?;
-                let server = PgServer { host: target.host, port: target.port, user: target.user, password };
+                let server = PgServer { host: target.host, port: target.port, user: target.user, password, params: target.params };
                 (target.db, Some(server), None)
             }
             TargetSection::Mongodb { uri, database } => {
@@ -200,6 +200,7 @@ impl EndpointsFile {
             target_db,
             target_server,
             source_schema: schema,
+            params: source.params,
         };
         for (field, url) in [("connect.url", self.connect.as_ref().map(|c| &c.url)), ("sink.metrics_url", self.sink.as_ref().map(|s| &s.metrics_url))] {
             let Some(url) = url else { continue };
@@ -262,12 +263,16 @@ struct Dsn {
     port: u16,
     user: String,
     db: String,
+    /// Every other setting, as given (`sslmode`, `sslrootcert`, ..., and the host and port
+    /// lists of a multi-host DSN).
+    params: BTreeMap<String, String>,
 }
 
-/// Host, port, user and database of a libpq DSN (URL or key=value); one with a password is
-/// refused (it would be a credential in clear).
+/// A libpq DSN (URL or key=value) with every setting checked and kept; one with a password
+/// is refused (it would be a credential in clear), and so are TLS files that cannot be read.
 fn parse_dsn(dsn: &str) -> Result<Dsn, String> {
-    let config: tokio_postgres::Config = dsn.parse().map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+    let parsed = secure_conn::pg::Dsn::parse(dsn).map_err(|e| e.to_string())?;
+    let config = &parsed.config;
     if config.get_password().is_some() {
         return Err("carries a password in clear: remove it and name it in `password = { env = \"VAR\" }` or `{ file = \"path\" }`".into());
     }
@@ -281,7 +286,14 @@ fn parse_dsn(dsn: &str) -> Result<Dsn, String> {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config.get_user().ok_or("names no user")?.to_string();
     let db = config.get_dbname().ok_or("names no database")?.to_string();
-    Ok(Dsn { host, port, user, db })
+    parsed.connector().map_err(|e| e.to_string())?;
+    let mut params: BTreeMap<String, String> =
+        secure_conn::pg::pairs(dsn).map_err(|e| e.to_string())?.into_iter().filter(|(k, _)| !["user", "password", "dbname"].contains(&k.as_str())).collect();
+    if config.get_hosts().len() <= 1 {
+        params.remove("host");
+        params.remove("port");
+    }
+    Ok(Dsn { host, port, user, db, params })
 }
 
 #[cfg(test)]
@@ -334,7 +346,7 @@ password = { file = "pg.secret" }
         assert_eq!(e.kafka_client["sasl.password"].expose(), "s3cr3t-kafka");
         // No schema named: the workload has one of its own, the only one on the search path.
         assert_eq!(e.topic("customer"), "shop.cdc_harness.customer");
-        assert!(e.postgres.source_conn_string().ends_with("options='-c search_path=cdc_harness'"));
+        assert_eq!(e.postgres.source_dsn().unwrap().config.get_options(), Some("-c search_path=cdc_harness"));
         assert_eq!(e.connect.as_ref().unwrap().url, "http://connect:8083");
         assert_eq!(resolved.publication, "cdc_publication");
         let shown = format!("{resolved:?}");
@@ -371,6 +383,33 @@ publication"#,
         unsafe { std::env::set_var("EFILE_TEST_KAFKA_PW", "s3cr3t-kafka") };
         let e = EndpointsFile::read(&path).unwrap().resolve(&path).unwrap().endpoints;
         assert_eq!(e.topic("orders"), "shop.public.orders");
-        assert!(!e.postgres.source_conn_string().contains("search_path"));
+        assert_eq!(e.postgres.source_dsn().unwrap().config.get_options(), None);
+    }
+
+    #[test]
+    fn every_dsn_setting_is_kept_and_a_password_with_quotes_and_spaces_stays_whole() {
+        let (dir, path) = write(
+            &GOOD
+                .replace("postgres://cdc@db.staging:6543/app", "postgres://cdc@db.staging:6543/app?sslmode=verify-full&sslrootcert=ca.pem&application_name=x")
+                .replace("host=replica port=5433 user=sink dbname=shop", "host=r1,r2 port=5433,5434 user=sink dbname=shop sslmode=require"),
+        );
+        std::fs::write(dir.path().join("pg.secret"), "p w'\"\\=x\n").unwrap();
+        unsafe { std::env::set_var("EFILE_TEST_KAFKA_PW", "s3cr3t-kafka") };
+        // A CA file that cannot be read is named when the file is read, not at the first connection.
+        let missing = EndpointsFile::read(&path).and_then(|f| f.resolve(&path));
+        assert!(missing.is_err_and(|e| e.to_string().contains("ca.pem")), "a missing CA file is named");
+        let text = std::fs::read_to_string(&path).unwrap().replace("sslrootcert=ca.pem", "sslrootcert=system");
+        std::fs::write(&path, text).unwrap();
+        let e = EndpointsFile::read(&path).unwrap().resolve(&path).unwrap().endpoints;
+        let source = e.postgres.source_dsn().unwrap();
+        assert_eq!(source.tls.mode, secure_conn::pg::SslMode::VerifyFull);
+        assert_eq!(source.config.get_application_name(), Some("x"));
+        assert_eq!(source.config.get_password(), Some("p w'\"\\=x".as_bytes()));
+        let target = e.postgres.target_dsn().unwrap();
+        assert_eq!((target.config.get_hosts().len(), target.config.get_ports()), (2, &[5433, 5434][..]));
+        assert_eq!(target.tls.mode, secure_conn::pg::SslMode::Require);
+        // The sink's url keeps every setting, quoted, and no password.
+        let url = e.postgres.target_conninfo();
+        assert!(url.contains("sslmode='require'") && !url.contains("p w"), "{url}");
     }
 }

@@ -16,7 +16,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use self::connect::ConnectClient;
 use self::file::EndpointsFile;
-use super::{Endpoints, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
+use super::{Endpoints, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus, pg_error_text as pg_error};
 use crate::config::TABLES;
 use crate::verify::mapping::Mapping;
 
@@ -88,7 +88,7 @@ impl ExternalStack {
             .postgres
             .connect_source()
             .await
-            .map_err(|err| preflight("source", format!("{}: {}", e.postgres.display(&e.postgres.source_db), pg_error(&err))))?;
+            .map_err(|err| preflight("source", format!("{}: {}", e.postgres.display(&e.postgres.source_db), err)))?;
         // The source hop first: its tables are the first thing a team sets up.
         let schema = &e.postgres.source_schema;
         ensure_tables(&source, schema).await?;
@@ -128,7 +128,7 @@ impl ExternalStack {
                     .postgres
                     .connect_target()
                     .await
-                    .map_err(|err| preflight("target", format!("{}: {}", self.endpoints.postgres.display_target(), pg_error(&err))))?;
+                    .map_err(|err| preflight("target", format!("{}: {err}", self.endpoints.postgres.display_target())))?;
             }
         }
         Ok(())
@@ -188,7 +188,7 @@ impl ExternalStack {
             }
             None => {
                 let target =
-                    e.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {}", e.postgres.display_target(), pg_error(&err))))?;
+                    e.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {err}", e.postgres.display_target())))?;
                 let sql = format!("SELECT 1 FROM \"{}\" WHERE id = $1", entity.postgres.table.replace('"', ""));
                 (Reader::Postgres(target, sql), format!("table {}", entity.postgres.table))
             }
@@ -230,7 +230,7 @@ impl ExternalStack {
             log: PathBuf::new(),
             detail: ok.err(),
         };
-        let source = e.postgres.connect_source().await.map(drop).map_err(|err| pg_error(&err));
+        let source = e.postgres.connect_source().await.map(drop).map_err(|err| err.to_string());
         let target = self.check_target().await.map_err(|err| err.to_string());
         let postgres = source.map_err(|s| format!("source: {s}")).and(target);
         let broker = topic_partitions(e).await.map(drop).map_err(|err| err.to_string());
@@ -251,8 +251,6 @@ impl ExternalStack {
         ]
     }
 }
-
-use super::pg_error_text as pg_error;
 
 /// A MongoDB error may quote its connection string.
 fn redact(text: &str, uri: &Secret) -> String {

@@ -64,6 +64,7 @@ impl StackState {
                 target_db: postgres::TARGET_DB.into(),
                 target_server: None,
                 source_schema: crate::orchestrator::PUBLIC_SCHEMA.into(),
+                params: Default::default(),
             },
             format!("127.0.0.1:{}", self.ports.broker),
             format!("http://127.0.0.1:{}/status", self.ports.debezium_status),

@@ -68,6 +68,7 @@ pub fn init(bin_dir: &Path, layout: &PostgresLayout, port: u16, password: &Secre
         target_db: TARGET_DB.into(),
         target_server: None,
         source_schema: crate::orchestrator::PUBLIC_SCHEMA.into(),
+        params: Default::default(),
     };
     if layout.data.join("PG_VERSION").is_file() {
         return Ok(endpoint);

@@ -38,7 +38,7 @@ pub fn configure(layout: &SinkLayout, pg: &PgEndpoint, kafka: &str, listen: &str
         "[kafka]\nbrokers = \"{kafka}\"\ngroup_id = \"{GROUP_ID}\"\ntopics = [{}]\ndlq_topic = \"{DLQ_TOPIC}\"\n# Fault runs restart the broker: rejoin the group sooner than the 60 s default.\nrejoin_timeout = \"20s\"\n\n# Static membership: a restarted sink takes its predecessor's place (and partitions) at\n# once instead of waiting for the coordinator to expire a member killed with -9.\n[kafka.librdkafka]\n\"group.instance.id\" = \"cdc-sink-1\"\n",
         topics.join(", ")
     );
-    let _ = writeln!(toml, "[target]\nkind = \"postgres\"\nurl = \"host={} port={} user={} dbname={}\"\n", pg.host, pg.port, pg.user, pg.target_db);
+    let _ = writeln!(toml, "[target]\nkind = \"postgres\"\nurl = {}\n", toml::Value::from(pg.target_conninfo()));
     let _ = writeln!(toml, "[http]\nlisten = \"{listen}\"");
     // What the harness's Debezium is configured with (decimal.handling.mode, time.precision.mode).
     let _ = writeln!(toml, "\n[source]\ndecimal_handling = \"string\"\ntime_precision = \"isostring\"");

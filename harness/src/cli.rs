@@ -462,18 +462,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 /// Writes the endpoints file of a started stack; its PostgreSQL password goes to a file
 /// of its own (mode 0600) that the endpoints file names.
 fn write_endpoints_file(stack: &Stack, run_dir: &std::path::Path, file: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let endpoints = stack.endpoints();
     let run_dir = std::path::absolute(run_dir)?;
     let password_file = run_dir.join("postgres.password");
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&password_file)
+    harness::orchestrator::state::write_private(&password_file, format!("{}\n", endpoints.postgres.password.expose()).as_bytes())
         .with_context(|| format!("{}", password_file.display()))?;
-    std::io::Write::write_all(&mut out, format!("{}\n", endpoints.postgres.password.expose()).as_bytes())?;
     let publication = harness::orchestrator::local::debezium::PUBLICATION_NAME;
     let text = harness::orchestrator::external::file::EndpointsFile::for_started(&endpoints, publication, &password_file).to_toml();
     std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?;

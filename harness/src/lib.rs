@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod exit;
 pub mod faults;
+pub mod http;
 pub mod load;
 pub mod orchestrator;
 pub mod provision;

@@ -72,16 +72,58 @@ pub fn read<T: DeserializeOwned>(run_dir: &Path, file: &str) -> Result<Option<T>
 pub fn write<T: Serialize>(run_dir: &Path, file: &str, state: &T) -> Result<(), ServiceError> {
     let path = run_dir.join(file);
     fs::create_dir_all(run_dir).map_err(|e| state_err(run_dir, e))?;
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(state).map_err(|e| state_err(&path, e))?;
-    fs::write(&tmp, text).map_err(|e| state_err(&tmp, e))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(|e| state_err(&tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| state_err(&path, e))
+    write_private(&path, text.as_bytes()).map_err(|e| state_err(&path, e))
+}
+
+/// Writes a file that may hold a secret: a temporary file created with mode 0600 (never
+/// readable by others, not even briefly), written, synced, then renamed over `path`, so
+/// that an older file with a looser mode is replaced, not reused.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// Creates a run folder that only its owner can list: mode 0700, or 0710 with the group of
+/// `traverse_gid` when a service running as another user (PostgreSQL, started as root) must
+/// reach its own folder inside it.
+pub fn private_dir(dir: &Path, traverse_gid: Option<u32>) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    match traverse_gid {
+        Some(gid) => {
+            std::os::unix::fs::chown(dir, None, Some(gid))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o710))
+        }
+        None => fs::set_permissions(dir, fs::Permissions::from_mode(0o700)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_file_replaces_a_looser_one_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, b"new").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        let run = dir.path().join("run");
+        private_dir(&run, None).unwrap();
+        assert_eq!(fs::metadata(&run).unwrap().permissions().mode() & 0o777, 0o700);
+    }
 
     #[test]
     fn picked_ports_are_distinct_bindable_and_below_the_ephemeral_range() {

@@ -688,7 +688,7 @@ impl DockerStack {
     pub async fn set_link(&self, link: Link, fault: LinkFault) -> Result<(), ServiceError> {
         let body = FaultBody::from(fault);
         for url in self.link_controls(link)? {
-            control_call(reqwest::Client::new().put(&url).json(&body), &url).await?;
+            control_call(crate::http::client().put(&url).json(&body), &url).await?;
         }
         Ok(())
     }
@@ -697,7 +697,7 @@ impl DockerStack {
     pub async fn reset_link(&self, link: Link) -> Result<(), ServiceError> {
         for url in self.link_controls(link)? {
             let url = format!("{url}/reset");
-            control_call(reqwest::Client::new().post(&url), &url).await?;
+            control_call(crate::http::client().post(&url), &url).await?;
         }
         Ok(())
     }
@@ -726,14 +726,14 @@ impl DockerStack {
     /// whose offsets make the connector resume instead of re-snapshotting.
     async fn register_connector(&self) -> Result<(), ServiceError> {
         let err = |reason: String| ServiceError::Setup { service: ServiceKind::Debezium, reason };
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| err(e.to_string()))?;
+        let client = crate::http::client();
         let url = format!("http://127.0.0.1:{}/connectors", self.state.ports.connect);
         let body = spec::connector_request(self.state.password.expose(), self.state.config.debezium_poll_interval_ms);
         let password = self.state.password.expose();
         WaitFor::new(ServiceKind::Debezium, Duration::from_secs(60), self.log_path(Role::Connect))
             .poll(Duration::from_secs(1))
             .until(|| async {
-                let response = client.post(&url).json(&body).send().await.map_err(|e| format!("POST {url}: {e}"))?;
+                let response = client.post(&url).timeout(Duration::from_secs(10)).json(&body).send().await.map_err(|e| format!("POST {url}: {e}"))?;
                 let status = response.status().as_u16();
                 // The body echoes the request on some errors: never surface the password.
                 let text = response.text().await.unwrap_or_default().replace(password, "***");
@@ -951,9 +951,9 @@ async fn kafka_metadata(bootstrap: String) -> Result<(), String> {
 /// Connector and tasks RUNNING, the replication slot in use (streaming connected) and,
 /// on the first start, the initial snapshot finished.
 async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool) -> Result<(), String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().map_err(|e| e.to_string())?;
-    let status: serde_json::Value = client
+    let status: serde_json::Value = crate::http::client()
         .get(format!("{connect}/connectors/{}/status", spec::CONNECTOR_NAME))
+        .timeout(Duration::from_secs(3))
         .send()
         .await
         .map_err(|e| e.to_string())?
@@ -975,8 +975,9 @@ async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool
         return Err("replication slot not active yet".into());
     }
     if require_snapshot {
-        let offsets: serde_json::Value = client
+        let offsets: serde_json::Value = crate::http::client()
             .get(format!("{connect}/connectors/{}/offsets", spec::CONNECTOR_NAME))
+            .timeout(Duration::from_secs(3))
             .send()
             .await
             .map_err(|e| e.to_string())?

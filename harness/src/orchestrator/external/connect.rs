@@ -52,13 +52,12 @@ impl ConnectorStatus {
 
 pub struct ConnectClient {
     endpoint: ConnectEndpoint,
-    http: reqwest::Client,
+    http: &'static reqwest::Client,
 }
 
 impl ConnectClient {
     pub fn new(endpoint: &ConnectEndpoint) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client without TLS builds");
-        Self { endpoint: endpoint.clone(), http }
+        Self { endpoint: endpoint.clone(), http: crate::http::client() }
     }
 
     fn url(&self, path: &str) -> String {
@@ -66,7 +65,7 @@ impl ConnectClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, url: String) -> Result<String, ConnectError> {
-        let response = request.send().await.map_err(|e| ConnectError::Unreachable { url: url.clone(), reason: e.to_string() })?;
+        let response = request.timeout(Duration::from_secs(10)).send().await.map_err(|e| ConnectError::Unreachable { url: url.clone(), reason: e.to_string() })?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         if !status.is_success() {

@@ -192,8 +192,7 @@ impl LauncherStatus {
 }
 
 pub async fn fetch_status(url: &str) -> Result<LauncherStatus, String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|e| e.to_string())?;
-    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let response = crate::http::client().get(url).timeout(Duration::from_secs(2)).send().await.map_err(|e| e.to_string())?;
     response.json::<LauncherStatus>().await.map_err(|e| e.to_string())
 }
 

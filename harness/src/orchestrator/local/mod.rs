@@ -11,7 +11,6 @@ pub mod sink;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -284,12 +283,18 @@ impl LocalStack {
         self.save()
     }
 
+    /// The run folder, private (it holds the state file, the logs and the databases): only
+    /// the postgres user's group may traverse it, to reach the server's folder.
+    fn private_run_dir(&self) -> Result<(), ServiceError> {
+        crate::orchestrator::state::private_dir(&self.run_dir, postgres::traverse_gid()?).map_err(|e| state_err(&self.run_dir, e))?;
+        fs::create_dir_all(self.run_dir.join("logs")).map_err(|e| state_err(&self.run_dir, e))
+    }
+
     /// `up`, except that Debezium is killed `after` its initial snapshot started and
     /// started again `downtime` later; returns that fault's timeline entry (seconds are
     /// relative to the kill, since the load has not started yet).
     pub async fn up_with_snapshot_kill(&mut self, after: Duration, downtime: Duration) -> Result<crate::report::model::FaultRecord, ServiceError> {
-        std::fs::create_dir_all(self.run_dir.join("logs")).map_err(|e| state_err(&self.run_dir, e))?;
-        let _ = fs::set_permissions(&self.run_dir, fs::Permissions::from_mode(0o755));
+        self.private_run_dir()?;
         self.tools()?;
         self.start_service(ServiceKind::Postgres).await?;
         self.start_service(ServiceKind::Broker).await?;
@@ -459,9 +464,7 @@ fn stop_signal(service: ServiceKind) -> Signal {
 
 impl Orchestrator for LocalStack {
     async fn up(&mut self) -> Result<Endpoints, ServiceError> {
-        fs::create_dir_all(self.run_dir.join("logs")).map_err(|e| state_err(&self.run_dir, e))?;
-        // The postgres user must be able to traverse into the run folder.
-        let _ = fs::set_permissions(&self.run_dir, fs::Permissions::from_mode(0o755));
+        self.private_run_dir()?;
         self.save()?;
         self.tools()?;
         for service in self.services() {

@@ -34,6 +34,12 @@ impl PostgresLayout {
 }
 
 /// The unprivileged account the server runs as when the harness runs as root.
+/// The group that must traverse the run folder to reach the server's own folder: the
+/// service user's when the server runs as one.
+pub fn traverse_gid() -> Result<Option<u32>, ServiceError> {
+    Ok(service_user()?.map(|u| u.gid.as_raw()))
+}
+
 fn service_user() -> Result<Option<User>, ServiceError> {
     if !Uid::effective().is_root() {
         return Ok(None);
@@ -76,8 +82,7 @@ pub fn init(bin_dir: &Path, layout: &PostgresLayout, port: u16, password: &Secre
     fs::create_dir_all(&layout.dir).map_err(|e| setup_err(format!("{}: {e}", layout.dir.display())))?;
     ensure_traversable(&layout.dir)?;
     let pwfile = layout.dir.join(".pwfile");
-    fs::write(&pwfile, password.expose()).map_err(|e| setup_err(e.to_string()))?;
-    fs::set_permissions(&pwfile, fs::Permissions::from_mode(0o600)).map_err(|e| setup_err(e.to_string()))?;
+    crate::orchestrator::state::write_private(&pwfile, password.expose().as_bytes()).map_err(|e| setup_err(e.to_string()))?;
     if let Some(u) = &user {
         for path in [&layout.dir, &pwfile] {
             chown(path, Some(u.uid.as_raw()), Some(u.gid.as_raw())).map_err(|e| setup_err(format!("chown {}: {e}", path.display())))?;
@@ -121,9 +126,12 @@ fn ensure_traversable(dir: &Path) -> Result<(), ServiceError> {
     if !Uid::effective().is_root() {
         return Ok(());
     }
+    let gid = traverse_gid()?;
     for ancestor in dir.ancestors().skip(1) {
         let Ok(meta) = fs::metadata(ancestor) else { continue };
-        if meta.permissions().mode() & 0o001 == 0 {
+        // The run folder itself is 0710 with the service user's group (`state::private_dir`).
+        let by_group = gid == Some(std::os::unix::fs::MetadataExt::gid(&meta)) && meta.permissions().mode() & 0o010 != 0;
+        if meta.permissions().mode() & 0o001 == 0 && !by_group {
             return Err(setup_err(format!(
                 "{} is not searchable by the unprivileged postgres user (mode {:o}); use a --run-dir outside it (e.g. under /tmp or the workspace)",
                 ancestor.display(),

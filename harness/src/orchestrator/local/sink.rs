@@ -55,8 +55,7 @@ pub fn start(bin: &Path, layout: &SinkLayout, pg: &PgEndpoint) -> Result<Process
 
 /// `GET /readyz` answers 200.
 pub async fn is_ready(http: &str) -> Result<(), String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|e| e.to_string())?;
-    let response = client.get(format!("{http}/readyz")).send().await.map_err(|e| e.to_string())?;
+    let response = crate::http::client().get(format!("{http}/readyz")).timeout(Duration::from_secs(2)).send().await.map_err(|e| e.to_string())?;
     if response.status().is_success() { Ok(()) } else { Err(format!("/readyz answered {}: {}", response.status(), response.text().await.unwrap_or_default())) }
 }
 

@@ -145,12 +145,15 @@ struct ExternalArgs {
     /// Endpoints file of an external stack (see README, External stacks).
     #[arg(long, value_name = "FILE")]
     endpoints: Option<PathBuf>,
+    /// External stack: a hop whose connection is not encrypted fails the pre-flight.
+    #[arg(long)]
+    require_tls: bool,
 }
 
 impl ExternalArgs {
     /// The external stack named, or the one a previous `up` left in `run_dir`.
     async fn open(&self, run_dir: &std::path::Path) -> anyhow::Result<Stack> {
-        let choice = StackChoice { backend: self.backend, endpoints: self.endpoints.clone(), ..StackChoice::default() };
+        let choice = StackChoice { backend: self.backend, endpoints: self.endpoints.clone(), require_tls: self.require_tls, ..StackChoice::default() };
         if let Some(stack) = Stack::external(&choice)? {
             return Ok(stack);
         }
@@ -184,11 +187,14 @@ struct StackArgs {
     /// Endpoints file of a stack the harness did not start (`--backend external`).
     #[arg(long, value_name = "FILE")]
     endpoints: Option<PathBuf>,
+    /// External stack: a hop whose connection is not encrypted fails the pre-flight.
+    #[arg(long)]
+    require_tls: bool,
 }
 
 impl StackArgs {
     fn choice(self) -> StackChoice {
-        StackChoice { backend: Some(self.backend), images: self.images, target: self.target, endpoints: self.endpoints }
+        StackChoice { backend: Some(self.backend), images: self.images, target: self.target, endpoints: self.endpoints, require_tls: self.require_tls }
     }
 }
 
@@ -324,6 +330,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     let state = serde_json::to_value(s.state)?.as_str().unwrap_or_default().to_string();
                     let pid = s.pid.map(|p| p.to_string()).or_else(|| s.container.clone()).unwrap_or_else(|| "-".into());
                     println!("{:<10} {:<10} {:>8}  {}{}", s.service, state, pid, s.endpoint, s.detail.as_ref().map(|d| format!("  ({d})")).unwrap_or_default());
+                    if let Some(security) = &s.security {
+                        println!("{:<10} {:<10} {:>8}  {}: {}", "", "", "", security.summary(), security.detail);
+                    }
                 }
             }
             Ok(if statuses.iter().all(|s| s.state == ServiceState::Healthy) { exit::SUCCESS } else { exit::ERROR })

@@ -58,6 +58,11 @@ impl Protocol {
     }
 }
 
+/// librdkafka keys whose values are credentials: kept out of maps that get printed.
+pub fn is_credential_key(key: &str) -> bool {
+    ["password", "secret", "sasl.jaas.config", "ssl.key.pem", "token"].iter().any(|s| key.contains(s))
+}
+
 /// Files librdkafka reads, checked here so that the error names the setting.
 const FILE_SETTINGS: [&str; 4] = ["ssl.ca.location", "ssl.certificate.location", "ssl.key.location", "ssl.crl.location"];
 

@@ -200,11 +200,6 @@ impl Default for KafkaSecurityConfig {
     }
 }
 
-/// librdkafka keys that carry a credential: only through `[kafka.security]`.
-fn is_credential_key(key: &str) -> bool {
-    ["password", "secret", "sasl.jaas.config", "ssl.key.pem", "token"].iter().any(|s| key.contains(s))
-}
-
 /// librdkafka keys about the connection's security, passed through `[kafka.librdkafka]`
 /// too (checked together with `[kafka.security]`).
 fn is_security_key(key: &str) -> bool {
@@ -530,7 +525,7 @@ impl SinkConfig {
         if k.fetch_wait_max.is_zero() || k.fetch_wait_max > Duration::from_secs(300) {
             problems.push("[kafka] fetch_wait_max must be between 1ms and 300s".into());
         }
-        if let Some(key) = k.librdkafka.keys().find(|k| is_credential_key(k)) {
+        if let Some(key) = k.librdkafka.keys().find(|k| secure_conn::kafka::is_credential_key(k)) {
             problems.push(format!(
                 "[kafka.librdkafka] {key:?} is a credential: set it in [kafka.security] (e.g. sasl_password, best as SINK__KAFKA__SECURITY__SASL_PASSWORD)"
             ));

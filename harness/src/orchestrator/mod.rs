@@ -244,7 +244,7 @@ impl PgEndpoint {
     }
 }
 
-async fn connect_with(dsn: &secure_conn::pg::Dsn) -> Result<tokio_postgres::Client, PgConnectError> {
+pub(crate) async fn connect_with(dsn: &secure_conn::pg::Dsn) -> Result<tokio_postgres::Client, PgConnectError> {
     let (client, connection) = dsn.connector()?.connect(&dsn.config).await?;
     tokio::spawn(async move {
         let _ = connection.await;
@@ -354,6 +354,34 @@ pub struct ServiceStatus {
     pub log: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Whether the hop's connection is encrypted and verified (external stacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<HopSecurity>,
+}
+
+/// What a connection to one hop guarantees: as negotiated where it can be asked
+/// (PostgreSQL's `pg_stat_ssl`), else as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopSecurity {
+    pub encrypted: bool,
+    /// The peer's certificate chain and host name are checked.
+    pub verified: bool,
+    pub detail: String,
+}
+
+impl HopSecurity {
+    /// Both hops of one line (source and target): only as good as the weaker.
+    pub fn and(self, other: HopSecurity) -> HopSecurity {
+        HopSecurity { encrypted: self.encrypted && other.encrypted, verified: self.verified && other.verified, detail: format!("{}; {}", self.detail, other.detail) }
+    }
+
+    pub fn summary(&self) -> &'static str {
+        match (self.encrypted, self.verified) {
+            (true, true) => "TLS verified",
+            (true, false) => "TLS NOT verified",
+            (false, _) => "PLAINTEXT",
+        }
+    }
 }
 
 /// One way of running the pipeline's services.

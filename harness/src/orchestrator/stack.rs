@@ -32,6 +32,8 @@ pub struct StackChoice {
     pub target: Option<TargetKind>,
     /// The endpoints file of an external stack.
     pub endpoints: Option<std::path::PathBuf>,
+    /// An external stack's pre-flight refuses a hop in plaintext.
+    pub require_tls: bool,
 }
 
 impl StackChoice {
@@ -101,7 +103,7 @@ impl Stack {
                 if choice.images.is_some() || choice.target.is_some() {
                     return Err(refused("--images and --target choose what the harness starts; an external stack's target is in its endpoints file"));
                 }
-                Ok(Some(Self::External(ExternalStack::load(file)?)))
+                Ok(Some(Self::External(ExternalStack::load(file, choice.require_tls)?)))
             }
             (Some(BackendKind::External), None) => Err(refused("--backend external needs --endpoints FILE")),
             (Some(other), Some(_)) => Err(refused(&format!("--endpoints names an external stack: use --backend external, not {}", other.name()))),

@@ -775,6 +775,7 @@ impl DockerStack {
             endpoint,
             log: self.log_path(main),
             detail: None,
+            security: None,
         };
         for role in &roles {
             match self.container_state(*role).await {

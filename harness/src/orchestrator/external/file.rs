@@ -132,11 +132,6 @@ fn is_plain_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// librdkafka settings whose values are credentials: only in `client_secrets`.
-fn is_secret_setting(key: &str) -> bool {
-    ["password", "secret", "ssl.key.pem", "sasl.jaas.config", "token"].iter().any(|s| key.contains(s))
-}
-
 /// What the file resolves to: the endpoints, and the MongoDB target when there is one.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -162,7 +157,7 @@ impl EndpointsFile {
         }
         let mut kafka_client = BTreeMap::new();
         for (key, value) in &self.kafka.client {
-            if is_secret_setting(key) {
+            if secure_conn::kafka::is_credential_key(key) {
                 return Err(invalid(
                     &format!("kafka.client.\"{key}\""),
                     "a credential in clear is refused: move it to [kafka.client_secrets] as { env = \"VAR\" } or { file = \"path\" }".into(),
@@ -175,6 +170,13 @@ impl EndpointsFile {
         }
         for (key, value) in &self.kafka.client_secrets {
             kafka_client.insert(key.clone(), value.resolve(path, &format!("kafka.client_secrets.\"{key}\""))?);
+        }
+        // Checked as a whole (a typo'd protocol is an error, not plaintext), with the safe
+        // defaults added: host name verification on TLS.
+        let mut settings: BTreeMap<String, String> = kafka_client.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect();
+        secure_conn::kafka::check(&mut settings).map_err(|e| invalid("kafka.client", e.to_string()))?;
+        for (key, value) in settings {
+            kafka_client.entry(key).or_insert_with(|| Secret::new(value));
         }
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(invalid("kafka.bootstrap_servers", "is empty".into()));
@@ -319,7 +321,7 @@ slot = "cdc_slot"
 bootstrap_servers = "k1:9093,k2:9093"
 topic_prefix = "shop"
 consumer_group = "shop-sink"
-client = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "PLAIN" }
+client = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "PLAIN", "sasl.username" = "shop" }
 client_secrets = { "sasl.password" = { env = "EFILE_TEST_KAFKA_PW" } }
 
 [connect]
@@ -344,6 +346,8 @@ password = { file = "pg.secret" }
         let target = e.postgres.target_server.as_ref().unwrap();
         assert_eq!((target.host.as_str(), target.port, e.postgres.target_db.as_str()), ("replica", 5433, "shop"));
         assert_eq!(e.kafka_client["sasl.password"].expose(), "s3cr3t-kafka");
+        // TLS to the brokers checks their host name unless the file turns it off.
+        assert_eq!(e.kafka_client["ssl.endpoint.identification.algorithm"].expose(), "https");
         // No schema named: the workload has one of its own, the only one on the search path.
         assert_eq!(e.topic("customer"), "shop.cdc_harness.customer");
         assert_eq!(e.postgres.source_dsn().unwrap().config.get_options(), Some("-c search_path=cdc_harness"));
@@ -372,6 +376,8 @@ publication"#,
         );
         refused(&GOOD.replace(r#""sasl.mechanism" = "PLAIN""#, r#""sasl.password" = "hunter2""#), "kafka.client.\"sasl.password\"");
         refused(&GOOD.replace("[connect]", "[connect]\ntimeout = 3"), "unknown field `timeout`");
+        refused(&GOOD.replace("\"SASL_SSL\"", "\"TLS\""), "kafka.client: security.protocol \"TLS\" is not one of");
+        refused(&GOOD.replace("\"PLAIN\"", "\"GSSAPI\""), "kafka.client: sasl.mechanism \"GSSAPI\"");
         refused(&GOOD.replace("http://connect:8083/", "http://admin:hunter2@connect:8083/"), "connect.url: carries a password in clear");
         refused(&GOOD.replace("EFILE_TEST_KAFKA_PW", "EFILE_TEST_UNSET_VAR"), "EFILE_TEST_UNSET_VAR is not set");
         refused(&GOOD.replace("slot = \"cdc_slot\"", "schema = \"Shop; DROP\""), "source.schema: \"Shop; DROP\" is not a plain lower-case identifier");

@@ -16,7 +16,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use self::connect::ConnectClient;
 use self::file::EndpointsFile;
-use super::{Endpoints, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus, pg_error_text as pg_error};
+use super::{Endpoints, HopSecurity, PgConnectError, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus, pg_error_text as pg_error};
 use crate::config::TABLES;
 use crate::verify::mapping::Mapping;
 
@@ -30,6 +30,8 @@ pub struct ExternalStack {
     mongo: Option<(Secret, String)>,
     /// Partitions of the CDC topics, learnt by the pre-flight.
     partitions: Option<u32>,
+    /// `--require-tls`: a hop that is not encrypted fails the pre-flight.
+    require_tls: bool,
 }
 
 fn preflight(hop: &'static str, reason: impl Into<String>) -> ServiceError {
@@ -38,10 +40,40 @@ fn preflight(hop: &'static str, reason: impl Into<String>) -> ServiceError {
 
 impl ExternalStack {
     /// Reads and resolves the endpoints file (every credential reference included).
-    pub fn load(path: &Path) -> Result<Self, ServiceError> {
+    pub fn load(path: &Path, require_tls: bool) -> Result<Self, ServiceError> {
         let usage = |e: file::EndpointsFileError| ServiceError::Unsupported(e.to_string());
         let resolved = EndpointsFile::read(path).and_then(|f| f.resolve(path)).map_err(usage)?;
-        Ok(Self { file: path.to_path_buf(), endpoints: resolved.endpoints, publication: resolved.publication, mongo: resolved.mongo, partitions: None })
+        Ok(Self {
+            file: path.to_path_buf(),
+            endpoints: resolved.endpoints,
+            publication: resolved.publication,
+            mongo: resolved.mongo,
+            partitions: None,
+            require_tls,
+        })
+    }
+
+    /// Prints what the hop's connection guarantees; with `--require-tls`, plaintext fails.
+    fn hop_security(&self, hop: &'static str, security: &HopSecurity) -> Result<(), ServiceError> {
+        eprintln!("external: {hop}: {} ({})", security.summary(), security.detail);
+        if self.require_tls && !security.encrypted {
+            return Err(preflight(hop, format!("the connection is not encrypted, and --require-tls refuses plaintext: {}", security.detail)));
+        }
+        Ok(())
+    }
+
+    /// The source (or target) PostgreSQL hop: connected, and how (as negotiated).
+    async fn pg_hop(&self, who: &str, dsn: Result<secure_conn::pg::Dsn, PgConnectError>) -> Result<(tokio_postgres::Client, HopSecurity), String> {
+        let dsn = dsn.map_err(|e| e.to_string())?;
+        let client = super::connect_with(&dsn).await.map_err(|e| e.to_string())?;
+        let ssl: bool = client
+            .query_one("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)", &[])
+            .await
+            .map_err(|e| pg_error(&e))?
+            .get(0);
+        let verified = ssl && dsn.tls.verification() == secure_conn::pg::Verification::Full;
+        let detail = format!("{who}: {} ({})", if ssl { "TLS" } else { "plaintext" }, dsn.tls.describe());
+        Ok((client, HopSecurity { encrypted: ssl, verified, detail }))
     }
 
     pub fn endpoints(&self) -> Endpoints {
@@ -84,26 +116,27 @@ impl ExternalStack {
     pub async fn up(&mut self) -> Result<Endpoints, ServiceError> {
         let e = self.endpoints.clone();
         eprintln!("external: pre-flight of {} (nothing is started or stopped on this backend)", self.file.display());
-        let source = e
-            .postgres
-            .connect_source()
-            .await
-            .map_err(|err| preflight("source", format!("{}: {}", e.postgres.display(&e.postgres.source_db), err)))?;
+        let (source, security) =
+            self.pg_hop("source", e.postgres.source_dsn()).await.map_err(|err| preflight("source", format!("{}: {err}", e.postgres.display(&e.postgres.source_db))))?;
+        self.hop_security("source", &security)?;
         // The source hop first: its tables are the first thing a team sets up.
         let schema = &e.postgres.source_schema;
         ensure_tables(&source, schema).await?;
         check_publication(&source, schema, &self.publication).await?;
+        self.hop_security("broker", &kafka_security(&e)?)?;
         let partitions = topic_partitions(&e).await?;
         self.partitions = Some(partitions);
         let connect = e.connect.as_ref().map(ConnectClient::new);
         if let Some(client) = &connect {
+            self.hop_security("Connect", &http_security(&e.connect.as_ref().expect("checked").url))?;
             let status = client.status().await.map_err(|err| preflight("Connect", err.to_string()))?;
             if !status.running() {
                 return Err(preflight("Connect", format!("connector {} is not running: {}", e.connect.as_ref().unwrap().connector, status.describe())));
             }
         }
-        self.check_target().await?;
+        self.hop_security("target", &self.check_target().await?)?;
         if !e.sink_http.is_empty() {
+            self.hop_security("sink", &http_security(&e.sink_http))?;
             crate::run::sink_metrics::scrape(&e.sink_http).await.map_err(|err| preflight("sink", format!("metrics {}/metrics: {err}", e.sink_http)))?;
         }
         self.canary(&source).await?;
@@ -111,7 +144,7 @@ impl ExternalStack {
         Ok(e)
     }
 
-    async fn check_target(&self) -> Result<(), ServiceError> {
+    async fn check_target(&self) -> Result<HopSecurity, ServiceError> {
         match &self.mongo {
             Some((uri, db)) => {
                 let client = mongodb::Client::with_uri_str(uri.expose())
@@ -122,16 +155,14 @@ impl ExternalStack {
                     .run_command(mongodb::bson::doc! { "ping": 1 })
                     .await
                     .map_err(|err| preflight("target", format!("MongoDB database {db}: {}", redact(&err.to_string(), uri))))?;
+                Ok(mongo_security(uri.expose()))
             }
             None => {
-                self.endpoints
-                    .postgres
-                    .connect_target()
-                    .await
-                    .map_err(|err| preflight("target", format!("{}: {err}", self.endpoints.postgres.display_target())))?;
+                let pg = &self.endpoints.postgres;
+                let (_, security) = self.pg_hop("target", pg.target_dsn()).await.map_err(|err| preflight("target", format!("{}: {err}", pg.display_target())))?;
+                Ok(security)
             }
         }
-        Ok(())
     }
 
     /// One row written to the source, followed to its topic and into the target.
@@ -218,30 +249,46 @@ impl ExternalStack {
         }
     }
 
-    /// Each hop as a service: source (and target), broker, connector, sink.
+    /// Each hop as a service: source (and target), broker, connector, sink, each with
+    /// whether its connection is encrypted and verified (`--require-tls`: plaintext is a failure).
     pub async fn status(&self) -> Vec<ServiceStatus> {
         let e = &self.endpoints;
-        let line = |service, ok: Result<(), String>, endpoint: String| ServiceStatus {
-            service,
-            state: if ok.is_ok() { ServiceState::Healthy } else { ServiceState::Unhealthy },
-            pid: None,
-            container: None,
-            endpoint,
-            log: PathBuf::new(),
-            detail: ok.err(),
+        let line = |service, ok: Result<Option<HopSecurity>, String>, endpoint: String| {
+            let (ok, security) = match ok {
+                Ok(Some(security)) if self.require_tls && !security.encrypted => (Err("plaintext, refused by --require-tls".to_string()), Some(security)),
+                Ok(security) => (Ok(()), security),
+                Err(reason) => (Err(reason), None),
+            };
+            ServiceStatus {
+                service,
+                state: if ok.is_ok() { ServiceState::Healthy } else { ServiceState::Unhealthy },
+                pid: None,
+                container: None,
+                endpoint,
+                log: PathBuf::new(),
+                detail: ok.err(),
+                security,
+            }
         };
-        let source = e.postgres.connect_source().await.map(drop).map_err(|err| err.to_string());
+        let source = self.pg_hop("source", e.postgres.source_dsn()).await.map(|(_, s)| s).map_err(|s| format!("source: {s}"));
         let target = self.check_target().await.map_err(|err| err.to_string());
-        let postgres = source.map_err(|s| format!("source: {s}")).and(target);
-        let broker = topic_partitions(e).await.map(drop).map_err(|err| err.to_string());
-        let connector = match e.connect.as_ref().map(ConnectClient::new) {
-            Some(client) => client.status().await.map_err(|err| err.to_string()).and_then(|s| if s.running() { Ok(()) } else { Err(s.describe()) }),
+        let postgres = source.and_then(|s| target.map(|t| Some(s.and(t))));
+        let broker = match kafka_security(e) {
+            Ok(security) => topic_partitions(e).await.map(|_| Some(security)).map_err(|err| err.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        let connector = match e.connect.as_ref() {
+            Some(c) => ConnectClient::new(c)
+                .status()
+                .await
+                .map_err(|err| err.to_string())
+                .and_then(|s| if s.running() { Ok(Some(http_security(&c.url))) } else { Err(s.describe()) }),
             None => Err("no [connect] in the endpoints file: not observed".into()),
         };
         let sink = if e.sink_http.is_empty() {
             Err("no [sink] in the endpoints file: not observed".into())
         } else {
-            crate::run::sink_metrics::scrape(&e.sink_http).await.map(drop).map_err(|err| err.to_string())
+            crate::run::sink_metrics::scrape(&e.sink_http).await.map(|_| Some(http_security(&e.sink_http))).map_err(|err| err.to_string())
         };
         vec![
             line(ServiceKind::Postgres, postgres, e.postgres.display(&e.postgres.source_db)),
@@ -250,6 +297,39 @@ impl ExternalStack {
             line(ServiceKind::Sink, sink, e.sink_http.clone()),
         ]
     }
+}
+
+/// The Kafka clients' security, as configured (librdkafka negotiates what it is told).
+fn kafka_security(e: &Endpoints) -> Result<HopSecurity, ServiceError> {
+    let mut settings = e.kafka_client.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect();
+    let security = secure_conn::kafka::check(&mut settings).map_err(|err| preflight("broker", err.to_string()))?;
+    Ok(HopSecurity { encrypted: security.protocol.encrypted(), verified: security.verified(), detail: format!("broker: {}", security.describe()) })
+}
+
+/// An HTTP hop: https is verified by the shared client (platform roots, host name).
+fn http_security(url: &str) -> HopSecurity {
+    let https = url.starts_with("https://");
+    HopSecurity {
+        encrypted: https,
+        verified: https,
+        detail: if https { format!("{url}: https, certificate and host name verified") } else { format!("{url}: plain http") },
+    }
+}
+
+/// A MongoDB URI's TLS options (passed to the driver as they are): on with `tls=true` or
+/// `ssl=true`, and by default for `mongodb+srv://`; unverified with any of the insecure options.
+fn mongo_security(uri: &str) -> HopSecurity {
+    let query = uri.split_once('?').map(|(_, q)| q.to_ascii_lowercase()).unwrap_or_default();
+    let option = |name: &str| query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v == "true"));
+    let encrypted = option("tls").or(option("ssl")).unwrap_or(uri.starts_with("mongodb+srv://"));
+    let insecure = ["tlsinsecure", "tlsallowinvalidcertificates", "tlsallowinvalidhostnames"].iter().any(|o| option(o) == Some(true));
+    let verified = encrypted && !insecure;
+    let detail = match (encrypted, verified) {
+        (false, _) => "target: MongoDB, plaintext (no tls=true in the URI)",
+        (true, false) => "target: MongoDB, TLS, certificate or host name NOT verified (tlsInsecure / tlsAllowInvalid* in the URI)",
+        (true, true) => "target: MongoDB, TLS, certificate and host name verified",
+    };
+    HopSecurity { encrypted, verified, detail: detail.into() }
 }
 
 /// A MongoDB error may quote its connection string.

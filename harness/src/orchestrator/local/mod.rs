@@ -394,6 +394,7 @@ impl LocalStack {
             endpoint,
             log: self.run_dir.join("logs").join(log),
             detail: None,
+            security: None,
         };
         if !alive {
             return status;

@@ -120,3 +120,102 @@ impl TestStack {
         Ok(Self { stack: Stack::Local(stack), endpoints, _turn: turn })
     }
 }
+
+/// Throwaway certificates made with the `openssl` command: a CA, a server certificate for
+/// `localhost` and 127.0.0.1 signed by it, a client certificate for `client_user`, and a
+/// second CA that signed none of them (the "wrong CA").
+pub struct TestCerts {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub wrong_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestCerts {
+    pub fn create(dir: &std::path::Path, client_user: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let openssl = |args: &[&str]| -> anyhow::Result<()> {
+            let out = std::process::Command::new("openssl").args(args).current_dir(dir).output()?;
+            anyhow::ensure!(out.status.success(), "openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            Ok(())
+        };
+        for ca in ["ca", "wrong-ca"] {
+            let (key, crt, subject) = (format!("{ca}.key"), format!("{ca}.crt"), format!("/CN=cdc-harness test {ca}"));
+            openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subject])?;
+        }
+        std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n")?;
+        for (name, subject, ext) in [("server", "/CN=localhost".to_string(), Some("server.ext")), ("client", format!("/CN={client_user}"), None)] {
+            let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+            openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subject])?;
+            let mut sign = vec!["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", &crt, "-days", "2"];
+            if let Some(ext) = ext {
+                sign.extend(["-extfile", ext]);
+            }
+            openssl(&sign)?;
+        }
+        let path = |f: &str| dir.join(f);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            ca: path("ca.crt"),
+            wrong_ca: path("wrong-ca.crt"),
+            server_cert: path("server.crt"),
+            server_key: path("server.key"),
+            client_cert: path("client.crt"),
+            client_key: path("client.key"),
+        })
+    }
+
+    /// `server.pem`: the server's certificate and key in one file (what `socat` reads).
+    pub fn server_pem(&self) -> anyhow::Result<PathBuf> {
+        let pem = self.dir.join("server.pem");
+        let text = std::fs::read_to_string(&self.server_cert)? + &std::fs::read_to_string(&self.server_key)?;
+        crate::orchestrator::state::write_private(&pem, text.as_bytes())?;
+        Ok(pem)
+    }
+}
+
+impl TestPostgres {
+    /// Turns TLS on with `certs` and accepts TCP connections only over TLS (`hostssl`):
+    /// `client_user` logs in with its client certificate, everyone else with a password.
+    pub async fn enable_tls(&self, certs: &TestCerts, client_user: &str) -> anyhow::Result<()> {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let layout = PostgresLayout::new(&self.dir);
+        let owner = std::fs::metadata(&layout.data)?;
+        let server_dir = layout.dir.join("tls");
+        std::fs::create_dir_all(&server_dir)?;
+        for (from, name) in [(&certs.server_cert, "server.crt"), (&certs.server_key, "server.key"), (&certs.ca, "ca.crt")] {
+            let to = server_dir.join(name);
+            std::fs::copy(from, &to)?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
+            std::os::unix::fs::chown(&to, Some(owner.uid()), Some(owner.gid()))?;
+        }
+        std::os::unix::fs::chown(&server_dir, Some(owner.uid()), Some(owner.gid()))?;
+        let admin = self.endpoint.connect("postgres").await?;
+        for (setting, file) in [("ssl_cert_file", "server.crt"), ("ssl_key_file", "server.key"), ("ssl_ca_file", "ca.crt")] {
+            let path = server_dir.join(file).display().to_string().replace('\'', "''");
+            admin.batch_execute(&format!("ALTER SYSTEM SET {setting} = '{path}'")).await?;
+        }
+        admin.batch_execute("ALTER SYSTEM SET ssl = on").await?;
+        admin.batch_execute(&format!("CREATE ROLE \"{client_user}\" LOGIN SUPERUSER")).await?;
+        std::fs::write(
+            layout.data.join("pg_hba.conf"),
+            format!(
+                "local all all trust\nhostssl all {client_user} 127.0.0.1/32 cert\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostssl replication all 127.0.0.1/32 scram-sha-256\n"
+            ),
+        )?;
+        admin.batch_execute("SELECT pg_reload_conf()").await?;
+        // The reload is asynchronous: wait until a TLS-only connection is accepted.
+        let mut tls = self.endpoint.clone();
+        tls.params.insert("sslmode".into(), "require".into());
+        for _ in 0..100 {
+            if tls.connect("postgres").await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("PostgreSQL did not accept TLS connections after the reload")
+    }
+}

@@ -160,7 +160,10 @@ fn pg_dsn(host: &str, port: u16, user: &str, password: &Secret, db: &str, params
     let config = &mut dsn.config;
     // A multi-host DSN keeps its host and port lists in `params`.
     if !params.contains_key("host") {
-        config.host(host).port(port);
+        config.host(host);
+    }
+    if !params.contains_key("port") {
+        config.port(port);
     }
     config.user(user).password(password.expose()).dbname(db);
     if config.get_connect_timeout().is_none() {

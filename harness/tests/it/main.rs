@@ -16,5 +16,6 @@ mod runs;
 mod scenarios;
 mod support;
 mod teardown;
+mod tls;
 mod verify;
 mod verify_mongo;

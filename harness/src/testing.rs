@@ -219,3 +219,56 @@ impl TestPostgres {
         anyhow::bail!("PostgreSQL did not accept TLS connections after the reload")
     }
 }
+
+/// tansu behind a real TLS endpoint: `socat openssl-listen` terminates TLS with the test
+/// server certificate and forwards to tansu, which advertises the TLS address, so every
+/// client (after bootstrap too) speaks SSL. tansu 0.6 takes `--cert/--key` but does not use
+/// them (its listener accepts plain TCP only), hence the terminator.
+pub struct TlsBroker {
+    /// `127.0.0.1:<tls port>`.
+    pub bootstrap: String,
+    /// The CA that signed the terminator's certificate.
+    pub ca: PathBuf,
+    broker: ProcessHandle,
+    terminator: ProcessHandle,
+}
+
+impl TlsBroker {
+    pub async fn start(name: &str, certs: &TestCerts, topics: &[String], partitions: u32) -> anyhow::Result<Self> {
+        use crate::orchestrator::local::broker::{self, BrokerLayout};
+        let dir = run_dir(name);
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let tansu = crate::provision::tansu::ensure(&crate::provision::Cache::locate()?)?;
+        let (plain, tls) = (free_port()?, free_port()?);
+        let mut socat = std::process::Command::new("socat");
+        socat.arg(format!("openssl-listen:{tls},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0", certs.server_pem()?.display())).arg(format!("tcp:127.0.0.1:{plain}"));
+        let terminator = crate::orchestrator::local::process::spawn(socat, &dir.join("logs").join("socat.log"))?;
+        let layout = BrokerLayout::new(&dir);
+        let handle = broker::start(&tansu, &layout, plain, tls)?;
+        let this = Self { bootstrap: format!("127.0.0.1:{tls}"), ca: certs.ca.clone(), broker: handle, terminator };
+        // Metadata over the plain port answers (bootstrap only); everything after goes to
+        // the advertised TLS address.
+        broker::wait_ready(&format!("127.0.0.1:{plain}"), &this.broker, &layout, std::time::Duration::from_secs(60)).await?;
+        broker::create_topics_with(&this.client_config(), topics, partitions).await?;
+        Ok(this)
+    }
+
+    /// A client configuration for the TLS address: `security.protocol=SSL`, the CA, and the
+    /// host name checked (librdkafka's default, set explicitly).
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("security.protocol", "SSL")
+            .set("ssl.ca.location", self.ca.display().to_string())
+            .set("ssl.endpoint.identification.algorithm", "https");
+        config
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        self.broker.stop(nix::sys::signal::Signal::SIGTERM, std::time::Duration::from_secs(10));
+        self.terminator.stop(nix::sys::signal::Signal::SIGTERM, std::time::Duration::from_secs(5));
+    }
+}

@@ -12,3 +12,4 @@ mod rebalance;
 mod target_refusal;
 mod telemetry;
 mod throughput;
+mod tls;

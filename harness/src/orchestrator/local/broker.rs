@@ -121,7 +121,12 @@ async fn answers_metadata(bootstrap: &str, handle: &ProcessHandle, timeout: Dura
 
 /// Creates the topics (existing ones are left as they are).
 pub async fn create_topics(bootstrap: &str, topics: &[String], partitions: u32) -> Result<(), ServiceError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create().map_err(|e| err(e.to_string()))?;
+    create_topics_with(&client_config(bootstrap), topics, partitions).await
+}
+
+/// Same, with a client of `config` (a broker reached over TLS or SASL).
+pub async fn create_topics_with(config: &ClientConfig, topics: &[String], partitions: u32) -> Result<(), ServiceError> {
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(|e| err(e.to_string()))?;
     let new_topics: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(1))).collect();
     let results = admin
         .create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))

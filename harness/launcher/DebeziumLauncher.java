@@ -11,6 +11,12 @@
  *                  container publishing the port needs 0.0.0.0), status.file, log.level,
  *                  connector.name (name on the Connect REST subset; default: debezium.name)
  * A value written exactly as ${env:NAME} is replaced by the environment variable NAME.
+ * The producer's security settings may be given with librdkafka's names (as the harness
+ * writes them for every client): kafka.security.protocol, kafka.sasl.mechanism,
+ * kafka.sasl.username/kafka.sasl.password (turned into sasl.jaas.config),
+ * kafka.ssl.ca.location (a PEM truststore), kafka.ssl.certificate.location with
+ * kafka.ssl.key.location (a PEM keystore, read here), kafka.ssl.key.password and
+ * kafka.ssl.endpoint.identification.algorithm (https, or none).
  *
  * Exit codes: 0 = clean stop (SIGTERM/SIGINT, or engine finished normally),
  *             1 = engine/connector/producer failure (cause is logged),
@@ -176,6 +182,7 @@ public class DebeziumLauncher {
         Properties launcher = new Properties();
         try {
             loadAndSplit(Paths.get(args[0]), debezium, kafka, launcher);
+            translateSecurity(kafka);
         }
         catch (Exception e) {
             log.error("Invalid launcher configuration {}: {}", args[0], e.getMessage());
@@ -1295,6 +1302,57 @@ public class DebeziumLauncher {
         p.putIfAbsent("value.converter.schemas.enable", "false");
         // Our consumer handles tombstones (null value); keep Debezium's default of emitting them.
         p.putIfAbsent("tombstones.on.delete", "true");
+    }
+
+    /**
+     * librdkafka's security settings to the Java client's: the same connection as the
+     * harness's and the sink's clients (host name verified unless "none" is given).
+     */
+    static void translateSecurity(Properties p) throws IOException {
+        String mechanisms = (String) p.remove("sasl.mechanisms");
+        if (mechanisms != null) {
+            p.putIfAbsent("sasl.mechanism", mechanisms);
+        }
+        String user = (String) p.remove("sasl.username");
+        String password = (String) p.remove("sasl.password");
+        if (user != null || password != null) {
+            if (user == null || password == null) {
+                throw new IOException("kafka.sasl.username and kafka.sasl.password go together");
+            }
+            String mechanism = p.getProperty("sasl.mechanism", "PLAIN");
+            String module = mechanism.startsWith("SCRAM-")
+                    ? "org.apache.kafka.common.security.scram.ScramLoginModule"
+                    : "org.apache.kafka.common.security.plain.PlainLoginModule";
+            p.setProperty("sasl.jaas.config", module + " required username=" + jaasQuote(user) + " password=" + jaasQuote(password) + ";");
+        }
+        String ca = (String) p.remove("ssl.ca.location");
+        if (ca != null) {
+            p.setProperty("ssl.truststore.type", "PEM");
+            p.setProperty("ssl.truststore.location", ca);
+        }
+        String cert = (String) p.remove("ssl.certificate.location");
+        String key = (String) p.remove("ssl.key.location");
+        if (cert != null || key != null) {
+            if (cert == null || key == null) {
+                throw new IOException("kafka.ssl.certificate.location and kafka.ssl.key.location go together");
+            }
+            // In memory only: the key is never written anywhere else.
+            p.setProperty("ssl.keystore.type", "PEM");
+            p.setProperty("ssl.keystore.certificate.chain", Files.readString(Paths.get(cert), StandardCharsets.US_ASCII));
+            p.setProperty("ssl.keystore.key", Files.readString(Paths.get(key), StandardCharsets.US_ASCII));
+        }
+        String identification = p.getProperty("ssl.endpoint.identification.algorithm");
+        if ("none".equalsIgnoreCase(identification)) {
+            p.setProperty("ssl.endpoint.identification.algorithm", "");
+        }
+        if ("false".equalsIgnoreCase((String) p.remove("enable.ssl.certificate.verification"))) {
+            throw new IOException("kafka.enable.ssl.certificate.verification=false has no equivalent in the Java producer");
+        }
+    }
+
+    /** A JAAS option value: double-quoted, backslash and quote escaped. */
+    static String jaasQuote(String value) {
+        return "\"" + value.replace("\\", "\\\\").replace("\"", "\\\"") + "\"";
     }
 
     static void applyProducerDefaults(Properties p) {

@@ -45,6 +45,51 @@ fn assert_no_secret(out: &Output, dir: &Path, secrets: &[&str]) {
     }
 }
 
+/// The password of a stack `up` started is in no argument list of any process of it (each
+/// service leads its own process group; its children are checked too), and in no file of
+/// the run folder but the private ones (mode 0600) that exist to hold it; the folder is
+/// not readable by others.
+fn assert_private_run(run_dir: &Path, password: &str) {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let out = harness(&["--run-dir", run_dir.to_str().unwrap(), "status", "--json"], &[]);
+    let statuses: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    let groups: Vec<i64> = statuses.as_array().unwrap().iter().filter_map(|s| s["pid"].as_i64()).collect();
+    assert_eq!(groups.len(), 4, "every service has a pid: {statuses}");
+    let mut checked = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pgid) = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))) else { continue };
+        if !groups.contains(&i64::from(pgid.as_raw())) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        assert!(!String::from_utf8_lossy(&cmdline).contains(password), "the password is in the arguments of pid {pid}");
+        checked += 1;
+    }
+    assert!(checked >= 4, "{checked} processes checked");
+    let private = ["stack.json", "postgres.password"];
+    let mut stack = vec![run_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if private.contains(&name.as_str()) && dir == run_dir {
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", path.display());
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            assert!(!bytes.windows(password.len()).any(|w| w == password.as_bytes()), "the password is in {}", path.display());
+        }
+    }
+    let mode = std::fs::metadata(run_dir).unwrap().mode() & 0o777;
+    assert!(mode == 0o700 || mode == 0o710, "run folder mode {mode:o}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_external_stack_passes_preflight_baseline_and_connector_faults_and_names_each_preflight_error() -> anyhow::Result<()> {
     let _turn = harness::testing::stack_turn().await;
@@ -93,10 +138,12 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
     let written = std::fs::read_to_string(&endpoints)?;
     let password = std::fs::read_to_string(run_dir.join("postgres.password"))?.trim().to_string();
     assert!(!written.contains(&password), "the endpoints file holds no credential in clear");
-    // A Kafka client setting whose value is a credential, from the environment (librdkafka
-    // accepts it and ignores it on a plaintext listener): it must not leak either.
+    assert_private_run(&run_dir, &password);
+    // A Kafka client setting resolved as a secret from the environment: it must not leak
+    // either. (`client.id`, because settings a plaintext listener does not use, such as
+    // `sasl.password`, are refused when the file is read.)
     let kafka_secret = format!("kafka-secret-{}", uuid::Uuid::new_v4().simple());
-    let with_secret = written.replace("[kafka]\n", "[kafka]\nclient_secrets = { \"sasl.password\" = { env = \"IT_EXTERNAL_KAFKA_SECRET\" } }\n");
+    let with_secret = written.replace("[kafka]\n", "[kafka]\nclient_secrets = { \"client.id\" = { env = \"IT_EXTERNAL_KAFKA_SECRET\" } }\n");
     assert_ne!(with_secret, written, "the written file has a [kafka] table");
     std::fs::write(&endpoints, &with_secret)?;
     let env = [("IT_EXTERNAL_KAFKA_SECRET", kafka_secret.as_str())];

@@ -634,7 +634,7 @@ impl DockerStack {
                     status_port: spec::CONNECT_PORT,
                     status_address: "0.0.0.0",
                 };
-                local_debezium::configure(&layout, &pg, &kafka, &settings)
+                local_debezium::configure(&layout, &pg, &kafka, &Default::default(), &settings)
             }
             ServiceKind::Sink => {
                 let layout = local_sink::SinkLayout::new(&self.run_dir);

@@ -3,6 +3,7 @@
 //! cannot start from the jars available here). The launcher produces every event to the
 //! broker with acks=all and commits source offsets only after the broker acknowledged them.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use serde::Deserialize;
 use super::process::{self, ProcessHandle};
 use crate::config::TOPIC_PREFIX;
 use crate::orchestrator::wait::{NotReady, WaitFor};
-use crate::orchestrator::{PgEndpoint, ServiceError, ServiceKind};
+use crate::orchestrator::{PgEndpoint, Secret, ServiceError, ServiceKind};
 
 pub const SLOT_NAME: &str = "cdc_slot";
 pub const PUBLICATION_NAME: &str = "cdc_publication";
@@ -61,8 +62,23 @@ pub struct DebeziumSettings {
 /// Environment variable through which the launcher receives the database password.
 pub const PASSWORD_ENV: &str = "CDC_PG_PASSWORD";
 
-/// Writes the launcher and its properties.
-pub fn configure(layout: &DebeziumLayout, pg: &PgEndpoint, kafka: &str, settings: &DebeziumSettings) -> Result<(), ServiceError> {
+/// The environment variable through which the launcher receives the Kafka client
+/// setting `key` when its value is a credential (`sasl.password` -> `CDC_KAFKA_SASL_PASSWORD`).
+fn kafka_secret_env(key: &str) -> String {
+    let name: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("CDC_KAFKA_{name}")
+}
+
+/// Writes the launcher and its properties. `kafka_client`: the stack's Kafka client
+/// settings (librdkafka names; the launcher turns them into the Java producer's), credentials
+/// as `${env:...}` references that `start` fills in.
+pub fn configure(
+    layout: &DebeziumLayout,
+    pg: &PgEndpoint,
+    kafka: &str,
+    kafka_client: &BTreeMap<String, Secret>,
+    settings: &DebeziumSettings,
+) -> Result<(), ServiceError> {
     fs::create_dir_all(&layout.dir).map_err(|e| err(format!("{}: {e}", layout.dir.display())))?;
     fs::write(layout.dir.join("DebeziumLauncher.java"), LAUNCHER_SOURCE).map_err(|e| err(e.to_string()))?;
     let tables = crate::config::captured_tables("public");
@@ -117,6 +133,10 @@ pub fn configure(layout: &DebeziumLayout, pg: &PgEndpoint, kafka: &str, settings
     set("kafka.request.timeout.ms", "30000");
     set("kafka.max.block.ms", "60000");
     set("kafka.enable.metrics.push", "false");
+    for (key, value) in kafka_client {
+        let value = if secure_conn::kafka::is_credential_key(key) { format!("${{env:{}}}", kafka_secret_env(key)) } else { value.expose().to_string() };
+        set(&format!("kafka.{key}"), &value);
+    }
     set("launcher.status.port", &settings.status_port.to_string());
     set("launcher.ack.file", &layout.acks.display().to_string());
     set("launcher.status.address", settings.status_address);
@@ -124,8 +144,11 @@ pub fn configure(layout: &DebeziumLayout, pg: &PgEndpoint, kafka: &str, settings
     Ok(())
 }
 
-pub fn start(java: &Path, libs: &Path, layout: &DebeziumLayout, pg: &PgEndpoint) -> Result<ProcessHandle, ServiceError> {
+pub fn start(java: &Path, libs: &Path, layout: &DebeziumLayout, pg: &PgEndpoint, kafka_client: &BTreeMap<String, Secret>) -> Result<ProcessHandle, ServiceError> {
     let mut cmd = Command::new(java);
+    for (key, value) in kafka_client.iter().filter(|(k, _)| secure_conn::kafka::is_credential_key(k)) {
+        cmd.env(kafka_secret_env(key), value.expose());
+    }
     cmd.current_dir(&layout.dir).env(PASSWORD_ENV, pg.password.expose()).args(["-Xms128m", "-Xmx768m", "-XX:+UseSerialGC", "-cp"]);
     // Precompiled classes start 2-4 s faster than single-file source launch.
     match compiled_launcher(java, libs) {
@@ -216,4 +239,41 @@ pub async fn wait_ready(status_url: &str, handle: &ProcessHandle, require_snapsh
             Err(NotReady::Yet(status.progress()))
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The producer gets the stack's Kafka security settings; a credential only as an
+    /// environment reference, so the properties file never holds it.
+    #[test]
+    fn kafka_security_settings_pass_to_the_producer_without_the_secret_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = DebeziumLayout::new(dir.path());
+        let pg = PgEndpoint {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: Secret::new("pg-secret"),
+            source_db: "app".into(),
+            target_db: "sink".into(),
+            target_server: None,
+            source_schema: "public".into(),
+            params: BTreeMap::new(),
+        };
+        let client: BTreeMap<String, Secret> =
+            [("security.protocol", "SASL_SSL"), ("sasl.mechanism", "SCRAM-SHA-512"), ("sasl.username", "cdc"), ("sasl.password", "kafka-secret"), ("ssl.ca.location", "/ca.pem")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Secret::new(v)))
+                .collect();
+        let settings = DebeziumSettings { poll_interval_ms: 100, status_port: 1, status_address: "127.0.0.1" };
+        configure(&layout, &pg, "k:9093", &client, &settings).unwrap();
+        let props = fs::read_to_string(&layout.properties).unwrap();
+        for line in ["kafka.security.protocol=SASL_SSL", "kafka.sasl.mechanism=SCRAM-SHA-512", "kafka.sasl.username=cdc", "kafka.ssl.ca.location=/ca.pem"] {
+            assert!(props.lines().any(|l| l == line), "{line}: {props}");
+        }
+        assert!(props.lines().any(|l| l == "kafka.sasl.password=${env:CDC_KAFKA_SASL_PASSWORD}"), "{props}");
+        assert!(!props.contains("kafka-secret") && !props.contains("pg-secret"), "{props}");
+    }
 }

@@ -258,8 +258,8 @@ impl LocalStack {
                     status_address: "127.0.0.1",
                 };
                 let pg = PgEndpoint { port: self.port_via(Link::DebeziumPostgres, ports.postgres), ..endpoints.postgres.clone() };
-                debezium::configure(&layout, &pg, &endpoints.kafka, &settings)?;
-                let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres)?;
+                debezium::configure(&layout, &pg, &endpoints.kafka, &endpoints.kafka_client, &settings)?;
+                let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres, &endpoints.kafka_client)?;
                 self.record(service, handle.clone())?;
                 debezium::wait_ready(&endpoints.debezium_status, &handle, !self.state.snapshot_done, ready_timeout).await?;
                 self.state.snapshot_done = true;
@@ -307,8 +307,8 @@ impl LocalStack {
             status_address: "127.0.0.1",
         };
         let pg = PgEndpoint { port: self.port_via(Link::DebeziumPostgres, self.state.ports.postgres), ..endpoints.postgres.clone() };
-        debezium::configure(&layout, &pg, &endpoints.kafka, &settings)?;
-        let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres)?;
+        debezium::configure(&layout, &pg, &endpoints.kafka, &endpoints.kafka_client, &settings)?;
+        let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres, &endpoints.kafka_client)?;
         self.record(ServiceKind::Debezium, handle.clone())?;
         // Wait for the snapshot to be under way, then kill in the middle of it.
         let deadline = std::time::Instant::now() + Duration::from_secs(120);

@@ -19,9 +19,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # --- runtime: slim Debian, non-root.
 FROM debian:bookworm-slim
-# ca-certificates: TLS to brokers/MongoDB Atlas; curl: the health check.
+# ca-certificates: TLS to brokers/MongoDB Atlas; libssl3: librdkafka and PostgreSQL TLS; curl: the health check.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates curl zlib1g libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin sink
 COPY --from=build /out/sink /usr/local/bin/sink

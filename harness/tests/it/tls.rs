@@ -140,3 +140,75 @@ async fn external_status_reports_tls_per_hop_and_require_tls_refuses_plaintext()
     assert!(detail.starts_with("source:") && detail.contains("certificate verify failed"), "{detail}");
     Ok(())
 }
+
+/// SASL/SCRAM-SHA-512 for real: tansu with `--authentication` and a user it stores (made
+/// with `tansu user create` while authentication is off). The harness's client settings,
+/// checked as the endpoints file's are, log in; a wrong password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_logs_in_to_tansu_with_authentication_and_a_wrong_password_is_refused() -> anyhow::Result<()> {
+    use harness::orchestrator::local::process::{self, free_port};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let dir = harness::testing::run_dir("tls-sasl");
+    std::fs::create_dir_all(dir.join("logs"))?;
+    std::fs::create_dir_all(dir.join("broker"))?;
+    let tansu = harness::provision::tansu::ensure(&harness::provision::Cache::locate()?)?;
+    let port = free_port()?;
+    let start = |authentication: bool| {
+        let mut cmd = Command::new(&tansu);
+        cmd.current_dir(dir.join("broker"))
+            .args(["broker", "--cluster-id", "cdc-harness", "--storage-engine=sqlite://tansu.db", "--silent"])
+            .arg(format!("--listener-url=tcp://127.0.0.1:{port}"))
+            .arg(format!("--advertised-listener-url=tcp://127.0.0.1:{port}"));
+        if authentication {
+            cmd.arg("--authentication");
+        }
+        process::spawn(cmd, &dir.join("logs").join("broker.log"))
+    };
+    /// Stops the broker whatever the test's outcome.
+    struct Running(process::ProcessHandle);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.stop(nix::sys::signal::Signal::SIGTERM, std::time::Duration::from_secs(10));
+        }
+    }
+    let password = r#"p w'"\=x"#;
+    let broker = Running(start(false)?);
+    let create = || Command::new(&tansu).args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{port}"), "cdc", password, "--mechanism", "scram512"]).output();
+    let mut created = create()?;
+    for _ in 0..50 {
+        if created.status.success() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        created = create()?;
+    }
+    assert!(created.status.success(), "tansu user create: {}", String::from_utf8_lossy(&created.stderr));
+    drop(broker);
+    let _broker = Running(start(true)?);
+    let metadata = |password: &str| {
+        let mut settings: BTreeMap<String, String> =
+            [("security.protocol", "SASL_PLAINTEXT"), ("sasl.mechanism", "SCRAM-SHA-512"), ("sasl.username", "cdc"), ("sasl.password", password)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        secure_conn::kafka::check(&mut settings).expect("valid SASL settings");
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", format!("127.0.0.1:{port}"));
+        for (k, v) in settings {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer = config.create().expect("a SASL client");
+        consumer.fetch_metadata(None, std::time::Duration::from_secs(5)).map(|m| m.brokers().len())
+    };
+    let mut logged_in = tokio::task::block_in_place(|| metadata(password));
+    for _ in 0..10 {
+        if logged_in.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        logged_in = tokio::task::block_in_place(|| metadata(password));
+    }
+    assert_eq!(logged_in.map_err(|e| e.to_string()), Ok(1));
+    assert!(tokio::task::block_in_place(|| metadata("not the password")).is_err(), "a wrong password is refused");
+    Ok(())
+}

@@ -241,7 +241,9 @@ impl TlsBroker {
         let tansu = crate::provision::tansu::ensure(&crate::provision::Cache::locate()?)?;
         let (plain, tls) = (free_port()?, free_port()?);
         let mut socat = std::process::Command::new("socat");
-        socat.arg(format!("openssl-listen:{tls},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0", certs.server_pem()?.display())).arg(format!("tcp:127.0.0.1:{plain}"));
+        socat
+            .arg(format!("openssl-listen:{tls},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0", certs.server_pem()?.display()))
+            .arg(format!("tcp:127.0.0.1:{plain}"));
         let terminator = crate::orchestrator::local::process::spawn(socat, &dir.join("logs").join("socat.log"))?;
         let layout = BrokerLayout::new(&dir);
         let handle = broker::start(&tansu, &layout, plain, tls)?;

@@ -475,7 +475,10 @@ fn decode(text: &str) -> Result<String, DsnError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| DsnError::Syntax("a bad percent-escape (% and two hex digits)".into()))?;
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| DsnError::Syntax("a bad percent-escape (% and two hex digits)".into()))?;
             out.push(hex);
             i += 3;
         } else {

@@ -715,7 +715,8 @@ listen = "127.0.0.1:9095"
         // Without the password, or with a mechanism librdkafka is not built with: an error naming it.
         let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text, []) else { panic!("expected invalid") };
         assert!(problems.iter().any(|p| p.contains("sasl.password")), "{problems:?}");
-        let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&text.replace("SCRAM-SHA-512", "GSSAPI"), env(&[("SINK__KAFKA__SECURITY__SASL_PASSWORD", "p")]))
+        let Err(ConfigError::Invalid(problems)) =
+            SinkConfig::from_toml(&text.replace("SCRAM-SHA-512", "GSSAPI"), env(&[("SINK__KAFKA__SECURITY__SASL_PASSWORD", "p")]))
         else {
             panic!("expected invalid")
         };
@@ -741,7 +742,8 @@ listen = "127.0.0.1:9095"
 
     #[test]
     fn a_mongodb_password_needs_a_user_from_the_uri_or_the_config() {
-        let mongo = MINIMAL.replace("\"postgres\"", "\"mongodb\"").replace("host=127.0.0.1 port=5432 user=postgres dbname=sink", "mongodb://db.example/?tls=true");
+        let mongo =
+            MINIMAL.replace("\"postgres\"", "\"mongodb\"").replace("host=127.0.0.1 port=5432 user=postgres dbname=sink", "mongodb://db.example/?tls=true");
         let password = env(&[("SINK__TARGET__PASSWORD", "p")]);
         let Err(ConfigError::Invalid(problems)) = SinkConfig::from_toml(&mongo, password.clone()) else { panic!("expected invalid") };
         assert!(problems.iter().any(|p| p.contains("[target] user")), "{problems:?}");

@@ -183,7 +183,12 @@ fn script_for(dir: &Path, scenario: &str) -> Result<PathBuf, K6Error> {
 /// A wrong address fails here with a clear message instead of as 100% failed requests.
 async fn check_api(api: &str) -> Result<(), K6Error> {
     let down = |reason: String| K6Error::ApiDown { api: api.to_string(), reason };
-    let response = crate::http::client().get(format!("{}/healthz", api.trim_end_matches('/'))).timeout(Duration::from_secs(10)).send().await.map_err(|e| down(e.to_string()))?;
+    let response = crate::http::client()
+        .get(format!("{}/healthz", api.trim_end_matches('/')))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| down(e.to_string()))?;
     if !response.status().is_success() {
         return Err(down(format!("status {}", response.status())));
     }

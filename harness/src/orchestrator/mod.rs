@@ -375,7 +375,11 @@ pub struct HopSecurity {
 impl HopSecurity {
     /// Both hops of one line (source and target): only as good as the weaker.
     pub fn and(self, other: HopSecurity) -> HopSecurity {
-        HopSecurity { encrypted: self.encrypted && other.encrypted, verified: self.verified && other.verified, detail: format!("{}; {}", self.detail, other.detail) }
+        HopSecurity {
+            encrypted: self.encrypted && other.encrypted,
+            verified: self.verified && other.verified,
+            detail: format!("{}; {}", self.detail, other.detail),
+        }
     }
 
     pub fn summary(&self) -> &'static str {

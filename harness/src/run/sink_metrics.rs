@@ -68,7 +68,15 @@ pub fn by_label(series: &[Series], name: &str, label: &str) -> BTreeMap<String, 
 }
 
 pub async fn scrape(http: &str) -> Result<Vec<Series>, String> {
-    let text = crate::http::client().get(format!("{http}/metrics")).timeout(Duration::from_secs(2)).send().await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+    let text = crate::http::client()
+        .get(format!("{http}/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(parse(&text))
 }
 

@@ -173,7 +173,8 @@ async fn sasl_scram_logs_in_to_tansu_with_authentication_and_a_wrong_password_is
     }
     let password = r#"p w'"\=x"#;
     let broker = Running(start(false)?);
-    let create = || Command::new(&tansu).args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{port}"), "cdc", password, "--mechanism", "scram512"]).output();
+    let create =
+        || Command::new(&tansu).args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{port}"), "cdc", password, "--mechanism", "scram512"]).output();
     let mut created = create()?;
     for _ in 0..50 {
         if created.status.success() {

@@ -468,7 +468,8 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
             let (kind, url) = match inputs.config.target {
                 TargetKind::Postgres => {
                     let port = POSTGRES_PORT.to_string();
-                    let pairs = [("host", "postgres"), ("port", port.as_str()), ("user", "postgres"), ("dbname", crate::orchestrator::local::postgres::TARGET_DB)];
+                    let pairs =
+                        [("host", "postgres"), ("port", port.as_str()), ("user", "postgres"), ("dbname", crate::orchestrator::local::postgres::TARGET_DB)];
                     ("postgres", secure_conn::pg::conninfo(&pairs))
                 }
                 TargetKind::Mongodb => ("mongodb", format!("mongodb://mongo:{MONGO_PORT}")),

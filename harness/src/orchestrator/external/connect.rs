@@ -65,7 +65,8 @@ impl ConnectClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, url: String) -> Result<String, ConnectError> {
-        let response = request.timeout(Duration::from_secs(10)).send().await.map_err(|e| ConnectError::Unreachable { url: url.clone(), reason: e.to_string() })?;
+        let response =
+            request.timeout(Duration::from_secs(10)).send().await.map_err(|e| ConnectError::Unreachable { url: url.clone(), reason: e.to_string() })?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         if !status.is_success() {

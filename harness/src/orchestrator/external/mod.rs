@@ -66,11 +66,8 @@ impl ExternalStack {
     async fn pg_hop(&self, who: &str, dsn: Result<secure_conn::pg::Dsn, PgConnectError>) -> Result<(tokio_postgres::Client, HopSecurity), String> {
         let dsn = dsn.map_err(|e| e.to_string())?;
         let client = super::connect_with(&dsn).await.map_err(|e| e.to_string())?;
-        let ssl: bool = client
-            .query_one("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)", &[])
-            .await
-            .map_err(|e| pg_error(&e))?
-            .get(0);
+        let ssl: bool =
+            client.query_one("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)", &[]).await.map_err(|e| pg_error(&e))?.get(0);
         let verified = ssl && dsn.tls.verification() == secure_conn::pg::Verification::Full;
         let detail = format!("{who}: {} ({})", if ssl { "TLS" } else { "plaintext" }, dsn.tls.describe());
         Ok((client, HopSecurity { encrypted: ssl, verified, detail }))
@@ -116,8 +113,10 @@ impl ExternalStack {
     pub async fn up(&mut self) -> Result<Endpoints, ServiceError> {
         let e = self.endpoints.clone();
         eprintln!("external: pre-flight of {} (nothing is started or stopped on this backend)", self.file.display());
-        let (source, security) =
-            self.pg_hop("source", e.postgres.source_dsn()).await.map_err(|err| preflight("source", format!("{}: {err}", e.postgres.display(&e.postgres.source_db))))?;
+        let (source, security) = self
+            .pg_hop("source", e.postgres.source_dsn())
+            .await
+            .map_err(|err| preflight("source", format!("{}: {err}", e.postgres.display(&e.postgres.source_db))))?;
         self.hop_security("source", &security)?;
         // The source hop first: its tables are the first thing a team sets up.
         let schema = &e.postgres.source_schema;
@@ -159,7 +158,8 @@ impl ExternalStack {
             }
             None => {
                 let pg = &self.endpoints.postgres;
-                let (_, security) = self.pg_hop("target", pg.target_dsn()).await.map_err(|err| preflight("target", format!("{}: {err}", pg.display_target())))?;
+                let (_, security) =
+                    self.pg_hop("target", pg.target_dsn()).await.map_err(|err| preflight("target", format!("{}: {err}", pg.display_target())))?;
                 Ok(security)
             }
         }
@@ -218,8 +218,7 @@ impl ExternalStack {
                 (Reader::Mongo(client.database(db).collection(&entity.mongo.collection), uri.clone()), format!("collection {}", entity.mongo.collection))
             }
             None => {
-                let target =
-                    e.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {err}", e.postgres.display_target())))?;
+                let target = e.postgres.connect_target().await.map_err(|err| preflight("target", format!("{}: {err}", e.postgres.display_target())))?;
                 let sql = format!("SELECT 1 FROM \"{}\" WHERE id = $1", entity.postgres.table.replace('"', ""));
                 (Reader::Postgres(target, sql), format!("table {}", entity.postgres.table))
             }

@@ -144,7 +144,13 @@ pub fn configure(
     Ok(())
 }
 
-pub fn start(java: &Path, libs: &Path, layout: &DebeziumLayout, pg: &PgEndpoint, kafka_client: &BTreeMap<String, Secret>) -> Result<ProcessHandle, ServiceError> {
+pub fn start(
+    java: &Path,
+    libs: &Path,
+    layout: &DebeziumLayout,
+    pg: &PgEndpoint,
+    kafka_client: &BTreeMap<String, Secret>,
+) -> Result<ProcessHandle, ServiceError> {
     let mut cmd = Command::new(java);
     for (key, value) in kafka_client.iter().filter(|(k, _)| secure_conn::kafka::is_credential_key(k)) {
         cmd.env(kafka_secret_env(key), value.expose());
@@ -262,11 +268,16 @@ mod tests {
             source_schema: "public".into(),
             params: BTreeMap::new(),
         };
-        let client: BTreeMap<String, Secret> =
-            [("security.protocol", "SASL_SSL"), ("sasl.mechanism", "SCRAM-SHA-512"), ("sasl.username", "cdc"), ("sasl.password", "kafka-secret"), ("ssl.ca.location", "/ca.pem")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), Secret::new(v)))
-                .collect();
+        let client: BTreeMap<String, Secret> = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "cdc"),
+            ("sasl.password", "kafka-secret"),
+            ("ssl.ca.location", "/ca.pem"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Secret::new(v)))
+        .collect();
         let settings = DebeziumSettings { poll_interval_ms: 100, status_port: 1, status_address: "127.0.0.1" };
         configure(&layout, &pg, "k:9093", &client, &settings).unwrap();
         let props = fs::read_to_string(&layout.properties).unwrap();

@@ -85,6 +85,12 @@ pub enum TargetSection {
         /// The connection string carries credentials: always a reference.
         uri: SecretRef,
         database: String,
+        /// A password kept apart from the URI: it logs in as the URI's user, or as `user`
+        /// when the URI names none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<SecretRef>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
 }
 
@@ -188,8 +194,12 @@ impl EndpointsFile {
                 let server = PgServer { host: target.host, port: target.port, user: target.user, password, params: target.params };
                 (target.db, Some(server), None)
             }
-            TargetSection::Mongodb { uri, database } => {
-                let uri = uri.resolve(path, "target.uri")?;
+            TargetSection::Mongodb { uri, database, password, user } => {
+                let mut uri = uri.resolve(path, "target.uri")?;
+                if let Some(password) = password {
+                    let password = password.resolve(path, "target.password")?;
+                    uri = Secret::new(with_mongo_password(uri.expose(), user.as_deref(), password.expose()).map_err(|r| invalid("target.password", r))?);
+                }
                 (String::new(), None, Some((uri, database.clone())))
             }
         };
@@ -258,6 +268,26 @@ impl EndpointsFile {
             "# Endpoints of a CDC stack for `harness ... --backend external --endpoints FILE`.\n# Credentials are references ({{ env = \"VAR\" }} or {{ file = \"path\" }}), never values.\n\n{body}"
         )
     }
+}
+
+/// The MongoDB URI with `password` in its user info (percent-encoded), for the URI's user
+/// or, when it names none, `user`.
+fn with_mongo_password(uri: &str, user: Option<&str>, password: &str) -> Result<String, String> {
+    let (scheme, rest) = uri.split_once("://").ok_or("the URI has no scheme (mongodb:// or mongodb+srv://)")?;
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, _)) if userinfo.contains(':') => return Err("the URI carries a password already: name it in one place only".into()),
+        Some((userinfo, hosts)) => (userinfo.to_string(), hosts),
+        None => (percent_encode(user.ok_or("the URI names no user: write mongodb://USER@host/... or set user = \"...\"")?), authority),
+    };
+    Ok(format!("{scheme}://{userinfo}:{}@{hosts}{tail}", percent_encode(password)))
+}
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") })
+        .collect()
 }
 
 struct Dsn {
@@ -417,5 +447,16 @@ publication"#,
         // The sink's url keeps every setting, quoted, and no password.
         let url = e.postgres.target_conninfo();
         assert!(url.contains("sslmode='require'") && !url.contains("p w"), "{url}");
+    }
+
+    #[tokio::test]
+    async fn a_mongodb_password_reference_logs_in_as_the_uris_user_or_the_named_one() {
+        let odd = r#"p w'"\=x@"#;
+        assert_eq!(with_mongo_password("mongodb://app@h1,h2/db?tls=true", None, odd).unwrap(), "mongodb://app:p%20w%27%22%5C%3Dx%40@h1,h2/db?tls=true");
+        assert_eq!(with_mongo_password("mongodb+srv://cluster.example", Some("sink"), "pw").unwrap(), "mongodb+srv://sink:pw@cluster.example");
+        assert!(with_mongo_password("mongodb://h/db", None, "pw").unwrap_err().contains("names no user"));
+        assert!(with_mongo_password("mongodb://u:old@h/db", None, "pw").unwrap_err().contains("password already"));
+        let options = mongodb::options::ClientOptions::parse(with_mongo_password("mongodb://app@h/db", None, odd).unwrap()).await.unwrap();
+        assert_eq!(options.credential.and_then(|c| c.password).as_deref(), Some(odd));
     }
 }

@@ -33,14 +33,25 @@ fn report_dir(out: &Output) -> PathBuf {
     Path::new(line.split_whitespace().last().unwrap()).parent().unwrap().to_path_buf()
 }
 
-/// No credential in the run's output nor in any report file.
+/// No credential in the run's output nor in any file the run wrote (the reports, logs,
+/// samples: every file under its folder).
 fn assert_no_secret(out: &Output, dir: &Path, secrets: &[&str]) {
     let all = text(out);
+    for name in ["report.json", "report.html", "summary.md", "junit.xml"] {
+        assert!(dir.join(name).is_file(), "{name} written");
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            if entry.file_type().unwrap().is_dir() { dirs.push(entry.path()) } else { files.push(entry.path()) }
+        }
+    }
     for secret in secrets {
         assert!(!all.contains(secret), "a secret reached the harness's output");
-        for name in ["report.json", "report.html", "summary.md", "junit.xml"] {
-            let body = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(!body.contains(secret), "a secret reached {name}");
+        for file in &files {
+            let body = std::fs::read(file).unwrap_or_default();
+            assert!(!body.windows(secret.len()).any(|w| w == secret.as_bytes()), "a secret reached {}", file.display());
         }
     }
 }

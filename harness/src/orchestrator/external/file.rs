@@ -285,9 +285,7 @@ fn with_mongo_password(uri: &str, user: Option<&str>, password: &str) -> Result<
 
 /// RFC 3986 percent-encoding of everything but the unreserved characters.
 fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") })
-        .collect()
+    text.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 struct Dsn {

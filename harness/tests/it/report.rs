@@ -375,7 +375,7 @@ fn a_real_runs_report_round_trips_and_renders_golden() {
     assert!(base.pipeline.capture_latency_ms.measured() && base.pipeline.apply_latency_ms.measured(), "per-hop latency in a real report");
     assert!(base.faults.iter().any(|f| f.kind == "poison" && f.parameters.get("unreconciled").map(String::as_str) == Some("0")));
     let md = markdown::render(&base);
-    assert!(md.contains("| Capture hop p50 / p95 / p99 (commit → Kafka) |"), "{md}");
+    assert!(md.contains("| Capture hop p50 / p95 / p99 (commit → broker) |"), "{md}");
     golden("run-summary.golden.md", &md);
     golden("run-junit.golden.xml", &junit::render(&base));
     let new = load_fixture("run-new.json");

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chaos;
+mod default_setups;
 mod docker;
 mod external;
 mod faults;

@@ -18,5 +18,6 @@ mod scenarios;
 mod support;
 mod teardown;
 mod tls;
+mod type_changes;
 mod verify;
 mod verify_mongo;

@@ -285,7 +285,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), Secret::new(v)))
         .collect();
-        let settings = DebeziumSettings { poll_interval_ms: 100, status_port: 1, status_address: "127.0.0.1" };
+        let settings = DebeziumSettings { poll_interval_ms: 100, status_port: 1, status_address: "127.0.0.1", defaults: false };
         configure(&layout, &pg, "k:9093", &client, &settings).unwrap();
         let props = fs::read_to_string(&layout.properties).unwrap();
         for line in ["kafka.security.protocol=SASL_SSL", "kafka.sasl.mechanism=SCRAM-SHA-512", "kafka.sasl.username=cdc", "kafka.ssl.ca.location=/ca.pem"] {

@@ -22,7 +22,7 @@ async fn unit_price_moving_to_numeric_14_4_keeps_exact_values() -> anyhow::Resul
     pg.execute("insert into customer (id, email, status) values ($1, 'scale@example.com', 'active')", &[&c]).await?;
     pg.execute("insert into orders (id, customer_id, status, total_amount) values ($1, $2, 'pending', 10.50)", &[&o, &c]).await?;
     let item = |n: u8| uuid::Uuid::from_bytes([n; 16]);
-    let insert = "insert into order_item (id, order_id, product_sku, product_name, quantity, unit_price, line_total) values ($1, $2, 'SKU', 'Thing', 1, $3::numeric, $3::numeric)";
+    let insert = "insert into order_item (id, order_id, product_sku, product_name, quantity, unit_price, line_total) values ($1, $2, 'SKU', 'Thing', 1, $3::text::numeric, $3::text::numeric)";
     pg.execute(insert, &[&item(1), &o, &"10.50"]).await?;
     pg.batch_execute("ALTER TABLE order_item ALTER COLUMN unit_price TYPE numeric(14,4)").await?;
     pg.execute(insert, &[&item(2), &o, &"1234567890.1234"]).await?;

@@ -1297,9 +1297,8 @@ public class DebeziumLauncher {
         }
         // Commit after every acknowledged batch: at most one batch is re-sent after a crash.
         p.putIfAbsent("offset.flush.interval.ms", "0");
-        // JSON without the Connect schema envelope.
-        p.putIfAbsent("key.converter.schemas.enable", "false");
-        p.putIfAbsent("value.converter.schemas.enable", "false");
+        // The converter settings are Debezium's own (JSON with schemas) unless the properties
+        // say otherwise: the harness writes its choice, and can run Debezium at its defaults.
         // Our consumer handles tombstones (null value); keep Debezium's default of emitting them.
         p.putIfAbsent("tombstones.on.delete", "true");
     }

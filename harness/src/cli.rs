@@ -246,6 +246,9 @@ enum Bench {
         /// Partitions of the preloaded topic (the sink applies partitions concurrently).
         #[arg(long, default_value_t = 3)]
         partitions: u32,
+        /// Bad records the sink dead-letters for `dlq_letters_per_sec`.
+        #[arg(long, default_value_t = 100_000)]
+        dlq_events: u64,
         #[arg(long)]
         json: bool,
     },
@@ -401,16 +404,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Diff(args) => Ok(harness::report::cli::diff(&args)),
         Command::Report(args) => Ok(harness::report::cli::report(&args)),
-        Command::Bench(Bench::Sink { target, events, partitions, json }) => {
+        Command::Bench(Bench::Sink { target, events, partitions, dlq_events, json }) => {
             if matches!(target, VerifyTarget::Mongo) {
                 anyhow::bail!("the sink benchmark needs a MongoDB server, and none is reachable here; use --target postgres");
             }
-            let result = harness::bench::sink::run(events, partitions).await?;
+            let result = harness::bench::sink::run(events, partitions, dlq_events).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&result)?);
             } else {
                 println!(
-                    "sink {} events: {:.0} events/s ({:.2}s), {:.2}x a bare consumer's {:.0} msg/s; with the apply log (audit) {:.0} events/s ({:.2}s, ratio {:.2}); apply path from memory {:.0} events/s ({:.2}s, decoding {:.2}s; audited {:.0} events/s, ratio {:.2}), {:.2}x the raw baseline's {:.0} rows/s ({:.2}s)",
+                    "sink {} events: {:.0} events/s ({:.2}s), {:.2}x a bare consumer's {:.0} msg/s; with the apply log (audit) {:.0} events/s ({:.2}s, ratio {:.2}); apply path from memory {:.0} events/s ({:.2}s, decoding {:.2}s; audited {:.0} events/s, ratio {:.2}), {:.2}x the raw baseline's {:.0} rows/s ({:.2}s); {} bad records dead-lettered at {:.0} letters/s ({:.2}s)",
                     result.events,
                     result.events_per_sec,
                     result.sink_seconds,
@@ -427,6 +430,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     result.apply_ratio_to_baseline,
                     result.baseline_events_per_sec,
                     result.baseline_seconds,
+                    result.dlq_events,
+                    result.dlq_letters_per_sec,
+                    result.dlq_seconds,
                 );
             }
             Ok(exit::SUCCESS)

@@ -37,11 +37,24 @@ pub struct StackConfig {
     /// as the process, so `harness up` leaves them off).
     #[serde(default)]
     pub fault_proxies: bool,
+    /// Run Debezium at its own defaults (JSON with schemas, `decimal.handling.mode=precise`,
+    /// `time.precision.mode=adaptive`) and give the sink no `[source]` settings, as a new
+    /// user would; only `value.converter.replace.null.with.default=false` stays set.
+    #[serde(default)]
+    pub debezium_defaults: bool,
 }
 
 impl StackConfig {
     pub fn new(run_dir: impl Into<PathBuf>) -> Self {
-        Self { run_dir: run_dir.into(), partitions: 3, seed: SeedConfig::default(), debezium_poll_interval_ms: 10, with_sink: true, fault_proxies: false }
+        Self {
+            run_dir: run_dir.into(),
+            partitions: 3,
+            seed: SeedConfig::default(),
+            debezium_poll_interval_ms: 10,
+            with_sink: true,
+            fault_proxies: false,
+            debezium_defaults: false,
+        }
     }
 }
 

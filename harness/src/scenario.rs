@@ -114,11 +114,15 @@ pub struct StackSection {
     /// Debezium `poll.interval.ms`.
     #[serde(default = "default_poll")]
     pub debezium_poll_interval_ms: u32,
+    /// Debezium at its own defaults, the sink without `[source]` settings (see
+    /// `StackConfig::debezium_defaults`).
+    #[serde(default)]
+    pub debezium_defaults: bool,
 }
 
 impl Default for StackSection {
     fn default() -> Self {
-        Self { seed_customers: default_seed_customers(), partitions: default_partitions(), debezium_poll_interval_ms: default_poll() }
+        Self { seed_customers: default_seed_customers(), partitions: default_partitions(), debezium_poll_interval_ms: default_poll(), debezium_defaults: false }
     }
 }
 

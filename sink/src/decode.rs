@@ -11,7 +11,7 @@ use uuid::Uuid;
 use std::collections::HashMap;
 
 use crate::config::{DecimalHandling, SinkConfig, TimePrecision};
-use crate::model::{Change, ColumnType, Coords, Entity, Extra, Field, JsonKind, Op, Row, Value, Version, stored_name};
+use crate::model::{Change, ColumnType, Coords, Entity, Extra, Field, JsonKind, Op, Row, SourceType, Value, Version, stored_name};
 
 /// What decoding needs from the configuration: how the connector encoded values that carry
 /// no schema, the source epoch, the size limit.
@@ -44,20 +44,86 @@ impl Default for DecodeOptions {
 /// `schemas.enable=true`): the schema, not the value's look, says how to read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Declared {
+    /// `org.apache.kafka.connect.data.Decimal` (`decimal.handling.mode=precise`): base64
+    /// unscaled bytes at this scale; `connect.decimal.precision` when the column has one.
     DecimalBytes {
         scale: u32,
+        precision: Option<u32>,
     },
+    /// `{scale, value}`: a `numeric` column without precision and scale.
     VariableScaleDecimal,
-    DecimalString,
+    /// A string: text, `io.debezium.data.Json`, `Uuid`, `Enum`, a decimal under
+    /// `decimal.handling.mode=string`.
+    Text,
     Double,
+    /// An integer without a logical type, of this many bits.
+    Int {
+        bits: u8,
+    },
+    /// Timestamps without a zone, as epoch numbers (`Timestamp`, `MicroTimestamp`,
+    /// `NanoTimestamp`, Connect's `Timestamp`).
     EpochMillis,
     EpochMicros,
     EpochNanos,
+    /// `ZonedTimestamp`, `IsoTimestamp`: ISO-8601 strings.
     IsoString,
+    /// Days since the epoch (`io.debezium.time.Date`, Connect's `Date`).
+    Date,
+    /// Time of day since midnight (`Time` and Connect's `Time`: ms; `MicroTime`; `NanoTime`).
+    TimeMillis,
+    TimeMicros,
+    TimeNanos,
     /// `bytes` without a logical type (bytea): where a TOAST placeholder arrives as the
     /// marker's bytes.
     Bytes,
     Other,
+}
+
+impl Declared {
+    fn of(field: &Json) -> Self {
+        let ty = field.get("type").and_then(Json::as_str).unwrap_or_default();
+        let logical = field.get("name").and_then(Json::as_str).unwrap_or_default();
+        let parameter = |name: &str| {
+            field
+                .pointer(&format!("/parameters/{name}"))
+                .and_then(|s| s.as_str().and_then(|s| s.parse().ok()).or_else(|| s.as_u64().and_then(|n| u32::try_from(n).ok())))
+        };
+        match (logical, ty) {
+            // A Decimal always names its scale; the parameter missing would be a broken
+            // schema, read as scale 0 (the Connect default) rather than guessed.
+            ("org.apache.kafka.connect.data.Decimal", _) => {
+                Self::DecimalBytes { scale: parameter("scale").unwrap_or(0), precision: parameter("connect.decimal.precision") }
+            }
+            ("io.debezium.data.VariableScaleDecimal", _) => Self::VariableScaleDecimal,
+            ("io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp", _) => Self::EpochMillis,
+            ("io.debezium.time.MicroTimestamp", _) => Self::EpochMicros,
+            ("io.debezium.time.NanoTimestamp", _) => Self::EpochNanos,
+            ("io.debezium.time.ZonedTimestamp" | "io.debezium.time.IsoTimestamp", _) => Self::IsoString,
+            ("io.debezium.time.Date" | "org.apache.kafka.connect.data.Date", _) => Self::Date,
+            ("io.debezium.time.Time" | "org.apache.kafka.connect.data.Time", _) => Self::TimeMillis,
+            ("io.debezium.time.MicroTime", _) => Self::TimeMicros,
+            ("io.debezium.time.NanoTime", _) => Self::TimeNanos,
+            (_, "double" | "float") => Self::Double,
+            ("", "int8") => Self::Int { bits: 8 },
+            ("", "int16") => Self::Int { bits: 16 },
+            ("", "int32") => Self::Int { bits: 32 },
+            ("", "int64") => Self::Int { bits: 64 },
+            (_, "bytes") => Self::Bytes,
+            (_, "string") => Self::Text,
+            _ => Self::Other,
+        }
+    }
+
+    /// What the declaration says a known integer or decimal column now is in the source.
+    fn source_type(self, ty: ColumnType) -> Option<SourceType> {
+        match (ty, self) {
+            (ColumnType::Int4, Self::Int { bits: 64 }) => Some(SourceType::Bigint),
+            (ColumnType::Int4, Self::Int { .. }) => Some(SourceType::Integer),
+            (ColumnType::Numeric { .. }, Self::DecimalBytes { scale, precision: Some(precision) }) => Some(SourceType::Numeric { precision, scale }),
+            (ColumnType::Numeric { .. }, Self::DecimalBytes { precision: None, .. } | Self::VariableScaleDecimal) => Some(SourceType::AnyNumeric),
+            _ => None,
+        }
+    }
 }
 
 /// Column name -> declaration, from a Kafka Connect JSON schema: the `after` (or `before`)
@@ -70,31 +136,7 @@ fn declared_columns(schema: &Json) -> HashMap<String, Declared> {
         .find(|f| f.get("field").and_then(Json::as_str) == Some("after"))
         .or_else(|| top.iter().find(|f| f.get("field").and_then(Json::as_str) == Some("before")))
         .map_or(top.clone(), fields);
-    row.iter()
-        .filter_map(|f| {
-            let name = f.get("field")?.as_str()?;
-            let ty = f.get("type").and_then(Json::as_str).unwrap_or_default();
-            let logical = f.get("name").and_then(Json::as_str).unwrap_or_default();
-            let declared = match (logical, ty) {
-                ("org.apache.kafka.connect.data.Decimal", _) => Declared::DecimalBytes {
-                    scale: f
-                        .pointer("/parameters/scale")
-                        .and_then(|s| s.as_str().and_then(|s| s.parse().ok()).or_else(|| s.as_u64().and_then(|n| u32::try_from(n).ok())))
-                        .unwrap_or(0),
-                },
-                ("io.debezium.data.VariableScaleDecimal", _) => Declared::VariableScaleDecimal,
-                ("io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp", _) => Declared::EpochMillis,
-                ("io.debezium.time.MicroTimestamp", _) => Declared::EpochMicros,
-                ("io.debezium.time.NanoTimestamp", _) => Declared::EpochNanos,
-                ("io.debezium.time.ZonedTimestamp" | "io.debezium.time.IsoTimestamp", _) => Declared::IsoString,
-                (_, "double" | "float") => Declared::Double,
-                (_, "bytes") => Declared::Bytes,
-                (_, "string") => Declared::DecimalString,
-                _ => Declared::Other,
-            };
-            Some((name.to_string(), declared))
-        })
-        .collect()
+    row.iter().filter_map(|f| Some((f.get("field")?.as_str()?.to_string(), Declared::of(f)))).collect()
 }
 
 /// Everything a row needs to decode its values.
@@ -423,9 +465,9 @@ impl Decoding<'_> {
         match ty {
             ColumnType::Numeric { scale } if !json.is_null() => {
                 let how = match declared {
-                    Some(Declared::DecimalBytes { scale }) => return decode_decimal(json, DecimalEncoding::Base64 { scale }).map(Value::Numeric),
+                    Some(Declared::DecimalBytes { scale, .. }) => DecimalEncoding::Base64 { scale },
                     Some(Declared::VariableScaleDecimal) => DecimalEncoding::VariableScale,
-                    Some(Declared::DecimalString) => DecimalEncoding::Text,
+                    Some(Declared::Text) => DecimalEncoding::Text,
                     Some(Declared::Double) => DecimalEncoding::Number,
                     _ => match self.options.decimals {
                         DecimalHandling::Precise => DecimalEncoding::Base64 { scale },
@@ -467,6 +509,9 @@ fn decode_row(entity: Entity, obj: &Map<String, Json>, how: Decoding<'_>) -> Res
                     Field::Value(how.value(name, column.ty, json).map_err(|reason| DecodeError::BadColumn { column: name.clone(), reason })?)
                 };
                 row.known[i] = Some(field);
+                if let Some(source) = how.declared.get(name).and_then(|d| d.source_type(column.ty)) {
+                    row.source_types.insert(i, source);
+                }
             }
             None => {
                 let stored = stored_name(name);
@@ -476,16 +521,68 @@ fn decode_row(entity: Entity, obj: &Map<String, Json>, how: Decoding<'_>) -> Res
                     row.unavailable.insert(stored.into_owned());
                     continue;
                 }
-                let text = match json {
-                    Json::Null => None,
-                    Json::String(s) => Some(s.clone()),
-                    other => Some(other.to_string()),
+                let text = match how.declared.get(name) {
+                    Some(declared) => added_text(*declared, json).map_err(|reason| DecodeError::BadColumn { column: name.clone(), reason })?,
+                    None => plain_text(json),
                 };
                 row.extra.insert(stored.into_owned(), Extra { text, kind: JsonKind::of(json) });
             }
         }
     }
     Ok(row)
+}
+
+fn plain_text(json: &Json) -> Option<String> {
+    match json {
+        Json::Null => None,
+        Json::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// The text an added column is stored as when the event's schema declares its encoding:
+/// what PostgreSQL's text output of the source value spells (decimals from their unscaled
+/// bytes, dates and times from their epoch numbers), never the wire form (base64, day
+/// counts). Anything else as its JSON text.
+fn added_text(declared: Declared, json: &Json) -> Result<Option<String>, String> {
+    if json.is_null() {
+        return Ok(None);
+    }
+    let int = || json.as_i64().ok_or_else(|| format!("expected an integer, found {json}"));
+    let time_of_day = |nanos: i64| {
+        let secs = u32::try_from(nanos.div_euclid(1_000_000_000)).map_err(|_| format!("{json} is out of range for a time"))?;
+        let nano = u32::try_from(nanos.rem_euclid(1_000_000_000)).map_err(|_| format!("{json} is out of range for a time"))?;
+        // 24:00:00 is a valid PostgreSQL time; chrono has no such time of day.
+        if secs == 86_400 && nano == 0 {
+            return Ok("24:00:00".to_string());
+        }
+        chrono::NaiveTime::from_num_seconds_from_midnight_opt(secs, nano)
+            .map(|t| t.format("%H:%M:%S%.f").to_string())
+            .ok_or_else(|| format!("{json} is out of range for a time"))
+    };
+    let naive = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.naive_utc().format("%Y-%m-%d %H:%M:%S%.f").to_string()).ok_or_else(|| format!("{json} is out of range for a timestamp"))
+    };
+    Ok(Some(match declared {
+        Declared::DecimalBytes { scale, .. } => decode_decimal(json, DecimalEncoding::Base64 { scale })?.to_string(),
+        Declared::VariableScaleDecimal => decode_decimal(json, DecimalEncoding::VariableScale)?.to_string(),
+        Declared::Date => {
+            let days = int()?;
+            let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("the epoch");
+            i32::try_from(days)
+                .ok()
+                .and_then(|d| epoch.checked_add_signed(chrono::TimeDelta::days(d.into())))
+                .map(|d| d.format("%Y-%m-%d").to_string())
+                .ok_or_else(|| format!("{json} days is out of range for a date"))?
+        }
+        Declared::TimeMillis => time_of_day(int()?.saturating_mul(1_000_000))?,
+        Declared::TimeMicros => time_of_day(int()?.saturating_mul(1_000))?,
+        Declared::TimeNanos => time_of_day(int()?)?,
+        Declared::EpochMillis => naive(DateTime::from_timestamp_millis(int()?))?,
+        Declared::EpochMicros => naive(DateTime::from_timestamp_micros(int()?))?,
+        Declared::EpochNanos => naive(Some(Utc.timestamp_nanos(int()?)))?,
+        Declared::Text | Declared::Double | Declared::Int { .. } | Declared::IsoString | Declared::Bytes | Declared::Other => return Ok(plain_text(json)),
+    }))
 }
 
 /// Values whose encoding does not depend on the connector's settings (numeric and
@@ -873,6 +970,58 @@ mod tests {
         let nanos = json!({"schema": {"type": "struct", "fields": [{"field": "after", "type": "struct", "fields": [
             {"field": "updated_at", "type": "int64", "name": "io.debezium.time.NanoTimestamp"}]}]}, "payload": customer(json!(micros * 1000))});
         assert_eq!(updated(dec("customer", None, nanos).unwrap()), expected, "the schema says nanoseconds");
+    }
+
+    /// With a schema, the schema decides: the declared source type of integer and decimal
+    /// columns travels with the row (the target widens to it), the scale comes from the
+    /// field's parameters, and added columns are stored as the source's text, not the wire
+    /// form (base64 decimals, day counts, epoch numbers).
+    #[test]
+    fn the_schema_declares_types_scales_and_added_column_text() {
+        let decimal = |field: &str, scale: u32, precision: u32| {
+            json!({"field": field, "type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+                   "parameters": {"scale": scale.to_string(), "connect.decimal.precision": precision.to_string()}})
+        };
+        let fields = json!([
+            {"field": "quantity", "type": "int64"},
+            decimal("unit_price", 4, 14),
+            {"field": "line_total", "type": "struct", "name": "io.debezium.data.VariableScaleDecimal"},
+            decimal("discount", 3, 8),
+            {"field": "shipped_on", "type": "int32", "name": "io.debezium.time.Date"},
+            {"field": "cutoff", "type": "int64", "name": "io.debezium.time.MicroTime"},
+            {"field": "cutoff_ms", "type": "int32", "name": "org.apache.kafka.connect.data.Time"},
+            {"field": "packed_at", "type": "int64", "name": "io.debezium.time.MicroTimestamp"},
+            {"field": "meta", "type": "string", "name": "io.debezium.data.Json"},
+            {"field": "tags", "type": "array", "items": {"type": "string"}}
+        ]);
+        let schema =
+            json!({"type": "struct", "fields": [{"field": "before", "type": "struct", "fields": []}, {"field": "after", "type": "struct", "fields": fields}]});
+        // 12.3456 at scale 4 = 123456 = 0x01E240; 1.5 at scale 3 = 1500 = 0x05DC.
+        let after = json!({"id": ID, "order_id": CUST, "product_sku": "S", "product_name": "N", "quantity": 9_000_000_000i64,
+            "unit_price": "AeJA", "line_total": {"scale": 1, "value": "Dw=="}, "discount": "Bdw=", "shipped_on": 19_844,
+            "cutoff": 45_296_000_001i64, "cutoff_ms": 45_296_123, "packed_at": 1_714_557_600_123_456i64, "meta": "{\"a\": 1}", "tags": ["x", "y"]});
+        let value = json!({"schema": schema, "payload": {"after": after, "source": {"lsn": 5, "table": "order_item"}, "op": "c"}});
+        let row = change(dec_with(&options(), "order_item", None, value).unwrap()).after.unwrap();
+        let e = Entity::OrderItem;
+        assert_eq!(row.value(e, "quantity"), Some(&Value::Int(9_000_000_000)));
+        assert_eq!(row.value(e, "unit_price"), Some(&Value::Numeric(Decimal::from_str("12.3456").unwrap())), "scale 4 from the schema, not 2");
+        assert_eq!(row.value(e, "line_total"), Some(&Value::Numeric(Decimal::from_str("1.5").unwrap())));
+        let idx = |name| e.column_index(name).unwrap();
+        assert_eq!(row.source_types.get(&idx("quantity")), Some(&SourceType::Bigint));
+        assert_eq!(row.source_types.get(&idx("unit_price")), Some(&SourceType::Numeric { precision: 14, scale: 4 }));
+        assert_eq!(row.source_types.get(&idx("line_total")), Some(&SourceType::AnyNumeric));
+        let text = |name: &str| row.extra[name].text.clone();
+        assert_eq!(text("discount").as_deref(), Some("1.500"));
+        assert_eq!(text("shipped_on").as_deref(), Some("2024-05-01"));
+        assert_eq!(text("cutoff").as_deref(), Some("12:34:56.000001"));
+        assert_eq!(text("cutoff_ms").as_deref(), Some("12:34:56.123"));
+        assert_eq!(text("packed_at").as_deref(), Some("2024-05-01 10:00:00.123456"));
+        assert_eq!(text("meta").as_deref(), Some("{\"a\": 1}"));
+        assert_eq!(text("tags").as_deref(), Some("[\"x\",\"y\"]"));
+        // Without a schema nothing is declared: the target's column type bounds the values.
+        let plain = json!({"after": {"id": ID, "order_id": CUST, "product_sku": "S", "product_name": "N", "quantity": 2, "unit_price": "1.00", "line_total": "2.00"},
+            "source": {"lsn": 5, "table": "order_item"}, "op": "c"});
+        assert!(change(dec("order_item", None, plain).unwrap()).after.unwrap().source_types.is_empty());
     }
 
     #[test]

@@ -53,7 +53,9 @@ pub struct DlqProducer {
 impl DlqProducer {
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
         let mut client = config.client_config();
-        client.set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "30000");
+        // Idempotent: a letter retried by librdkafka after a lost acknowledgement is written
+        // once, and letters keep their order through retries (they are sent in batches).
+        client.set("acks", "all").set("enable.idempotence", "true").set("linger.ms", "5").set("message.timeout.ms", "30000");
         for (k, v) in &config.librdkafka {
             client.set(k, v);
         }

@@ -77,6 +77,21 @@ impl Outcome {
 #[derive(Default)]
 pub struct PartitionState {
     memory: KeyMemory,
+    /// Offsets of the batch being processed whose dead letters the DLQ acknowledged: a
+    /// batch processed again after a panic does not send them twice.
+    pub(crate) lettered: HashSet<i64>,
+    /// The topic's progress (`Stalls::progress`) when this partition last dead-lettered an
+    /// event that panicked alone: a second such panic with no progress in between is not
+    /// the data's fault.
+    pub(crate) panic_letter_at: Option<u64>,
+}
+
+impl PartitionState {
+    /// Forgets what validation learnt (it may come from a half-done batch that panicked);
+    /// the letters already sent stay known.
+    pub(crate) fn forget_memory(&mut self) {
+        self.memory = KeyMemory::default();
+    }
 }
 
 pub struct Handler {
@@ -323,12 +338,17 @@ impl Handler {
                     }
                 }
             }
-            if !report.rejected.is_empty() {
-                let reasons: HashMap<Uuid, &String> = report.rejected.iter().map(|(k, r)| (*k, r)).collect();
+            // Refused by the target: rule `apply`; a value its column cannot hold while the
+            // source declared no wider type: the event's own fault, rule `decode`.
+            for (rule, refused) in [("apply", &report.rejected), ("decode", &report.out_of_range)] {
+                if refused.is_empty() {
+                    continue;
+                }
+                let reasons: HashMap<Uuid, &String> = refused.iter().map(|(k, r)| (*k, r)).collect();
                 for (i, change) in &changes {
                     if let Some(reason) = reasons.get(&change.key) {
                         state.memory.unlearn(change.key, change.version);
-                        letters.push(self.letter(&batch[*i], "apply", (*reason).clone()));
+                        letters.push(self.letter(&batch[*i], rule, (*reason).clone()));
                     }
                 }
             }
@@ -338,8 +358,8 @@ impl Handler {
             if let Ok(i) = batch.binary_search_by_key(&letter.coords.offset, |r| r.coords.offset) {
                 outcomes[i] = Outcome::DeadLettered;
             }
-            self.send_letter(letter).await;
         }
+        self.send_letters(&letters, &mut state.lettered).await;
         if audit {
             let rules: HashMap<i64, &str> = letters.iter().map(|l| (l.coords.offset, l.rule.as_str())).collect();
             self.log_unwritten(batch, &outcomes, &decoded, &rules).await;
@@ -365,35 +385,59 @@ impl Handler {
 
     /// Dead-letters one event whose processing panicked (the panic is the event's fault:
     /// it panicked alone), so the partition moves on.
-    pub async fn dead_letter_panic(&self, record: &Record, panic: &str) {
+    pub async fn dead_letter_panic(&self, record: &Record, panic: &str, state: &mut PartitionState) {
         let letter = self.letter(record, "panic", format!("processing panicked: {panic}"));
-        self.send_letter(&letter).await;
+        self.send_letters(std::slice::from_ref(&letter), &mut state.lettered).await;
     }
 
-    /// Produces a letter, retrying until the DLQ takes it; a partition stuck on it says so.
-    async fn send_letter(&self, letter: &DeadLetter) {
-        {
-            self.metrics.dead_lettered(&letter.entity, &letter.rule);
+    /// Produces the letters all at once (the producer batches them; an idempotent producer
+    /// keeps their order through retries) and waits until the DLQ acknowledged every one,
+    /// retrying those that failed; a partition stuck on them says so. Offsets in `sent` were
+    /// acknowledged earlier (before a panic) and are not sent again; acknowledged ones are
+    /// added.
+    async fn send_letters(&self, letters: &[DeadLetter], sent: &mut HashSet<i64>) {
+        let mut pending: Vec<&DeadLetter> = letters.iter().filter(|l| !sent.contains(&l.coords.offset)).collect();
+        for letter in &pending {
             warn!(message = "event dead-lettered", rule = %letter.rule, reason = %crate::dlq::truncate_text(&letter.reason, 512), topic = %letter.coords.topic,
                 partition = letter.coords.partition, offset = letter.coords.offset,
                 key = %key_for_log(letter.key.as_deref()), outcome = "dlq");
-            let mut backoff = Backoff::new(&self.config.apply);
-            let mut attempts = 0u32;
-            while let Err(error) = self.dlq.send(letter).await {
-                attempts += 1;
-                self.metrics.error("dlq_produce");
-                warn!(message = "dead-letter produce failed, retrying", %error, dlq_topic = self.dlq.topic(), attempts,
-                    topic = %letter.coords.topic, partition = letter.coords.partition, offset = letter.coords.offset);
-                if attempts == 3 {
-                    // The partition cannot move past this event until the DLQ takes it: say so.
-                    self.stalls.mark(&letter.coords.topic, letter.coords.partition, format!("dead-letter produce to {} failing: {error}", self.dlq.topic()));
-                    self.metrics.partition_stalled(&letter.coords.topic, letter.coords.partition, true);
+        }
+        let mut backoff = Backoff::new(&self.config.apply);
+        let mut rounds = 0u32;
+        while !pending.is_empty() {
+            let results = futures::future::join_all(pending.iter().map(|letter| self.dlq.send(letter))).await;
+            let mut failed = Vec::new();
+            let mut last_error = None;
+            for (letter, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        self.metrics.dead_lettered(&letter.entity, &letter.rule);
+                        sent.insert(letter.coords.offset);
+                    }
+                    Err(error) => {
+                        self.metrics.error("dlq_produce");
+                        last_error = Some(error);
+                        failed.push(letter);
+                    }
+                }
+            }
+            pending = failed;
+            if let (Some(error), Some(first)) = (last_error, pending.first()) {
+                rounds += 1;
+                warn!(message = "dead-letter produce failed, retrying", %error, dlq_topic = self.dlq.topic(), attempts = rounds, letters = pending.len(),
+                    topic = %first.coords.topic, partition = first.coords.partition, offset = first.coords.offset);
+                if rounds == 3 {
+                    // The partition cannot move past these events until the DLQ takes them: say so.
+                    self.stalls.mark(&first.coords.topic, first.coords.partition, format!("dead-letter produce to {} failing: {error}", self.dlq.topic()));
+                    self.metrics.partition_stalled(&first.coords.topic, first.coords.partition, true);
                 }
                 backoff.wait().await;
             }
-            if attempts >= 3 {
-                self.stalls.clear(&letter.coords.topic, letter.coords.partition);
-                self.metrics.partition_stalled(&letter.coords.topic, letter.coords.partition, false);
+        }
+        if rounds >= 3 {
+            if let Some(first) = letters.first() {
+                self.stalls.clear(&first.coords.topic, first.coords.partition);
+                self.metrics.partition_stalled(&first.coords.topic, first.coords.partition, false);
             }
         }
     }

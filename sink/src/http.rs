@@ -19,9 +19,27 @@ use crate::source::GroupState;
 #[derive(Default)]
 pub struct Stalls {
     by_partition: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// Batches processed without a panic, per topic: whether events of a topic get through
+    /// tells a poison event (dead-lettered) from processing that panics on everything
+    /// (stalled).
+    progress: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Stalls {
+    pub fn progressed(&self, topic: &str) {
+        let mut progress = self.progress.lock().expect("progress lock");
+        match progress.get_mut(topic) {
+            Some(n) => *n += 1,
+            None => {
+                progress.insert(topic.to_string(), 1);
+            }
+        }
+    }
+
+    pub fn progress(&self, topic: &str) -> u64 {
+        self.progress.lock().expect("progress lock").get(topic).copied().unwrap_or(0)
+    }
+
     pub fn mark(&self, topic: &str, partition: i32, why: impl Into<String>) {
         self.by_partition.lock().expect("stalls lock").insert(format!("{topic}/{partition}"), why.into());
     }

@@ -161,6 +161,22 @@ pub enum Value {
     Timestamp(DateTime<Utc>),
 }
 
+/// The type an event's schema declares for a known integer or decimal column: what the
+/// target column must be able to hold (it is widened to it when it cannot). Events without
+/// a schema declare nothing; the target column's type then bounds their values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceType {
+    Integer,
+    Bigint,
+    /// `numeric(precision, scale)`.
+    Numeric {
+        precision: u32,
+        scale: u32,
+    },
+    /// `numeric` without precision or scale (`io.debezium.data.VariableScaleDecimal`).
+    AnyNumeric,
+}
+
 /// One column of a row image.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Field {
@@ -180,6 +196,9 @@ pub struct Row {
     pub known: Vec<Option<Field>>,
     pub extra: BTreeMap<String, Extra>,
     pub unavailable: BTreeSet<String>,
+    /// Known column index -> the type the event's schema declares for it (integer and
+    /// decimal columns of events that carry a schema).
+    pub source_types: BTreeMap<usize, SourceType>,
 }
 
 /// The JSON kind of an added column's value, for classifying type changes.
@@ -239,7 +258,7 @@ pub struct Extra {
 
 impl Row {
     pub fn empty(entity: Entity) -> Self {
-        Self { known: vec![None; entity.columns().len()], extra: BTreeMap::new(), unavailable: BTreeSet::new() }
+        Self { known: vec![None; entity.columns().len()], extra: BTreeMap::new(), unavailable: BTreeSet::new(), source_types: BTreeMap::new() }
     }
 
     pub fn value(&self, entity: Entity, name: &str) -> Option<&Value> {

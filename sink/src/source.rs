@@ -31,8 +31,10 @@ use tracing::{error, info, warn};
 
 use crate::config::{ApplyConfig, KafkaConfig};
 use crate::handler::{Handler, PartitionState, Record};
+use crate::http::Stalls;
 use crate::metrics::Metrics;
 use crate::model::{Coords, Entity};
+use crate::retry::Backoff;
 use crate::telemetry::TraceHeaders;
 
 type Key = (String, i32);
@@ -505,32 +507,107 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a non-text panic".into())
 }
 
-/// Processes a batch; a panic is caught, logged and counted, and the batch is processed
-/// again one event at a time (effects are idempotent) so that an event that panics alone
-/// goes to the DLQ as the event's fault and the partition moves on instead of losing its
-/// task. While that happens the partition is reported stalled (readiness red).
-async fn process_supervised(handler: &Handler, batch: &[Record], state: &mut PartitionState, topic: &str, partition: i32) {
-    use futures::FutureExt as _;
-    let Err(panic) = std::panic::AssertUnwindSafe(handler.process(batch, state)).catch_unwind().await else { return };
-    let why = panic_text(panic.as_ref());
-    handler.metrics.error("panic");
-    error!(message = "processing a batch panicked; retrying its events one by one", panic = %why, topic, partition,
-        first_offset = batch.first().map(|r| r.coords.offset), events = batch.len());
-    handler.stalls.mark(topic, partition, format!("processing panicked: {why}"));
-    handler.metrics.partition_stalled(topic, partition, true);
-    // What validation remembered may come from the half-done batch.
-    *state = PartitionState::default();
-    for record in batch {
-        let single = std::slice::from_ref(record);
-        if let Err(panic) = std::panic::AssertUnwindSafe(handler.process(single, state)).catch_unwind().await {
-            let why = panic_text(panic.as_ref());
-            error!(message = "event panicked alone: dead-lettering it", panic = %why, topic, partition, offset = record.coords.offset);
-            handler.dead_letter_panic(record, &why).await;
-            *state = PartitionState::default();
-        }
+/// What supervision drives: the partition's handler.
+pub(crate) trait Process: Sync {
+    fn process(&self, batch: &[Record], state: &mut PartitionState) -> impl std::future::Future<Output = ()> + Send;
+    fn dead_letter_panic(&self, record: &Record, panic: &str, state: &mut PartitionState) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Process for Handler {
+    fn process(&self, batch: &[Record], state: &mut PartitionState) -> impl std::future::Future<Output = ()> + Send {
+        Handler::process(self, batch, state)
     }
-    handler.stalls.clear(topic, partition);
-    handler.metrics.partition_stalled(topic, partition, false);
+
+    fn dead_letter_panic(&self, record: &Record, panic: &str, state: &mut PartitionState) -> impl std::future::Future<Output = ()> + Send {
+        Handler::dead_letter_panic(self, record, panic, state)
+    }
+}
+
+/// Where supervision reports and how long it waits between tries.
+pub(crate) struct Supervision<'a> {
+    pub stalls: &'a Stalls,
+    pub metrics: &'a Metrics,
+    pub apply: &'a ApplyConfig,
+}
+
+/// Processes a batch. A panic is caught, logged and counted, the partition reported
+/// stalled, and the batch processed again one event at a time (effects are idempotent;
+/// letters already acknowledged are not sent again). An event that panics alone goes to the
+/// DLQ as its own fault -- when the panic is the data's: some other event of the batch got
+/// through, or of the topic since the panic, or it is the partition's first lone panic
+/// since the topic last moved. When every event panics alone and nothing moves, processing
+/// itself is broken (not the data): nothing is dead-lettered, the partition stays stalled
+/// (`/readyz` 503 with the panic, `sink_partition_stalled`, an ERROR log each try) and the
+/// batch is tried again at the backoff until it goes through.
+pub(crate) async fn process_supervised<P: Process>(
+    handler: &P,
+    with: &Supervision<'_>,
+    batch: &[Record],
+    state: &mut PartitionState,
+    topic: &str,
+    partition: i32,
+) {
+    use futures::FutureExt as _;
+    state.lettered.clear();
+    let mut backoff = Backoff::new(with.apply);
+    let mut systemic = false;
+    loop {
+        let Err(panic) = std::panic::AssertUnwindSafe(handler.process(batch, state)).catch_unwind().await else {
+            with.stalls.progressed(topic);
+            if systemic {
+                with.stalls.clear(topic, partition);
+                with.metrics.partition_stalled(topic, partition, false);
+                info!(message = "processing works again; partition resumed", topic, partition);
+            }
+            return;
+        };
+        let why = panic_text(panic.as_ref());
+        with.metrics.error("panic");
+        if !systemic {
+            error!(message = "processing a batch panicked; retrying its events one by one", panic = %why, topic, partition,
+                first_offset = batch.first().map(|r| r.coords.offset), events = batch.len());
+            with.stalls.mark(topic, partition, format!("processing panicked: {why}"));
+            with.metrics.partition_stalled(topic, partition, true);
+        }
+        let progress_before = with.stalls.progress(topic);
+        // What validation remembered may come from the half-done batch.
+        state.forget_memory();
+        let mut panicked: Vec<(&Record, String)> = Vec::new();
+        let mut through = 0usize;
+        for record in batch {
+            let single = std::slice::from_ref(record);
+            match std::panic::AssertUnwindSafe(handler.process(single, state)).catch_unwind().await {
+                Ok(()) => through += 1,
+                Err(panic) => {
+                    panicked.push((record, panic_text(panic.as_ref())));
+                    state.forget_memory();
+                }
+            }
+        }
+        let progress = with.stalls.progress(topic);
+        let lone_again = panicked.len() == 1 && state.panic_letter_at == Some(progress);
+        let the_data = through > 0 || progress > progress_before || (panicked.len() == 1 && !lone_again);
+        if the_data {
+            for (record, why) in &panicked {
+                error!(message = "event panicked alone: dead-lettering it", panic = %why, topic, partition, offset = record.coords.offset);
+                handler.dead_letter_panic(record, why, state).await;
+            }
+            if through > 0 {
+                with.stalls.progressed(topic);
+            }
+            state.panic_letter_at = (!panicked.is_empty()).then(|| with.stalls.progress(topic));
+            with.stalls.clear(topic, partition);
+            with.metrics.partition_stalled(topic, partition, false);
+            return;
+        }
+        systemic = true;
+        let reason = format!("every event panics, not the data's fault ({} of {} alone): {why}; retrying", panicked.len(), batch.len());
+        with.stalls.mark(topic, partition, reason.clone());
+        with.metrics.partition_stalled(topic, partition, true);
+        error!(message = "processing panics for every event: partition stalled, nothing dead-lettered; retrying", reason = %reason, topic, partition,
+            first_offset = batch.first().map(|r| r.coords.offset));
+        backoff.wait().await;
+    }
 }
 
 /// A partition task's end of its queue, with the counters backpressure reads.
@@ -547,6 +624,7 @@ async fn run_partition(handler: Option<Arc<Handler>>, consumer: Arc<SinkConsumer
         return;
     };
     let mut state = PartitionState::default();
+    let supervision = Supervision { stalls: &handler.stalls, metrics: &handler.metrics, apply: &apply };
     let mut batch = Vec::with_capacity(apply.max_batch_size);
     let mut open = true;
     while open {
@@ -578,7 +656,7 @@ async fn run_partition(handler: Option<Arc<Handler>>, consumer: Arc<SinkConsumer
             }
         }
         depth.fetch_sub(batch.len(), Ordering::Relaxed);
-        process_supervised(&handler, &batch, &mut state, &topic, partition).await;
+        process_supervised(handler.as_ref(), &supervision, &batch, &mut state, &topic, partition).await;
         bytes.fetch_sub(batch_bytes, Ordering::Relaxed);
         let last = batch.last().map(|r| r.coords.offset).expect("batch is not empty");
         // librdkafka stores last + 1, the next offset to consume.
@@ -592,6 +670,118 @@ async fn run_partition(handler: Option<Arc<Handler>>, consumer: Arc<SinkConsumer
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Processing that panics on some events: those whose offsets are `poison`, or every
+    /// event while `broken` is set (a fault of the processing, not of the data). Letters
+    /// are recorded as the handler sends them: once, by offset (`PartitionState::lettered`).
+    #[derive(Default)]
+    struct Panicking {
+        poison: std::collections::HashSet<i64>,
+        broken: AtomicBool,
+        /// Offset whose letter the whole-batch pass sends before a later step panics.
+        letter_then_panic: Option<i64>,
+        processed: Mutex<Vec<i64>>,
+        letters: Mutex<Vec<i64>>,
+    }
+
+    impl Panicking {
+        fn send(&self, offset: i64, state: &mut PartitionState) {
+            if state.lettered.insert(offset) {
+                self.letters.lock().unwrap().push(offset);
+            }
+        }
+    }
+
+    impl Process for Panicking {
+        async fn process(&self, batch: &[Record], state: &mut PartitionState) {
+            if let (Some(offset), true) = (self.letter_then_panic, batch.len() > 1) {
+                self.send(offset, state);
+                panic!("a step after the letters panicked");
+            }
+            assert!(!self.broken.load(Ordering::SeqCst), "processing is broken");
+            assert!(!batch.iter().any(|r| self.poison.contains(&r.coords.offset)), "poison event");
+            self.processed.lock().unwrap().extend(batch.iter().map(|r| r.coords.offset));
+        }
+
+        async fn dead_letter_panic(&self, record: &Record, _panic: &str, state: &mut PartitionState) {
+            self.send(record.coords.offset, state);
+        }
+    }
+
+    fn records(offsets: std::ops::Range<i64>) -> Vec<Record> {
+        offsets
+            .map(|offset| Record {
+                coords: Coords { topic: "cdc.public.customer".into(), partition: 0, offset, timestamp: None },
+                key: None,
+                value: None,
+                trace: None,
+            })
+            .collect()
+    }
+
+    fn apply_config() -> ApplyConfig {
+        crate::config::SinkConfig::from_toml(
+            "[kafka]\nbrokers = \"x:1\"\ngroup_id = \"g\"\ntopics = [\"cdc.public.customer\"]\ndlq_topic = \"d\"\n[target]\nkind = \"postgres\"\nurl = \"host=x\"\n[http]\nlisten = \"127.0.0.1:0\"\n[apply]\nretry_initial_backoff = \"10ms\"\nretry_max_backoff = \"20ms\"\n",
+            [],
+        )
+        .expect("a valid config")
+        .apply
+    }
+
+    /// A poison event panics alone: it is dead-lettered, the others are processed, the
+    /// stall clears. A panic after letters were sent does not send them again.
+    #[tokio::test]
+    async fn an_event_that_panics_alone_is_dead_lettered_once() {
+        let (stalls, metrics, apply) = (Stalls::default(), Metrics::new(), apply_config());
+        let with = Supervision { stalls: &stalls, metrics: &metrics, apply: &apply };
+        let handler = Panicking { poison: [2].into(), letter_then_panic: Some(4), ..Panicking::default() };
+        let mut state = PartitionState::default();
+        process_supervised(&handler, &with, &records(0..6), &mut state, "cdc.public.customer", 0).await;
+        assert_eq!(*handler.processed.lock().unwrap(), vec![0, 1, 3, 4, 5]);
+        assert_eq!(*handler.letters.lock().unwrap(), vec![4, 2], "the letter sent before the panic is not sent again");
+        assert_eq!(stalls.describe(), None);
+    }
+
+    /// Processing that panics for every event (not the data's fault) dead-letters nothing:
+    /// the partition stays stalled, readiness says why, and it resumes once processing works.
+    #[tokio::test]
+    async fn a_panic_on_every_event_stalls_instead_of_dead_lettering() {
+        let (stalls, metrics, apply) = (Stalls::default(), Metrics::new(), apply_config());
+        let handler = Panicking::default();
+        handler.broken.store(true, Ordering::SeqCst);
+        let batch = records(0..5);
+        let supervised = async {
+            let with = Supervision { stalls: &stalls, metrics: &metrics, apply: &apply };
+            let mut state = PartitionState::default();
+            process_supervised(&handler, &with, &batch, &mut state, "cdc.public.customer", 0).await;
+        };
+        let watch = async {
+            while !stalls.describe().is_some_and(|d| d.contains("every event panics")) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let why = stalls.describe().unwrap();
+            assert!(why.contains("5 of 5") && why.contains("processing is broken"), "{why}");
+            assert!(metrics.render().contains("sink_partition_stalled{topic=\"cdc.public.customer\",partition=\"0\"} 1"), "{}", metrics.render());
+            assert!(handler.letters.lock().unwrap().is_empty(), "nothing dead-lettered while every event panics");
+            handler.broken.store(false, Ordering::SeqCst);
+        };
+        tokio::join!(supervised, watch);
+        assert!(handler.letters.lock().unwrap().is_empty());
+        assert_eq!(*handler.processed.lock().unwrap(), vec![0, 1, 2, 3, 4], "the batch went through once processing worked");
+        assert_eq!(stalls.describe(), None);
+        // Batches of one event: the first lone panic is taken for poison, a second one with
+        // nothing processed in between is not.
+        handler.broken.store(true, Ordering::SeqCst);
+        let with = Supervision { stalls: &stalls, metrics: &metrics, apply: &apply };
+        let mut state = PartitionState::default();
+        process_supervised(&handler, &with, &records(10..11), &mut state, "cdc.public.customer", 0).await;
+        assert_eq!(*handler.letters.lock().unwrap(), vec![10]);
+        let second =
+            tokio::time::timeout(Duration::from_millis(300), process_supervised(&handler, &with, &records(11..12), &mut state, "cdc.public.customer", 0)).await;
+        assert!(second.is_err(), "a second lone panic without progress stalls");
+        assert_eq!(*handler.letters.lock().unwrap(), vec![10]);
+        assert!(stalls.describe().is_some_and(|d| d.contains("every event panics")));
+    }
 
     /// A partition whose task is stuck (it marked itself stalled and never returns) is
     /// revoked: the drain gives up on the task and the stall mark goes with the partition, so

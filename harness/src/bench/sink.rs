@@ -7,7 +7,9 @@
 //! - `apply_events_per_sec`: the sink's handler fed the same events from memory
 //!   (`sink bench-apply`), no broker: the sink's own share;
 //! - `baseline_events_per_sec`: the same rows upserted straight into PostgreSQL by one
-//!   stream of batched `INSERT ... SELECT FROM unnest(...) ON CONFLICT` statements.
+//!   stream of batched `INSERT ... SELECT FROM unnest(...) ON CONFLICT` statements;
+//! - `dlq_letters_per_sec`: the real sink dead-lettering a flood of `dlq_events` records that
+//!   are no events (each a `decode` letter), acknowledged by the DLQ, from another topic.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,8 @@ use crate::testing::{TestBroker, TestPostgres, run_dir};
 /// Rows per statement in the baseline (the sink's default batch size).
 const BASELINE_BATCH: usize = 4096;
 const TOPIC: &str = "cdc.public.customer";
+/// The topic of the bad records.
+const BAD_TOPIC: &str = "cdc.public.address";
 
 #[derive(Debug, Serialize)]
 pub struct SinkBench {
@@ -59,6 +63,12 @@ pub struct SinkBench {
     /// Messages per second a bare consumer reads from the broker: the ceiling any
     /// consumer of this broker has.
     pub consumer_read_per_sec: f64,
+    /// Bad records (no Debezium event: each a `decode` letter) in the flood.
+    pub dlq_events: u64,
+    /// Letters per second the DLQ acknowledged while the sink dead-lettered the flood
+    /// (first letter -> last).
+    pub dlq_letters_per_sec: f64,
+    pub dlq_seconds: f64,
     pub partitions: u32,
 }
 
@@ -104,9 +114,9 @@ fn envelope(c: &Change, ts_ms: i64) -> String {
     .to_string()
 }
 
-pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
+pub async fn run(events: u64, partitions: u32, dlq_events: u64) -> anyhow::Result<SinkBench> {
     let pg = TestPostgres::start("bench-sink").await?;
-    let broker = TestBroker::start("bench-sink", &[TOPIC.to_string(), crate::config::DLQ_TOPIC.to_string()], partitions).await?;
+    let broker = TestBroker::start("bench-sink", &[TOPIC.to_string(), BAD_TOPIC.to_string(), crate::config::DLQ_TOPIC.to_string()], partitions).await?;
     let changes = changes(events, 42);
     eprintln!("bench sink: producing {events} events");
     let producer: FutureProducer = ClientConfig::new()
@@ -135,15 +145,35 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
     for r in futures::future::join_all(pending).await {
         r?;
     }
+    // Records that are no Debezium event: each one a `decode` letter.
+    let bad: Vec<(String, String)> =
+        (0..dlq_events).map(|i| (format!("{{\"id\":\"{}\"}}", Uuid::from_u128(u128::from(i))), format!("{{\"not_an_event\":{i}}}"))).collect();
+    let mut pending = Vec::with_capacity(bad.len().min(5000));
+    for (key, value) in &bad {
+        pending.push(async move {
+            producer.send(FutureRecord::to(BAD_TOPIC).key(key).payload(value), Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+        });
+        if pending.len() >= 5000 {
+            for r in futures::future::join_all(pending.drain(..)).await {
+                r?;
+            }
+        }
+    }
+    for r in futures::future::join_all(pending).await {
+        r?;
+    }
 
-    let broker_read_seconds = read_all(&broker.bootstrap, events).await?;
+    let broker_read_seconds = read_all(&broker.bootstrap, TOPIC, events).await?;
 
     let bin = tokio::task::spawn_blocking(|| crate::provision::workspace_bin::SINK.ensure()).await??;
-    let sink_seconds = sink_pass(&bin, &pg, &broker, events, false).await?;
+    let dlq_seconds = sink_pass(&bin, &pg, &broker, Pass { topic: BAD_TOPIC, metric: "sink_dlq_events_total", events: dlq_events, audit: false }).await?;
+    // Every letter is in the DLQ topic.
+    read_all(&broker.bootstrap, crate::config::DLQ_TOPIC, dlq_events).await?;
+    let sink_seconds = sink_pass(&bin, &pg, &broker, Pass { topic: TOPIC, metric: "sink_events_processed_total", events, audit: false }).await?;
     // Audit mode on an emptied target (the same events would all be stale otherwise).
     let target = pg.endpoint.connect_target().await?;
     target.batch_execute("TRUNCATE customer_materialized; DROP TABLE IF EXISTS _cdc_apply_log").await?;
-    let audit_seconds = sink_pass(&bin, &pg, &broker, events, true).await?;
+    let audit_seconds = sink_pass(&bin, &pg, &broker, Pass { topic: TOPIC, metric: "sink_events_processed_total", events, audit: true }).await?;
     let logged: i64 = target.query_one("SELECT count(*) FROM _cdc_apply_log", &[]).await?.get(0);
     anyhow::ensure!(logged as u64 == events, "audit mode logged {logged} of {events} events");
 
@@ -181,16 +211,28 @@ pub async fn run(events: u64, partitions: u32) -> anyhow::Result<SinkBench> {
         audit_seconds,
         audit_ratio: audit_events_per_sec / events_per_sec,
         consumer_read_per_sec,
+        dlq_events,
+        dlq_letters_per_sec: dlq_events as f64 / dlq_seconds,
+        dlq_seconds,
         partitions,
     })
 }
 
-/// The real sink binary applying every event of the topic from offset zero (a fresh
-/// group); seconds from its first to its last processed event.
-async fn sink_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, events: u64, audit: bool) -> anyhow::Result<f64> {
+/// One run of the sink binary: `events` counted by `metric` from the records of `topic`.
+struct Pass {
+    topic: &'static str,
+    metric: &'static str,
+    events: u64,
+    audit: bool,
+}
+
+/// The real sink binary processing every record of the pass's topic from offset zero (a
+/// fresh group); seconds from its first to its last counted event.
+async fn sink_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, pass: Pass) -> anyhow::Result<f64> {
+    let Pass { topic, metric, events, audit } = pass;
     let dir = run_dir(if audit { "bench-sink-process-audit" } else { "bench-sink-process" });
     let http_port = free_port()?;
-    let config = write_config(&dir, pg, broker, http_port, audit)?;
+    let config = write_config(&dir, pg, broker, topic, http_port, audit)?;
     let e = &pg.endpoint;
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--config").arg(&config).env("SINK__TARGET__PASSWORD", e.password.expose()).env("RUST_LOG", "warn");
@@ -201,7 +243,7 @@ async fn sink_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker
     let last = loop {
         anyhow::ensure!(handle.is_alive(), "the sink exited: {}", handle.log_tail(10));
         anyhow::ensure!(Instant::now() < deadline, "the sink did not apply every event within 10 minutes");
-        let processed = sink_metrics::scrape(&http).await.map(|s| sink_metrics::sum(&s, "sink_events_processed_total")).unwrap_or(0.0);
+        let processed = sink_metrics::scrape(&http).await.map(|s| sink_metrics::sum(&s, metric)).unwrap_or(0.0);
         if processed > 0.0 && first.is_none() {
             first = Some(Instant::now());
         }
@@ -214,13 +256,13 @@ async fn sink_pass(bin: &std::path::Path, pg: &TestPostgres, broker: &TestBroker
     Ok(last.duration_since(first.unwrap_or(last)).as_secs_f64().max(1e-3))
 }
 
-fn write_config(dir: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, http_port: u16, audit: bool) -> anyhow::Result<std::path::PathBuf> {
+fn write_config(dir: &std::path::Path, pg: &TestPostgres, broker: &TestBroker, topic: &str, http_port: u16, audit: bool) -> anyhow::Result<std::path::PathBuf> {
     let config = dir.join("sink.toml");
     let e = &pg.endpoint;
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-{}\"\ntopics = [\"{TOPIC}\"]\ndlq_topic = \"{}\"\nauto_offset_reset = \"earliest\"\n\n[target]\nkind = \"postgres\"\nurl = {}\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[source]\ndecimal_handling = \"string\"\n\n[audit]\nenabled = {audit}\n",
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-{}\"\ntopics = [\"{topic}\"]\ndlq_topic = \"{}\"\nauto_offset_reset = \"earliest\"\n\n[target]\nkind = \"postgres\"\nurl = {}\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[source]\ndecimal_handling = \"string\"\n\n[audit]\nenabled = {audit}\n",
             broker.bootstrap,
             Uuid::new_v4().simple(),
             crate::config::DLQ_TOPIC,
@@ -252,7 +294,7 @@ async fn apply_pass(
     audit: bool,
 ) -> anyhow::Result<(f64, f64)> {
     let dir = run_dir(if audit { "bench-sink-apply-audit" } else { "bench-sink-apply" });
-    let config = write_config(&dir, pg, broker, free_port()?, audit)?;
+    let config = write_config(&dir, pg, broker, TOPIC, free_port()?, audit)?;
     let output = tokio::process::Command::new(bin)
         .arg("--config")
         .arg(&config)
@@ -279,8 +321,8 @@ async fn apply_pass(
     Ok((run.seconds.max(1e-3), run.decode_seconds))
 }
 
-/// Seconds a bare consumer (no processing) takes to read `events` messages.
-async fn read_all(bootstrap: &str, events: u64) -> anyhow::Result<f64> {
+/// Seconds a bare consumer (no processing) takes to read `events` messages of `topic`.
+async fn read_all(bootstrap: &str, topic: &str, events: u64) -> anyhow::Result<f64> {
     use futures::StreamExt;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     let consumer: StreamConsumer = ClientConfig::new()
@@ -289,7 +331,7 @@ async fn read_all(bootstrap: &str, events: u64) -> anyhow::Result<f64> {
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()?;
-    consumer.subscribe(&[TOPIC])?;
+    consumer.subscribe(&[topic])?;
     let mut stream = consumer.stream();
     let mut read = 0u64;
     let mut first = None;

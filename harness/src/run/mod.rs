@@ -130,6 +130,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             config.seed.seed = options.seed;
             config.partitions = scenario.stack.partitions;
             config.debezium_poll_interval_ms = scenario.stack.debezium_poll_interval_ms;
+            config.debezium_defaults = scenario.stack.debezium_defaults;
             config.fault_proxies = scenario.needs_link_faults();
             let mut stack = Stack::create(config, options.stack.clone()).await?;
             check_runnable(&stack, &options)?;

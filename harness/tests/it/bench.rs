@@ -3,7 +3,7 @@
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_sink_measures_every_figure_in_one_run() -> anyhow::Result<()> {
-    let result = harness::bench::sink::run(3000, 1).await?;
+    let result = harness::bench::sink::run(3000, 1, 3000).await?;
     let figures = [
         ("events_per_sec", result.events_per_sec),
         ("consumer_read_per_sec", result.consumer_read_per_sec),
@@ -11,6 +11,7 @@ async fn bench_sink_measures_every_figure_in_one_run() -> anyhow::Result<()> {
         ("baseline_events_per_sec", result.baseline_events_per_sec),
         ("audit_events_per_sec", result.audit_events_per_sec),
         ("apply_audit_events_per_sec", result.apply_audit_events_per_sec),
+        ("dlq_letters_per_sec", result.dlq_letters_per_sec),
     ];
     for (name, value) in figures {
         assert!(value.is_finite() && value > 0.0, "{name} = {value}");

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chaos;
+mod default_setups;
 mod docker;
 mod external;
 mod faults;
@@ -17,5 +18,6 @@ mod scenarios;
 mod support;
 mod teardown;
 mod tls;
+mod type_changes;
 mod verify;
 mod verify_mongo;

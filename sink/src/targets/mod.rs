@@ -87,6 +87,9 @@ pub struct ApplyReport {
     pub stale: Vec<Uuid>,
     /// Keys whose write failed for a non-retriable reason (they go to the DLQ).
     pub rejected: Vec<(Uuid, String)>,
+    /// Keys whose change holds a value its target column cannot hold while the source
+    /// declares no wider type: not written, dead-lettered as `decode` (the event's fault).
+    pub out_of_range: Vec<(Uuid, String)>,
 }
 
 /// What became of one event, as the apply log records it.
@@ -244,15 +247,20 @@ impl Target {
         let Plan { rounds, latest, superseded } = plan(changes);
         let superseded = if self.audits() { superseded } else { Vec::new() };
         let mut refused: Vec<(Uuid, String)> = Vec::new();
+        let mut out_of_range: Vec<(Uuid, String)> = Vec::new();
         for round in &rounds {
             // Each older image is logged (audit mode) by its own write; what matters for the
             // report is the newest change of each key.
-            refused.extend(self.write(entity, round, &[]).await?.rejected);
+            let older = self.write(entity, round, &[]).await?;
+            refused.extend(older.rejected);
+            out_of_range.extend(older.out_of_range);
         }
         let mut report = self.write(entity, &latest, &superseded).await?;
         // An older image the target refused matters only if the newest was not written.
-        let settled: HashSet<Uuid> = report.applied.iter().chain(report.rejected.iter().map(|(k, _)| k)).copied().collect();
+        let settled: HashSet<Uuid> =
+            report.applied.iter().chain(report.rejected.iter().map(|(k, _)| k)).chain(report.out_of_range.iter().map(|(k, _)| k)).copied().collect();
         report.rejected.extend(refused.into_iter().filter(|(key, _)| !settled.contains(key)));
+        report.out_of_range.extend(out_of_range.into_iter().filter(|(key, _)| !settled.contains(key)));
         Ok(report)
     }
 

@@ -1,6 +1,7 @@
 //! Property: for a random source history (a snapshot, a transaction spanning the snapshot
-//! point, then streamed transactions with creates, updates, TOAST placeholders and deletes
-//! over a few keys on two partitions), any delivery that duplicates events, replays from
+//! point, then streamed transactions of one to four changes each, with creates, updates,
+//! TOAST placeholders and deletes over a few customers and orders on two partitions each),
+//! any delivery that duplicates events, replays from
 //! arbitrary earlier offsets and splits into different batches, with the two partitions'
 //! batches interleaved, leaves exactly the final source state in the real PostgreSQL target:
 //! no lost change, no stale overwrite, no resurrected delete, no placeholder filled with an
@@ -11,29 +12,51 @@ use std::collections::HashMap;
 use harness::testing::TestPostgres;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use sink::model::{Change, Entity, Field, Op, Version};
+use sink::model::{Change, Entity, Field, Op, Value, Version};
 
 use crate::common::{customer, customer_row, key, postgres_target};
 
+/// Keys per entity: indexes below KEYS are customers, the next KEYS orders.
 const KEYS: u8 = 4;
 const SNAPSHOT_LSN: i64 = 1000;
 
-/// (key index, is delete, payload variant, TOAST placeholder for the status)
-type Step = (u8, bool, u32, bool);
+/// (key index, is delete, payload variant, TOAST placeholder for the status, ends its
+/// transaction)
+type Step = (u8, bool, u32, bool, bool);
 
 /// One event of the history, with what the target must hold once it is the key's last.
 #[derive(Clone)]
 struct Event {
     change: Change,
-    /// (email, status) the row holds after this event; None after a delete.
+    /// (email or total_amount, status) the row holds after this event; None after a delete.
     state: Option<(String, String)>,
 }
 
-fn event(k: u8, op: Op, version: Version, email: &str, status: &str, toast: bool, offset: i64) -> Change {
-    let mut c = customer(key(k), op, version.lsn, email, status, offset);
+fn entity_of(k: u8) -> Entity {
+    if k < KEYS { Entity::Customer } else { Entity::Orders }
+}
+
+/// A change of customer `k` (email, status) or order `k` (total_amount, status).
+fn event(k: u8, op: Op, version: Version, first: &str, status: &str, toast: bool, offset: i64) -> Change {
+    let mut c = customer(key(k), op, version.lsn, first, status, offset);
+    if entity_of(k) == Entity::Orders {
+        let entity = Entity::Orders;
+        let mut row = sink::model::Row::empty(entity);
+        row.known[0] = Some(Field::Value(Value::Uuid(key(k))));
+        row.known[1] = Some(Field::Value(Value::Uuid(key(200))));
+        row.known[2] = Some(Field::Value(Value::Text(status.into())));
+        row.known[3] = Some(Field::Value(Value::Numeric(first.parse().expect("an amount"))));
+        let at = Value::Timestamp(crate::common::ts("2024-05-01T10:00:00Z"));
+        row.known[4] = Some(Field::Value(at.clone()));
+        row.known[5] = Some(Field::Value(at));
+        (c.before, c.after) = if op.is_delete() { (Some(row), None) } else { (None, Some(row)) };
+        c.entity = entity;
+        c.coords.topic = "cdc.public.orders".into();
+    }
     c.version = version;
     c.coords.partition = i32::from(k % 2);
     if toast {
+        // Both entities have their status third.
         c.after.as_mut().expect("an update").known[2] = Some(Field::Unavailable);
     }
     c
@@ -41,7 +64,9 @@ fn event(k: u8, op: Op, version: Version, email: &str, status: &str, toast: bool
 
 /// A valid source history: snapshot rows of the keys present at the snapshot point, then the
 /// transaction that wrote before the snapshot point and committed after it (commit position
-/// unknown: the session's first), then one streamed transaction per step.
+/// unknown: the session's first), then streamed transactions of the steps (a step that ends
+/// its transaction closes it): the changes of one transaction share its commit position and
+/// rise in LSN, so a guard that compares commit positions alone cannot order them.
 fn history(snapshot_keys: &[bool], straddling: Option<(u8, u32)>, steps: &[Step]) -> Vec<Event> {
     let mut state: HashMap<u8, (String, String)> = HashMap::new();
     let mut out = Vec::new();
@@ -55,33 +80,61 @@ fn history(snapshot_keys: &[bool], straddling: Option<(u8, u32)>, steps: &[Step]
             None => state.remove(&k),
         };
     }
+    let first = |k: u8, tag: &str, variant: u32| {
+        if entity_of(k) == Entity::Orders { format!("{variant}.{:02}", variant % 100) } else { format!("{tag}{variant}@x.io") }
+    };
     for (k, present) in snapshot_keys.iter().enumerate() {
         if *present {
+            let k = k as u8;
             let snapshot = Version { epoch: 0, commit: Some(SNAPSHOT_LSN), lsn: SNAPSHOT_LSN, snapshot: true };
-            push(&mut out, &mut state, k as u8, Op::Read, snapshot, format!("snap{k}@x.io"), "active".into(), false);
+            push(&mut out, &mut state, k, Op::Read, snapshot, first(k, "snap", u32::from(k)), "active".into(), false);
         }
     }
     if let Some((k, variant)) = straddling {
         let op = if state.contains_key(&k) { Op::Update } else { Op::Create };
-        push(&mut out, &mut state, k, op, Version::streamed(None, SNAPSHOT_LSN - 100), format!("t0-{variant}@x.io"), "inactive".into(), false);
+        push(&mut out, &mut state, k, op, Version::streamed(None, SNAPSHOT_LSN - 100), first(k, "t0-", variant), "inactive".into(), false);
     }
-    for (i, (k, delete, variant, toast)) in steps.iter().enumerate() {
-        let k = k % KEYS;
+    let (mut tx, mut in_tx, mut written_earlier) = (0i64, 0i64, 0i64);
+    for (k, delete, variant, toast, ends) in steps {
+        let k = k % (2 * KEYS);
         let exists = state.contains_key(&k);
         let op = match (delete, exists) {
             (true, true) => Op::Delete,
             (_, true) => Op::Update,
             (_, false) => Op::Create,
         };
-        // Transactions in commit order: the stream's last commit rises; the change's own LSN
-        // may be lower than an earlier transaction's (it wrote earlier, committed later).
-        let commit = SNAPSHOT_LSN + 100 + i as i64 * 10;
-        let lsn = commit - 5 - i64::from(*variant % 7) * 30;
+        // Transactions in commit order: the stream's last commit rises; the transaction's
+        // own LSNs may be lower than an earlier transaction's (it wrote earlier, committed
+        // later), and rise within it.
+        if in_tx == 0 {
+            written_earlier = i64::from(*variant % 7) * 300;
+        }
+        let commit = SNAPSHOT_LSN + 100 + tx * 200;
+        let lsn = commit - 150 - written_earlier + in_tx * 8;
         let toast = *toast && op == Op::Update;
         let status = if toast { state[&k].1.clone() } else { ["active", "inactive", "blocked"][*variant as usize % 3].to_string() };
-        push(&mut out, &mut state, k, op, Version::streamed(Some(commit), lsn), format!("u{variant}@x.io"), status, toast);
+        push(&mut out, &mut state, k, op, Version::streamed(Some(commit), lsn), first(k, "u", *variant), status, toast);
+        in_tx += 1;
+        // At most four changes per transaction.
+        if *ends || in_tx == 4 {
+            tx += 1;
+            in_tx = 0;
+        }
     }
     out
+}
+
+/// The row of a customer (email, status) or order (total_amount, status) in the target,
+/// with its version and tombstone flag.
+async fn row_of(client: &tokio_postgres::Client, k_entity: Entity, id: uuid::Uuid) -> Option<(Option<String>, Option<String>, i64, bool)> {
+    if k_entity == Entity::Customer {
+        return customer_row(client, id).await;
+    }
+    client
+        .query_opt("SELECT total_amount::text, status, _cdc_lsn, _cdc_deleted FROM orders_materialized WHERE id = $1", &[&id])
+        .await
+        .expect("query orders")
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
 }
 
 /// Positions (into one partition's events) in delivery order: everything once, plus
@@ -111,10 +164,10 @@ fn any_delivery_converges_to_the_final_source_state() {
     let target = rt.block_on(postgres_target(&pg));
     let client = rt.block_on(pg.endpoint.connect(&pg.endpoint.target_db)).unwrap();
 
-    let steps = prop::collection::vec((0u8..KEYS, prop::bool::weighted(0.2), 0u32..1000, prop::bool::weighted(0.3)), 1..30);
-    let straddling = prop::option::of((0u8..KEYS, 0u32..1000));
-    let strategy = (prop::collection::vec(any::<bool>(), KEYS as usize), straddling, steps).prop_flat_map(|(snap, straddling, steps)| {
-        let n = steps.len() + KEYS as usize + 1;
+    let steps = prop::collection::vec((0u8..2 * KEYS, prop::bool::weighted(0.2), 0u32..1000, prop::bool::weighted(0.3), prop::bool::weighted(0.4)), 1..40);
+    let straddling = prop::option::of((0u8..2 * KEYS, 0u32..1000));
+    let strategy = (prop::collection::vec(any::<bool>(), 2 * KEYS as usize), straddling, steps).prop_flat_map(|(snap, straddling, steps)| {
+        let n = steps.len() + 2 * KEYS as usize + 1;
         (
             Just(snap),
             Just(straddling),
@@ -128,10 +181,11 @@ fn any_delivery_converges_to_the_final_source_state() {
     runner
         .run(&strategy, |(snap, straddling, steps, cuts, replays, dups)| {
             let events = history(&snap, straddling, &steps);
-            // Each partition is delivered on its own; their batches interleave.
-            let mut batches: [Vec<Vec<Change>>; 2] = [Vec::new(), Vec::new()];
-            for (p, partition_batches) in batches.iter_mut().enumerate() {
-                let mine: Vec<&Event> = events.iter().filter(|e| e.change.coords.partition == p as i32).collect();
+            // Each (entity, partition) stream is delivered on its own; their batches interleave.
+            let streams: Vec<(Entity, i32)> = [Entity::Customer, Entity::Orders].into_iter().flat_map(|e| [(e, 0), (e, 1)]).collect();
+            let mut batches: Vec<Vec<Vec<Change>>> = vec![Vec::new(); streams.len()];
+            for (s, (entity, p)) in streams.iter().enumerate() {
+                let mine: Vec<&Event> = events.iter().filter(|e| e.change.entity == *entity && e.change.coords.partition == *p).collect();
                 if mine.is_empty() {
                     continue;
                 }
@@ -139,17 +193,18 @@ fn any_delivery_converges_to_the_final_source_state() {
                 let order = delivery(mine.len(), &replays, &dups);
                 for (pos, i) in order.iter().enumerate() {
                     batch.push(mine[*i].change.clone());
-                    if cuts.get(pos + p).copied().unwrap_or(false) || pos + 1 == order.len() {
-                        partition_batches.push(std::mem::take(&mut batch));
+                    if cuts.get(pos + s).copied().unwrap_or(false) || pos + 1 == order.len() {
+                        batches[s].push(std::mem::take(&mut batch));
                     }
                 }
             }
             rt.block_on(async {
-                client.batch_execute("TRUNCATE customer_materialized").await.unwrap();
-                let [a, b] = &batches;
-                for i in 0..a.len().max(b.len()) {
-                    for batch in [a.get(i), b.get(i)].into_iter().flatten() {
-                        target.apply(Entity::Customer, batch).await.unwrap();
+                client.batch_execute("TRUNCATE customer_materialized, orders_materialized").await.unwrap();
+                for i in 0..batches.iter().map(Vec::len).max().unwrap_or(0) {
+                    for (s, stream) in batches.iter().enumerate() {
+                        if let Some(batch) = stream.get(i) {
+                            target.apply(streams[s].0, batch).await.unwrap();
+                        }
                     }
                 }
                 let mut last: HashMap<uuid::Uuid, &Event> = HashMap::new();
@@ -157,7 +212,7 @@ fn any_delivery_converges_to_the_final_source_state() {
                     last.insert(e.change.key, e);
                 }
                 for (id, e) in last {
-                    let row = customer_row(&client, id).await;
+                    let row = row_of(&client, e.change.entity, id).await;
                     let expected = match &e.state {
                         Some((email, status)) => Some((Some(email.clone()), Some(status.clone()), e.change.version.lsn, false)),
                         None => row.clone().map(|(email, status, _, _)| (email, status, e.change.version.lsn, true)),

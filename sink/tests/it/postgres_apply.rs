@@ -376,3 +376,55 @@ async fn pre_upgrade_rows_can_be_replaced_by_a_later_snapshot_row() {
     replayed.version = Version { epoch: 0, commit: Some(1000), lsn: 1000, snapshot: true };
     assert_eq!(target.apply(Entity::Customer, &[replayed]).await.unwrap().stale, vec![first], "an unknown commit still outranks the snapshot");
 }
+
+/// An order item as Debezium sends it with its schema, `quantity` declared `int64` (the
+/// source column is now bigint).
+fn bigint_item(id: uuid::Uuid, lsn: i64, quantity: i64) -> serde_json::Value {
+    serde_json::json!({
+        "schema": {"type": "struct", "fields": [
+            {"field": "before", "type": "struct", "optional": true, "fields": []},
+            {"field": "after", "type": "struct", "optional": true, "fields": [{"field": "quantity", "type": "int64"}]}]},
+        "payload": {
+            "after": {"id": id, "order_id": key(90), "product_sku": "S", "product_name": "N", "quantity": quantity, "unit_price": "1.00", "line_total": "1.00"},
+            "source": {"lsn": lsn, "table": "order_item"}, "op": "c"}
+    })
+}
+
+/// Widening follows the source's declared type and waits for its lock no longer than the
+/// lock timeout: a long transaction holding the table makes the ALTER fail fast with 55P03
+/// (transient: retried), never queue every other session behind it until the statement
+/// timeout. Without a wider declared type a value that does not fit is set apart, the
+/// table is never altered for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn widening_follows_the_schema_and_waits_only_for_the_lock_timeout() {
+    let pg = TestPostgres::start("sink-pg-widen").await.unwrap();
+    let target = postgres_target(&pg).await;
+    let client = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
+    let column_type = || async {
+        client
+            .query_one("SELECT data_type::text FROM information_schema.columns WHERE table_name = 'order_item_materialized' AND column_name = 'quantity'", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    // Schemaless: 9e9 does not fit integer and nothing says the source changed.
+    let plain = serde_json::json!({"after": {"id": key(1), "order_id": key(90), "product_sku": "S", "product_name": "N", "quantity": 9_000_000_000i64,
+        "unit_price": "1.00", "line_total": "1.00"}, "source": {"lsn": 10, "table": "order_item"}, "op": "c"});
+    let r = target.apply(Entity::OrderItem, &[decoded("order_item", 0, plain)]).await.unwrap();
+    assert!(r.applied.is_empty() && r.out_of_range.len() == 1, "{r:?}");
+    assert!(r.out_of_range[0].1.contains("out of range for integer"), "{:?}", r.out_of_range);
+    assert_eq!(column_type().await, "integer", "never altered for an undeclared value");
+
+    // A long transaction holds the table: the widening gives up after the lock timeout.
+    let holder = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
+    holder.batch_execute("BEGIN; LOCK TABLE order_item_materialized IN ACCESS SHARE MODE").await.unwrap();
+    let err = target.apply(Entity::OrderItem, &[decoded("order_item", 1, bigint_item(key(2), 20, 9_000_000_000))]).await.unwrap_err();
+    assert!(err.to_string().contains("SQLSTATE 55P03"), "lock_timeout, not the statement timeout: {err}");
+    assert_eq!(err.class(), sink::targets::ErrorClass::Transient);
+    holder.batch_execute("COMMIT").await.unwrap();
+    let r = target.apply(Entity::OrderItem, &[decoded("order_item", 1, bigint_item(key(2), 20, 9_000_000_000))]).await.unwrap();
+    assert_eq!(r.applied, vec![key(2)], "{r:?}");
+    assert_eq!(column_type().await, "bigint");
+    let quantity: i64 = client.query_one("SELECT quantity FROM order_item_materialized WHERE id = $1", &[&key(2)]).await.unwrap().get(0);
+    assert_eq!(quantity, 9_000_000_000);
+}

@@ -633,12 +633,13 @@ impl DockerStack {
                     poll_interval_ms: self.state.config.debezium_poll_interval_ms,
                     status_port: spec::CONNECT_PORT,
                     status_address: "0.0.0.0",
+                    defaults: self.state.config.debezium_defaults,
                 };
                 local_debezium::configure(&layout, &pg, &kafka, &Default::default(), &settings)
             }
             ServiceKind::Sink => {
                 let layout = local_sink::SinkLayout::new(&self.run_dir);
-                local_sink::configure(&layout, &pg, &kafka, &format!("0.0.0.0:{}", spec::SINK_HTTP_PORT))
+                local_sink::configure(&layout, &pg, &kafka, &format!("0.0.0.0:{}", spec::SINK_HTTP_PORT), self.state.config.debezium_defaults)
             }
             ServiceKind::Postgres | ServiceKind::Broker => Ok(()),
         }
@@ -728,7 +729,7 @@ impl DockerStack {
         let err = |reason: String| ServiceError::Setup { service: ServiceKind::Debezium, reason };
         let client = crate::http::client();
         let url = format!("http://127.0.0.1:{}/connectors", self.state.ports.connect);
-        let body = spec::connector_request(self.state.password.expose(), self.state.config.debezium_poll_interval_ms);
+        let body = spec::connector_request(self.state.password.expose(), self.state.config.debezium_poll_interval_ms, self.state.config.debezium_defaults);
         let password = self.state.password.expose();
         WaitFor::new(ServiceKind::Debezium, Duration::from_secs(60), self.log_path(Role::Connect))
             .poll(Duration::from_secs(1))

@@ -537,9 +537,11 @@ fn bind(assets: &std::path::Path, relative: &str, target: &str) -> String {
 
 /// Body of `POST /connectors`: the same Debezium settings as the local launcher
 /// (`local::debezium::configure`), with the database reached by its network alias.
-pub fn connector_request(pg_password: &str, poll_interval_ms: u32) -> Value {
+/// `defaults`: Debezium's own encoding defaults (schemas on, precise decimals, adaptive
+/// times), see `StackConfig::debezium_defaults`.
+pub fn connector_request(pg_password: &str, poll_interval_ms: u32, defaults: bool) -> Value {
     let tables = crate::config::captured_tables("public");
-    json!({
+    let mut request = json!({
         "name": CONNECTOR_NAME,
         "config": {
             "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
@@ -572,7 +574,15 @@ pub fn connector_request(pg_password: &str, poll_interval_ms: u32) -> Value {
             "heartbeat.interval.ms": crate::config::HEARTBEAT_INTERVAL_MS.to_string(),
             "heartbeat.action.query": crate::config::heartbeat_action_query("public")
         }
-    })
+    });
+    if defaults {
+        if let Some(config) = request["config"].as_object_mut() {
+            for key in ["decimal.handling.mode", "time.precision.mode", "key.converter.schemas.enable", "value.converter.schemas.enable"] {
+                config.remove(key);
+            }
+        }
+    }
+    request
 }
 
 /// What an answer to `POST /connectors` means.
@@ -826,7 +836,7 @@ mod tests {
 
     #[test]
     fn connector_matches_the_local_launcher_settings() {
-        let body = connector_request("pw", 10);
+        let body = connector_request("pw", 10, false);
         assert_eq!(body["name"], CONNECTOR_NAME);
         let c = &body["config"];
         for (key, value) in [

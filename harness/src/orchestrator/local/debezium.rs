@@ -57,6 +57,8 @@ pub struct DebeziumSettings {
     /// Where the status endpoint listens: loopback for a child process, `0.0.0.0` in a
     /// container whose port is published.
     pub status_address: &'static str,
+    /// Debezium's own defaults for the event encoding (see `StackConfig::debezium_defaults`).
+    pub defaults: bool,
 }
 
 /// Environment variable through which the launcher receives the database password.
@@ -107,8 +109,10 @@ pub fn configure(
     set("debezium.table.include.list", &tables.join(","));
     set("debezium.snapshot.mode", "initial");
     set("debezium.tombstones.on.delete", "true");
-    set("debezium.decimal.handling.mode", "string");
-    set("debezium.time.precision.mode", "isostring");
+    if !settings.defaults {
+        set("debezium.decimal.handling.mode", "string");
+        set("debezium.time.precision.mode", "isostring");
+    }
     set("debezium.poll.interval.ms", &settings.poll_interval_ms.to_string());
     set("debezium.max.batch.size", "2048");
     // Without a heartbeat the slot holds WAL while the captured tables are idle and the
@@ -116,9 +120,12 @@ pub fn configure(
     set("debezium.heartbeat.interval.ms", &crate::config::HEARTBEAT_INTERVAL_MS.to_string());
     set("debezium.heartbeat.action.query", &crate::config::heartbeat_action_query("public"));
     set("debezium.errors.max.retries", "10");
-    set("debezium.key.converter.schemas.enable", "false");
-    set("debezium.value.converter.schemas.enable", "false");
-    // Kafka Connect's JsonConverter writes a column's DEFAULT in place of a NULL unless told
+    if !settings.defaults {
+        set("debezium.key.converter.schemas.enable", "false");
+        set("debezium.value.converter.schemas.enable", "false");
+    }
+    // The one converter setting kept also at Debezium's defaults (the sink README recommends
+    // it): Kafka Connect's JsonConverter writes a column's DEFAULT in place of a NULL unless told
     // not to (KIP-581, on by default): a column added with `SET DEFAULT` then arrives as the
     // default for every old row an update touches, though the source holds NULL. Found by
     // the schema-change scenario once the verifier compared every source column.
@@ -278,7 +285,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), Secret::new(v)))
         .collect();
-        let settings = DebeziumSettings { poll_interval_ms: 100, status_port: 1, status_address: "127.0.0.1" };
+        let settings = DebeziumSettings { poll_interval_ms: 100, status_port: 1, status_address: "127.0.0.1", defaults: false };
         configure(&layout, &pg, "k:9093", &client, &settings).unwrap();
         let props = fs::read_to_string(&layout.properties).unwrap();
         for line in ["kafka.security.protocol=SASL_SSL", "kafka.sasl.mechanism=SCRAM-SHA-512", "kafka.sasl.username=cdc", "kafka.ssl.ca.location=/ca.pem"] {

@@ -256,6 +256,7 @@ impl LocalStack {
                     poll_interval_ms: config.debezium_poll_interval_ms,
                     status_port: ports.debezium_status,
                     status_address: "127.0.0.1",
+                    defaults: config.debezium_defaults,
                 };
                 let pg = PgEndpoint { port: self.port_via(Link::DebeziumPostgres, ports.postgres), ..endpoints.postgres.clone() };
                 debezium::configure(&layout, &pg, &endpoints.kafka, &endpoints.kafka_client, &settings)?;
@@ -269,7 +270,7 @@ impl LocalStack {
                 let layout = sink::SinkLayout::new(&run_dir);
                 let bin = tools.sink.clone().ok_or_else(|| ServiceError::Setup { service, reason: "the stack was configured without a sink".into() })?;
                 let pg = PgEndpoint { port: self.port_via(Link::SinkTarget, ports.postgres), ..endpoints.postgres.clone() };
-                sink::configure(&layout, &pg, &endpoints.kafka, &format!("127.0.0.1:{}", ports.sink_http))?;
+                sink::configure(&layout, &pg, &endpoints.kafka, &format!("127.0.0.1:{}", ports.sink_http), config.debezium_defaults)?;
                 let handle = sink::start(&bin, &layout, &endpoints.postgres)?;
                 self.record(service, handle.clone())?;
                 sink::wait_ready(&endpoints.sink_http, &handle, ready_timeout).await?;
@@ -305,6 +306,7 @@ impl LocalStack {
             poll_interval_ms: self.state.config.debezium_poll_interval_ms,
             status_port: self.state.ports.debezium_status,
             status_address: "127.0.0.1",
+            defaults: self.state.config.debezium_defaults,
         };
         let pg = PgEndpoint { port: self.port_via(Link::DebeziumPostgres, self.state.ports.postgres), ..endpoints.postgres.clone() };
         debezium::configure(&layout, &pg, &endpoints.kafka, &endpoints.kafka_client, &settings)?;

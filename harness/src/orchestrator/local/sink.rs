@@ -28,7 +28,9 @@ impl SinkLayout {
 }
 
 /// `listen`: the HTTP address (`127.0.0.1:<port>` for a child process, `0.0.0.0:<port>` in a container).
-pub fn configure(layout: &SinkLayout, pg: &PgEndpoint, kafka: &str, listen: &str) -> Result<(), ServiceError> {
+/// `debezium_defaults`: Debezium runs at its defaults, so the sink gets no `[source]`
+/// settings (its events carry their schemas).
+pub fn configure(layout: &SinkLayout, pg: &PgEndpoint, kafka: &str, listen: &str, debezium_defaults: bool) -> Result<(), ServiceError> {
     let err = |e: std::io::Error| ServiceError::Setup { service: ServiceKind::Sink, reason: e.to_string() };
     fs::create_dir_all(&layout.dir).map_err(err)?;
     let topics: Vec<String> = TABLES.iter().map(|t| format!("\"{}\"", topic_for(t))).collect();
@@ -40,8 +42,10 @@ pub fn configure(layout: &SinkLayout, pg: &PgEndpoint, kafka: &str, listen: &str
     );
     let _ = writeln!(toml, "[target]\nkind = \"postgres\"\nurl = {}\n", toml::Value::from(pg.target_conninfo()));
     let _ = writeln!(toml, "[http]\nlisten = \"{listen}\"");
-    // What the harness's Debezium is configured with (decimal.handling.mode, time.precision.mode).
-    let _ = writeln!(toml, "\n[source]\ndecimal_handling = \"string\"\ntime_precision = \"isostring\"");
+    if !debezium_defaults {
+        // What the harness's Debezium is configured with (decimal.handling.mode, time.precision.mode).
+        let _ = writeln!(toml, "\n[source]\ndecimal_handling = \"string\"\ntime_precision = \"isostring\"");
+    }
     // The apply log is the run's evidence: per-hop latency and duplicate/out-of-order applies.
     let _ = writeln!(toml, "\n[audit]\nenabled = true");
     fs::write(&layout.config, toml).map_err(err)

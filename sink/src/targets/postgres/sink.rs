@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::PostgresConfig;
 use super::service::Pool;
 use crate::config::TargetConfig;
-use crate::model::{Change, ColumnType, Entity, Field, Value};
+use crate::model::{Change, ColumnType, Entity, Field, SourceType, Value};
 use crate::targets::{ApplyReport, LogEntry, TargetError};
 
 /// Runs `body` (which uses `lease`) within the pool's client-side deadline; a missed
@@ -113,9 +113,15 @@ pub struct PostgresSink {
     pub audit: bool,
     /// Columns added to each table beyond the known ones (so ALTER runs once per column).
     added: Mutex<BTreeMap<Entity, HashSet<String>>>,
-    /// Known columns already widened (source type changes such as integer -> bigint).
-    widened: Mutex<BTreeMap<(Entity, &'static str), Widened>>,
+    /// What the target's known integer and decimal columns are now (from the catalog at
+    /// start, then as widened); a column absent here has the type `create_table_sql` gives.
+    stored: Mutex<BTreeMap<(Entity, &'static str), Stored>>,
 }
+
+/// How long a widening `ALTER TABLE` waits for its lock (`SET LOCAL lock_timeout`): the
+/// ACCESS EXCLUSIVE request queues every other session of the table behind it, so it must
+/// not wait for long transactions; on timeout (55P03, transient) it is retried later.
+const WIDEN_LOCK_TIMEOUT: &str = "5s";
 
 /// One typed parameter array.
 enum Array {
@@ -230,39 +236,83 @@ const fn param_type(ty: ColumnType) -> &'static str {
     }
 }
 
-/// A column type the target needs because a value does not fit the declared one.
+/// What a known integer or decimal column of the target is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Widened {
+enum Stored {
+    Integer,
     Bigint,
+    Numeric {
+        precision: u32,
+        scale: u32,
+    },
     /// Unconstrained `numeric`: any precision and scale.
-    Numeric,
+    AnyNumeric,
 }
 
-impl Widened {
-    const fn sql(self) -> &'static str {
-        match self {
-            Self::Bigint => "bigint",
-            Self::Numeric => "numeric",
+impl Stored {
+    /// The type `create_table_sql` gives a known column (None: not an integer or decimal).
+    const fn created(ty: ColumnType) -> Option<Self> {
+        match ty {
+            ColumnType::Int4 => Some(Self::Integer),
+            ColumnType::Numeric { scale } => Some(Self::Numeric { precision: 12, scale }),
+            _ => None,
         }
     }
 
-    /// The widening `value` needs in a column declared `ty` (`numeric(12, scale)`).
-    fn needed(ty: ColumnType, value: &Value) -> Option<Self> {
-        match (ty, value) {
-            (ColumnType::Int4, Value::Int(v)) if i32::try_from(*v).is_err() => Some(Self::Bigint),
-            (ColumnType::Numeric { scale }, Value::Numeric(d)) => {
-                let integer_digits = d.trunc().abs().to_string().trim_start_matches('0').len() as u32;
-                (d.normalize().scale() > scale || integer_digits > 12 - scale).then_some(Self::Numeric)
+    /// What an `information_schema.columns` row says the column is.
+    fn of_catalog(data_type: &str, precision: Option<i32>, scale: Option<i32>) -> Option<Self> {
+        let unsigned = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok());
+        match (data_type, unsigned(precision), unsigned(scale)) {
+            ("integer", ..) => Some(Self::Integer),
+            ("bigint", ..) => Some(Self::Bigint),
+            ("numeric", Some(precision), Some(scale)) => Some(Self::Numeric { precision, scale }),
+            ("numeric", ..) => Some(Self::AnyNumeric),
+            _ => None,
+        }
+    }
+
+    fn sql(self) -> String {
+        match self {
+            Self::Integer => "integer".into(),
+            Self::Bigint => "bigint".into(),
+            Self::Numeric { precision, scale } => format!("numeric({precision},{scale})"),
+            Self::AnyNumeric => "numeric".into(),
+        }
+    }
+
+    /// The type this column must become to hold what the source now declares, if it cannot
+    /// already. Never narrower (older rows keep fitting), and never a table rewrite for a
+    /// decimal: more integer digits at the same scale raise the precision (metadata only),
+    /// a larger scale makes the column unconstrained `numeric` (metadata only too, and
+    /// every value exact); integer -> bigint has to rewrite the table.
+    fn widened_for(self, source: SourceType) -> Option<Self> {
+        match (self, source) {
+            (Self::Integer, SourceType::Bigint) => Some(Self::Bigint),
+            (Self::Numeric { .. }, SourceType::AnyNumeric) => Some(Self::AnyNumeric),
+            (Self::Numeric { precision, scale }, SourceType::Numeric { precision: p, scale: s }) => {
+                let (digits, wanted) = (precision.saturating_sub(scale), p.saturating_sub(s));
+                if s > scale {
+                    Some(Self::AnyNumeric)
+                } else if wanted > digits {
+                    Some(Self::Numeric { precision: wanted + scale, scale })
+                } else {
+                    None
+                }
             }
             _ => None,
         }
     }
 
-    /// What an `information_schema.columns` row says the column already is.
-    fn of_catalog(data_type: &str, precision: Option<i32>) -> Option<Self> {
-        match (data_type, precision) {
-            ("bigint", _) => Some(Self::Bigint),
-            ("numeric", None) => Some(Self::Numeric),
+    /// Why `value` does not fit this column as it is (PostgreSQL would refuse it, or round a
+    /// decimal to the column's scale: a changed value, never written).
+    fn misfit(self, value: &Value) -> Option<String> {
+        match (self, value) {
+            (Self::Integer, Value::Int(v)) if i32::try_from(*v).is_err() => Some(format!("{v} is out of range for integer")),
+            (Self::Numeric { precision, scale }, Value::Numeric(d)) => {
+                let integer_digits = d.trunc().abs().to_string().trim_start_matches('0').len() as u32;
+                (d.normalize().scale() > scale || integer_digits > precision.saturating_sub(scale))
+                    .then(|| format!("{d} does not fit numeric({precision},{scale})"))
+            }
             _ => None,
         }
     }
@@ -371,7 +421,7 @@ impl PostgresSink {
     pub async fn connect(target: &TargetConfig, audit: bool) -> Result<Self, TargetError> {
         let settings: &PostgresConfig = &target.postgres;
         let pool = Pool::new(target, settings)?;
-        let sink = Self { pool, audit, added: Mutex::new(BTreeMap::new()), widened: Mutex::new(BTreeMap::new()) };
+        let sink = Self { pool, audit, added: Mutex::new(BTreeMap::new()), stored: Mutex::new(BTreeMap::new()) };
         sink.prepare().await?;
         Ok(sink)
     }
@@ -393,19 +443,19 @@ impl PostgresSink {
             client.batch_execute(&format!("CREATE INDEX IF NOT EXISTS {table}_tombstones ON {table} (_cdc_applied_at) WHERE _cdc_deleted")).await?;
             let rows = client
                 .query(
-                    "SELECT column_name::text, data_type::text, numeric_precision::int FROM information_schema.columns \
+                    "SELECT column_name::text, data_type::text, numeric_precision::int, numeric_scale::int FROM information_schema.columns \
                      WHERE table_schema = current_schema() AND table_name = $1",
                     &[&table],
                 )
                 .await?;
             let extra = added.entry(entity).or_default();
-            let mut widened = self.widened.lock().await;
+            let mut stored = self.stored.lock().await;
             for row in rows {
                 let name: String = row.get(0);
                 match entity.columns().iter().find(|c| c.name == name) {
                     Some(column) => {
-                        if let Some(w) = Widened::of_catalog(&row.get::<_, String>(1), row.get(2)) {
-                            widened.insert((entity, column.name), w);
+                        if let Some(ty) = Stored::of_catalog(&row.get::<_, String>(1), row.get(2), row.get(3)) {
+                            stored.insert((entity, column.name), ty);
                         }
                     }
                     None if !name.starts_with("_cdc_") => {
@@ -436,40 +486,56 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Widens known columns whose new values the declared type cannot hold: a compatible
-    /// type change in the source (integer -> bigint, a numeric with more digits or a larger
-    /// scale) is applied to the target, never dead-lettered. Runs once per column.
-    async fn widen(&self, entity: Entity, changes: &[Change]) -> Result<(), TargetError> {
-        let mut needed: BTreeMap<&'static str, Widened> = BTreeMap::new();
+    /// Widens known columns to what the events' schemas now declare (a source type change:
+    /// integer -> bigint, a decimal with more digits or a larger scale), each ALTER bounded
+    /// by `WIDEN_LOCK_TIMEOUT`, then sets apart the changes with a value the column still
+    /// cannot hold: the source did not declare a wider type (or sent no schema), so the value
+    /// is the event's fault (a `decode` dead letter), never a reason to rewrite the table.
+    async fn admit<'c>(&self, entity: Entity, changes: &'c [Change]) -> Result<(Vec<&'c Change>, Vec<(Uuid, String)>), TargetError> {
+        let mut stored = self.stored.lock().await;
+        let current = |stored: &BTreeMap<(Entity, &'static str), Stored>, i: usize| {
+            let column = &entity.columns()[i];
+            stored.get(&(entity, column.name)).copied().or_else(|| Stored::created(column.ty))
+        };
+        let mut wanted: BTreeMap<usize, Stored> = BTreeMap::new();
         for row in changes.iter().filter_map(|c| c.after.as_ref()) {
-            for (column, field) in entity.columns().iter().zip(&row.known) {
-                if let Some(Field::Value(value)) = field {
-                    if let Some(w) = Widened::needed(column.ty, value) {
-                        needed.insert(column.name, w);
-                    }
+            for (&i, &source) in &row.source_types {
+                let now = wanted.get(&i).copied().or_else(|| current(&stored, i));
+                if let Some(wider) = now.and_then(|t| t.widened_for(source)) {
+                    wanted.insert(i, wider);
                 }
             }
         }
-        if needed.is_empty() {
-            return Ok(());
-        }
-        let mut widened = self.widened.lock().await;
-        for (column, w) in needed {
-            if widened.get(&(entity, column)) == Some(&w) {
-                continue;
-            }
-            let sql = format!("ALTER TABLE {} ALTER COLUMN {} TYPE {}", table_name(entity), ident(column), w.sql());
+        for (i, ty) in wanted {
+            let column = entity.columns()[i].name;
+            // SET LOCAL: the implicit transaction of this one query string ends with it.
+            let sql =
+                format!("SET LOCAL lock_timeout = '{WIDEN_LOCK_TIMEOUT}'; ALTER TABLE {} ALTER COLUMN {} TYPE {}", table_name(entity), ident(column), ty.sql());
             let mut lease = self.pool.get().await?;
             within_deadline!(self.pool, lease, "widen_column", lease.conn().client.batch_execute(&sql).await)?;
-            tracing::warn!(message = "target column widened for a source type change", entity = %entity, column, to = w.sql());
-            widened.insert((entity, column), w);
+            tracing::warn!(message = "target column widened: the source declares a wider type", entity = %entity, column, to = %ty.sql());
+            stored.insert((entity, column), ty);
         }
-        Ok(())
+        let mut admitted = Vec::with_capacity(changes.len());
+        let mut misfits = Vec::new();
+        for change in changes {
+            let misfit = change.after.as_ref().and_then(|row| {
+                row.known.iter().enumerate().find_map(|(i, field)| match field {
+                    Some(Field::Value(value)) => current(&stored, i)?.misfit(value).map(|why| format!("column {}: {why}", entity.columns()[i].name)),
+                    _ => None,
+                })
+            });
+            match misfit {
+                Some(why) => misfits.push((change.key, format!("value_out_of_range: {why} and the source declares no wider type"))),
+                None => admitted.push(change),
+            }
+        }
+        Ok((admitted, misfits))
     }
 
     /// `superseded`: in-batch changes subsumed by one of `latest` (logged in audit mode).
     pub async fn apply(&self, entity: Entity, latest: &[Change], superseded: &[Change]) -> Result<ApplyReport, TargetError> {
-        self.widen(entity, latest).await?;
+        let (latest, out_of_range) = self.admit(entity, latest).await?;
         let mut groups: BTreeMap<Shape, Vec<&Change>> = BTreeMap::new();
         for change in latest {
             groups.entry(shape_of(change)).or_default().push(change);
@@ -478,7 +544,7 @@ impl PostgresSink {
         for change in superseded {
             older.entry(change.key).or_default().push(change);
         }
-        let mut report = ApplyReport::default();
+        let mut report = ApplyReport { out_of_range, ..ApplyReport::default() };
         for (shape, rows) in groups {
             match self.apply_group(entity, &shape, &rows, &older).await {
                 Ok(applied) => split(&rows, &applied, &mut report),
@@ -622,6 +688,35 @@ fn split(rows: &[&Change], applied: &HashSet<Uuid>, report: &mut ApplyReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Widening follows what the source declares, never narrows, and never rewrites a
+    /// decimal column (a larger scale becomes unconstrained numeric); a value the column
+    /// cannot hold is a misfit (PostgreSQL would refuse it or round it).
+    #[test]
+    fn widening_follows_the_declared_source_type() {
+        let money = Stored::Numeric { precision: 12, scale: 2 };
+        assert_eq!(Stored::Integer.widened_for(SourceType::Bigint), Some(Stored::Bigint));
+        assert_eq!(Stored::Integer.widened_for(SourceType::Integer), None);
+        assert_eq!(Stored::Bigint.widened_for(SourceType::Integer), None, "never narrower");
+        assert_eq!(money.widened_for(SourceType::Numeric { precision: 14, scale: 2 }), Some(Stored::Numeric { precision: 14, scale: 2 }));
+        assert_eq!(money.widened_for(SourceType::Numeric { precision: 14, scale: 4 }), Some(Stored::AnyNumeric));
+        assert_eq!(money.widened_for(SourceType::Numeric { precision: 10, scale: 2 }), None);
+        assert_eq!(money.widened_for(SourceType::Numeric { precision: 11, scale: 1 }), None, "10 integer digits fit in 12,2");
+        assert_eq!(money.widened_for(SourceType::Numeric { precision: 13, scale: 1 }), Some(Stored::Numeric { precision: 14, scale: 2 }));
+        assert_eq!(money.widened_for(SourceType::AnyNumeric), Some(Stored::AnyNumeric));
+        assert_eq!(Stored::AnyNumeric.widened_for(SourceType::Numeric { precision: 30, scale: 9 }), None);
+        let d = |s: &str| Value::Numeric(s.parse().unwrap());
+        assert!(money.misfit(&d("1234567890.12")).is_none());
+        assert!(money.misfit(&d("1.10")).is_none(), "trailing zeros are not scale");
+        assert!(money.misfit(&d("1.005")).is_some(), "would be rounded");
+        assert!(money.misfit(&d("12345678901.5")).is_some(), "too many integer digits");
+        assert!(Stored::AnyNumeric.misfit(&d("1.00000001")).is_none());
+        assert!(Stored::Integer.misfit(&Value::Int(1 << 31)).is_some());
+        assert!(Stored::Bigint.misfit(&Value::Int(1 << 40)).is_none());
+        assert_eq!(Stored::of_catalog("numeric", Some(14), Some(4)), Some(Stored::Numeric { precision: 14, scale: 4 }));
+        assert_eq!(Stored::of_catalog("numeric", None, None), Some(Stored::AnyNumeric));
+        assert_eq!(Stored::of_catalog("text", None, None), None);
+    }
 
     #[test]
     fn table_layout_has_the_cdc_columns() {

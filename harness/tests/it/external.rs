@@ -65,7 +65,9 @@ fn assert_private_run(run_dir: &Path, password: &str) {
     let out = harness(&["--run-dir", run_dir.to_str().unwrap(), "status", "--json"], &[]);
     let statuses: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
     let groups: Vec<i64> = statuses.as_array().unwrap().iter().filter_map(|s| s["pid"].as_i64()).collect();
-    assert_eq!(groups.len(), 4, "every service has a pid: {statuses}");
+    // Containers (the Docker backend) have no host process group the harness started.
+    let containers = statuses.as_array().unwrap().iter().any(|s| s.get("container").is_some());
+    assert!(containers || groups.len() == 4, "every service has a pid: {statuses}");
     let mut checked = 0;
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
@@ -264,11 +266,11 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
     let out = harness(&["verify", "--backend", "external", "--endpoints", file, "--since", "1h"], &env);
     assert_eq!(out.status.code(), Some(3), "the run's poison letters, unexcused: {}", text(&out));
     assert!(text(&out).contains("dead letters in cdc.dlq: ") && !text(&out).contains("unexpected 0,"), "{}", text(&out));
-    // Letters of earlier runs left out (`--since` the run's end): nothing unexpected.
-    let since = chrono::Utc::now().to_rfc3339();
-    let out = harness(&["verify", "--backend", "external", "--endpoints", file, "--since", &since], &env);
+    // Without the dead-letter topic (whose letters a stand-alone verify cannot excuse) the
+    // target agrees.
+    let out = harness(&["verify", "--backend", "external", "--endpoints", file, "--no-dlq"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("dead letters in cdc.dlq: 0 (none); unexpected 0, unreconciled 0"), "{}", text(&out));
+    assert!(text(&out).contains("dead letters: not read"), "{}", text(&out));
     let out = harness(&["verify", "--backend", "external", "--endpoints", file, "--since", "last tuesday"], &env);
     assert_eq!(out.status.code(), Some(2), "a --since that is neither a time nor a duration is a usage error: {}", text(&out));
     // A mapping of one's own: only the tables it names are verified.
@@ -276,7 +278,7 @@ async fn external_flow(name: &str, backend: &[&str], gates: Gates) -> anyhow::Re
     let customer_only: String =
         builtin.split("[[entity]]").take(2).collect::<Vec<_>>().join("[[entity]]").replace("source_table = \"customer\"", "source_table = \"public.customer\"");
     let mapping = variant("customer-mapping.toml", customer_only);
-    let out = harness(&["verify", "--backend", "external", "--endpoints", file, "--mapping", mapping.to_str().unwrap(), "--since", &since, "--json"], &env);
+    let out = harness(&["verify", "--backend", "external", "--endpoints", file, "--mapping", mapping.to_str().unwrap(), "--no-dlq", "--json"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let verified: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let entities: Vec<&str> = verified["entities"].as_array().unwrap().iter().filter_map(|e| e["entity"].as_str()).collect();

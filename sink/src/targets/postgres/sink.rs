@@ -236,18 +236,9 @@ const fn param_type(ty: ColumnType) -> &'static str {
     }
 }
 
-/// What a known integer or decimal column of the target is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stored {
-    Integer,
-    Bigint,
-    Numeric {
-        precision: u32,
-        scale: u32,
-    },
-    /// Unconstrained `numeric`: any precision and scale.
-    AnyNumeric,
-}
+/// What a known integer or decimal column of the target is: the same vocabulary as what an
+/// event's schema declares, so the two compare directly.
+use crate::model::SourceType as Stored;
 
 impl Stored {
     /// The type `create_table_sql` gives a known column (None: not an integer or decimal).

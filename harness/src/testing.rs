@@ -105,6 +105,8 @@ pub async fn stack_turn() -> tokio::sync::SemaphorePermit<'static> {
 pub struct TestStack {
     pub stack: Stack,
     pub endpoints: Endpoints,
+    /// Its run folder: what a run given `reuse` opens.
+    pub run_dir: PathBuf,
     _turn: tokio::sync::SemaphorePermit<'static>,
 }
 
@@ -112,12 +114,13 @@ impl TestStack {
     /// Starts the stack in a fresh run folder; `configure` adjusts the defaults (small seed).
     pub async fn start(name: &str, configure: impl FnOnce(&mut StackConfig)) -> anyhow::Result<Self> {
         let turn = ONE_STACK_AT_A_TIME.acquire().await?;
-        let mut config = StackConfig::new(run_dir(name));
+        let dir = run_dir(name);
+        let mut config = StackConfig::new(dir.clone());
         config.seed.customers = 200;
         configure(&mut config);
         let mut stack = LocalStack::new(config)?;
         let endpoints = stack.up().await?;
-        Ok(Self { stack: Stack::Local(stack), endpoints, _turn: turn })
+        Ok(Self { stack: Stack::Local(stack), endpoints, run_dir: dir, _turn: turn })
     }
 }
 

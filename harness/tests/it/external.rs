@@ -79,8 +79,20 @@ fn assert_private_run(run_dir: &Path, password: &str) {
         assert!(!String::from_utf8_lossy(&cmdline).contains(password), "the password is in the arguments of pid {pid}");
         checked += 1;
     }
+    // A container's processes: every one `docker top` lists (it runs `ps` in the
+    // container's namespace), with its whole argument list.
+    for name in statuses.as_array().unwrap().iter().filter_map(|s| s.get("container").and_then(|c| c.as_str())) {
+        let top = std::process::Command::new("docker").args(["top", name, "-eo", "pid,args"]).output().expect("docker top");
+        assert!(top.status.success(), "docker top {name}: {}", String::from_utf8_lossy(&top.stderr));
+        let listing = String::from_utf8_lossy(&top.stdout);
+        for line in listing.lines().skip(1) {
+            assert!(!line.contains(password), "the password is in the arguments of a process of {name}");
+            checked += 1;
+        }
+    }
     assert!(checked >= 4, "{checked} processes checked");
-    let private = ["stack.json", "postgres.password"];
+    // The backend's state file (local or Docker) and the password file exist to hold it.
+    let private = ["stack.json", "docker-stack.json", "postgres.password"];
     let mut stack = vec![run_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {

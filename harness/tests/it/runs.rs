@@ -177,7 +177,7 @@ async fn a_run_whose_load_was_not_delivered_is_not_a_pass() -> anyhow::Result<()
         duration: Some(Duration::from_secs(20)),
         rate: Some(50.0),
         seed: 4,
-        reuse: Some(harness::testing::run_dir("undelivered")),
+        reuse: Some(stack.run_dir.clone()),
         keep: false,
         reports_dir: harness::testing::run_dir("reports"),
         stack: harness::orchestrator::stack::StackChoice::local(),
@@ -193,9 +193,11 @@ async fn a_run_whose_load_was_not_delivered_is_not_a_pass() -> anyhow::Result<()
             anyhow::ensure!(std::time::Instant::now() < until, "the run's load never started");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // Held past the end of the 20 s load: writes that wait on it cannot complete inside
+        // the stage, so the stage's average rate cannot be made up by a burst after it.
         let tx = client.transaction().await?;
         tx.batch_execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE").await?;
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(25)).await;
         tx.commit().await?;
         anyhow::Ok(())
     });

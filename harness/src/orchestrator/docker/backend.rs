@@ -998,6 +998,9 @@ async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool
 impl Orchestrator for DockerStack {
     async fn up(&mut self) -> Result<Endpoints, ServiceError> {
         fs::create_dir_all(self.run_dir.join("logs")).map_err(|e| state_err(&self.run_dir, e))?;
+        // The state file holds the database password: the folder is the owner's only
+        // (containers reach their bind mounts through the daemon, not through it).
+        crate::orchestrator::state::private_dir(&self.run_dir, None).map_err(|e| state_err(&self.run_dir, e))?;
         // Every image up front: a missing one fails the run before anything starts.
         for role in self.roles() {
             let image = role.image(&self.state.docker.images).to_string();

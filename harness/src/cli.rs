@@ -482,7 +482,7 @@ fn write_endpoints_file(stack: &Stack, run_dir: &std::path::Path, file: &std::pa
     let password_file = run_dir.join("postgres.password");
     harness::orchestrator::state::write_private(&password_file, format!("{}\n", endpoints.postgres.password.expose()).as_bytes())
         .with_context(|| format!("{}", password_file.display()))?;
-    let publication = harness::orchestrator::local::debezium::PUBLICATION_NAME;
+    let publication = harness::config::PUBLICATION_NAME;
     let text = harness::orchestrator::external::file::EndpointsFile::for_started(&endpoints, publication, &password_file).to_toml();
     std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?;
     eprintln!("up: endpoints written to {} (password in {})", file.display(), password_file.display());

@@ -295,11 +295,11 @@ fn default_topic_prefix() -> String {
 }
 
 fn default_group() -> String {
-    local::sink::GROUP_ID.to_string()
+    crate::config::GROUP_ID.to_string()
 }
 
 fn default_slot() -> Option<String> {
-    Some(local::debezium::SLOT_NAME.to_string())
+    Some(crate::config::SLOT_NAME.to_string())
 }
 
 impl Endpoints {

@@ -331,8 +331,8 @@ impl DockerStack {
         let p = &self.state.ports;
         let connect_url = format!("http://127.0.0.1:{}", p.connect);
         let (debezium_status, connector) = match self.state.docker.image_set {
-            ImageSet::Local => (format!("{connect_url}/status"), local_debezium::CONNECTOR_NAME),
-            ImageSet::Upstream => (format!("{connect_url}/connectors/{}/status", spec::CONNECTOR_NAME), spec::CONNECTOR_NAME),
+            ImageSet::Local => (format!("{connect_url}/status"), crate::config::CONNECTOR_NAME),
+            ImageSet::Upstream => (format!("{connect_url}/connectors/{}/status", crate::config::CONNECTOR_NAME), crate::config::CONNECTOR_NAME),
         };
         Endpoints::started(
             PgEndpoint {
@@ -340,8 +340,8 @@ impl DockerStack {
                 port: p.postgres,
                 user: "postgres".into(),
                 password: self.state.password.clone(),
-                source_db: local_pg::SOURCE_DB.into(),
-                target_db: local_pg::TARGET_DB.into(),
+                source_db: crate::config::SOURCE_DB.into(),
+                target_db: crate::config::TARGET_DB.into(),
                 target_server: None,
                 source_schema: crate::orchestrator::PUBLIC_SCHEMA.into(),
                 params: Default::default(),
@@ -954,7 +954,7 @@ async fn kafka_metadata(bootstrap: String) -> Result<(), String> {
 /// on the first start, the initial snapshot finished.
 async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool) -> Result<(), String> {
     let status: serde_json::Value = crate::http::client()
-        .get(format!("{connect}/connectors/{}/status", spec::CONNECTOR_NAME))
+        .get(format!("{connect}/connectors/{}/status", crate::config::CONNECTOR_NAME))
         .timeout(Duration::from_secs(3))
         .send()
         .await
@@ -968,7 +968,7 @@ async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool
     }
     let source = pg.connect_source().await.map_err(|e| e.to_string())?;
     let active = source
-        .query_opt("select active from pg_replication_slots where slot_name = $1", &[&crate::orchestrator::local::debezium::SLOT_NAME])
+        .query_opt("select active from pg_replication_slots where slot_name = $1", &[&crate::config::SLOT_NAME])
         .await
         .map_err(|e| e.to_string())?
         .map(|row| row.get::<_, bool>(0))
@@ -978,7 +978,7 @@ async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool
     }
     if require_snapshot {
         let offsets: serde_json::Value = crate::http::client()
-            .get(format!("{connect}/connectors/{}/offsets", spec::CONNECTOR_NAME))
+            .get(format!("{connect}/connectors/{}/offsets", crate::config::CONNECTOR_NAME))
             .timeout(Duration::from_secs(3))
             .send()
             .await

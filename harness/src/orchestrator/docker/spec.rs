@@ -10,19 +10,14 @@ use serde_json::{Value, json};
 
 use super::images::ImageSet;
 use super::{DockerConfig, Images, TargetKind};
-use crate::config::TOPIC_PREFIX;
 use crate::orchestrator::ServiceKind;
-use crate::orchestrator::local::debezium::{PUBLICATION_NAME, SLOT_NAME};
-use crate::orchestrator::local::postgres::SOURCE_DB;
-use crate::orchestrator::local::sink::GROUP_ID;
+use crate::config::{CONNECTOR_NAME, GROUP_ID, PUBLICATION_NAME, SLOT_NAME, SOURCE_DB, TARGET_DB, TOPIC_PREFIX};
 
 /// Every container and network of a run carries this label with the run id; teardown (also
 /// of a crashed run's leftovers) selects by it.
 pub const LABEL_RUN: &str = "io.cdc-harness.run";
 /// Which role a container plays (`postgres`, `kafka`, ...), for status and log capture.
 pub const LABEL_ROLE: &str = "io.cdc-harness.role";
-/// Name under which the connector is registered in Kafka Connect.
-pub const CONNECTOR_NAME: &str = "cdc-harness";
 /// Listener other containers use to reach Kafka (the host uses the published one).
 pub const KAFKA_INTERNAL_PORT: u16 = 19092;
 /// Kafka's listener published on the host; advertised as `127.0.0.1:<host port>`.
@@ -469,7 +464,7 @@ pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
                 TargetKind::Postgres => {
                     let port = POSTGRES_PORT.to_string();
                     let pairs =
-                        [("host", "postgres"), ("port", port.as_str()), ("user", "postgres"), ("dbname", crate::orchestrator::local::postgres::TARGET_DB)];
+                        [("host", "postgres"), ("port", port.as_str()), ("user", "postgres"), ("dbname", TARGET_DB)];
                     ("postgres", secure_conn::pg::conninfo(&pairs))
                 }
                 TargetKind::Mongodb => ("mongodb", format!("mongodb://mongo:{MONGO_PORT}")),

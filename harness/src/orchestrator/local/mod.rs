@@ -59,8 +59,8 @@ impl StackState {
                 port: self.ports.postgres,
                 user: "postgres".into(),
                 password: self.password.clone(),
-                source_db: postgres::SOURCE_DB.into(),
-                target_db: postgres::TARGET_DB.into(),
+                source_db: crate::config::SOURCE_DB.into(),
+                target_db: crate::config::TARGET_DB.into(),
                 target_server: None,
                 source_schema: crate::orchestrator::PUBLIC_SCHEMA.into(),
                 params: Default::default(),
@@ -69,7 +69,7 @@ impl StackState {
             format!("http://127.0.0.1:{}/status", self.ports.debezium_status),
             format!("http://127.0.0.1:{}", self.ports.sink_http),
             // The launcher serves Connect's pause/resume/restart for its one connector.
-            Some(ConnectEndpoint { url: format!("http://127.0.0.1:{}", self.ports.debezium_status), connector: debezium::CONNECTOR_NAME.into() }),
+            Some(ConnectEndpoint { url: format!("http://127.0.0.1:{}", self.ports.debezium_status), connector: crate::config::CONNECTOR_NAME.into() }),
         )
     }
 }

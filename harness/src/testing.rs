@@ -9,7 +9,7 @@ use crate::orchestrator::local::LocalStack;
 use crate::orchestrator::local::postgres::{self, PostgresLayout};
 use crate::orchestrator::local::process::{ProcessHandle, free_port};
 use crate::orchestrator::stack::Stack;
-use crate::orchestrator::{Endpoints, Orchestrator, PgEndpoint, Secret};
+use crate::orchestrator::{Backend, Endpoints, PgEndpoint, Secret, ServiceKind};
 
 /// A fresh folder under `<workspace>/target/test-runs/` (searchable by the unprivileged
 /// postgres user, unlike a 0700 temp dir).
@@ -105,6 +105,8 @@ pub async fn stack_turn() -> tokio::sync::SemaphorePermit<'static> {
 pub struct TestStack {
     pub stack: Stack,
     pub endpoints: Endpoints,
+    /// The processes `start` started (for tests that check none outlives its teardown).
+    pub processes: Vec<ProcessHandle>,
     _turn: tokio::sync::SemaphorePermit<'static>,
 }
 
@@ -117,7 +119,8 @@ impl TestStack {
         configure(&mut config);
         let mut stack = LocalStack::new(config)?;
         let endpoints = stack.up().await?;
-        Ok(Self { stack: Stack::Local(stack), endpoints, _turn: turn })
+        let processes = ServiceKind::ALL.iter().filter_map(|s| stack.handle(*s).cloned()).collect();
+        Ok(Self { stack: Stack::from(stack), endpoints, processes, _turn: turn })
     }
 }
 

@@ -154,19 +154,7 @@ impl ExternalArgs {
     /// The external stack named, or the one a previous `up` left in `run_dir`.
     async fn open(&self, run_dir: &std::path::Path) -> anyhow::Result<Stack> {
         let choice = StackChoice { backend: self.backend, endpoints: self.endpoints.clone(), require_tls: self.require_tls, ..StackChoice::default() };
-        if let Some(stack) = Stack::external(&choice)? {
-            return Ok(stack);
-        }
-        if let Some(other) = self.backend.filter(|b| *b != harness::orchestrator::BackendKind::Auto) {
-            return Err(ServiceError::Unsupported(format!(
-                "--backend {} is for commands that start a stack; this one reads the stack in --run-dir or --endpoints",
-                other.name()
-            ))
-            .into());
-        }
-        Stack::open(run_dir).await?.ok_or_else(|| {
-            anyhow::anyhow!("no stack in {} (start one with `harness up`, or name one with --backend external --endpoints FILE)", run_dir.display())
-        })
+        Ok(Stack::open_named(&choice, run_dir).await?)
     }
 }
 
@@ -372,13 +360,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let endpoints = stack.endpoints();
             // A stack that materializes into MongoDB is verified there by default.
             let stack_mongo = stack.mongo_uri();
-            let mongo_db = match &stack {
-                Stack::External(ext) => ext.mongo().map(|(_, db)| db).unwrap_or(mongo_db),
-                _ => mongo_db,
-            };
+            let mongo_db = stack.mongo_db().unwrap_or(mongo_db);
             stack.detach();
             let mapping = match &mapping {
-                Some(path) => Some(harness::verify::mapping::Mapping::load(path).map_err(ServiceError::Unsupported)?),
+                Some(path) => Some(harness::verify::mapping::Mapping::load(path).map_err(ServiceError::Usage)?),
                 None => None,
             };
             let dlq =
@@ -482,7 +467,7 @@ fn write_endpoints_file(stack: &Stack, run_dir: &std::path::Path, file: &std::pa
     let password_file = run_dir.join("postgres.password");
     harness::orchestrator::state::write_private(&password_file, format!("{}\n", endpoints.postgres.password.expose()).as_bytes())
         .with_context(|| format!("{}", password_file.display()))?;
-    let publication = harness::orchestrator::local::debezium::PUBLICATION_NAME;
+    let publication = harness::config::PUBLICATION_NAME;
     let text = harness::orchestrator::external::file::EndpointsFile::for_started(&endpoints, publication, &password_file).to_toml();
     std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?;
     eprintln!("up: endpoints written to {} (password in {})", file.display(), password_file.display());
@@ -500,7 +485,7 @@ async fn finish_up(outcome: Result<harness::orchestrator::Endpoints, ServiceErro
             eprintln!("  sink      {}", endpoints.sink_http);
             Ok(exit::SUCCESS)
         }
-        Err(e) if stack.backend() == harness::orchestrator::BackendKind::External => {
+        Err(e) if !stack.owns_services() => {
             eprintln!("up: the external stack failed its pre-flight (nothing was started)");
             Err(e.into())
         }

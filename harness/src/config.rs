@@ -63,6 +63,22 @@ pub const TABLES: [&str; 4] = ["customer", "address", "orders", "order_item"];
 pub const TOPIC_PREFIX: &str = "cdc";
 pub const DLQ_TOPIC: &str = "cdc.dlq";
 
+/// Names every backend's pipeline uses (local processes, containers; an external stack's
+/// endpoints file may name its own group and slot).
+/// The connector's replication slot in the source.
+pub const SLOT_NAME: &str = "cdc_slot";
+/// The publication the connector streams.
+pub const PUBLICATION_NAME: &str = "cdc_publication";
+/// The sink's consumer group.
+pub const GROUP_ID: &str = "cdc-sink";
+/// The connector's name (`debezium.name`; registered under it in Kafka Connect, and the
+/// launcher serves Connect's REST subset under it).
+pub const CONNECTOR_NAME: &str = "cdc-harness";
+/// The source database of a stack the harness starts.
+pub const SOURCE_DB: &str = "app";
+/// The sink's target database of a stack the harness starts.
+pub const TARGET_DB: &str = "sink";
+
 pub fn topic_for(table: &str) -> String {
     format!("{TOPIC_PREFIX}.public.{table}")
 }

@@ -38,7 +38,7 @@ pub fn code_for(error: &anyhow::Error) -> i32 {
         |e: &ImageError| matches!(e, ImageError::BaseUnavailable { .. } | ImageError::Provision(_) | ImageError::Docker(DockerError::Unreachable { .. }));
     let usage = |e: &ServiceError| match e {
         // An external stack that fails its pre-flight is a set-up problem of that stack.
-        ServiceError::Provision(_) | ServiceError::BackendUnavailable(..) | ServiceError::Unsupported(_) | ServiceError::Preflight { .. } => true,
+        ServiceError::Provision(_) | ServiceError::BackendUnavailable(..) | ServiceError::Usage(_) | ServiceError::Unsupported { .. } | ServiceError::Preflight { .. } => true,
         ServiceError::Images(e) => image_usage(e),
         _ => false,
     };
@@ -87,7 +87,9 @@ mod tests {
         let in_run = |e: ImageError| anyhow::Error::new(RunError::Stack(ServiceError::Images(e)));
         assert_eq!(code_for(&in_run(ImageError::Build { image: "i".into(), reason: "apt".into(), log: "/l".into() })), ERROR);
         assert_eq!(code_for(&in_run(ImageError::BaseUnavailable { what: "debootstrap", hint: "apt-get".into() })), USAGE);
-        assert_eq!(code_for(&anyhow::Error::new(ServiceError::Unsupported("--images needs --backend docker".into()))), USAGE);
+        assert_eq!(code_for(&anyhow::Error::new(ServiceError::Usage("--images needs --backend docker".into()))), USAGE);
+        let refused = ServiceError::Unsupported { backend: crate::orchestrator::BackendKind::External, reason: "kill on sink is refused".into() };
+        assert_eq!(code_for(&anyhow::Error::new(RunError::Stack(refused))), USAGE);
         let preflight = ServiceError::Preflight { hop: "source", reason: "password authentication failed".into() };
         assert_eq!(code_for(&anyhow::Error::new(RunError::Stack(preflight))), USAGE);
         assert_eq!(code_for(&anyhow::anyhow!("anything else")), ERROR);

@@ -9,7 +9,7 @@ use crate::orchestrator::local::LocalStack;
 use crate::orchestrator::local::postgres::{self, PostgresLayout};
 use crate::orchestrator::local::process::{ProcessHandle, free_port};
 use crate::orchestrator::stack::Stack;
-use crate::orchestrator::{Endpoints, Orchestrator, PgEndpoint, Secret};
+use crate::orchestrator::{Backend, Endpoints, PgEndpoint, Secret, ServiceKind};
 
 /// A fresh folder under `<workspace>/target/test-runs/` (searchable by the unprivileged
 /// postgres user, unlike a 0700 temp dir).
@@ -107,6 +107,8 @@ pub struct TestStack {
     pub endpoints: Endpoints,
     /// Its run folder: what a run given `reuse` opens.
     pub run_dir: PathBuf,
+    /// The processes `start` started (for tests that check none outlives its teardown).
+    pub processes: Vec<ProcessHandle>,
     _turn: tokio::sync::SemaphorePermit<'static>,
 }
 
@@ -120,7 +122,8 @@ impl TestStack {
         configure(&mut config);
         let mut stack = LocalStack::new(config)?;
         let endpoints = stack.up().await?;
-        Ok(Self { stack: Stack::Local(stack), endpoints, run_dir: dir, _turn: turn })
+        let processes = ServiceKind::ALL.iter().filter_map(|s| stack.handle(*s).cloned()).collect();
+        Ok(Self { stack: Stack::from(stack), endpoints, run_dir: dir, processes, _turn: turn })
     }
 }
 

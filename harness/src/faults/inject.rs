@@ -55,10 +55,11 @@ pub async fn apply(stack: &mut Stack, fault: &FaultSpec, started: Instant) -> Fa
             FaultKind::Kill | FaultKind::Stop | FaultKind::Pause | FaultKind::Restart => {
                 let svc = service(&fault.target).ok_or("unknown service")?;
                 let failed = |e: crate::orchestrator::ServiceError| e.to_string();
+                let control = stack.control().map_err(failed)?;
                 match fault.fault {
-                    FaultKind::Kill => stack.kill(svc).await.map_err(failed)?,
-                    FaultKind::Stop | FaultKind::Restart => stack.stop(svc).await.map_err(failed)?,
-                    FaultKind::Pause => stack.pause(svc).await.map_err(failed)?,
+                    FaultKind::Kill => control.kill(svc).await.map_err(failed)?,
+                    FaultKind::Stop | FaultKind::Restart => control.stop(svc).await.map_err(failed)?,
+                    FaultKind::Pause => control.pause(svc).await.map_err(failed)?,
                     _ => {}
                 }
                 if fault.fault != FaultKind::Restart {
@@ -67,9 +68,9 @@ pub async fn apply(stack: &mut Stack, fault: &FaultSpec, started: Instant) -> Fa
                 let restarted = Instant::now();
                 recovered_service = Some((svc, restarted));
                 if fault.fault == FaultKind::Pause {
-                    stack.resume(svc).await.map_err(failed)?;
+                    control.resume(svc).await.map_err(failed)?;
                 } else {
-                    stack.start_service(svc).await.map_err(|e| e.to_string())?;
+                    control.start(svc).await.map_err(failed)?;
                 }
                 Ok(())
             }
@@ -84,13 +85,14 @@ pub async fn apply(stack: &mut Stack, fault: &FaultSpec, started: Instant) -> Fa
                     FaultKind::Blackhole => LinkFault::Blackhole,
                     _ => LinkFault::Down,
                 };
-                stack.set_link(link, link_fault).await.map_err(|e| e.to_string())?;
+                let control = stack.control_ref().map_err(|e| e.to_string())?;
+                control.set_link(link, link_fault).await.map_err(|e| e.to_string())?;
                 tokio::time::sleep(fault.duration).await;
-                stack.set_link(link, LinkFault::Healthy).await.map_err(|e| e.to_string())
+                control.set_link(link, LinkFault::Healthy).await.map_err(|e| e.to_string())
             }
             FaultKind::Reset => {
                 let link = Link::parse(&fault.target).ok_or("unknown link")?;
-                stack.reset_link(link).await.map_err(|e| e.to_string())
+                stack.control_ref().map_err(|e| e.to_string())?.reset_link(link).await.map_err(|e| e.to_string())
             }
             FaultKind::Poison => {
                 let sent = super::poison::inject(&stack.endpoints(), &fault.target, fault.count.unwrap_or(1)).await.map_err(|e| e.to_string())?;
@@ -137,12 +139,12 @@ async fn connector_recovery(stack: &Stack, resumed: Instant) -> Option<f64> {
 }
 
 async fn service_recovery(stack: &Stack, recovered_service: Option<(ServiceKind, Instant)>) -> Option<f64> {
-    match recovered_service {
-        Some((svc, restarted)) => {
+    match (recovered_service, stack.control_ref()) {
+        (Some((svc, restarted)), Ok(control)) => {
             let deadline = Instant::now() + RECOVERY_LIMIT;
             let mut recovered = None;
             while Instant::now() < deadline {
-                if stack.is_healthy(svc).await {
+                if control.is_healthy(svc).await {
                     recovered = Some(restarted.elapsed().as_secs_f64());
                     break;
                 }
@@ -150,6 +152,6 @@ async fn service_recovery(stack: &Stack, recovered_service: Option<(ServiceKind,
             }
             recovered
         }
-        None => None,
+        _ => None,
     }
 }

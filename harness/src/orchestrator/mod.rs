@@ -1,7 +1,9 @@
 //! How the pipeline's services are run. One backend per way of running them, behind the
-//! `Orchestrator` trait: `local` (child processes, data in the run folder) and `docker`
-//! (real images through bollard), selected by `--backend docker|local|auto`.
+//! `Backend` trait: `local` (child processes, data in the run folder), `docker` (real
+//! images through bollard), selected by `--backend docker|local|auto`, and `external` (a
+//! stack the harness did not start). The first two also have `ServiceControl`.
 
+pub mod backend;
 pub mod docker;
 pub mod external;
 pub mod local;
@@ -15,6 +17,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use backend::{Backend, LeaderResolver, STOP_GRACE, ServiceControl};
 
 /// The services of the pipeline under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, clap::ValueEnum)]
@@ -62,9 +66,15 @@ pub enum ServiceError {
     State { path: PathBuf, reason: String },
     #[error("the {0} backend is not available: {1}")]
     BackendUnavailable(&'static str, String),
-    /// The options ask for something this backend cannot do (a usage error).
+    /// The options are wrong or contradict each other (a usage error).
     #[error("{0}")]
-    Unsupported(String),
+    Usage(String),
+    /// The backend cannot do what was asked (a usage error); `reason` says so in its words.
+    #[error("{reason}")]
+    Unsupported { backend: BackendKind, reason: String },
+    /// A command that reads a stack found none in the run folder.
+    #[error("no stack in {} (start one with `harness up`, or name one with --backend external --endpoints FILE)", .0.display())]
+    NoStack(PathBuf),
     #[error(transparent)]
     Images(#[from] docker::images::ImageError),
     /// An external stack's pre-flight found a hop that does not answer or is not set up.
@@ -295,11 +305,11 @@ fn default_topic_prefix() -> String {
 }
 
 fn default_group() -> String {
-    local::sink::GROUP_ID.to_string()
+    crate::config::GROUP_ID.to_string()
 }
 
 fn default_slot() -> Option<String> {
-    Some(local::debezium::SLOT_NAME.to_string())
+    Some(crate::config::SLOT_NAME.to_string())
 }
 
 impl Endpoints {
@@ -391,17 +401,6 @@ impl HopSecurity {
     }
 }
 
-/// One way of running the pipeline's services.
-#[allow(async_fn_in_trait)]
-pub trait Orchestrator {
-    /// Starts every service not yet running, waits for readiness, returns the endpoints.
-    async fn up(&mut self) -> Result<Endpoints, ServiceError>;
-    /// Live state of every service (readiness re-checked).
-    async fn status(&self) -> Result<Vec<ServiceStatus>, ServiceError>;
-    /// Stops every service; nothing the backend started survives.
-    async fn down(&mut self) -> Result<(), ServiceError>;
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
@@ -429,7 +428,7 @@ impl BackendKind {
 pub async fn resolve_backend(requested: BackendKind) -> Result<BackendKind, ServiceError> {
     match requested {
         BackendKind::Local => Ok(BackendKind::Local),
-        BackendKind::External => Err(ServiceError::Unsupported("--backend external needs --endpoints FILE".into())),
+        BackendKind::External => Err(ServiceError::Usage("--backend external needs --endpoints FILE".into())),
         BackendKind::Auto => Ok(if docker::connect().await.is_ok() { BackendKind::Docker } else { BackendKind::Local }),
         BackendKind::Docker => match docker::connect().await {
             Ok(_) => Ok(BackendKind::Docker),

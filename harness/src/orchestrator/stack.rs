@@ -3,26 +3,24 @@
 //! backend; one a backend cannot do is an error that says so, never a silent no-op.
 
 use std::path::Path;
-use std::time::Duration;
 
 use super::docker::images::{self, ImageSet};
 use super::docker::{DockerConfig, DockerStack, Images, TargetKind};
 use super::external::ExternalStack;
 use super::external::connect::ConnectClient;
 use super::local::LocalStack;
-use super::{BackendKind, Endpoints, Orchestrator, ServiceError, ServiceKind, ServiceStatus};
+use super::{Backend, BackendKind, Endpoints, LeaderResolver, ServiceControl, ServiceError, ServiceStatus};
 use crate::config::StackConfig;
-use crate::faults::Link;
-use fault_proxy::LinkFault;
 
-pub enum Stack {
-    Local(LocalStack),
-    Docker(DockerStack),
-    External(ExternalStack),
+/// A stack of any backend. Commands ask it what it can do (`control`, `owns_services`,
+/// ...), never which backend it is, except to name it in a report.
+pub struct Stack(Box<dyn Backend>);
+
+impl<B: Backend + 'static> From<B> for Stack {
+    fn from(backend: B) -> Self {
+        Self(Box::new(backend))
+    }
 }
-
-/// Grace of a graceful stop before SIGKILL, as the local backend gives.
-const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// What the user asked for: `--backend`, `--images`, `--target`, `--endpoints`.
 #[derive(Debug, Clone, Default)]
@@ -43,8 +41,8 @@ impl StackChoice {
     }
 }
 
-fn refused(reason: &str) -> ServiceError {
-    ServiceError::Unsupported(reason.to_string())
+fn usage(reason: &str) -> ServiceError {
+    ServiceError::Usage(reason.to_string())
 }
 
 impl Stack {
@@ -67,30 +65,15 @@ impl Stack {
             }
         }
         match backend {
-            BackendKind::Docker => {
-                let image_set = choice.images.unwrap_or_default();
-                let target = choice.target.unwrap_or(match image_set {
-                    ImageSet::Local => TargetKind::Postgres,
-                    ImageSet::Upstream => TargetKind::Mongodb,
-                });
-                let mut docker = DockerConfig { image_set, target, ..DockerConfig::default() };
-                if image_set == ImageSet::Local && target == TargetKind::Postgres {
-                    let client = super::docker::connect().await.map_err(|e| ServiceError::BackendUnavailable("docker", e.to_string()))?;
-                    let cache = crate::provision::Cache::locate()?;
-                    let inputs = images::LocalInputs::provision().await?;
-                    let built = images::ensure_local(&client, &cache, &inputs).await?;
-                    docker.images = Images::with_local(&built);
-                }
-                Ok(Self::Docker(DockerStack::new(config, docker).await?))
-            }
+            BackendKind::Docker => Ok(Self::from(DockerStack::new(config, docker_config(&choice).await?).await?)),
             _ => {
                 if choice.images.is_some() {
-                    return Err(refused("--images chooses the Docker backend's images: add --backend docker"));
+                    return Err(usage("--images chooses the Docker backend's images: add --backend docker"));
                 }
                 if choice.target == Some(TargetKind::Mongodb) {
-                    return Err(refused("the local backend's sink writes to PostgreSQL; a MongoDB target needs --backend docker"));
+                    return Err(usage("the local backend's sink writes to PostgreSQL; a MongoDB target needs --backend docker"));
                 }
-                Ok(Self::Local(LocalStack::new(config)?))
+                Ok(Self::from(LocalStack::new(config)?))
             }
         }
     }
@@ -101,12 +84,12 @@ impl Stack {
         match (choice.backend, &choice.endpoints) {
             (Some(BackendKind::External) | None | Some(BackendKind::Auto), Some(file)) => {
                 if choice.images.is_some() || choice.target.is_some() {
-                    return Err(refused("--images and --target choose what the harness starts; an external stack's target is in its endpoints file"));
+                    return Err(usage("--images and --target choose what the harness starts; an external stack's target is in its endpoints file"));
                 }
-                Ok(Some(Self::External(ExternalStack::load(file, choice.require_tls)?)))
+                Ok(Some(Self::from(ExternalStack::load(file, choice.require_tls)?)))
             }
-            (Some(BackendKind::External), None) => Err(refused("--backend external needs --endpoints FILE")),
-            (Some(other), Some(_)) => Err(refused(&format!("--endpoints names an external stack: use --backend external, not {}", other.name()))),
+            (Some(BackendKind::External), None) => Err(usage("--backend external needs --endpoints FILE")),
+            (Some(other), Some(_)) => Err(usage(&format!("--endpoints names an external stack: use --backend external, not {}", other.name()))),
             _ => Ok(None),
         }
     }
@@ -114,243 +97,154 @@ impl Stack {
     /// The stack a previous `up` left in `run_dir`, of whichever backend made it.
     pub async fn open(run_dir: &Path) -> Result<Option<Self>, ServiceError> {
         if let Some(stack) = DockerStack::open(run_dir).await? {
-            return Ok(Some(Self::Docker(stack)));
+            return Ok(Some(Self::from(stack)));
         }
-        Ok(LocalStack::open(run_dir)?.map(Self::Local))
+        Ok(LocalStack::open(run_dir)?.map(Self::from))
     }
 
-    /// The local backend's stack, for what only it has (process handles).
-    pub fn as_local(&self) -> Option<&LocalStack> {
-        match self {
-            Self::Local(stack) => Some(stack),
-            Self::Docker(_) => None,
-            Self::External(_) => None,
+    /// For the commands that read a stack (`status`, `verify`, ...): the external stack
+    /// `choice` names, or the one a previous `up` left in `run_dir`. Any other `--backend`
+    /// than `auto` is a usage error: these commands start nothing.
+    pub async fn open_named(choice: &StackChoice, run_dir: &Path) -> Result<Self, ServiceError> {
+        if let Some(stack) = Self::external(choice)? {
+            return Ok(stack);
         }
+        if let Some(other) = choice.backend.filter(|b| *b != BackendKind::Auto) {
+            return Err(usage(&format!(
+                "--backend {} is for commands that start a stack; this one reads the stack in --run-dir or --endpoints",
+                other.name()
+            )));
+        }
+        Self::open(run_dir).await?.ok_or_else(|| ServiceError::NoStack(run_dir.to_path_buf()))
     }
 
+    /// The backend's name in reports; decisions go through what the stack can do.
     pub fn backend(&self) -> BackendKind {
-        match self {
-            Self::Local(_) => BackendKind::Local,
-            Self::Docker(_) => BackendKind::Docker,
-            Self::External(_) => BackendKind::External,
-        }
+        self.0.kind()
     }
 
-    /// The image set of a Docker stack.
+    /// The services' controls (kill, stop, pause, start, link faults), or this backend's
+    /// refusal when it has none.
+    pub fn control(&mut self) -> Result<&mut dyn ServiceControl, ServiceError> {
+        if self.0.control_ref().is_none() {
+            return Err(self.0.refuse(CONTROL));
+        }
+        Ok(self.0.control().expect("control_ref answered"))
+    }
+
+    /// Same, for the probes that only read.
+    pub fn control_ref(&self) -> Result<&dyn ServiceControl, ServiceError> {
+        self.0.control_ref().ok_or_else(|| self.0.refuse(CONTROL))
+    }
+
     pub fn image_set(&self) -> Option<ImageSet> {
-        match self {
-            Self::Local(_) => None,
-            Self::Docker(stack) => Some(stack.image_set()),
-            Self::External(_) => None,
-        }
+        self.0.image_set()
     }
 
-    /// MongoDB on the host, when the stack's sink materializes into it.
     pub fn mongo_uri(&self) -> Option<String> {
-        match self {
-            Self::Local(_) => None,
-            Self::Docker(stack) => stack.mongo_uri(),
-            Self::External(stack) => stack.mongo().map(|(uri, _)| uri),
-        }
+        self.0.mongo_uri()
+    }
+
+    pub fn mongo_db(&self) -> Option<String> {
+        self.0.mongo_db()
     }
 
     pub fn endpoints(&self) -> Endpoints {
-        match self {
-            Self::Local(stack) => stack.endpoints(),
-            Self::Docker(stack) => stack.endpoints(),
-            Self::External(stack) => stack.endpoints(),
-        }
+        self.0.endpoints()
     }
 
     pub async fn up(&mut self) -> Result<Endpoints, ServiceError> {
-        match self {
-            Self::Local(stack) => stack.up().await,
-            Self::Docker(stack) => stack.up().await,
-            Self::External(stack) => stack.up().await,
-        }
+        self.0.up().await
     }
 
     pub async fn status(&self) -> Result<Vec<ServiceStatus>, ServiceError> {
-        match self {
-            Self::Local(stack) => stack.status().await,
-            Self::Docker(stack) => stack.status().await,
-            Self::External(stack) => Ok(stack.status().await),
-        }
+        self.0.status().await
     }
 
     pub async fn down(&mut self) -> Result<(), ServiceError> {
-        match self {
-            Self::Local(stack) => stack.down().await,
-            Self::Docker(stack) => stack.down().await,
-            // Nothing was started.
-            Self::External(_) => Ok(()),
-        }
+        self.0.down().await
     }
 
     /// Leaves the services running when this value is dropped.
-    pub fn detach(self) {
-        match self {
-            Self::Local(stack) => stack.detach(),
-            Self::Docker(stack) => stack.detach(),
-            Self::External(_) => {}
-        }
+    pub fn detach(mut self) {
+        self.0.detach();
     }
 
     /// Never tears the services down, whatever happens to this value (`--reuse`).
     pub fn borrow_only(&mut self) {
-        match self {
-            Self::Local(stack) => stack.borrow_only(),
-            Self::Docker(stack) => stack.borrow_only(),
-            Self::External(_) => {}
-        }
+        self.0.detach();
     }
 
-    /// Each running service's leader pid, asked again every second by the sampler.
-    pub fn leader_resolver(&self) -> Box<dyn Fn() -> Vec<(String, i32)> + Send + Sync> {
-        match self {
-            Self::Local(stack) => Box::new(stack.leader_resolver()),
-            Self::Docker(stack) => Box::new(stack.leader_resolver()),
-            // Its processes run elsewhere: no CPU or memory is sampled.
-            Self::External(_) => Box::new(Vec::new),
-        }
+    pub fn owns_services(&self) -> bool {
+        self.0.owns_services()
     }
 
-    /// SIGKILL: no chance to flush or commit.
-    pub async fn kill(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
-        match self {
-            Self::Local(stack) => {
-                stack.kill(service);
-                Ok(())
-            }
-            Self::Docker(stack) => stack.kill(service).await,
-            Self::External(_) => Err(external_refuses("killing a service")),
-        }
+    pub fn leader_resolver(&self) -> LeaderResolver {
+        self.0.leader_resolver()
     }
 
-    /// The service's own shutdown signal, SIGKILL after the grace period.
-    pub async fn stop(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
-        match self {
-            Self::Local(stack) => {
-                stack.stop(service);
-                Ok(())
-            }
-            Self::Docker(stack) => stack.stop(service, STOP_GRACE).await,
-            Self::External(_) => Err(external_refuses("stopping a service")),
-        }
+    pub fn acks_log(&self) -> Option<std::path::PathBuf> {
+        self.0.acks_log()
     }
 
-    /// Freezes every process of the service (SIGSTOP / cgroup freezer).
-    pub async fn pause(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
-        match self {
-            Self::Local(stack) => {
-                stack.pause(service);
-                Ok(())
-            }
-            Self::Docker(stack) => stack.pause(service).await,
-            Self::External(_) => Err(external_refuses("freezing a service (pause the connector instead: target `connector`)")),
-        }
+    pub async fn up_with_snapshot_kill(&mut self, after: std::time::Duration, downtime: std::time::Duration) -> Result<crate::report::model::FaultRecord, ServiceError> {
+        self.0.up_with_snapshot_kill(after, downtime).await
     }
 
-    pub async fn resume(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
-        match self {
-            Self::Local(stack) => {
-                stack.resume(service);
-                Ok(())
-            }
-            Self::Docker(stack) => stack.resume(service).await,
-            Self::External(_) => Err(external_refuses("resuming a frozen service")),
-        }
-    }
-
-    /// Starts the service if it is not running and waits for its readiness.
-    pub async fn start_service(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
-        match self {
-            Self::Local(stack) => stack.start_service(service).await,
-            Self::Docker(stack) => stack.start_service(service).await,
-            Self::External(_) => Err(external_refuses("starting a service")),
-        }
-    }
-
-    pub async fn is_healthy(&self, service: ServiceKind) -> bool {
-        match self {
-            Self::Local(stack) => stack.is_healthy(service).await,
-            Self::Docker(stack) => stack.is_healthy(service).await,
-            Self::External(stack) => stack.status().await.iter().any(|s| s.service == service && s.state == super::ServiceState::Healthy),
-        }
-    }
-
-    pub async fn set_link(&self, link: Link, fault: LinkFault) -> Result<(), ServiceError> {
-        match self {
-            Self::Local(stack) => stack.set_link(link, fault),
-            Self::Docker(stack) => stack.set_link(link, fault).await,
-            Self::External(_) => Err(external_refuses("a link fault")),
-        }
-    }
-
-    pub async fn reset_link(&self, link: Link) -> Result<(), ServiceError> {
-        match self {
-            Self::Local(stack) => stack.reset_link(link),
-            Self::Docker(stack) => stack.reset_link(link).await,
-            Self::External(_) => Err(external_refuses("a link fault")),
-        }
-    }
-
-    /// Starts the stack, killing Debezium `after` into its initial snapshot for
-    /// `downtime` (the `snapshot_fault` of a scenario).
-    pub async fn up_with_snapshot_kill(&mut self, after: Duration, downtime: Duration) -> Result<crate::report::model::FaultRecord, ServiceError> {
-        match self {
-            Self::Local(stack) => stack.up_with_snapshot_kill(after, downtime).await,
-            Self::Docker(_) => {
-                Err(ServiceError::BackendUnavailable("docker", "a snapshot fault (kill during the initial snapshot) runs on the local backend only".into()))
-            }
-            Self::External(_) => Err(external_refuses("a snapshot fault (kill during the initial snapshot)")),
-        }
-    }
-
-    /// Partitions of the CDC topics, where the stack did not choose them (external).
     pub fn partitions(&self) -> Option<u32> {
-        match self {
-            Self::External(stack) => stack.partitions(),
-            _ => None,
-        }
+        self.0.partitions()
     }
 
-    /// What the report says about the stack's endpoints (never a credential).
     pub fn describe(&self) -> serde_json::Value {
-        match self {
-            Self::External(stack) => stack.describe(),
-            _ => {
-                let e = self.endpoints();
-                serde_json::json!({ "postgres": e.postgres.display(&e.postgres.source_db), "kafka": e.kafka, "sink": e.sink_http })
-            }
-        }
+        self.0.describe()
     }
 
-    /// Kafka Connect's REST API for the connector faults, where the stack has one.
     pub fn connector(&self) -> Result<ConnectClient, ServiceError> {
-        match self.endpoints().connect {
-            Some(endpoint) => Ok(ConnectClient::new(&endpoint)),
-            None => Err(refused("connector faults need Kafka Connect's REST API: this stack names none ([connect] in the endpoints file)")),
-        }
+        self.0.connector()
     }
 
-    /// Refuses, before any load, a schedule with a fault this backend cannot inject.
+    /// Refuses, before any load, a schedule with a fault this backend cannot inject: a
+    /// connector fault needs Connect's API; poison needs only a producer; every other
+    /// fault needs the services' controls.
     pub fn check_faults(&self, faults: &[crate::faults::FaultSpec]) -> Result<(), ServiceError> {
         for fault in faults {
             if fault.on_connector() {
                 self.connector()?;
-            } else if matches!(self, Self::External(_)) && fault.fault != crate::faults::FaultKind::Poison {
-                return Err(external_refuses(&format!("fault {} on {}", fault.fault.name(), fault.target)));
+            } else if fault.fault != crate::faults::FaultKind::Poison && self.0.control_ref().is_none() {
+                return Err(self.0.refuse(&format!("fault {} on {}", fault.fault.name(), fault.target)));
             }
         }
         Ok(())
     }
+
+    /// Refuses, before any load, what this stack cannot do for `scenario`: its faults, and
+    /// whatever else its backend declares (see `Backend::check_scenario`).
+    pub fn check_scenario(&self, scenario: &crate::scenario::Scenario, faults: &[crate::faults::FaultSpec]) -> Result<(), ServiceError> {
+        self.check_faults(faults)?;
+        self.0.check_scenario(scenario)
+    }
 }
 
-fn external_refuses(what: &str) -> ServiceError {
-    refused(&format!(
-        "the external backend does only what a client can do from outside: {what} is refused (its faults: pause / restart of target `connector`, restart of `connector-task`, poison)"
-    ))
+/// What `control()` is refused as.
+const CONTROL: &str = "killing, stopping, freezing or starting a service, or a link fault";
+
+/// The Docker backend's settings `choice` asks for; the local image set is built here
+/// when it is asked for with the PostgreSQL target.
+async fn docker_config(choice: &StackChoice) -> Result<DockerConfig, ServiceError> {
+    let image_set = choice.images.unwrap_or_default();
+    let target = choice.target.unwrap_or(match image_set {
+        ImageSet::Local => TargetKind::Postgres,
+        ImageSet::Upstream => TargetKind::Mongodb,
+    });
+    let mut docker = DockerConfig { image_set, target, ..DockerConfig::default() };
+    if image_set == ImageSet::Local && target == TargetKind::Postgres {
+        let client = super::docker::connect().await.map_err(|e| ServiceError::BackendUnavailable("docker", e.to_string()))?;
+        let cache = crate::provision::Cache::locate()?;
+        let inputs = images::LocalInputs::provision().await?;
+        let built = images::ensure_local(&client, &cache, &inputs).await?;
+        docker.images = Images::with_local(&built);
+    }
+    Ok(docker)
 }
 
 /// The first upstream image of the pipeline that is not present on the daemon, if any.
@@ -372,16 +266,17 @@ async fn missing_upstream_images(target: Option<TargetKind>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn the_local_backend_refuses_docker_only_options_with_a_usage_error() {
         let config = || StackConfig::new(std::env::temp_dir().join(format!("stack-choice-{}", std::process::id())));
         let images = StackChoice { images: Some(ImageSet::Local), ..StackChoice::local() };
         let err = Stack::create(config(), images).await.err().expect("refused");
-        assert!(matches!(&err, ServiceError::Unsupported(m) if m.contains("--backend docker")), "{err}");
+        assert!(matches!(&err, ServiceError::Usage(m) if m.contains("--backend docker")), "{err}");
         let mongo = StackChoice { target: Some(TargetKind::Mongodb), ..StackChoice::local() };
         let err = Stack::create(config(), mongo).await.err().expect("refused");
-        assert!(matches!(&err, ServiceError::Unsupported(m) if m.contains("MongoDB")), "{err}");
+        assert!(matches!(&err, ServiceError::Usage(m) if m.contains("MongoDB")), "{err}");
         assert_eq!(crate::exit::code_for(&anyhow::Error::new(err)), crate::exit::USAGE);
     }
 

@@ -165,18 +165,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
 fn check_runnable(stack: &Stack, options: &RunOptions) -> Result<(), ServiceError> {
     let scenario = &options.scenario;
     let planned = scenario.fault_schedule(options.seed, scenario.plan(options.duration, options.rate).duration());
-    stack.check_faults(&planned)?;
-    if stack.backend() == crate::orchestrator::BackendKind::External {
-        if !scenario.schema_changes.is_empty() {
-            return Err(ServiceError::Unsupported(format!("scenario {} changes the source's schema: refused on an external stack", scenario.name)));
-        }
-        if stack.mongo_uri().is_some() {
-            return Err(ServiceError::Unsupported(
-                "a run on an external stack needs a PostgreSQL target (it reads the sink's apply log there); a MongoDB target is verified with `harness verify --backend external`".into(),
-            ));
-        }
-    }
-    Ok(())
+    stack.check_scenario(scenario, &planned)
 }
 
 async fn measure(
@@ -319,8 +308,8 @@ async fn measure(
             // The launcher's log of broker acknowledgements, where the stack's Debezium is
             // ours and local; elsewhere the capture hop ends at the record's CreateTime.
             let acks = stack
-                .as_local()
-                .and_then(|local| std::fs::read_to_string(crate::orchestrator::local::debezium::DebeziumLayout::new(local.run_dir()).acks).ok())
+                .acks_log()
+                .and_then(|path| std::fs::read_to_string(path).ok())
                 .map(|text| apply_log::read_acks(&text, crate::config::TOPIC_PREFIX))
                 .unwrap_or_default();
             Some(apply_log::hop_latency(&rows, load_started_wall, &acks))
@@ -419,7 +408,7 @@ async fn measure(
             driver: driver.name().to_string(),
             backend: stack.backend().name().into(),
             image_set: stack.image_set().map(|s| s.name().to_string()),
-            versions: versions(stack.backend()),
+            versions: versions(stack.owns_services()),
             machine: machine(),
             started_at: started_at.to_rfc3339(),
             ended_at: ended_at.to_rfc3339(),
@@ -932,10 +921,10 @@ fn git_sha() -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn versions(backend: crate::orchestrator::BackendKind) -> BTreeMap<String, String> {
+fn versions(owns_services: bool) -> BTreeMap<String, String> {
     let mut v = BTreeMap::new();
     v.insert("harness".into(), env!("CARGO_PKG_VERSION").into());
-    if backend == crate::orchestrator::BackendKind::External {
+    if !owns_services {
         // Its services are not the harness's: their versions are not known here.
         return v;
     }

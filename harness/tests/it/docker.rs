@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use harness::config::StackConfig;
 use harness::orchestrator::docker::spec::Role;
-use harness::orchestrator::docker::{self, DockerConfig, DockerStack, Fault, Images, TargetKind, images};
-use harness::orchestrator::{Orchestrator, ServiceKind, ServiceState};
+use harness::orchestrator::docker::{self, DockerConfig, DockerStack, Images, TargetKind, images};
+use harness::orchestrator::{Backend, ServiceControl, ServiceKind, ServiceState};
 use harness::testing::run_dir;
 
 /// One Docker test at a time: `down --all` sweeps every run's containers, and two stacks at
@@ -57,16 +57,14 @@ async fn docker_stack_comes_up_survives_faults_and_goes_down_by_label() -> anyho
         let customers: i64 = source.query_one("select count(*) from customer", &[]).await?.get(0);
         anyhow::ensure!(customers == 20, "seeded {customers} customers");
 
-        stack.inject(Role::Sink, &Fault::Kill).await?;
+        stack.kill(ServiceKind::Sink).await?;
         let sink = stack.status().await?.into_iter().find(|s| s.service == ServiceKind::Sink).expect("sink status");
         anyhow::ensure!(sink.state == ServiceState::Stopped, "killed sink reported {:?}", sink.state);
-        stack.inject(Role::Sink, &Fault::Start).await?;
+        stack.start(ServiceKind::Sink).await?;
 
-        stack.inject(Role::Kafka, &Fault::Pause).await?;
-        stack.inject(Role::Kafka, &Fault::Unpause).await?;
-        stack.inject(Role::Connect, &Fault::Restart { grace: Duration::from_secs(10) }).await?;
-        stack.inject(Role::Sink, &Fault::Disconnect).await?;
-        stack.inject(Role::Sink, &Fault::Reconnect).await?;
+        stack.pause(ServiceKind::Broker).await?;
+        stack.resume(ServiceKind::Broker).await?;
+        stack.restart(ServiceKind::Debezium).await?;
         let statuses = stack.status().await?;
         for s in &statuses {
             anyhow::ensure!(s.state == ServiceState::Healthy, "{} not healthy after the faults: {:?}", s.service, s.detail);

@@ -38,13 +38,13 @@ async fn changes_survive_kill_9_of_broker_and_debezium() -> anyhow::Result<()> {
     };
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stack.stack.kill(ServiceKind::Broker).await?;
+    stack.stack.control()?.kill(ServiceKind::Broker).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stack.stack.start_service(ServiceKind::Broker).await?;
+    stack.stack.control()?.start(ServiceKind::Broker).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stack.stack.kill(ServiceKind::Debezium).await?;
+    stack.stack.control()?.kill(ServiceKind::Debezium).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stack.stack.start_service(ServiceKind::Debezium).await?;
+    stack.stack.control()?.start(ServiceKind::Debezium).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let written = writer.await??;

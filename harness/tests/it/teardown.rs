@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use harness::orchestrator::local::process::ProcessHandle;
-use harness::orchestrator::{Orchestrator, ServiceKind};
+use harness::orchestrator::{Backend, ServiceKind};
 use harness::testing::{TestPostgres, TestStack};
 
 fn assert_all_dead(handles: &[ProcessHandle]) {
@@ -17,7 +17,7 @@ fn assert_all_dead(handles: &[ProcessHandle]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_leaves_no_process_running() -> anyhow::Result<()> {
     let mut stack = TestStack::start("teardown", |c| c.seed.customers = 10).await?;
-    let handles: Vec<ProcessHandle> = ServiceKind::ALL.iter().filter_map(|s| stack.stack.as_local().expect("a local stack").handle(*s).cloned()).collect();
+    let handles: Vec<ProcessHandle> = stack.processes.clone();
     assert_eq!(handles.len(), 4, "postgres, broker, debezium and sink were started");
     assert!(handles.iter().all(ProcessHandle::is_alive));
     let statuses = stack.stack.status().await?;
@@ -63,7 +63,7 @@ async fn a_borrowed_stack_survives_the_drop_of_the_run_that_borrowed_it() -> any
     owner.detach(); // what `harness up` leaves behind
     {
         let mut borrowed = LocalStack::open(&dir)?.expect("the state file of the running stack");
-        borrowed.borrow_only();
+        borrowed.detach();
         // Dropped here, as an interrupted `harness run --reuse` drops it.
     }
     assert!(postgres.is_alive(), "a borrowed stack was torn down by the run that reused it");

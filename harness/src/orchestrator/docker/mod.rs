@@ -1,11 +1,16 @@
 //! The Docker backend: the real images (PostgreSQL, Apache Kafka in KRaft mode, Debezium's
 //! Kafka Connect, MongoDB, the sink, optionally the observability stack) on a labelled
 //! network per run, driven through bollard. `spec` builds every request (pure, unit
-//! tested); `backend` sends them, waits for declared readiness, captures logs and injects
-//! faults.
+//! tested); `lifecycle` creates, starts and removes the stack, `readiness` waits for what
+//! each service declares, `faults` is its `ServiceControl`, `logs` captures the output and
+//! `daemon` talks to the daemon itself (connect, exec, removal by label).
 
-pub mod backend;
+mod daemon;
+mod faults;
 pub mod images;
+mod lifecycle;
+mod logs;
+mod readiness;
 mod registry;
 pub mod spec;
 
@@ -13,7 +18,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use backend::{DockerStack, Fault, connect, remove_all_labelled, run_containers};
+pub use daemon::{connect, remove_all_labelled, run_containers};
+pub use lifecycle::DockerStack;
 
 /// Which database the sink materializes into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -10,19 +10,14 @@ use serde_json::{Value, json};
 
 use super::images::ImageSet;
 use super::{DockerConfig, Images, TargetKind};
-use crate::config::TOPIC_PREFIX;
 use crate::orchestrator::ServiceKind;
-use crate::orchestrator::local::debezium::{PUBLICATION_NAME, SLOT_NAME};
-use crate::orchestrator::local::postgres::SOURCE_DB;
-use crate::orchestrator::local::sink::GROUP_ID;
+use crate::config::{CONNECTOR_NAME, GROUP_ID, PUBLICATION_NAME, SLOT_NAME, SOURCE_DB, TARGET_DB, TOPIC_PREFIX};
 
 /// Every container and network of a run carries this label with the run id; teardown (also
 /// of a crashed run's leftovers) selects by it.
 pub const LABEL_RUN: &str = "io.cdc-harness.run";
 /// Which role a container plays (`postgres`, `kafka`, ...), for status and log capture.
 pub const LABEL_ROLE: &str = "io.cdc-harness.role";
-/// Name under which the connector is registered in Kafka Connect.
-pub const CONNECTOR_NAME: &str = "cdc-harness";
 /// Listener other containers use to reach Kafka (the host uses the published one).
 pub const KAFKA_INTERNAL_PORT: u16 = 19092;
 /// Kafka's listener published on the host; advertised as `127.0.0.1:<host port>`.
@@ -334,201 +329,234 @@ pub struct SpecInputs<'a> {
 }
 
 pub fn container_spec(role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
-    let images = &inputs.config.images;
-    let ports = inputs.ports;
-    let base = ContainerSpec::new(role, images);
+    let base = ContainerSpec::new(role, &inputs.config.images);
+    let local = inputs.config.image_set == ImageSet::Local;
     match role {
-        Role::Postgres => {
-            let mut spec = base.env("POSTGRES_USER", "postgres").env("POSTGRES_PASSWORD", inputs.pg_password).env("POSTGRES_DB", "postgres");
-            spec.cmd = [
-                "postgres",
-                "-c",
-                "wal_level=logical",
-                "-c",
-                "max_wal_senders=10",
-                "-c",
-                "max_replication_slots=10",
-                "-c",
-                "max_connections=200",
-                "-c",
-                "track_commit_timestamp=on",
-            ]
-            .map(String::from)
-            .to_vec();
-            spec.health = Some(HealthCheck::shell("pg_isready -U postgres -d postgres -h 127.0.0.1"));
-            spec.ports = vec![(POSTGRES_PORT, ports.postgres)];
-            spec
-        }
-        Role::Kafka if inputs.config.image_set == ImageSet::Local => {
-            // tansu advertises one listener: the published one, as the local backend's
-            // broker advertises its proxy.
-            let mut spec = base.env("RUST_LOG", "warn");
-            spec.cmd = vec![
-                "broker".into(),
-                "--cluster-id=cdc-harness".into(),
-                format!("--listener-url=tcp://0.0.0.0:{KAFKA_EXTERNAL_PORT}"),
-                format!("--advertised-listener-url=tcp://127.0.0.1:{}", ports.kafka),
-                "--storage-engine=sqlite://tansu.db".into(),
-            ];
-            spec.health = Some(HealthCheck::shell(&format!("bash -c '</dev/tcp/127.0.0.1/{KAFKA_EXTERNAL_PORT}'")));
-            spec.ports = vec![(KAFKA_EXTERNAL_PORT, ports.kafka)];
-            spec
-        }
-        Role::Kafka => {
-            let mut spec = base
-                .env("KAFKA_NODE_ID", "1")
-                .env("KAFKA_PROCESS_ROLES", "broker,controller")
-                .env("KAFKA_LISTENERS", format!("INTERNAL://:{KAFKA_INTERNAL_PORT},EXTERNAL://:{KAFKA_EXTERNAL_PORT},CONTROLLER://:9093"))
-                .env("KAFKA_ADVERTISED_LISTENERS", format!("INTERNAL://kafka:{KAFKA_INTERNAL_PORT},EXTERNAL://127.0.0.1:{}", ports.kafka))
-                .env("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT")
-                .env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
-                .env("KAFKA_INTER_BROKER_LISTENER_NAME", "INTERNAL")
-                .env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@kafka:9093")
-                .env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
-                .env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
-                .env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
-                .env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
-                // Topics are created by the harness before the connector starts, as on the
-                // local broker: a topic that appears by accident hides a misconfiguration.
-                .env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false");
-            spec.health = Some(HealthCheck::shell(&format!(
-                "/opt/kafka/bin/kafka-broker-api-versions.sh --bootstrap-server localhost:{KAFKA_INTERNAL_PORT} >/dev/null 2>&1"
-            )));
-            spec.ports = vec![(KAFKA_EXTERNAL_PORT, ports.kafka)];
-            spec
-        }
-        Role::ConnectProxy | Role::SinkProxy => {
-            // Inside the pod the service reaches the broker at the address tansu
-            // advertises (127.0.0.1:<published port>) and PostgreSQL at 127.0.0.1:5432.
-            let (link, service_port, host_port, control) = match role {
-                Role::ConnectProxy => ("debezium-postgres", CONNECT_PORT, ports.connect, ports.connect_proxy),
-                _ => ("sink-target", SINK_HTTP_PORT, ports.sink_http, ports.sink_proxy),
-            };
-            let mut spec = base;
-            spec.cmd = vec![
-                "--link".into(),
-                format!("broker={}=kafka:{KAFKA_EXTERNAL_PORT}", ports.kafka),
-                "--link".into(),
-                format!("{link}={POSTGRES_PORT}=postgres:{POSTGRES_PORT}"),
-                "--control".into(),
-                format!("0.0.0.0:{PROXY_CONTROL_PORT}"),
-            ];
-            spec.health = Some(HealthCheck::shell(&format!("bash -c '</dev/tcp/127.0.0.1/{PROXY_CONTROL_PORT}'")));
-            spec.ports = vec![(PROXY_CONTROL_PORT, control), (service_port, host_port)];
-            spec
-        }
-        Role::Connect if inputs.config.image_set == ImageSet::Local => {
-            // The embedded-engine launcher; its properties and offsets live in the run
-            // folder (written by the backend before the start), so a restart resumes.
-            let mut spec = base.env(crate::orchestrator::local::debezium::PASSWORD_ENV, inputs.pg_password);
-            spec.cmd = vec![format!("{DEBEZIUM_DIR}/launcher.properties")];
-            spec.binds = vec![format!("{}:{DEBEZIUM_DIR}", inputs.run_dir.join("debezium").display())];
-            spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://127.0.0.1:{CONNECT_PORT}/status >/dev/null")));
-            spec.pod = Some(Role::ConnectProxy);
-            spec.user = Some(inputs.user.clone());
-            spec
-        }
-        Role::Sink if inputs.config.image_set == ImageSet::Local => {
-            // The same sink.toml the local backend writes, mounted over the image's.
-            let mut spec = base.env("SINK__TARGET__PASSWORD", inputs.pg_password);
-            spec.binds = vec![format!("{}:/etc/sink/sink.toml:ro", inputs.run_dir.join("sink").join("sink.toml").display())];
-            spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://127.0.0.1:{SINK_HTTP_PORT}/readyz >/dev/null")));
-            spec.pod = Some(Role::SinkProxy);
-            spec
-        }
-        Role::Connect => {
-            let mut spec = base
-                .env("BOOTSTRAP_SERVERS", format!("kafka:{KAFKA_INTERNAL_PORT}"))
-                .env("GROUP_ID", "cdc-connect")
-                .env("CONFIG_STORAGE_TOPIC", "connect_configs")
-                .env("OFFSET_STORAGE_TOPIC", "connect_offsets")
-                .env("STATUS_STORAGE_TOPIC", "connect_statuses")
-                .env("CONFIG_STORAGE_REPLICATION_FACTOR", "1")
-                .env("OFFSET_STORAGE_REPLICATION_FACTOR", "1")
-                .env("STATUS_STORAGE_REPLICATION_FACTOR", "1")
-                .env("KEY_CONVERTER", "org.apache.kafka.connect.json.JsonConverter")
-                .env("VALUE_CONVERTER", "org.apache.kafka.connect.json.JsonConverter")
-                .env("CONNECT_KEY_CONVERTER_SCHEMAS_ENABLE", "false")
-                .env("CONNECT_VALUE_CONVERTER_SCHEMAS_ENABLE", "false")
-                // Source offsets flushed every second: a kill re-sends at most a second of events.
-                .env("OFFSET_FLUSH_INTERVAL_MS", "1000");
-            spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://localhost:{CONNECT_PORT}/ >/dev/null")));
-            spec.ports = vec![(CONNECT_PORT, ports.connect)];
-            spec
-        }
-        Role::Mongo => {
-            let mut spec = base;
-            spec.health = Some(HealthCheck::shell("mongosh --quiet --eval 'quit(db.adminCommand({ping: 1}).ok ? 0 : 1)'"));
-            spec.ports = vec![(MONGO_PORT, ports.mongo)];
-            spec
-        }
-        Role::Sink => {
-            // The image ships /etc/sink/sink.toml (docker/sink/sink.toml); everything that
-            // differs per run is an environment override.
-            let (kind, url) = match inputs.config.target {
-                TargetKind::Postgres => {
-                    let port = POSTGRES_PORT.to_string();
-                    let pairs =
-                        [("host", "postgres"), ("port", port.as_str()), ("user", "postgres"), ("dbname", crate::orchestrator::local::postgres::TARGET_DB)];
-                    ("postgres", secure_conn::pg::conninfo(&pairs))
-                }
-                TargetKind::Mongodb => ("mongodb", format!("mongodb://mongo:{MONGO_PORT}")),
-            };
-            let mut spec = base
-                .env("SINK__KAFKA__BROKERS", format!("kafka:{KAFKA_INTERNAL_PORT}"))
-                .env("SINK__KAFKA__GROUP_ID", GROUP_ID)
-                .env("SINK__TARGET__KIND", kind)
-                .env("SINK__TARGET__URL", url)
-                .env("SINK__HTTP__LISTEN", format!("0.0.0.0:{SINK_HTTP_PORT}"));
-            if inputs.config.target == TargetKind::Postgres {
-                spec = spec.env("SINK__TARGET__PASSWORD", inputs.pg_password);
-            }
-            spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://127.0.0.1:{SINK_HTTP_PORT}/readyz >/dev/null")));
-            spec.ports = vec![(SINK_HTTP_PORT, ports.sink_http)];
-            spec
-        }
-        Role::OtelCollector => {
-            let mut spec = base;
-            spec.cmd = vec!["--config=/etc/otelcol/config.yaml".into()];
-            spec.binds = vec![
-                bind(&inputs.config.assets_dir, "docker/otel/collector.yaml", "/etc/otelcol/config.yaml"),
-                // The filelog receiver tails container logs for Loki.
-                "/var/lib/docker/containers:/var/lib/docker/containers:ro".into(),
-            ];
-            spec
-        }
-        Role::Tempo => {
-            let mut spec = base;
-            spec.cmd = vec!["-config.file=/etc/tempo.yaml".into()];
-            spec.binds = vec![bind(&inputs.config.assets_dir, "docker/tempo/tempo.yaml", "/etc/tempo.yaml")];
-            spec
-        }
-        Role::Loki => {
-            let mut spec = base;
-            spec.cmd = vec!["-config.file=/etc/loki/config.yaml".into()];
-            spec.binds = vec![bind(&inputs.config.assets_dir, "docker/loki/loki.yaml", "/etc/loki/config.yaml")];
-            spec
-        }
-        Role::Prometheus => {
-            let mut spec = base;
-            spec.cmd =
-                ["--config.file=/etc/prometheus/prometheus.yml", "--web.enable-lifecycle", "--web.enable-remote-write-receiver"].map(String::from).to_vec();
-            spec.binds = vec![bind(&inputs.config.assets_dir, "prometheus", "/etc/prometheus")];
-            spec.health = Some(HealthCheck::shell(&format!("wget -q -O /dev/null http://127.0.0.1:{PROMETHEUS_PORT}/-/ready")));
-            spec.ports = vec![(PROMETHEUS_PORT, ports.prometheus)];
-            spec
-        }
-        Role::Grafana => {
-            let mut spec = base.env("GF_AUTH_ANONYMOUS_ENABLED", "true").env("GF_AUTH_ANONYMOUS_ORG_ROLE", "Viewer");
-            spec.binds = vec![
-                bind(&inputs.config.assets_dir, "grafana/provisioning", "/etc/grafana/provisioning"),
-                bind(&inputs.config.assets_dir, "grafana/dashboards", "/var/lib/grafana/dashboards"),
-            ];
-            spec.health = Some(HealthCheck::shell(&format!("wget -q -O /dev/null http://127.0.0.1:{GRAFANA_PORT}/api/health")));
-            spec.ports = vec![(GRAFANA_PORT, ports.grafana)];
-            spec
-        }
+        Role::Postgres => postgres_spec(base, inputs),
+        Role::Kafka if local => tansu_spec(base, inputs),
+        Role::Kafka => kafka_spec(base, inputs),
+        Role::ConnectProxy | Role::SinkProxy => proxy_spec(base, role, inputs),
+        Role::Connect if local => launcher_spec(base, inputs),
+        Role::Connect => connect_spec(base, inputs),
+        Role::Sink if local => pod_sink_spec(base, inputs),
+        Role::Sink => sink_spec(base, inputs),
+        Role::Mongo => mongo_spec(base, inputs),
+        Role::OtelCollector => otel_collector_spec(base, inputs),
+        Role::Tempo => config_file_spec(base, inputs, "-config.file=/etc/tempo.yaml", "docker/tempo/tempo.yaml", "/etc/tempo.yaml"),
+        Role::Loki => config_file_spec(base, inputs, "-config.file=/etc/loki/config.yaml", "docker/loki/loki.yaml", "/etc/loki/config.yaml"),
+        Role::Prometheus => prometheus_spec(base, inputs),
+        Role::Grafana => grafana_spec(base, inputs),
     }
+}
+
+/// PostgreSQL with logical decoding on, as the local backend's `postgresql.conf` has it.
+fn postgres_spec(base: ContainerSpec, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let mut spec = base.env("POSTGRES_USER", "postgres").env("POSTGRES_PASSWORD", inputs.pg_password).env("POSTGRES_DB", "postgres");
+    spec.cmd = [
+        "postgres",
+        "-c",
+        "wal_level=logical",
+        "-c",
+        "max_wal_senders=10",
+        "-c",
+        "max_replication_slots=10",
+        "-c",
+        "max_connections=200",
+        "-c",
+        "track_commit_timestamp=on",
+    ]
+    .map(String::from)
+    .to_vec();
+    spec.health = Some(HealthCheck::shell("pg_isready -U postgres -d postgres -h 127.0.0.1"));
+    spec.ports = vec![(POSTGRES_PORT, inputs.ports.postgres)];
+    spec
+}
+
+/// The local set's broker: tansu advertises one listener, the published one, as the local
+/// backend's broker advertises its proxy.
+fn tansu_spec(base: ContainerSpec, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let ports = inputs.ports;
+    let mut spec = base.env("RUST_LOG", "warn");
+    spec.cmd = vec![
+        "broker".into(),
+        "--cluster-id=cdc-harness".into(),
+        format!("--listener-url=tcp://0.0.0.0:{KAFKA_EXTERNAL_PORT}"),
+        format!("--advertised-listener-url=tcp://127.0.0.1:{}", ports.kafka),
+        "--storage-engine=sqlite://tansu.db".into(),
+    ];
+    spec.health = Some(HealthCheck::shell(&format!("bash -c '</dev/tcp/127.0.0.1/{KAFKA_EXTERNAL_PORT}'")));
+    spec.ports = vec![(KAFKA_EXTERNAL_PORT, ports.kafka)];
+    spec
+}
+
+/// Apache Kafka, one KRaft node (broker and controller).
+fn kafka_spec(base: ContainerSpec, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let ports = inputs.ports;
+    let mut spec = base
+        .env("KAFKA_NODE_ID", "1")
+        .env("KAFKA_PROCESS_ROLES", "broker,controller")
+        .env("KAFKA_LISTENERS", format!("INTERNAL://:{KAFKA_INTERNAL_PORT},EXTERNAL://:{KAFKA_EXTERNAL_PORT},CONTROLLER://:9093"))
+        .env("KAFKA_ADVERTISED_LISTENERS", format!("INTERNAL://kafka:{KAFKA_INTERNAL_PORT},EXTERNAL://127.0.0.1:{}", ports.kafka))
+        .env("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT")
+        .env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+        .env("KAFKA_INTER_BROKER_LISTENER_NAME", "INTERNAL")
+        .env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@kafka:9093")
+        .env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+        .env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        .env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+        // Topics are created by the harness before the connector starts, as on the
+        // local broker: a topic that appears by accident hides a misconfiguration.
+        .env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false");
+    spec.health =
+        Some(HealthCheck::shell(&format!("/opt/kafka/bin/kafka-broker-api-versions.sh --bootstrap-server localhost:{KAFKA_INTERNAL_PORT} >/dev/null 2>&1")));
+    spec.ports = vec![(KAFKA_EXTERNAL_PORT, ports.kafka)];
+    spec
+}
+
+/// A pod's fault proxy: its own link to PostgreSQL, the shared broker link, and the
+/// published ports of the pod (control API, the service's HTTP port).
+fn proxy_spec(base: ContainerSpec, role: Role, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let ports = inputs.ports;
+    // Inside the pod the service reaches the broker at the address tansu advertises
+    // (127.0.0.1:<published port>) and PostgreSQL at 127.0.0.1:5432.
+    let (link, service_port, host_port, control) = match role {
+        Role::ConnectProxy => ("debezium-postgres", CONNECT_PORT, ports.connect, ports.connect_proxy),
+        _ => ("sink-target", SINK_HTTP_PORT, ports.sink_http, ports.sink_proxy),
+    };
+    let mut spec = base;
+    spec.cmd = vec![
+        "--link".into(),
+        format!("broker={}=kafka:{KAFKA_EXTERNAL_PORT}", ports.kafka),
+        "--link".into(),
+        format!("{link}={POSTGRES_PORT}=postgres:{POSTGRES_PORT}"),
+        "--control".into(),
+        format!("0.0.0.0:{PROXY_CONTROL_PORT}"),
+    ];
+    spec.health = Some(HealthCheck::shell(&format!("bash -c '</dev/tcp/127.0.0.1/{PROXY_CONTROL_PORT}'")));
+    spec.ports = vec![(PROXY_CONTROL_PORT, control), (service_port, host_port)];
+    spec
+}
+
+/// The local set's Debezium: the embedded-engine launcher; its properties and offsets
+/// live in the run folder (written by the backend before the start), so a restart resumes.
+fn launcher_spec(base: ContainerSpec, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let mut spec = base.env(crate::orchestrator::local::debezium::PASSWORD_ENV, inputs.pg_password);
+    spec.cmd = vec![format!("{DEBEZIUM_DIR}/launcher.properties")];
+    spec.binds = vec![format!("{}:{DEBEZIUM_DIR}", inputs.run_dir.join("debezium").display())];
+    spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://127.0.0.1:{CONNECT_PORT}/status >/dev/null")));
+    spec.pod = Some(Role::ConnectProxy);
+    spec.user = Some(inputs.user.clone());
+    spec
+}
+
+/// Debezium's Kafka Connect (the connector is registered once it answers).
+fn connect_spec(base: ContainerSpec, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let mut spec = base
+        .env("BOOTSTRAP_SERVERS", format!("kafka:{KAFKA_INTERNAL_PORT}"))
+        .env("GROUP_ID", "cdc-connect")
+        .env("CONFIG_STORAGE_TOPIC", "connect_configs")
+        .env("OFFSET_STORAGE_TOPIC", "connect_offsets")
+        .env("STATUS_STORAGE_TOPIC", "connect_statuses")
+        .env("CONFIG_STORAGE_REPLICATION_FACTOR", "1")
+        .env("OFFSET_STORAGE_REPLICATION_FACTOR", "1")
+        .env("STATUS_STORAGE_REPLICATION_FACTOR", "1")
+        .env("KEY_CONVERTER", "org.apache.kafka.connect.json.JsonConverter")
+        .env("VALUE_CONVERTER", "org.apache.kafka.connect.json.JsonConverter")
+        .env("CONNECT_KEY_CONVERTER_SCHEMAS_ENABLE", "false")
+        .env("CONNECT_VALUE_CONVERTER_SCHEMAS_ENABLE", "false")
+        // Source offsets flushed every second: a kill re-sends at most a second of events.
+        .env("OFFSET_FLUSH_INTERVAL_MS", "1000");
+    spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://localhost:{CONNECT_PORT}/ >/dev/null")));
+    spec.ports = vec![(CONNECT_PORT, inputs.ports.connect)];
+    spec
+}
+
+/// The local set's sink: the same sink.toml the local backend writes, mounted over the image's.
+fn pod_sink_spec(base: ContainerSpec, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let mut spec = base.env("SINK__TARGET__PASSWORD", inputs.pg_password);
+    spec.binds = vec![format!("{}:/etc/sink/sink.toml:ro", inputs.run_dir.join("sink").join("sink.toml").display())];
+    spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://127.0.0.1:{SINK_HTTP_PORT}/readyz >/dev/null")));
+    spec.pod = Some(Role::SinkProxy);
+    spec
+}
+
+/// The sink's `[target]` kind and URL inside the run network (no password: PostgreSQL's
+/// comes from the environment).
+fn sink_target(target: TargetKind) -> (&'static str, String) {
+    match target {
+        TargetKind::Postgres => {
+            let port = POSTGRES_PORT.to_string();
+            let pairs = [("host", "postgres"), ("port", port.as_str()), ("user", "postgres"), ("dbname", TARGET_DB)];
+            ("postgres", secure_conn::pg::conninfo(&pairs))
+        }
+        TargetKind::Mongodb => ("mongodb", format!("mongodb://mongo:{MONGO_PORT}")),
+    }
+}
+
+/// The sink image: it ships /etc/sink/sink.toml (docker/sink/sink.toml); everything that
+/// differs per run is an environment override.
+fn sink_spec(base: ContainerSpec, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let (kind, url) = sink_target(inputs.config.target);
+    let mut spec = base
+        .env("SINK__KAFKA__BROKERS", format!("kafka:{KAFKA_INTERNAL_PORT}"))
+        .env("SINK__KAFKA__GROUP_ID", GROUP_ID)
+        .env("SINK__TARGET__KIND", kind)
+        .env("SINK__TARGET__URL", url)
+        .env("SINK__HTTP__LISTEN", format!("0.0.0.0:{SINK_HTTP_PORT}"));
+    if inputs.config.target == TargetKind::Postgres {
+        spec = spec.env("SINK__TARGET__PASSWORD", inputs.pg_password);
+    }
+    spec.health = Some(HealthCheck::shell(&format!("curl -fsS http://127.0.0.1:{SINK_HTTP_PORT}/readyz >/dev/null")));
+    spec.ports = vec![(SINK_HTTP_PORT, inputs.ports.sink_http)];
+    spec
+}
+
+fn mongo_spec(base: ContainerSpec, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let mut spec = base;
+    spec.health = Some(HealthCheck::shell("mongosh --quiet --eval 'quit(db.adminCommand({ping: 1}).ok ? 0 : 1)'"));
+    spec.ports = vec![(MONGO_PORT, inputs.ports.mongo)];
+    spec
+}
+
+fn otel_collector_spec(base: ContainerSpec, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let mut spec = base;
+    spec.cmd = vec!["--config=/etc/otelcol/config.yaml".into()];
+    spec.binds = vec![
+        bind(&inputs.config.assets_dir, "docker/otel/collector.yaml", "/etc/otelcol/config.yaml"),
+        // The filelog receiver tails container logs for Loki.
+        "/var/lib/docker/containers:/var/lib/docker/containers:ro".into(),
+    ];
+    spec
+}
+
+/// A service configured by one file of the repository (Tempo, Loki): `flag` names where
+/// it is mounted.
+fn config_file_spec(base: ContainerSpec, inputs: &SpecInputs<'_>, flag: &str, asset: &str, target: &str) -> ContainerSpec {
+    let mut spec = base;
+    spec.cmd = vec![flag.into()];
+    spec.binds = vec![bind(&inputs.config.assets_dir, asset, target)];
+    spec
+}
+
+fn prometheus_spec(base: ContainerSpec, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let mut spec = base;
+    spec.cmd = ["--config.file=/etc/prometheus/prometheus.yml", "--web.enable-lifecycle", "--web.enable-remote-write-receiver"].map(String::from).to_vec();
+    spec.binds = vec![bind(&inputs.config.assets_dir, "prometheus", "/etc/prometheus")];
+    spec.health = Some(HealthCheck::shell(&format!("wget -q -O /dev/null http://127.0.0.1:{PROMETHEUS_PORT}/-/ready")));
+    spec.ports = vec![(PROMETHEUS_PORT, inputs.ports.prometheus)];
+    spec
+}
+
+fn grafana_spec(base: ContainerSpec, inputs: &SpecInputs<'_>) -> ContainerSpec {
+    let mut spec = base.env("GF_AUTH_ANONYMOUS_ENABLED", "true").env("GF_AUTH_ANONYMOUS_ORG_ROLE", "Viewer");
+    spec.binds = vec![
+        bind(&inputs.config.assets_dir, "grafana/provisioning", "/etc/grafana/provisioning"),
+        bind(&inputs.config.assets_dir, "grafana/dashboards", "/var/lib/grafana/dashboards"),
+    ];
+    spec.health = Some(HealthCheck::shell(&format!("wget -q -O /dev/null http://127.0.0.1:{GRAFANA_PORT}/api/health")));
+    spec.ports = vec![(GRAFANA_PORT, inputs.ports.grafana)];
+    spec
 }
 
 fn bind(assets: &std::path::Path, relative: &str, target: &str) -> String {
@@ -832,6 +860,15 @@ mod tests {
             Role::for_service(ServiceKind::Sink, &DockerConfig { target: TargetKind::Mongodb, ..DockerConfig::default() }),
             vec![Role::Mongo, Role::Sink]
         );
+    }
+
+    #[test]
+    fn the_sink_reaches_its_target_by_its_name_on_the_run_network_without_a_password() {
+        let (kind, url) = sink_target(TargetKind::Postgres);
+        assert_eq!(kind, "postgres");
+        assert!(url.contains("host='postgres'") || url.contains("host=postgres"), "{url}");
+        assert!(url.contains(TARGET_DB) && !url.contains("password"), "{url}");
+        assert_eq!(sink_target(TargetKind::Mongodb), ("mongodb", "mongodb://mongo:27017".to_string()));
     }
 
     #[test]

@@ -16,9 +16,96 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use self::connect::ConnectClient;
 use self::file::EndpointsFile;
-use super::{Endpoints, HopSecurity, PgConnectError, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus, pg_error_text as pg_error};
+use super::{Backend, BackendKind, Endpoints, HopSecurity, LeaderResolver, ServiceControl, PgConnectError, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus, pg_error_text as pg_error};
 use crate::config::TABLES;
 use crate::verify::mapping::Mapping;
+
+/// Refusals of this backend name what it can do instead.
+fn refused(what: &str) -> String {
+    format!(
+        "the external backend does only what a client can do from outside: {what} is refused (its faults: pause / restart of target `connector`, restart of `connector-task`, poison)"
+    )
+}
+
+/// Nothing is started, so nothing is stopped, controlled or sampled here: no
+/// `ServiceControl`, and a run refuses what would change a team's source or needs the
+/// apply log a MongoDB target does not keep.
+#[async_trait::async_trait]
+impl Backend for ExternalStack {
+    fn kind(&self) -> BackendKind {
+        BackendKind::External
+    }
+
+    fn endpoints(&self) -> Endpoints {
+        self.endpoints.clone()
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        self.description()
+    }
+
+    /// The pre-flight.
+    async fn up(&mut self) -> Result<Endpoints, ServiceError> {
+        self.preflight().await
+    }
+
+    async fn status(&self) -> Result<Vec<ServiceStatus>, ServiceError> {
+        Ok(self.hops().await)
+    }
+
+    /// Nothing was started.
+    async fn down(&mut self) -> Result<(), ServiceError> {
+        Ok(())
+    }
+
+    fn detach(&mut self) {}
+
+    /// Its processes run elsewhere: no CPU or memory is sampled.
+    fn leader_resolver(&self) -> LeaderResolver {
+        Box::new(Vec::new)
+    }
+
+    fn owns_services(&self) -> bool {
+        false
+    }
+
+    fn partitions(&self) -> Option<u32> {
+        self.partitions
+    }
+
+    fn mongo_uri(&self) -> Option<String> {
+        self.mongo().map(|(uri, _)| uri)
+    }
+
+    fn mongo_db(&self) -> Option<String> {
+        self.mongo().map(|(_, db)| db)
+    }
+
+    fn control(&mut self) -> Option<&mut dyn ServiceControl> {
+        None
+    }
+
+    fn control_ref(&self) -> Option<&dyn ServiceControl> {
+        None
+    }
+
+    fn refuse(&self, what: &str) -> ServiceError {
+        ServiceError::Unsupported { backend: BackendKind::External, reason: refused(what) }
+    }
+
+    fn check_scenario(&self, scenario: &crate::scenario::Scenario) -> Result<(), ServiceError> {
+        let unsupported = |reason: String| ServiceError::Unsupported { backend: BackendKind::External, reason };
+        if !scenario.schema_changes.is_empty() {
+            return Err(unsupported(format!("scenario {} changes the source's schema: refused on an external stack", scenario.name)));
+        }
+        if self.mongo.is_some() {
+            return Err(unsupported(
+                "a run on an external stack needs a PostgreSQL target (it reads the sink's apply log there); a MongoDB target is verified with `harness verify --backend external`".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// How long the canary write may take from the source to the target.
 const CANARY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -41,7 +128,7 @@ fn preflight(hop: &'static str, reason: impl Into<String>) -> ServiceError {
 impl ExternalStack {
     /// Reads and resolves the endpoints file (every credential reference included).
     pub fn load(path: &Path, require_tls: bool) -> Result<Self, ServiceError> {
-        let usage = |e: file::EndpointsFileError| ServiceError::Unsupported(e.to_string());
+        let usage = |e: file::EndpointsFileError| ServiceError::Usage(e.to_string());
         let resolved = EndpointsFile::read(path).and_then(|f| f.resolve(path)).map_err(usage)?;
         Ok(Self {
             file: path.to_path_buf(),
@@ -73,21 +160,13 @@ impl ExternalStack {
         Ok((client, HopSecurity { encrypted: ssl, verified, detail }))
     }
 
-    pub fn endpoints(&self) -> Endpoints {
-        self.endpoints.clone()
-    }
-
     /// MongoDB target: its URI and database.
-    pub fn mongo(&self) -> Option<(String, String)> {
+    fn mongo(&self) -> Option<(String, String)> {
         self.mongo.as_ref().map(|(uri, db)| (uri.expose().to_string(), db.clone()))
     }
 
-    pub fn partitions(&self) -> Option<u32> {
-        self.partitions
-    }
-
     /// What the report says about the stack: every endpoint, no credential.
-    pub fn describe(&self) -> serde_json::Value {
+    fn description(&self) -> serde_json::Value {
         let e = &self.endpoints;
         serde_json::json!({
             "endpoints_file": self.file.display().to_string(),
@@ -110,7 +189,7 @@ impl ExternalStack {
 
     /// The pre-flight: every endpoint answers, the workload tables are there and in the
     /// publication, and a canary write reaches the target. Any failure names its hop.
-    pub async fn up(&mut self) -> Result<Endpoints, ServiceError> {
+    async fn preflight(&mut self) -> Result<Endpoints, ServiceError> {
         let e = self.endpoints.clone();
         eprintln!("external: pre-flight of {} (nothing is started or stopped on this backend)", self.file.display());
         let (source, security) = self
@@ -250,7 +329,7 @@ impl ExternalStack {
 
     /// Each hop as a service: source (and target), broker, connector, sink, each with
     /// whether its connection is encrypted and verified (`--require-tls`: plaintext is a failure).
-    pub async fn status(&self) -> Vec<ServiceStatus> {
+    async fn hops(&self) -> Vec<ServiceStatus> {
         let e = &self.endpoints;
         let line = |service, ok: Result<Option<HopSecurity>, String>, endpoint: String| {
             let (ok, security) = match ok {

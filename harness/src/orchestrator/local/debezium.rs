@@ -13,14 +13,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::process::{self, ProcessHandle};
-use crate::config::TOPIC_PREFIX;
+use crate::config::{CONNECTOR_NAME, PUBLICATION_NAME, SLOT_NAME, TOPIC_PREFIX};
 use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{PgEndpoint, Secret, ServiceError, ServiceKind};
 
-pub const SLOT_NAME: &str = "cdc_slot";
-pub const PUBLICATION_NAME: &str = "cdc_publication";
-/// The connector's name (`debezium.name`), under which the launcher serves Connect's REST subset.
-pub const CONNECTOR_NAME: &str = "cdc-harness";
 const LAUNCHER_SOURCE: &str = include_str!("../../../launcher/DebeziumLauncher.java");
 
 pub struct DebeziumLayout {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use self::process::ProcessHandle;
 use super::state::{self, PortPicker, absolute, state_err};
-use super::{ConnectEndpoint, Endpoints, Orchestrator, PgEndpoint, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus};
+use super::{Backend, BackendKind, ConnectEndpoint, Endpoints, LeaderResolver, PgEndpoint, STOP_GRACE, Secret, ServiceControl, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 use crate::config::StackConfig;
 use crate::faults::Link;
 use crate::provision::Provisioned as Tools;
@@ -59,8 +59,8 @@ impl StackState {
                 port: self.ports.postgres,
                 user: "postgres".into(),
                 password: self.password.clone(),
-                source_db: postgres::SOURCE_DB.into(),
-                target_db: postgres::TARGET_DB.into(),
+                source_db: crate::config::SOURCE_DB.into(),
+                target_db: crate::config::TARGET_DB.into(),
                 target_server: None,
                 source_schema: crate::orchestrator::PUBLIC_SCHEMA.into(),
                 params: Default::default(),
@@ -69,7 +69,7 @@ impl StackState {
             format!("http://127.0.0.1:{}/status", self.ports.debezium_status),
             format!("http://127.0.0.1:{}", self.ports.sink_http),
             // The launcher serves Connect's pause/resume/restart for its one connector.
-            Some(ConnectEndpoint { url: format!("http://127.0.0.1:{}", self.ports.debezium_status), connector: debezium::CONNECTOR_NAME.into() }),
+            Some(ConnectEndpoint { url: format!("http://127.0.0.1:{}", self.ports.debezium_status), connector: crate::config::CONNECTOR_NAME.into() }),
         )
     }
 }
@@ -120,33 +120,8 @@ impl LocalStack {
         &self.run_dir
     }
 
-    pub fn endpoints(&self) -> Endpoints {
-        self.state.endpoints()
-    }
-
     pub fn handle(&self, service: ServiceKind) -> Option<&ProcessHandle> {
         self.state.services.get(&service)
-    }
-
-    /// A function that tells each running service's leader pid now, from the state file
-    /// (so a sampler follows services across restarts done by another part of the harness).
-    pub fn leader_resolver(&self) -> impl Fn() -> Vec<(String, i32)> + Send + Sync + 'static {
-        let run_dir = self.run_dir.clone();
-        move || match read_state(&run_dir) {
-            Ok(Some(state)) => state.services.iter().filter(|(_, h)| h.is_alive()).map(|(s, h)| (s.name().to_string(), h.pid)).collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// Leaves the services running when this value is dropped.
-    pub fn detach(mut self) {
-        self.detached = true;
-    }
-
-    /// Never tears the services down, whatever happens to this value (drop on Ctrl-C or a
-    /// panic included): for a stack this process did not start (`--reuse`).
-    pub fn borrow_only(&mut self) {
-        self.detached = true;
     }
 
     fn services(&self) -> Vec<ServiceKind> {
@@ -184,35 +159,6 @@ impl LocalStack {
             self.proxies.insert(link, proxy);
         }
         Ok(())
-    }
-
-    /// Applies a fault to a link (needs `fault_proxies`).
-    pub fn set_link(&self, link: Link, fault: LinkFault) -> Result<(), ServiceError> {
-        self.proxies.get(&link).map(|p| p.set(fault)).ok_or_else(|| no_proxies(link))
-    }
-
-    /// Cuts every open connection on a link once.
-    pub fn reset_link(&self, link: Link) -> Result<(), ServiceError> {
-        self.proxies.get(&link).map(FaultProxy::reset).ok_or_else(|| no_proxies(link))
-    }
-
-    /// SIGSTOP to the service's process group.
-    pub fn pause(&self, service: ServiceKind) {
-        if let Some(handle) = self.state.services.get(&service) {
-            let _ = handle.signal(Signal::SIGSTOP);
-        }
-    }
-
-    /// SIGCONT to the service's process group.
-    pub fn resume(&self, service: ServiceKind) {
-        if let Some(handle) = self.state.services.get(&service) {
-            let _ = handle.signal(Signal::SIGCONT);
-        }
-    }
-
-    /// Whether the service passes its readiness check now.
-    pub async fn is_healthy(&self, service: ServiceKind) -> bool {
-        self.check(service).await.state == ServiceState::Healthy
     }
 
     fn save(&self) -> Result<(), ServiceError> {
@@ -294,7 +240,7 @@ impl LocalStack {
     /// `up`, except that Debezium is killed `after` its initial snapshot started and
     /// started again `downtime` later; returns that fault's timeline entry (seconds are
     /// relative to the kill, since the load has not started yet).
-    pub async fn up_with_snapshot_kill(&mut self, after: Duration, downtime: Duration) -> Result<crate::report::model::FaultRecord, ServiceError> {
+    async fn snapshot_kill(&mut self, after: Duration, downtime: Duration) -> Result<crate::report::model::FaultRecord, ServiceError> {
         self.private_run_dir()?;
         self.tools()?;
         self.start_service(ServiceKind::Postgres).await?;
@@ -333,7 +279,7 @@ impl LocalStack {
         tokio::time::sleep(after).await;
         let sent_before_kill = debezium::fetch_status(&endpoints.debezium_status).await.map(|s| s.records_sent).unwrap_or(0);
         let killed = std::time::Instant::now();
-        self.kill(ServiceKind::Debezium);
+        self.signal_kill(ServiceKind::Debezium);
         eprintln!("up: killed debezium during the snapshot ({sent_before_kill} records sent)");
         tokio::time::sleep(downtime).await;
         let end_s = killed.elapsed().as_secs_f64();
@@ -357,25 +303,19 @@ impl LocalStack {
         })
     }
 
-    /// SIGKILL: the service gets no chance to flush or commit.
-    pub fn kill(&mut self, service: ServiceKind) {
+    /// SIGKILL, and the wait for the process to be gone.
+    fn signal_kill(&self, service: ServiceKind) {
         if let Some(handle) = self.state.services.get(&service) {
             let _ = handle.signal(Signal::SIGKILL);
             handle.wait_exit(Duration::from_secs(10));
         }
     }
 
-    /// Graceful stop with the service's own shutdown signal; SIGKILL after the grace period.
-    pub fn stop(&mut self, service: ServiceKind) -> bool {
-        match self.state.services.get(&service) {
-            Some(handle) => handle.stop(stop_signal(service), Duration::from_secs(30)),
-            None => true,
+    /// `signal` to the service's process group, if it runs.
+    fn signal(&self, service: ServiceKind, signal: Signal) {
+        if let Some(handle) = self.state.services.get(&service) {
+            let _ = handle.signal(signal);
         }
-    }
-
-    pub async fn restart(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
-        self.stop(service);
-        self.start_service(service).await
     }
 
     async fn check(&self, service: ServiceKind) -> ServiceStatus {
@@ -465,7 +405,16 @@ fn stop_signal(service: ServiceKind) -> Signal {
     }
 }
 
-impl Orchestrator for LocalStack {
+#[async_trait::async_trait]
+impl Backend for LocalStack {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Local
+    }
+
+    fn endpoints(&self) -> Endpoints {
+        self.state.endpoints()
+    }
+
     async fn up(&mut self) -> Result<Endpoints, ServiceError> {
         self.private_run_dir()?;
         self.save()?;
@@ -491,6 +440,82 @@ impl Orchestrator for LocalStack {
     async fn down(&mut self) -> Result<(), ServiceError> {
         let left = tokio::task::block_in_place(|| self.teardown());
         if left.is_empty() { Ok(()) } else { Err(ServiceError::Teardown { left }) }
+    }
+
+    fn detach(&mut self) {
+        self.detached = true;
+    }
+
+    /// Tells each running service's leader pid now, from the state file (so a sampler
+    /// follows services across restarts done by another part of the harness).
+    fn leader_resolver(&self) -> LeaderResolver {
+        let run_dir = self.run_dir.clone();
+        Box::new(move || match read_state(&run_dir) {
+            Ok(Some(state)) => state.services.iter().filter(|(_, h)| h.is_alive()).map(|(s, h)| (s.name().to_string(), h.pid)).collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    fn acks_log(&self) -> Option<PathBuf> {
+        Some(debezium::DebeziumLayout::new(&self.run_dir).acks)
+    }
+
+    fn control(&mut self) -> Option<&mut dyn ServiceControl> {
+        Some(self)
+    }
+
+    fn control_ref(&self) -> Option<&dyn ServiceControl> {
+        Some(self)
+    }
+
+    async fn up_with_snapshot_kill(&mut self, after: Duration, downtime: Duration) -> Result<crate::report::model::FaultRecord, ServiceError> {
+        self.snapshot_kill(after, downtime).await
+    }
+}
+
+/// Signals to process groups; link faults through the proxies in this process.
+#[async_trait::async_trait]
+impl ServiceControl for LocalStack {
+    async fn kill(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        self.signal_kill(service);
+        Ok(())
+    }
+
+    /// The service's own shutdown signal; SIGKILL after the grace period.
+    async fn stop(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        if let Some(handle) = self.state.services.get(&service) {
+            handle.stop(stop_signal(service), STOP_GRACE);
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP to the service's process group.
+    async fn pause(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        self.signal(service, Signal::SIGSTOP);
+        Ok(())
+    }
+
+    /// SIGCONT to the service's process group.
+    async fn resume(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        self.signal(service, Signal::SIGCONT);
+        Ok(())
+    }
+
+    async fn start(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        self.start_service(service).await
+    }
+
+    async fn is_healthy(&self, service: ServiceKind) -> bool {
+        self.check(service).await.state == ServiceState::Healthy
+    }
+
+    /// Needs `fault_proxies`.
+    async fn set_link(&self, link: Link, fault: LinkFault) -> Result<(), ServiceError> {
+        self.proxies.get(&link).map(|p| p.set(fault)).ok_or_else(|| no_proxies(link))
+    }
+
+    async fn reset_link(&self, link: Link) -> Result<(), ServiceError> {
+        self.proxies.get(&link).map(FaultProxy::reset).ok_or_else(|| no_proxies(link))
     }
 }
 

@@ -13,11 +13,10 @@ use nix::unistd::{Uid, User};
 use super::process::{self, ProcessHandle};
 use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{PgEndpoint, Secret, ServiceError, ServiceKind};
+use crate::config::{SOURCE_DB, TARGET_DB};
 
 /// Databases created in the cluster: the application's (captured by Debezium) and the
 /// sink's PostgreSQL target.
-pub const SOURCE_DB: &str = "app";
-pub const TARGET_DB: &str = "sink";
 const SUPERUSER: &str = "postgres";
 
 pub struct PostgresLayout {

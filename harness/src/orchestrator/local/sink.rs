@@ -8,11 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::process::{self, ProcessHandle};
-use crate::config::{DLQ_TOPIC, TABLES, topic_for};
+use crate::config::{DLQ_TOPIC, GROUP_ID, TABLES, topic_for};
 use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{PgEndpoint, ServiceError, ServiceKind};
 
-pub const GROUP_ID: &str = "cdc-sink";
 
 pub struct SinkLayout {
     pub dir: PathBuf,

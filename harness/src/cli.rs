@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use harness::config::StackConfig;
-use harness::exit;
+use harness::exit::{self, UsageError};
 use harness::orchestrator::docker::TargetKind;
 use harness::orchestrator::docker::images::ImageSet;
 use harness::orchestrator::stack::{Stack, StackChoice};
@@ -254,7 +254,7 @@ pub fn run() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { exit::SUCCESS as u8 });
+            return exit::exit_code(exit::code_for_parse(&e));
         }
     };
     tracing_subscriber::fmt()
@@ -265,10 +265,10 @@ pub fn run() -> ExitCode {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(dispatch(cli)) {
-        Ok(code) => ExitCode::from(code as u8),
+        Ok(code) => exit::exit_code(code),
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(exit::code_for(&error) as u8)
+            eprintln!("error: {}", exit::describe(&error));
+            exit::exit_code(exit::code_for(&error))
         }
     }
 }
@@ -498,20 +498,13 @@ async fn finish_up(outcome: Result<harness::orchestrator::Endpoints, ServiceErro
 }
 
 async fn run_scenario(name: &str, args: RunArgs, run_dir: &std::path::Path) -> anyhow::Result<i32> {
-    let scenario = match harness::scenario::Scenario::load(name) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(exit::USAGE);
-        }
-    };
+    let scenario = harness::scenario::Scenario::load(name).map_err(UsageError::new)?;
     if args.reuse && args.stack.endpoints.is_some() {
-        eprintln!("error: --reuse takes the stack of --run-dir; an external stack (--endpoints) is always used as it stands");
-        return Ok(exit::USAGE);
+        return Err(UsageError::new("--reuse takes the stack of --run-dir; an external stack (--endpoints) is always used as it stands").into());
     }
     if args.reuse && scenario.needs_link_faults() {
-        eprintln!("error: scenario {} injects link faults, which need the fault proxies of a stack this run starts; run it without --reuse", scenario.name);
-        return Ok(exit::USAGE);
+        let reason = format!("scenario {} injects link faults, which need the fault proxies of a stack this run starts; run it without --reuse", scenario.name);
+        return Err(UsageError::new(reason).into());
     }
     let options = harness::run::RunOptions {
         scenario,

@@ -48,6 +48,10 @@ pub enum VerifyError {
     Source(String),
     #[error("reading the target: {0}")]
     Target(String),
+    /// Kept as the cause, so the server's message, SQLSTATE, detail and hint reach whoever
+    /// prints the chain (the error's own `Display` is only "db error").
+    #[error("reading the {side}: {}", crate::orchestrator::pg_error_text(.error))]
+    Postgres { side: &'static str, #[source] error: tokio_postgres::Error },
     #[error(transparent)]
     Dlq(#[from] dlq::DlqError),
 }
@@ -58,6 +62,12 @@ impl VerifyError {
     }
     fn target(e: impl std::fmt::Display) -> Self {
         Self::Target(e.to_string())
+    }
+    fn source_pg(error: tokio_postgres::Error) -> Self {
+        Self::Postgres { side: "source", error }
+    }
+    fn target_pg(error: tokio_postgres::Error) -> Self {
+        Self::Postgres { side: "target", error }
     }
 }
 
@@ -441,7 +451,7 @@ async fn merge<S: OrderedScan>(entity: &Entity, mut src: CopyLines, tgt: &mut S,
         }
     };
 
-    let mut s_line = src.next_line().await.map_err(VerifyError::source)?;
+    let mut s_line = src.next_line().await.map_err(VerifyError::source_pg)?;
     let mut t_row = tgt.next_row().await?;
     // The previous target row's key, in one buffer reused row after row.
     let mut last_target_key: Option<Vec<u8>> = None;
@@ -460,7 +470,7 @@ async fn merge<S: OrderedScan>(entity: &Entity, mut src: CopyLines, tgt: &mut S,
             (Some(s), None) => {
                 outcome.source_count += 1;
                 record(first_field(s), DiffKind::Missing, &mut outcome);
-                s_line = src.next_line().await.map_err(VerifyError::source)?;
+                s_line = src.next_line().await.map_err(VerifyError::source_pg)?;
             }
             (None, Some((t, deleted))) => {
                 remember(&mut last_target_key, S::key(t));
@@ -476,7 +486,7 @@ async fn merge<S: OrderedScan>(entity: &Entity, mut src: CopyLines, tgt: &mut S,
                     std::cmp::Ordering::Less => {
                         outcome.source_count += 1;
                         record(sk, DiffKind::Missing, &mut outcome);
-                        s_line = src.next_line().await.map_err(VerifyError::source)?;
+                        s_line = src.next_line().await.map_err(VerifyError::source_pg)?;
                     }
                     std::cmp::Ordering::Greater => {
                         remember(&mut last_target_key, tk);
@@ -499,7 +509,7 @@ async fn merge<S: OrderedScan>(entity: &Entity, mut src: CopyLines, tgt: &mut S,
                                 record(sk, DiffKind::Mismatch, &mut outcome);
                             }
                         }
-                        s_line = src.next_line().await.map_err(VerifyError::source)?;
+                        s_line = src.next_line().await.map_err(VerifyError::source_pg)?;
                         t_row = tgt.next_row().await?;
                     }
                 }
@@ -517,7 +527,7 @@ fn remember(last: &mut Option<Vec<u8>>, key: &[u8]) {
 
 /// The next target row and whether it is a tombstone (`_cdc_deleted`, the last field).
 async fn next_target(lines: &mut CopyLines) -> Result<Option<(bytes::Bytes, bool)>, VerifyError> {
-    Ok(lines.next_line().await.map_err(VerifyError::target)?.map(|line| {
+    Ok(lines.next_line().await.map_err(VerifyError::target_pg)?.map(|line| {
         let cut = line.iter().rposition(|&b| b == b'\t').unwrap_or(line.len());
         let deleted = line.get(cut + 1..) == Some(b"t");
         (line.slice(..cut), deleted)

@@ -53,21 +53,21 @@ pub(super) async fn source_columns(client: &Client, entity: &Entity) -> Result<V
     let sql = "SELECT a.attname::text, coalesce(b.typname, t.typname)::text, format_type(a.atttypid, a.atttypmod) \
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type b ON b.oid = t.typbasetype \
                WHERE a.attrelid = to_regclass($1)::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
-    let rows = client.query(sql, &[&source_relation(entity)]).await.map_err(VerifyError::source)?;
+    let rows = client.query(sql, &[&source_relation(entity)]).await.map_err(VerifyError::source_pg)?;
     Ok(rows.iter().map(|r| super::columns::SourceColumn { name: r.get(0), typname: r.get(1), declared: r.get(2) }).collect())
 }
 
 /// The names of the target table's live columns (empty when it does not exist).
 pub(super) async fn target_columns(client: &Client, entity: &Entity) -> Result<Vec<String>, VerifyError> {
     let sql = "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1)::oid AND attnum > 0 AND NOT attisdropped";
-    let rows = client.query(sql, &[&ident(&entity.postgres.table)]).await.map_err(VerifyError::target)?;
+    let rows = client.query(sql, &[&ident(&entity.postgres.table)]).await.map_err(VerifyError::target_pg)?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Rows of the source table ordered by key: `key \t col... ` in COPY text format.
 pub async fn scan_source(client: &Client, entity: &Entity) -> Result<CopyLines, VerifyError> {
     let sql = format!("COPY (SELECT {} FROM {} ORDER BY {}) TO STDOUT", column_list(entity), source_relation(entity), ident(&entity.key().name));
-    Ok(CopyLines::new(client.copy_out(sql.as_str()).await.map_err(VerifyError::source)?))
+    Ok(CopyLines::new(client.copy_out(sql.as_str()).await.map_err(VerifyError::source_pg)?))
 }
 
 /// Rows of the target table ordered by key, tombstones included, with `_cdc_deleted` last.
@@ -78,7 +78,7 @@ pub async fn scan_target(client: &Client, entity: &Entity) -> Result<CopyLines, 
         ident(&entity.postgres.table),
         ident(&entity.key().name)
     );
-    Ok(CopyLines::new(client.copy_out(sql.as_str()).await.map_err(VerifyError::target)?))
+    Ok(CopyLines::new(client.copy_out(sql.as_str()).await.map_err(VerifyError::target_pg)?))
 }
 
 /// Source rows for `keys`, with their commit time (needs `track_commit_timestamp`).
@@ -96,7 +96,7 @@ pub async fn fetch_source(client: &Client, entity: &Entity, keys: &[String]) -> 
     let rows = match client.query(build(true).as_str(), &[&keys]).await {
         Ok(rows) => rows,
         // Without track_commit_timestamp the classification falls back to values only.
-        Err(_) => client.query(build(false).as_str(), &[&keys]).await.map_err(VerifyError::source)?,
+        Err(_) => client.query(build(false).as_str(), &[&keys]).await.map_err(VerifyError::source_pg)?,
     };
     let n = entity.columns.len();
     let mut out = HashMap::with_capacity(rows.len());
@@ -131,7 +131,7 @@ pub async fn fetch_target(client: &Client, entity: &Entity, keys: &[String]) -> 
         ident(&entity.postgres.table),
         ident(&entity.key().name)
     );
-    let rows = client.query(sql.as_str(), &[&keys]).await.map_err(VerifyError::target)?;
+    let rows = client.query(sql.as_str(), &[&keys]).await.map_err(VerifyError::target_pg)?;
     let n = entity.columns.len();
     let mut out: HashMap<String, Vec<TargetRecord>> = HashMap::new();
     for row in rows {
@@ -172,7 +172,7 @@ pub async fn latency(client: &Client, entities: &[&Entity], since: Option<DateTi
     let sql = format!(
         "SELECT count(*)::float8, coalesce(percentile_disc(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY l), ARRAY[0,0,0,0]::float8[]), coalesce(max(l), 0)::float8 FROM ({union}) s"
     );
-    let row = client.query_one(sql.as_str(), &[&since]).await.map_err(VerifyError::target)?;
+    let row = client.query_one(sql.as_str(), &[&since]).await.map_err(VerifyError::target_pg)?;
     let count: f64 = row.get(0);
     let pcts: Vec<f64> = row.get(1);
     let max: f64 = row.get(2);

@@ -433,3 +433,18 @@ async fn a_stale_replay_applied_after_the_comparison_is_caught() -> anyhow::Resu
     assert!(w.late_examples[0].contains(&format!("customer {k} version 20")), "{:?}", w.late_examples);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_postgres_refuses_prints_the_servers_message_and_sqlstate() -> anyhow::Result<()> {
+    let f = fixture("verify-pg-error").await?;
+    // A source whose rows fail to read (division by zero, 22012) once the scan runs.
+    f.source
+        .batch_execute("ALTER TABLE customer RENAME TO customer_t; CREATE VIEW customer AS SELECT * FROM customer_t WHERE 1 / (CASE WHEN id IS NULL THEN 1 ELSE 0 END) = 1")
+        .await?;
+    let error = anyhow::Error::new(verify_postgres(&f.pg.endpoint, &VerifyOptions::default()).await.expect_err("an unreadable source fails"));
+    let text = harness::exit::describe(&error);
+    assert!(text.starts_with("reading the source: ERROR: ") && text.contains("division by zero (SQLSTATE 22012)"), "{text}");
+    assert!(!text.contains("db error"), "{text}");
+    assert_eq!(harness::exit::code_for(&error), harness::exit::ERROR);
+    Ok(())
+}

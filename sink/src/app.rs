@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::config::SinkConfig;
 use crate::dlq::DlqProducer;
-use crate::handler::Handler;
+use crate::pipeline::Handler;
 use crate::http::{AppState, Readiness, router};
 use crate::metrics::Metrics;
 use crate::model::Entity;

@@ -17,7 +17,7 @@ use crate::app::RunError;
 use crate::config::SinkConfig;
 use crate::decode::{DecodeOptions, Decoded, decode};
 use crate::dlq::DlqProducer;
-use crate::handler::{Handler, PartitionState, Record};
+use crate::pipeline::{Handler, PartitionState, Record};
 use crate::metrics::Metrics;
 use crate::model::{Coords, Entity};
 use crate::schema::SchemaTracker;

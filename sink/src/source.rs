@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{ApplyConfig, KafkaConfig};
-use crate::handler::{Handler, PartitionState, Record};
+use crate::pipeline::{Handler, PartitionState, Record};
 use crate::http::Stalls;
 use crate::metrics::Metrics;
 use crate::model::{Coords, Entity};

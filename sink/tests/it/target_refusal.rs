@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use harness::testing::TestPostgres;
 use sink::config::SinkConfig;
-use sink::handler::{Handler, PartitionState, Record};
+use sink::pipeline::{Handler, PartitionState, Record};
 use sink::model::{Coords, Entity};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,5 @@
-//! One handler per entity: decode, validate, apply, dead-letter one partition batch.
+//! The sink's pipeline, one handler per entity: decode, validate, apply and dead-letter
+//! (the letter stage) one partition batch, each stage its own function.
 //! Partitions of an entity run as their own tasks, so an entity whose target writes fail
 //! (and retry) stalls only its own partitions.
 
@@ -17,12 +18,32 @@ use crate::metrics::Metrics;
 use crate::model::{Change, Coords, Entity, Version};
 use crate::retry::Backoff;
 use crate::schema::SchemaTracker;
-use crate::targets::{ErrorClass, Target, TargetError};
+use crate::targets::{ApplyReport, ErrorClass, Target, TargetError};
 use crate::validation::{KeyMemory, Rule, Severity, Tally, Validator};
 
 /// Key, version, op and source commit time of a decoded change, by batch index: the apply
 /// log rows of events that write nothing.
 type ChangeMeta = (Uuid, Version, &'static str, Option<chrono::DateTime<Utc>>);
+
+/// What the decode stage hands to validation.
+struct DecodedBatch {
+    /// Decoded changes, by batch index, in offset order.
+    changes: Vec<(usize, Change)>,
+    /// `decode` dead letters.
+    letters: Vec<DeadLetter>,
+    /// Audit mode: what the apply log needs of every decoded change.
+    meta: HashMap<usize, ChangeMeta>,
+}
+
+/// A batch between validation and the letter stage.
+struct BatchWork {
+    /// By batch index.
+    outcomes: Vec<Outcome>,
+    /// Changes still to apply, by batch index.
+    changes: Vec<(usize, Change)>,
+    letters: Vec<DeadLetter>,
+    meta: HashMap<usize, ChangeMeta>,
+}
 
 /// A Kafka record, detached from the consumer.
 #[derive(Debug, Clone)]
@@ -193,21 +214,27 @@ impl Handler {
         spans
     }
 
+    /// The stages of one batch: decode, validate (per event, then the added columns the
+    /// target needs and the references), apply, and dead-letter what did not make it.
     async fn process_inner(&self, batch: &[Record], state: &mut PartitionState) -> Vec<Outcome> {
-        let entity = self.entity;
         let Some(first) = batch.first() else { return Vec::new() };
-        let mut outcomes = vec![Outcome::Ignored; batch.len()];
-        let mut letters: Vec<DeadLetter> = Vec::new();
-        let mut changes: Vec<(usize, Change)> = Vec::with_capacity(batch.len());
         let mut tally = Tally::default();
-        let validator = Validator { config: &self.config.validation, now: Utc::now() };
-        let mut ops: HashMap<&'static str, u64> = HashMap::new();
-        let audit = self.target.audits();
-        // Batch index -> (key, version, op, source commit time) of decoded changes, for
-        // the apply log rows of events that write nothing.
-        let mut decoded: HashMap<usize, ChangeMeta> = HashMap::new();
-        let options = DecodeOptions::of(&self.config);
+        let decoded = self.decode_batch(batch).await;
+        let mut work = self.validate_batch(batch, decoded, state, &mut tally);
+        self.ensure_added_columns(&work.changes, &first.coords).await;
+        self.validate_references(batch, &mut work, state, &mut tally).await;
+        self.apply_batch(batch, &mut work, state).await;
+        self.letter_batch(batch, work, state).await
+    }
 
+    /// Decode stage: every record as a change, an ignored record (counted, logged) or a
+    /// `decode` dead letter. Stops the partition on a topic that cannot carry deletes.
+    async fn decode_batch(&self, batch: &[Record]) -> DecodedBatch {
+        let entity = self.entity;
+        let audit = self.target.audits();
+        let options = DecodeOptions::of(&self.config);
+        let mut out = DecodedBatch { changes: Vec::with_capacity(batch.len()), letters: Vec::new(), meta: HashMap::new() };
+        let mut ops: HashMap<&'static str, u64> = HashMap::new();
         for (i, record) in batch.iter().enumerate() {
             match decode(&record.coords, record.key.as_deref(), record.value.as_deref(), &options) {
                 Err(DecodeError::DeletesNotCarried) => self.refuse_without_deletes(record).await,
@@ -216,7 +243,7 @@ impl Handler {
                     if let DecodeError::BadColumn { column, .. } = &error {
                         self.schema.incompatible_known(entity, column, &self.metrics);
                     }
-                    letters.push(self.letter(record, "decode", format!("{}: {error}", error.kind())));
+                    out.letters.push(self.letter_for(record, "decode", format!("{}: {error}", error.kind())));
                 }
                 Ok(Decoded::Tombstone) => *ops.entry("tombstone").or_default() += 1,
                 Ok(Decoded::Truncate) => {
@@ -232,137 +259,174 @@ impl Handler {
                 Ok(Decoded::Change(change)) => {
                     *ops.entry(change.op.code()).or_default() += 1;
                     if audit {
-                        decoded.insert(i, (change.key, change.version, change.op.code(), change.source_ts));
+                        out.meta.insert(i, (change.key, change.version, change.op.code(), change.source_ts));
                     }
-                    let mut rejected = None;
-                    for v in validator.check(&change, &mut state.memory, &mut tally) {
-                        self.metrics.validation_failed(v.rule.name(), v.severity);
-                        match v.severity {
-                            Severity::Warn => {
-                                debug!(message = "validation warning", rule = v.rule.name(), reason = %v.reason,
-                                topic = %record.coords.topic, partition = record.coords.partition, offset = record.coords.offset,
-                                key = %key_for_log(record.key.as_deref()), outcome = "warned")
-                            }
-                            Severity::Reject => rejected = rejected.or(Some(v)),
-                        }
-                    }
-                    match rejected {
-                        Some(v) => letters.push(self.letter(record, v.rule.name(), v.reason)),
-                        None => {
-                            outcomes[i] = if change.op.is_delete() { Outcome::Deleted } else { Outcome::Upserted };
-                            changes.push((i, *change));
-                        }
-                    }
+                    out.changes.push((i, *change));
                 }
             }
         }
         for (op, n) in ops {
             self.metrics.events_processed(entity, op, n);
         }
+        out
+    }
 
-        let added: HashSet<String> =
-            changes.iter().filter_map(|(_, c)| c.after.as_ref()).flat_map(|row| self.schema.observe(entity, row, &self.metrics)).collect();
-        if !added.is_empty() {
-            let added: Vec<String> = added.into_iter().collect();
-            // A refusal about the target (not owner, no privilege) stalls the partition in
-            // `retry` until fixed. One about the column itself (a name the server refuses)
-            // is logged; the rows carrying it then fail the apply on the missing column,
-            // which stalls the partition with that reason: never skipped silently.
-            if let Err(error) = self.retry("ensure_columns", &first.coords, || self.target.ensure_columns(entity, &added)).await {
-                error!(message = "added columns refused by the target", entity = %entity, columns = ?added, %error);
+    /// Validate stage, per event: the rules that need only the event and what the partition
+    /// learnt. Warnings are counted and logged; a rejected event becomes a dead letter.
+    fn validate_batch(&self, batch: &[Record], decoded: DecodedBatch, state: &mut PartitionState, tally: &mut Tally) -> BatchWork {
+        let validator = Validator { config: &self.config.validation, now: Utc::now() };
+        let DecodedBatch { changes, mut letters, meta } = decoded;
+        let mut outcomes = vec![Outcome::Ignored; batch.len()];
+        let mut accepted = Vec::with_capacity(changes.len());
+        for (i, change) in changes {
+            let record = &batch[i];
+            let mut rejected = None;
+            for v in validator.check(&change, &mut state.memory, tally) {
+                self.metrics.validation_failed(v.rule.name(), v.severity);
+                match v.severity {
+                    Severity::Warn => {
+                        debug!(message = "validation warning", rule = v.rule.name(), reason = %v.reason,
+                        topic = %record.coords.topic, partition = record.coords.partition, offset = record.coords.offset,
+                        key = %key_for_log(record.key.as_deref()), outcome = "warned")
+                    }
+                    Severity::Reject => rejected = rejected.or(Some(v)),
+                }
+            }
+            match rejected {
+                Some(v) => letters.push(self.letter_for(record, v.rule.name(), v.reason)),
+                None => {
+                    outcomes[i] = if change.op.is_delete() { Outcome::Deleted } else { Outcome::Upserted };
+                    accepted.push((i, change));
+                }
             }
         }
+        // Decode and rule letters in record order, as they are produced.
+        letters.sort_by_key(|l| l.coords.offset);
+        BatchWork { outcomes, changes: accepted, letters, meta }
+    }
 
-        let validated: Vec<(Uuid, Version)> = changes.iter().map(|(_, c)| (c.key, c.version)).collect();
-        self.check_referential(batch, &mut changes, &mut letters, &mut tally).await;
-        if changes.len() < validated.len() {
+    /// Columns added in the source get room in the target before the apply.
+    async fn ensure_added_columns(&self, changes: &[(usize, Change)], at: &Coords) {
+        let entity = self.entity;
+        let added: HashSet<String> =
+            changes.iter().filter_map(|(_, c)| c.after.as_ref()).flat_map(|row| self.schema.observe(entity, row, &self.metrics)).collect();
+        if added.is_empty() {
+            return;
+        }
+        let added: Vec<String> = added.into_iter().collect();
+        // A refusal about the target (not owner, no privilege) stalls the partition in
+        // `retry` until fixed. One about the column itself (a name the server refuses)
+        // is logged; the rows carrying it then fail the apply on the missing column,
+        // which stalls the partition with that reason: never skipped silently.
+        if let Err(error) = self.retry("ensure_columns", at, || self.target.ensure_columns(entity, &added)).await {
+            error!(message = "added columns refused by the target", entity = %entity, columns = ?added, %error);
+        }
+    }
+
+    /// Validate stage, against the target: the referential rule, then the batch's tally.
+    async fn validate_references(&self, batch: &[Record], work: &mut BatchWork, state: &mut PartitionState, tally: &mut Tally) {
+        let validated: Vec<(Uuid, Version)> = work.changes.iter().map(|(_, c)| (c.key, c.version)).collect();
+        self.check_referential(batch, &mut work.changes, &mut work.letters, tally).await;
+        if work.changes.len() < validated.len() {
             // Dropped by the referential rule: what they taught validation is void.
-            let kept: HashSet<(Uuid, Version)> = changes.iter().map(|(_, c)| (c.key, c.version)).collect();
+            let kept: HashSet<(Uuid, Version)> = work.changes.iter().map(|(_, c)| (c.key, c.version)).collect();
             for (key, version) in validated.into_iter().filter(|k| !kept.contains(k)) {
                 state.memory.unlearn(key, version);
             }
         }
-        self.metrics.validation(&tally);
+        self.metrics.validation(tally);
+    }
 
-        if !changes.is_empty() {
-            let plain: Vec<Change> = changes.iter().map(|(_, c)| c.clone()).collect();
-            let report = self.retry("apply", &first.coords, || self.target.apply(entity, &plain)).await;
-            let report = match report {
-                Ok(r) => r,
-                Err(reason) => {
-                    let reason = reason.to_string();
-                    crate::targets::ApplyReport { rejected: plain.iter().map(|c| (c.key, reason.clone())).collect(), ..Default::default() }
-                }
-            };
-            let mut latest: HashMap<Uuid, &Change> = HashMap::with_capacity(plain.len());
-            for c in &plain {
-                let newest = latest.get(&c.key).is_none_or(|kept| !kept.version.is_newer_than(&c.version));
-                if newest {
-                    latest.insert(c.key, c);
-                }
+    /// Apply stage: the version-guarded write (retried while transient). Stale changes are
+    /// marked; the ones the target refused become dead letters.
+    async fn apply_batch(&self, batch: &[Record], work: &mut BatchWork, state: &mut PartitionState) {
+        if work.changes.is_empty() {
+            return;
+        }
+        let plain: Vec<Change> = work.changes.iter().map(|(_, c)| c.clone()).collect();
+        let report = match self.retry("apply", &batch[0].coords, || self.target.apply(self.entity, &plain)).await {
+            Ok(r) => r,
+            Err(reason) => {
+                let reason = reason.to_string();
+                ApplyReport { rejected: plain.iter().map(|c| (c.key, reason.clone())).collect(), ..Default::default() }
             }
-            let (mut upserts, mut deletes) = (0, 0);
-            let now = Utc::now();
-            let mut latencies = Vec::with_capacity(report.applied.len());
-            for key in &report.applied {
-                if let Some(c) = latest.get(key) {
-                    if c.op.is_delete() {
-                        deletes += 1
-                    } else {
-                        upserts += 1
-                    }
-                    if let Some(ts) = c.source_ts {
-                        latencies.push((now - ts).as_seconds_f64());
-                    }
-                }
-            }
-            tracing::Span::current().record(
-                "db.operation",
-                if report.applied.is_empty() {
-                    "ignore"
-                } else if deletes > upserts {
-                    "delete"
-                } else {
-                    "upsert"
-                },
-            );
-            self.metrics.rows_written(entity, "upsert", upserts);
-            self.metrics.rows_written(entity, "delete", deletes);
-            self.metrics.stale_skipped(entity, report.stale.len() as u64);
-            self.metrics.e2e_latencies(entity, latencies);
-            if !report.stale.is_empty() {
-                let stale: HashSet<Uuid> = report.stale.iter().copied().collect();
-                for (i, change) in &changes {
-                    if stale.contains(&change.key) {
-                        outcomes[*i] = Outcome::Stale;
-                    }
-                }
-            }
-            // Refused by the target: rule `apply`; a value its column cannot hold while the
-            // source declared no wider type: the event's own fault, rule `decode`.
-            for (rule, refused) in [("apply", &report.rejected), ("decode", &report.out_of_range)] {
-                if refused.is_empty() {
-                    continue;
-                }
-                let reasons: HashMap<Uuid, &String> = refused.iter().map(|(k, r)| (*k, r)).collect();
-                for (i, change) in &changes {
-                    if let Some(reason) = reasons.get(&change.key) {
-                        state.memory.unlearn(change.key, change.version);
-                        letters.push(self.letter(&batch[*i], rule, (*reason).clone()));
-                    }
+        };
+        self.record_applied(&plain, &report);
+        if !report.stale.is_empty() {
+            let stale: HashSet<Uuid> = report.stale.iter().copied().collect();
+            for (i, change) in &work.changes {
+                if stale.contains(&change.key) {
+                    work.outcomes[*i] = Outcome::Stale;
                 }
             }
         }
+        // Refused by the target: rule `apply`; a value its column cannot hold while the
+        // source declared no wider type: the event's own fault, rule `decode`.
+        for (rule, refused) in [("apply", &report.rejected), ("decode", &report.out_of_range)] {
+            if refused.is_empty() {
+                continue;
+            }
+            let reasons: HashMap<Uuid, &String> = refused.iter().map(|(k, r)| (*k, r)).collect();
+            for (i, change) in &work.changes {
+                if let Some(reason) = reasons.get(&change.key) {
+                    state.memory.unlearn(change.key, change.version);
+                    work.letters.push(self.letter_for(&batch[*i], rule, (*reason).clone()));
+                }
+            }
+        }
+    }
 
+    /// Rows written (by the newest change of each applied key), stale skips, end-to-end
+    /// latencies and the batch span's `db.operation`.
+    fn record_applied(&self, plain: &[Change], report: &ApplyReport) {
+        let entity = self.entity;
+        let mut latest: HashMap<Uuid, &Change> = HashMap::with_capacity(plain.len());
+        for c in plain {
+            let newest = latest.get(&c.key).is_none_or(|kept| !kept.version.is_newer_than(&c.version));
+            if newest {
+                latest.insert(c.key, c);
+            }
+        }
+        let (mut upserts, mut deletes) = (0, 0);
+        let now = Utc::now();
+        let mut latencies = Vec::with_capacity(report.applied.len());
+        for c in report.applied.iter().filter_map(|key| latest.get(key)) {
+            if c.op.is_delete() {
+                deletes += 1
+            } else {
+                upserts += 1
+            }
+            if let Some(ts) = c.source_ts {
+                latencies.push((now - ts).as_seconds_f64());
+            }
+        }
+        let operation = if report.applied.is_empty() {
+            "ignore"
+        } else if deletes > upserts {
+            "delete"
+        } else {
+            "upsert"
+        };
+        tracing::Span::current().record("db.operation", operation);
+        self.metrics.rows_written(entity, "upsert", upserts);
+        self.metrics.rows_written(entity, "delete", deletes);
+        self.metrics.stale_skipped(entity, report.stale.len() as u64);
+        self.metrics.e2e_latencies(entity, latencies);
+    }
+
+    /// Letter stage: the batch's dead letters, durable in the DLQ before this returns (the
+    /// offset is stored after it), and in audit mode the log rows of what wrote nothing.
+    async fn letter_batch(&self, batch: &[Record], work: BatchWork, state: &mut PartitionState) -> Vec<Outcome> {
+        let BatchWork { mut outcomes, letters, meta, .. } = work;
         for letter in &letters {
             if let Ok(i) = batch.binary_search_by_key(&letter.coords.offset, |r| r.coords.offset) {
                 outcomes[i] = Outcome::DeadLettered;
             }
         }
         self.send_letters(&letters, &mut state.lettered).await;
-        if audit {
+        if self.target.audits() {
             let rules: HashMap<i64, &str> = letters.iter().map(|l| (l.coords.offset, l.rule.as_str())).collect();
-            self.log_unwritten(batch, &outcomes, &decoded, &rules).await;
+            self.log_unwritten(batch, &outcomes, &meta, &rules).await;
         }
         outcomes
     }
@@ -386,7 +450,7 @@ impl Handler {
     /// Dead-letters one event whose processing panicked (the panic is the event's fault:
     /// it panicked alone), so the partition moves on.
     pub async fn dead_letter_panic(&self, record: &Record, panic: &str, state: &mut PartitionState) {
-        let letter = self.letter(record, "panic", format!("processing panicked: {panic}"));
+        let letter = self.letter_for(record, "panic", format!("processing panicked: {panic}"));
         self.send_letters(std::slice::from_ref(&letter), &mut state.lettered).await;
     }
 
@@ -480,7 +544,7 @@ impl Handler {
         }
     }
 
-    fn letter(&self, record: &Record, rule: &str, reason: String) -> DeadLetter {
+    fn letter_for(&self, record: &Record, rule: &str, reason: String) -> DeadLetter {
         DeadLetter {
             coords: record.coords.clone(),
             entity: self.entity.to_string(),
@@ -590,7 +654,7 @@ impl Handler {
                 if missing.contains(p) {
                     let (i, _) = &changes[*j];
                     self.metrics.validation_failed(Rule::Referential.name(), Severity::Reject);
-                    letters.push(self.letter(&batch[*i], Rule::Referential.name(), format!("{column} {p} not found in {parent} after the grace period")));
+                    letters.push(self.letter_for(&batch[*i], Rule::Referential.name(), format!("{column} {p} not found in {parent} after the grace period")));
                     drop.insert(*j);
                 }
             }

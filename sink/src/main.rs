@@ -20,7 +20,7 @@ struct Args {
 
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Apply the events of a file through the sink's handler, no consumer, and print
+    /// Apply the events of a file through the sink's pipeline, no consumer, and print
     /// `{"events": n, "seconds": s}` (what `harness bench sink` reports as apply_events_per_sec).
     BenchApply {
         /// One `{"key": .., "value": ..}` JSON object per line, applied on partition 0 of the

@@ -145,18 +145,17 @@ pub(super) async fn kafka_metadata(bootstrap: String) -> Result<(), String> {
     .unwrap_or_else(|e| Err(e.to_string()))
 }
 
+/// One resource of the harness's connector (`status`, `offsets`) from Connect's REST API.
+async fn connector_json(connect: &str, resource: &str) -> Result<serde_json::Value, String> {
+    let url = format!("{connect}/connectors/{}/{resource}", crate::config::CONNECTOR_NAME);
+    let response = crate::http::client().get(url).timeout(Duration::from_secs(3)).send().await.map_err(|e| e.to_string())?;
+    response.json().await.map_err(|e| e.to_string())
+}
+
 /// Connector and tasks RUNNING, the replication slot in use (streaming connected) and,
 /// on the first start, the initial snapshot finished.
 pub(super) async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool) -> Result<(), String> {
-    let status: serde_json::Value = crate::http::client()
-        .get(format!("{connect}/connectors/{}/status", crate::config::CONNECTOR_NAME))
-        .timeout(Duration::from_secs(3))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let status = connector_json(&connect, "status").await?;
     match spec::connector_health(&status) {
         ConnectorHealth::Running => {}
         ConnectorHealth::Pending(s) | ConnectorHealth::Failed(s) => return Err(s),
@@ -172,15 +171,7 @@ pub(super) async fn connector_ready(connect: String, pg: PgEndpoint, require_sna
         return Err("replication slot not active yet".into());
     }
     if require_snapshot {
-        let offsets: serde_json::Value = crate::http::client()
-            .get(format!("{connect}/connectors/{}/offsets", crate::config::CONNECTOR_NAME))
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let offsets = connector_json(&connect, "offsets").await?;
         match spec::snapshot_finished(&offsets) {
             Some(true) => {}
             Some(false) => return Err("initial snapshot in progress".into()),

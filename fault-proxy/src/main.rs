@@ -28,12 +28,17 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fault-proxy: {e}");
-            // Same convention as the harness: 2 for what the caller got wrong (a duplicate
-            // link), 1 for the environment (a port already taken).
-            std::process::ExitCode::from(match e {
-                fault_proxy::ProxyServerError::DuplicateLink(_) => 2,
-                _ => 1,
-            })
+            exit_code(&e)
         }
     }
+}
+
+/// The one place an error becomes an exit code (README, Exit codes): the harness's
+/// convention, 2 for what the caller got wrong (a duplicate link), 1 for the environment
+/// (a port already taken).
+fn exit_code(error: &fault_proxy::ProxyServerError) -> std::process::ExitCode {
+    std::process::ExitCode::from(match error {
+        fault_proxy::ProxyServerError::DuplicateLink(_) => 2,
+        fault_proxy::ProxyServerError::Listen { .. } | fault_proxy::ProxyServerError::Control { .. } => 1,
+    })
 }

@@ -33,58 +33,64 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    // Logging is configured by the file, so a configuration error is reported on stderr.
-    let config = match SinkConfig::load(&args.config, std::env::vars()) {
-        Ok(c) => c,
-        Err(error) => {
-            eprintln!("sink: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    // Dropped last: flushes the spans of the shutdown.
-    let _telemetry = match sink::telemetry::init(&config.telemetry) {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("sink: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(Command::BenchApply { events, partitions }) = args.command {
-        return bench_apply(config, &events, partitions);
+/// Why the sink stopped, which decides its exit code (README, Exit codes; the same
+/// convention as the harness: 2 for what the caller got wrong, 1 for the environment).
+enum Failure {
+    /// The configuration, or an input file of `bench-apply`, is invalid: exit 2.
+    Config(String),
+    /// Anything that failed while running: exit 1.
+    Runtime(String),
+}
+
+impl Failure {
+    /// The one place a failure becomes an exit code.
+    fn code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Config(_) => 2,
+            Self::Runtime(_) => 1,
+        })
     }
-    match run(config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(message = "sink failed", error = format!("{error:#}"));
-            eprintln!("sink: {error:#}");
-            ExitCode::from(1)
+
+    fn message(&self) -> &str {
+        match self {
+            Self::Config(m) | Self::Runtime(m) => m,
         }
     }
 }
 
-fn bench_apply(config: SinkConfig, events: &std::path::Path, partitions: u32) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(error) => {
-            eprintln!("sink: starting the runtime: {error}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(sink::bench::apply_from_memory(config, events, partitions)) {
-        Ok(run) => {
-            println!("{}", serde_json::to_string(&run).expect("serializable"));
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("sink: {error}");
-            ExitCode::from(match error {
-                sink::bench::BenchError::Read { .. } | sink::bench::BenchError::Line { .. } | sink::bench::BenchError::NoEntity => 2,
-                sink::bench::BenchError::Run(_) | sink::bench::BenchError::Task(_) => 1,
-            })
+fn main() -> ExitCode {
+    match start(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("sink: {}", failure.message());
+            failure.code()
         }
     }
+}
+
+fn start(args: Args) -> Result<(), Failure> {
+    // Logging is configured by the file, so a configuration error is reported on stderr.
+    let config = SinkConfig::load(&args.config, std::env::vars()).map_err(|e| Failure::Config(e.to_string()))?;
+    // Dropped last: flushes the spans of the shutdown.
+    let _telemetry = sink::telemetry::init(&config.telemetry).map_err(|e| Failure::Config(e.to_string()))?;
+    if let Some(Command::BenchApply { events, partitions }) = args.command {
+        return bench_apply(config, &events, partitions);
+    }
+    run(config).map_err(|error| {
+        tracing::error!(message = "sink failed", error = format!("{error:#}"));
+        Failure::Runtime(format!("{error:#}"))
+    })
+}
+
+fn bench_apply(config: SinkConfig, events: &std::path::Path, partitions: u32) -> Result<(), Failure> {
+    use sink::bench::BenchError;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Failure::Runtime(format!("starting the runtime: {e}")))?;
+    let run = runtime.block_on(sink::bench::apply_from_memory(config, events, partitions)).map_err(|error| match error {
+        BenchError::Read { .. } | BenchError::Line { .. } | BenchError::NoEntity => Failure::Config(error.to_string()),
+        BenchError::Run(_) | BenchError::Task(_) => Failure::Runtime(error.to_string()),
+    })?;
+    println!("{}", serde_json::to_string(&run).expect("serializable"));
+    Ok(())
 }
 
 fn run(config: SinkConfig) -> anyhow::Result<()> {

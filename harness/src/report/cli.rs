@@ -1,13 +1,14 @@
-//! Handlers of `harness diff` and `harness report`. They print their own errors and return
-//! the exit code (see `crate::exit`), because the code depends on what went wrong: an
-//! unreadable or wrong-version input is a usage error, a failed write is a runtime error.
+//! Handlers of `harness diff` and `harness report`. An unreadable or wrong-version input is a
+//! `UsageError`, a failed write a runtime error; `crate::exit` maps either to its code.
 
 use std::path::{Path, PathBuf};
 
 use super::diff::{self, ToleranceOverride};
 use super::model::Report;
 use super::{html, json, junit, markdown};
-use crate::exit;
+use anyhow::Context as _;
+
+use crate::exit::{Outcome, UsageError};
 
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
@@ -48,78 +49,49 @@ pub struct ReportArgs {
     pub junit: Option<PathBuf>,
 }
 
-/// `harness diff`: SUCCESS, REGRESSION when a gated metric regressed, USAGE on bad input.
-pub fn diff(args: &DiffArgs) -> i32 {
+/// `harness diff`: `Regression` when a gated metric regressed; a usage error on bad input.
+pub fn diff(args: &DiffArgs) -> anyhow::Result<Outcome> {
     let (base_paths, new_path): (Vec<&PathBuf>, &PathBuf) = match (args.bases.as_slice(), args.reports.as_slice()) {
         ([], [base, new]) => (vec![base], new),
         ([_, ..], [new]) => (args.bases.iter().collect(), new),
         _ => {
-            eprintln!("error: give BASE.json NEW.json, or --base BASE.json (repeatable) and NEW.json\n  e.g. harness diff main/report.json pr/report.json");
-            return exit::USAGE;
+            return Err(UsageError::new(
+                "give BASE.json NEW.json, or --base BASE.json (repeatable) and NEW.json\n  e.g. harness diff main/report.json pr/report.json",
+            )
+            .into());
         }
     };
-    let load = |p: &PathBuf| json::load(p);
-    let (bases, new) = match (base_paths.into_iter().map(load).collect::<Result<Vec<Report>, _>>(), load(new_path)) {
-        (Ok(bases), Ok(new)) => (bases, new),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
-    let report = match diff::diff(&bases, &new, &args.tolerances) {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+    let bases = base_paths.into_iter().map(|p| json::load(p)).collect::<Result<Vec<Report>, _>>().map_err(UsageError::new)?;
+    let new = json::load(new_path).map_err(UsageError::new)?;
+    let report = diff::diff(&bases, &new, &args.tolerances).map_err(UsageError::new)?;
     if let Some(out) = &args.html {
-        if let Err(code) = write(out, &diff::render_html(&report)) {
-            return code;
-        }
+        write(out, &diff::render_html(&report))?;
     }
     if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("error: serializing the diff: {e}");
-                return exit::ERROR;
-            }
-        }
+        println!("{}", serde_json::to_string_pretty(&report).context("serializing the diff")?);
     } else if args.markdown {
         print!("{}", diff::render_markdown(&report));
     } else {
         print!("{}", diff::render_text(&report));
     }
-    if report.failed { exit::REGRESSION } else { exit::SUCCESS }
+    Ok(if report.failed { Outcome::Regression } else { Outcome::Pass })
 }
 
-/// `harness report`: re-renders a report.json; SUCCESS, or USAGE when it cannot be read.
-pub fn report(args: &ReportArgs) -> i32 {
-    let report = match json::load(&args.report) {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+/// `harness report`: re-renders a report.json; a usage error when it cannot be read.
+pub fn report(args: &ReportArgs) -> anyhow::Result<Outcome> {
+    let report = json::load(&args.report).map_err(UsageError::new)?;
     let outputs = [(&args.html, html::render as fn(&Report) -> String), (&args.junit, junit::render)];
     for (path, render) in outputs.into_iter().filter_map(|(out, render)| Some((out.as_ref()?, render))) {
-        if let Err(code) = write(path, &render(&report)) {
-            return code;
-        }
+        write(path, &render(&report))?;
     }
     if args.markdown || (args.html.is_none() && args.junit.is_none()) {
         print!("{}", markdown::render(&report));
     }
-    exit::SUCCESS
+    Ok(Outcome::Pass)
 }
 
-fn write(path: &Path, text: &str) -> Result<(), i32> {
-    std::fs::write(path, text).map_err(|e| {
-        eprintln!("error: writing {}: {e}", path.display());
-        exit::ERROR
-    })?;
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }

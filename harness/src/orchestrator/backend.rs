@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::docker::images::ImageSet;
-use super::external::connect::ConnectClient;
+use super::connect::ConnectClient;
 use super::{BackendKind, Endpoints, ServiceError, ServiceKind, ServiceStatus};
 use crate::faults::Link;
 use crate::report::model::FaultRecord;

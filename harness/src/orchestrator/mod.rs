@@ -4,6 +4,7 @@
 //! stack the harness did not start). The first two also have `ServiceControl`.
 
 pub mod backend;
+pub mod connect;
 pub mod docker;
 pub mod external;
 pub mod local;

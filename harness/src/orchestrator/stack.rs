@@ -7,7 +7,7 @@ use std::path::Path;
 use super::docker::images::{self, ImageSet};
 use super::docker::{DockerConfig, DockerStack, Images, TargetKind};
 use super::external::ExternalStack;
-use super::external::connect::ConnectClient;
+use super::connect::ConnectClient;
 use super::local::LocalStack;
 use super::{Backend, BackendKind, Endpoints, LeaderResolver, ServiceControl, ServiceError, ServiceStatus};
 use crate::config::StackConfig;

@@ -10,10 +10,11 @@ use bollard::query_parameters::InspectContainerOptions;
 use super::DockerError;
 use super::images::ImageSet;
 use super::lifecycle::DockerStack;
-use super::spec::{self, ConnectorHealth, Role};
+use super::spec::Role;
+use crate::orchestrator::connect::{ConnectClient, ConnectorHealth};
 use crate::orchestrator::local::{broker, debezium as local_debezium, sink as local_sink};
 use crate::orchestrator::wait::{NotReady, WaitFor};
-use crate::orchestrator::{Backend, PgEndpoint, ServiceError, ServiceKind, ServiceState, ServiceStatus};
+use crate::orchestrator::{Backend, ConnectEndpoint, PgEndpoint, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 
 const POLL: Duration = Duration::from_millis(500);
 
@@ -145,18 +146,11 @@ pub(super) async fn kafka_metadata(bootstrap: String) -> Result<(), String> {
     .unwrap_or_else(|e| Err(e.to_string()))
 }
 
-/// One resource of the harness's connector (`status`, `offsets`) from Connect's REST API.
-async fn connector_json(connect: &str, resource: &str) -> Result<serde_json::Value, String> {
-    let url = format!("{connect}/connectors/{}/{resource}", crate::config::CONNECTOR_NAME);
-    let response = crate::http::client().get(url).timeout(Duration::from_secs(3)).send().await.map_err(|e| e.to_string())?;
-    response.json().await.map_err(|e| e.to_string())
-}
-
 /// Connector and tasks RUNNING, the replication slot in use (streaming connected) and,
 /// on the first start, the initial snapshot finished.
 pub(super) async fn connector_ready(connect: String, pg: PgEndpoint, require_snapshot: bool) -> Result<(), String> {
-    let status = connector_json(&connect, "status").await?;
-    match spec::connector_health(&status) {
+    let client = ConnectClient::new(&ConnectEndpoint { url: connect, connector: crate::config::CONNECTOR_NAME.into() });
+    match client.status().await.map_err(|e| e.to_string())?.health() {
         ConnectorHealth::Running => {}
         ConnectorHealth::Pending(s) | ConnectorHealth::Failed(s) => return Err(s),
     }
@@ -171,8 +165,7 @@ pub(super) async fn connector_ready(connect: String, pg: PgEndpoint, require_sna
         return Err("replication slot not active yet".into());
     }
     if require_snapshot {
-        let offsets = connector_json(&connect, "offsets").await?;
-        match spec::snapshot_finished(&offsets) {
+        match client.snapshot_finished().await.map_err(|e| e.to_string())? {
             Some(true) => {}
             Some(false) => return Err("initial snapshot in progress".into()),
             None => return Err("no source offset committed yet".into()),

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::images::ImageSet;
 use super::{DockerConfig, Images, TargetKind};
-use crate::orchestrator::ServiceKind;
 use crate::config::{CONNECTOR_NAME, GROUP_ID, PUBLICATION_NAME, SLOT_NAME, SOURCE_DB, TARGET_DB, TOPIC_PREFIX};
+use crate::orchestrator::ServiceKind;
 
 /// Every container and network of a run carries this label with the run id; teardown (also
 /// of a crashed run's leftovers) selects by it.
@@ -638,50 +638,6 @@ pub fn topics() -> Vec<String> {
     crate::config::pipeline_topics()
 }
 
-/// What `GET /connectors/<name>/status` says, reduced to what readiness needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectorHealth {
-    Running,
-    /// Not (yet) running: the connector's and tasks' states.
-    Pending(String),
-    /// A connector or task FAILED: its trace.
-    Failed(String),
-}
-
-pub fn connector_health(status: &Value) -> ConnectorHealth {
-    let connector_state = status.pointer("/connector/state").and_then(Value::as_str).unwrap_or("UNKNOWN");
-    let tasks = status.get("tasks").and_then(Value::as_array).cloned().unwrap_or_default();
-    let failed_trace = |v: &Value| v.get("trace").and_then(Value::as_str).unwrap_or("no trace").lines().take(3).collect::<Vec<_>>().join(" | ");
-    if connector_state == "FAILED" {
-        return ConnectorHealth::Failed(format!("connector FAILED: {}", failed_trace(status.get("connector").unwrap_or(&Value::Null))));
-    }
-    if let Some(task) = tasks.iter().find(|t| t.get("state").and_then(Value::as_str) == Some("FAILED")) {
-        return ConnectorHealth::Failed(format!("task FAILED: {}", failed_trace(task)));
-    }
-    let task_states: Vec<&str> = tasks.iter().map(|t| t.get("state").and_then(Value::as_str).unwrap_or("UNKNOWN")).collect();
-    if connector_state == "RUNNING" && !task_states.is_empty() && task_states.iter().all(|s| *s == "RUNNING") {
-        ConnectorHealth::Running
-    } else {
-        ConnectorHealth::Pending(format!("connector {connector_state}, tasks [{}]", task_states.join(", ")))
-    }
-}
-
-/// Whether Debezium's initial snapshot is over, read from `GET /connectors/<name>/offsets`
-/// (Connect's REST API exposes no snapshot metric). None: no offset committed yet.
-/// During the snapshot the source offset carries `snapshot` (true / "INITIAL"); the last
-/// snapshot record's offset also carries `last_snapshot_record: true`; streaming offsets
-/// carry neither.
-pub fn snapshot_finished(offsets: &Value) -> Option<bool> {
-    let offset = offsets.get("offsets")?.as_array()?.iter().find_map(|o| o.get("offset"))?;
-    let in_snapshot = match offset.get("snapshot") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-        Some(Value::String(s)) => !s.eq_ignore_ascii_case("false"),
-        Some(_) => true,
-    };
-    let last = offset.get("last_snapshot_record").and_then(Value::as_bool).unwrap_or(false);
-    Some(!in_snapshot || last)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -907,34 +863,6 @@ mod tests {
         assert_eq!(registration_outcome(409, rebalance), Registration::Retry);
         assert_eq!(registration_outcome(503, "starting"), Registration::Retry);
         assert_eq!(registration_outcome(400, "Connector configuration is invalid"), Registration::Failed);
-    }
-
-    #[test]
-    fn connector_status_is_read_strictly() {
-        let running = json!({"connector": {"state": "RUNNING"}, "tasks": [{"id": 0, "state": "RUNNING"}]});
-        assert_eq!(connector_health(&running), ConnectorHealth::Running);
-        let no_tasks = json!({"connector": {"state": "RUNNING"}, "tasks": []});
-        assert!(matches!(connector_health(&no_tasks), ConnectorHealth::Pending(_)));
-        let failed =
-            json!({"connector": {"state": "RUNNING"}, "tasks": [{"id": 0, "state": "FAILED", "trace": "org.postgresql.util.PSQLException: boom\n at x"}]});
-        match connector_health(&failed) {
-            ConnectorHealth::Failed(trace) => assert!(trace.contains("boom")),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(connector_health(&json!({})), ConnectorHealth::Pending(_)));
-    }
-
-    #[test]
-    fn snapshot_progress_is_read_from_connect_offsets() {
-        assert_eq!(snapshot_finished(&json!({"offsets": []})), None);
-        let during = json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 1, "snapshot": "INITIAL"}}]});
-        assert_eq!(snapshot_finished(&during), Some(false));
-        let during_bool = json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 1, "snapshot": true}}]});
-        assert_eq!(snapshot_finished(&during_bool), Some(false));
-        let last = json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 1, "snapshot": true, "last_snapshot_record": true}}]});
-        assert_eq!(snapshot_finished(&last), Some(true));
-        let streaming = json!({"offsets": [{"partition": {"server": "cdc"}, "offset": {"lsn": 9, "txId": 3}}]});
-        assert_eq!(snapshot_finished(&streaming), Some(true));
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! allow (connector pause/resume/restart, task restart, poison events). It starts and
 //! stops nothing; service kills and link faults are refused.
 
-pub mod connect;
 pub mod file;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use self::connect::ConnectClient;
+use crate::orchestrator::connect::ConnectClient;
 use self::file::EndpointsFile;
 use super::{Backend, BackendKind, Endpoints, HopSecurity, LeaderResolver, ServiceControl, PgConnectError, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus, pg_error_text as pg_error};
 use crate::config::TABLES;

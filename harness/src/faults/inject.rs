@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use super::{FaultKind, FaultSpec, Link};
 use crate::orchestrator::ServiceKind;
 use crate::orchestrator::stack::Stack;
+use crate::orchestrator::wait::{self, NotReady};
 use crate::report::model::FaultRecord;
 use fault_proxy::LinkFault;
 
@@ -38,7 +39,7 @@ pub async fn apply(stack: &mut Stack, fault: &FaultSpec, started: Instant) -> Fa
     let outcome: Result<(), String> = async {
         if fault.on_connector() {
             let connect = stack.connector().map_err(|e| e.to_string())?;
-            let failed = |e: crate::orchestrator::external::connect::ConnectError| e.to_string();
+            let failed = |e: crate::orchestrator::connect::ConnectError| e.to_string();
             match (fault.target.as_str(), fault.fault) {
                 (super::CONNECTOR, FaultKind::Pause) => {
                     connect.pause().await.map_err(failed)?;
@@ -126,32 +127,28 @@ pub async fn apply(stack: &mut Stack, fault: &FaultSpec, started: Instant) -> Fa
 /// its tasks running again.
 async fn connector_recovery(stack: &Stack, resumed: Instant) -> Option<f64> {
     let connect = stack.connector().ok()?;
-    let deadline = Instant::now() + RECOVERY_LIMIT;
     // A restart is asynchronous: the status may still say RUNNING for the old task at first.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    while Instant::now() < deadline {
-        if connect.is_running().await {
-            return Some(resumed.elapsed().as_secs_f64());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
+    recovered_after(resumed, || connect.is_running()).await
+}
+
+/// Seconds from `since` until `healthy` says so (polled every 100 ms); None after
+/// `RECOVERY_LIMIT`.
+async fn recovered_after<F, Fut>(since: Instant, mut healthy: F) -> Option<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let probe = || {
+        let answer = healthy();
+        async move { if answer.await { Ok(since.elapsed().as_secs_f64()) } else { Err(NotReady::<(), ()>::Yet(())) } }
+    };
+    wait::poll(RECOVERY_LIMIT, Duration::from_millis(100), probe).await.ok()
 }
 
 async fn service_recovery(stack: &Stack, recovered_service: Option<(ServiceKind, Instant)>) -> Option<f64> {
     match (recovered_service, stack.control_ref()) {
-        (Some((svc, restarted)), Ok(control)) => {
-            let deadline = Instant::now() + RECOVERY_LIMIT;
-            let mut recovered = None;
-            while Instant::now() < deadline {
-                if control.is_healthy(svc).await {
-                    recovered = Some(restarted.elapsed().as_secs_f64());
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            recovered
-        }
+        (Some((svc, restarted)), Ok(control)) => recovered_after(restarted, || control.is_healthy(svc)).await,
         _ => None,
     }
 }

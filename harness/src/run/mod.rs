@@ -25,6 +25,7 @@ use tokio::sync::Mutex;
 use crate::config::{StackConfig, TABLES};
 use crate::load::{self, DriverKind, DriverResult, LoadPlan, Segment};
 use crate::orchestrator::stack::{Stack, StackChoice};
+use crate::orchestrator::wait::{self, NotReady};
 use crate::orchestrator::{Endpoints, ServiceError};
 use crate::report::model::{FaultRecord, LatencyTriple, LoadStats, Machine, PipelineStats, Report, RunMeta, SCHEMA_VERSION, Sample, Summary, ValidationStats};
 use crate::scenario::{Breakpoint, Scenario};
@@ -604,23 +605,23 @@ async fn drain_before_load(endpoints: &Endpoints, partitions: u32) {
     let topics = TABLES.iter().map(|t| endpoints.topic(t)).collect();
     let Ok(meter) = lag::LagMeter::new(endpoints.kafka_config(), &endpoints.consumer_group, topics, partitions) else { return };
     let meter = Arc::new(meter);
-    let started = Instant::now();
-    let mut said = Instant::now();
-    while started.elapsed() < Duration::from_secs(120) {
+    let said = std::cell::Cell::new(Instant::now());
+    let drained = || async {
         let m = meter.clone();
-        if let Ok(Ok(lag)) = tokio::task::spawn_blocking(move || m.measure()).await {
-            let total: u64 = lag.values().sum();
-            if total <= 10 {
-                return;
-            }
-            if said.elapsed() >= Duration::from_secs(10) {
-                said = Instant::now();
-                eprintln!("run: waiting for the sink to drain the snapshot ({total} events behind)");
-            }
+        let Ok(Ok(lag)) = tokio::task::spawn_blocking(move || m.measure()).await else { return Err(NotReady::<(), ()>::Yet(())) };
+        let total: u64 = lag.values().sum();
+        if total <= 10 {
+            return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if said.get().elapsed() >= Duration::from_secs(10) {
+            said.set(Instant::now());
+            eprintln!("run: waiting for the sink to drain the snapshot ({total} events behind)");
+        }
+        Err(NotReady::Yet(()))
+    };
+    if wait::poll(Duration::from_secs(120), Duration::from_millis(500), drained).await.is_err() {
+        eprintln!("run: the pipeline did not drain within 2 minutes; measuring anyway (the lag series shows it)");
     }
-    eprintln!("run: the pipeline did not drain within 2 minutes; measuring anyway (the lag series shows it)");
 }
 
 /// A few seconds of light writes so the first measured second is not a cold start.

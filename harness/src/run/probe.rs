@@ -8,6 +8,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::orchestrator::PgEndpoint;
+use crate::orchestrator::wait::NotReady;
 
 /// How often the target is polled for a probe; bounds the measurement's resolution.
 const POLL: Duration = Duration::from_millis(5);
@@ -32,10 +33,9 @@ impl ProbeResult {
 
 /// Waits (at most the give-up time) until no probe is pending.
 pub async fn settle(results: &Mutex<Vec<ProbeResult>>) {
-    let deadline = Instant::now() + GIVE_UP + Duration::from_secs(1);
-    while Instant::now() < deadline && results.lock().await.iter().any(|p| p.pending) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let settled = || async { if results.lock().await.iter().any(|p| p.pending) { Err(NotReady::<(), ()>::Yet(())) } else { Ok(()) } };
+    // Probes still pending then are reported as lost.
+    let _ = crate::orchestrator::wait::poll(GIVE_UP + Duration::from_secs(1), Duration::from_millis(50), settled).await;
 }
 
 /// Writes one probe per `interval` until `stop` is set, polling the target for each.

@@ -13,10 +13,14 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::orchestrator::connect::ConnectClient;
 use self::file::EndpointsFile;
-use super::{Backend, BackendKind, Endpoints, HopSecurity, LeaderResolver, ServiceControl, PgConnectError, Secret, ServiceError, ServiceKind, ServiceState, ServiceStatus, pg_error_text as pg_error};
+use super::{
+    Backend, BackendKind, Endpoints, HopSecurity, LeaderResolver, PgConnectError, Secret, ServiceControl, ServiceError, ServiceKind, ServiceState,
+    ServiceStatus, pg_error_text as pg_error,
+};
 use crate::config::TABLES;
+use crate::orchestrator::connect::ConnectClient;
+use crate::orchestrator::wait::{self, NotReady, Waited};
 use crate::verify::mapping::Mapping;
 
 /// Refusals of this backend name what it can do instead.
@@ -301,28 +305,30 @@ impl ExternalStack {
                 (Reader::Postgres(target, sql), format!("table {}", entity.postgres.table))
             }
         };
-        loop {
-            let arrived = match &reader {
+        let arrived = || async {
+            let found = match &reader {
                 Reader::Mongo(docs, uri) => docs
                     .find_one(mongodb::bson::doc! { "_id": id.to_string() })
                     .await
-                    .map_err(|err| preflight("target", redact(&err.to_string(), uri)))?
+                    .map_err(|err| NotReady::Never(preflight("target", redact(&err.to_string(), uri))))?
                     .is_some(),
-                Reader::Postgres(target, sql) => {
-                    target.query_opt(sql.as_str(), &[&id]).await.map_err(|err| preflight("target", format!("reading {where_}: {}", pg_error(&err))))?.is_some()
-                }
+                Reader::Postgres(target, sql) => target
+                    .query_opt(sql.as_str(), &[&id])
+                    .await
+                    .map_err(|err| NotReady::Never(preflight("target", format!("reading {where_}: {}", pg_error(&err)))))?
+                    .is_some(),
             };
-            if arrived {
+            if found { Ok(()) } else { Err(NotReady::Yet(())) }
+        };
+        match wait::poll(CANARY_TIMEOUT.saturating_sub(started.elapsed()), Duration::from_millis(250), arrived).await {
+            Ok(()) => {
                 eprintln!("external: canary in the target after {:.1}s", started.elapsed().as_secs_f64());
-                return Ok(());
+                Ok(())
             }
-            if started.elapsed() >= CANARY_TIMEOUT {
-                return Err(preflight(
-                    "sink",
-                    format!("the canary row {id} reached topic {topic} but not the target {where_} within {}s", CANARY_TIMEOUT.as_secs()),
-                ));
+            Err(Waited::Failed(error)) => Err(error),
+            Err(Waited::TimedOut(())) => {
+                Err(preflight("sink", format!("the canary row {id} reached topic {topic} but not the target {where_} within {}s", CANARY_TIMEOUT.as_secs())))
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 

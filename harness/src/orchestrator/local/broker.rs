@@ -84,26 +84,27 @@ pub const HEADER_INDEX_SQL: &str = "CREATE INDEX IF NOT EXISTS cdc_harness_heade
 
 /// Waits (up to `timeout`) for the broker's `header` table, then creates the index.
 pub fn index_headers(storage: &Path, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let attempt = (|| -> Result<bool, rusqlite::Error> {
-            let db = rusqlite::Connection::open_with_flags(storage, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-            db.busy_timeout(Duration::from_secs(5))?;
-            let has_table: bool = db.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'header'", [], |r| r.get(0))?;
-            if has_table {
-                db.execute_batch(HEADER_INDEX_SQL)?;
-            }
-            Ok(has_table)
-        })();
-        match attempt {
-            Ok(true) => return Ok(()),
-            Ok(false) if Instant::now() < deadline => {}
-            Ok(false) => return Err("the broker never created its `header` table".into()),
-            Err(e) if Instant::now() < deadline => tracing::debug!(message = "broker storage not ready for the header index", error = %e),
-            Err(e) => return Err(e.to_string()),
+    let attempt = || -> Result<bool, rusqlite::Error> {
+        let db = rusqlite::Connection::open_with_flags(storage, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        db.busy_timeout(Duration::from_secs(5))?;
+        let has_table: bool = db.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'header'", [], |r| r.get(0))?;
+        if has_table {
+            db.execute_batch(HEADER_INDEX_SQL)?;
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        Ok(has_table)
+    };
+    let indexed = || match attempt() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(NotReady::<String, ()>::Yet("the broker never created its `header` table".into())),
+        Err(e) => {
+            tracing::debug!(message = "broker storage not ready for the header index", error = %e);
+            Err(NotReady::Yet(e.to_string()))
+        }
+    };
+    crate::orchestrator::wait::poll_blocking(timeout, Duration::from_millis(100), indexed).map_err(|waited| match waited {
+        crate::orchestrator::wait::Waited::TimedOut(reason) => reason,
+        crate::orchestrator::wait::Waited::Failed(()) => unreachable!("the probe never fails for good"),
+    })
 }
 
 async fn answers_metadata(bootstrap: &str, handle: &ProcessHandle, timeout: Duration) -> Result<(), ServiceError> {

@@ -19,7 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use self::process::ProcessHandle;
 use super::state::{self, PortPicker, absolute, state_err};
-use super::{Backend, BackendKind, ConnectEndpoint, Endpoints, LeaderResolver, PgEndpoint, STOP_GRACE, Secret, ServiceControl, ServiceError, ServiceKind, ServiceState, ServiceStatus};
+use super::wait::{NotReady, WaitFor};
+use super::{
+    Backend, BackendKind, ConnectEndpoint, Endpoints, LeaderResolver, PgEndpoint, STOP_GRACE, Secret, ServiceControl, ServiceError, ServiceKind, ServiceState,
+    ServiceStatus,
+};
 use crate::config::StackConfig;
 use crate::faults::Link;
 use crate::provision::Provisioned as Tools;
@@ -259,23 +263,22 @@ impl LocalStack {
         let handle = debezium::start(&tools.java, &tools.debezium_libs, &layout, &endpoints.postgres, &endpoints.kafka_client)?;
         self.record(ServiceKind::Debezium, handle.clone())?;
         // Wait for the snapshot to be under way, then kill in the middle of it.
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(status) = debezium::fetch_status(&endpoints.debezium_status).await {
-                if status.records_sent > 0 || status.state == "snapshotting" {
-                    break;
+        let never_started = || ServiceError::NotReady {
+            service: ServiceKind::Debezium,
+            waited: Duration::from_secs(120),
+            reason: "the snapshot never started".into(),
+            log: handle.log.clone(),
+        };
+        WaitFor::new(ServiceKind::Debezium, Duration::from_secs(120), handle.log.clone())
+            .poll(Duration::from_millis(20))
+            .until(|| async {
+                match debezium::fetch_status(&endpoints.debezium_status).await {
+                    Ok(status) if status.records_sent > 0 || status.state == "snapshotting" => Ok(()),
+                    _ if !handle.is_alive() => Err(NotReady::Never(never_started())),
+                    _ => Err(NotReady::Yet("the snapshot never started".into())),
                 }
-            }
-            if std::time::Instant::now() > deadline || !handle.is_alive() {
-                return Err(ServiceError::NotReady {
-                    service: ServiceKind::Debezium,
-                    waited: Duration::from_secs(120),
-                    reason: "the snapshot never started".into(),
-                    log: handle.log.clone(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            })
+            .await?;
         tokio::time::sleep(after).await;
         let sent_before_kill = debezium::fetch_status(&endpoints.debezium_status).await.map(|s| s.records_sent).unwrap_or(0);
         let killed = std::time::Instant::now();

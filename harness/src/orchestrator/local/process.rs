@@ -5,11 +5,13 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+use crate::orchestrator::wait::NotReady;
 
 /// What identifies a started process across harness invocations.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -104,14 +106,8 @@ impl ProcessHandle {
 
     /// Waits until the process has exited.
     pub fn wait_exit(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if !self.is_alive() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        !self.is_alive()
+        let exited = || if self.is_alive() { Err(NotReady::<(), ()>::Yet(())) } else { Ok(()) };
+        crate::orchestrator::wait::poll_blocking(timeout, Duration::from_millis(20), exited).is_ok() || !self.is_alive()
     }
 
     /// Last lines of the service's log, for error messages.

@@ -9,6 +9,7 @@ pub mod docker;
 pub mod external;
 pub mod local;
 pub mod stack;
+mod services;
 pub mod state;
 pub mod wait;
 

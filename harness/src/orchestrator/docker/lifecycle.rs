@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::ContainerStateStatusEnum;
@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use super::daemon::{connect, remove_labelled};
 use super::faults::service_of;
 use super::images::ImageSet;
-use super::readiness::{connector_ready, kafka_metadata, launcher_ready, wait_until};
+use super::readiness::{connector_ready, launcher_ready, wait_until};
+use crate::orchestrator::services::{Services, broker_answers};
 use super::spec::{self, ContainerSpec, HostPorts, Registration, Role, RunNames, SpecInputs};
 use super::{DockerConfig, DockerError, SINK_IMAGE, TargetKind};
 use crate::config::StackConfig;
@@ -312,7 +313,7 @@ impl DockerStack {
             }
             ServiceKind::Broker => {
                 let bootstrap = endpoints.kafka.clone();
-                wait_until(service, Duration::from_secs(60), self.log_path(Role::Kafka), || kafka_metadata(bootstrap.clone())).await?;
+                wait_until(service, Duration::from_secs(60), self.log_path(Role::Kafka), || broker_answers(bootstrap.clone())).await?;
                 if self.state.docker.image_set == ImageSet::Local {
                     self.index_tansu_headers().await?;
                 }
@@ -439,6 +440,21 @@ impl DockerStack {
 }
 
 #[async_trait::async_trait]
+impl Services for DockerStack {
+    fn services(&self) -> Vec<ServiceKind> {
+        DockerStack::services(self)
+    }
+
+    async fn start_service(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        DockerStack::start_service(self, service).await
+    }
+
+    async fn check(&self, service: ServiceKind) -> ServiceStatus {
+        DockerStack::check(self, service).await
+    }
+}
+
+#[async_trait::async_trait]
 impl Backend for DockerStack {
     fn kind(&self) -> BackendKind {
         BackendKind::Docker
@@ -486,12 +502,7 @@ impl Backend for DockerStack {
             let image = role.image(&self.state.docker.images).to_string();
             self.ensure_image(&image).await.map_err(|e| ServiceError::Setup { service: service_of(role), reason: e.to_string() })?;
         }
-        for service in self.services() {
-            eprintln!("up: starting {service} (docker)");
-            let started = Instant::now();
-            self.start_service(service).await?;
-            eprintln!("up: {service} ready ({:.1}s)", started.elapsed().as_secs_f64());
-        }
+        self.start_all(Some("docker")).await?;
         if self.state.docker.observability {
             for role in Role::OBSERVABILITY {
                 self.start_container(role).await.map_err(|e| ServiceError::Start { service: ServiceKind::Sink, reason: e.to_string() })?;
@@ -504,11 +515,7 @@ impl Backend for DockerStack {
     }
 
     async fn status(&self) -> Result<Vec<ServiceStatus>, ServiceError> {
-        let mut out = Vec::new();
-        for service in self.services() {
-            out.push(self.check(service).await);
-        }
-        Ok(out)
+        Ok(self.check_all().await)
     }
 
     async fn down(&mut self) -> Result<(), ServiceError> {

@@ -12,7 +12,8 @@ use super::images::ImageSet;
 use super::lifecycle::DockerStack;
 use super::spec::Role;
 use crate::orchestrator::connect::{ConnectClient, ConnectorHealth};
-use crate::orchestrator::local::{broker, debezium as local_debezium, sink as local_sink};
+use crate::orchestrator::local::{debezium as local_debezium, sink as local_sink};
+use crate::orchestrator::services;
 use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{Backend, ConnectEndpoint, PgEndpoint, ServiceError, ServiceKind, ServiceState, ServiceStatus};
 
@@ -86,23 +87,13 @@ impl DockerStack {
             }
         }
         let probe = match service {
-            ServiceKind::Postgres => match endpoints.postgres.connect("postgres").await {
-                Ok(client) => client.simple_query("select 1").await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
-            ServiceKind::Broker => kafka_metadata(endpoints.kafka.clone()).await,
+            ServiceKind::Postgres => services::postgres_answers(&endpoints.postgres).await,
+            ServiceKind::Broker => services::broker_answers(endpoints.kafka.clone()).await,
             ServiceKind::Debezium if self.state.docker.image_set == ImageSet::Local => launcher_ready(endpoints.debezium_status.clone(), false).await,
             ServiceKind::Debezium => connector_ready(format!("http://127.0.0.1:{}", self.state.ports.connect), endpoints.postgres.clone(), false).await,
             ServiceKind::Sink => local_sink::is_ready(&endpoints.sink_http).await,
         };
-        match probe {
-            Ok(()) => status.state = ServiceState::Healthy,
-            Err(reason) => {
-                status.state = ServiceState::Unhealthy;
-                status.detail = Some(reason);
-            }
-        }
-        status
+        status.probed(probe)
     }
 }
 
@@ -132,18 +123,6 @@ where
             async move { attempt.await.map_err(NotReady::Yet) }
         })
         .await
-}
-
-/// The broker answers a metadata request naming at least one broker.
-pub(super) async fn kafka_metadata(bootstrap: String) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = broker::client_config(&bootstrap).create().map_err(|e| e.to_string())?;
-        let metadata = consumer.fetch_metadata(None, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-        if metadata.brokers().is_empty() { Err("metadata lists no broker".into()) } else { Ok(()) }
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()))
 }
 
 /// Connector and tasks RUNNING, the replication slot in use (streaming connected) and,

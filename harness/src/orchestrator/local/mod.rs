@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use self::process::ProcessHandle;
 use super::state::{self, PortPicker, absolute, state_err};
+use super::services::{self, Services};
 use super::wait::{NotReady, WaitFor};
 use super::{
     Backend, BackendKind, ConnectEndpoint, Endpoints, LeaderResolver, PgEndpoint, STOP_GRACE, Secret, ServiceControl, ServiceError, ServiceKind, ServiceState,
@@ -331,7 +332,7 @@ impl LocalStack {
             ServiceKind::Debezium => (endpoints.debezium_status.clone(), "debezium.log"),
             ServiceKind::Sink => (endpoints.sink_http.clone(), "sink.log"),
         };
-        let mut status = ServiceStatus {
+        let status = ServiceStatus {
             service,
             state: ServiceState::Stopped,
             pid: handle.filter(|_| alive).map(|h| h.pid),
@@ -344,24 +345,13 @@ impl LocalStack {
         if !alive {
             return status;
         }
+        let mut detail = None;
         let probe: Result<(), String> = match service {
-            ServiceKind::Postgres => match endpoints.postgres.connect("postgres").await {
-                Ok(client) => client.simple_query("select 1").await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
-            ServiceKind::Broker => {
-                let bootstrap = endpoints.kafka.clone();
-                tokio::task::spawn_blocking(move || {
-                    use rdkafka::consumer::{BaseConsumer, Consumer};
-                    let consumer: BaseConsumer = broker::client_config(&bootstrap).create().map_err(|e| e.to_string())?;
-                    consumer.fetch_metadata(None, Duration::from_secs(3)).map(|_| ()).map_err(|e| e.to_string())
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
-            }
+            ServiceKind::Postgres => services::postgres_answers(&endpoints.postgres).await,
+            ServiceKind::Broker => services::broker_answers(endpoints.kafka.clone()).await,
             ServiceKind::Debezium => match debezium::fetch_status(&endpoints.debezium_status).await {
                 Ok(s) if s.streaming_connected => {
-                    status.detail = Some(format!("{}; {} records sent", s.state, s.records_sent));
+                    detail = Some(format!("{}; {} records sent", s.state, s.records_sent));
                     Ok(())
                 }
                 Ok(s) => Err(format!("state {}, streaming_connected false{}", s.state, s.last_error.map(|e| format!(": {e}")).unwrap_or_default())),
@@ -369,14 +359,7 @@ impl LocalStack {
             },
             ServiceKind::Sink => sink::is_ready(&endpoints.sink_http).await,
         };
-        match probe {
-            Ok(()) => status.state = ServiceState::Healthy,
-            Err(reason) => {
-                status.state = ServiceState::Unhealthy;
-                status.detail = Some(reason);
-            }
-        }
-        status
+        ServiceStatus { detail, ..status }.probed(probe)
     }
 
     /// Stops every service in reverse start order and forgets the ones that stopped.
@@ -409,6 +392,21 @@ fn stop_signal(service: ServiceKind) -> Signal {
 }
 
 #[async_trait::async_trait]
+impl Services for LocalStack {
+    fn services(&self) -> Vec<ServiceKind> {
+        LocalStack::services(self)
+    }
+
+    async fn start_service(&mut self, service: ServiceKind) -> Result<(), ServiceError> {
+        LocalStack::start_service(self, service).await
+    }
+
+    async fn check(&self, service: ServiceKind) -> ServiceStatus {
+        LocalStack::check(self, service).await
+    }
+}
+
+#[async_trait::async_trait]
 impl Backend for LocalStack {
     fn kind(&self) -> BackendKind {
         BackendKind::Local
@@ -422,22 +420,12 @@ impl Backend for LocalStack {
         self.private_run_dir()?;
         self.save()?;
         self.tools()?;
-        for service in self.services() {
-            tracing::info!(message = "starting service", %service);
-            eprintln!("up: starting {service}");
-            let started = std::time::Instant::now();
-            self.start_service(service).await?;
-            eprintln!("up: {service} ready ({:.1}s)", started.elapsed().as_secs_f64());
-        }
+        self.start_all(None).await?;
         Ok(self.endpoints())
     }
 
     async fn status(&self) -> Result<Vec<ServiceStatus>, ServiceError> {
-        let mut out = Vec::new();
-        for service in self.services() {
-            out.push(self.check(service).await);
-        }
-        Ok(out)
+        Ok(self.check_all().await)
     }
 
     async fn down(&mut self) -> Result<(), ServiceError> {

@@ -33,26 +33,9 @@ impl LoadPlan {
         self.segments.iter().map(|s| s.duration).sum()
     }
 
-    /// Target rate `t` after the start.
-    pub fn rate_at(&self, t: Duration) -> f64 {
-        let mut start = Duration::ZERO;
-        for s in &self.segments {
-            if t < start + s.duration {
-                let f = (t - start).as_secs_f64() / s.duration.as_secs_f64().max(1e-9);
-                return s.from + (s.to - s.from) * f;
-            }
-            start += s.duration;
-        }
-        0.0
-    }
-
     /// Operations the plan asks for in total.
     pub fn total_ops(&self) -> f64 {
         self.segments.iter().map(|s| (s.from + s.to) / 2.0 * s.duration.as_secs_f64()).sum()
-    }
-
-    pub fn peak_rate(&self) -> f64 {
-        self.segments.iter().map(|s| s.from.max(s.to)).fold(0.0, f64::max)
     }
 }
 

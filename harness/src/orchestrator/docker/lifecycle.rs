@@ -156,14 +156,6 @@ impl DockerStack {
         &self.run_dir
     }
 
-    /// Grafana and Prometheus on the host, when the observability stack runs.
-    pub fn observability_urls(&self) -> Option<(String, String)> {
-        self.state
-            .docker
-            .observability
-            .then(|| (format!("http://127.0.0.1:{}", self.state.ports.grafana), format!("http://127.0.0.1:{}", self.state.ports.prometheus)))
-    }
-
     pub(super) fn services(&self) -> Vec<ServiceKind> {
         ServiceKind::ALL.into_iter().filter(|s| *s != ServiceKind::Sink || self.state.config.with_sink).collect()
     }

@@ -115,8 +115,11 @@ pub fn pipeline_recovery(samples: &[Sample], fault: &FaultRecord) -> Option<f64>
     recovered_at(samples, fault.start_s, end, &signals)
 }
 
-/// Exact percentiles by nearest rank (the value at rank ceil(q * n)), the one method the
-/// harness uses for every distribution it computes itself. Empty input: not measured.
+/// Exact percentiles by nearest rank (the value at rank ceil(q * n)): the method of every
+/// distribution the harness computes from its samples, probes and both verifiers
+/// (PostgreSQL's `percentile_disc` is nearest rank too). The one exception is the load
+/// API's server-side latency, recorded per request for the whole run: an HdrHistogram
+/// (3 significant digits) keeps its memory bounded in a soak. Empty input: not measured.
 pub fn percentiles(mut values: Vec<f64>) -> Percentiles {
     if values.is_empty() {
         return Percentiles::default();

@@ -28,7 +28,6 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use hdrhistogram::Histogram;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::Collation;
 use mongodb::{Cursor, Database};
@@ -257,43 +256,35 @@ pub(super) async fn fetch_target(db: &Database, entity: &Entity, keys: &[String]
 /// excluded), for changes committed at or after `since`. Percentiles come from a histogram
 /// (3 significant digits) so that memory stays bounded whatever the number of keys.
 pub(super) async fn latency(db: &Database, mapping: &Mapping, since: Option<DateTime<Utc>>) -> Result<LatencySummary, VerifyError> {
-    let mut overall = Latencies::new()?;
+    let mut overall = Latencies::new();
     let mut per_entity = BTreeMap::new();
     for entity in &mapping.entity {
         let latencies = entity_latencies(db, entity, since).await?;
-        overall.add(&latencies)?;
+        overall.add(&latencies);
         per_entity.insert(entity.name.clone(), latencies.percentiles());
     }
     Ok(LatencySummary { overall: overall.percentiles(), per_entity })
 }
 
-struct Latencies {
-    histogram: Histogram<u64>,
-    /// Exact, like PostgreSQL's `max`; negative latencies (clock skew) count as 0 ms in
-    /// the histogram.
-    max: f64,
-}
+/// Every latency of one entity, exact: percentiles by nearest rank (`run::percentiles`), the
+/// method the PostgreSQL verifier's `percentile_disc` uses, so both targets report alike.
+struct Latencies(Vec<f64>);
 
 impl Latencies {
-    fn new() -> Result<Self, VerifyError> {
-        let histogram = Histogram::new(3).map_err(VerifyError::target)?;
-        Ok(Self { histogram, max: 0.0 })
+    fn new() -> Self {
+        Self(Vec::new())
     }
 
     fn record(&mut self, ms: i64) {
-        self.histogram.saturating_record(u64::try_from(ms).unwrap_or(0));
-        self.max = self.max.max(ms as f64);
+        self.0.push(ms as f64);
     }
 
-    fn add(&mut self, other: &Self) -> Result<(), VerifyError> {
-        self.histogram.add(&other.histogram).map_err(VerifyError::target)?;
-        self.max = self.max.max(other.max);
-        Ok(())
+    fn add(&mut self, other: &Self) {
+        self.0.extend_from_slice(&other.0);
     }
 
     fn percentiles(&self) -> Percentiles {
-        let at = |q: f64| self.histogram.value_at_quantile(q) as f64;
-        Percentiles { count: self.histogram.len(), p50: at(0.5), p90: at(0.9), p95: at(0.95), p99: at(0.99), max: self.max }
+        crate::run::percentiles(self.0.clone())
     }
 }
 
@@ -321,7 +312,7 @@ async fn entity_latencies(db: &Database, entity: &Entity, since: Option<DateTime
         "ms": { "$subtract": [format!("${cdc}.applied_at"), format!("${cdc}.source_ts")] },
     } });
     let mut cursor = db.collection::<Document>(&entity.mongo.collection).aggregate(pipeline).batch_size(BATCH_SIZE).await.map_err(VerifyError::target)?;
-    let mut latencies = Latencies::new()?;
+    let mut latencies = Latencies::new();
     while let Some(doc) = cursor.try_next().await.map_err(VerifyError::target)? {
         // `$subtract` of two dates is a long; anything else is not a latency.
         if let Ok(ms) = doc.get_i64("ms") {
@@ -371,6 +362,20 @@ mod tests {
 
     fn mapping() -> Mapping {
         Mapping::builtin()
+    }
+
+    #[test]
+    fn latencies_are_exact_nearest_rank_like_the_postgres_verifiers() {
+        let mut first = Latencies::new();
+        (1..=60).for_each(|ms| first.record(ms));
+        let mut overall = Latencies::new();
+        overall.add(&first);
+        // A value a 3-digit histogram would round (1234567 ms) stays exact, and a negative
+        // latency (clock skew) is kept as measured, as PostgreSQL's percentile_disc keeps it.
+        [-3, 1_234_567].into_iter().chain(61..=100).for_each(|ms| overall.record(ms));
+        let p = overall.percentiles();
+        assert_eq!((p.count, p.p50, p.p90, p.p99, p.max), (102, 50.0, 91.0, 100.0, 1_234_567.0));
+        assert!(!Latencies::new().percentiles().measured());
     }
 
     const ORDER: &str = "6b0b4a5e-3c1f-4a44-9e0e-1d1f3f0b2a01";

@@ -107,8 +107,9 @@ enum Command {
         /// apply log.
         #[arg(long, default_value = harness::config::DLQ_TOPIC)]
         dlq_topic: String,
-        /// Only letters written after this point count (an RFC 3339 time, or a duration
-        /// ago such as `30m`): earlier ones belong to earlier runs on the same stack.
+        /// Only letters, and apply log rows, written after this point are reconciled (an
+        /// RFC 3339 time, or a duration ago such as `30m`): earlier ones belong to earlier
+        /// runs on the same stack.
         #[arg(long, value_parser = parse_since)]
         since: Option<chrono::DateTime<chrono::Utc>>,
         /// Do not read the dead-letter topic (a stack whose sink has none).

@@ -360,11 +360,12 @@ fn upsert_sql(entity: Entity, shape: &Shape, audit: bool) -> String {
         return upsert;
     }
     let n = types.len();
-    let log_params: Vec<String> = ["uuid[]", "int8[]", "text[]", "bool[]", "int4[]", "int8[]", "timestamptz[]", "timestamptz[]", "int8[]", "int4[]", "bool[]", "int8[]"]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!("${}::{t}", n + i + 1))
-        .collect();
+    let log_params: Vec<String> =
+        ["uuid[]", "int8[]", "text[]", "bool[]", "int4[]", "int8[]", "timestamptz[]", "timestamptz[]", "int8[]", "int4[]", "bool[]", "int8[]"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("${}::{t}", n + i + 1))
+            .collect();
     format!(
         "WITH up AS ({upsert}), logged AS (INSERT INTO {APPLY_LOG_TABLE} \
          (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, version_commit, epoch, snapshot, tx_id) \
@@ -407,7 +408,20 @@ impl LogArrays {
 
     fn params(&self) -> [&(dyn ToSql + Sync); 12] {
         let v = &self.version;
-        [&self.key, &v.lsn, &self.op, &self.latest, &self.partition, &self.offset, &self.kafka_ts, &self.source_ts, &v.commit, &v.epoch, &v.snapshot, &self.tx_id]
+        [
+            &self.key,
+            &v.lsn,
+            &self.op,
+            &self.latest,
+            &self.partition,
+            &self.offset,
+            &self.kafka_ts,
+            &self.source_ts,
+            &v.commit,
+            &v.epoch,
+            &v.snapshot,
+            &self.tx_id,
+        ]
     }
 }
 

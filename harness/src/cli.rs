@@ -573,7 +573,7 @@ async fn live_verify(endpoints: &harness::orchestrator::Endpoints, every: std::t
         let check = harness::verify::live::check(endpoints, topics.clone(), partitions, std::time::Duration::from_secs(120), at_s).await;
         if !json {
             println!(
-                "{at_s:>6.0} s  watermark {:<12} {:<8} covered in {} ms, compared {} rows in {} ms; missing {} extra {} mismatched {} anomalies {} newer {}{}",
+                "{at_s:>6.0} s  watermark {:<12} {:<8} covered in {} ms, compared {} rows in {} ms; missing {} extra {} mismatched {} anomalies {} newer {} (by clock {}){}",
                 check.lsn,
                 if check.converged { "agrees" } else { "DIFFERS" },
                 check.waited_ms,
@@ -584,6 +584,7 @@ async fn live_verify(endpoints: &harness::orchestrator::Endpoints, every: std::t
                 check.mismatched,
                 check.anomalies.values().sum::<u64>(),
                 check.newer_than_watermark,
+                check.set_aside_by_clock,
                 check.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
             );
             for a in &check.examples {

@@ -348,6 +348,7 @@ fn decode_envelope(entity: Entity, obj: &Map<String, Json>, coords: &Coords, how
     let version = version(how.options, lsn, commit, is_snapshot(source.and_then(|s| s.get("snapshot")), op));
     let source_ts = source.and_then(|s| epoch_field(s, "ts"));
     let emitted_ts = epoch_field(obj, "ts");
+    let tx_id = source.and_then(|s| s.get("txId")).and_then(Json::as_i64);
     let row = |name: &str, lenient: bool| -> Result<Option<Row>, DecodeError> {
         match obj.get(name) {
             None | Some(Json::Null) => Ok(None),
@@ -364,7 +365,8 @@ fn decode_envelope(entity: Entity, obj: &Map<String, Json>, coords: &Coords, how
         after.as_ref().ok_or(DecodeError::MissingRow("create/update/read without after"))?
     };
     let key = row_id(entity, image)?;
-    Ok(Some(Change { entity, key, op, version, source_ts, emitted_ts, before, after: if op.is_delete() { None } else { after }, coords: coords.clone() }))
+    let after = if op.is_delete() { None } else { after };
+    Ok(Some(Change { entity, key, op, version, source_ts, emitted_ts, tx_id, before, after, coords: coords.clone() }))
 }
 
 fn decode_flattened(entity: Entity, obj: &Map<String, Json>, coords: &Coords, how: Decoding<'_>) -> Result<Option<Change>, DecodeError> {
@@ -401,11 +403,13 @@ fn decode_flattened(entity: Entity, obj: &Map<String, Json>, coords: &Coords, ho
     let version = version(how.options, lsn, commit, snapshot);
     let source_ts = epoch_field(obj, "__source_ts");
     let emitted_ts = epoch_field(obj, "__ts");
+    // Only when ExtractNewRecordState adds it (`add.fields=txId` or `source.txId`).
+    let tx_id = obj.get("__txId").or_else(|| obj.get("__source_txId")).and_then(Json::as_i64);
     let fields: Map<String, Json> = obj.iter().filter(|(k, _)| !k.starts_with("__")).map(|(k, v)| (k.clone(), v.clone())).collect();
     let row = if op.is_delete() { decode_delete_image(entity, &fields, how)? } else { decode_row(entity, &fields, how)? };
     let key = row_id(entity, &row)?;
     let (before, after) = if op.is_delete() { (Some(row), None) } else { (None, Some(row)) };
-    Ok(Some(Change { entity, key, op, version, source_ts, emitted_ts, before, after, coords: coords.clone() }))
+    Ok(Some(Change { entity, key, op, version, source_ts, emitted_ts, tx_id, before, after, coords: coords.clone() }))
 }
 
 /// `<prefix>_ms`, `<prefix>_us` or `<prefix>_ns` (Debezium 2.x sends all three on `source`).
@@ -1062,6 +1066,23 @@ mod tests {
         let flat = json!({"id": ID, "email": "a@b.c", "status": "active", "updated_at": "2024-05-01T10:00:00Z",
             "__deleted": "false", "__op": "u", "__lsn": 950, "__source_sequence": "[\"1200\",\"950\"]"});
         assert_eq!(change(dec("customer", None, flat).unwrap()).version, straddling_later);
+    }
+
+    /// `source.txId` is carried (a verifier asks whether a snapshot shows the change);
+    /// events without it, flattened ones unless the SMT adds it, carry none.
+    #[test]
+    fn the_source_transaction_id_is_carried_when_sent() {
+        let row = json!({"id": ID, "email": "a@b.c", "status": "active", "updated_at": "2024-05-01T10:00:00Z"});
+        let envelope = |source: Json| json!({"after": row, "source": source, "op": "u"});
+        let tx = |v: Json| change(dec("customer", None, v).unwrap()).tx_id;
+        assert_eq!(tx(envelope(json!({"lsn": 5, "txId": 771}))), Some(771));
+        assert_eq!(tx(envelope(json!({"lsn": 5}))), None);
+        let mut flat = row.clone();
+        flat["__deleted"] = json!("false");
+        flat["__lsn"] = json!(5);
+        assert_eq!(tx(flat.clone()), None);
+        flat["__source_txId"] = json!(772);
+        assert_eq!(tx(flat), Some(772));
     }
 
     /// ExtractNewRecordState without delete rewriting drops deletes: refused, never ignored.

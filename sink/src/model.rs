@@ -387,6 +387,10 @@ pub struct Change {
     pub source_ts: Option<DateTime<Utc>>,
     /// When Debezium produced the event (envelope `ts_ms`), for clock-drift detection.
     pub emitted_ts: Option<DateTime<Utc>>,
+    /// The source transaction that made the change (Debezium `source.txId`, a 32-bit xid,
+    /// or an epoch-qualified one): kept in the apply log so that a verifier can tell
+    /// whether a source snapshot shows it. None when the event does not carry it.
+    pub tx_id: Option<i64>,
     pub before: Option<Row>,
     /// For deletes: absent.
     pub after: Option<Row>,

@@ -21,9 +21,9 @@ use crate::schema::SchemaTracker;
 use crate::targets::{ApplyReport, ErrorClass, Target, TargetError};
 use crate::validation::{KeyMemory, Rule, Severity, Tally, Validator};
 
-/// Key, version, op and source commit time of a decoded change, by batch index: the apply
-/// log rows of events that write nothing.
-type ChangeMeta = (Uuid, Version, &'static str, Option<chrono::DateTime<Utc>>);
+/// Key, version, op, source commit time and source transaction of a decoded change, by
+/// batch index: the apply log rows of events that write nothing.
+type ChangeMeta = (Uuid, Version, &'static str, Option<chrono::DateTime<Utc>>, Option<i64>);
 
 /// What the decode stage hands to validation.
 struct DecodedBatch {
@@ -259,7 +259,7 @@ impl Handler {
                 Ok(Decoded::Change(change)) => {
                     *ops.entry(change.op.code()).or_default() += 1;
                     if audit {
-                        out.meta.insert(i, (change.key, change.version, change.op.code(), change.source_ts));
+                        out.meta.insert(i, (change.key, change.version, change.op.code(), change.source_ts, change.tx_id));
                     }
                     out.changes.push((i, *change));
                 }
@@ -529,6 +529,7 @@ impl Handler {
                     offset: batch[i].coords.offset,
                     kafka_ts: batch[i].coords.timestamp,
                     source_ts: change.and_then(|c| c.3),
+                    tx_id: change.and_then(|c| c.4),
                     rule: rules.get(&batch[i].coords.offset).map(|r| (*r).to_string()),
                 })
             })

@@ -43,8 +43,9 @@ pub(crate) struct VerifyArgs {
     /// apply log.
     #[arg(long, default_value = harness::config::DLQ_TOPIC)]
     dlq_topic: String,
-    /// Only letters written after this point count (an RFC 3339 time, or a duration
-    /// ago such as `30m`): earlier ones belong to earlier runs on the same stack.
+    /// Only letters, and apply log rows, written after this point are reconciled (an
+    /// RFC 3339 time, or a duration ago such as `30m`): earlier ones belong to earlier
+    /// runs on the same stack.
     #[arg(long, value_parser = parse_since)]
     since: Option<chrono::DateTime<chrono::Utc>>,
     /// Do not read the dead-letter topic (a stack whose sink has none).
@@ -139,7 +140,7 @@ async fn live(endpoints: &Endpoints, every: Duration, span: Duration, json: bool
 
 fn print_live_check(at_s: f64, check: &harness::verify::live::LiveCheck) {
     println!(
-        "{at_s:>6.0} s  watermark {:<12} {:<8} covered in {} ms, compared {} rows in {} ms; missing {} extra {} mismatched {} anomalies {} newer {}{}",
+        "{at_s:>6.0} s  watermark {:<12} {:<8} covered in {} ms, compared {} rows in {} ms; missing {} extra {} mismatched {} anomalies {} newer {} (by clock {}){}",
         check.lsn,
         if check.converged { "agrees" } else { "DIFFERS" },
         check.waited_ms,
@@ -150,6 +151,7 @@ fn print_live_check(at_s: f64, check: &harness::verify::live::LiveCheck) {
         check.mismatched,
         check.anomalies.values().sum::<u64>(),
         check.newer_than_watermark,
+        check.set_aside_by_clock,
         check.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
     );
     for a in &check.examples {

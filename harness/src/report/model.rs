@@ -444,6 +444,9 @@ impl Report {
             if let Some(max) = c.live_checks.iter().map(|l| l.compare_ms).max() {
                 push("live.compare_ms.max", max as f64, LowerIsBetter, false);
             }
+            // Decisions the clock made, not the snapshot: how much of the verdict is exact.
+            push("live.set_aside_by_clock", c.live_checks.iter().map(|l| l.set_aside_by_clock).sum::<u64>() as f64, LowerIsBetter, false);
+            push("live.compared_by_clock", c.live_checks.iter().map(|l| l.compared_by_clock).sum::<u64>() as f64, LowerIsBetter, false);
         }
         if let Some(ms) = c.time_to_converge_ms {
             push("convergence.time_to_converge_s", ms as f64 / 1000.0, LowerIsBetter, false);

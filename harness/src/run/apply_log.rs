@@ -41,6 +41,9 @@ pub struct LogRow {
     pub applied_at: DateTime<Utc>,
     /// The rule of a dead-lettered event.
     pub rule: Option<String>,
+    /// The source transaction of the change (Debezium `source.txId`); None when the event
+    /// did not carry it or the sink predates the column.
+    pub tx_id: Option<i64>,
 }
 
 /// Where the log stands now (the highest id; 0 when empty); `Ok(None)` when the target has
@@ -56,9 +59,11 @@ pub async fn position(target: &tokio_postgres::Client) -> Result<Option<i64>, to
 
 /// Every row after `after`, in id order (the order the sink wrote them).
 pub async fn read(target: &tokio_postgres::Client, after: i64) -> Result<Vec<LogRow>, tokio_postgres::Error> {
+    // A log written by a sink that predates `tx_id` is read all the same, without it.
+    let tx_id = if has_column(target, "tx_id").await? { "tx_id" } else { "NULL::bigint" };
     let sql = format!(
         "SELECT id, entity, key, version, op::text, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, applied_at, rule, \
-         version_commit, coalesce(epoch, 0), coalesce(snapshot, false) \
+         version_commit, coalesce(epoch, 0), coalesce(snapshot, false), {tx_id} \
          FROM {TABLE} WHERE id > $1 ORDER BY id"
     );
     let stream = target.query_raw(sql.as_str(), [&after as &(dyn tokio_postgres::types::ToSql + Sync)]).await?;
@@ -82,9 +87,36 @@ pub async fn read(target: &tokio_postgres::Client, after: i64) -> Result<Vec<Log
             commit: row.get(12),
             epoch: row.get(13),
             snapshot: row.get(14),
+            tx_id: row.get(15),
         });
     }
     Ok(rows)
+}
+
+/// The source transaction (`tx_id`) of the rows of `entity` at `positions` (Kafka
+/// partition, offset) logged after row `after`, where known: the rows a verifier's read of
+/// the log did not have yet (the id bound keeps it to the primary key's tail).
+pub async fn tx_ids(
+    target: &tokio_postgres::Client,
+    entity: &str,
+    after: i64,
+    positions: &[(i32, i64)],
+) -> Result<HashMap<(i32, i64), i64>, tokio_postgres::Error> {
+    if positions.is_empty() || !has_column(target, "tx_id").await? {
+        return Ok(HashMap::new());
+    }
+    let (partitions, offsets): (Vec<i32>, Vec<i64>) = positions.iter().copied().unzip();
+    let sql = format!(
+        "SELECT kafka_partition, kafka_offset, tx_id FROM {TABLE} WHERE id > $1 AND entity = $2 AND tx_id IS NOT NULL \
+         AND (kafka_partition, kafka_offset) IN (SELECT * FROM unnest($3::int4[], $4::int8[]))"
+    );
+    let rows = target.query(sql.as_str(), &[&after, &entity, &partitions, &offsets]).await?;
+    Ok(rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
+}
+
+async fn has_column(target: &tokio_postgres::Client, column: &str) -> Result<bool, tokio_postgres::Error> {
+    let sql = "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped)";
+    Ok(target.query_one(sql, &[&TABLE, &column]).await?.get(0))
 }
 
 impl LogRow {
@@ -274,6 +306,7 @@ impl LogRow {
             source_ts: None,
             applied_at: DateTime::from_timestamp_millis(0).expect("the epoch"),
             rule: None,
+            tx_id: None,
         }
     }
 }
@@ -300,6 +333,7 @@ mod tests {
             source_ts: Some(t(source_ms)),
             applied_at: t(applied_ms),
             rule: None,
+            tx_id: None,
         }
     }
 

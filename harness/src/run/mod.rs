@@ -483,13 +483,14 @@ fn live_checks(
             let at_s = load_started.elapsed().as_secs_f64();
             let check = crate::verify::live::check(&endpoints, topics.clone(), partitions, LIVE_COVER_DEADLINE, at_s).await;
             eprintln!(
-                "\nrun: live check at {at_s:.0} s, watermark {}: {} (pipeline covered it in {} ms, compared {} rows in {} ms, {} newer keys set aside){}",
+                "\nrun: live check at {at_s:.0} s, watermark {}: {} (pipeline covered it in {} ms, compared {} rows in {} ms, {} newer keys set aside, {} of them by the clock){}",
                 check.lsn,
                 if check.converged { "agrees" } else { "DIFFERS" },
                 check.waited_ms,
                 check.rows_compared,
                 check.compare_ms,
                 check.newer_than_watermark,
+                check.set_aside_by_clock,
                 check.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
             );
             checks.push(check);

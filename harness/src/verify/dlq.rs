@@ -166,7 +166,8 @@ pub struct DlqReport {
 /// Letters by the record they carry: (entity, partition, offset).
 pub type LetterIndex = HashMap<(String, i32, i64), Letter>;
 
-/// Classifies and reconciles `letters` with `log` (None: no apply log to reconcile with).
+/// Classifies and reconciles `letters` with `log` (None: no apply log to reconcile with);
+/// log rows written before `source.since` are left out, as their letters were.
 pub fn reconcile(source: &DlqSource, letters: Vec<Letter>, log: Option<&[LogRow]>, expected_rules: &[String], max_examples: usize) -> (DlqReport, LetterIndex) {
     let mut report = DlqReport { topic: source.topic.clone(), expected_rules: expected_rules.to_vec(), ..Default::default() };
     let mut index = LetterIndex::new();
@@ -200,7 +201,11 @@ pub fn reconcile(source: &DlqSource, letters: Vec<Letter>, log: Option<&[LogRow]
                 report.unreconciled_examples.push(what);
             }
         };
-        for row in log.iter().filter(|r| r.outcome == "dlq") {
+        // The window the letters were read in applies to the log too: on a reused stack,
+        // rows of earlier runs have their letters left out. The row's `applied_at` is the
+        // target's clock, the letter's timestamp the sink's: one clock on one machine.
+        let in_window = |r: &&LogRow| source.since.is_none_or(|s| r.applied_at >= s);
+        for row in log.iter().filter(|r| r.outcome == "dlq").filter(in_window) {
             logged.insert((row.entity.as_str(), row.partition, row.offset));
             if !index.contains_key(&(row.entity.clone(), row.partition, row.offset)) {
                 unreconciled(
@@ -262,6 +267,26 @@ mod tests {
         let more_poison = DlqSource { poison: HashSet::from([("cdc.public.customer".to_string(), 0, 3), ("cdc.public.customer".to_string(), 0, 8)]), ..source };
         let (report, _) = reconcile(&more_poison, vec![letter("decode", 3)], None, &[], 5);
         assert_eq!(report.poison_missing, 1, "an injected poison record without its letter");
+    }
+
+    /// `since` leaves out the letters of earlier runs on a reused stack, and so the apply
+    /// log rows those runs wrote: a dead-lettered row of an earlier run has no letter here,
+    /// and is no disagreement of this run.
+    #[test]
+    fn apply_log_rows_before_since_are_left_out_like_their_letters() {
+        let since = DateTime::from_timestamp_millis(10_000).unwrap();
+        let source = DlqSource { config: ClientConfig::new(), topic: "cdc.dlq".into(), poison: HashSet::new(), since: Some(since) };
+        let at = |offset, ms| LogRow { applied_at: DateTime::from_timestamp_millis(ms).unwrap(), ..log_row(offset) };
+        // Offset 1: an earlier run's row (its letter was left out when read); 5: this run's.
+        let log = [at(1, 9_999), at(5, 10_000)];
+        let expected = ["email".to_string()];
+        let (report, _) = reconcile(&source, vec![letter("email", 5)], Some(&log), &expected, 5);
+        assert_eq!(report.unreconciled, 0, "{:?}", report.unreconciled_examples);
+        let (report, _) = reconcile(&source, vec![], Some(&log), &expected, 5);
+        assert_eq!(report.unreconciled, 1, "this run's row without its letter still disagrees");
+        let every_run = DlqSource { since: None, ..source };
+        let (report, _) = reconcile(&every_run, vec![letter("email", 5)], Some(&log), &expected, 5);
+        assert_eq!(report.unreconciled, 1, "without a window the earlier run's row counts: {:?}", report.unreconciled_examples);
     }
 
     #[test]

@@ -210,6 +210,15 @@ impl Target<'_> {
         Ok(rows.map(history::History::new))
     }
 
+    /// The source transaction of the apply log rows at `positions` of `entity` logged after
+    /// row `after` (PostgreSQL; MongoDB's log has no such id: all its rows), where known.
+    async fn logged_tx_ids(&self, entity: &str, after: i64, positions: &[(i32, i64)]) -> Result<HashMap<(i32, i64), i64>, VerifyError> {
+        match self {
+            Self::Postgres(target) => crate::run::apply_log::tx_ids(target, entity, after, positions).await.map_err(VerifyError::target_pg),
+            Self::Mongo(target) => mongo::apply_log_tx_ids(target, entity, positions).await,
+        }
+    }
+
     async fn latency(&self, mapping: &Mapping, since: Option<DateTime<Utc>>) -> Result<LatencySummary, VerifyError> {
         match self {
             Self::Postgres(target) => latency_summary(target, mapping, since).await,
@@ -308,6 +317,7 @@ async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &
     let mut unexplained = 0u64;
     let mut excused = 0u64;
     let mut newer = 0u64;
+    let tx_index = options.watermark.as_ref().map(|_| live::TxIndex::new(history.as_ref()));
     for entity in &mapping.entity {
         let keys = pending.get(&entity.name).cloned().unwrap_or_default();
         for chunk in keys.chunks(KEY_BATCH) {
@@ -315,14 +325,26 @@ async fn verify(source: &tokio_postgres::Client, target: &Target<'_>, options: &
             let src = postgres::fetch_source(source, entity, &known).await?;
             let tgt = target.fetch(entity, chunk).await?;
             let deleted = postgres::fetch_deletions(source, entity, &known).await;
+            let decisions = match (&options.watermark, &tx_index) {
+                (Some(w), Some(index)) => live::decide(source, target, w, index, &entity.name, &tgt).await?,
+                _ => HashMap::new(),
+            };
             for key in chunk {
                 let records = tgt.get(key).map(Vec::as_slice).unwrap_or_default();
-                if options.watermark.as_ref().is_some_and(|w| w.covers_newer(records)) {
+                let (set_aside, by_clock) = match decisions.get(key) {
+                    Some(live::Decision::Newer) => (true, false),
+                    Some(live::Decision::ByClock { newer }) => (*newer, true),
+                    Some(live::Decision::Compare) | None => (false, false),
+                };
+                if set_aside {
                     newer += 1;
                     if let Some(outcome) = outcomes.get_mut(&entity.name) {
-                        outcome.set_aside_newer(src.contains_key(key), records.iter().any(|r| !r.deleted));
+                        outcome.set_aside_newer(src.contains_key(key), records.iter().any(|r| !r.deleted), by_clock);
                     }
                     continue;
+                }
+                if by_clock && let Some(outcome) = outcomes.get_mut(&entity.name) {
+                    outcome.compared_by_clock += 1;
                 }
                 let case = classify::KeyCase {
                     entity,

@@ -24,7 +24,7 @@
 //! extra (untracked: they cannot be looked up by key text) and skipped, which keeps the
 //! string keys in order.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -351,9 +351,31 @@ pub async fn apply_log(db: &Database) -> Result<Option<Vec<crate::run::apply_log
             source_ts: date(&d, "source_ts"),
             applied_at,
             rule: d.get_str("rule").ok().map(str::to_string),
+            tx_id: d.get_i64("tx_id").ok(),
         });
     }
     Ok(Some(rows))
+}
+
+/// The source transaction (`tx_id`) of the apply log documents of `entity` at `positions`
+/// (Kafka partition, offset), where known.
+pub(super) async fn apply_log_tx_ids(db: &Database, entity: &str, positions: &[(i32, i64)]) -> Result<HashMap<(i32, i64), i64>, VerifyError> {
+    let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (partition, offset) in positions {
+        by_partition.entry(*partition).or_default().push(*offset);
+    }
+    let mut out = HashMap::new();
+    for (partition, offsets) in by_partition {
+        let filter = doc! { "entity": entity, "kafka_partition": partition, "kafka_offset": { "$in": offsets }, "tx_id": { "$type": "long" } };
+        let projection = doc! { "_id": 0, "kafka_offset": 1, "tx_id": 1 };
+        let mut cursor = db.collection::<Document>("cdc_apply_log").find(filter).projection(projection).await.map_err(VerifyError::target)?;
+        while let Some(d) = cursor.try_next().await.map_err(VerifyError::target)? {
+            if let (Ok(offset), Ok(tx)) = (d.get_i64("kafka_offset"), d.get_i64("tx_id")) {
+                out.insert((partition, offset), tx);
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -82,6 +82,14 @@ pub struct EntityOutcome {
     /// check compared against (the source moved on; not compared).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub newer_than_watermark: u64,
+    /// Of those, the keys the clock rule set aside (a version's source transaction unknown);
+    /// the rest the snapshot decided.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub newer_by_clock: u64,
+    /// Live verification: differing keys compared because the clock rule called them older
+    /// than the snapshot (a version's source transaction unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compared_by_clock: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -96,10 +104,12 @@ impl EntityOutcome {
         self.excused += 1;
     }
 
-    /// Moves one differing key to `newer_than_watermark` (live verification).
-    pub fn set_aside_newer(&mut self, in_source: bool, in_target: bool) {
+    /// Moves one differing key to `newer_than_watermark` (live verification), decided by the
+    /// clock rule or by the snapshot.
+    pub fn set_aside_newer(&mut self, in_source: bool, in_target: bool, by_clock: bool) {
         self.uncount(in_source, in_target);
         self.newer_than_watermark += 1;
+        self.newer_by_clock += u64::from(by_clock);
     }
 
     fn uncount(&mut self, in_source: bool, in_target: bool) {

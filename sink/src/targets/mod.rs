@@ -130,6 +130,8 @@ pub struct LogEntry {
     pub offset: i64,
     pub kafka_ts: Option<DateTime<Utc>>,
     pub source_ts: Option<DateTime<Utc>>,
+    /// The source transaction (`Change::tx_id`).
+    pub tx_id: Option<i64>,
     /// For dead-lettered events: the rule that rejected it.
     pub rule: Option<String>,
 }
@@ -145,6 +147,7 @@ impl LogEntry {
             offset: change.coords.offset,
             kafka_ts: change.coords.timestamp,
             source_ts: change.source_ts,
+            tx_id: change.tx_id,
             rule: None,
         }
     }
@@ -348,6 +351,7 @@ mod tests {
             version: Version::streamed(None, lsn),
             source_ts: None,
             emitted_ts: None,
+            tx_id: None,
             before: None,
             after: Some(row),
             coords: Coords { topic: "cdc.public.customer".into(), partition: 0, offset: lsn, timestamp: None },

@@ -68,6 +68,7 @@ pub fn customer(id: Uuid, op: Op, lsn: i64, email: &str, status: &str, offset: i
         version: Version::streamed(None, lsn),
         source_ts: Some(ts("2024-05-01T10:00:00Z")),
         emitted_ts: None,
+        tx_id: None,
         before,
         after,
         coords: Coords { topic: "cdc.public.customer".into(), partition: 0, offset, timestamp: None },

@@ -99,17 +99,29 @@ async fn toast_placeholder_keeps_value_and_new_columns_are_added() {
 
 /// Audit mode: every change of a batch leaves one apply log row, written by the change's own
 /// statement, with its outcome (applied, superseded in its batch, stale), its Kafka
-/// coordinates and timestamps; events that write nothing are logged by `Target::log`.
+/// coordinates, timestamps and source transaction; events that write nothing are logged by
+/// `Target::log`. A log table of an earlier release gains the columns added since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_mode_logs_every_change_with_its_outcome() {
     use sink::targets::{LogEntry, LoggedOutcome, Target};
     let pg = TestPostgres::start("sink-pg-audit").await.unwrap();
-    let target = Target::connect(&crate::common::target_config(&pg), true).await.expect("connect with audit");
     let client = pg.endpoint.connect(&pg.endpoint.target_db).await.unwrap();
+    // The first release's layout: no version_commit, epoch, snapshot, tx_id.
+    client
+        .batch_execute(
+            "CREATE TABLE _cdc_apply_log (id bigserial PRIMARY KEY, entity text NOT NULL, key uuid, version bigint, op char(1), outcome text NOT NULL, \
+             kafka_partition int NOT NULL, kafka_offset bigint NOT NULL, kafka_ts timestamptz, source_ts timestamptz, \
+             applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), rule text)",
+        )
+        .await
+        .unwrap();
+    let target = Target::connect(&crate::common::target_config(&pg), true).await.expect("connect with audit");
     let id = key(7);
     let kafka_ts = crate::common::ts("2024-05-01T10:00:01Z");
+    // Each change with its source transaction (`source.txId`): 9000 + its LSN.
     let with_ts = |mut c: sink::model::Change| {
         c.coords.timestamp = Some(kafka_ts);
+        c.tx_id = Some(9_000 + c.version.lsn);
         c
     };
     // One batch: create (superseded by the update in the same batch), update (applied).
@@ -120,10 +132,16 @@ async fn audit_mode_logs_every_change_with_its_outcome() {
     // A replay of the update: stale.
     target.apply(Entity::Customer, &[with_ts(customer(id, Op::Update, 20, "b@x.io", "blocked", 1))]).await.unwrap();
     // A dead-lettered event, logged apart.
-    let mut dlq = LogEntry::of_change(&customer(id, Op::Update, 30, "bad", "active", 2), LoggedOutcome::Dlq);
+    let mut dlq = LogEntry::of_change(&with_ts(customer(id, Op::Update, 30, "bad", "active", 2)), LoggedOutcome::Dlq);
     dlq.rule = Some("email_format".into());
-    target.log(Entity::Customer, &[dlq]).await.unwrap();
+    // An event without a transaction id (a flattened one): NULL.
+    let mut ignored = LogEntry::of_change(&customer(id, Op::Update, 40, "x@x.io", "active", 3), LoggedOutcome::Ignored);
+    ignored.key = None;
+    target.log(Entity::Customer, &[dlq, ignored]).await.unwrap();
 
+    let tx: Vec<Option<i64>> = client.query("SELECT tx_id FROM _cdc_apply_log ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(tx, [Some(9_020), Some(9_010), Some(9_020), Some(9_030), None], "each row carries its change's source transaction");
+    client.execute("DELETE FROM _cdc_apply_log WHERE outcome = 'ignored'", &[]).await.unwrap();
     let rows = client
         .query(
             "SELECT entity, key, version, op::text, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts IS NOT NULL, applied_at <= clock_timestamp(), rule \

@@ -75,6 +75,7 @@ fn log_document(entity: Entity, e: &LogEntry) -> Document {
         "kafka_offset": e.offset,
         "kafka_ts": bson_ts(e.kafka_ts),
         "source_ts": bson_ts(e.source_ts),
+        "tx_id": e.tx_id.map_or(Bson::Null, Bson::Int64),
         "applied_at": mongodb::bson::DateTime::now(),
         "rule": e.rule.clone().map_or(Bson::Null, Bson::String),
     }
@@ -596,6 +597,7 @@ mod tests {
             version: Version::streamed(Some(100), 90),
             source_ts: None,
             emitted_ts: None,
+            tx_id: None,
             before: Some(crate::model::Row::empty(Entity::OrderItem)),
             after: None,
             coords: crate::model::Coords { topic: "cdc.public.order_item".into(), partition: 0, offset: 1, timestamp: None },
@@ -623,6 +625,7 @@ mod tests {
             version: Version::streamed(Some(100), 90),
             source_ts: None,
             emitted_ts: None,
+            tx_id: None,
             before: None,
             after: Some(crate::model::Row::empty(Entity::OrderItem)),
             coords: crate::model::Coords { topic: "cdc.public.order_item".into(), partition: 0, offset: 1, timestamp: None },

@@ -104,9 +104,10 @@ pub const APPLY_LOG_TABLE: &str = "_cdc_apply_log";
 const APPLY_LOG_SQL: &str = "CREATE TABLE IF NOT EXISTS _cdc_apply_log (\
      id bigserial PRIMARY KEY, entity text NOT NULL, key uuid, version bigint, op char(1), outcome text NOT NULL, \
      kafka_partition int NOT NULL, kafka_offset bigint NOT NULL, kafka_ts timestamptz, source_ts timestamptz, \
-     applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), rule text, version_commit bigint, epoch int, snapshot boolean)";
+     applied_at timestamptz NOT NULL DEFAULT clock_timestamp(), rule text, version_commit bigint, epoch int, snapshot boolean, tx_id bigint)";
+/// Columns added after the first release (`tx_id`: the source transaction, `source.txId`).
 const APPLY_LOG_MIGRATION: &str = "ALTER TABLE _cdc_apply_log ADD COLUMN IF NOT EXISTS version_commit bigint, \
-     ADD COLUMN IF NOT EXISTS epoch int, ADD COLUMN IF NOT EXISTS snapshot boolean";
+     ADD COLUMN IF NOT EXISTS epoch int, ADD COLUMN IF NOT EXISTS snapshot boolean, ADD COLUMN IF NOT EXISTS tx_id bigint";
 
 pub struct PostgresSink {
     pool: Pool,
@@ -359,17 +360,18 @@ fn upsert_sql(entity: Entity, shape: &Shape, audit: bool) -> String {
         return upsert;
     }
     let n = types.len();
-    let log_params: Vec<String> = ["uuid[]", "int8[]", "text[]", "bool[]", "int4[]", "int8[]", "timestamptz[]", "timestamptz[]", "int8[]", "int4[]", "bool[]"]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!("${}::{t}", n + i + 1))
-        .collect();
+    let log_params: Vec<String> =
+        ["uuid[]", "int8[]", "text[]", "bool[]", "int4[]", "int8[]", "timestamptz[]", "timestamptz[]", "int8[]", "int4[]", "bool[]", "int8[]"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("${}::{t}", n + i + 1))
+            .collect();
     format!(
         "WITH up AS ({upsert}), logged AS (INSERT INTO {APPLY_LOG_TABLE} \
-         (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, version_commit, epoch, snapshot) \
+         (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, version_commit, epoch, snapshot, tx_id) \
          SELECT '{entity}', l.key, l.version, l.op, \
          CASE WHEN NOT l.latest THEN 'superseded' WHEN up.id IS NULL THEN 'stale' ELSE 'applied' END, \
-         l.part, l.off, l.kts, l.sts, l.vc, l.ep, l.snap FROM UNNEST({log}) AS l(key, version, op, latest, part, off, kts, sts, vc, ep, snap) \
+         l.part, l.off, l.kts, l.sts, l.vc, l.ep, l.snap, l.tx FROM UNNEST({log}) AS l(key, version, op, latest, part, off, kts, sts, vc, ep, snap, tx) \
          LEFT JOIN up ON up.id = l.key) SELECT id FROM up",
         entity = entity.table(),
         log = log_params.join(", "),
@@ -388,6 +390,7 @@ struct LogArrays {
     offset: Vec<i64>,
     kafka_ts: Vec<Option<DateTime<Utc>>>,
     source_ts: Vec<Option<DateTime<Utc>>>,
+    tx_id: Vec<Option<i64>>,
 }
 
 impl LogArrays {
@@ -400,11 +403,25 @@ impl LogArrays {
         self.offset.push(change.coords.offset);
         self.kafka_ts.push(change.coords.timestamp);
         self.source_ts.push(change.source_ts);
+        self.tx_id.push(change.tx_id);
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 12] {
         let v = &self.version;
-        [&self.key, &v.lsn, &self.op, &self.latest, &self.partition, &self.offset, &self.kafka_ts, &self.source_ts, &v.commit, &v.epoch, &v.snapshot]
+        [
+            &self.key,
+            &v.lsn,
+            &self.op,
+            &self.latest,
+            &self.partition,
+            &self.offset,
+            &self.kafka_ts,
+            &self.source_ts,
+            &v.commit,
+            &v.epoch,
+            &v.snapshot,
+            &self.tx_id,
+        ]
     }
 }
 
@@ -612,9 +629,9 @@ impl PostgresSink {
     /// Apply log rows of events that wrote nothing (dead-lettered, ignored).
     pub async fn log(&self, entity: Entity, entries: &[LogEntry]) -> Result<(), TargetError> {
         let sql = format!(
-            "INSERT INTO {APPLY_LOG_TABLE} (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, rule, version_commit, epoch, snapshot) \
+            "INSERT INTO {APPLY_LOG_TABLE} (entity, key, version, op, outcome, kafka_partition, kafka_offset, kafka_ts, source_ts, rule, version_commit, epoch, snapshot, tx_id) \
              SELECT $1, * FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::int4[], $7::int8[], $8::timestamptz[], $9::timestamptz[], $10::text[], \
-             $11::int8[], $12::int4[], $13::bool[])"
+             $11::int8[], $12::int4[], $13::bool[], $14::int8[])"
         );
         let key: Vec<Option<Uuid>> = entries.iter().map(|e| e.key).collect();
         let version: Vec<Option<i64>> = entries.iter().map(|e| e.version.map(|v| v.lsn)).collect();
@@ -628,6 +645,7 @@ impl PostgresSink {
         let kafka_ts: Vec<Option<DateTime<Utc>>> = entries.iter().map(|e| e.kafka_ts).collect();
         let source_ts: Vec<Option<DateTime<Utc>>> = entries.iter().map(|e| e.source_ts).collect();
         let rule: Vec<Option<&str>> = entries.iter().map(|e| e.rule.as_deref()).collect();
+        let tx_id: Vec<Option<i64>> = entries.iter().map(|e| e.tx_id).collect();
         let mut lease = self.pool.get().await?;
         within_deadline!(self.pool, lease, "apply_log", {
             let conn = lease.conn();
@@ -635,7 +653,7 @@ impl PostgresSink {
             conn.client
                 .execute(
                     &statement,
-                    &[&entity.table(), &key, &version, &op, &outcome, &partition, &offset, &kafka_ts, &source_ts, &rule, &commit, &epoch, &snapshot],
+                    &[&entity.table(), &key, &version, &op, &outcome, &partition, &offset, &kafka_ts, &source_ts, &rule, &commit, &epoch, &snapshot, &tx_id],
                 )
                 .await
         })?;
@@ -732,10 +750,10 @@ mod tests {
         let shape = Shape { delete: false, known: vec![1], extra: vec![] };
         let sql = upsert_sql(Entity::Customer, &shape, true);
         assert!(sql.starts_with("WITH up AS (INSERT INTO customer_materialized"), "{sql}");
-        // id, email, then 8 CDC arrays = 10 parameters before the 11 log arrays.
+        // id, email, then 8 CDC arrays = 10 parameters before the 12 log arrays.
         assert!(
             sql.contains(
-                "UNNEST($11::uuid[], $12::int8[], $13::text[], $14::bool[], $15::int4[], $16::int8[], $17::timestamptz[], $18::timestamptz[], $19::int8[], $20::int4[], $21::bool[])"
+                "UNNEST($11::uuid[], $12::int8[], $13::text[], $14::bool[], $15::int4[], $16::int8[], $17::timestamptz[], $18::timestamptz[], $19::int8[], $20::int4[], $21::bool[], $22::int8[])"
             ),
             "{sql}"
         );

@@ -458,11 +458,14 @@ impl Handler {
     /// keeps their order through retries) and waits until the DLQ acknowledged every one,
     /// retrying those that failed; a partition stuck on them says so. Offsets in `sent` were
     /// acknowledged earlier (before a panic) and are not sent again; acknowledged ones are
-    /// added.
+    /// added. Logs one WARN line per batch once durable (per letter only at `debug`).
     async fn send_letters(&self, letters: &[DeadLetter], sent: &mut HashSet<i64>) {
         let mut pending: Vec<&DeadLetter> = letters.iter().filter(|l| !sent.contains(&l.coords.offset)).collect();
+        let Some(&first) = pending.first() else { return };
+        let started = Instant::now();
+        let count = pending.len();
         for letter in &pending {
-            warn!(message = "event dead-lettered", rule = %letter.rule, reason = %crate::dlq::truncate_text(&letter.reason, 512), topic = %letter.coords.topic,
+            debug!(message = "event dead-lettered", rule = %letter.rule, reason = %crate::dlq::truncate_text(&letter.reason, 512), topic = %letter.coords.topic,
                 partition = letter.coords.partition, offset = letter.coords.offset,
                 key = %key_for_log(letter.key.as_deref()), outcome = "dlq");
         }
@@ -498,11 +501,15 @@ impl Handler {
                 backoff.wait().await;
             }
         }
+        // One line per batch, once the letters are durable: a flood of bad events must not
+        // flood the log too. Each letter carries its own rule, reason and coordinates.
+        let last = letters.last().map_or(first.coords.offset, |l| l.coords.offset);
+        warn!(message = "events dead-lettered", letters = count, rule = %first.rule, reason = %crate::dlq::truncate_text(&first.reason, 512),
+            topic = %first.coords.topic, partition = first.coords.partition, offset = first.coords.offset, last_offset = last,
+            key = %key_for_log(first.key.as_deref()), dlq_topic = self.dlq.topic(), ack_ms = started.elapsed().as_millis() as u64, outcome = "dlq");
         if rounds >= 3 {
-            if let Some(first) = letters.first() {
-                self.stalls.clear(&first.coords.topic, first.coords.partition);
-                self.metrics.partition_stalled(&first.coords.topic, first.coords.partition, false);
-            }
+            self.stalls.clear(&first.coords.topic, first.coords.partition);
+            self.metrics.partition_stalled(&first.coords.topic, first.coords.partition, false);
         }
     }
 

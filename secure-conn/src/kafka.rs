@@ -204,7 +204,10 @@ mod tests {
         };
         assert_eq!(missing(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "PLAIN"), ("sasl.password", "p")]), "sasl.username");
         assert_eq!(missing(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "PLAIN"), ("sasl.username", ""), ("sasl.password", "p")]), "sasl.username");
-        assert!(missing(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "PLAIN"), ("sasl.username", "u"), ("sasl.password", "")]).starts_with("sasl.password"));
+        assert!(
+            missing(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "PLAIN"), ("sasl.username", "u"), ("sasl.password", "")])
+                .starts_with("sasl.password")
+        );
         // No mechanism is librdkafka's GSSAPI, which is not built: an error, not a Kerberos attempt.
         let err = check(&mut settings(&[("security.protocol", "SASL_PLAINTEXT"), ("sasl.username", "u"), ("sasl.password", "p")])).unwrap_err();
         assert_eq!(err, KafkaSecurityError::Mechanism("GSSAPI".into()));

@@ -288,14 +288,17 @@ async fn sasl_ssl_scram_round_trips_through_the_tls_terminator_and_a_wrong_passw
     assert_eq!(round_trip(&kafka.client_config(), topic, "over SASL_SSL").await?, "over SASL_SSL");
 
     let ca = certs.ca.display().to_string();
-    let client = [("security.protocol", "SASL_SSL".to_string()), ("sasl.mechanism", "SCRAM-SHA-512".into()), ("sasl.username", "cdc".into()), ("ssl.ca.location", ca)];
+    let client =
+        [("security.protocol", "SASL_SSL".to_string()), ("sasl.mechanism", "SCRAM-SHA-512".into()), ("sasl.username", "cdc".into()), ("ssl.ca.location", ca)];
     let password_file = dir.join("kafka.password");
     harness::orchestrator::state::write_private(&password_file, password.as_bytes())?;
     let secret = |file: &std::path::Path| format!("{{ file = {} }}", toml::Value::from(file.display().to_string()));
     let good = broker_endpoints(&dir, "good.toml", &kafka.bootstrap, &client, &[]);
     // client_secrets hold a reference table, not a string: append it by hand.
     let with_secret = |path: &std::path::Path, file: &std::path::Path| {
-        let text = std::fs::read_to_string(path).unwrap().replace("[kafka.client_secrets]\n", &format!("[kafka.client_secrets]\n\"sasl.password\" = {}\n", secret(file)));
+        let text = std::fs::read_to_string(path)
+            .unwrap()
+            .replace("[kafka.client_secrets]\n", &format!("[kafka.client_secrets]\n\"sasl.password\" = {}\n", secret(file)));
         std::fs::write(path, text).unwrap();
     };
     with_secret(&good, &password_file);
@@ -504,7 +507,12 @@ async fn the_debezium_launcher_produces_over_sasl_ssl_with_a_client_certificate(
     assert!(ready.is_ok(), "{ready:?}\n{}", launcher.0.log_tail(40));
 
     let source = pg.endpoint.connect(&pg.endpoint.source_db).await?;
-    source.execute("INSERT INTO customer (id, email, status, updated_at) VALUES ('22222222-2222-4222-8222-222222222222', 'launcher@tls.example', 'active', now())", &[]).await?;
+    source
+        .execute(
+            "INSERT INTO customer (id, email, status, updated_at) VALUES ('22222222-2222-4222-8222-222222222222', 'launcher@tls.example', 'active', now())",
+            &[],
+        )
+        .await?;
     let consumer: BaseConsumer = kafka.client_config().set("group.id", "tls-launcher").set("enable.auto.commit", "false").create()?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset("cdc.public.customer", 0, Offset::Beginning)?;

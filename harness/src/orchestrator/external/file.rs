@@ -221,10 +221,8 @@ impl EndpointsFile {
             source_schema: schema,
             params: source.params,
         };
-        let http_hops = [
-            ("connect", self.connect.as_ref().map(|c| (&c.url, c.ca.as_ref()))),
-            ("sink", self.sink.as_ref().map(|s| (&s.metrics_url, s.ca.as_ref()))),
-        ];
+        let http_hops =
+            [("connect", self.connect.as_ref().map(|c| (&c.url, c.ca.as_ref()))), ("sink", self.sink.as_ref().map(|s| (&s.metrics_url, s.ca.as_ref())))];
         for (section, hop) in http_hops {
             let Some((url, ca)) = hop else { continue };
             let field = if section == "connect" { "connect.url" } else { "sink.metrics_url" };
@@ -443,7 +441,10 @@ publication"#,
         unsafe { std::env::set_var("EFILE_TEST_KAFKA_PW", "s3cr3t-kafka") };
         let https = GOOD.replace("http://connect:8083/", "https://connect:8443/");
         refused(&https.replace("connector = \"shop\"", "connector = \"shop\"\nca = \"/nonexistent/ca.pem\""), "connect.ca: /nonexistent/ca.pem: ");
-        refused(&GOOD.replace("connector = \"shop\"", "connector = \"shop\"\nca = \"/nonexistent/ca.pem\""), "connect.ca: is set but connect.url is not https://");
+        refused(
+            &GOOD.replace("connector = \"shop\"", "connector = \"shop\"\nca = \"/nonexistent/ca.pem\""),
+            "connect.ca: is set but connect.url is not https://",
+        );
         let sink = format!("{https}\n[sink]\nmetrics_url = \"http://sink:8080\"\nca = \"/nonexistent/ca.pem\"\n");
         refused(&sink, "sink.ca: is set but sink.metrics_url is not https://");
         let (dir, path) = write("");

@@ -368,7 +368,10 @@ impl ExternalStack {
         let sink = if e.sink_http.is_empty() {
             Err("no [sink] in the endpoints file: not observed".into())
         } else {
-            crate::run::sink_metrics::scrape(&e.sink_http).await.map(|_| Some(http_security(&e.sink_http))).map_err(|err| format!("metrics {}/metrics: {err}", e.sink_http))
+            crate::run::sink_metrics::scrape(&e.sink_http)
+                .await
+                .map(|_| Some(http_security(&e.sink_http)))
+                .map_err(|err| format!("metrics {}/metrics: {err}", e.sink_http))
         };
         vec![
             line(ServiceKind::Postgres, postgres, e.postgres.display(&e.postgres.source_db)),

@@ -226,43 +226,134 @@ impl TestPostgres {
     }
 }
 
+/// What `TlsBroker` asks of a client beyond TLS.
+#[derive(Debug, Clone, Default)]
+pub struct TlsBrokerAuth {
+    /// tansu's `--authentication` with this SCRAM-SHA-512 user (name, password): clients
+    /// speak `SASL_SSL`.
+    pub scram: Option<(String, Secret)>,
+    /// The terminator requires a client certificate signed by the test CA (`socat
+    /// verify=1,cafile=`); `client_config` presents the test client certificate.
+    pub client_cert: bool,
+}
+
+/// Stops a process when dropped (also when a test panics half-way through a start).
+struct StopOnDrop(ProcessHandle, nix::sys::signal::Signal);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop(self.1, std::time::Duration::from_secs(10));
+    }
+}
+
+/// A real TLS endpoint in front of a plain TCP server: `socat openssl-listen` with the
+/// test server certificate (for `localhost` and 127.0.0.1), forwarding to `upstream`;
+/// with `client_cert` it requires a client certificate signed by the test CA. Stopped on drop.
+pub struct TlsTerminator {
+    /// The TLS port on 127.0.0.1.
+    pub port: u16,
+    _socat: StopOnDrop,
+}
+
+impl TlsTerminator {
+    pub fn start(log: &std::path::Path, certs: &TestCerts, upstream: u16, client_cert: bool) -> anyhow::Result<Self> {
+        Self::start_on(free_port()?, log, certs, upstream, client_cert)
+    }
+
+    fn start_on(port: u16, log: &std::path::Path, certs: &TestCerts, upstream: u16, client_cert: bool) -> anyhow::Result<Self> {
+        let verify = if client_cert { format!("verify=1,cafile={}", certs.ca.display()) } else { "verify=0".to_string() };
+        let mut socat = std::process::Command::new("socat");
+        socat
+            .arg(format!("openssl-listen:{port},bind=127.0.0.1,reuseaddr,fork,cert={},{verify}", certs.server_pem()?.display()))
+            .arg(format!("tcp:127.0.0.1:{upstream}"));
+        let socat = StopOnDrop(crate::orchestrator::local::process::spawn(socat, log)?, nix::sys::signal::Signal::SIGTERM);
+        // Listening once a TCP connection is accepted.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Self { port, _socat: socat });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        anyhow::bail!("socat did not listen on {port}: see {}", log.display())
+    }
+}
+
 /// tansu behind a real TLS endpoint: `socat openssl-listen` terminates TLS with the test
 /// server certificate and forwards to tansu, which advertises the TLS address, so every
 /// client (after bootstrap too) speaks SSL. tansu 0.6 takes `--cert/--key` but does not use
-/// them (its listener accepts plain TCP only), hence the terminator.
+/// them (its listener accepts plain TCP only), hence the terminator. With `TlsBrokerAuth`
+/// tansu also requires SCRAM (`SASL_SSL`) and socat a client certificate.
 pub struct TlsBroker {
     /// `127.0.0.1:<tls port>`.
     pub bootstrap: String,
     /// The CA that signed the terminator's certificate.
     pub ca: PathBuf,
-    broker: ProcessHandle,
-    terminator: ProcessHandle,
+    /// The client certificate and key `client_config` presents, when one is required.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The SCRAM-SHA-512 user `client_config` logs in as, when tansu authenticates.
+    pub scram: Option<(String, Secret)>,
+    // Declared in stop order: the broker, then its terminator.
+    _broker: StopOnDrop,
+    _terminator: TlsTerminator,
 }
 
 impl TlsBroker {
     pub async fn start(name: &str, certs: &TestCerts, topics: &[String], partitions: u32) -> anyhow::Result<Self> {
+        Self::start_with(name, certs, topics, partitions, TlsBrokerAuth::default()).await
+    }
+
+    pub async fn start_with(name: &str, certs: &TestCerts, topics: &[String], partitions: u32, auth: TlsBrokerAuth) -> anyhow::Result<Self> {
         use crate::orchestrator::local::broker::{self, BrokerLayout};
+        use nix::sys::signal::Signal;
         let dir = run_dir(name);
         std::fs::create_dir_all(dir.join("logs"))?;
         let tansu = crate::provision::tansu::ensure(&crate::provision::Cache::locate()?)?;
         let (plain, tls) = (free_port()?, free_port()?);
-        let mut socat = std::process::Command::new("socat");
-        socat
-            .arg(format!("openssl-listen:{tls},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0", certs.server_pem()?.display()))
-            .arg(format!("tcp:127.0.0.1:{plain}"));
-        let terminator = crate::orchestrator::local::process::spawn(socat, &dir.join("logs").join("socat.log"))?;
+        let terminator = TlsTerminator::start_on(tls, &dir.join("logs").join("socat.log"), certs, plain, auth.client_cert)?;
         let layout = BrokerLayout::new(&dir);
-        let handle = broker::start(&tansu, &layout, plain, tls)?;
-        let this = Self { bootstrap: format!("127.0.0.1:{tls}"), ca: certs.ca.clone(), broker: handle, terminator };
+        let mut this = Self {
+            bootstrap: format!("127.0.0.1:{tls}"),
+            ca: certs.ca.clone(),
+            client_cert: auth.client_cert.then(|| (certs.client_cert.clone(), certs.client_key.clone())),
+            scram: None,
+            _broker: StopOnDrop(broker::start(&tansu, &layout, plain, tls)?, Signal::SIGTERM),
+            _terminator: terminator,
+        };
         // Metadata over the plain port answers (bootstrap only); everything after goes to
         // the advertised TLS address.
-        broker::wait_ready(&format!("127.0.0.1:{plain}"), &this.broker, &layout, std::time::Duration::from_secs(60)).await?;
+        broker::wait_ready(&format!("127.0.0.1:{plain}"), &this._broker.0, &layout, std::time::Duration::from_secs(60)).await?;
         broker::create_topics_with(&this.client_config(), topics, partitions).await?;
-        Ok(this)
+        let Some((user, password)) = auth.scram else { return Ok(this) };
+        // tansu stores SCRAM users only while authentication is off, and takes the password
+        // only as an argument (a throwaway test password of a throwaway broker).
+        let created = std::process::Command::new(&tansu)
+            .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{plain}"), &user, password.expose(), "--mechanism", "scram512"])
+            .output()?;
+        anyhow::ensure!(created.status.success(), "tansu user create: {}", String::from_utf8_lossy(&created.stderr));
+        // Restarted on the same port (and storage) with authentication on.
+        this._broker.0.stop(Signal::SIGTERM, std::time::Duration::from_secs(10));
+        this._broker = StopOnDrop(broker::start_with(&tansu, &layout, plain, tls, true)?, Signal::SIGTERM);
+        this.scram = Some((user, password));
+        // Ready once the user logs in over SASL_SSL.
+        let config = this.client_config();
+        let mut last = String::new();
+        for _ in 0..60 {
+            let logged_in = tokio::task::block_in_place(|| {
+                let consumer: rdkafka::consumer::BaseConsumer = config.create()?;
+                rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, std::time::Duration::from_secs(2))
+            });
+            match logged_in {
+                Ok(_) => return Ok(this),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        anyhow::bail!("tansu with --authentication did not accept the SCRAM user over SASL_SSL: {last}")
     }
 
-    /// A client configuration for the TLS address: `security.protocol=SSL`, the CA, and the
-    /// host name checked (librdkafka's default, set explicitly).
+    /// A client configuration for the TLS address: `security.protocol=SSL` (`SASL_SSL` with
+    /// the SCRAM user), the CA, the host name checked (librdkafka's default, set
+    /// explicitly) and the client certificate when the terminator requires one.
     pub fn client_config(&self) -> rdkafka::ClientConfig {
         let mut config = rdkafka::ClientConfig::new();
         config
@@ -270,13 +361,16 @@ impl TlsBroker {
             .set("security.protocol", "SSL")
             .set("ssl.ca.location", self.ca.display().to_string())
             .set("ssl.endpoint.identification.algorithm", "https");
+        if let Some((cert, key)) = &self.client_cert {
+            config.set("ssl.certificate.location", cert.display().to_string()).set("ssl.key.location", key.display().to_string());
+        }
+        if let Some((user, password)) = &self.scram {
+            config
+                .set("security.protocol", "SASL_SSL")
+                .set("sasl.mechanism", "SCRAM-SHA-512")
+                .set("sasl.username", user)
+                .set("sasl.password", password.expose());
+        }
         config
-    }
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        self.broker.stop(nix::sys::signal::Signal::SIGTERM, std::time::Duration::from_secs(10));
-        self.terminator.stop(nix::sys::signal::Signal::SIGTERM, std::time::Duration::from_secs(5));
     }
 }

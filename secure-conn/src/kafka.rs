@@ -185,6 +185,43 @@ mod tests {
         assert!(matches!(check(&mut settings(&[("security.protocol", "SSL"), ("sasl.username", "u")])), Err(KafkaSecurityError::Unused { .. })));
     }
 
+    /// PLAIN (no broker here offers it, see the README): its settings and error paths.
+    #[test]
+    fn plain_needs_a_user_name_and_a_password_on_either_sasl_protocol() {
+        for protocol in ["SASL_PLAINTEXT", "SASL_SSL"] {
+            let mut s = settings(&[("security.protocol", protocol), ("sasl.mechanism", "PLAIN"), ("sasl.username", "u"), ("sasl.password", "p w'\"=")]);
+            let security = check(&mut s).unwrap();
+            assert_eq!(security.mechanism.as_deref(), Some("PLAIN"));
+            assert!(security.describe().ends_with("SASL PLAIN"), "{}", security.describe());
+            assert_eq!(security.protocol.encrypted(), protocol == "SASL_SSL");
+            // librdkafka's plural spelling is accepted too.
+            let mut s = settings(&[("security.protocol", protocol), ("sasl.mechanisms", "PLAIN"), ("sasl.username", "u"), ("sasl.password", "p")]);
+            assert_eq!(check(&mut s).unwrap().mechanism.as_deref(), Some("PLAIN"));
+        }
+        let missing = |pairs: &[(&str, &str)]| match check(&mut settings(pairs)) {
+            Err(KafkaSecurityError::Missing { missing, .. }) => missing,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(missing(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "PLAIN"), ("sasl.password", "p")]), "sasl.username");
+        assert_eq!(missing(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "PLAIN"), ("sasl.username", ""), ("sasl.password", "p")]), "sasl.username");
+        assert!(
+            missing(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "PLAIN"), ("sasl.username", "u"), ("sasl.password", "")])
+                .starts_with("sasl.password")
+        );
+        // No mechanism is librdkafka's GSSAPI, which is not built: an error, not a Kerberos attempt.
+        let err = check(&mut settings(&[("security.protocol", "SASL_PLAINTEXT"), ("sasl.username", "u"), ("sasl.password", "p")])).unwrap_err();
+        assert_eq!(err, KafkaSecurityError::Mechanism("GSSAPI".into()));
+        assert!(err.to_string().contains("GSSAPI and OAUTHBEARER are not built in"), "{err}");
+        // Mechanism names are exact, as librdkafka's are.
+        assert!(matches!(
+            check(&mut settings(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "plain"), ("sasl.username", "u"), ("sasl.password", "p")])),
+            Err(KafkaSecurityError::Mechanism(_))
+        ));
+        // PLAIN on a protocol without SASL is refused by name.
+        let err = check(&mut settings(&[("security.protocol", "SSL"), ("sasl.mechanism", "PLAIN")])).unwrap_err();
+        assert_eq!(err, KafkaSecurityError::Unused { key: "sasl.mechanism".into(), protocol: "SSL".into() });
+    }
+
     #[test]
     fn certificate_files_must_exist_and_come_in_pairs() {
         let mut s = settings(&[("security.protocol", "SSL"), ("ssl.ca.location", "/nonexistent/ca.pem")]);

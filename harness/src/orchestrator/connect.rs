@@ -87,6 +87,17 @@ impl ConnectorStatus {
     }
 }
 
+/// Why a request got no answer, with a hint where the cause is a certificate no root
+/// vouches for (a private CA needs `[connect] ca`).
+fn unreachable(e: &reqwest::Error) -> String {
+    let text = crate::http::error_text(e);
+    if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+        format!("{text} (signed by a private CA? name it in the endpoints file's [connect] ca)")
+    } else {
+        text
+    }
+}
+
 pub struct ConnectClient {
     endpoint: ConnectEndpoint,
     http: &'static reqwest::Client,
@@ -103,7 +114,7 @@ impl ConnectClient {
 
     async fn send(&self, request: reqwest::RequestBuilder, url: String) -> Result<String, ConnectError> {
         let response =
-            request.timeout(Duration::from_secs(10)).send().await.map_err(|e| ConnectError::Unreachable { url: url.clone(), reason: e.to_string() })?;
+            request.timeout(Duration::from_secs(10)).send().await.map_err(|e| ConnectError::Unreachable { url: url.clone(), reason: unreachable(&e) })?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         if !status.is_success() {

@@ -73,7 +73,7 @@ pub async fn scrape(http: &str) -> Result<Vec<Series>, String> {
         .timeout(Duration::from_secs(2))
         .send()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| crate::http::error_text(&e))?
         .text()
         .await
         .map_err(|e| e.to_string())?;

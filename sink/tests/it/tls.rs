@@ -1,22 +1,37 @@
 //! The sink over TLS for real, both ways: it consumes from tansu behind a TLS endpoint
 //! (`security.protocol=SSL`, the test CA, host name verified) and writes into a PostgreSQL
 //! that accepts TLS only (`sslmode=verify-full`); its dead letter is read back by the
-//! harness's DLQ reader over SSL too.
+//! harness's DLQ reader over SSL too. The same over `SASL_SSL` (SCRAM-SHA-512 to tansu
+//! with `--authentication`) with a client certificate the TLS endpoint requires.
 
 use std::time::{Duration, Instant};
 
-use harness::testing::{TestCerts, TestPostgres, TlsBroker};
+use harness::orchestrator::Secret;
+use harness::testing::{TestCerts, TestPostgres, TlsBroker, TlsBrokerAuth};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const ID: &str = "11111111-1111-4111-8111-111111111111";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sink_consumes_over_ssl_and_writes_with_verify_full_and_its_dlq_reads_back_over_ssl() -> anyhow::Result<()> {
-    let pg = TestPostgres::start("sink-tls-pg").await?;
+    sink_over_tls("sink-tls", TlsBrokerAuth::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_consumes_over_sasl_ssl_with_a_client_certificate_and_its_dlq_reads_back_the_same_way() -> anyhow::Result<()> {
+    // A password that quoting would break, through the sink's environment only.
+    let auth = TlsBrokerAuth { scram: Some(("sink".into(), Secret::new(r#"p w'"\=x"#))), client_cert: true };
+    sink_over_tls("sink-sasl-ssl", auth).await
+}
+
+/// One change event and one poison message through the sink from tansu behind TLS (with
+/// `auth` on top), into PostgreSQL over `verify-full`; the dead letter read back.
+async fn sink_over_tls(name: &str, auth: TlsBrokerAuth) -> anyhow::Result<()> {
+    let pg = TestPostgres::start(&format!("{name}-pg")).await?;
     let certs = TestCerts::create(&pg.dir.join("certs"), "cert_user")?;
     pg.enable_tls(&certs, "cert_user").await?;
     let topics = vec!["cdc.public.customer".to_string(), "cdc.dlq".to_string()];
-    let kafka = TlsBroker::start("sink-tls-broker", &certs, &topics, 1).await?;
+    let kafka = TlsBroker::start_with(&format!("{name}-broker"), &certs, &topics, 1, auth).await?;
 
     let producer: FutureProducer = kafka.client_config().set("acks", "all").create()?;
     let event = serde_json::json!({
@@ -43,14 +58,27 @@ async fn the_sink_consumes_over_ssl_and_writes_with_verify_full_and_its_dlq_read
         ("sslmode", "verify-full"),
         ("sslrootcert", &ca),
     ]);
+    let mut security = format!("ca_file = {}\n", toml::Value::from(ca.clone()));
+    let mut env = vec![("SINK__TARGET__PASSWORD".to_string(), e.password.expose().to_string())];
+    if let Some((cert, key)) = &kafka.client_cert {
+        security += &format!("cert_file = {}\nkey_file = {}\n", toml::Value::from(cert.display().to_string()), toml::Value::from(key.display().to_string()));
+    }
+    let protocol = match &kafka.scram {
+        Some((user, password)) => {
+            security += &format!("sasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = {}\n", toml::Value::from(user.clone()));
+            env.push(("SINK__KAFKA__SECURITY__SASL_PASSWORD".to_string(), password.expose().to_string()));
+            "SASL_SSL"
+        }
+        None => "SSL",
+    };
     let toml = format!(
         "[kafka]\nbrokers = \"{}\"\ngroup_id = \"sink-tls\"\ntopics = [\"cdc.public.customer\"]\ndlq_topic = \"cdc.dlq\"\n\
-         [kafka.security]\nprotocol = \"SSL\"\nca_file = {}\n\n[target]\nkind = \"postgres\"\nurl = {}\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
+         [kafka.security]\nprotocol = \"{protocol}\"\n{security}\n[target]\nkind = \"postgres\"\nurl = {}\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
         kafka.bootstrap,
-        toml::Value::from(ca.clone()),
         toml::Value::from(url),
     );
-    let config = sink::config::SinkConfig::from_toml(&toml, [("SINK__TARGET__PASSWORD".to_string(), e.password.expose().to_string())])?;
+    assert!(!toml.contains("p w'"), "the SASL password is not in the file");
+    let config = sink::config::SinkConfig::from_toml(&toml, env)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let sink = tokio::spawn(sink::app::run(config, async {
         let _ = stopped.await;

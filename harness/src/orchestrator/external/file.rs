@@ -72,6 +72,10 @@ pub struct ConnectSection {
     /// Kafka Connect's REST API, `http://host:8083`.
     pub url: String,
     pub connector: String,
+    /// A PEM file of the CA(s) that signed Connect's certificate (an `https` URL), added
+    /// to the platform's roots of the shared HTTP client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +103,9 @@ pub enum TargetSection {
 pub struct SinkSection {
     /// The sink's HTTP base URL (`/metrics` is read from it).
     pub metrics_url: String,
+    /// As `[connect] ca`, for an `https` metrics URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 /// Where a credential is: an environment variable or a file (its first line).
@@ -214,11 +221,22 @@ impl EndpointsFile {
             source_schema: schema,
             params: source.params,
         };
-        for (field, url) in [("connect.url", self.connect.as_ref().map(|c| &c.url)), ("sink.metrics_url", self.sink.as_ref().map(|s| &s.metrics_url))] {
-            let Some(url) = url else { continue };
+        let http_hops =
+            [("connect", self.connect.as_ref().map(|c| (&c.url, c.ca.as_ref()))), ("sink", self.sink.as_ref().map(|s| (&s.metrics_url, s.ca.as_ref())))];
+        for (section, hop) in http_hops {
+            let Some((url, ca)) = hop else { continue };
+            let field = if section == "connect" { "connect.url" } else { "sink.metrics_url" };
             let parsed = reqwest::Url::parse(url).map_err(|e| invalid(field, format!("not a URL: {e}")))?;
             if parsed.password().is_some() {
                 return Err(invalid(field, "carries a password in clear: the harness calls it without credentials".into()));
+            }
+            if let Some(ca) = ca {
+                let ca_field = format!("{section}.ca");
+                if parsed.scheme() != "https" {
+                    return Err(invalid(&ca_field, format!("is set but {field} is not https://, so it would not be used")));
+                }
+                // The process's one HTTP client trusts it from here on.
+                crate::http::trust(ca).map_err(|reason| invalid(&ca_field, reason))?;
             }
         }
         let connect = self.connect.as_ref().map(|c| ConnectEndpoint { url: c.url.trim_end_matches('/').to_string(), connector: c.connector.clone() });
@@ -256,9 +274,9 @@ impl EndpointsFile {
                 client: BTreeMap::new(),
                 client_secrets: BTreeMap::new(),
             },
-            connect: endpoints.connect.as_ref().map(|c| ConnectSection { url: c.url.clone(), connector: c.connector.clone() }),
+            connect: endpoints.connect.as_ref().map(|c| ConnectSection { url: c.url.clone(), connector: c.connector.clone(), ca: None }),
             target: TargetSection::Postgres { dsn: format!("postgres://{}@{}:{}/{}", pg.user, pg.host, pg.port, pg.target_db), password },
-            sink: (!endpoints.sink_http.is_empty()).then(|| SinkSection { metrics_url: endpoints.sink_http.clone() }),
+            sink: (!endpoints.sink_http.is_empty()).then(|| SinkSection { metrics_url: endpoints.sink_http.clone(), ca: None }),
         }
     }
 
@@ -409,6 +427,32 @@ publication"#,
         refused(&GOOD.replace("http://connect:8083/", "http://admin:hunter2@connect:8083/"), "connect.url: carries a password in clear");
         refused(&GOOD.replace("EFILE_TEST_KAFKA_PW", "EFILE_TEST_UNSET_VAR"), "EFILE_TEST_UNSET_VAR is not set");
         refused(&GOOD.replace("slot = \"cdc_slot\"", "schema = \"Shop; DROP\""), "source.schema: \"Shop; DROP\" is not a plain lower-case identifier");
+    }
+
+    /// `[connect] ca` / `[sink] ca`: checked when the file is read, by name.
+    #[test]
+    fn an_http_hops_ca_must_be_a_pem_file_and_its_url_https() {
+        let refused = |text: &str, want: &str| {
+            let (_dir, path) = write(text);
+            let err = EndpointsFile::read(&path).and_then(|f| f.resolve(&path)).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        };
+        // SAFETY: set by this test only, for a name no other test reads.
+        unsafe { std::env::set_var("EFILE_TEST_KAFKA_PW", "s3cr3t-kafka") };
+        let https = GOOD.replace("http://connect:8083/", "https://connect:8443/");
+        refused(&https.replace("connector = \"shop\"", "connector = \"shop\"\nca = \"/nonexistent/ca.pem\""), "connect.ca: /nonexistent/ca.pem: ");
+        refused(
+            &GOOD.replace("connector = \"shop\"", "connector = \"shop\"\nca = \"/nonexistent/ca.pem\""),
+            "connect.ca: is set but connect.url is not https://",
+        );
+        let sink = format!("{https}\n[sink]\nmetrics_url = \"http://sink:8080\"\nca = \"/nonexistent/ca.pem\"\n");
+        refused(&sink, "sink.ca: is set but sink.metrics_url is not https://");
+        let (dir, path) = write("");
+        std::fs::write(dir.path().join("not-a-cert.pem"), "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n").unwrap();
+        let bad = dir.path().join("not-a-cert.pem").display().to_string();
+        std::fs::write(&path, https.replace("connector = \"shop\"", &format!("connector = \"shop\"\nca = {}", toml::Value::from(bad.clone())))).unwrap();
+        let err = EndpointsFile::read(&path).and_then(|f| f.resolve(&path)).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains(&format!("connect.ca: {bad}")), "{err}");
     }
 
     #[test]

@@ -373,7 +373,10 @@ impl ExternalStack {
         let sink = if e.sink_http.is_empty() {
             Err("no [sink] in the endpoints file: not observed".into())
         } else {
-            crate::run::sink_metrics::scrape(&e.sink_http).await.map(|_| Some(http_security(&e.sink_http))).map_err(|err| err.to_string())
+            crate::run::sink_metrics::scrape(&e.sink_http)
+                .await
+                .map(|_| Some(http_security(&e.sink_http)))
+                .map_err(|err| format!("metrics {}/metrics: {err}", e.sink_http))
         };
         vec![
             line(ServiceKind::Postgres, postgres, e.postgres.display(&e.postgres.source_db)),
@@ -422,17 +425,60 @@ fn redact(text: &str, uri: &Secret) -> String {
     text.replace(uri.expose(), "<mongodb uri>")
 }
 
+/// Keeps librdkafka's last connection error: a failed metadata request says only "timed
+/// out" or "transport failure"; the reason (a SASL authentication error, a refused TLS
+/// handshake) comes as a log line or error event.
+#[derive(Default)]
+struct LastError(std::sync::Mutex<Option<String>>);
+
+impl LastError {
+    fn last(&self) -> Option<String> {
+        self.0.lock().ok()?.clone()
+    }
+}
+
+impl rdkafka::ClientContext for LastError {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel::{Alert, Critical, Emerg, Error};
+        if matches!(level, Emerg | Alert | Critical | Error)
+            && let Ok(mut last) = self.0.lock()
+        {
+            *last = Some(message.to_string());
+        }
+        tracing::debug!(target: "librdkafka", fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(if reason.is_empty() { error.to_string() } else { reason.to_string() });
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
+
 /// The partition count of the CDC topics (every one must exist).
 async fn topic_partitions(e: &Endpoints) -> Result<u32, ServiceError> {
     let config = e.kafka_config();
     let kafka = e.kafka.clone();
     let topics: Vec<String> = TABLES.iter().map(|t| e.topic(t)).collect();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer =
-            config.clone().set("socket.timeout.ms", "5000").create().map_err(|err| preflight("broker", format!("Kafka client for {kafka}: {err}")))?;
-        let metadata = consumer
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map_err(|err| preflight("broker", format!("Kafka bootstrap servers {kafka} do not answer: {err}")))?;
+        let consumer: BaseConsumer<LastError> = config
+            .clone()
+            .set("socket.timeout.ms", "5000")
+            .create_with_context(LastError::default())
+            .map_err(|err| preflight("broker", format!("Kafka client for {kafka}: {err}")))?;
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).map_err(|err| {
+            // The client's log and error events reach its context when it is polled.
+            for _ in 0..8 {
+                if consumer.context().last().is_some() {
+                    break;
+                }
+                let _ = consumer.poll(Duration::from_millis(250));
+            }
+            let why = consumer.context().last().map(|reason| format!(" ({reason})")).unwrap_or_default();
+            preflight("broker", format!("Kafka bootstrap servers {kafka} do not answer: {err}{why}"))
+        })?;
         let mut partitions = None;
         for topic in &topics {
             match metadata.topics().iter().find(|t| t.name() == topic) {

@@ -40,6 +40,12 @@ fn err(reason: impl Into<String>) -> ServiceError {
 /// Starts tansu listening on `port` and advertising `advertised` (a fault proxy's port
 /// when the broker link may be broken; clients connect to what the broker advertises).
 pub fn start(tansu: &Path, layout: &BrokerLayout, port: u16, advertised: u16) -> Result<ProcessHandle, ServiceError> {
+    start_with(tansu, layout, port, advertised, false)
+}
+
+/// `start`, with tansu's `--authentication` (SASL required, users from its storage) if
+/// `authentication`.
+pub fn start_with(tansu: &Path, layout: &BrokerLayout, port: u16, advertised: u16, authentication: bool) -> Result<ProcessHandle, ServiceError> {
     std::fs::create_dir_all(&layout.dir).map_err(|e| err(format!("{}: {e}", layout.dir.display())))?;
     let mut cmd = Command::new(tansu);
     cmd.current_dir(&layout.dir)
@@ -50,6 +56,9 @@ pub fn start(tansu: &Path, layout: &BrokerLayout, port: u16, advertised: u16) ->
         // Relative to the working directory: the broker's data stays in the run folder.
         .arg(format!("--storage-engine=sqlite://{STORAGE_FILE}"))
         .env("RUST_LOG", "warn");
+    if authentication {
+        cmd.arg("--authentication");
+    }
     process::spawn(cmd, &layout.log).map_err(|e| ServiceError::Start { service: ServiceKind::Broker, reason: e.to_string() })
 }
 

@@ -115,12 +115,27 @@ pub struct Usage {
     pub processes: usize,
 }
 
-/// CPU percent (of one core) between successive samples, per service.
-#[derive(Default)]
+/// Samples between two reads of a process's PSS. `smaps_rollup` makes the kernel walk the
+/// process's page tables: for Debezium's JVM, read every second, that walk was a fifth of
+/// the harness's own CPU (perf, baseline at 100 ops/s). Memory moves slowly; between reads
+/// a process keeps its last PSS.
+const PSS_EVERY: u64 = 10;
+
+/// CPU percent (of one core) between successive samples, per service, and memory.
 pub struct CpuMeter {
     /// (pid, start) -> ticks at the previous sample, per service.
     last: HashMap<String, HashMap<(i32, u64), u64>>,
     last_at: Option<(Instant, u64)>,
+    /// (pid, start) -> PSS bytes at its last read.
+    pss: HashMap<(i32, u64), u64>,
+    samples: u64,
+    read_pss: fn(i32) -> Option<u64>,
+}
+
+impl Default for CpuMeter {
+    fn default() -> Self {
+        Self { last: HashMap::new(), last_at: None, pss: HashMap::new(), samples: 0, read_pss: pss_bytes }
+    }
 }
 
 impl CpuMeter {
@@ -135,6 +150,9 @@ impl CpuMeter {
         let me = std::process::id() as i32;
         let mut out = BTreeMap::new();
         let mut current_last = HashMap::new();
+        let refresh_pss = self.samples % PSS_EVERY == 0;
+        self.samples += 1;
+        let mut pss = HashMap::new();
         let groups = services.iter().map(|(name, leader)| (name.clone(), table.service(*leader))).chain([("harness".to_string(), vec![me])]);
         for (name, pids) in groups {
             let mut now_ticks_by_pid = HashMap::new();
@@ -143,7 +161,12 @@ impl CpuMeter {
             let previous = self.last.get(&name);
             for pid in &pids {
                 let Some(p) = table.procs.get(pid) else { continue };
-                rss += pss_bytes(*pid).unwrap_or(p.rss_pages * page);
+                let known = (!refresh_pss).then(|| self.pss.get(&(*pid, p.start)).copied()).flatten();
+                let process_pss = known.or_else(|| (self.read_pss)(*pid));
+                if let Some(bytes) = process_pss {
+                    pss.insert((*pid, p.start), bytes);
+                }
+                rss += process_pss.unwrap_or(p.rss_pages * page);
                 now_ticks_by_pid.insert((*pid, p.start), p.ticks);
                 delta += match previous.and_then(|m| m.get(&(*pid, p.start))) {
                     Some(before) => p.ticks.saturating_sub(*before),
@@ -167,6 +190,7 @@ impl CpuMeter {
             current_last.insert(name, now_ticks_by_pid);
         }
         self.last = current_last;
+        self.pss = pss;
         self.last_at = Some((now, now_ticks));
         out
     }
@@ -181,6 +205,33 @@ mod tests {
         let line = "1234 (postgres: walsender (x) ) S 1000 1234 1234 0 -1 4194560 1 0 0 0 17 5 0 0 20 0 1 0 98765 1000000 321 18446744073709551615";
         let p = parse_stat(line).expect("parses");
         assert_eq!((p.ppid, p.pgrp, p.ticks, p.start, p.rss_pages), (1000, 1234, 22, 98765, 321));
+    }
+
+    static PSS_READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static WATCHED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+    /// Counts the reads of the watched process (other tests' processes come and go).
+    fn counted_pss(pid: i32) -> Option<u64> {
+        if pid == WATCHED.load(std::sync::atomic::Ordering::SeqCst) {
+            PSS_READS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        pss_bytes(pid)
+    }
+
+    /// PSS is read once per `PSS_EVERY` samples, not every second: between reads the
+    /// process keeps the last value, so memory is still reported every sample.
+    #[test]
+    fn pss_is_read_once_per_window_and_kept_between_reads() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        WATCHED.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
+        let mut meter = CpuMeter { read_pss: counted_pss, ..CpuMeter::default() };
+        let service = vec![("svc".to_string(), child.id() as i32)];
+        let samples: Vec<Usage> = (0..PSS_EVERY + 1).map(|_| meter.sample(&service)["svc"]).collect();
+        let _ = child.kill();
+        let _ = child.wait();
+        // Read at the first sample and at the next window's first, none in between.
+        assert_eq!(PSS_READS.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(samples.iter().all(|u| u.processes == 1 && u.rss_mb > 0.0), "{samples:?}");
     }
 
     /// A child that leaves its parent's process group (as every PostgreSQL backend does)

@@ -106,17 +106,8 @@ async fn external_status_reports_tls_per_hop_and_require_tls_refuses_plaintext()
         )
     };
     let status = |file: &std::path::Path, extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_harness"))
-            .args(["--run-dir"])
-            .arg(dir.join("run"))
-            .args(["status", "--backend", "external", "--json", "--endpoints"])
-            .arg(file)
-            .args(extra)
-            .output()
-            .expect("run the harness");
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
-        let hop = |name: &str| json.as_array().unwrap().iter().find(|s| s["service"] == name).cloned().unwrap();
-        (hop("postgres"), hop("broker"), String::from_utf8_lossy(&out.stderr).to_string())
+        let (hops, stderr) = external_status(dir, file, extra);
+        (hop(&hops, "postgres").clone(), hop(&hops, "broker").clone(), stderr)
     };
 
     let good = dir.join("good.toml");

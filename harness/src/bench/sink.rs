@@ -9,7 +9,11 @@
 //! - `baseline_events_per_sec`: the same rows upserted straight into PostgreSQL by one
 //!   stream of batched `INSERT ... SELECT FROM unnest(...) ON CONFLICT` statements;
 //! - `dlq_letters_per_sec`: the real sink dead-lettering a flood of `dlq_events` records that
-//!   are no events (each a `decode` letter), acknowledged by the DLQ, from another topic.
+//!   are no events (each a `decode` letter), acknowledged by the DLQ, from another topic;
+//! - `dlq_raw_produce_per_sec`: the same number of records, with the letters' headers, key
+//!   and value, produced straight to a topic by a producer set as the sink's DLQ producer
+//!   (idempotent, `acks=all`): the ceiling of any dead-lettering on this broker, so
+//!   `dlq_ratio_to_raw_produce` is the sink's own share.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,8 @@ const BASELINE_BATCH: usize = 4096;
 const TOPIC: &str = "cdc.public.customer";
 /// The topic of the bad records.
 const BAD_TOPIC: &str = "cdc.public.address";
+/// Where the raw baseline produces its letter-shaped records.
+const RAW_LETTERS_TOPIC: &str = "cdc.bench.raw-letters";
 
 #[derive(Debug, Serialize)]
 pub struct SinkBench {
@@ -69,6 +75,12 @@ pub struct SinkBench {
     /// (first letter -> last).
     pub dlq_letters_per_sec: f64,
     pub dlq_seconds: f64,
+    /// Letter-shaped records per second an idempotent `acks=all` producer writes straight
+    /// to this broker (no sink): the DLQ's ceiling here.
+    pub dlq_raw_produce_per_sec: f64,
+    /// dlq_letters_per_sec / dlq_raw_produce_per_sec: 1.0 means the sink dead-letters as
+    /// fast as the broker takes letters.
+    pub dlq_ratio_to_raw_produce: f64,
     pub partitions: u32,
 }
 
@@ -116,7 +128,7 @@ fn envelope(c: &Change, ts_ms: i64) -> String {
 
 pub async fn run(events: u64, partitions: u32, dlq_events: u64) -> anyhow::Result<SinkBench> {
     let pg = TestPostgres::start("bench-sink").await?;
-    let broker = TestBroker::start("bench-sink", &[TOPIC.to_string(), BAD_TOPIC.to_string(), crate::config::DLQ_TOPIC.to_string()], partitions).await?;
+    let broker = TestBroker::start("bench-sink", &[TOPIC.to_string(), BAD_TOPIC.to_string(), crate::config::DLQ_TOPIC.to_string(), RAW_LETTERS_TOPIC.to_string()], partitions).await?;
     let changes = changes(events, 42);
     eprintln!("bench sink: producing {events} events");
     let producer: FutureProducer = ClientConfig::new()
@@ -169,6 +181,7 @@ pub async fn run(events: u64, partitions: u32, dlq_events: u64) -> anyhow::Resul
     let dlq_seconds = sink_pass(&bin, &pg, &broker, Pass { topic: BAD_TOPIC, metric: "sink_dlq_events_total", events: dlq_events, audit: false }).await?;
     // Every letter is in the DLQ topic.
     read_all(&broker.bootstrap, crate::config::DLQ_TOPIC, dlq_events).await?;
+    let raw_letters_seconds = raw_letters(&broker.bootstrap, &bad).await?;
     let sink_seconds = sink_pass(&bin, &pg, &broker, Pass { topic: TOPIC, metric: "sink_events_processed_total", events, audit: false }).await?;
     // Audit mode on an emptied target (the same events would all be stale otherwise).
     let target = pg.endpoint.connect_target().await?;
@@ -214,8 +227,51 @@ pub async fn run(events: u64, partitions: u32, dlq_events: u64) -> anyhow::Resul
         dlq_events,
         dlq_letters_per_sec: dlq_events as f64 / dlq_seconds,
         dlq_seconds,
+        dlq_raw_produce_per_sec: dlq_events as f64 / raw_letters_seconds,
+        dlq_ratio_to_raw_produce: raw_letters_seconds / dlq_seconds,
         partitions,
     })
+}
+
+/// The DLQ's ceiling on this broker: the bad records, with the six `dlq.*` headers a letter
+/// carries (a decode error's length of reason), produced by a producer set as the sink's
+/// DLQ producer; seconds from the first send to the last acknowledgement.
+async fn raw_letters(bootstrap: &str, bad: &[(String, String)]) -> anyhow::Result<f64> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()?;
+    let reason = "not a Debezium change event: expected an envelope with `op` or a flattened row";
+    let started = Instant::now();
+    let producer = &producer;
+    let mut pending = Vec::with_capacity(bad.len().min(5000));
+    for (offset, (key, value)) in bad.iter().enumerate() {
+        let offset = offset.to_string();
+        pending.push(async move {
+            let headers = OwnedHeaders::new_with_capacity(6)
+                .insert(Header { key: "dlq.rule", value: Some("decode") })
+                .insert(Header { key: "dlq.reason", value: Some(reason) })
+                .insert(Header { key: "dlq.entity", value: Some("address") })
+                .insert(Header { key: "dlq.original.topic", value: Some(BAD_TOPIC) })
+                .insert(Header { key: "dlq.original.partition", value: Some("0") })
+                .insert(Header { key: "dlq.original.offset", value: Some(offset.as_str()) });
+            let record = FutureRecord::to(RAW_LETTERS_TOPIC).key(key).payload(value).headers(headers);
+            producer.send(record, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+        });
+        if pending.len() >= 5000 {
+            for r in futures::future::join_all(pending.drain(..)).await {
+                r?;
+            }
+        }
+    }
+    for r in futures::future::join_all(pending).await {
+        r?;
+    }
+    Ok(started.elapsed().as_secs_f64().max(1e-3))
 }
 
 /// One run of the sink binary: `events` counted by `metric` from the records of `topic`.

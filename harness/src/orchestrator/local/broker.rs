@@ -117,12 +117,15 @@ pub fn index_headers(storage: &Path, timeout: Duration) -> Result<(), String> {
 }
 
 async fn answers_metadata(bootstrap: &str, handle: &ProcessHandle, timeout: Duration) -> Result<(), ServiceError> {
-    let consumer: BaseConsumer = client_config(bootstrap).create().map_err(|e| err(e.to_string()))?;
     WaitFor::new(ServiceKind::Broker, timeout, handle.log.clone())
         .until(|| async {
             if !handle.is_alive() {
                 return Err(NotReady::Never(ServiceError::Exited { service: ServiceKind::Broker, log: handle.log.clone(), tail: handle.log_tail(15) }));
             }
+            // A client per attempt: one that got metadata naming an advertised address it
+            // cannot reach (a broker behind a TLS terminator) has dropped its bootstrap
+            // connection and never answers again.
+            let consumer: BaseConsumer = client_config(bootstrap).create().map_err(|e| NotReady::Never(err(e.to_string())))?;
             let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(None, Duration::from_secs(2))).map_err(|e| e.to_string())?;
             if metadata.brokers().is_empty() { Err(NotReady::Yet("metadata lists no broker".into())) } else { Ok(()) }
         })

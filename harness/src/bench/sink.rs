@@ -141,39 +141,18 @@ pub async fn run(events: u64, partitions: u32, dlq_events: u64) -> anyhow::Resul
     let events_file = run_dir("bench-sink-events").join("events.ndjson");
     write_events(&events_file, &changes, ts_ms)?;
     let producer = &producer;
-    let mut pending = Vec::with_capacity(changes.len());
-    for c in &changes {
-        let key = format!("{{\"id\":\"{}\"}}", c.id);
-        let value = envelope(c, ts_ms);
-        pending.push(
-            async move { producer.send(FutureRecord::to(TOPIC).key(&key).payload(&value), Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e) },
-        );
-        if pending.len() >= 5000 {
-            for r in futures::future::join_all(pending.drain(..)).await {
-                r?;
-            }
-        }
-    }
-    for r in futures::future::join_all(pending).await {
-        r?;
-    }
+    send_all(changes.iter().map(|c| async move {
+        let (key, value) = (format!("{{\"id\":\"{}\"}}", c.id), envelope(c, ts_ms));
+        producer.send(FutureRecord::to(TOPIC).key(&key).payload(&value), Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+    }))
+    .await?;
     // Records that are no Debezium event: each one a `decode` letter.
     let bad: Vec<(String, String)> =
         (0..dlq_events).map(|i| (format!("{{\"id\":\"{}\"}}", Uuid::from_u128(u128::from(i))), format!("{{\"not_an_event\":{i}}}"))).collect();
-    let mut pending = Vec::with_capacity(bad.len().min(5000));
-    for (key, value) in &bad {
-        pending.push(async move {
-            producer.send(FutureRecord::to(BAD_TOPIC).key(key).payload(value), Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
-        });
-        if pending.len() >= 5000 {
-            for r in futures::future::join_all(pending.drain(..)).await {
-                r?;
-            }
-        }
-    }
-    for r in futures::future::join_all(pending).await {
-        r?;
-    }
+    send_all(bad.iter().map(|(key, value)| async move {
+        producer.send(FutureRecord::to(BAD_TOPIC).key(key).payload(value), Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+    }))
+    .await?;
 
     let broker_read_seconds = read_all(&broker.bootstrap, TOPIC, events).await?;
 
@@ -248,20 +227,31 @@ async fn raw_letters(bootstrap: &str, bad: &[(String, String)]) -> anyhow::Resul
     let reason = "not a Debezium change event: expected an envelope with `op` or a flattened row";
     let started = Instant::now();
     let producer = &producer;
-    let mut pending = Vec::with_capacity(bad.len().min(5000));
-    for (offset, (key, value)) in bad.iter().enumerate() {
+    send_all(bad.iter().enumerate().map(|(offset, (key, value))| async move {
         let offset = offset.to_string();
-        pending.push(async move {
-            let headers = OwnedHeaders::new_with_capacity(6)
-                .insert(Header { key: "dlq.rule", value: Some("decode") })
-                .insert(Header { key: "dlq.reason", value: Some(reason) })
-                .insert(Header { key: "dlq.entity", value: Some("address") })
-                .insert(Header { key: "dlq.original.topic", value: Some(BAD_TOPIC) })
-                .insert(Header { key: "dlq.original.partition", value: Some("0") })
-                .insert(Header { key: "dlq.original.offset", value: Some(offset.as_str()) });
-            let record = FutureRecord::to(RAW_LETTERS_TOPIC).key(key).payload(value).headers(headers);
-            producer.send(record, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
-        });
+        let headers = OwnedHeaders::new_with_capacity(6)
+            .insert(Header { key: "dlq.rule", value: Some("decode") })
+            .insert(Header { key: "dlq.reason", value: Some(reason) })
+            .insert(Header { key: "dlq.entity", value: Some("address") })
+            .insert(Header { key: "dlq.original.topic", value: Some(BAD_TOPIC) })
+            .insert(Header { key: "dlq.original.partition", value: Some("0") })
+            .insert(Header { key: "dlq.original.offset", value: Some(offset.as_str()) });
+        let record = FutureRecord::to(RAW_LETTERS_TOPIC).key(key).payload(value).headers(headers);
+        producer.send(record, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+    }))
+    .await?;
+    Ok(started.elapsed().as_secs_f64().max(1e-3))
+}
+
+/// Awaits every send, 5,000 in flight at a time (the producer's queue and the futures'
+/// memory stay bounded); the first failed send fails all.
+async fn send_all<F>(sends: impl Iterator<Item = F>) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<(), rdkafka::error::KafkaError>>,
+{
+    let mut pending = Vec::with_capacity(5000);
+    for send in sends {
+        pending.push(send);
         if pending.len() >= 5000 {
             for r in futures::future::join_all(pending.drain(..)).await {
                 r?;
@@ -271,7 +261,7 @@ async fn raw_letters(bootstrap: &str, bad: &[(String, String)]) -> anyhow::Resul
     for r in futures::future::join_all(pending).await {
         r?;
     }
-    Ok(started.elapsed().as_secs_f64().max(1e-3))
+    Ok(())
 }
 
 /// One run of the sink binary: `events` counted by `metric` from the records of `topic`.

@@ -104,7 +104,7 @@ pub fn index_headers(storage: &Path, timeout: Duration) -> Result<(), String> {
     };
     let indexed = || match attempt() {
         Ok(true) => Ok(()),
-        Ok(false) => Err(NotReady::<String, ()>::Yet("the broker never created its `header` table".into())),
+        Ok(false) => Err(NotReady::<String, std::convert::Infallible>::Yet("the broker never created its `header` table".into())),
         Err(e) => {
             tracing::debug!(message = "broker storage not ready for the header index", error = %e);
             Err(NotReady::Yet(e.to_string()))
@@ -112,7 +112,7 @@ pub fn index_headers(storage: &Path, timeout: Duration) -> Result<(), String> {
     };
     crate::orchestrator::wait::poll_blocking(timeout, Duration::from_millis(100), indexed).map_err(|waited| match waited {
         crate::orchestrator::wait::Waited::TimedOut(reason) => reason,
-        crate::orchestrator::wait::Waited::Failed(()) => unreachable!("the probe never fails for good"),
+        crate::orchestrator::wait::Waited::Failed(never) => match never {},
     })
 }
 

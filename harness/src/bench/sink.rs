@@ -13,7 +13,9 @@
 //! - `dlq_raw_produce_per_sec`: the same number of records, with the letters' headers, key
 //!   and value, produced straight to a topic by a producer set as the sink's DLQ producer
 //!   (idempotent, `acks=all`): the ceiling of any dead-lettering on this broker, so
-//!   `dlq_ratio_to_raw_produce` is the sink's own share.
+//!   `dlq_ratio_to_raw_produce` is the sink's own share;
+//! - `dlq_raw_produce_no_headers_per_sec`: the same produce without the headers, which shows
+//!   what the headers cost this broker (tansu stores each header as a row of its own).
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,8 @@ const TOPIC: &str = "cdc.public.customer";
 const BAD_TOPIC: &str = "cdc.public.address";
 /// Where the raw baseline produces its letter-shaped records.
 const RAW_LETTERS_TOPIC: &str = "cdc.bench.raw-letters";
+/// Where the raw baseline produces the same records without headers.
+const RAW_BARE_TOPIC: &str = "cdc.bench.raw-bare";
 
 #[derive(Debug, Serialize)]
 pub struct SinkBench {
@@ -78,6 +82,9 @@ pub struct SinkBench {
     /// Letter-shaped records per second an idempotent `acks=all` producer writes straight
     /// to this broker (no sink): the DLQ's ceiling here.
     pub dlq_raw_produce_per_sec: f64,
+    /// The same records produced the same way without the six headers: the broker's
+    /// produce rate when headers cost nothing.
+    pub dlq_raw_produce_no_headers_per_sec: f64,
     /// dlq_letters_per_sec / dlq_raw_produce_per_sec: 1.0 means the sink dead-letters as
     /// fast as the broker takes letters.
     pub dlq_ratio_to_raw_produce: f64,
@@ -128,7 +135,12 @@ fn envelope(c: &Change, ts_ms: i64) -> String {
 
 pub async fn run(events: u64, partitions: u32, dlq_events: u64) -> anyhow::Result<SinkBench> {
     let pg = TestPostgres::start("bench-sink").await?;
-    let broker = TestBroker::start("bench-sink", &[TOPIC.to_string(), BAD_TOPIC.to_string(), crate::config::DLQ_TOPIC.to_string(), RAW_LETTERS_TOPIC.to_string()], partitions).await?;
+    let broker = TestBroker::start(
+        "bench-sink",
+        &[TOPIC.to_string(), BAD_TOPIC.to_string(), crate::config::DLQ_TOPIC.to_string(), RAW_LETTERS_TOPIC.to_string(), RAW_BARE_TOPIC.to_string()],
+        partitions,
+    )
+    .await?;
     let changes = changes(events, 42);
     eprintln!("bench sink: producing {events} events");
     let producer: FutureProducer = ClientConfig::new()
@@ -160,7 +172,8 @@ pub async fn run(events: u64, partitions: u32, dlq_events: u64) -> anyhow::Resul
     let dlq_seconds = sink_pass(&bin, &pg, &broker, Pass { topic: BAD_TOPIC, metric: "sink_dlq_events_total", events: dlq_events, audit: false }).await?;
     // Every letter is in the DLQ topic.
     read_all(&broker.bootstrap, crate::config::DLQ_TOPIC, dlq_events).await?;
-    let raw_letters_seconds = raw_letters(&broker.bootstrap, &bad).await?;
+    let raw_letters_seconds = raw_letters(&broker.bootstrap, &bad, Headers::Letters).await?;
+    let raw_bare_seconds = raw_letters(&broker.bootstrap, &bad, Headers::None).await?;
     let sink_seconds = sink_pass(&bin, &pg, &broker, Pass { topic: TOPIC, metric: "sink_events_processed_total", events, audit: false }).await?;
     // Audit mode on an emptied target (the same events would all be stale otherwise).
     let target = pg.endpoint.connect_target().await?;
@@ -207,15 +220,23 @@ pub async fn run(events: u64, partitions: u32, dlq_events: u64) -> anyhow::Resul
         dlq_letters_per_sec: dlq_events as f64 / dlq_seconds,
         dlq_seconds,
         dlq_raw_produce_per_sec: dlq_events as f64 / raw_letters_seconds,
+        dlq_raw_produce_no_headers_per_sec: dlq_events as f64 / raw_bare_seconds,
         dlq_ratio_to_raw_produce: raw_letters_seconds / dlq_seconds,
         partitions,
     })
 }
 
-/// The DLQ's ceiling on this broker: the bad records, with the six `dlq.*` headers a letter
-/// carries (a decode error's length of reason), produced by a producer set as the sink's
-/// DLQ producer; seconds from the first send to the last acknowledgement.
-async fn raw_letters(bootstrap: &str, bad: &[(String, String)]) -> anyhow::Result<f64> {
+#[derive(Clone, Copy)]
+enum Headers {
+    /// The six `dlq.*` headers a letter carries (a decode error's length of reason).
+    Letters,
+    None,
+}
+
+/// The DLQ's ceiling on this broker: the bad records, as letters (`Headers::Letters`) or
+/// bare, produced by a producer set as the sink's DLQ producer; seconds from the first send
+/// to the last acknowledgement.
+async fn raw_letters(bootstrap: &str, bad: &[(String, String)], headers: Headers) -> anyhow::Result<f64> {
     use rdkafka::message::{Header, OwnedHeaders};
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -228,15 +249,20 @@ async fn raw_letters(bootstrap: &str, bad: &[(String, String)]) -> anyhow::Resul
     let started = Instant::now();
     let producer = &producer;
     send_all(bad.iter().enumerate().map(|(offset, (key, value))| async move {
-        let offset = offset.to_string();
-        let headers = OwnedHeaders::new_with_capacity(6)
-            .insert(Header { key: "dlq.rule", value: Some("decode") })
-            .insert(Header { key: "dlq.reason", value: Some(reason) })
-            .insert(Header { key: "dlq.entity", value: Some("address") })
-            .insert(Header { key: "dlq.original.topic", value: Some(BAD_TOPIC) })
-            .insert(Header { key: "dlq.original.partition", value: Some("0") })
-            .insert(Header { key: "dlq.original.offset", value: Some(offset.as_str()) });
-        let record = FutureRecord::to(RAW_LETTERS_TOPIC).key(key).payload(value).headers(headers);
+        let record = match headers {
+            Headers::Letters => {
+                let offset = offset.to_string();
+                let headers = OwnedHeaders::new_with_capacity(6)
+                    .insert(Header { key: "dlq.rule", value: Some("decode") })
+                    .insert(Header { key: "dlq.reason", value: Some(reason) })
+                    .insert(Header { key: "dlq.entity", value: Some("address") })
+                    .insert(Header { key: "dlq.original.topic", value: Some(BAD_TOPIC) })
+                    .insert(Header { key: "dlq.original.partition", value: Some("0") })
+                    .insert(Header { key: "dlq.original.offset", value: Some(offset.as_str()) });
+                FutureRecord::to(RAW_LETTERS_TOPIC).key(key).payload(value).headers(headers)
+            }
+            Headers::None => FutureRecord::to(RAW_BARE_TOPIC).key(key).payload(value),
+        };
         producer.send(record, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
     }))
     .await?;

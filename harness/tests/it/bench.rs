@@ -13,13 +13,22 @@ async fn bench_sink_measures_every_figure_in_one_run() -> anyhow::Result<()> {
         ("apply_audit_events_per_sec", result.apply_audit_events_per_sec),
         ("dlq_letters_per_sec", result.dlq_letters_per_sec),
         ("dlq_raw_produce_per_sec", result.dlq_raw_produce_per_sec),
+        ("dlq_raw_produce_no_headers_per_sec", result.dlq_raw_produce_no_headers_per_sec),
     ];
     for (name, value) in figures {
         assert!(value.is_finite() && value > 0.0, "{name} = {value}");
     }
     assert_eq!(result.events, 3000);
     let json = serde_json::to_value(&result)?;
-    for field in ["ratio_to_consumer_read", "apply_ratio_to_baseline", "audit_ratio", "apply_audit_ratio", "ratio_to_baseline", "decode_seconds", "dlq_ratio_to_raw_produce"] {
+    for field in [
+        "ratio_to_consumer_read",
+        "apply_ratio_to_baseline",
+        "audit_ratio",
+        "apply_audit_ratio",
+        "ratio_to_baseline",
+        "decode_seconds",
+        "dlq_ratio_to_raw_produce",
+    ] {
         assert!(json[field].as_f64().is_some_and(|v| v > 0.0), "{field} missing in {json}");
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! and probe writes measure end-to-end latency from outside.
 
 pub mod apply_log;
+mod assemble;
 mod clock;
 pub mod delivery;
 pub mod fence;
@@ -15,7 +16,6 @@ pub mod sampler;
 pub mod sink_metrics;
 mod stats;
 
-use self::meta::{git_sha, machine, versions};
 pub use self::stats::{applied_per_sec, lag_recovery, percentiles, pipeline_recovery, step_probe_max};
 
 use std::collections::BTreeMap;
@@ -32,7 +32,7 @@ use crate::load::{self, DriverKind, DriverResult, LoadPlan, Segment};
 use crate::orchestrator::stack::{Stack, StackChoice};
 use crate::orchestrator::wait::{self, NotReady};
 use crate::orchestrator::{Endpoints, ServiceError};
-use crate::report::model::{FaultRecord, LatencyTriple, LoadStats, PipelineStats, Report, RunMeta, SCHEMA_VERSION, Sample, Summary, ValidationStats};
+use crate::report::model::{FaultRecord, Report, Sample, ValidationStats};
 use crate::scenario::{Breakpoint, Scenario};
 use crate::verify::VerifyOptions;
 use crate::workload::api::{self, Workload};
@@ -174,6 +174,8 @@ fn check_runnable(stack: &Stack, options: &RunOptions) -> Result<(), ServiceErro
     stack.check_scenario(scenario, &planned)
 }
 
+/// The run's stages, one after another: prepare the workload, start observing, drive the
+/// load (and the faults), wind down, verify, collect what the observers saw, report.
 async fn measure(
     options: &RunOptions,
     stack: &mut Stack,
@@ -186,62 +188,153 @@ async fn measure(
     let scenario = &options.scenario;
     let endpoints = stack.endpoints();
     let partitions = stack.partitions().unwrap_or(scenario.stack.partitions);
-    let workload = Workload::new(&endpoints.postgres, scenario.load.mix, options.seed, 16).await?;
-    let (addr, api_task) = api::serve(workload.clone()).await.map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
-    let api_url = format!("http://{addr}");
-
-    warm_up(&workload, scenario.load.warmup).await;
-    drain_before_load(&endpoints, partitions).await;
-    let connect_target = || async { endpoints.postgres.connect_target().await.map_err(|e| crate::verify::VerifyError::Target(e.to_string())) };
-    let log_start = apply_log::position(&connect_target().await?).await.map_err(|e| crate::verify::VerifyError::Target(format!("apply log: {e}")))?;
-    if log_start.is_none() {
-        eprintln!("run: the sink keeps no apply log (audit mode off): per-hop latency will be absent");
-    }
-    let clock_skew_ms = measure_clock_skew(&endpoints).await;
-    let stats_before = workload.stats().await;
-    let load_started = Instant::now();
-    let load_started_wall = Utc::now();
-    let observers = observe(stack, &endpoints, &workload, load_started, partitions).await;
-    let schema_changes = schedule_schema_changes(scenario, &endpoints, load_started);
-    let live = scenario.verify.live_every.map(|every| live_checks(every, &endpoints, partitions, load_started));
-
-    let mut fault_records = Vec::new();
-    let mut fault_schedule = Vec::new();
-    let driven = match &scenario.breakpoint {
-        Some(bp) => {
-            breakpoint(bp, driver, &api_url, &scenario.name, dir, &observers, load_started).await.map(|(plan, result, best)| (plan, result, Some(best)))
-        }
-        None => {
-            let plan = scenario.plan(options.duration, options.rate);
-            let schedule = scenario.fault_schedule(options.seed, plan.duration());
-            fault_schedule = schedule.clone();
-            let progress = progress_printer(plan.duration(), observers.samples.clone(), load_started);
-            let (result, records) =
-                tokio::join!(load::drive(driver, &api_url, &plan, &scenario.name, dir), crate::faults::inject::run_schedule(stack, &schedule, load_started));
-            progress.abort();
-            fault_records = records;
-            result.map(|r| (plan, r, None)).map_err(RunError::from)
-        }
-    };
-    let (plan, driver_result, max_sustainable) = match driven {
+    let prepared = prepare(options, &endpoints, partitions, dir).await?;
+    let mut load = start_observing(stack, scenario, &endpoints, &prepared, partitions).await;
+    let driven = match drive(options, stack, driver, dir, &prepared.api_url, &load).await {
         Ok(driven) => driven,
         Err(e) => {
-            observers.stop().await;
-            api_task.abort();
+            load.observers.stop().await;
+            prepared.api_task.abort();
             return Err(e);
         }
     };
     let load_ended = Instant::now();
-    let load_secs = load_ended.duration_since(load_started).as_secs_f64();
+    let load_secs = load_ended.duration_since(load.started).as_secs_f64();
     eprintln!("\nrun: load done ({load_secs:.0}s); waiting for the last probes, then verifying convergence (up to {:?})", scenario.verify.settle);
-    let live_results = match live {
+    let wound_down = wind_down(scenario, &endpoints, &mut load).await;
+    let convergence = verify_convergence(scenario, &endpoints, partitions, &prepared, &load, &driven, started_at, load_ended, wound_down.live_results).await?;
+    let collected = collect(stack, load, prepared.log_start, driven.fault_records, snapshot_record).await?;
+    prepared.api_task.abort();
+    let stats_after = prepared.workload.stats().await;
+    let inputs = assemble::Inputs {
+        options,
+        stack,
+        driver,
+        run_id,
+        started_at,
+        endpoints: &endpoints,
+        stats_before: prepared.stats_before,
+        stats_after,
+        clock_skew_ms: prepared.clock_skew_ms,
+        audited: prepared.log_start.is_some(),
+        load_secs,
+        plan: driven.plan,
+        driver_result: driven.driver_result,
+        max_sustainable: driven.max_sustainable,
+        fault_schedule: driven.fault_schedule,
+        idle_wal_bytes: wound_down.idle_wal_bytes,
+        no_verdict: convergence.no_verdict.into_iter().chain(wound_down.idle_error).collect(),
+        convergence: convergence.report,
+        collected,
+    };
+    let report = assemble::report(inputs).await;
+    let files = crate::report::write_all(&report, dir).map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
+    Ok(RunOutcome { report, dir: dir.to_path_buf(), files })
+}
+
+/// What the load needs before it starts.
+struct Prepared {
+    workload: Arc<Workload>,
+    api_url: String,
+    api_task: tokio::task::JoinHandle<()>,
+    /// The apply log's end before the load; None when the sink keeps no apply log.
+    log_start: Option<i64>,
+    clock_skew_ms: Option<f64>,
+    stats_before: api::WorkloadStats,
+}
+
+/// The workload and its HTTP API, the warm-up, an empty pipeline, and where the apply log
+/// stands before the load.
+async fn prepare(options: &RunOptions, endpoints: &Endpoints, partitions: u32, dir: &Path) -> Result<Prepared, RunError> {
+    let scenario = &options.scenario;
+    let workload = Workload::new(&endpoints.postgres, scenario.load.mix, options.seed, 16).await?;
+    let (addr, api_task) = api::serve(workload.clone()).await.map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
+    warm_up(&workload, scenario.load.warmup).await;
+    drain_before_load(endpoints, partitions).await;
+    let log_start = apply_log_position(endpoints).await?;
+    if log_start.is_none() {
+        eprintln!("run: the sink keeps no apply log (audit mode off): per-hop latency will be absent");
+    }
+    let clock_skew_ms = measure_clock_skew(endpoints).await;
+    let stats_before = workload.stats().await;
+    Ok(Prepared { workload, api_url: format!("http://{addr}"), api_task, log_start, clock_skew_ms, stats_before })
+}
+
+/// The apply log's end, read on a connection of its own (one opened earlier may not have
+/// survived a fault that stopped PostgreSQL).
+async fn apply_log_position(endpoints: &Endpoints) -> Result<Option<i64>, RunError> {
+    let target = connect_target(endpoints).await?;
+    Ok(apply_log::position(&target).await.map_err(apply_log_error)?)
+}
+
+async fn connect_target(endpoints: &Endpoints) -> Result<tokio_postgres::Client, crate::verify::VerifyError> {
+    endpoints.postgres.connect_target().await.map_err(|e| crate::verify::VerifyError::Target(e.to_string()))
+}
+
+fn apply_log_error(e: tokio_postgres::Error) -> crate::verify::VerifyError {
+    crate::verify::VerifyError::Target(format!("apply log: {e}"))
+}
+
+/// The observers of a load under way, started with it.
+struct Load {
+    started: Instant,
+    started_wall: chrono::DateTime<Utc>,
+    observers: Observers,
+    schema_changes: Vec<tokio::task::JoinHandle<Option<FaultRecord>>>,
+    live: Option<(Arc<AtomicBool>, tokio::task::JoinHandle<Vec<crate::verify::live::LiveCheck>>)>,
+}
+
+async fn start_observing(stack: &Stack, scenario: &Scenario, endpoints: &Endpoints, prepared: &Prepared, partitions: u32) -> Load {
+    let started = Instant::now();
+    let started_wall = Utc::now();
+    let observers = observe(stack, endpoints, &prepared.workload, started, partitions).await;
+    let schema_changes = schedule_schema_changes(scenario, endpoints, started);
+    let live = scenario.verify.live_every.map(|every| live_checks(every, endpoints, partitions, started));
+    Load { started, started_wall, observers, schema_changes, live }
+}
+
+/// What the load did: its plan (the breakpoint's last), the driver's figures, and the
+/// faults planned and injected.
+struct Driven {
+    plan: LoadPlan,
+    driver_result: DriverResult,
+    max_sustainable: Option<f64>,
+    fault_schedule: Vec<crate::faults::FaultSpec>,
+    fault_records: Vec<FaultRecord>,
+}
+
+/// The load, with the scenario's fault schedule injected beside it; or the breakpoint search.
+async fn drive(options: &RunOptions, stack: &mut Stack, driver: DriverKind, dir: &Path, api_url: &str, load: &Load) -> Result<Driven, RunError> {
+    let scenario = &options.scenario;
+    if let Some(bp) = &scenario.breakpoint {
+        let (plan, driver_result, best) = breakpoint(bp, driver, api_url, &scenario.name, dir, &load.observers, load.started).await?;
+        return Ok(Driven { plan, driver_result, max_sustainable: Some(best), fault_schedule: Vec::new(), fault_records: Vec::new() });
+    }
+    let plan = scenario.plan(options.duration, options.rate);
+    let fault_schedule = scenario.fault_schedule(options.seed, plan.duration());
+    let progress = progress_printer(plan.duration(), load.observers.samples.clone(), load.started);
+    let (result, fault_records) =
+        tokio::join!(load::drive(driver, api_url, &plan, &scenario.name, dir), crate::faults::inject::run_schedule(stack, &fault_schedule, load.started));
+    progress.abort();
+    Ok(Driven { plan, driver_result: result?, max_sustainable: None, fault_schedule, fault_records })
+}
+
+struct WoundDown {
+    live_results: Vec<crate::verify::live::LiveCheck>,
+    idle_wal_bytes: Option<u64>,
+    idle_error: Option<String>,
+}
+
+/// After the load: the live checks end, the last probes arrive, and the idle phase runs.
+async fn wind_down(scenario: &Scenario, endpoints: &Endpoints, load: &mut Load) -> WoundDown {
+    let live_results = match load.live.take() {
         Some((stop, task)) => {
             stop.store(true, Ordering::Relaxed);
             task.await.unwrap_or_default()
         }
         None => Vec::new(),
     };
-    observers.stop_probes().await;
+    load.observers.stop_probes().await;
     let (idle_wal_bytes, idle_error) = match &scenario.idle {
         Some(phase) => {
             eprintln!("run: idle phase: the captured tables idle for {:?} while another table takes {} rows/s", phase.duration, phase.writes_per_sec);
@@ -255,61 +348,96 @@ async fn measure(
         }
         None => (None, None),
     };
+    WoundDown { live_results, idle_wal_bytes, idle_error }
+}
 
-    // Quiet up to a fence before comparing; the apply log's end marks where the comparison
-    // starts, so an apply after it is seen.
+struct Convergence {
+    report: crate::verify::VerifyReport,
+    /// Why the comparison proves nothing, where it does not.
+    no_verdict: Option<String>,
+}
+
+/// Quiet up to a fence, then compare source and target. The apply log's end at the fence
+/// marks where the comparison starts, so an apply after it is seen (and voids the verdict).
+#[allow(clippy::too_many_arguments)]
+async fn verify_convergence(
+    scenario: &Scenario,
+    endpoints: &Endpoints,
+    partitions: u32,
+    prepared: &Prepared,
+    load: &Load,
+    driven: &Driven,
+    started_at: chrono::DateTime<Utc>,
+    load_ended: Instant,
+    live_results: Vec<crate::verify::live::LiveCheck>,
+) -> Result<Convergence, RunError> {
     let topics = TABLES.iter().map(|t| endpoints.topic(t)).collect();
-    let watermark = fence::settle(&endpoints, topics, partitions, scenario.verify.settle).await;
-    let compare_from = match log_start {
-        Some(_) => apply_log::position(&connect_target().await?).await.map_err(|e| crate::verify::VerifyError::Target(format!("apply log: {e}")))?,
+    let watermark = fence::settle(endpoints, topics, partitions, scenario.verify.settle).await;
+    let compare_from = match prepared.log_start {
+        Some(_) => apply_log_position(endpoints).await?,
         None => None,
     };
     let dlq = crate::verify::dlq::DlqSource {
         config: endpoints.kafka_config(),
         topic: crate::config::DLQ_TOPIC.to_string(),
-        poison: poison_records(&fault_records, &endpoints),
+        poison: poison_records(&driven.fault_records, endpoints),
         since: Some(started_at),
     };
-    let mut convergence = crate::verify::verify_postgres(
-        &endpoints.postgres,
-        &VerifyOptions {
-            max_examples: 5,
-            settle: Some(scenario.verify.settle),
-            load_ended: Some(load_ended),
-            since: Some(load_started_wall),
-            mapping: None,
-            expected_rejections: scenario.verify.expected_rejections.clone(),
-            dlq: Some(dlq),
-            watermark: None,
-        },
-    )
-    .await?;
-    convergence.live_checks = live_results;
+    let options = VerifyOptions {
+        max_examples: 5,
+        settle: Some(scenario.verify.settle),
+        load_ended: Some(load_ended),
+        since: Some(load.started_wall),
+        mapping: None,
+        expected_rejections: scenario.verify.expected_rejections.clone(),
+        dlq: Some(dlq),
+        watermark: None,
+    };
+    let mut report = crate::verify::verify_postgres(&endpoints.postgres, &options).await?;
+    report.live_checks = live_results;
     let mut no_watermark = None;
     match watermark {
         Ok(mut w) => {
             if let Some(position) = compare_from {
-                if let Err(e) = fence::late_applies(&endpoints, position, &mut w).await {
+                if let Err(e) = fence::late_applies(endpoints, position, &mut w).await {
                     no_watermark = Some(e);
                 }
             }
             // Not quiet, or written to after the comparison: the comparison proves nothing.
             if !w.quiet || w.late_applies > 0 {
-                convergence.converged = false;
+                report.converged = false;
             }
-            convergence.watermark = Some(w);
+            report.watermark = Some(w);
         }
         Err(e) => no_watermark = Some(e),
     }
+    Ok(Convergence { report, no_verdict: no_watermark.map(|e| format!("no watermark to verify against: {e}")) })
+}
+
+/// What the observers saw, and the faults with their pipeline recovery.
+struct Collected {
+    samples: Vec<Sample>,
+    probes: Vec<probe::ProbeResult>,
+    counters: sampler::CounterTotals,
+    /// Per-hop latency from the apply log; None when the sink keeps none.
+    hops: Option<apply_log::HopLatency>,
+    faults: Vec<FaultRecord>,
+}
+
+async fn collect(
+    stack: &Stack,
+    load: Load,
+    log_start: Option<i64>,
+    mut fault_records: Vec<FaultRecord>,
+    snapshot_record: Option<FaultRecord>,
+) -> Result<Collected, RunError> {
     // Let the lag series show the drain back to its resting level.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (mut samples, probes, counters) = observers.stop().await;
+    let (mut samples, probes, counters) = load.observers.stop().await;
     let hops = match log_start {
         Some(after) => {
-            // A connection of its own: one opened before the load may not have survived a
-            // fault that stopped PostgreSQL.
-            let target = connect_target().await?;
-            let rows = apply_log::read(&target, after).await.map_err(|e| crate::verify::VerifyError::Target(format!("apply log: {e}")))?;
+            let target = connect_target(&stack.endpoints()).await?;
+            let rows = apply_log::read(&target, after).await.map_err(apply_log_error)?;
             crate::faults::reconcile_poison(&mut fault_records, &rows);
             // The launcher's log of broker acknowledgements, where the stack's Debezium is
             // ours and local; elsewhere the capture hop ends at the record's CreateTime.
@@ -318,7 +446,7 @@ async fn measure(
                 .and_then(|path| std::fs::read_to_string(path).ok())
                 .map(|text| apply_log::read_acks(&text, crate::config::TOPIC_PREFIX))
                 .unwrap_or_default();
-            Some(apply_log::hop_latency(&rows, load_started_wall, &acks))
+            Some(apply_log::hop_latency(&rows, load.started_wall, &acks))
         }
         None => None,
     };
@@ -330,133 +458,12 @@ async fn measure(
     }
     // The snapshot fault happened before the load (its times are relative to the kill).
     let mut faults: Vec<FaultRecord> = snapshot_record.into_iter().chain(fault_records).collect();
-    for handle in schema_changes {
+    for handle in load.schema_changes {
         if let Ok(Some(record)) = handle.await {
             faults.push(record);
         }
     }
-    api_task.abort();
-    let stats_after = workload.stats().await;
-
-    let events_per_sec = applied_per_sec(&samples, load_secs);
-    let ops_by_kind: BTreeMap<String, u64> = stats_after
-        .ops
-        .iter()
-        .map(|(k, v)| (k.clone(), v - stats_before.ops.get(k).copied().unwrap_or(0)))
-        .chain(["insert", "update", "delete"].iter().map(|kind| {
-            let n = stats_after.ops.iter().filter(|(k, _)| k.starts_with(kind)).map(|(k, v)| v - stats_before.ops.get(k).copied().unwrap_or(0)).sum();
-            (kind.to_string(), n)
-        }))
-        .collect();
-    // One source of truth: the requests the driver saw fail. A transaction the workload
-    // could not commit answers 503, so it is among them (adding the workload's own count
-    // would count it twice).
-    let load_errors = driver_result.failures;
-    let (lag_recovery_s, lag_recovered) = lag_recovery(&samples, &plan, load_secs);
-    let probe_latency = percentiles(probes.iter().filter_map(|p| p.latency_ms).collect());
-    let lost_probes = probes.iter().filter(|p| p.latency_ms.is_none()).count() as u64;
-    let anomalies: u64 = convergence.anomaly_counts.values().sum();
-    // Summed over sink restarts by the sampler (a restart resets the process's counters).
-    let sink_errors = counters.sum("sink_errors_total").map(|v| v.max(0.0) as u64);
-    let errors_by_kind: std::collections::BTreeMap<String, u64> =
-        [("write_failures", Some(load_errors)), ("sink_errors", sink_errors), ("lost_probes", Some(lost_probes)), ("anomalies", Some(anomalies))]
-            .into_iter()
-            .filter_map(|(kind, n)| n.map(|n| (kind.to_string(), n)))
-            .collect();
-
-    let hops = hops.unwrap_or_default();
-    let latency_clocks = apply_log::clocks(&hops);
-    let pipeline = PipelineStats {
-        events_per_sec,
-        e2e_latency_ms: hops.e2e,
-        capture_latency_ms: hops.capture,
-        apply_latency_ms: hops.apply,
-        latency_clocks,
-        e2e_latency_ms_per_entity: hops.e2e_per_entity,
-        probe_latency_ms: probe_latency,
-        max_lag: samples.iter().filter_map(|s| s.lag).max(),
-        slot_lag_bytes_max: samples.iter().filter_map(|s| s.slot_lag_bytes).max(),
-        slot_lag_bytes_max_during_load: samples.iter().filter(|s| s.t <= load_secs).filter_map(|s| s.slot_lag_bytes).max(),
-        slot_lag_bytes_max_after_load: samples.iter().filter(|s| s.t > load_secs + 1.0).filter_map(|s| s.slot_lag_bytes).max(),
-        idle_wal_bytes,
-        clock_skew_ms,
-        lag_unmeasured_s: samples.iter().filter(|s| s.lag.is_none()).count() as u64,
-        lag_recovery_s,
-        lag_recovered,
-        max_sustainable_rate: max_sustainable,
-        new_column_rows: new_column_rows(scenario, &endpoints).await,
-        new_columns: compare_new_columns(scenario, &endpoints).await,
-    };
-    let summary = Summary {
-        converged: convergence.converged,
-        events_per_sec,
-        e2e_latency_ms: pipeline.e2e_latency_ms.measured().then_some(LatencyTriple {
-            p50: pipeline.e2e_latency_ms.p50,
-            p95: pipeline.e2e_latency_ms.p95,
-            p99: pipeline.e2e_latency_ms.p99,
-        }),
-        lag_recovery_s,
-        errors: errors_by_kind.values().sum(),
-        errors_by_kind,
-        thresholds_passed: false,
-        no_verdict: Vec::new(),
-    };
-    // Breakpoint runs raise the rate until something gives: falling behind is their finding.
-    let stages = if scenario.breakpoint.is_some() { Vec::new() } else { delivery::stages(&plan, &samples, &faults) };
-    let ended_at = Utc::now();
-    let mut report = Report {
-        schema_version: SCHEMA_VERSION,
-        run: RunMeta {
-            run_id: run_id.to_string(),
-            scenario: scenario.name.clone(),
-            seed: options.seed,
-            git_sha: git_sha(),
-            driver: driver.name().to_string(),
-            backend: stack.backend().name().into(),
-            image_set: stack.image_set().map(|s| s.name().to_string()),
-            versions: versions(stack.owns_services()),
-            machine: machine(),
-            started_at: started_at.to_rfc3339(),
-            ended_at: ended_at.to_rfc3339(),
-            duration_s: (ended_at - started_at).num_milliseconds() as f64 / 1000.0,
-        },
-        config: serde_json::json!({
-            "scenario": scenario,
-            "plan": plan,
-            "overrides": { "duration": options.duration.map(|d| d.as_secs_f64()), "rate": options.rate },
-            // The planned schedule (fixed and seeded faults): the same seed gives the same one.
-            "fault_schedule": fault_schedule,
-            "stack": stack.describe(),
-        }),
-        load: LoadStats {
-            ops_by_kind,
-            target_rate: plan.total_ops() / plan.duration().as_secs_f64().max(1e-3),
-            achieved_rate: (stats_after.total - stats_before.total) as f64 / load_secs.max(1e-3),
-            write_latency_ms: driver_result.latency_ms.clone(),
-            write_latency_outside_faults_ms: delivery::write_latency_outside_faults(
-                driver_result.timed_latencies.as_deref(),
-                &driver_result.latency_ms,
-                &faults,
-            ),
-            errors: load_errors,
-            dropped_iterations: driver_result.dropped,
-            stages,
-        },
-        pipeline,
-        series: samples,
-        faults,
-        convergence,
-        validation: validation(&counters),
-        thresholds: Vec::new(),
-        summary,
-    };
-    report.thresholds = crate::report::thresholds::evaluate(&report, &scenario.thresholds_for(driver, report.load.write_latency_outside_faults_ms.is_some()));
-    report.summary.thresholds_passed = report.thresholds.iter().all(|t| t.passed);
-    report.summary.no_verdict = delivery::no_verdict_reasons(&report.load.stages, &report.faults, log_start.is_some(), report.convergence.history_checked);
-    report.summary.no_verdict.extend(no_watermark.map(|e| format!("no watermark to verify against: {e}")));
-    report.summary.no_verdict.extend(idle_error);
-    let files = crate::report::write_all(&report, dir).map_err(|e| RunError::Io(dir.to_path_buf(), e))?;
-    Ok(RunOutcome { report, dir: dir.to_path_buf(), files })
+    Ok(Collected { samples, probes, counters, hops, faults })
 }
 
 /// A live check every `every` while the load runs (see `verify::live`); set the flag to

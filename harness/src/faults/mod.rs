@@ -13,8 +13,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// What a fault does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumIter)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum FaultKind {
     /// SIGKILL, started again after `duration`.
     Kill,
@@ -40,18 +41,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Kill => "kill",
-            Self::Stop => "stop",
-            Self::Pause => "pause",
-            Self::Restart => "restart",
-            Self::Latency => "latency",
-            Self::Bandwidth => "bandwidth",
-            Self::Reset => "reset",
-            Self::Blackhole => "blackhole",
-            Self::Down => "down",
-            Self::Poison => "poison",
-        }
+        self.into()
     }
 
     pub fn on_link(self) -> bool {
@@ -63,8 +53,9 @@ impl FaultKind {
 /// the broker itself, so locally every client reaches it through one proxy: `broker`
 /// breaks the broker link of Debezium, the sink and the harness at once. The Docker
 /// backend breaks links one by one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, strum::IntoStaticStr, strum::EnumIter, strum::EnumString)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Link {
     Broker,
     DebeziumPostgres,
@@ -75,15 +66,11 @@ impl Link {
     pub const ALL: [Link; 3] = [Self::Broker, Self::DebeziumPostgres, Self::SinkTarget];
 
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Broker => "broker",
-            Self::DebeziumPostgres => "debezium-postgres",
-            Self::SinkTarget => "sink-target",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|l| l.name() == s)
+        s.parse().ok()
     }
 }
 
@@ -384,5 +371,32 @@ mod poison_tests {
         reconcile_poison(&mut records, &[log(5, "dlq"), log(6, "applied")]);
         let p = &records[0].parameters;
         assert_eq!((p["dead_lettered"].as_str(), p["applied"].as_str(), p["not_in_log"].as_str(), p[POISON_UNRECONCILED].as_str()), ("1", "1", "1", "2"));
+    }
+}
+
+/// The names the harness prints (strum) are the names its files and reports use (serde):
+/// a scenario, a report and a log line say the same word for the same thing.
+#[cfg(test)]
+mod name_tests {
+    use strum::IntoEnumIterator;
+
+    fn same_names<T: IntoEnumIterator + serde::Serialize + Copy>(name: impl Fn(T) -> &'static str) {
+        for v in T::iter() {
+            assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(name(v)));
+        }
+    }
+
+    #[test]
+    fn printed_names_are_the_serialized_names() {
+        same_names(super::FaultKind::name);
+        same_names(super::Link::name);
+        same_names(crate::orchestrator::ServiceKind::name);
+        same_names(crate::orchestrator::BackendKind::name);
+        same_names(crate::orchestrator::docker::images::ImageSet::name);
+        same_names(crate::workload::OpKind::name);
+        for link in super::Link::ALL {
+            assert_eq!(super::Link::parse(link.name()), Some(link));
+        }
+        assert_eq!(super::Link::parse("nope"), None);
     }
 }

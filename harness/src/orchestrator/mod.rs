@@ -8,8 +8,8 @@ pub mod connect;
 pub mod docker;
 pub mod external;
 pub mod local;
-pub mod stack;
 mod services;
+pub mod stack;
 pub mod state;
 pub mod wait;
 
@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 pub use backend::{Backend, LeaderResolver, STOP_GRACE, ServiceControl};
 
 /// The services of the pipeline under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, clap::ValueEnum, strum::IntoStaticStr, strum::EnumIter)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum ServiceKind {
     Postgres,
     Broker,
@@ -37,12 +38,7 @@ impl ServiceKind {
     pub const ALL: [ServiceKind; 4] = [Self::Postgres, Self::Broker, Self::Debezium, Self::Sink];
 
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Postgres => "postgres",
-            Self::Broker => "broker",
-            Self::Debezium => "debezium",
-            Self::Sink => "sink",
-        }
+        self.into()
     }
 }
 
@@ -403,8 +399,9 @@ impl HopSecurity {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumIter)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum BackendKind {
     /// Docker when a daemon answers, local processes otherwise.
     Auto,
@@ -416,12 +413,7 @@ pub enum BackendKind {
 
 impl BackendKind {
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Local => "local",
-            Self::Docker => "docker",
-            Self::External => "external",
-        }
+        self.into()
     }
 }
 

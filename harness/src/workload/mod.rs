@@ -9,8 +9,9 @@ pub mod model;
 use serde::{Deserialize, Serialize};
 
 /// What a request asks for; the workload picks the entity and values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, strum::IntoStaticStr, strum::EnumIter)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum OpKind {
     Insert,
     Update,
@@ -19,11 +20,7 @@ pub enum OpKind {
 
 impl OpKind {
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Insert => "insert",
-            Self::Update => "update",
-            Self::Delete => "delete",
-        }
+        self.into()
     }
 }
 

@@ -21,8 +21,9 @@ use super::DockerError;
 use crate::provision::Cache;
 
 /// Which images the Docker backend runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum, strum::IntoStaticStr, strum::EnumIter)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum ImageSet {
     /// Pinned tags of the real images, pulled from their registries (the default for users).
     #[default]
@@ -33,10 +34,7 @@ pub enum ImageSet {
 
 impl ImageSet {
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Upstream => "upstream",
-            Self::Local => "local",
-        }
+        self.into()
     }
 }
 

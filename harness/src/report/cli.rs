@@ -80,9 +80,11 @@ pub fn diff(args: &DiffArgs) -> anyhow::Result<Outcome> {
 /// `harness report`: re-renders a report.json; a usage error when it cannot be read.
 pub fn report(args: &ReportArgs) -> anyhow::Result<Outcome> {
     let report = json::load(&args.report).map_err(UsageError::new)?;
-    let outputs = [(&args.html, html::render as fn(&Report) -> String), (&args.junit, junit::render)];
-    for (path, render) in outputs.into_iter().filter_map(|(out, render)| Some((out.as_ref()?, render))) {
-        write(path, &render(&report))?;
+    if let Some(path) = &args.html {
+        write(path, &html::render(&report))?;
+    }
+    if let Some(path) = &args.junit {
+        write(path, &junit::render(&report)?)?;
     }
     if args.markdown || (args.html.is_none() && args.junit.is_none()) {
         print!("{}", markdown::render(&report));

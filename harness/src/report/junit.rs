@@ -1,14 +1,17 @@
 //! `junit.xml`: one test case per threshold plus one for convergence, so CI systems that
-//! read JUnit show which gate failed.
+//! read JUnit show which gate failed. Written with `quick-junit` (nextest's JUnit writer),
+//! which escapes the text.
 
-use std::fmt::Write as _;
+use std::time::Duration;
+
+use quick_junit::{NonSuccessKind, Property, TestCase, TestCaseStatus, TestSuite};
 
 use super::model::Report;
 use super::{fmt_num, markdown::kind_name};
 
-pub fn render(report: &Report) -> String {
+pub fn render(report: &Report) -> std::io::Result<String> {
     let c = &report.convergence;
-    let mut cases = Vec::with_capacity(report.thresholds.len() + 1);
+    let mut cases = Vec::with_capacity(report.thresholds.len() + 2);
     for t in &report.thresholds {
         let failure = (!t.passed).then(|| match t.observed {
             Some(v) => format!("observed {} does not satisfy {}", fmt_num(v), t.expression),
@@ -31,57 +34,32 @@ pub fn render(report: &Report) -> String {
     let no_verdict = (!report.summary.no_verdict.is_empty()).then(|| format!("NO VERDICT: {}", report.summary.no_verdict.join("; ")));
     cases.push(("verdict", "the run delivered what it was asked to (load, faults, evidence)".to_string(), no_verdict));
 
-    let failures = cases.iter().filter(|(_, _, f)| f.is_some()).count();
-    let suite = format!("harness.{}", report.run.scenario);
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    // `write!` into a String cannot fail; the results are discarded on purpose.
-    let _ = writeln!(out, "<testsuites name=\"harness\" tests=\"{}\" failures=\"{failures}\" time=\"{}\">", cases.len(), report.run.duration_s);
-    let _ = writeln!(
-        out,
-        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" timestamp=\"{}\" time=\"{}\">",
-        xml(&suite),
-        cases.len(),
-        xml(&report.run.started_at),
-        report.run.duration_s
-    );
-    let _ = writeln!(
-        out,
-        "    <properties>\n      <property name=\"run_id\" value=\"{}\"/>\n      <property name=\"seed\" value=\"{}\"/>\n    </properties>",
-        xml(&report.run.run_id),
-        report.run.seed
-    );
-    for (class, name, failure) in &cases {
-        let head = format!("    <testcase classname=\"{}.{class}\" name=\"{}\"", xml(&suite), xml(name));
-        match failure {
-            None => {
-                let _ = writeln!(out, "{head}/>");
-            }
+    let suite_name = format!("harness.{}", report.run.scenario);
+    let duration = Duration::try_from_secs_f64(report.run.duration_s).unwrap_or_default();
+    let mut suite = TestSuite::new(suite_name.as_str());
+    suite.set_time(duration);
+    if let Ok(started) = chrono::DateTime::parse_from_rfc3339(&report.run.started_at) {
+        suite.set_timestamp(started);
+    }
+    suite.add_property(Property::new("run_id", report.run.run_id.as_str()));
+    suite.add_property(Property::new("seed", report.run.seed.to_string()));
+    for (class, name, failure) in cases {
+        let status = match failure {
+            None => TestCaseStatus::success(),
             Some(message) => {
-                let _ = writeln!(out, "{head}>\n      <failure message=\"{0}\" type=\"{class}\">{0}</failure>\n    </testcase>", xml(message));
+                let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                status.set_message(message.as_str()).set_type(class).set_description(message);
+                status
             }
-        }
+        };
+        let mut case = TestCase::new(name, status);
+        case.set_classname(format!("{suite_name}.{class}"));
+        suite.add_test_case(case);
     }
-    out.push_str("  </testsuite>\n</testsuites>\n");
-    out
-}
-
-/// Escapes text for XML attributes and content; drops control characters XML 1.0 forbids.
-fn xml(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\n' => out.push_str("&#10;"),
-            '\t' | '\r' => out.push(' '),
-            c if (c as u32) < 0x20 => {}
-            c => out.push(c),
-        }
-    }
-    out
+    let mut junit = quick_junit::Report::new("harness");
+    junit.set_time(duration);
+    junit.add_test_suite(suite);
+    junit.to_string().map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
@@ -100,16 +78,22 @@ mod tests {
             ThresholdResult { expression: "max_lag < 5".into(), metric: "max_lag".into(), observed: Some(1.0), passed: true, reason: None },
             ThresholdResult { expression: "events_per_sec > 500".into(), metric: "events_per_sec".into(), observed: Some(12.5), passed: false, reason: None },
         ];
-        let xml = render(&report);
-        assert_eq!(xml.matches("<testcase ").count(), 4);
-        assert!(xml.contains("tests=\"4\" failures=\"1\""), "{xml}");
-        assert!(xml.contains("name=\"max_lag &lt; 5\"/>"), "{xml}");
+        let xml = render(&report).unwrap();
+        assert_eq!(xml.matches("<testcase ").count(), 4, "{xml}");
+        assert!(xml.contains("tests=\"4\""), "{xml}");
+        assert!(xml.contains("failures=\"1\""), "{xml}");
+        assert!(xml.contains("name=\"max_lag &lt; 5\""), "{xml}");
         assert!(xml.contains("observed 12.5 does not satisfy events_per_sec &gt; 500"), "{xml}");
-        assert!(xml.contains("name=\"postgres converges to the source\"/>"), "{xml}");
+        assert!(xml.contains("name=\"postgres converges to the source\""), "{xml}");
+        assert!(xml.contains("<property name=\"seed\""), "{xml}");
     }
 
     #[test]
-    fn escapes_markup_and_control_characters() {
-        assert_eq!(xml("a<b>&\"'\u{1}\n"), "a&lt;b&gt;&amp;&quot;&apos;&#10;");
+    fn markup_in_a_failure_is_escaped() {
+        let mut report = representative_report();
+        report.summary.no_verdict = vec!["a <b> & \"c\"".into()];
+        let xml = render(&report).unwrap();
+        assert!(xml.contains("NO VERDICT: a &lt;b&gt; &amp; &quot;c&quot;"), "{xml}");
+        assert!(!xml.contains("<b>"), "{xml}");
     }
 }

@@ -34,7 +34,7 @@ pub fn write_all(report: &Report, dir: &Path) -> io::Result<Vec<PathBuf>> {
         ("report.json", json::render(report)?),
         ("report.html", html::render(report)),
         ("summary.md", markdown::render(report)),
-        ("junit.xml", junit::render(report)),
+        ("junit.xml", junit::render(report)?),
     ];
     files
         .into_iter()

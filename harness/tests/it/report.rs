@@ -377,7 +377,7 @@ fn a_real_runs_report_round_trips_and_renders_golden() {
     let md = markdown::render(&base);
     assert!(md.contains("| Capture hop p50 / p95 / p99 (commit → broker) |"), "{md}");
     golden("run-summary.golden.md", &md);
-    golden("run-junit.golden.xml", &junit::render(&base));
+    golden("run-junit.golden.xml", &junit::render(&base).expect("junit"));
     let new = load_fixture("run-new.json");
     let d = diff::diff(&[base], &new, &[]).expect("diff of two real runs");
     golden("run-diff.golden.md", &diff::render_markdown(&d));
@@ -395,7 +395,7 @@ fn markdown_rendering_is_golden() {
 
 #[test]
 fn junit_rendering_is_golden() {
-    let xml = junit::render(&load_fixture("report-base.json"));
+    let xml = junit::render(&load_fixture("report-base.json")).expect("junit");
     assert_eq!(xml.matches("<testcase ").count(), THRESHOLDS.len() + 2, "every threshold, convergence and the verdict");
     assert_eq!(xml.matches("<failure ").count(), 3, "two thresholds and convergence fail");
     golden("junit.golden.xml", &xml);
@@ -424,7 +424,7 @@ fn a_run_without_a_verdict_says_so_in_every_file() {
     assert!(!harness::report::passed(&report));
     let md = markdown::render(&report);
     assert!(md.starts_with("## ⚠️ NO VERDICT") && md.contains("load not delivered"), "{md}");
-    let junit = junit::render(&report);
+    let junit = junit::render(&report).expect("junit");
     assert!(junit.contains("NO VERDICT: load not delivered") && junit.contains("<failure"), "{junit}");
     let page = html::render(&report);
     assert!(page.contains("<title>NO VERDICT") && page.contains("no verdict: load not delivered"));
@@ -563,7 +563,7 @@ fn cli_report_rerenders_from_json() {
     assert!(out.stdout.is_empty(), "no Markdown unless asked for");
     assert!(std::fs::read_to_string(&html_out).expect("html").contains("<svg id=\"chart-latency\""));
     let report = load_fixture("report-base.json");
-    assert_eq!(std::fs::read_to_string(&junit_out).expect("junit"), junit::render(&report));
+    assert_eq!(std::fs::read_to_string(&junit_out).expect("junit"), junit::render(&report).expect("junit"));
 
     let md = harness(&["report", &base, "--markdown"]);
     assert_eq!(md.status.code(), Some(exit::SUCCESS));

@@ -4,11 +4,9 @@
 pub mod sink;
 pub mod verify;
 
-/// Peak resident set size of this process so far, in MiB (`VmHWM`).
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+/// Peak resident set size of this process so far, in MiB (`VmHWM`); None where /proc
+/// does not tell (never a 0 that reads as measured).
+pub fn peak_rss_mb() -> Option<f64> {
+    let kb = procfs::process::Process::myself().ok()?.status().ok()?.vmhwm?;
+    Some(kb as f64 / 1024.0)
 }

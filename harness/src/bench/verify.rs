@@ -23,7 +23,9 @@ pub struct VerifyBench {
     /// Source rows per second when only reading both sides.
     pub raw_read_rows_per_sec: f64,
     pub ratio_to_raw: f64,
-    pub peak_rss_mb: f64,
+    /// Absent where /proc does not tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
     pub converged: bool,
     pub differences: u64,
 }

@@ -81,14 +81,14 @@ async fn verify(rows: u64, json: bool) -> anyhow::Result<Outcome> {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         println!(
-            "verify {} rows: {:.0} rows/s ({:.2}s); raw read {:.0} rows/s ({:.2}s); ratio {:.2}; peak RSS {:.0} MiB; converged {}",
+            "verify {} rows: {:.0} rows/s ({:.2}s); raw read {:.0} rows/s ({:.2}s); ratio {:.2}; peak RSS {}; converged {}",
             result.rows,
             result.rows_per_sec,
             result.verify_seconds,
             result.raw_read_rows_per_sec,
             result.raw_read_seconds,
             result.ratio_to_raw,
-            result.peak_rss_mb,
+            result.peak_rss_mb.map_or("unmeasured".to_string(), |mb| format!("{mb:.0} MiB")),
             result.converged
         );
     }

@@ -9,15 +9,7 @@ use std::time::Instant;
 
 /// Clock ticks per second for /proc's utime/stime (USER_HZ, 100 on Linux).
 fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if v > 0 { v as f64 } else { 100.0 }
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 { v as u64 } else { 4096 }
+    procfs::ticks_per_second() as f64
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -32,21 +24,17 @@ struct Proc {
     start: u64,
 }
 
-fn parse_stat(stat: &str) -> Option<Proc> {
-    // The command name (field 2) may contain spaces and parens; fields after the last ')' are plain.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state(0) ppid(1) pgrp(2) ... utime(11) stime(12) ... starttime(19) vsize(20) rss(21)
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-    Some(Proc { ppid: f.get(1)?.parse().ok()?, pgrp: f.get(2)?.parse().ok()?, ticks: num(11)? + num(12)?, rss_pages: num(21).unwrap_or(0), start: num(19)? })
+impl From<procfs::process::Stat> for Proc {
+    fn from(stat: procfs::process::Stat) -> Self {
+        Self { ppid: stat.ppid, pgrp: stat.pgrp, ticks: stat.utime + stat.stime, rss_pages: stat.rss, start: stat.starttime }
+    }
 }
 
 /// Proportional set size in bytes (shared pages split among the processes that map them, so
 /// PostgreSQL's shared buffers count once over all its backends, not once per backend).
 fn pss_bytes(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let kb: u64 = text.lines().find(|l| l.starts_with("Pss:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let rollup = procfs::process::Process::new(pid).ok()?.smaps_rollup().ok()?;
+    rollup.memory_map_rollup.0.iter().find_map(|map| map.extension.map.get("Pss").copied())
 }
 
 /// One read of every process in /proc.
@@ -56,15 +44,10 @@ struct ProcTable {
 
 impl ProcTable {
     fn scan() -> Self {
-        let mut procs = HashMap::new();
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for entry in dir.flatten() {
-                let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-                if let Some(p) = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(parse_stat) {
-                    procs.insert(pid, p);
-                }
-            }
-        }
+        // A process that exits between the listing and its read is left out.
+        let procs = procfs::process::all_processes()
+            .map(|all| all.flatten().filter_map(|process| Some((process.pid, Proc::from(process.stat().ok()?)))).collect())
+            .unwrap_or_default();
         Self { procs }
     }
 
@@ -100,9 +83,8 @@ pub fn process_tree(leader: i32) -> Vec<i32> {
 
 /// Seconds since boot, in clock ticks (the unit of /proc's start times).
 fn uptime_ticks() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/uptime").ok()?;
-    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
-    Some((secs * ticks_per_sec()) as u64)
+    use procfs::Current;
+    Some((procfs::Uptime::current().ok()?.uptime * ticks_per_sec()) as u64)
 }
 
 /// What one sample measured for one service.
@@ -146,7 +128,7 @@ impl CpuMeter {
         let table = ProcTable::scan();
         let now = Instant::now();
         let now_ticks = uptime_ticks().unwrap_or(0);
-        let page = page_size();
+        let page = procfs::page_size();
         let me = std::process::id() as i32;
         let mut out = BTreeMap::new();
         let mut current_last = HashMap::new();
@@ -200,11 +182,15 @@ impl CpuMeter {
 mod tests {
     use super::*;
 
+    /// This process as the scan sees it: its parent, its group and a start time.
     #[test]
-    fn stat_lines_with_spaces_in_the_command_parse() {
-        let line = "1234 (postgres: walsender (x) ) S 1000 1234 1234 0 -1 4194560 1 0 0 0 17 5 0 0 20 0 1 0 98765 1000000 321 18446744073709551615";
-        let p = parse_stat(line).expect("parses");
-        assert_eq!((p.ppid, p.pgrp, p.ticks, p.start, p.rss_pages), (1000, 1234, 22, 98765, 321));
+    fn the_scan_reads_this_process() {
+        let table = ProcTable::scan();
+        let me = table.procs.get(&(std::process::id() as i32)).expect("this process is in the scan");
+        assert_eq!(me.ppid, nix::unistd::getppid().as_raw());
+        assert_eq!(me.pgrp, nix::unistd::getpgrp().as_raw());
+        assert!(me.start > 0 && me.rss_pages > 0, "{me:?}");
+        assert!(pss_bytes(std::process::id() as i32).is_some_and(|b| b > 0), "PSS of this process");
     }
 
     static PSS_READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -4,7 +4,7 @@
 //! timeline with its recovery times.
 
 pub mod inject;
-pub mod poison;
+pub(crate) mod poison;
 
 use std::time::Duration;
 

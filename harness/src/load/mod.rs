@@ -2,7 +2,7 @@
 //! open-model arrival rate. A `LoadPlan` is the rate over time; each driver turns it into
 //! its tool's terms and reports what it measured from the client side.
 
-pub mod goose;
+pub(crate) mod goose;
 pub mod k6;
 
 use std::time::Duration;

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::docker::images::ImageSet;
 use super::connect::ConnectClient;
+use super::docker::images::ImageSet;
 use super::{BackendKind, Endpoints, ServiceError, ServiceKind, ServiceStatus};
 use crate::faults::Link;
 use crate::report::model::FaultRecord;

@@ -3,8 +3,8 @@
 //! images through bollard), selected by `--backend docker|local|auto`, and `external` (a
 //! stack the harness did not start). The first two also have `ServiceControl`.
 
-pub mod backend;
-pub mod connect;
+pub(crate) mod backend;
+pub(crate) mod connect;
 pub mod docker;
 pub mod external;
 pub mod local;

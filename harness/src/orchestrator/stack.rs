@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
+use super::connect::ConnectClient;
 use super::docker::images::{self, ImageSet};
 use super::docker::{DockerConfig, DockerStack, Images, TargetKind};
 use super::external::ExternalStack;
-use super::connect::ConnectClient;
 use super::local::LocalStack;
 use super::{Backend, BackendKind, Endpoints, LeaderResolver, ServiceControl, ServiceError, ServiceStatus};
 use crate::config::StackConfig;
@@ -110,10 +110,7 @@ impl Stack {
             return Ok(stack);
         }
         if let Some(other) = choice.backend.filter(|b| *b != BackendKind::Auto) {
-            return Err(usage(&format!(
-                "--backend {} is for commands that start a stack; this one reads the stack in --run-dir or --endpoints",
-                other.name()
-            )));
+            return Err(usage(&format!("--backend {} is for commands that start a stack; this one reads the stack in --run-dir or --endpoints", other.name())));
         }
         Self::open(run_dir).await?.ok_or_else(|| ServiceError::NoStack(run_dir.to_path_buf()))
     }
@@ -187,7 +184,11 @@ impl Stack {
         self.0.acks_log()
     }
 
-    pub async fn up_with_snapshot_kill(&mut self, after: std::time::Duration, downtime: std::time::Duration) -> Result<crate::report::model::FaultRecord, ServiceError> {
+    pub async fn up_with_snapshot_kill(
+        &mut self,
+        after: std::time::Duration,
+        downtime: std::time::Duration,
+    ) -> Result<crate::report::model::FaultRecord, ServiceError> {
         self.0.up_with_snapshot_kill(after, downtime).await
     }
 

@@ -7,8 +7,8 @@
 
 pub mod debezium;
 pub mod java;
-pub mod k6;
-pub mod postgres;
+pub(crate) mod k6;
+pub(crate) mod postgres;
 pub mod tansu;
 pub mod workspace_bin;
 

@@ -5,14 +5,14 @@
 pub mod apply_log;
 mod assemble;
 mod clock;
-pub mod delivery;
+pub(crate) mod delivery;
 pub mod fence;
 mod idle;
 pub mod lag;
 mod meta;
-pub mod probe;
-pub mod procstat;
-pub mod sampler;
+pub(crate) mod probe;
+pub(crate) mod procstat;
+pub(crate) mod sampler;
 pub mod sink_metrics;
 mod stats;
 

@@ -16,14 +16,14 @@
 pub mod canonical;
 mod classify;
 pub mod columns;
-pub mod copy_stream;
+pub(crate) mod copy_stream;
 pub mod dlq;
-pub mod history;
+pub(crate) mod history;
 pub mod live;
 pub mod mapping;
-pub mod mongo;
-pub mod postgres;
-pub mod report;
+pub(crate) mod mongo;
+pub(crate) mod postgres;
+pub(crate) mod report;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

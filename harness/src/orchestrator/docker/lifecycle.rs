@@ -18,11 +18,11 @@ use super::daemon::{connect, remove_labelled};
 use super::faults::service_of;
 use super::images::ImageSet;
 use super::readiness::{connector_ready, launcher_ready, wait_until};
-use crate::orchestrator::services::{Services, broker_answers};
 use super::spec::{self, ContainerSpec, HostPorts, Registration, Role, RunNames, SpecInputs};
 use super::{DockerConfig, DockerError, SINK_IMAGE, TargetKind};
 use crate::config::StackConfig;
 use crate::orchestrator::local::{broker, debezium as local_debezium, postgres as local_pg, sink as local_sink};
+use crate::orchestrator::services::{Services, broker_answers};
 use crate::orchestrator::state::{self, PortPicker, absolute, state_err};
 use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{Backend, BackendKind, Endpoints, LeaderResolver, PgEndpoint, Secret, ServiceControl, ServiceError, ServiceKind, ServiceStatus};
@@ -483,7 +483,6 @@ impl Backend for DockerStack {
         (self.state.docker.target == TargetKind::Mongodb).then(|| format!("mongodb://127.0.0.1:{}", self.state.ports.mongo))
     }
 
-
     async fn up(&mut self) -> Result<Endpoints, ServiceError> {
         fs::create_dir_all(self.run_dir.join("logs")).map_err(|e| state_err(&self.run_dir, e))?;
         // The state file holds the database password: the folder is the owner's only
@@ -547,7 +546,10 @@ impl Backend for DockerStack {
     }
 
     fn refuse(&self, what: &str) -> ServiceError {
-        ServiceError::Unsupported { backend: BackendKind::Docker, reason: format!("the docker backend is not available: {what} runs on the local backend only") }
+        ServiceError::Unsupported {
+            backend: BackendKind::Docker,
+            reason: format!("the docker backend is not available: {what} runs on the local backend only"),
+        }
     }
 }
 

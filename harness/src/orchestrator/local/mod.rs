@@ -3,11 +3,11 @@
 //! `<run dir>/stack.json` (mode 0600) so that `harness status` and `harness down` in a
 //! later invocation find what `harness up` started.
 
-pub mod broker;
+pub(crate) mod broker;
 pub mod debezium;
-pub mod postgres;
+pub(crate) mod postgres;
 pub mod process;
-pub mod sink;
+pub(crate) mod sink;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -18,8 +18,8 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use self::process::ProcessHandle;
-use super::state::{self, PortPicker, absolute, state_err};
 use super::services::{self, Services};
+use super::state::{self, PortPicker, absolute, state_err};
 use super::wait::{NotReady, WaitFor};
 use super::{
     Backend, BackendKind, ConnectEndpoint, Endpoints, LeaderResolver, PgEndpoint, STOP_GRACE, Secret, ServiceControl, ServiceError, ServiceKind, ServiceState,

@@ -11,9 +11,9 @@ use std::time::Duration;
 use nix::unistd::{Uid, User};
 
 use super::process::{self, ProcessHandle};
+use crate::config::{SOURCE_DB, TARGET_DB};
 use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{PgEndpoint, Secret, ServiceError, ServiceKind};
-use crate::config::{SOURCE_DB, TARGET_DB};
 
 /// Databases created in the cluster: the application's (captured by Debezium) and the
 /// sink's PostgreSQL target.

@@ -12,7 +12,6 @@ use crate::config::{DLQ_TOPIC, GROUP_ID, TABLES, topic_for};
 use crate::orchestrator::wait::{NotReady, WaitFor};
 use crate::orchestrator::{PgEndpoint, ServiceError, ServiceKind};
 
-
 pub struct SinkLayout {
     pub dir: PathBuf,
     pub config: PathBuf,

@@ -14,10 +14,10 @@ const CAMPAIGN_STYLE: &str = r#"
 table.matrix { width:auto; }
 table.matrix th, table.matrix td { text-align:center; padding:4px 10px; }
 table.matrix td.cell { min-width:44px; font-weight:600; }
-td.pass, span.pass { background:#dafbe1; color:#116329; }
-td.fail, span.fail { background:#ffd8d3; color:#a40e26; }
-td.noverdict, span.noverdict { background:#fff1c2; color:#7d4e00; }
-td.error, span.error { background:#e6e8ec; color:#3b4252; }
+td.pass, span.key.pass { background:#dafbe1; color:#116329; }
+td.fail, span.key.fail { background:#ffd8d3; color:#a40e26; }
+td.noverdict, span.key.noverdict { background:#fff1c2; color:#7d4e00; }
+td.error, span.key.error { background:#e6e8ec; color:#3b4252; }
 td.zero { color:#9aa3b2; font-weight:400; }
 span.key { display:inline-block; padding:1px 8px; border-radius:4px; margin-right:6px; font-size:12px; font-weight:600; }
 header.top.noverdict { border-left-color:var(--warn); }

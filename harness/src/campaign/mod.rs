@@ -72,8 +72,8 @@ pub async fn run(options: CampaignOptions, interrupt: impl Future<Output = ()>) 
         merged_from: Vec::new(),
         interrupted: false,
         recovery_targets: options.recovery_targets.clone(),
-        started_at: started.to_rfc3339(),
-        ended_at: started.to_rfc3339(),
+        started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ended_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         runs: Vec::new(),
         derived: Derived::of(&[], &seeds, &options.recovery_targets, false),
     };
@@ -120,11 +120,11 @@ pub async fn run(options: CampaignOptions, interrupt: impl Future<Output = ()>) 
         };
         eprintln!("campaign {id}: seed {seed}: {} in {}", row.verdict.label(), format_eta(wall_s));
         campaign.runs.push(row);
-        campaign.ended_at = Utc::now().to_rfc3339();
+        campaign.ended_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         campaign.recompute();
         write(&campaign, &dir)?;
     }
-    campaign.ended_at = Utc::now().to_rfc3339();
+    campaign.ended_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     campaign.recompute();
     let files = write(&campaign, &dir)?;
     Ok(CampaignOutcome { campaign, dir, files })

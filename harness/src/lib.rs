@@ -3,6 +3,7 @@
 //! convergence and reports.
 
 pub mod bench;
+pub mod campaign;
 pub mod config;
 pub mod exit;
 pub mod faults;

@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod campaign;
 mod provision;
 mod run;
 mod stack;
@@ -51,6 +52,11 @@ enum Command {
     /// Benchmarks, each against a raw baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Many seeded runs of a chaos scenario, one after another (each on a fresh stack), and
+    /// one report over them: campaign.json, campaign.html, summary.md. `campaign merge`
+    /// joins shards. Exits as a run does: 0 pass, 3 a seed or a recovery gate failed,
+    /// 5 no verdict, 130 interrupted.
+    Campaign(Box<campaign::CampaignArgs>),
     /// Compare two reports (or repeated base runs and a new one) metric by metric; exits 4
     /// when a gated metric regressed.
     Diff(harness::report::cli::DiffArgs),
@@ -91,6 +97,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Provision(args) => provision::exec(args).await,
         Command::Verify(args) => verify::exec(*args, run_dir).await,
         Command::Bench(bench) => bench::exec(bench).await,
+        Command::Campaign(args) => campaign::exec(*args).await,
         Command::Diff(args) => harness::report::cli::diff(&args),
         Command::Report(args) => harness::report::cli::report(&args),
     }

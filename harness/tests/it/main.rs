@@ -1,6 +1,7 @@
 //! Integration tests on the real local stack (PostgreSQL, tansu, Debezium, sink).
 
 mod bench;
+mod campaign;
 mod chaos;
 mod default_setups;
 mod docker;

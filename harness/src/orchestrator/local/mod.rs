@@ -3,7 +3,7 @@
 //! `<run dir>/stack.json` (mode 0600) so that `harness status` and `harness down` in a
 //! later invocation find what `harness up` started.
 
-pub(crate) mod broker;
+pub mod broker;
 pub mod debezium;
 pub(crate) mod postgres;
 pub mod process;

@@ -17,6 +17,11 @@ use crate::validation::ValidationConfig;
 /// Prefix of environment overrides: `SINK__TARGET__PASSWORD` sets `[target] password`.
 pub const ENV_PREFIX: &str = "SINK__";
 
+/// librdkafka's ceiling on the wait between reconnects to a broker (its default, 10 s, is
+/// what a partition waited after its broker came back; 1 s is the Java client's default).
+/// `[kafka.librdkafka] "reconnect.backoff.max.ms"` overrides it.
+pub(crate) const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -378,7 +383,8 @@ pub struct ApplyConfig {
     /// How long a partition waits to fill a batch once it has an event.
     #[serde(default = "ApplyConfig::default_max_batch_wait", with = "humantime_serde")]
     pub max_batch_wait: Duration,
-    /// First backoff after a transient target or DLQ error; doubles up to `retry_max_backoff`.
+    /// First backoff after a transient target or DLQ error; doubles up to `retry_max_backoff`,
+    /// each wait drawn from `[d/2, d)` (`retry::Backoff`).
     #[serde(default = "ApplyConfig::default_retry_initial_backoff", with = "humantime_serde")]
     pub retry_initial_backoff: Duration,
     #[serde(default = "ApplyConfig::default_retry_max_backoff", with = "humantime_serde")]

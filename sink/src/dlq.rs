@@ -55,7 +55,12 @@ impl DlqProducer {
         let mut client = config.client_config();
         // Idempotent: a letter retried by librdkafka after a lost acknowledgement is written
         // once, and letters keep their order through retries (they are sent in batches).
-        client.set("acks", "all").set("enable.idempotence", "true").set("linger.ms", "5").set("message.timeout.ms", "30000");
+        client
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .set("reconnect.backoff.max.ms", crate::config::RECONNECT_BACKOFF_MAX_MS);
         for (k, v) in &config.librdkafka {
             client.set(k, v);
         }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod decode;
 pub mod dlq;
 pub mod http;
+mod internal_events;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

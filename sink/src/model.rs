@@ -396,3 +396,12 @@ pub struct Change {
     pub after: Option<Row>,
     pub coords: Coords,
 }
+
+/// Keys are logged truncated: they can be long and are only there to find the event.
+pub(crate) fn key_for_log(key: Option<&[u8]>) -> String {
+    key.map(|k| {
+        let s = String::from_utf8_lossy(k);
+        if s.len() > 64 { format!("{}...", s.chars().take(64).collect::<String>()) } else { s.into_owned() }
+    })
+    .unwrap_or_default()
+}

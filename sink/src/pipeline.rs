@@ -14,6 +14,10 @@ use uuid::Uuid;
 use crate::config::SinkConfig;
 use crate::decode::{DecodeError, DecodeOptions, Decoded, decode};
 use crate::dlq::{DeadLetter, DlqProducer};
+use crate::internal_events::{
+    ApplyLogRefused, DeletesNotCarried, DlqProduceFailed, EventsDeadLettered, InternalEvent as _, Stall, TargetRefusedRecord, TargetRefusesEntity,
+    TargetResumed, TargetUnavailable,
+};
 use crate::metrics::Metrics;
 use crate::model::{Change, Coords, Entity, Version};
 use crate::retry::Backoff;
@@ -126,15 +130,6 @@ pub struct Handler {
     pub stalls: Arc<crate::http::Stalls>,
 }
 
-/// Keys are logged truncated: they can be long and are only there to find the event.
-fn key_for_log(key: Option<&[u8]>) -> String {
-    key.map(|k| {
-        let s = String::from_utf8_lossy(k);
-        if s.len() > 64 { format!("{}...", s.chars().take(64).collect::<String>()) } else { s.into_owned() }
-    })
-    .unwrap_or_default()
-}
-
 impl Handler {
     /// Processes one batch (records of one partition, in offset order). Returns when every
     /// record's effect is durable in the target or the DLQ; the caller then stores the
@@ -171,7 +166,7 @@ impl Handler {
             message_span.record("cdc.outcome", outcome.name());
             message_span.in_scope(|| {
                 debug!(message = "event processed", topic = %record.coords.topic, partition = record.coords.partition,
-                    offset = record.coords.offset, key = %key_for_log(record.key.as_deref()), outcome = outcome.name())
+                    offset = record.coords.offset, key = %crate::model::key_for_log(record.key.as_deref()), outcome = outcome.name())
             });
         }
         self.metrics.batch(self.entity, batch.len(), started.elapsed().as_secs_f64());
@@ -199,7 +194,7 @@ impl Handler {
                 messaging.kafka.consumer.group = %self.config.kafka.group_id,
                 messaging.kafka.partition = record.coords.partition,
                 messaging.kafka.offset = record.coords.offset,
-                messaging.kafka.message.key = %key_for_log(record.key.as_deref()),
+                messaging.kafka.message.key = %crate::model::key_for_log(record.key.as_deref()),
                 messaging.operation = "process",
                 db.operation = tracing::field::Empty,
                 cdc.entity.type = %self.entity,
@@ -287,7 +282,7 @@ impl Handler {
                     Severity::Warn => {
                         debug!(message = "validation warning", rule = v.rule.name(), reason = %v.reason,
                         topic = %record.coords.topic, partition = record.coords.partition, offset = record.coords.offset,
-                        key = %key_for_log(record.key.as_deref()), outcome = "warned")
+                        key = %crate::model::key_for_log(record.key.as_deref()), outcome = "warned")
                     }
                     Severity::Reject => rejected = rejected.or(Some(v)),
                 }
@@ -437,13 +432,12 @@ impl Handler {
     /// restarted.
     async fn refuse_without_deletes(&self, record: &Record) -> ! {
         let reason = DecodeError::DeletesNotCarried.to_string();
-        self.metrics.error("deletes_not_carried");
-        self.stalls.mark(&record.coords.topic, record.coords.partition, reason.clone());
-        self.metrics.partition_stalled(&record.coords.topic, record.coords.partition, true);
+        self.stall(&record.coords).mark(reason.clone());
+        let event = DeletesNotCarried { reason: &reason, at: &record.coords };
+        DeletesNotCarried { reason: &reason, at: &record.coords }.emit(&self.metrics);
         loop {
-            tracing::error!(message = "partition stopped: its events cannot carry deletes", reason = %reason, topic = %record.coords.topic,
-                partition = record.coords.partition, offset = record.coords.offset);
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            event.log();
         }
     }
 
@@ -463,12 +457,8 @@ impl Handler {
         let mut pending: Vec<&DeadLetter> = letters.iter().filter(|l| !sent.contains(&l.coords.offset)).collect();
         let Some(&first) = pending.first() else { return };
         let started = Instant::now();
-        let count = pending.len();
-        for letter in &pending {
-            debug!(message = "event dead-lettered", rule = %letter.rule, reason = %crate::dlq::truncate_text(&letter.reason, 512), topic = %letter.coords.topic,
-                partition = letter.coords.partition, offset = letter.coords.offset,
-                key = %key_for_log(letter.key.as_deref()), outcome = "dlq");
-        }
+        let batch = pending.clone();
+        let stall = self.stall(&first.coords);
         let mut backoff = Backoff::new(&self.config.apply);
         let mut rounds = 0u32;
         while !pending.is_empty() {
@@ -478,11 +468,9 @@ impl Handler {
             for (letter, result) in pending.into_iter().zip(results) {
                 match result {
                     Ok(()) => {
-                        self.metrics.dead_lettered(&letter.entity, &letter.rule);
                         sent.insert(letter.coords.offset);
                     }
                     Err(error) => {
-                        self.metrics.error("dlq_produce");
                         last_error = Some(error);
                         failed.push(letter);
                     }
@@ -491,25 +479,18 @@ impl Handler {
             pending = failed;
             if let (Some(error), Some(first)) = (last_error, pending.first()) {
                 rounds += 1;
-                warn!(message = "dead-letter produce failed, retrying", %error, dlq_topic = self.dlq.topic(), attempts = rounds, letters = pending.len(),
-                    topic = %first.coords.topic, partition = first.coords.partition, offset = first.coords.offset);
+                DlqProduceFailed { error: &error, dlq_topic: self.dlq.topic(), attempts: rounds, letters: pending.len(), first: &first.coords }
+                    .emit(&self.metrics);
                 if rounds == 3 {
                     // The partition cannot move past these events until the DLQ takes them: say so.
-                    self.stalls.mark(&first.coords.topic, first.coords.partition, format!("dead-letter produce to {} failing: {error}", self.dlq.topic()));
-                    self.metrics.partition_stalled(&first.coords.topic, first.coords.partition, true);
+                    stall.mark(format!("dead-letter produce to {} failing: {error}", self.dlq.topic()));
                 }
                 backoff.wait().await;
             }
         }
-        // One line per batch, once the letters are durable: a flood of bad events must not
-        // flood the log too. Each letter carries its own rule, reason and coordinates.
-        let last = letters.last().map_or(first.coords.offset, |l| l.coords.offset);
-        warn!(message = "events dead-lettered", letters = count, rule = %first.rule, reason = %crate::dlq::truncate_text(&first.reason, 512),
-            topic = %first.coords.topic, partition = first.coords.partition, offset = first.coords.offset, last_offset = last,
-            key = %key_for_log(first.key.as_deref()), dlq_topic = self.dlq.topic(), ack_ms = started.elapsed().as_millis() as u64, outcome = "dlq");
+        EventsDeadLettered { letters: &batch, dlq_topic: self.dlq.topic(), ack: started.elapsed() }.emit(&self.metrics);
         if rounds >= 3 {
-            self.stalls.clear(&first.coords.topic, first.coords.partition);
-            self.metrics.partition_stalled(&first.coords.topic, first.coords.partition, false);
+            stall.clear();
         }
     }
 
@@ -547,9 +528,12 @@ impl Handler {
         // A log the target refuses is reported and counted; the events' effects (none, or
         // the DLQ record) are durable, so the offset may still move on.
         if let Err(reason) = self.retry("apply_log", &batch[0].coords, || self.target.log(self.entity, &entries)).await {
-            self.metrics.error("apply_log");
-            warn!(message = "apply log rows refused by the target", entity = %self.entity, %reason);
+            ApplyLogRefused { entity: &self.entity, reason: &reason }.emit(&self.metrics);
         }
+    }
+
+    fn stall<'a>(&'a self, at: &'a Coords) -> Stall<'a> {
+        Stall { stalls: &self.stalls, metrics: &self.metrics, topic: &at.topic, partition: at.partition }
     }
 
     fn letter_for(&self, record: &Record, rule: &str, reason: String) -> DeadLetter {
@@ -578,36 +562,29 @@ impl Handler {
         loop {
             match op().await {
                 Ok(v) => {
-                    self.metrics.dependency_up("target", true);
                     if stalled {
-                        self.stalls.clear(&at.topic, at.partition);
-                        self.metrics.partition_stalled(&at.topic, at.partition, false);
-                        info!(message = "target accepts the writes again; partition resumed", operation = what, entity = %self.entity,
-                            topic = %at.topic, partition = at.partition);
+                        self.stall(at).clear();
+                        TargetResumed { operation: what, entity: &self.entity, at }.emit(&self.metrics);
+                    } else {
+                        self.metrics.dependency_up("target", true);
                     }
                     return Ok(v);
                 }
                 Err(error) => match error.class() {
                     ErrorClass::Transient => {
-                        self.metrics.error("target_transient");
-                        self.metrics.dependency_up("target", false);
-                        warn!(message = "target unavailable, retrying", operation = what, entity = %self.entity, %error);
+                        TargetUnavailable { operation: what, entity: &self.entity, error: &error }.emit(&self.metrics);
                         backoff.wait().await;
                     }
                     ErrorClass::Target => {
-                        self.metrics.error("target_refused");
                         if !stalled {
                             stalled = true;
-                            self.stalls.mark(&at.topic, at.partition, format!("the target refuses {what} for {}: {error}", self.entity));
-                            self.metrics.partition_stalled(&at.topic, at.partition, true);
+                            self.stall(at).mark(format!("the target refuses {what} for {}: {error}", self.entity));
                         }
-                        error!(message = "the target refuses the writes of this entity until an operator acts; partition stalled, retrying",
-                            operation = what, entity = %self.entity, %error, topic = %at.topic, partition = at.partition, offset = at.offset);
+                        TargetRefusesEntity { operation: what, entity: &self.entity, error: &error, at }.emit(&self.metrics);
                         backoff.wait().await;
                     }
                     ErrorClass::Record => {
-                        self.metrics.error("target_permanent");
-                        warn!(message = "target refused the operation", operation = what, entity = %self.entity, %error);
+                        TargetRefusedRecord { operation: what, entity: &self.entity, error: &error }.emit(&self.metrics);
                         return Err(error);
                     }
                 },

@@ -30,10 +30,13 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{ApplyConfig, KafkaConfig};
-use crate::pipeline::{Handler, PartitionState, Record};
 use crate::http::Stalls;
+use crate::internal_events::{
+    BatchPanicked, ConsumerRecreateFailed, ConsumerRecreated, DrainTimedOut, InternalEvent as _, KafkaClientError, KafkaReceiveError, OffsetCommitFailed, Stall,
+};
 use crate::metrics::Metrics;
 use crate::model::{Coords, Entity};
+use crate::pipeline::{Handler, PartitionState, Record};
 use crate::retry::Backoff;
 use crate::telemetry::TraceHeaders;
 
@@ -155,8 +158,7 @@ impl SinkContext {
                 for abort in &aborts {
                     abort.abort();
                 }
-                metrics.error("drain_timeout");
-                warn!(message = "drain timed out: aborted the partition tasks still running", tasks = stuck, timeout = ?timeout);
+                DrainTimedOut { tasks: stuck, timeout }.emit(&metrics);
             }
             finished
         };
@@ -189,11 +191,10 @@ impl ClientContext for SinkContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.metrics.error("kafka");
         if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
             self.broker_up.store(false, Ordering::Relaxed);
         }
-        warn!(message = "kafka client error", %error, reason);
+        KafkaClientError { error: &error, reason }.emit(&self.metrics);
     }
 }
 
@@ -254,8 +255,7 @@ impl ConsumerContext for SinkContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         if let Some(error) = result.err().filter(|e| !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) {
-            self.metrics.error("kafka_commit");
-            warn!(message = "offset commit failed", %error);
+            OffsetCommitFailed { error: &error }.emit(&self.metrics);
         }
     }
 }
@@ -307,6 +307,7 @@ pub fn create_consumer(config: &KafkaConfig, shared: &ConsumerShared, generation
         // change waits for when it arrives just after an empty fetch was sent).
         .set("fetch.min.bytes", "1")
         .set("fetch.wait.max.ms", config.fetch_wait_max.as_millis().max(1).to_string())
+        .set("reconnect.backoff.max.ms", crate::config::RECONNECT_BACKOFF_MAX_MS)
         .set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in &config.librdkafka {
         if k == "group.instance.id" && !keeps_static_membership(generation) {
@@ -372,8 +373,7 @@ impl Source {
                         self.dispatch(record, high_water);
                     }
                     Err(error) => {
-                        self.consumer.context().metrics.error("kafka");
-                        warn!(message = "kafka receive error", %error);
+                        KafkaReceiveError { error: &error }.emit(&self.consumer.context().metrics);
                     }
                 },
             }
@@ -426,18 +426,16 @@ impl Source {
             return;
         }
         *last_restart = Some(Instant::now());
-        warn!(message = "no partition assignment while the broker answers; recreating the consumer", unassigned_s = unassigned.as_secs());
         let shared = ConsumerShared { metrics: Arc::clone(&self.metrics), group: Arc::clone(&self.group), stalls: Arc::clone(&self.stalls) };
         let fresh = match create_consumer(&self.kafka, &shared, self.generation + 1) {
             Ok(c) => c,
             Err(error) => {
-                self.metrics.error("kafka");
-                error!(message = "recreating the consumer failed; keeping the old one", %error);
+                ConsumerRecreateFailed { error: &error }.emit(&self.metrics);
                 return;
             }
         };
         self.generation += 1;
-        self.metrics.consumer_restarted();
+        ConsumerRecreated { unassigned }.emit(&self.metrics);
         let old = std::mem::replace(&mut self.consumer, fresh);
         old.context().retired.store(true, Ordering::Relaxed);
         // Whatever the old consumer still had queued is written (idempotently) and then
@@ -550,24 +548,22 @@ pub(crate) async fn process_supervised<P: Process>(
     use futures::FutureExt as _;
     state.lettered.clear();
     let mut backoff = Backoff::new(with.apply);
+    let stall = Stall { stalls: with.stalls, metrics: with.metrics, topic, partition };
     let mut systemic = false;
     loop {
         let Err(panic) = std::panic::AssertUnwindSafe(handler.process(batch, state)).catch_unwind().await else {
             with.stalls.progressed(topic);
             if systemic {
-                with.stalls.clear(topic, partition);
-                with.metrics.partition_stalled(topic, partition, false);
+                stall.clear();
                 info!(message = "processing works again; partition resumed", topic, partition);
             }
             return;
         };
         let why = panic_text(panic.as_ref());
-        with.metrics.error("panic");
+        BatchPanicked { why: &why, topic, partition, first_offset: batch.first().map(|r| r.coords.offset), events: batch.len(), again: systemic }
+            .emit(with.metrics);
         if !systemic {
-            error!(message = "processing a batch panicked; retrying its events one by one", panic = %why, topic, partition,
-                first_offset = batch.first().map(|r| r.coords.offset), events = batch.len());
-            with.stalls.mark(topic, partition, format!("processing panicked: {why}"));
-            with.metrics.partition_stalled(topic, partition, true);
+            stall.mark(format!("processing panicked: {why}"));
         }
         let progress_before = with.stalls.progress(topic);
         // What validation remembered may come from the half-done batch.
@@ -596,14 +592,12 @@ pub(crate) async fn process_supervised<P: Process>(
                 with.stalls.progressed(topic);
             }
             state.panic_letter_at = (!panicked.is_empty()).then(|| with.stalls.progress(topic));
-            with.stalls.clear(topic, partition);
-            with.metrics.partition_stalled(topic, partition, false);
+            stall.clear();
             return;
         }
         systemic = true;
         let reason = format!("every event panics, not the data's fault ({} of {} alone): {why}; retrying", panicked.len(), batch.len());
-        with.stalls.mark(topic, partition, reason.clone());
-        with.metrics.partition_stalled(topic, partition, true);
+        stall.mark(reason.clone());
         error!(message = "processing panics for every event: partition stalled, nothing dead-lettered; retrying", reason = %reason, topic, partition,
             first_offset = batch.first().map(|r| r.coords.offset));
         backoff.wait().await;

@@ -16,7 +16,17 @@ pub struct LagMeter {
 impl LagMeter {
     /// A client that reads the group's committed offsets without joining the group.
     pub fn new(mut client: ClientConfig, group: &str, topics: Vec<String>, partitions: u32) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer = client.set("group.id", group).set("enable.auto.commit", "false").set("socket.timeout.ms", "3000").create()?;
+        // librdkafka backs off up to 10 s between reconnects by default: after a broker
+        // restart the lag would stay unmeasured for that long, and an unmeasured second
+        // cannot count as recovered, so the observer's own backoff would be reported as the
+        // pipeline's recovery. 1 s is the Java client's default.
+        let consumer = client
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("socket.timeout.ms", "3000")
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000")
+            .create()?;
         Ok(Self { consumer, topics, partitions: partitions as i32 })
     }
 

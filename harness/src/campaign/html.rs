@@ -111,11 +111,12 @@ fn matrix(o: &mut String, c: &Campaign) {
         });
         let _ = write!(
             o,
-            "<tr id=\"matrix-seed-{}\"><th><a href=\"#seed-{}\">{}</a></th><td class=\"{class}\">{}</td>",
+            "<tr id=\"matrix-seed-{}\"><th><a href=\"#seed-{}\">{}</a></th><td class=\"{class}\">{}{}</td>",
             run.seed,
             run.seed,
             run.seed,
-            run.verdict.label()
+            run.verdict.label(),
+            run.repro.as_deref().map(|r| format!(" · <a class=\"repro\" href=\"{}\">repro</a>", esc(r))).unwrap_or_default()
         );
         for k in &kinds {
             match counts.get(k) {
@@ -224,14 +225,16 @@ fn seed(o: &mut String, run: &SeedRun) {
         let html = r.strip_suffix(".json").map_or_else(|| r.to_string(), |stem| format!("{stem}.html"));
         format!(" · <a href=\"{}\">run report</a> <code>{}</code>", esc(&html), esc(r))
     });
+    let repro = run.repro.as_deref().map(|r| format!(" · <a class=\"repro\" href=\"{}\">repro</a> <code>{}</code>", esc(r), esc(r)));
     let _ = write!(
         o,
-        "<h3 id=\"seed-{}\">Seed {} <span class=\"key {class}\">{}</span></h3>\n<p>{}{} · {} s wall{}</p>\n",
+        "<h3 id=\"seed-{}\">Seed {} <span class=\"key {class}\">{}</span></h3>\n<p>{}{}{} · {} s wall{}</p>\n",
         run.seed,
         run.seed,
         run.verdict.label(),
         run.run_id.as_deref().map_or_else(|| "no run report".to_string(), |id| format!("run <code>{}</code>", esc(id))),
         report.unwrap_or_default(),
+        repro.unwrap_or_default(),
         fmt_num(run.wall_s),
         run.converged.map_or_else(String::new, |c| format!(" · {}", if c { "converged" } else { "<b>diverged</b>" })),
     );
@@ -301,6 +304,10 @@ pub fn markdown(c: &Campaign) -> String {
     }
     if !d.no_verdict.is_empty() {
         o.push('\n');
+    }
+    let repros: Vec<String> = c.runs.iter().filter_map(|r| r.repro.as_deref().map(|p| format!("- seed {}: reproducer `{p}`", r.seed))).collect();
+    if !repros.is_empty() {
+        let _ = writeln!(o, "{}\n", repros.join("\n"));
     }
     if d.kinds.is_empty() {
         o.push_str("No fault occurred.\n");

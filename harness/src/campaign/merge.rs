@@ -94,6 +94,9 @@ pub fn read_shards(dirs: &[PathBuf], out: &Path) -> Result<Vec<(String, Campaign
                 if let Some(report) = &run.report {
                     run.report = Some(relative_to(&dir.join(report), out).display().to_string());
                 }
+                if let Some(repro) = run.repro.as_ref().filter(|r| Path::new(r).is_relative()) {
+                    run.repro = Some(relative_to(&dir.join(repro), out).display().to_string());
+                }
             }
             Ok((dir.display().to_string(), campaign))
         })

@@ -1,10 +1,12 @@
 //! `harness campaign`: many seeded runs of one chaos scenario, one after another (each on
 //! a fresh stack it starts and stops), one report over all of them (`campaign.json`,
-//! `campaign.html`, `summary.md`), and the merge of shards run apart.
+//! `campaign.html`, `summary.md`), the merge of shards run apart, and the shrink of a
+//! failing seed's schedule to a small reproducer.
 
 pub mod html;
 pub mod merge;
 pub mod model;
+pub mod shrink;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

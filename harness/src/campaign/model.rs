@@ -243,6 +243,10 @@ pub struct SeedRun {
     pub anomaly_counts: BTreeMap<AnomalyKind, u64>,
     /// The examples the run report has (at most its `max_examples` per kind).
     pub anomalies: Vec<Anomaly>,
+    /// The reproducer `campaign shrink` wrote for this seed (relative to the campaign
+    /// folder when it is inside it); None: not shrunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repro: Option<String>,
 }
 
 impl SeedRun {
@@ -262,6 +266,7 @@ impl SeedRun {
             faults: report.faults.iter().map(SeedFault::of).collect(),
             anomaly_counts: report.convergence.anomaly_counts.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (*k, *n)).collect(),
             anomalies: report.convergence.anomalies.clone(),
+            repro: None,
         }
     }
 
@@ -280,6 +285,7 @@ impl SeedRun {
             faults: Vec::new(),
             anomaly_counts: BTreeMap::new(),
             anomalies: Vec::new(),
+            repro: None,
         }
     }
 }

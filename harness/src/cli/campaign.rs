@@ -25,6 +25,15 @@ enum CampaignCommand {
     /// Refuses shards of different scenarios, durations or recovery targets, and shards
     /// whose seeds overlap. Exits as the merged campaign's verdict.
     Merge(MergeArgs),
+    /// Shrink a failing seed: re-run it (each run on a fresh stack) with smaller schedules
+    /// (faults dropped in halves and one by one, ddmin-style, then shorter faults, a
+    /// shorter load, a lower rate) down to one where removing any one fault makes the
+    /// failure disappear; write it as `scenarios/repro-<seed>.toml` (`harness run` runs
+    /// it), `shrink.json` with every try, and link it from the campaign the run is part
+    /// of. A schedule counts as failing only when all k of its runs fail the same way.
+    /// Exits 0 when a reproducer was written, 5 when the original schedule does not fail
+    /// k of k (flaky, or not at all), 2 when the run passed, 130 on Ctrl-C.
+    Shrink(ShrinkArgs),
 }
 
 #[derive(clap::Args)]
@@ -56,6 +65,33 @@ struct RunCampaignArgs {
 }
 
 #[derive(clap::Args)]
+struct ShrinkArgs {
+    /// The failing run's report.json (e.g. `<campaign>/runs/seed-7/<run-id>/report.json`).
+    #[arg(value_name = "REPORT")]
+    report: PathBuf,
+    /// Runs of a schedule that must all fail for it to count as failing.
+    #[arg(long, default_value_t = harness::campaign::shrink::DEFAULT_K)]
+    k: u32,
+    /// At most this many runs in all (the k that confirm the original included); at the
+    /// cap the smallest failing schedule so far is written, said not proven minimal.
+    #[arg(long, default_value_t = harness::campaign::shrink::DEFAULT_MAX_RUNS)]
+    max_runs: u32,
+    /// Recovery target of a fault kind, as `harness campaign` takes it (default: the
+    /// campaign's when the report is one of its runs, else 10 s for every kind).
+    #[arg(long = "recovery-target", value_name = "KIND=SECS")]
+    recovery_targets: Vec<String>,
+    /// Where the reproducer goes (default: scenarios/repro-<seed>.toml).
+    #[arg(long, value_name = "PATH")]
+    out_scenario: Option<PathBuf>,
+    /// Where `shrink-<seed>/` (shrink.json and every try's runs) goes (default: the
+    /// campaign's folder, else the folder of the run's folder).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    stack: StackArgs,
+}
+
+#[derive(clap::Args)]
 struct MergeArgs {
     /// The shards' folders (each with its campaign.json).
     #[arg(required = true, value_name = "DIR")]
@@ -68,6 +104,7 @@ struct MergeArgs {
 pub(crate) async fn exec(args: CampaignArgs) -> anyhow::Result<Outcome> {
     match args.command {
         Some(CampaignCommand::Merge(merge)) => exec_merge(merge),
+        Some(CampaignCommand::Shrink(shrink)) => exec_shrink(shrink).await,
         None => exec_run(args.run).await,
     }
 }
@@ -99,6 +136,64 @@ fn exec_merge(args: MergeArgs) -> anyhow::Result<Outcome> {
     print!("{}", campaign::html::markdown(&merged));
     print_summary(&merged, &args.out);
     Ok(merged.outcome())
+}
+
+async fn exec_shrink(args: ShrinkArgs) -> anyhow::Result<Outcome> {
+    use harness::campaign::shrink::{self, ShrinkStatus, TryVerdict};
+    let recovery_targets = if args.recovery_targets.is_empty() { None } else { Some(RecoveryTargets::parse(&args.recovery_targets).map_err(UsageError::new)?) };
+    let options = shrink::ShrinkOptions {
+        report: args.report,
+        k: args.k,
+        max_runs: args.max_runs,
+        recovery_targets,
+        out_scenario: args.out_scenario,
+        out: args.out,
+        stack: args.stack.choice(),
+    };
+    let (outcome, r) = shrink::run(options).await?;
+    let o = &r.outcome;
+    let count = |v: TryVerdict| o.tries.iter().filter(|t| t.verdict == v).count();
+    eprintln!();
+    eprintln!("{:<24} seed {} of {} (run {})", "shrink", r.seed, r.scenario, r.run_id);
+    eprintln!("{:<24} {}", "failure", r.signature.describe());
+    eprintln!(
+        "{:<24} {} tries, {} runs of at most {} (k = {}): {} reproduced, {} flaky, {} passed",
+        "tries",
+        o.tries.len(),
+        o.runs_used,
+        r.max_runs,
+        r.k,
+        count(TryVerdict::Reproduced),
+        count(TryVerdict::Flaky),
+        count(TryVerdict::Passed)
+    );
+    let status = match o.status {
+        ShrinkStatus::Minimal => "1-minimal reproducer (removing any one fault makes the failure disappear)",
+        ShrinkStatus::Capped => "reproducer, NOT proven minimal: the run cap was hit",
+        ShrinkStatus::Interrupted => "reproducer so far, NOT proven minimal: interrupted",
+        ShrinkStatus::Flaky => "FLAKY: the original schedule did not fail k of k; nothing shrunk",
+        ShrinkStatus::NotReproduced => "NOT REPRODUCED: the original schedule did not fail again; nothing shrunk",
+    };
+    eprintln!("{:<24} {status}", "result");
+    eprintln!(
+        "{:<24} {} -> {} faults, load {} -> {}, rate x{}",
+        "schedule",
+        r.original.faults.len(),
+        o.best.faults.len(),
+        humantime::format_duration(r.original.duration),
+        humantime::format_duration(o.best.duration),
+        o.best.rate_factor
+    );
+    for f in &o.best.faults {
+        eprintln!("  {} {} at {} for {}", f.fault.name(), f.target, humantime::format_duration(f.at), humantime::format_duration(f.duration));
+    }
+    if let Some(repro) = &r.repro {
+        eprintln!("{:<24} {repro} (harness run {repro} --seed {})", "reproducer", r.seed);
+    }
+    if let Some(c) = &r.campaign {
+        eprintln!("{:<24} {} (seed {} links the reproducer)", "campaign", c, r.seed);
+    }
+    Ok(outcome)
 }
 
 fn print_summary(c: &Campaign, dir: &std::path::Path) {
@@ -135,6 +230,26 @@ mod tests {
         let parse = |args: &[&str]| crate::cli::Cli::try_parse_from(args).map(|_| ()).map_err(|e| e.kind());
         assert!(parse(&["harness", "campaign", "--seeds", "1..20", "--shard", "1/4", "--duration", "120s", "--recovery-target", "kill=20"]).is_ok());
         assert!(parse(&["harness", "campaign", "merge", "a", "b", "--out", "m"]).is_ok());
+        assert!(parse(&["harness", "campaign", "shrink", "path", "--k", "3"]).is_ok());
+        assert!(
+            parse(&[
+                "harness",
+                "campaign",
+                "shrink",
+                "r.json",
+                "--max-runs",
+                "10",
+                "--recovery-target",
+                "kill=20",
+                "--out-scenario",
+                "x.toml",
+                "--backend",
+                "local"
+            ])
+            .is_ok()
+        );
+        assert_eq!(parse(&["harness", "campaign", "shrink"]), Err(clap::error::ErrorKind::MissingRequiredArgument));
+        assert_eq!(parse(&["harness", "campaign", "shrink", "r.json", "--k", "x"]), Err(clap::error::ErrorKind::ValueValidation));
         assert_eq!(parse(&["harness", "campaign"]), Err(clap::error::ErrorKind::MissingRequiredArgument));
         assert_eq!(parse(&["harness", "campaign", "merge"]), Err(clap::error::ErrorKind::MissingRequiredArgument));
     }

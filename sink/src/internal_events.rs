@@ -220,6 +220,7 @@ impl<E: Display> InternalEvent for ApplyLogRefused<'_, E> {
 /// A flattened topic whose events cannot carry deletes (`kind="deletes_not_carried"`): the
 /// partition stops until the connector is fixed. Emitted once, then repeated as a log line
 /// every minute while it lasts.
+#[derive(Clone, Copy)]
 pub(crate) struct DeletesNotCarried<'a> {
     pub reason: &'a str,
     pub at: &'a Coords,
@@ -250,9 +251,7 @@ pub(crate) struct DlqProduceFailed<'a, E: Display> {
 
 impl<E: Display> InternalEvent for DlqProduceFailed<'_, E> {
     fn emit(self, metrics: &Metrics) {
-        for _ in 0..self.letters {
-            metrics.error("dlq_produce");
-        }
+        metrics.errors("dlq_produce", self.letters as u64);
         warn!(message = "dead-letter produce failed, retrying", error = %self.error, dlq_topic = self.dlq_topic, attempts = self.attempts,
             letters = self.letters, topic = %self.first.topic, partition = self.first.partition, offset = self.first.offset);
     }

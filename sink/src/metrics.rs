@@ -144,7 +144,12 @@ impl Metrics {
     }
 
     pub fn error(&self, kind: &'static str) {
-        self.errors.get_or_create(&vec![("kind", kind.to_string())]).inc();
+        self.errors(kind, 1);
+    }
+
+    /// `n` errors of one kind at once (a batch's letters the DLQ refused).
+    pub fn errors(&self, kind: &'static str, n: u64) {
+        self.errors.get_or_create(&vec![("kind", kind.to_string())]).inc_by(n);
     }
 
     pub fn dead_lettered(&self, entity: &str, rule: &str) {

@@ -434,7 +434,7 @@ impl Handler {
         let reason = DecodeError::DeletesNotCarried.to_string();
         self.stall(&record.coords).mark(reason.clone());
         let event = DeletesNotCarried { reason: &reason, at: &record.coords };
-        DeletesNotCarried { reason: &reason, at: &record.coords }.emit(&self.metrics);
+        event.emit(&self.metrics);
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             event.log();
